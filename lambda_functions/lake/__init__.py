@@ -1,0 +1,21 @@
+"""Lake storage shared by every stage: an object store (a directory or S3) and the raw-zone format."""
+
+from lambda_functions.lake.raw_zone import BatchManifest, Checkpoint, RawZone
+from lambda_functions.lake.store import (
+    LocalObjectStore,
+    ObjectExistsError,
+    ObjectStore,
+    S3ObjectStore,
+    open_store,
+)
+
+__all__ = [
+    "BatchManifest",
+    "Checkpoint",
+    "LocalObjectStore",
+    "ObjectExistsError",
+    "ObjectStore",
+    "RawZone",
+    "S3ObjectStore",
+    "open_store",
+]

@@ -1,0 +1,54 @@
+"""The one list of Lambda functions: name, handler, timeout and memory.
+
+The AWS deployment (template in ``deploy/``) and the local Lambda runtime both read these
+specs, so a function is called by the same name everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """How a function is deployed: the same fields a Lambda function configuration has."""
+
+    name: str
+    handler: str  # "package.module.attribute", as in Lambda's Handler setting
+    timeout_s: int = 900
+    memory_mb: int = 1024
+    description: str = ""
+
+    @property
+    def module_and_attribute(self) -> tuple[str, str]:
+        module, _, attribute = self.handler.rpartition(".")
+        if not module or not attribute:
+            raise ValueError(f"handler {self.handler!r} must look like 'package.module.function'")
+        return module, attribute
+
+
+CDC_CAPTURE = FunctionSpec(
+    name="lakehouse-cdc-capture",
+    handler="lambda_functions.cdc_capture.handler.handler",
+    timeout_s=900,
+    memory_mb=1024,
+    description="Captures DocumentDB changes into the S3 raw zone as atomic batches.",
+)
+MERGE = FunctionSpec(
+    name="lakehouse-merge",
+    handler="lambda_functions.merge.handler.handler",
+    timeout_s=900,
+    memory_mb=3008,
+    description="Upserts pending raw batches into the Delta lake table (latest change wins).",
+)
+WAREHOUSE_LOAD = FunctionSpec(
+    name="lakehouse-warehouse-load",
+    handler="lambda_functions.warehouse_load.handler.handler",
+    timeout_s=900,
+    memory_mb=2048,
+    description="Loads the lake table's changes into the warehouse in one transaction.",
+)
+
+FUNCTIONS: dict[str, FunctionSpec] = {
+    spec.name: spec for spec in (CDC_CAPTURE, MERGE, WAREHOUSE_LOAD)
+}

@@ -1,0 +1,1 @@
+"""lakehouse_pipelines: the Dagster code location (orchestration side)."""

@@ -1,0 +1,48 @@
+"""Resources: the only place where the local and AWS environments differ."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lakehouse_pipelines.resources.lambda_pipes import LambdaPipes
+from lakehouse_pipelines.resources.metrics_sink import (
+    CloudWatchMetrics,
+    LakeMetricsTable,
+    Metric,
+    MetricsSink,
+)
+from lakehouse_pipelines.settings import LakehouseSettings
+from lambda_functions.lake import open_store
+
+
+def build_resources(settings: LakehouseSettings) -> dict[str, Any]:
+    """Resources for ``settings``: the same keys in both environments, different implementations."""
+    if settings.is_aws:
+        lambda_pipes = LambdaPipes.aws(
+            pipes_bucket=settings.pipes_bucket,
+            region=settings.aws_region,
+            function_prefix=settings.function_prefix,
+            price_per_gb_second=settings.lambda_price_per_gb_second,
+        )
+        metrics: MetricsSink = CloudWatchMetrics(
+            settings.metrics_namespace, region=settings.aws_region
+        )
+    else:
+        from lakehouse_pipelines.local_lambda import LocalLambdaRuntime
+
+        runtime = LocalLambdaRuntime(log_dir=settings.root / "lambda-logs")
+        lambda_pipes = LambdaPipes.local(
+            runtime, price_per_gb_second=settings.lambda_price_per_gb_second
+        )  # local functions keep their registry names, no prefix
+        metrics = LakeMetricsTable(open_store(settings.lake_uri))
+    return {"lakehouse": settings, "lambda_pipes": lambda_pipes, "metrics_sink": metrics}
+
+
+__all__ = [
+    "CloudWatchMetrics",
+    "LakeMetricsTable",
+    "LambdaPipes",
+    "Metric",
+    "MetricsSink",
+    "build_resources",
+]

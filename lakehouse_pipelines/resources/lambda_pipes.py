@@ -1,0 +1,223 @@
+"""Invoke the data-plane Lambda functions through dagster-aws's ``PipesLambdaClient``.
+
+What this adds to a bare ``PipesLambdaClient`` (see DESIGN.md, "The Lambda contract"):
+- a message reader that does not depend on the 4 KB log tail: S3 in AWS, a file locally, so every
+  message arrives, and arrives while the function runs;
+- in AWS, a boto3 Lambda client whose read timeout exceeds the longest function timeout and which
+  never retries (a retried synchronous invoke would run the function again);
+- one ``PipesLambdaClient`` per invocation (the client keeps per-session state: not thread-safe);
+- the function's log tail forwarded to the step's output, and a function error or timeout raised
+  as a ``dagster.Failure`` that carries the Lambda error type, message, stack trace and log tail.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from dagster import Failure, MaterializeResult, MetadataValue
+from dagster._core.pipes.client import PipesMessageReader
+from dagster._core.pipes.utils import PipesTempFileMessageReader
+from dagster_aws.pipes import PipesLambdaClient, PipesS3MessageReader
+
+from lambda_functions.contracts import CollectionRequest
+from lambda_functions.registry import FUNCTIONS, FunctionSpec
+
+# Seconds the orchestrator waits beyond the function timeout before giving up on the HTTP call.
+READ_TIMEOUT_MARGIN_S = 60
+# Lambda's request charge, USD per invocation (the GB-second price is a setting).
+PRICE_PER_REQUEST = 0.0000002
+_REPORT = re.compile(
+    r"REPORT RequestId: \S+\s+Duration: (?P<duration>[\d.]+) ms\s+Billed Duration: (?P<billed>\d+) ms"
+    r"\s+Memory Size: (?P<memory>\d+) MB\s+Max Memory Used: (?P<max_memory>\d+) MB"
+    r"(?:\s+Init Duration: (?P<init>[\d.]+) ms)?"
+)
+
+
+def lambda_report_metadata(log_tail: str, price_per_gb_second: float) -> dict[str, Any]:
+    """Figures from the invocation's REPORT line (present in real and local Lambda log tails)."""
+    matches = list(_REPORT.finditer(log_tail))
+    if not matches:
+        return {}
+    report = matches[-1]
+    billed_ms = int(report["billed"])
+    memory_mb = int(report["memory"])
+    gb_seconds = billed_ms / 1000 * memory_mb / 1024
+    return {
+        "lambda/duration_ms": MetadataValue.float(float(report["duration"])),
+        "lambda/billed_duration_ms": MetadataValue.int(billed_ms),
+        "lambda/memory_size_mb": MetadataValue.int(memory_mb),
+        "lambda/max_memory_used_mb": MetadataValue.int(int(report["max_memory"])),
+        "lambda/init_duration_ms": MetadataValue.float(float(report["init"] or 0.0)),
+        "lambda/estimated_cost_usd": MetadataValue.float(
+            round(gb_seconds * price_per_gb_second + PRICE_PER_REQUEST, 10)
+        ),
+    }
+
+
+class _TailingLambdaClient:
+    """Wraps a Lambda client: asks for the log tail and keeps the last response for diagnostics."""
+
+    def __init__(self, client: Any):
+        self._client = client
+        self.response: dict[str, Any] | None = None
+
+    def invoke(self, **kwargs: Any) -> dict[str, Any]:
+        kwargs.setdefault("LogType", "Tail")
+        self.response = self._client.invoke(**kwargs)
+        return self.response
+
+    @property
+    def log_tail(self) -> str:
+        if not self.response or "LogResult" not in self.response:
+            return ""
+        return base64.b64decode(self.response["LogResult"]).decode("utf-8", "replace")
+
+    @property
+    def request_id(self) -> str:
+        if not self.response:
+            return ""
+        return self.response.get("ResponseMetadata", {}).get("RequestId", "")
+
+
+class LambdaPipes:
+    """Runs a data-plane function for an asset and returns what it reported through Pipes."""
+
+    def __init__(
+        self,
+        *,
+        lambda_client: Any,
+        message_reader_factory: Callable[[], PipesMessageReader],
+        function_prefix: str = "",
+        functions: dict[str, FunctionSpec] | None = None,
+        price_per_gb_second: float = 0.0000166667,
+    ):
+        self.lambda_client = lambda_client
+        self.price_per_gb_second = price_per_gb_second
+        self._message_reader_factory = message_reader_factory
+        self.function_prefix = function_prefix
+        self.functions = functions or FUNCTIONS
+
+    @classmethod
+    def local(cls, runtime: Any, **options: Any) -> LambdaPipes:
+        """Use the local Lambda runtime; messages travel through a temporary file."""
+        return cls(
+            lambda_client=runtime,
+            message_reader_factory=PipesTempFileMessageReader,
+            **options,
+        )
+
+    @classmethod
+    def aws(
+        cls,
+        *,
+        pipes_bucket: str,
+        region: str | None = None,
+        lambda_client: Any = None,
+        s3_client: Any = None,
+        **options: Any,
+    ) -> LambdaPipes:
+        """Use AWS Lambda; messages travel through ``pipes_bucket`` in S3."""
+        import boto3
+
+        lambda_client = lambda_client or boto3.client(
+            "lambda", region_name=region or None, config=lambda_client_config()
+        )
+        s3_client = s3_client or boto3.client("s3", region_name=region or None)
+        return cls(
+            lambda_client=lambda_client,
+            message_reader_factory=lambda: PipesS3MessageReader(
+                bucket=pipes_bucket, client=s3_client, interval=2
+            ),
+            **options,
+        )
+
+    def function_name(self, spec: FunctionSpec) -> str:
+        return f"{self.function_prefix}{spec.name}"
+
+    def run(
+        self, context: Any, spec: FunctionSpec, request: CollectionRequest
+    ) -> MaterializeResult:
+        """Invoke ``spec`` synchronously with ``request`` and return the materialization it
+        reported (with its asset check results), plus the invocation's Lambda figures.
+        Raise ``Failure`` if the function fails."""
+        client = _TailingLambdaClient(self.lambda_client)
+        pipes = PipesLambdaClient(client=client, message_reader=self._message_reader_factory())
+        name = self.function_name(spec)
+        context.log.info(f"Invoking Lambda function {name} for {request.namespace}")
+        try:
+            invocation = pipes.run(function_name=name, event=request.to_event(), context=context)
+        except Exception as error:
+            if client.response and "FunctionError" in client.response:
+                raise _function_failure(name, client, error) from None
+            if type(error).__name__ == "ResourceNotFoundException":
+                raise Failure(
+                    description=(
+                        f"Lambda function {name!r} does not exist. Deploy it (see deploy/) or "
+                        "check LAKEHOUSE_FUNCTION_PREFIX and AWS_REGION."
+                    ),
+                ) from error
+            raise
+        finally:
+            if client.log_tail:
+                print(client.log_tail, flush=True)  # lands in the step's captured stdout
+        reported = invocation.get_materialize_result()
+        return MaterializeResult(
+            asset_key=reported.asset_key,
+            metadata={
+                **(reported.metadata or {}),
+                "lambda/request_id": MetadataValue.text(client.request_id),
+                **lambda_report_metadata(client.log_tail, self.price_per_gb_second),
+            },
+            check_results=reported.check_results,
+            data_version=reported.data_version,
+            tags=reported.tags,
+        )
+
+
+def _function_failure(name: str, client: _TailingLambdaClient, error: Exception) -> Failure:
+    payload: dict[str, Any] = {}
+    text = str(error)
+    start = text.find("{")
+    if start >= 0:
+        try:
+            payload = json.loads(text[start:])
+        except json.JSONDecodeError:
+            payload = {}
+    error_type = payload.get("errorType", "Unknown")
+    message = payload.get("errorMessage", text)
+    hint = {
+        "Sandbox.Timedout": "The function ran past its timeout: raise timeout_s in "
+        "lambda_functions/registry.py (and the deployment), or lower the batch size.",
+        "Runtime.OutOfMemory": "The function ran out of memory: raise memory_mb in "
+        "lambda_functions/registry.py, or lower the batch size.",
+    }.get(error_type, "Nothing was committed by the failed step; fix the cause and re-run.")
+    stack = "".join(payload.get("stackTrace", []))
+    return Failure(
+        description=f"Lambda function {name} failed with {error_type}: {message}\n{hint}",
+        metadata={
+            "function_name": MetadataValue.text(name),
+            "request_id": MetadataValue.text(client.request_id),
+            "error_type": MetadataValue.text(error_type),
+            "error_message": MetadataValue.text(message),
+            "stack_trace": MetadataValue.text(stack or "(none)"),
+            "log_tail": MetadataValue.md(f"```\n{client.log_tail[-3000:]}\n```"),
+        },
+    )
+
+
+def lambda_client_config(functions: dict[str, FunctionSpec] | None = None) -> Any:
+    """botocore config for synchronous invokes: read timeout above every function's timeout, and
+    no retries (botocore's default 60 s timeout + retries would run a long function three times)."""
+    from botocore.config import Config
+
+    longest = max(spec.timeout_s for spec in (functions or FUNCTIONS).values())
+    return Config(
+        read_timeout=longest + READ_TIMEOUT_MARGIN_S,
+        connect_timeout=10,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        tcp_keepalive=True,
+    )

@@ -1,0 +1,119 @@
+"""Where pipeline metrics go: a table in the lake locally, CloudWatch in AWS.
+
+Both receive the same ``Metric`` list. CloudWatch calls are batched within PutMetricData's limits
+(at most 1,000 metric data items per call, 30 dimensions per metric); the namespace is checked
+against the reserved ``AWS/`` prefix when settings are read.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lambda_functions.lake import ObjectStore
+
+MAX_METRICS_PER_CALL = 1000
+MAX_DIMENSIONS = 30
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    value: float
+    unit: str = "None"  # a CloudWatch unit: Count, Seconds, Milliseconds, Megabytes, None, ...
+    dimensions: dict[str, str] = field(default_factory=dict)
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class MetricsSink(ABC):
+    @abstractmethod
+    def publish(self, metrics: Sequence[Metric]) -> int:
+        """Publish the metrics; return how many were written."""
+
+    @property
+    @abstractmethod
+    def location(self) -> str: ...
+
+
+class LakeMetricsTable(MetricsSink):
+    """Appends one Parquet file per publish under ``metrics/pipeline_metrics/`` in the lake."""
+
+    SCHEMA = pa.schema(
+        [
+            ("timestamp", pa.timestamp("ms", tz="UTC")),
+            ("name", pa.string()),
+            ("value", pa.float64()),
+            ("unit", pa.string()),
+            ("dimensions", pa.map_(pa.string(), pa.string())),
+        ]
+    )
+
+    def __init__(self, store: ObjectStore):
+        self.store = store
+
+    @property
+    def location(self) -> str:
+        return f"{self.store.uri}/metrics/pipeline_metrics/"
+
+    def publish(self, metrics: Sequence[Metric]) -> int:
+        if not metrics:
+            return 0
+        table = pa.table(
+            {
+                "timestamp": [m.timestamp for m in metrics],
+                "name": [m.name for m in metrics],
+                "value": [float(m.value) for m in metrics],
+                "unit": [m.unit for m in metrics],
+                "dimensions": [list(m.dimensions.items()) for m in metrics],
+            },
+            schema=self.SCHEMA,
+        )
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        day = metrics[0].timestamp.strftime("%Y-%m-%d")
+        self.store.put(
+            f"metrics/pipeline_metrics/date={day}/{uuid.uuid4().hex}.parquet", sink.getvalue()
+        )
+        return len(metrics)
+
+
+class CloudWatchMetrics(MetricsSink):
+    def __init__(self, namespace: str, client: Any = None, region: str | None = None):
+        import boto3
+
+        if namespace.startswith("AWS/"):
+            raise ValueError("CloudWatch namespaces starting with 'AWS/' are reserved")
+        self.namespace = namespace
+        self.client = client or boto3.client("cloudwatch", region_name=region or None)
+
+    @property
+    def location(self) -> str:
+        return f"cloudwatch://{self.namespace}"
+
+    def publish(self, metrics: Sequence[Metric]) -> int:
+        data = [_metric_datum(m) for m in metrics]
+        for start in range(0, len(data), MAX_METRICS_PER_CALL):
+            self.client.put_metric_data(
+                Namespace=self.namespace, MetricData=data[start : start + MAX_METRICS_PER_CALL]
+            )
+        return len(data)
+
+
+def _metric_datum(metric: Metric) -> dict[str, Any]:
+    if len(metric.dimensions) > MAX_DIMENSIONS:
+        raise ValueError(f"metric {metric.name} has more than {MAX_DIMENSIONS} dimensions")
+    return {
+        "MetricName": metric.name,
+        "Dimensions": [{"Name": k, "Value": v} for k, v in metric.dimensions.items()],
+        "Timestamp": metric.timestamp,
+        "Value": float(metric.value),
+        "Unit": metric.unit,
+    }

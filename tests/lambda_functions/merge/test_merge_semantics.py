@@ -1,0 +1,126 @@
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+
+from lambda_functions.contracts import MergeRequest
+from lambda_functions.lake import RawZone, open_store
+from lambda_functions.merge import merge_batches
+from lambda_functions.merge.merge import key_bucket, precombine
+from tests.lambda_functions.raw_batches import JAN, JUN, key, publish
+
+
+@pytest.fixture
+def lake(tmp_path: Path):
+    store = open_store(str(tmp_path / "lake"))
+    zone = RawZone(store, "shop", "orders")
+    request = MergeRequest(lake_uri=str(tmp_path / "lake"), database="shop", collection="orders")
+    return zone, request
+
+
+def table_rows(result) -> dict[str, str]:
+    rows = DeltaTable(result.table_uri).to_pyarrow_table(columns=["_id", "doc"]).to_pylist()
+    return {r["_id"]: r["doc"] for r in rows}
+
+
+def test_latest_change_wins_and_deletes_are_applied(lake):
+    zone, request = lake
+    a, b, c = key(JAN, 1), key(JAN, 2), key(JUN, 3)
+    publish(zone, [(a, "snapshot", 10, '{"v":0}'), (b, "snapshot", 10, '{"v":0}')])
+    publish(
+        zone,
+        [
+            (a, "update", 12, '{"v":2}'),
+            (a, "update", 11, '{"v":1}'),
+            (b, "delete", 11, None),
+            (c, "insert", 13, '{"v":9}'),
+        ],
+    )
+    result = merge_batches(request)
+    assert result.batches_applied == [1, 2]
+    assert table_rows(result) == {a: '{"v":2}', c: '{"v":9}'}
+    assert result.duplicate_keys == 0
+
+
+def test_replayed_batch_is_skipped(lake):
+    zone, request = lake
+    publish(zone, [(key(JAN, 1), "insert", 10, '{"v":1}')])
+    first = merge_batches(request)
+    again = merge_batches(request)
+    assert first.batches_applied == [1]
+    assert again.batches_applied == []
+    assert again.version == first.version  # no new commit
+    assert DeltaTable(first.table_uri).transaction_version("lakehouse-merge:shop.orders") == 1
+
+
+def test_stale_event_never_rolls_a_document_back(lake):
+    zone, request = lake
+    a = key(JAN, 1)
+    publish(zone, [(a, "insert", 20, '{"v":"new"}')])
+    merge_batches(request)
+    publish(zone, [(a, "update", 15, '{"v":"old"}'), (a, "delete", 14, None)])
+    result = merge_batches(request)
+    assert table_rows(result) == {a: '{"v":"new"}'}
+
+
+def test_delete_then_reinsert_brings_the_document_back(lake):
+    zone, request = lake
+    a = key(JUN, 7)
+    publish(zone, [(a, "insert", 10, '{"v":1}')])
+    merge_batches(request)
+    publish(zone, [(a, "delete", 11, None)])
+    assert table_rows(merge_batches(request)) == {}
+    publish(zone, [(a, "insert", 12, '{"v":2}')])
+    assert table_rows(merge_batches(request)) == {a: '{"v":2}'}
+
+
+def test_merge_that_dies_before_commit_leaves_the_previous_version(lake, monkeypatch):
+    zone, request = lake
+    a = key(JAN, 1)
+    publish(zone, [(a, "insert", 10, '{"v":1}')])
+    before = merge_batches(request)
+    publish(zone, [(a, "update", 11, '{"v":2}')])
+
+    import lambda_functions.merge.merge as merge_module
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed before commit")
+
+    monkeypatch.setattr(merge_module, "_merge_into", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        merge_batches(request)
+    table = DeltaTable(before.table_uri)
+    assert table.version() == before.version
+    assert table_rows(before) == {a: '{"v":1}'}
+    monkeypatch.undo()
+    after = merge_batches(request)
+    assert after.batches_applied == [2]
+    assert table_rows(after) == {a: '{"v":2}'}
+
+
+def test_precombine_breaks_ties_on_batch_then_seq():
+    import pyarrow as pa
+
+    from lambda_functions.merge.merge import TABLE_SCHEMA
+
+    t = pa.table(
+        {
+            "_id": ["k", "k", "k"],
+            "_bucket": ["x"] * 3,
+            "doc": ["a", "b", "c"],
+            "_op": ["update"] * 3,
+            "_pos": [5, 5, 5],
+            "_batch": [2, 1, 2],
+            "_seq": [0, 9, 1],
+            "_event_time": pa.array([0, 0, 0], pa.timestamp("us", tz="UTC")),
+        },
+        schema=TABLE_SCHEMA,
+    )
+    assert precombine(t).column("doc").to_pylist() == ["c"]
+
+
+def test_partition_bucket_is_the_objectid_month_or_a_hash_bucket():
+    assert key_bucket(JAN) == "2024-01"
+    assert key_bucket(JUN) == "2024-06"
+    other = key_bucket("customer-42")
+    assert other.startswith("h") and other == key_bucket("customer-42")

@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from lakehouse_pipelines.settings import VARIABLES, LakehouseSettings, SettingsError
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_local_is_the_default_and_lives_under_the_root(tmp_path):
+    settings = LakehouseSettings.from_env({"LAKEHOUSE_ROOT": str(tmp_path)})
+    assert settings.env == "local" and not settings.is_aws
+    assert settings.lake_uri == str(tmp_path / "lake")
+    assert settings.duckdb_path == str(tmp_path / "warehouse.duckdb")
+    assert (settings.source_kind, settings.warehouse_kind) == ("embedded", "duckdb")
+    assert settings.namespace == "shop.orders"
+
+
+def test_aws_mode_requires_an_s3_lake_and_derives_the_pipes_bucket():
+    with pytest.raises(SettingsError, match="LAKEHOUSE_LAKE_URI is required"):
+        LakehouseSettings.from_env({"LAKEHOUSE_ENV": "aws"})
+    settings = LakehouseSettings.from_env(
+        {"LAKEHOUSE_ENV": "aws", "LAKEHOUSE_LAKE_URI": "s3://analytics-lake/prod"}
+    )
+    assert settings.pipes_bucket == "analytics-lake"
+    assert (settings.source_kind, settings.warehouse_kind) == ("documentdb", "redshift")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LAKEHOUSE_ENV": "staging"}, "use 'local' or 'aws'"),
+        ({"LAKEHOUSE_COLLECTION": "orders"}, "must be 'database.collection'"),
+        ({"LAKEHOUSE_COLLECTION": "shop.ord ers"}, "not a valid name"),
+        ({"LAKEHOUSE_DEMO_CHANGES": "many"}, "must be a whole number"),
+        ({"LAKEHOUSE_METRICS_NAMESPACE": "AWS/Lambda"}, "reserved"),
+        ({"LAKEHOUSE_WAREHOUSE": "snowflake"}, "use 'duckdb' or 'redshift'"),
+    ],
+)
+def test_bad_configuration_names_the_variable_and_the_fix(env, message):
+    with pytest.raises(SettingsError, match=message):
+        LakehouseSettings.from_env(env)
+
+
+def test_every_variable_is_documented_in_the_readme():
+    readme = README.read_text()
+    missing = [name for name in VARIABLES if f"`{name}`" not in readme]
+    assert not missing, f"add these to the README's configuration table: {missing}"

@@ -1,0 +1,17 @@
+"""A local AWS Lambda runtime: ``LocalLambdaRuntime`` stands in for ``boto3.client("lambda")``."""
+
+from lakehouse_pipelines.local_lambda.runtime import (
+    InvocationRecord,
+    LocalLambdaRuntime,
+    RequestEntityTooLargeException,
+    ResourceNotFoundException,
+    TooManyRequestsException,
+)
+
+__all__ = [
+    "InvocationRecord",
+    "LocalLambdaRuntime",
+    "RequestEntityTooLargeException",
+    "ResourceNotFoundException",
+    "TooManyRequestsException",
+]

@@ -1,0 +1,37 @@
+"""Lambda handlers used by the Pipes integration tests (run by the local Lambda runtime)."""
+
+import time
+
+from lambda_functions.pipes import open_pipes
+
+INVOCATIONS = 0  # survives between invocations in a warm worker, as in a warm Lambda container
+
+
+def noisy(event, context):
+    """Logs well over 4 KB before, inside and after the Pipes block."""
+    global INVOCATIONS
+    INVOCATIONS += 1
+    print("before " + "x" * 6000, flush=True)
+    with open_pipes(event) as pipes:
+        for i in range(80):
+            pipes.log.info(f"progress {i} " + "y" * 60)
+        pipes.report_asset_materialization(
+            metadata={
+                "answer": {"raw_value": 42, "type": "int"},
+                "warm_invocations": {"raw_value": INVOCATIONS, "type": "int"},
+            }
+        )
+        pipes.report_asset_check(check_name="probe_check", passed=True)
+    print("after " + "z" * 6000, flush=True)
+    return {"ok": True}
+
+
+def failing(event, context):
+    with open_pipes(event):
+        raise ValueError("document 42 has no _id")
+
+
+def slow(event, context):
+    with open_pipes(event) as pipes:
+        pipes.log.info("starting a long step")
+        time.sleep(30)

@@ -43,7 +43,9 @@ class _Request:
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> Self:
         if not isinstance(event, Mapping):
-            raise InvalidRequestError(f"the event must be a JSON object, got {type(event).__name__}")
+            raise InvalidRequestError(
+                f"the event must be a JSON object, got {type(event).__name__}"
+            )
         if event.get("request") != cls.kind:
             raise InvalidRequestError(
                 f"this function handles '{cls.kind}' requests, got request={event.get('request')!r}"
@@ -63,7 +65,9 @@ class _Request:
                 field.default is dataclasses.MISSING
                 and field.default_factory is dataclasses.MISSING
             ):
-                raise InvalidRequestError(f"'{cls.kind}' request is missing the field '{field.name}'")
+                raise InvalidRequestError(
+                    f"'{cls.kind}' request is missing the field '{field.name}'"
+                )
         request = cls(**values)
         request.validate()
         return request

@@ -150,7 +150,11 @@ class RawZone:
                     f"{self.namespace} batch {manifest.batch}: checksum mismatch on {f.key}"
                 )
             tables.append(pq.read_table(io.BytesIO(data)))
-        table = pa.concat_tables(tables, promote_options="permissive") if tables else BATCH_SCHEMA.empty_table()
+        table = (
+            pa.concat_tables(tables, promote_options="permissive")
+            if tables
+            else BATCH_SCHEMA.empty_table()
+        )
         if table.num_rows != manifest.rows:
             raise CorruptBatchError(
                 f"{self.namespace} batch {manifest.batch}: {table.num_rows} rows, manifest says "

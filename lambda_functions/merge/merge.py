@@ -16,6 +16,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import itertools
 import time
 import zlib
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from lambda_functions.contracts import MergeRequest
-from lambda_functions.lake import ObjectStore, RawZone, open_store
+from lambda_functions.lake import BatchManifest, ObjectStore, RawZone, open_store
 
 # Columns of the lake table, in order.
 TABLE_SCHEMA = pa.schema(
@@ -116,46 +117,120 @@ def merge_batches(
     store: ObjectStore | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> MergeResult:
-    """Apply every published batch newer than the table's last applied one, in one commit."""
+    """Apply every published batch newer than the table's last applied one.
+
+    Consecutive batches are applied as one commit. A batch marked ``dropped`` (the collection was
+    dropped, or capture was reset for a new snapshot) is its own commit that removes every row
+    applied before it. Each commit records its last batch, so a re-run resumes after it.
+    """
     started = time.monotonic()
     say = on_progress or (lambda _message: None)
     store = store or open_store(request.lake_uri)
     zone = RawZone(store, request.database, request.collection)
     uri, options = lake_table_location(store, request.database, request.collection)
-
-    for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+    totals = _Totals()
+    budget = request.max_batches
+    while budget > 0:
         table = _open_table(uri, options)
         applied = (table.transaction_version(app_id(zone.namespace)) or 0) if table else 0
-        pending = zone.batch_numbers(after=applied)[: request.max_batches]
+        pending = zone.batch_numbers(after=applied)[:budget]
         if not pending:
-            return MergeResult(
-                namespace=zone.namespace,
-                table_uri=uri,
-                version=table.version() if table else None,
-                last_applied_batch=applied,
-                table_rows=table.count() if table else 0,
-                commit_attempts=attempt - 1,
-                duration_s=time.monotonic() - started,
-            )
-        say(f"{zone.namespace}: applying batches {pending[0]}..{pending[-1]} on top of {applied}")
-        changes = _read_changes(zone, pending)
-        latest = precombine(changes)
-        deleted_mask = pc.equal(latest.column("_op"), "delete")
+            break
+        manifests = [zone.read_manifest(n) for n in pending]
+        if manifests[0].extra.get("dropped"):
+            segment = manifests[:1]
+        else:
+            segment = list(itertools.takewhile(lambda m: not m.extra.get("dropped"), manifests))
+        numbers = [m.batch for m in segment]
+        say(f"{zone.namespace}: applying batches {numbers[0]}..{numbers[-1]} on top of {applied}")
+        totals.add(_commit_segment(zone, uri, options, table, segment, say))
+        budget -= len(segment)
+    table = _open_table(uri, options)
+    return MergeResult(
+        namespace=zone.namespace,
+        table_uri=uri,
+        version=table.version() if table else None,
+        batches_applied=totals.batches,
+        last_applied_batch=(table.transaction_version(app_id(zone.namespace)) or 0) if table else 0,
+        rows_in=totals.rows_in,
+        keys_changed=totals.keys_changed,
+        inserted=totals.metrics.get("num_target_rows_inserted", 0),
+        updated=totals.metrics.get("num_target_rows_updated", 0),
+        deleted=totals.metrics.get("num_target_rows_deleted", 0),
+        files_added=totals.metrics.get("num_target_files_added", 0),
+        files_removed=totals.metrics.get("num_target_files_removed", 0),
+        table_rows=table.count() if table else 0,
+        duplicate_keys=_duplicate_keys(table, sorted(totals.buckets)) if table else 0,
+        buckets_touched=sorted(totals.buckets),
+        commit_attempts=totals.attempts,
+        duration_s=time.monotonic() - started,
+    )
+
+
+@dataclass
+class _Totals:
+    batches: list[int] = field(default_factory=list)
+    rows_in: int = 0
+    keys_changed: int = 0
+    metrics: dict[str, int] = field(default_factory=dict)
+    buckets: set[str] = field(default_factory=set)
+    attempts: int = 0
+
+    def add(self, applied: _Applied) -> None:
+        self.batches.extend(applied.batches)
+        self.rows_in += applied.rows_in
+        self.keys_changed += applied.keys_changed
+        for name, value in applied.metrics.items():
+            if isinstance(value, int):
+                self.metrics[name] = self.metrics.get(name, 0) + value
+        self.buckets.update(applied.buckets)
+        self.attempts += applied.attempts
+
+
+@dataclass(frozen=True)
+class _Applied:
+    batches: list[int]
+    rows_in: int
+    keys_changed: int
+    metrics: dict[str, Any]
+    buckets: list[str]
+    attempts: int
+
+
+def _commit_segment(
+    zone: RawZone,
+    uri: str,
+    options: dict,
+    table: DeltaTable | None,
+    segment: list[BatchManifest],
+    say: Callable[[str], None],
+) -> _Applied:
+    """One atomic commit for ``segment``, retried on a lost commit race (the table is reloaded)."""
+    numbers = [m.batch for m in segment]
+    dropped = bool(segment[0].extra.get("dropped"))
+    changes = _read_changes(zone, segment)
+    latest = precombine(changes)
+    buckets = pc.unique(latest.column("_bucket")).to_pylist()
+    app = app_id(zone.namespace)
+    for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
         commit = CommitProperties(
-            app_transactions=[Transaction(app_id(zone.namespace), pending[-1])],
+            app_transactions=[Transaction(app, numbers[-1])],
             custom_metadata={
                 "lakehouse.namespace": zone.namespace,
-                "lakehouse.batches": f"{pending[0]}-{pending[-1]}",
-                "lakehouse.max_pos": str(pc.max(changes.column("_pos")).as_py()),
+                "lakehouse.batches": f"{numbers[0]}-{numbers[-1]}",
+                "lakehouse.dropped": str(dropped).lower(),
             },
         )
         try:
-            if table is None:
-                metrics = _create_table(
-                    uri, options, latest.filter(pc.invert(deleted_mask)), commit
-                )
+            if table is not None and (table.transaction_version(app) or 0) >= numbers[0]:
+                return _Applied([], 0, 0, {}, [], attempt)  # a concurrent merge applied them
+            if dropped:
+                metrics = _drop_all(table, app, numbers[0], commit)
+            elif table is None:
+                metrics = _create_table(uri, options, _upserts(latest), commit)
             else:
-                metrics = _merge_into(table, latest.append_column("_deleted", deleted_mask), commit)
+                metrics = _merge_into(table, _actionable(table, latest, buckets), commit)
+            return _Applied(numbers, changes.num_rows, latest.num_rows, metrics, buckets, attempt)
         except CommitFailedError:
             if attempt == MAX_COMMIT_ATTEMPTS:
                 raise RuntimeError(
@@ -164,28 +239,7 @@ def merge_batches(
                     "concurrency key does this) and retry."
                 ) from None
             say(f"{zone.namespace}: a concurrent commit won; reloading and retrying")
-            continue
-        table = DeltaTable(uri, storage_options=options)
-        buckets = pc.unique(latest.column("_bucket")).to_pylist()
-        return MergeResult(
-            namespace=zone.namespace,
-            table_uri=uri,
-            version=table.version(),
-            batches_applied=pending,
-            last_applied_batch=pending[-1],
-            rows_in=changes.num_rows,
-            keys_changed=latest.num_rows,
-            inserted=metrics.get("num_target_rows_inserted", 0),
-            updated=metrics.get("num_target_rows_updated", 0),
-            deleted=metrics.get("num_target_rows_deleted", 0),
-            files_added=metrics.get("num_target_files_added", 0),
-            files_removed=metrics.get("num_target_files_removed", 0),
-            table_rows=table.count(),
-            duplicate_keys=_duplicate_keys(table, buckets),
-            buckets_touched=sorted(buckets),
-            commit_attempts=attempt,
-            duration_s=time.monotonic() - started,
-        )
+            table = _open_table(uri, options)
     raise AssertionError("unreachable")
 
 
@@ -196,10 +250,11 @@ def _open_table(uri: str, options: dict) -> DeltaTable | None:
         return None
 
 
-def _read_changes(zone: RawZone, batches: list[int]) -> pa.Table:
+def _read_changes(zone: RawZone, manifests: list[BatchManifest]) -> pa.Table:
     parts = []
-    for number in batches:
-        batch = zone.read_batch(zone.read_manifest(number))
+    for manifest in manifests:
+        number = manifest.batch
+        batch = zone.read_batch(manifest)
         parts.append(
             pa.table(
                 {
@@ -217,7 +272,37 @@ def _read_changes(zone: RawZone, batches: list[int]) -> pa.Table:
                 schema=TABLE_SCHEMA,
             )
         )
-    return pa.concat_tables(parts)
+    return pa.concat_tables(parts) if parts else TABLE_SCHEMA.empty_table()
+
+
+def _deleted(rows: pa.Table) -> pa.ChunkedArray:
+    return pc.equal(rows.column("_op"), "delete")
+
+
+def _upserts(latest: pa.Table) -> pa.Table:
+    return latest.filter(pc.invert(_deleted(latest)))
+
+
+def _actionable(table: DeltaTable, latest: pa.Table, buckets: list[str]) -> pa.Table:
+    """The merge source: upserts, plus deletes of keys the table holds (a delete of an absent key
+    has nothing to do). Dropping the latter lets the insert clause go without a predicate, which
+    delta-rs needs: a predicated WHEN NOT MATCHED INSERT that skips some rows writes null rows.
+    The lookup reads only ``_id`` in the partitions the batch touches."""
+    deleted = _deleted(latest)
+    delete_ids = latest.filter(deleted).column("_id")
+    if len(delete_ids) == 0:
+        return latest.append_column("_deleted", deleted)
+    # Filter on the partition column only: merge-written files store ``_id`` as string_view, and
+    # Arrow cannot compare those statistics with a string literal.
+    touched = (
+        table.to_pyarrow_dataset()
+        .to_table(columns=["_id"], filter=pc.field("_bucket").isin(buckets))
+        .column("_id")
+    )
+    present = pc.filter(delete_ids, pc.is_in(delete_ids, value_set=touched.cast(pa.string())))
+    keep = pc.or_(pc.invert(deleted), pc.is_in(latest.column("_id"), value_set=present))
+    source = latest.filter(keep)
+    return source.append_column("_deleted", _deleted(source))
 
 
 def _create_table(uri: str, options: dict, rows: pa.Table, commit: CommitProperties) -> dict:
@@ -234,10 +319,13 @@ def _create_table(uri: str, options: dict, rows: pa.Table, commit: CommitPropert
 
 
 def _merge_into(table: DeltaTable, source: pa.Table, commit: CommitProperties) -> dict[str, Any]:
-    columns = [name for name in TABLE_SCHEMA.names]
-    values = {name: f"s.{name}" for name in columns}
+    if source.num_rows == 0:
+        _record_only(table, commit)
+        return {}
+    values = {name: f"s.{name}" for name in TABLE_SCHEMA.names}
     newer = "s._pos >= t._pos"
-    return (
+    version = table.version()
+    metrics = (
         table.merge(
             source=source.sort_by("_id"),
             predicate="t._bucket = s._bucket AND t._id = s._id",
@@ -248,9 +336,37 @@ def _merge_into(table: DeltaTable, source: pa.Table, commit: CommitProperties) -
         )
         .when_matched_delete(predicate=f"s._deleted AND {newer}")
         .when_matched_update(updates=values, predicate=f"NOT s._deleted AND {newer}")
-        .when_not_matched_insert(updates=values, predicate="NOT s._deleted")
+        .when_not_matched_insert(updates=values)  # source holds no delete of an absent key
         .execute()
     )
+    table.update_incremental()
+    if table.version() == version:  # nothing changed, so delta-rs wrote no commit
+        _record_only(table, commit)
+    return metrics
+
+
+def _record_only(table: DeltaTable, commit: CommitProperties) -> None:
+    """A commit with no data actions: records the batches as applied (stale or no-op batches)."""
+    table.create_write_transaction(
+        actions=[],
+        mode="append",
+        schema=table.schema(),
+        partition_by=table.metadata().partition_columns,
+        commit_properties=commit,
+    )
+
+
+def _drop_all(
+    table: DeltaTable | None, app: str, batch: int, commit: CommitProperties
+) -> dict[str, Any]:
+    """The collection was dropped (or capture reset): remove every row applied before ``batch``."""
+    if table is None:
+        return {}
+    metrics = table.delete(predicate=f"_batch < {batch}", commit_properties=commit)
+    table.update_incremental()
+    if table.transaction_version(app) != batch:
+        _record_only(table, commit)
+    return metrics
 
 
 def _duplicate_keys(table: DeltaTable, buckets: list[str]) -> int:

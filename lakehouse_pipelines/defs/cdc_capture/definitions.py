@@ -48,7 +48,7 @@ def cdc_raw_batches(
         source_location=lakehouse.source_location,
         demo_changes=lakehouse.demo_changes,
     )
-    return lambda_pipes.run(context, CDC_CAPTURE, request).get_materialize_result()
+    return lambda_pipes.run(context, CDC_CAPTURE, request)
 
 
 capture_job = define_asset_job("cdc_capture_job", selection=[CAPTURE_KEY])

@@ -51,7 +51,7 @@ def lake_table(
     request = MergeRequest(
         lake_uri=lakehouse.lake_uri, database=lakehouse.database, collection=lakehouse.collection
     )
-    return lambda_pipes.run(context, MERGE, request).get_materialize_result()
+    return lambda_pipes.run(context, MERGE, request)
 
 
 merge_job = define_asset_job("merge_and_load_job", selection=[LAKE_TABLE_KEY, "warehouse_table"])

@@ -51,7 +51,7 @@ def warehouse_table(
         warehouse_location=lakehouse.duckdb_path,
         target_schema=lakehouse.warehouse_schema,
     )
-    return lambda_pipes.run(context, WAREHOUSE_LOAD, request).get_materialize_result()
+    return lambda_pipes.run(context, WAREHOUSE_LOAD, request)
 
 
 def build_defs(settings: LakehouseSettings) -> Definitions:

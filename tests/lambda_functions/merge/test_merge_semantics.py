@@ -124,3 +124,38 @@ def test_partition_bucket_is_the_objectid_month_or_a_hash_bucket():
     assert key_bucket(JUN) == "2024-06"
     other = key_bucket("customer-42")
     assert other.startswith("h") and other == key_bucket("customer-42")
+
+
+def test_delete_of_an_absent_key_beside_an_insert_is_a_no_op(lake):
+    """Regression: delta-rs wrote null rows for a predicated WHEN NOT MATCHED INSERT."""
+    zone, request = lake
+    a, gone, new = key(JAN, 1), key(JAN, 2), key(JAN, 3)
+    publish(zone, [(a, "insert", 1, '{"v":1}')])
+    merge_batches(request)
+    publish(zone, [(gone, "delete", 2, None), (new, "insert", 3, '{"v":3}')])
+    result = merge_batches(request)
+    assert table_rows(result) == {a: '{"v":1}', new: '{"v":3}'}
+
+
+def test_a_batch_that_changes_nothing_is_still_recorded_as_applied(lake):
+    zone, request = lake
+    a = key(JAN, 1)
+    publish(zone, [(a, "insert", 10, '{"v":1}')])
+    merge_batches(request)
+    publish(zone, [(a, "update", 5, '{"v":"stale"}')])  # older than the stored row
+    first = merge_batches(request)
+    assert first.batches_applied == [2] and first.last_applied_batch == 2
+    assert merge_batches(request).batches_applied == []
+
+
+def test_dropped_marker_removes_everything_applied_before_it(lake):
+    zone, request = lake
+    a, b = key(JAN, 1), key(JUN, 2)
+    publish(zone, [(a, "snapshot", 1, '{"v":1}'), (b, "snapshot", 1, '{"v":1}')])
+    merge_batches(request)
+    zone.write_batch([], after=zone.read_checkpoint(), state={}, extra={"dropped": True})
+    publish(zone, [(b, "snapshot", 9, '{"v":"resnapshot"}')])
+    result = merge_batches(request)
+    assert result.batches_applied == [2, 3]
+    assert table_rows(result) == {b: '{"v":"resnapshot"}'}
+    assert merge_batches(request).batches_applied == []

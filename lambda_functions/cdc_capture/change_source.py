@@ -1,0 +1,79 @@
+"""Where changes come from: the small interface capture reads through, and how to open one.
+
+``ChangeSource`` is the part of a pymongo ``Collection`` that capture uses, keyed by database and
+collection: the current stream position, the documents in ``_id`` order, and a change stream
+resumed after a token. The embedded source implements it locally; a pymongo-backed source for
+DocumentDB implements the same three calls (and raises pymongo's ``OperationFailure``, which capture
+translates into errors that say what to do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from lambda_functions.cdc_capture.demo_workload import DemoWorkload
+from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
+from lambda_functions.contracts import CaptureRequest, InvalidRequestError
+
+
+class ChangeStreamCursor(Protocol):
+    def try_next(self) -> Mapping[str, Any] | None:
+        """The next change event, or ``None`` when none is pending right now."""
+
+    def close(self) -> None: ...
+
+
+class ChangeSource(Protocol):
+    def current_position(self, database: str, collection: str) -> Mapping[str, Any]:
+        """A resume token such that watching from it yields every change made after this call."""
+
+    def documents(
+        self,
+        database: str,
+        collection: str,
+        after_id: Any = None,
+        limit: int | None = None,
+    ) -> Sequence[Mapping[str, Any]]:
+        """Current documents in ``_id`` order, strictly after ``after_id`` when given."""
+
+    def watch(
+        self,
+        database: str,
+        collection: str,
+        *,
+        resume_after: Mapping[str, Any] | None = None,
+        full_document: str | None = None,
+        batch_size: int | None = None,
+    ) -> ChangeStreamCursor:
+        """Change events strictly after ``resume_after``, in stream order."""
+
+    def close(self) -> None: ...
+
+
+def open_source(request: CaptureRequest) -> ChangeSource:
+    """The change source a capture request names; the caller closes it.
+
+    For ``embedded``, ``source_location`` is the store file and ``demo_changes > 0`` first lets the
+    demo workload (the "application") make that many changes, so each capture has something new.
+    """
+    if request.source_kind == "embedded":
+        if not request.source_location:
+            raise InvalidRequestError(
+                "source_location must be the path of the embedded store file for "
+                "source_kind 'embedded'"
+            )
+        source = EmbeddedChangeStreamSource(request.source_location)
+        try:
+            if request.demo_changes > 0:
+                workload = DemoWorkload(source, request.database, request.collection)
+                workload.run(request.demo_changes)
+        except BaseException:
+            source.close()
+            raise
+        return source
+    raise NotImplementedError(
+        "source_kind 'documentdb' is not available in this build: the pymongo-backed ChangeSource "
+        "(TLS, credentials from Secrets Manager) is not implemented yet; use source_kind "
+        "'embedded' locally"
+    )

@@ -1,0 +1,791 @@
+"""An embedded, file-backed change-stream source that stands in for DocumentDB locally and in tests.
+
+One SQLite file holds the current documents of any number of collections and a cluster-wide log of
+change events. Reads return what pymongo returns for DocumentDB, in the same shapes and types:
+
+- ``watch()`` yields change events shaped like pymongo's (``_id`` resume token ``{"_data": hex}``,
+  ``operationType``, ``clusterTime`` as ``bson.Timestamp``, ``wallTime``, ``ns``, ``documentKey``,
+  ``fullDocument``, ``updateDescription``), strictly after ``resume_after``, in log order.
+- ``full_document="updateLookup"`` returns an update's document as it is *at read time* (``None``
+  once deleted), as the server does; inserts and replaces carry the written document.
+- Values are stored as canonical extended JSON, so ObjectId, Decimal128, datetime (milliseconds, as
+  in BSON), Binary, Int64 and nested documents and arrays come back exactly as written.
+- Like DocumentDB, change streams are off until enabled per collection (or database) with
+  ``enable_change_streams``, and the log is retained for ``retention_seconds`` (3 hours by default)
+  and at most ``max_events`` events. Resuming from a position whose later events were purged
+  raises ``OperationFailure`` code 136 ``CappedPositionLost``, as DocumentDB does.
+- Cluster times are ``Timestamp(unix seconds, counter)``, strictly increasing across the file; the
+  events of one ``transaction()`` share a cluster time, as in a multi-document transaction.
+
+Every write is one SQLite transaction (documents and events together), so a reader never sees a
+document change without its event. Several processes may open the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import struct
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from bson import Binary, Decimal128, Int64, ObjectId, Timestamp
+from bson.errors import InvalidDocument
+from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
+
+from lambda_functions.cdc_capture.extended_json import decode_document, encode_document
+
+DEFAULT_RETENTION_SECONDS = 3 * 3600  # DocumentDB's default change_stream_log_retention_duration
+DEFAULT_MAX_EVENTS = 1_000_000
+UPDATE_OPERATORS = ("$set", "$unset", "$inc", "$push")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Resume tokens follow MongoDB's KeyString layout closely enough to be read the same way: "82",
+# then the cluster time (seconds, increment) as 16 hex digits; here followed by the log sequence.
+_TOKEN_PREFIX = "82"
+_TOKEN_LENGTH = 2 + 16 + 16
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS change_streams (
+    db TEXT NOT NULL, coll TEXT NOT NULL, enabled INTEGER NOT NULL, PRIMARY KEY (db, coll)
+);
+CREATE TABLE IF NOT EXISTS documents (
+    db TEXT NOT NULL, coll TEXT NOT NULL, sort_key BLOB NOT NULL, id_json TEXT NOT NULL,
+    doc TEXT NOT NULL, PRIMARY KEY (db, coll, sort_key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, db TEXT NOT NULL, coll TEXT NOT NULL,
+    op TEXT NOT NULL, t INTEGER NOT NULL, i INTEGER NOT NULL, wall_ms INTEGER NOT NULL,
+    id_json TEXT, sort_key BLOB, doc TEXT, update_description TEXT, txn TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_ns ON events (db, coll, seq);
+CREATE INDEX IF NOT EXISTS events_by_wall_time ON events (wall_ms);
+"""
+
+
+def id_sort_key(value: Any) -> bytes:
+    """Bytes that sort like BSON's comparison order for ``_id`` values.
+
+    Exact for ObjectId (its 12 bytes), strings, booleans and dates; numbers compare as doubles
+    (so 1 and 1.0 are the same key, as in MongoDB's unique ``_id`` index).
+    """
+    if isinstance(value, ObjectId):
+        return b"\x07" + value.binary
+    if isinstance(value, str):
+        return b"\x03" + value.encode()
+    if isinstance(value, bool):
+        return b"\x08" + bytes([value])
+    if isinstance(value, int | float | Decimal128):
+        number = float(value.to_decimal() if isinstance(value, Decimal128) else value)
+        (bits,) = struct.unpack(">Q", struct.pack(">d", number))
+        bits = bits ^ 0xFFFFFFFFFFFFFFFF if bits >> 63 else bits | (1 << 63)
+        return b"\x02" + struct.pack(">Q", bits)
+    if value is None:
+        return b"\x01"
+    if isinstance(value, datetime):
+        millis = _to_millis(value)
+        return b"\x09" + struct.pack(">Q", millis + (1 << 63))
+    if isinstance(value, bytes):  # Binary too: BSON orders by length, then subtype, then bytes
+        subtype = value.subtype if isinstance(value, Binary) else 0
+        return b"\x06" + struct.pack(">IB", len(value), subtype) + bytes(value)
+    if isinstance(value, Mapping):
+        return b"\x04" + encode_document(value).encode()
+    raise InvalidDocument(f"_id of type {type(value).__name__} is not supported: {value!r}")
+
+
+def resume_token(t: int, i: int, seq: int) -> dict[str, str]:
+    return {"_data": f"{_TOKEN_PREFIX}{t:08X}{i:08X}{seq:016X}"}
+
+
+def parse_resume_token(token: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(cluster seconds, increment, log sequence) of a token made by this source."""
+    data = token.get("_data") if isinstance(token, Mapping) else None
+    if (
+        not isinstance(data, str)
+        or len(data) != _TOKEN_LENGTH
+        or not data.startswith(_TOKEN_PREFIX)
+    ):
+        raise _failure(
+            f"KeyString format error: not a resume token of this source: {token!r}",
+            code=260,
+            code_name="InvalidResumeToken",
+        )
+    return int(data[2:10], 16), int(data[10:18], 16), int(data[18:], 16)
+
+
+def _to_millis(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # BSON datetimes are UTC; pymongo treats naive as UTC
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def _from_millis(millis: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=millis)
+
+
+def _failure(message: str, code: int | None, code_name: str | None) -> OperationFailure:
+    details: dict[str, Any] = {"ok": 0.0, "errmsg": message}
+    if code is not None:
+        details |= {"code": code, "codeName": code_name}
+    return OperationFailure(message, code=code, details=details)
+
+
+@dataclass
+class _Transaction:
+    t: int
+    i: int
+    txn_json: str | None  # lsid + txnNumber of a multi-document transaction, None for drop
+
+
+class EmbeddedChangeStreamSource:
+    """Documents and a change-event log in one SQLite file; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        retention_seconds: float = DEFAULT_RETENTION_SECONDS,
+        max_events: int = DEFAULT_MAX_EVENTS,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.path = Path(path)
+        self.retention_seconds = retention_seconds
+        self.max_events = max_events
+        self.clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._txn: _Transaction | None = None
+        self._depth = 0
+        self._txn_counter = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> EmbeddedChangeStreamSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- change-stream administration --------------------------------------------------------------
+    def enable_change_streams(self, database: str, collection: str, enable: bool = True) -> None:
+        """``modifyChangeStreams``: ``collection=""`` covers every collection of the database."""
+        with self._writing():
+            self._db.execute(
+                "INSERT INTO change_streams VALUES (?, ?, ?) "
+                "ON CONFLICT (db, coll) DO UPDATE SET enabled = excluded.enabled",
+                (database, collection, int(enable)),
+            )
+
+    def change_streams_enabled(self, database: str, collection: str) -> bool:
+        row = self._db.execute(
+            "SELECT MAX(enabled) FROM change_streams WHERE db = ? AND coll IN (?, '')",
+            (database, collection),
+        ).fetchone()
+        return bool(row and row[0])
+
+    def _require_change_streams(self, database: str, collection: str) -> None:
+        if not self.change_streams_enabled(database, collection):
+            raise _failure(
+                f"Cannot watch {database}.{collection}: change streams are not enabled for this "
+                "collection. Enable them with db.adminCommand({modifyChangeStreams: 1, database: "
+                f"'{database}', collection: '{collection}', enable: true}})",
+                code=None,
+                code_name=None,
+            )
+
+    # -- reads -----------------------------------------------------------------------------------
+    def documents(
+        self,
+        database: str,
+        collection: str,
+        after_id: Any = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Current documents in ``_id`` order, strictly after ``after_id`` when given."""
+        after = id_sort_key(after_id) if after_id is not None else b""
+        rows = self._db.execute(
+            "SELECT doc FROM documents WHERE db = ? AND coll = ? AND sort_key > ? "
+            "ORDER BY sort_key LIMIT ?",
+            (database, collection, after, -1 if limit is None else limit),
+        ).fetchall()
+        return [decode_document(doc) for (doc,) in rows]
+
+    def document_ids(self, database: str, collection: str) -> list[Any]:
+        rows = self._db.execute(
+            "SELECT id_json FROM documents WHERE db = ? AND coll = ? ORDER BY sort_key",
+            (database, collection),
+        ).fetchall()
+        return [decode_document(id_json)["_id"] for (id_json,) in rows]
+
+    def find_one(self, database: str, collection: str, _id: Any) -> dict[str, Any] | None:
+        doc_json = self._document_json(database, collection, _id)
+        return decode_document(doc_json) if doc_json is not None else None
+
+    def _document_json(self, database: str, collection: str, _id: Any) -> str | None:
+        row = self._db.execute(
+            "SELECT doc FROM documents WHERE db = ? AND coll = ? AND sort_key = ?",
+            (database, collection, id_sort_key(_id)),
+        ).fetchone()
+        return row[0] if row else None
+
+    def count_documents(self, database: str, collection: str) -> int:
+        return self._db.execute(
+            "SELECT COUNT(*) FROM documents WHERE db = ? AND coll = ?", (database, collection)
+        ).fetchone()[0]
+
+    def current_position(self, database: str, collection: str) -> dict[str, str]:
+        """A resume token at the head of the log: watching from it yields only later changes.
+
+        Like MongoDB's post-batch resume token it is cluster-wide (the newest event of any
+        collection); before any event it is a start token at the current time.
+        """
+        self._require_change_streams(database, collection)
+        t, i, seq = self._head()
+        return resume_token(t, i, seq) if seq else resume_token(int(self.clock()), 0, 0)
+
+    def watch(
+        self,
+        database: str,
+        collection: str,
+        *,
+        resume_after: Mapping[str, Any] | None = None,
+        full_document: str | None = None,
+        batch_size: int | None = None,
+    ) -> EmbeddedChangeStream:
+        """Open a change stream on one collection, after ``resume_after`` or at the head.
+
+        Raises ``OperationFailure`` code 136 (``CappedPositionLost``) if events after the token
+        were purged from the log, as DocumentDB does; the error comes from ``watch`` itself, as
+        pymongo's does (the aggregate runs immediately).
+        """
+        if full_document not in (None, "default", "updateLookup"):
+            raise ValueError(
+                f"full_document={full_document!r} is not supported: DocumentDB offers 'default' "
+                "and 'updateLookup'"
+            )
+        self._require_change_streams(database, collection)
+        if resume_after is None:
+            after_seq = self._head()[2]
+        else:
+            t, _i, after_seq = parse_resume_token(resume_after)
+            self._check_resumable(after_seq, t)
+        return EmbeddedChangeStream(
+            self,
+            database,
+            collection,
+            after_seq=after_seq,
+            lookup=full_document == "updateLookup",
+            batch_size=batch_size or 100,
+        )
+
+    def _head(self) -> tuple[int, int, int]:
+        meta = self._meta("last_t", "last_i", "last_seq")
+        return int(meta["last_t"] or 0), int(meta["last_i"] or 0), int(meta["last_seq"] or 0)
+
+    def _check_resumable(self, after_seq: int, token_seconds: int | None) -> None:
+        meta = self._meta("purged_through", "last_seq")
+        purged_through = int(meta["purged_through"] or 0)
+        if after_seq < purged_through:
+            age = (
+                "" if token_seconds is None else f"token age {self.clock() - token_seconds:.0f} s, "
+            )
+            raise _failure(
+                "CappedPositionLost: the change stream cannot resume from this token, events "
+                f"after it were removed from the change stream log ({age}log retention "
+                f"{self.retention_seconds:.0f} s)",
+                code=136,
+                code_name="CappedPositionLost",
+            )
+        if after_seq > int(meta["last_seq"] or 0):
+            raise _failure(
+                "cannot resume stream; the resume token was not found",
+                code=280,
+                code_name="ChangeStreamFatalError",
+            )
+
+    def _fetch_events(
+        self, database: str, collection: str, after_seq: int, limit: int
+    ) -> list[tuple[Any, ...]]:
+        """The next events, read in one snapshot with the check that none before them was purged
+        (so a concurrent purge can never open a silent gap)."""
+        if not self._depth:
+            self._db.execute("BEGIN")
+        try:
+            self._check_resumable(after_seq, None)
+            return self._db.execute(
+                "SELECT seq, op, t, i, wall_ms, id_json, sort_key, doc, update_description, txn "
+                "FROM events WHERE db = ? AND coll = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (database, collection, after_seq, limit),
+            ).fetchall()
+        finally:
+            if not self._depth:
+                self._db.execute("COMMIT")
+
+    def _lookup(self, database: str, collection: str, keys: Sequence[bytes]) -> dict[bytes, str]:
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        rows = self._db.execute(
+            f"SELECT sort_key, doc FROM documents WHERE db = ? AND coll = ? AND sort_key IN ({marks})",
+            (database, collection, *keys),
+        ).fetchall()
+        return dict(rows)
+
+    # -- writes ----------------------------------------------------------------------------------
+    def insert_one(self, database: str, collection: str, document: Mapping[str, Any]) -> Any:
+        """Insert one document (``_id`` generated and moved first, as the server does)."""
+        return self.insert_many(database, collection, [document])[0]
+
+    def insert_many(
+        self, database: str, collection: str, documents: Sequence[Mapping[str, Any]]
+    ) -> list[Any]:
+        ids = []
+        with self._writing():
+            for document in documents:
+                _id = document["_id"] if "_id" in document else ObjectId()
+                stored = {"_id": _id, **{k: v for k, v in document.items() if k != "_id"}}
+                doc_json, key = encode_document(stored), id_sort_key(_id)
+                try:
+                    self._db.execute(
+                        "INSERT INTO documents VALUES (?, ?, ?, ?, ?)",
+                        (database, collection, key, encode_document({"_id": _id}), doc_json),
+                    )
+                except sqlite3.IntegrityError:
+                    raise DuplicateKeyError(
+                        f"E11000 duplicate key error collection: {database}.{collection} "
+                        f"index: _id_ dup key: {{ _id: {_id!r} }}",
+                        code=11000,
+                    ) from None
+                self._log(database, collection, "insert", _id, doc=doc_json)
+                ids.append(_id)
+        return ids
+
+    def update_one(
+        self,
+        database: str,
+        collection: str,
+        filter: Mapping[str, Any],
+        update: Mapping[str, Mapping[str, Any]],
+    ) -> bool:
+        """Apply ``$set``/``$unset``/``$inc``/``$push`` (dotted paths allowed) to one document.
+
+        Returns whether the document changed; a no-op update writes no event, as on the server.
+        """
+        _id = _id_filter(filter)
+        with self._writing():
+            current_json = self._document_json(database, collection, _id)
+            if current_json is None:
+                return False
+            changed, updated, removed = _apply_update(decode_document(current_json), update)
+            doc_json = encode_document(changed)
+            if doc_json == current_json:
+                return False
+            self._store(database, collection, _id, doc_json)
+            description = {
+                "updatedFields": updated,
+                "removedFields": removed,
+                "truncatedArrays": [],
+            }
+            self._log(
+                database, collection, "update", _id, update_description=encode_document(description)
+            )
+        return True
+
+    def replace_one(
+        self,
+        database: str,
+        collection: str,
+        filter: Mapping[str, Any],
+        replacement: Mapping[str, Any],
+    ) -> bool:
+        _id = _id_filter(filter)
+        if any(k.startswith("$") for k in replacement):
+            raise ValueError("replacement document must not contain update operators")
+        if "_id" in replacement and replacement["_id"] != _id:
+            raise WriteError("the _id field cannot be changed by a replacement", code=66)
+        stored = {"_id": _id, **{k: v for k, v in replacement.items() if k != "_id"}}
+        with self._writing():
+            if self._document_json(database, collection, _id) is None:
+                return False
+            doc_json = encode_document(stored)
+            self._store(database, collection, _id, doc_json)
+            self._log(database, collection, "replace", _id, doc=doc_json)
+        return True
+
+    def delete_one(self, database: str, collection: str, filter: Mapping[str, Any]) -> bool:
+        _id = _id_filter(filter)
+        with self._writing():
+            deleted = self._db.execute(
+                "DELETE FROM documents WHERE db = ? AND coll = ? AND sort_key = ?",
+                (database, collection, id_sort_key(_id)),
+            ).rowcount
+            if deleted:
+                self._log(database, collection, "delete", _id)
+        return bool(deleted)
+
+    def drop_collection(self, database: str, collection: str) -> None:
+        """Remove every document; the stream gets a ``drop`` then an ``invalidate`` event."""
+        with self._writing():
+            self._db.execute(
+                "DELETE FROM documents WHERE db = ? AND coll = ?", (database, collection)
+            )
+            with self._shared_cluster_time(session=False):
+                self._log(database, collection, "drop", None)
+                self._log(database, collection, "invalidate", None)
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Group writes into one commit (all or nothing); each change keeps its own cluster time."""
+        with self._writing():
+            yield
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Writes inside share one cluster time, ``lsid`` and ``txnNumber``, and commit together."""
+        with self._shared_cluster_time(session=True):
+            yield
+
+    @contextmanager
+    def _shared_cluster_time(self, *, session: bool) -> Iterator[None]:
+        with self._writing():
+            if self._txn is not None:
+                yield
+                return
+            t, i = self._tick()
+            txn_json = None
+            if session:
+                self._txn_counter += 1
+                txn_json = encode_document(
+                    {
+                        "txnNumber": Int64(self._txn_counter),
+                        "lsid": {
+                            "id": Binary(uuid.uuid4().bytes, 4),
+                            "uid": Binary(hashlib.sha256(b"embedded").digest(), 0),
+                        },
+                    }
+                )
+            self._txn = _Transaction(t, i, txn_json)
+            try:
+                yield
+            finally:
+                self._txn = None
+
+    # -- write plumbing --------------------------------------------------------------------------
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One SQLite transaction per outermost write; retention is enforced at commit."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+            self._purge()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        finally:
+            self._depth = 0
+            self._txn = None
+
+    def _store(self, database: str, collection: str, _id: Any, doc_json: str) -> None:
+        self._db.execute(
+            "UPDATE documents SET doc = ? WHERE db = ? AND coll = ? AND sort_key = ?",
+            (doc_json, database, collection, id_sort_key(_id)),
+        )
+
+    def _tick(self) -> tuple[int, int]:
+        last_t, last_i, _ = self._head()
+        now = int(self.clock())
+        t, i = (now, 1) if now > last_t else (last_t, last_i + 1)
+        self._set_meta(last_t=t, last_i=i)
+        return t, i
+
+    def _log(
+        self,
+        database: str,
+        collection: str,
+        op: str,
+        _id: Any,
+        *,
+        doc: str | None = None,
+        update_description: str | None = None,
+    ) -> None:
+        if not self.change_streams_enabled(database, collection):
+            return  # DocumentDB records nothing for a collection without change streams
+        if self._txn is not None:
+            t, i, txn = self._txn.t, self._txn.i, self._txn.txn_json
+        else:
+            (t, i), txn = self._tick(), None
+        has_id = op not in ("drop", "invalidate")
+        cursor = self._db.execute(
+            "INSERT INTO events (db, coll, op, t, i, wall_ms, id_json, sort_key, doc, "
+            "update_description, txn) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                database,
+                collection,
+                op,
+                t,
+                i,
+                int(self.clock() * 1000),
+                encode_document({"_id": _id}) if has_id else None,
+                id_sort_key(_id) if has_id else None,
+                doc,
+                update_description,
+                txn,
+            ),
+        )
+        self._set_meta(last_seq=cursor.lastrowid)
+
+    def _purge(self) -> None:
+        """Drop events past the retention time or the size cap, oldest first (a capped log)."""
+        meta = self._meta("purged_through", "last_seq")
+        purged, last = int(meta["purged_through"] or 0), int(meta["last_seq"] or 0)
+        cutoff_ms = int((self.clock() - self.retention_seconds) * 1000)
+        (by_age,) = self._db.execute(
+            "SELECT MAX(seq) FROM events WHERE wall_ms < ?", (cutoff_ms,)
+        ).fetchone()
+        through = max(purged, last - self.max_events, by_age or 0)
+        if through > purged:
+            self._db.execute("DELETE FROM events WHERE seq <= ?", (through,))
+            self._set_meta(purged_through=through)
+
+    def _meta(self, *keys: str) -> dict[str, str | None]:
+        marks = ",".join("?" * len(keys))
+        rows = dict(self._db.execute(f"SELECT key, value FROM meta WHERE key IN ({marks})", keys))
+        return {k: rows.get(k) for k in keys}
+
+    def _set_meta(self, **values: Any) -> None:
+        self._db.executemany(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [(k, str(v)) for k, v in values.items()],
+        )
+
+    def read_counter(self, name: str) -> int:
+        """A named counter kept in the file (the demo workload's run number)."""
+        return int(self._meta(f"counter:{name}")[f"counter:{name}"] or 0)
+
+    def write_counter(self, name: str, value: int) -> None:
+        with self._writing():
+            self._set_meta(**{f"counter:{name}": value})
+
+
+class EmbeddedChangeStream:
+    """A change-stream cursor over one collection, with pymongo's ``ChangeStream`` reading API.
+
+    Unlike pymongo's, iterating ends when the log has no further events instead of waiting; use
+    ``try_next()`` (``None`` when nothing is pending) to read the same way from both.
+    """
+
+    def __init__(
+        self,
+        source: EmbeddedChangeStreamSource,
+        database: str,
+        collection: str,
+        *,
+        after_seq: int,
+        lookup: bool,
+        batch_size: int,
+    ):
+        self._source = source
+        self._ns = (database, collection)
+        self._after_seq = after_seq
+        self._lookup = lookup
+        self._batch_size = batch_size
+        self._buffer: list[dict[str, Any]] = []
+        self._resume_token: dict[str, str] | None = None
+        self.alive = True
+
+    @property
+    def resume_token(self) -> dict[str, str] | None:
+        """The ``_id`` of the last event returned (``None`` before the first)."""
+        return self._resume_token
+
+    def try_next(self) -> dict[str, Any] | None:
+        if not self._buffer and self.alive:
+            self._buffer = self._fetch()
+        if not self._buffer:
+            return None
+        event = self._buffer.pop(0)
+        self._resume_token = event["_id"]
+        if event["operationType"] == "invalidate":
+            self.alive = False
+            self._buffer.clear()
+        return event
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while (event := self.try_next()) is not None:
+            yield event
+
+    def close(self) -> None:
+        self.alive = False
+        self._buffer.clear()
+
+    def __enter__(self) -> EmbeddedChangeStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fetch(self) -> list[dict[str, Any]]:
+        database, collection = self._ns
+        rows = self._source._fetch_events(database, collection, self._after_seq, self._batch_size)
+        if not rows:
+            return []
+        self._after_seq = rows[-1][0]
+        looked_up = (
+            self._source._lookup(database, collection, [r[6] for r in rows if r[1] == "update"])
+            if self._lookup
+            else {}
+        )
+        return [self._event(row, looked_up) for row in rows]
+
+    def _event(self, row: tuple[Any, ...], looked_up: Mapping[bytes, str]) -> dict[str, Any]:
+        seq, op, t, i, wall_ms, id_json, sort_key, doc, update_description, txn = row
+        event: dict[str, Any] = {
+            "_id": resume_token(t, i, seq),
+            "operationType": op,
+            "clusterTime": Timestamp(t, i),
+            "wallTime": _from_millis(wall_ms),
+        }
+        if txn is not None:
+            event |= decode_document(txn)
+        if op == "invalidate":
+            return event
+        if op in ("insert", "replace"):
+            event["fullDocument"] = decode_document(doc)
+        elif op == "update" and self._lookup:
+            current = looked_up.get(sort_key)
+            event["fullDocument"] = decode_document(current) if current is not None else None
+        event["ns"] = {"db": self._ns[0], "coll": self._ns[1]}
+        if op == "drop":
+            return event
+        event["documentKey"] = decode_document(id_json)
+        if op == "update":
+            event["updateDescription"] = decode_document(update_description)
+        return event
+
+
+# -- update operators -------------------------------------------------------------------------------
+def _id_filter(filter: Mapping[str, Any]) -> Any:
+    if set(filter) != {"_id"} or isinstance(filter["_id"], Mapping):
+        raise ValueError(
+            f"the embedded source matches documents by _id equality only, got filter {filter!r}"
+        )
+    return filter["_id"]
+
+
+def _apply_update(
+    document: dict[str, Any], update: Mapping[str, Mapping[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """The updated document (``document`` is a private copy), updatedFields, removedFields."""
+    updated: dict[str, Any] = {}
+    removed: list[str] = []
+    for operator, fields in update.items():
+        if operator not in UPDATE_OPERATORS:
+            raise ValueError(
+                f"update operator {operator!r} is not supported by the embedded source: use "
+                + ", ".join(UPDATE_OPERATORS)
+            )
+        for path, value in fields.items():
+            if path == "_id" or path.startswith("_id."):
+                raise WriteError(
+                    "Performing an update on the path '_id' would modify the immutable field '_id'",
+                    code=66,
+                )
+            parent, leaf = _walk(document, path, create=operator != "$unset")
+            if operator == "$set":
+                _assign(parent, leaf, value)
+                updated[path] = value
+            elif operator == "$unset":
+                if isinstance(parent, dict) and leaf in parent:
+                    del parent[leaf]
+                    removed.append(path)
+            elif operator == "$inc":
+                new = _add(_read(parent, leaf), value, path)
+                _assign(parent, leaf, new)
+                updated[path] = new
+            else:  # $push
+                values = (
+                    value["$each"] if isinstance(value, Mapping) and "$each" in value else [value]
+                )
+                array = _read(parent, leaf)
+                if array is None:
+                    array = []
+                    _assign(parent, leaf, array)
+                if not isinstance(array, list):
+                    raise WriteError(f"The field '{path}' must be an array", code=2)
+                for item in values:
+                    array.append(item)
+                    updated[f"{path}.{len(array) - 1}"] = item
+    return document, updated, removed
+
+
+def _walk(document: dict[str, Any], path: str, *, create: bool) -> tuple[Any, str]:
+    parts = path.split(".")
+    node: Any = document
+    for part in parts[:-1]:
+        child = _read(node, part)
+        if child is None:
+            if not create:
+                return None, parts[-1]
+            child = {}
+            _assign(node, part, child)
+        if not isinstance(child, dict | list):
+            raise WriteError(f"Cannot create field '{parts[-1]}' in element {{{part}: {child!r}}}")
+        node = child
+    return node, parts[-1]
+
+
+def _read(node: Any, key: str) -> Any:
+    if isinstance(node, list):
+        return node[int(key)] if key.isdigit() and int(key) < len(node) else None
+    return node.get(key) if isinstance(node, dict) else None
+
+
+def _assign(node: Any, key: str, value: Any) -> None:
+    if isinstance(node, list):
+        index = int(key)
+        node.extend([None] * (index + 1 - len(node)))
+        node[index] = value
+    else:
+        node[key] = value
+
+
+def _add(current: Any, increment: Any, path: str) -> Any:
+    if current is None:
+        return increment
+    if isinstance(current, Decimal128) or isinstance(increment, Decimal128):
+        total = _as_decimal(current) + _as_decimal(increment)
+        return Decimal128(total)
+    if isinstance(current, int | float) and isinstance(increment, int | float):
+        total = current + increment
+        if isinstance(total, int) and (isinstance(current, Int64) or isinstance(increment, Int64)):
+            return Int64(total)
+        return total
+    raise WriteError(f"Cannot apply $inc to a value of non-numeric type at '{path}'", code=14)
+
+
+def _as_decimal(value: Any) -> Decimal:
+    return value.to_decimal() if isinstance(value, Decimal128) else Decimal(str(value))

@@ -74,6 +74,22 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "USD per GB-second, for the Lambda cost estimate",
     ),
     "AWS_REGION": ("", "", "aws: region of the Lambda functions, bucket and CloudWatch"),
+    "LAKEHOUSE_METRICS_WINDOW_HOURS": ("24", "24", "window for run outcome and duration metrics"),
+    "LAKEHOUSE_QUEUE_STUCK_SECONDS": (
+        "3600",
+        "3600",
+        "`queue_not_stuck` warns when a run has been queued longer than this",
+    ),
+    "LAKEHOUSE_MAX_FAILURE_RATE": (
+        "0.25",
+        "0.25",
+        "`failure_rate_ok` warns when the share of failed runs in the window exceeds this",
+    ),
+    "LAKEHOUSE_DASHBOARD_NAME": (
+        "lakehouse-pipelines",
+        "lakehouse-pipelines",
+        "CloudWatch dashboard generated from the published metrics",
+    ),
 }
 
 
@@ -96,6 +112,10 @@ class LakehouseSettings:
     metrics_namespace: str
     lambda_price_per_gb_second: float
     aws_region: str
+    metrics_window_hours: float = 24.0
+    queue_stuck_seconds: float = 3600.0
+    max_failure_rate: float = 0.25
+    dashboard_name: str = "lakehouse-pipelines"
 
     @property
     def namespace(self) -> str:
@@ -176,8 +196,20 @@ class LakehouseSettings:
             function_prefix=get("LAKEHOUSE_FUNCTION_PREFIX"),
             pipes_bucket=pipes_bucket,
             metrics_namespace=namespace_metrics,
-            lambda_price_per_gb_second=float(get("LAKEHOUSE_LAMBDA_PRICE_PER_GB_SECOND")),
+            lambda_price_per_gb_second=_float(
+                get("LAKEHOUSE_LAMBDA_PRICE_PER_GB_SECOND"), "LAKEHOUSE_LAMBDA_PRICE_PER_GB_SECOND"
+            ),
             aws_region=get("AWS_REGION"),
+            metrics_window_hours=_float(
+                get("LAKEHOUSE_METRICS_WINDOW_HOURS"), "LAKEHOUSE_METRICS_WINDOW_HOURS"
+            ),
+            queue_stuck_seconds=_float(
+                get("LAKEHOUSE_QUEUE_STUCK_SECONDS"), "LAKEHOUSE_QUEUE_STUCK_SECONDS"
+            ),
+            max_failure_rate=_float(
+                get("LAKEHOUSE_MAX_FAILURE_RATE"), "LAKEHOUSE_MAX_FAILURE_RATE"
+            ),
+            dashboard_name=get("LAKEHOUSE_DASHBOARD_NAME"),
         )
 
 
@@ -186,3 +218,10 @@ def _int(value: str, name: str) -> int:
         return int(value)
     except ValueError:
         raise SettingsError(f"{name}={value!r} must be a whole number") from None
+
+
+def _float(value: str, name: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} must be a number") from None

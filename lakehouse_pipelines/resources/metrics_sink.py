@@ -1,8 +1,9 @@
 """Where pipeline metrics go: a table in the lake locally, CloudWatch in AWS.
 
 Both receive the same ``Metric`` list. CloudWatch calls are batched within PutMetricData's limits
-(at most 1,000 metric data items per call, 30 dimensions per metric); the namespace is checked
-against the reserved ``AWS/`` prefix when settings are read.
+(at most 1,000 metric data items per call, 30 dimensions per metric, 150 distinct values per item:
+a distribution with more values becomes several items); the namespace may not start with the
+reserved ``AWS/`` prefix.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from lambda_functions.lake import ObjectStore
 
 MAX_METRICS_PER_CALL = 1000
 MAX_DIMENSIONS = 30
+MAX_VALUES_PER_METRIC = 150
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,21 @@ class Metric:
     unit: str = "None"  # a CloudWatch unit: Count, Seconds, Milliseconds, Megabytes, None, ...
     dimensions: dict[str, str] = field(default_factory=dict)
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # A distribution (e.g. every run duration in the window); ``value`` is then its summary.
+    values: list[float] | None = None
+
+    def at(self, timestamp: datetime) -> Metric:
+        return Metric(self.name, self.value, self.unit, self.dimensions, timestamp, self.values)
 
 
 class MetricsSink(ABC):
     @abstractmethod
     def publish(self, metrics: Sequence[Metric]) -> int:
         """Publish the metrics; return how many were written."""
+
+    @abstractmethod
+    def publish_dashboard(self, name: str, body: str) -> str:
+        """Store a CloudWatch dashboard definition; return where it went."""
 
     @property
     @abstractmethod
@@ -84,6 +95,11 @@ class LakeMetricsTable(MetricsSink):
         )
         return len(metrics)
 
+    def publish_dashboard(self, name: str, body: str) -> str:
+        key = f"metrics/dashboards/{name}.json"
+        self.store.put(key, body.encode())
+        return f"{self.store.uri}/{key}"
+
 
 class CloudWatchMetrics(MetricsSink):
     def __init__(self, namespace: str, client: Any = None, region: str | None = None):
@@ -99,21 +115,40 @@ class CloudWatchMetrics(MetricsSink):
         return f"cloudwatch://{self.namespace}"
 
     def publish(self, metrics: Sequence[Metric]) -> int:
-        data = [_metric_datum(m) for m in metrics]
+        data = [datum for m in metrics for datum in metric_data(m)]
         for start in range(0, len(data), MAX_METRICS_PER_CALL):
             self.client.put_metric_data(
                 Namespace=self.namespace, MetricData=data[start : start + MAX_METRICS_PER_CALL]
             )
         return len(data)
 
+    def publish_dashboard(self, name: str, body: str) -> str:
+        self.client.put_dashboard(DashboardName=name, DashboardBody=body)
+        return f"cloudwatch dashboard {name}"
 
-def _metric_datum(metric: Metric) -> dict[str, Any]:
+
+def metric_data(metric: Metric) -> list[dict[str, Any]]:
+    """PutMetricData items for one metric: one ``Value``, or ``Values``/``Counts`` in chunks of
+    at most 150 distinct values (CloudWatch aggregates the chunks into one statistic set)."""
     if len(metric.dimensions) > MAX_DIMENSIONS:
         raise ValueError(f"metric {metric.name} has more than {MAX_DIMENSIONS} dimensions")
-    return {
+    base = {
         "MetricName": metric.name,
         "Dimensions": [{"Name": k, "Value": v} for k, v in metric.dimensions.items()],
         "Timestamp": metric.timestamp,
-        "Value": float(metric.value),
         "Unit": metric.unit,
     }
+    if not metric.values:
+        return [{**base, "Value": float(metric.value)}]
+    counts: dict[float, int] = {}
+    for v in metric.values:
+        counts[float(v)] = counts.get(float(v), 0) + 1
+    distinct = sorted(counts)
+    return [
+        {
+            **base,
+            "Values": distinct[i : i + MAX_VALUES_PER_METRIC],
+            "Counts": [float(counts[v]) for v in distinct[i : i + MAX_VALUES_PER_METRIC]],
+        }
+        for i in range(0, len(distinct), MAX_VALUES_PER_METRIC)
+    ]

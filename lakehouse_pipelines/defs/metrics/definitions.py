@@ -1,13 +1,13 @@
-"""MWAA-style metrics: the Dagster queue and the pipeline's own figures, to CloudWatch or the lake.
+"""MWAA-style metrics: the Dagster queue, runs, pools, daemons and the pipeline's own figures.
 
-MWAA's queue metrics (QueuedTasks, RunningTasks, ApproximateAgeOfOldestTask) map to Dagster's
-queued runs, in-progress runs and the age of the oldest queued run; the pipeline adds per-stage rows
-and durations, Lambda figures (duration, billed duration, max memory, estimated cost) and CDC lag,
-read from the latest materialization of each stage.
+Published to CloudWatch in AWS and to a metrics table in the lake locally (the sink resource
+decides), with a CloudWatch dashboard generated from the same metric list. The asset also returns
+every figure as numeric metadata, so the Dagster UI plots them over materializations. A sensor
+publishes the same metrics without launching a run, so they keep flowing when runs cannot start
+(a full queue or a stopped run coordinator is exactly when they matter).
 """
 
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from dagster import (
@@ -15,92 +15,81 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetKey,
     DagsterInstance,
-    DagsterRunStatus,
+    DefaultSensorStatus,
     Definitions,
     MaterializeResult,
     MetadataValue,
     ResourceParam,
-    RunsFilter,
+    SensorEvaluationContext,
+    SkipReason,
     asset,
+    sensor,
 )
 
 from lakehouse_pipelines.defs.cdc_capture.definitions import CAPTURE_KEY
 from lakehouse_pipelines.defs.merge.definitions import LAKE_TABLE_KEY
+from lakehouse_pipelines.defs.metrics.collect import (
+    daemon_metrics,
+    labels,
+    pool_metrics,
+    queue_metrics,
+    run_window_metrics,
+    stage_metrics,
+)
+from lakehouse_pipelines.defs.metrics.dashboard import dashboard_body
 from lakehouse_pipelines.defs.warehouse_load.definitions import WAREHOUSE_TABLE_KEY
 from lakehouse_pipelines.resources import Metric, MetricsSink
 from lakehouse_pipelines.settings import LakehouseSettings
 
 STAGES = {CAPTURE_KEY: "capture", LAKE_TABLE_KEY: "merge", WAREHOUSE_TABLE_KEY: "load"}
-# Stage metadata key -> (metric name, CloudWatch unit)
-STAGE_FIGURES = {
-    "dagster/row_count": ("Rows", "Count"),
-    "duration_seconds": ("StageDuration", "Seconds"),
-    "lambda/duration_ms": ("LambdaDuration", "Milliseconds"),
-    "lambda/billed_duration_ms": ("LambdaBilledDuration", "Milliseconds"),
-    "lambda/max_memory_used_mb": ("LambdaMaxMemoryUsed", "Megabytes"),
-    "lambda/estimated_cost_usd": ("LambdaEstimatedCost", "None"),
-    "cdc_lag_seconds": ("CdcLag", "Seconds"),
-}
-IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
-QUEUE_STUCK_AFTER_S = 3600.0
+METRICS_KEY = "pipeline_metrics"
 
 
-def queue_metrics(instance: DagsterInstance, now: float) -> list[Metric]:
-    queued = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
-    running = instance.get_runs_count(RunsFilter(statuses=IN_PROGRESS))
-    oldest = instance.get_run_records(
-        filters=RunsFilter(statuses=[DagsterRunStatus.QUEUED]), limit=1, ascending=True
-    )
-    oldest_age = now - oldest[0].create_timestamp.timestamp() if oldest else 0.0
-    return [
-        Metric("QueuedRuns", queued, "Count"),
-        Metric("RunningRuns", running, "Count"),
-        Metric("OldestQueuedRunAge", round(oldest_age, 3), "Seconds"),
+def collect_metrics(instance: DagsterInstance, settings: LakehouseSettings) -> list[Metric]:
+    now = time.time()
+    metrics = [
+        *queue_metrics(instance, now),
+        *run_window_metrics(instance, now, settings.metrics_window_hours * 3600),
+        *pool_metrics(instance),
+        *daemon_metrics(instance, now),
+        *stage_metrics(instance, STAGES, settings.namespace),
     ]
+    stamp = datetime.fromtimestamp(now, UTC)
+    return [m.at(stamp) for m in metrics]
 
 
-def stage_metrics(instance: DagsterInstance, namespace: str) -> list[Metric]:
-    metrics = []
-    for key, stage in STAGES.items():
-        event = instance.get_latest_materialization_event(AssetKey(key))
-        if event is None or event.asset_materialization is None:
-            continue
-        metadata = event.asset_materialization.metadata
-        for field, (name, unit) in STAGE_FIGURES.items():
-            value = metadata.get(field)
-            if value is not None and isinstance(value.value, int | float):
-                metrics.append(
-                    Metric(name, value.value, unit, {"Stage": stage, "Collection": namespace})
-                )
-    return metrics
+def publish(metrics: list[Metric], sink: MetricsSink, settings: LakehouseSettings) -> str:
+    sink.publish(metrics)
+    body = dashboard_body(settings.metrics_namespace, settings.aws_region or "us-east-1", metrics)
+    return sink.publish_dashboard(settings.dashboard_name, body)
 
 
-def as_metadata(metrics: Sequence[Metric]) -> dict[str, MetadataValue]:
-    out: dict[str, MetadataValue] = {}
-    for m in metrics:
-        label = m.name if "Stage" not in m.dimensions else f"{m.dimensions['Stage']}/{m.name}"
-        out[label] = MetadataValue.float(float(m.value))
-    return out
+def _value(metrics: list[Metric], name: str) -> float:
+    return next((float(m.value) for m in metrics if m.name == name), 0.0)
 
 
 @asset(
-    name="pipeline_metrics",
+    name=METRICS_KEY,
     deps=[WAREHOUSE_TABLE_KEY],
     group_name="operations",
     kinds={"cloudwatch"},
     check_specs=[
         AssetCheckSpec(
             "queue_not_stuck",
-            asset="pipeline_metrics",
-            description=f"No run has waited in the queue longer than {QUEUE_STUCK_AFTER_S:.0f} s.",
-        )
+            asset=METRICS_KEY,
+            description="No run has waited in the queue longer than LAKEHOUSE_QUEUE_STUCK_SECONDS.",
+        ),
+        AssetCheckSpec(
+            "failure_rate_ok",
+            asset=METRICS_KEY,
+            description="The share of failed runs in the window is at most LAKEHOUSE_MAX_FAILURE_RATE.",
+        ),
     ],
     description=(
-        "MWAA-style queue metrics (queued and running runs, oldest queued age) and the pipeline's "
-        "figures (rows, durations, Lambda duration/memory/cost, CDC lag) published to CloudWatch "
-        "(AWS) or a metrics table in the lake (local); every figure is also numeric metadata here."
+        "MWAA-style metrics: queued and running runs, oldest queued age, run outcomes and "
+        "durations, pool slots, daemon heartbeats, and per-stage rows, durations, Lambda "
+        "duration/memory/cost and CDC lag. Published to CloudWatch (AWS) or the lake (local)."
     ),
 )
 def pipeline_metrics(
@@ -108,31 +97,57 @@ def pipeline_metrics(
     lakehouse: ResourceParam[LakehouseSettings],
     metrics_sink: ResourceParam[MetricsSink],
 ) -> MaterializeResult:
-    now = time.time()
-    metrics = queue_metrics(context.instance, now) + stage_metrics(
-        context.instance, lakehouse.namespace
-    )
-    stamp = datetime.fromtimestamp(now, UTC)
-    metrics = [Metric(m.name, m.value, m.unit, m.dimensions, stamp) for m in metrics]
-    published = metrics_sink.publish(metrics)
-    context.log.info(f"Published {published} metrics to {metrics_sink.location}")
-    oldest_age = next(m.value for m in metrics if m.name == "OldestQueuedRunAge")
+    metrics = collect_metrics(context.instance, lakehouse)
+    dashboard = publish(metrics, metrics_sink, lakehouse)
+    context.log.info(f"Published {len(metrics)} metrics to {metrics_sink.location}; {dashboard}")
+    oldest = _value(metrics, "OldestQueuedRunAge")
+    failure_rate = _value(metrics, "RunFailureRate")
     return MaterializeResult(
         metadata={
-            **as_metadata(metrics),
-            "metrics_published": MetadataValue.int(published),
+            **{k: MetadataValue.float(v) for k, v in labels(metrics).items()},
+            "metrics_published": MetadataValue.int(len(metrics)),
             "destination": MetadataValue.text(metrics_sink.location),
+            "dashboard": MetadataValue.text(dashboard),
         },
         check_results=[
             AssetCheckResult(
                 check_name="queue_not_stuck",
-                passed=oldest_age <= QUEUE_STUCK_AFTER_S,
+                passed=oldest <= lakehouse.queue_stuck_seconds,
                 severity=AssetCheckSeverity.WARN,
-                metadata={"oldest_queued_run_age_seconds": MetadataValue.float(oldest_age)},
-            )
+                metadata={
+                    "oldest_queued_run_age_seconds": MetadataValue.float(oldest),
+                    "threshold_seconds": MetadataValue.float(lakehouse.queue_stuck_seconds),
+                },
+            ),
+            AssetCheckResult(
+                check_name="failure_rate_ok",
+                passed=failure_rate <= lakehouse.max_failure_rate,
+                severity=AssetCheckSeverity.WARN,
+                metadata={
+                    "failure_rate": MetadataValue.float(failure_rate),
+                    "runs_failed": MetadataValue.int(int(_value(metrics, "RunsFailed"))),
+                    "runs_finished": MetadataValue.int(int(_value(metrics, "RunsFinished"))),
+                    "threshold": MetadataValue.float(lakehouse.max_failure_rate),
+                },
+            ),
         ],
     )
 
 
+@sensor(
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Publishes pipeline metrics every minute without launching a run.",
+)
+def pipeline_metrics_sensor(
+    context: SensorEvaluationContext,
+    lakehouse: ResourceParam[LakehouseSettings],
+    metrics_sink: ResourceParam[MetricsSink],
+) -> SkipReason:
+    metrics = collect_metrics(context.instance, lakehouse)
+    publish(metrics, metrics_sink, lakehouse)
+    return SkipReason(f"published {len(metrics)} metrics to {metrics_sink.location}")
+
+
 def build_defs(settings: LakehouseSettings) -> Definitions:
-    return Definitions(assets=[pipeline_metrics])
+    return Definitions(assets=[pipeline_metrics], sensors=[pipeline_metrics_sensor])

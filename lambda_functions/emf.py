@@ -1,0 +1,57 @@
+"""CloudWatch Embedded Metric Format (EMF) lines, printed by the Lambdas.
+
+In Lambda, a JSON line on stdout with an ``_aws`` member becomes CloudWatch metrics without any API
+call (CloudWatch Logs extracts them). Locally the line simply lands in the function log. Limits
+from the EMF specification: at most 100 metrics per line, at most 30 dimensions per set.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+
+MAX_METRICS_PER_LINE = 100
+MAX_DIMENSIONS = 30
+
+
+def emf_lines(
+    namespace: str,
+    dimensions: Mapping[str, str],
+    metrics: Mapping[str, tuple[float, str]],
+    *,
+    timestamp_ms: int | None = None,
+) -> list[str]:
+    """EMF documents for ``metrics`` (name -> (value, unit)), 100 metrics per line."""
+    if namespace.startswith("AWS/"):
+        raise ValueError("EMF namespaces starting with 'AWS/' are reserved")
+    if len(dimensions) > MAX_DIMENSIONS:
+        raise ValueError(f"at most {MAX_DIMENSIONS} dimensions per EMF dimension set")
+    stamp = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    names = list(metrics)
+    lines = []
+    for start in range(0, len(names), MAX_METRICS_PER_LINE):
+        chunk = names[start : start + MAX_METRICS_PER_LINE]
+        document: dict = {
+            "_aws": {
+                "Timestamp": stamp,
+                "CloudWatchMetrics": [
+                    {
+                        "Namespace": namespace,
+                        "Dimensions": [list(dimensions)],
+                        "Metrics": [{"Name": n, "Unit": metrics[n][1]} for n in chunk],
+                    }
+                ],
+            },
+            **dimensions,
+            **{n: metrics[n][0] for n in chunk},
+        }
+        lines.append(json.dumps(document, separators=(",", ":")))
+    return lines
+
+
+def print_emf(
+    namespace: str, dimensions: Mapping[str, str], metrics: Mapping[str, tuple[float, str]]
+) -> None:
+    for line in emf_lines(namespace, dimensions, metrics):
+        print(line, flush=True)

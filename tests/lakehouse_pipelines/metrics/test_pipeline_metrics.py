@@ -1,0 +1,171 @@
+import json
+import time
+
+import boto3
+import pytest
+from dagster import DagsterRun, DagsterRunStatus, asset, instance_for_test, materialize
+from dagster._core.remote_origin import (
+    InProcessCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+from lakehouse_pipelines.defs.metrics.collect import (
+    labels,
+    pool_metrics,
+    queue_metrics,
+    run_window_metrics,
+)
+from lakehouse_pipelines.defs.metrics.dashboard import dashboard_body
+from lakehouse_pipelines.resources.metrics_sink import (
+    MAX_METRICS_PER_CALL,
+    MAX_VALUES_PER_METRIC,
+    CloudWatchMetrics,
+    Metric,
+)
+from lambda_functions.emf import MAX_METRICS_PER_LINE, emf_lines
+
+
+@asset
+def fine():
+    return 1
+
+
+@asset
+def broken():
+    raise RuntimeError("boom")
+
+
+@pytest.fixture
+def instance():
+    with instance_for_test() as instance:
+        yield instance
+
+
+ORIGIN = RemoteJobOrigin(
+    repository_origin=RemoteRepositoryOrigin(
+        code_location_origin=InProcessCodeLocationOrigin(
+            loadable_target_origin=LoadableTargetOrigin(python_file=__file__)
+        ),
+        repository_name="__repository__",
+    ),
+    job_name="some_job",
+)
+
+
+def add_run(instance, status: DagsterRunStatus) -> None:
+    """A run record in the given state, as the run queue and launcher would leave it."""
+    instance.add_run(
+        DagsterRun(
+            job_name="some_job",
+            run_id=f"run-{status.value}-{time.time_ns()}",
+            status=status,
+            remote_job_origin=ORIGIN,
+        )
+    )
+
+
+def test_queue_and_run_metrics_from_a_real_instance(instance):
+    for _ in range(2):
+        materialize([fine], instance=instance)
+    materialize([broken], instance=instance, raise_on_error=False)
+    add_run(instance, DagsterRunStatus.QUEUED)
+    add_run(instance, DagsterRunStatus.QUEUED)
+    add_run(instance, DagsterRunStatus.STARTED)
+
+    now = time.time()
+    queue = labels(queue_metrics(instance, now))
+    assert queue["QueuedRuns"] == 2 and queue["RunningRuns"] == 1
+    assert 0 <= queue["OldestQueuedRunAge"] < 60
+    later = labels(queue_metrics(instance, now + 7200))
+    assert later["OldestQueuedRunAge"] >= 7200
+
+    window = run_window_metrics(instance, now, window_s=3600)
+    figures = labels(window)
+    assert (figures["RunsFinished"], figures["RunsFailed"]) == (3, 1)
+    assert figures["RunFailureRate"] == pytest.approx(1 / 3, abs=1e-3)
+    duration = next(m for m in window if m.name == "RunDuration")
+    assert len(duration.values) == 3 and all(v >= 0 for v in duration.values)
+    assert labels(run_window_metrics(instance, now + 7200, window_s=60))["RunsFinished"] == 0
+
+
+def test_pool_slot_usage_is_reported(instance):
+    instance.event_log_storage.set_concurrency_slots("lakehouse_lambda", 4)
+    figures = labels(pool_metrics(instance))
+    assert figures["lakehouse_lambda/PoolSlotsLimit"] == 4
+    assert figures["lakehouse_lambda/PoolSlotsInUse"] == 0
+
+
+class RecordingCloudWatch:
+    def __init__(self, client):
+        self.client, self.calls = client, []
+
+    def put_metric_data(self, **kwargs):
+        self.calls.append(kwargs)
+        return self.client.put_metric_data(**kwargs)
+
+    def put_dashboard(self, **kwargs):
+        return self.client.put_dashboard(**kwargs)
+
+
+def test_cloudwatch_publishing_stays_within_the_api_limits(aws_env):
+    cloudwatch = RecordingCloudWatch(boto3.client("cloudwatch"))
+    sink = CloudWatchMetrics("Lakehouse/Test", client=cloudwatch)
+    metrics = [Metric("Rows", i, "Count", {"Stage": f"s{i % 7}"}) for i in range(2300)]
+    metrics.append(Metric("RunDuration", 1.0, "Seconds", values=[i / 10 for i in range(400)]))
+    written = sink.publish(metrics)
+    assert written == 2300 + 3  # 400 distinct values -> 150 + 150 + 100
+    assert [len(c["MetricData"]) for c in cloudwatch.calls] == [1000, 1000, 303]
+    for call in cloudwatch.calls:
+        assert len(call["MetricData"]) <= MAX_METRICS_PER_CALL
+        assert not call["Namespace"].startswith("AWS/")
+        for datum in call["MetricData"]:
+            assert len(datum.get("Values", [])) <= MAX_VALUES_PER_METRIC
+            assert len(datum["Dimensions"]) <= 30
+    stored = boto3.client("cloudwatch").list_metrics(Namespace="Lakehouse/Test")["Metrics"]
+    assert {m["MetricName"] for m in stored} == {"Rows", "RunDuration"}
+
+
+def test_aws_namespace_is_refused():
+    with pytest.raises(ValueError, match="reserved"):
+        CloudWatchMetrics("AWS/Lambda", client=object())
+
+
+def test_dashboard_covers_every_published_metric_and_is_accepted(aws_env):
+    metrics = [
+        Metric("QueuedRuns", 1, "Count"),
+        Metric("Rows", 5, "Count", {"Stage": "merge", "Collection": "shop.orders"}),
+        Metric("Rows", 7, "Count", {"Stage": "load", "Collection": "shop.orders"}),
+        Metric("LambdaDuration", 12.5, "Milliseconds", {"Stage": "load"}),
+    ]
+    body = dashboard_body("Lakehouse/Test", "us-east-1", metrics)
+    widgets = json.loads(body)["widgets"]
+    plotted = [tuple(line) for w in widgets for line in w["properties"]["metrics"]]
+    for m in metrics:
+        expected = (
+            "Lakehouse/Test",
+            m.name,
+            *[x for kv in sorted(m.dimensions.items()) for x in kv],
+        )
+        assert expected in plotted
+    client = boto3.client("cloudwatch")
+    client.put_dashboard(DashboardName="lakehouse", DashboardBody=body)
+    assert json.loads(
+        client.get_dashboard(DashboardName="lakehouse")["DashboardBody"]
+    ) == json.loads(body)
+
+
+def test_emf_lines_follow_the_embedded_metric_format():
+    metrics = {f"m{i}": (float(i), "Count") for i in range(150)}
+    lines = emf_lines("Lakehouse/Lambda", {"Function": "merge"}, metrics, timestamp_ms=1)
+    assert len(lines) == 2
+    docs = [json.loads(line) for line in lines]
+    for doc in docs:
+        directive = doc["_aws"]["CloudWatchMetrics"][0]
+        assert doc["_aws"]["Timestamp"] == 1 and directive["Dimensions"] == [["Function"]]
+        assert len(directive["Metrics"]) <= MAX_METRICS_PER_LINE
+        assert doc["Function"] == "merge"
+        for metric in directive["Metrics"]:
+            assert doc[metric["Name"]] == metrics[metric["Name"]][0]
+    assert sum(len(d["_aws"]["CloudWatchMetrics"][0]["Metrics"]) for d in docs) == 150

@@ -15,10 +15,11 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
-from dagster import Failure, MaterializeResult, MetadataValue
+from dagster import AssetCheckResult, Failure, MaterializeResult, MetadataValue
 from dagster._core.pipes.client import PipesMessageReader
 from dagster._core.pipes.utils import PipesTempFileMessageReader
 from dagster_aws.pipes import PipesLambdaClient, PipesS3MessageReader
@@ -176,6 +177,78 @@ class LambdaPipes:
             data_version=reported.data_version,
             tags=reported.tags,
         )
+
+    def run_partitions(
+        self,
+        context: Any,
+        spec: FunctionSpec,
+        requests: Mapping[str, CollectionRequest],
+        *,
+        max_concurrency: int,
+    ) -> MaterializeResult:
+        """Hopper fan-out: one invocation per partition, at most ``max_concurrency`` at once.
+
+        Every invocation gets its own ``PipesLambdaClient`` (the client is not thread-safe). Each
+        partition's reported metadata is attached to that partition, so a single-run backfill still
+        records one materialization per partition with its own figures; check results are combined
+        (a check passes only if it passed for every partition, and names the ones that failed).
+        If any invocation fails, the others still finish (their work is committed and idempotent)
+        and the step then fails naming every failed partition.
+        """
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        results: dict[str, MaterializeResult] = {}
+        failures: dict[str, BaseException] = {}
+        with ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="lambda") as pool:
+            futures = {
+                pool.submit(self.run, context, spec, request): key
+                for key, request in requests.items()
+            }
+            for future in as_completed(futures):
+                key = futures[future]
+                try:
+                    results[key] = future.result()
+                except Exception as error:
+                    failures[key] = error
+                    context.log.error(f"partition {key}: {error}")
+        for key, result in sorted(results.items()):
+            context.add_asset_metadata(dict(result.metadata or {}), partition_key=key)
+        if failures:
+            raise Failure(
+                description=(
+                    f"{len(failures)} of {len(requests)} partitions failed: "
+                    + "; ".join(
+                        f"{k}: {str(e).splitlines()[0]}" for k, e in sorted(failures.items())
+                    )
+                    + ". Partitions that succeeded are committed; re-run the failed ones."
+                ),
+                metadata={"failed_partitions": MetadataValue.json(sorted(failures))},
+            )
+        return MaterializeResult(check_results=_combine_checks(results))
+
+
+def _combine_checks(results: Mapping[str, MaterializeResult]) -> list[AssetCheckResult]:
+    by_name: dict[str, dict[str, AssetCheckResult]] = {}
+    for key, result in results.items():
+        for check in result.check_results or []:
+            by_name.setdefault(check.check_name, {})[key] = check
+    combined = []
+    for name, checks in sorted(by_name.items()):
+        failed = sorted(key for key, check in checks.items() if not check.passed)
+        first = next(iter(checks.values()))
+        combined.append(
+            AssetCheckResult(
+                check_name=name,
+                asset_key=first.asset_key,
+                passed=not failed,
+                severity=first.severity,
+                metadata={
+                    "partitions_checked": MetadataValue.int(len(checks)),
+                    "failed_partitions": MetadataValue.json(failed),
+                },
+            )
+        )
+    return combined
 
 
 def _function_failure(name: str, client: _TailingLambdaClient, error: Exception) -> Failure:

@@ -35,3 +35,14 @@ def slow(event, context):
     with open_pipes(event) as pipes:
         pipes.log.info("starting a long step")
         time.sleep(30)
+
+
+def per_collection(event, context):
+    """Reports which collection it handled; the check fails for collection 'c13'."""
+    with open_pipes(event) as pipes:
+        time.sleep(0.2)
+        collection = event["collection"]
+        pipes.report_asset_materialization(
+            metadata={"collection": {"raw_value": collection, "type": "text"}}
+        )
+        pipes.report_asset_check(check_name="probe_check", passed=collection != "c13")

@@ -1,0 +1,152 @@
+"""Render the AWS SAM template for the Lambda functions from the function registry.
+
+The template is generated, never edited by hand, so function names, handlers, timeouts and memory
+are the ones the local runtime and ``LambdaPipes`` use. All functions ship as one container image
+(deltalake + pyarrow exceed Lambda's 250 MB zip limit); each function picks its handler with
+``ImageConfig.Command``. The role grants only what the handlers do: read/write the lake prefix,
+write Pipes messages, put metrics in the pipeline's namespace, read the DocumentDB secret.
+
+    python -m lakehouse_pipelines.deploy_template > deploy/template.yaml
+"""
+
+from typing import Any
+
+import yaml
+
+from lambda_functions.registry import FUNCTIONS, FunctionSpec
+
+DEFAULT_RESERVED_CONCURRENCY = 8  # keep the Dagster pool (deploy/dagster.yaml) below this
+
+
+def _logical_id(spec: FunctionSpec) -> str:
+    return "".join(part.capitalize() for part in spec.name.split("-")) + "Function"
+
+
+def render_template() -> dict[str, Any]:
+    lake_arn = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${LakeBucketName}"}
+    lake_objects = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${LakeBucketName}/${LakePrefix}*"}
+    pipes_objects = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${PipesBucketName}/*"}
+    resources: dict[str, Any] = {
+        "FunctionRole": {
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "AssumeRolePolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "lambda.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                },
+                "ManagedPolicyArns": [
+                    {
+                        "Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/"
+                        "AWSLambdaBasicExecutionRole"
+                    }
+                ],
+                "Policies": [
+                    {
+                        "PolicyName": "lakehouse-data-plane",
+                        "PolicyDocument": {
+                            "Version": "2012-10-17",
+                            "Statement": [
+                                {
+                                    "Effect": "Allow",
+                                    "Action": ["s3:ListBucket"],
+                                    "Resource": [lake_arn],
+                                    "Condition": {
+                                        "StringLike": {"s3:prefix": [{"Fn::Sub": "${LakePrefix}*"}]}
+                                    },
+                                },
+                                {
+                                    "Effect": "Allow",
+                                    "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                                    "Resource": [lake_objects],
+                                },
+                                {
+                                    "Effect": "Allow",
+                                    "Action": ["s3:PutObject"],
+                                    "Resource": [pipes_objects],
+                                },
+                                {
+                                    "Effect": "Allow",
+                                    "Action": ["cloudwatch:PutMetricData"],
+                                    "Resource": "*",
+                                    "Condition": {
+                                        "StringEquals": {
+                                            "cloudwatch:namespace": {"Ref": "MetricsNamespace"}
+                                        }
+                                    },
+                                },
+                                {
+                                    "Effect": "Allow",
+                                    "Action": ["secretsmanager:GetSecretValue"],
+                                    "Resource": [{"Ref": "DocumentDbSecretArn"}],
+                                },
+                            ],
+                        },
+                    }
+                ],
+            },
+        }
+    }
+    for spec in FUNCTIONS.values():
+        resources[_logical_id(spec)] = {
+            "Type": "AWS::Serverless::Function",
+            "Properties": {
+                "FunctionName": spec.name,
+                "Description": spec.description,
+                "PackageType": "Image",
+                "ImageUri": {"Ref": "ImageUri"},
+                "ImageConfig": {"Command": [spec.handler]},
+                "Timeout": int(spec.timeout_s),
+                "MemorySize": spec.memory_mb,
+                "ReservedConcurrentExecutions": {"Ref": "ReservedConcurrency"},
+                "Role": {"Fn::GetAtt": ["FunctionRole", "Arn"]},
+                "Environment": {
+                    "Variables": {"LAKEHOUSE_METRICS_NAMESPACE": {"Ref": "MetricsNamespace"}}
+                },
+            },
+        }
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Transform": "AWS::Serverless-2016-10-31",
+        "Description": "lakehouse_pipelines data plane: the Lambda functions Dagster invokes "
+        "through Pipes (generated by lakehouse_pipelines/deploy_template.py; do not edit).",
+        "Parameters": {
+            "ImageUri": {
+                "Type": "String",
+                "Description": "ECR image built from deploy/Dockerfile",
+            },
+            "LakeBucketName": {"Type": "String"},
+            "LakePrefix": {"Type": "String", "Default": "lake/"},
+            "PipesBucketName": {
+                "Type": "String",
+                "Description": "bucket for Pipes messages (LAKEHOUSE_PIPES_BUCKET)",
+            },
+            "MetricsNamespace": {"Type": "String", "Default": "Lakehouse/Pipelines"},
+            "DocumentDbSecretArn": {
+                "Type": "String",
+                "Description": "Secrets Manager secret with the DocumentDB credentials",
+            },
+            "ReservedConcurrency": {
+                "Type": "Number",
+                "Default": DEFAULT_RESERVED_CONCURRENCY,
+                "Description": "per function; keep the Dagster lakehouse_lambda pool below it",
+            },
+        },
+        "Resources": resources,
+        "Outputs": {
+            "FunctionRoleArn": {"Value": {"Fn::GetAtt": ["FunctionRole", "Arn"]}},
+        },
+    }
+
+
+def render_yaml() -> str:
+    return yaml.safe_dump(render_template(), sort_keys=False, width=100)
+
+
+if __name__ == "__main__":
+    print(render_yaml(), end="")

@@ -83,7 +83,45 @@ def render_template() -> dict[str, Any]:
                                 {
                                     "Effect": "Allow",
                                     "Action": ["secretsmanager:GetSecretValue"],
-                                    "Resource": [{"Ref": "DocumentDbSecretArn"}],
+                                    "Resource": [
+                                        {"Ref": "DocumentDbSecretArn"},
+                                        {"Ref": "RedshiftSecretArn"},
+                                    ],
+                                },
+                                {
+                                    "Effect": "Allow",
+                                    "Action": [
+                                        "redshift-data:BatchExecuteStatement",
+                                        "redshift-data:ExecuteStatement",
+                                    ],
+                                    "Resource": [{"Ref": "RedshiftResourceArn"}],
+                                },
+                                {
+                                    # Only statements this role submitted.
+                                    "Effect": "Allow",
+                                    "Action": [
+                                        "redshift-data:DescribeStatement",
+                                        "redshift-data:GetStatementResult",
+                                        "redshift-data:CancelStatement",
+                                    ],
+                                    "Resource": "*",
+                                    "Condition": {
+                                        "StringEquals": {
+                                            # an IAM policy variable, not a template one
+                                            "redshift-data:statement-owner-iam-userid": (
+                                                "${aws:userid}"
+                                            )
+                                        }
+                                    },
+                                },
+                                {
+                                    "Effect": "Allow",
+                                    "Action": [
+                                        "redshift-serverless:GetCredentials",
+                                        "redshift:GetClusterCredentials",
+                                        "redshift:GetClusterCredentialsWithIAM",
+                                    ],
+                                    "Resource": [{"Ref": "RedshiftResourceArn"}],
                                 },
                             ],
                         },
@@ -130,6 +168,15 @@ def render_template() -> dict[str, Any]:
             "DocumentDbSecretArn": {
                 "Type": "String",
                 "Description": "Secrets Manager secret with the DocumentDB credentials",
+            },
+            "RedshiftResourceArn": {
+                "Type": "String",
+                "Description": "the Redshift Serverless workgroup or provisioned cluster ARN",
+            },
+            "RedshiftSecretArn": {
+                "Type": "String",
+                "Description": "Secrets Manager secret for Redshift (provisioned clusters), "
+                "or the DocumentDB secret again if unused",
             },
             "ReservedConcurrency": {
                 "Type": "Number",

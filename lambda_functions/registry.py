@@ -49,6 +49,21 @@ WAREHOUSE_LOAD = FunctionSpec(
     description="Loads the lake table's changes into the warehouse in one transaction.",
 )
 
+DMS_INGEST = FunctionSpec(
+    name="lakehouse-dms-ingest",
+    handler="lambda_functions.cdc_capture.dms_handler.handler",
+    timeout_s=900,
+    memory_mb=2048,
+    description="Ingests AWS DMS output files (full load + CDC) into the S3 raw zone as batches.",
+)
+MQ_INGEST = FunctionSpec(
+    name="lakehouse-mq-ingest",
+    handler="lambda_functions.cdc_capture.mq_handler.handler",
+    timeout_s=300,
+    memory_mb=1024,
+    description="Amazon MQ / SQS event source: change-event messages into the raw zone.",
+)
+
 FUNCTIONS: dict[str, FunctionSpec] = {
-    spec.name: spec for spec in (CDC_CAPTURE, MERGE, WAREHOUSE_LOAD)
+    spec.name: spec for spec in (CDC_CAPTURE, MERGE, WAREHOUSE_LOAD, DMS_INGEST, MQ_INGEST)
 }

@@ -1,15 +1,11 @@
-"""Change capture: DocumentDB (or the embedded stand-in) change streams into raw-zone batches."""
+"""Change capture: DocumentDB (or the embedded stand-in) change streams, AWS DMS output files and
+MQ/SQS messages into raw-zone batches of one format."""
 
 from lambda_functions.cdc_capture.capture import (
     BatchVerification,
-    CaptureError,
     CaptureResult,
-    ChangeStreamsDisabledError,
-    ConcurrentCaptureError,
-    ResumeTokenExpiredError,
     SnapshotProgress,
     capture_changes,
-    token_position,
     verify_batches,
 )
 from lambda_functions.cdc_capture.change_source import (
@@ -18,10 +14,19 @@ from lambda_functions.cdc_capture.change_source import (
     open_source,
 )
 from lambda_functions.cdc_capture.demo_workload import DemoWorkload, WorkloadRun
+from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource
 from lambda_functions.cdc_capture.embedded_source import (
     EmbeddedChangeStream,
     EmbeddedChangeStreamSource,
 )
+from lambda_functions.cdc_capture.errors import (
+    CaptureError,
+    ChangeStreamsDisabledError,
+    ConcurrentCaptureError,
+    ResumeTokenExpiredError,
+    SourceConnectionError,
+)
+from lambda_functions.cdc_capture.positions import token_position
 
 __all__ = [
     "BatchVerification",
@@ -32,10 +37,12 @@ __all__ = [
     "ChangeStreamsDisabledError",
     "ConcurrentCaptureError",
     "DemoWorkload",
+    "DocumentDBChangeSource",
     "EmbeddedChangeStream",
     "EmbeddedChangeStreamSource",
     "ResumeTokenExpiredError",
     "SnapshotProgress",
+    "SourceConnectionError",
     "WorkloadRun",
     "capture_changes",
     "open_source",

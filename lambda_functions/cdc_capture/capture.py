@@ -20,39 +20,55 @@ Guarantees:
 - Nothing is dropped silently: a malformed document or event goes to the batch's dead-letter
   object ``quarantine/<batch>.jsonl`` and is counted in the manifest; an update whose lookup found
   the document deleted is skipped and counted (its delete follows in the stream).
-- Nothing new means no batch: the checkpoint is left as it is.
+- Nothing new means no batch: the checkpoint is left as it is, except for a quiet collection
+  whose saved token is older than half the change-stream retention: if the source advanced its
+  resume token without events (a post-batch resume token), an empty batch carries the new token,
+  so the saved position never expires while nothing happens.
+- An expired resume token stops capture with ``ResumeTokenExpiredError`` (what to do is in the
+  message), unless the request opts in to ``auto_resnapshot``: then a batch marked ``dropped``
+  (the merge clears the table) is published and a new snapshot follows, a new table generation
+  with nothing lost and nothing duplicated.
+
+Why an empty batch rather than writing the token into ``_checkpoint.json`` alone: the raw zone's
+one invariant is that capture state lives in manifests and the checkpoint is only a cache of the
+newest one (``read_checkpoint`` rolls forward over manifests); an empty batch keeps that, is
+visible to operators, costs one manifest per collection per half retention (every 1.5 h with
+DocumentDB's default 3 h) and the merge applies it as a no-op.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-import pyarrow as pa
 from pymongo.errors import OperationFailure
 
-from lambda_functions.cdc_capture.change_source import ChangeSource
-from lambda_functions.cdc_capture.extended_json import (
-    decode_document,
-    encode_document,
-    encode_value,
-    key_string,
-    relaxed_json,
+from lambda_functions.cdc_capture.batches import (
+    BatchRows,
+    Malformed,
+    event_row,
+    publish,
 )
+from lambda_functions.cdc_capture.change_source import ChangeSource
+from lambda_functions.cdc_capture.errors import (
+    CaptureError,
+    ChangeStreamsDisabledError,
+    ResumeTokenExpiredError,
+)
+from lambda_functions.cdc_capture.extended_json import decode_document, encode_value
+from lambda_functions.cdc_capture.positions import token_position
 from lambda_functions.contracts import CaptureRequest
 from lambda_functions.lake.raw_zone import (
     BATCH_SCHEMA,
     BatchManifest,
     Checkpoint,
     CorruptBatchError,
-    ObjectExistsError,
     RawZone,
 )
 from lambda_functions.lake.store import ObjectStore, open_store
@@ -63,30 +79,28 @@ DEADLINE_RESERVE_FRACTION = 0.10
 DEADLINE_RESERVE_MIN_S = 5.0
 SNAPSHOT_PAGE_ROWS = 1_000
 STREAM_BATCH_SIZE = 1_000
-ROW_OVERHEAD_BYTES = 48  # _id, op, pos, seq, event_time beside the document, for the byte budget
 
 DATA_OPS = frozenset({"insert", "update", "replace", "delete"})
 # Events after which the collection's stream is over: the collection must be snapshotted anew.
 END_OPS = frozenset({"drop", "dropDatabase", "rename", "invalidate"})
 EXPIRED_CODES = frozenset({136, 286})
 EXPIRED_CODE_NAMES = frozenset({"CappedPositionLost", "ChangeStreamHistoryLost"})
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# How to re-snapshot from Dagster; the expired-token error quotes it word for word.
+RESNAPSHOT_HOW_TO = (
+    "materialize the asset cdc_raw_batches with the run config "
+    '{"ops": {"cdc_raw_batches": {"config": {"reset": true}}}} (Dagster UI: the asset\'s '
+    "Materialize menu > Open launchpad), or set LAKEHOUSE_AUTO_RESNAPSHOT=true so capture does "
+    "it by itself; outside Dagster call capture_changes(..., reset=True)"
+)
 
-
-class CaptureError(RuntimeError):
-    """Capture cannot go on; the message says why and what to do."""
-
-
-class ResumeTokenExpiredError(CaptureError):
-    """The change stream no longer holds the saved position: changes may have been missed."""
-
-
-class ChangeStreamsDisabledError(CaptureError):
-    """The collection has no change stream to read (DocumentDB enables them per collection)."""
-
-
-class ConcurrentCaptureError(CaptureError):
-    """Another capture published the batch number this run was about to publish."""
+__all__ = [
+    "BatchVerification",
+    "CaptureResult",
+    "SnapshotProgress",
+    "capture_changes",
+    "token_position",
+    "verify_batches",
+]
 
 
 @dataclass(frozen=True)
@@ -118,8 +132,10 @@ class CaptureResult:
     max_event_time: datetime | None
     cdc_lag_seconds: float  # how far behind the source the capture position was at the end
     snapshot: SnapshotProgress | None  # set while (and in the run when) a snapshot is taken
-    dropped: bool  # the collection was dropped/invalidated: a new snapshot follows
+    dropped: bool  # the collection was dropped/invalidated/reset: a new snapshot follows
     duration_seconds: float
+    resnapshot_reason: str | None = None  # "reset" | "resume_token_expired" when one started
+    idle_token_advanced: bool = False  # an empty batch carried a fresher token (quiet collection)
 
     def metadata(self) -> dict[str, dict[str, Any]]:
         """Materialization metadata in the typed form ``dagster_pipes`` accepts."""
@@ -141,13 +157,19 @@ class CaptureResult:
             "dropped": typed(self.dropped, "bool"),
             "cdc_lag_seconds": typed(round(self.cdc_lag_seconds, 3), "float"),
             "duration_seconds": typed(round(self.duration_seconds, 3), "float"),
+            "idle_token_advanced": typed(self.idle_token_advanced, "bool"),
         }
+        for op in ("snapshot", "insert", "update", "replace", "delete"):
+            metadata[f"rows/{op}"] = typed(int(self.rows_by_op.get(op, 0)), "int")
         if self.resume_position is not None:
             metadata["resume_position"] = typed(self.resume_position, "int")
         if self.max_event_time is not None:
             metadata["max_event_time"] = typed(self.max_event_time.timestamp(), "timestamp")
         if self.snapshot is not None:
             metadata["snapshot_progress"] = typed(dataclasses.asdict(self.snapshot), "json")
+            metadata["snapshot_documents"] = typed(self.snapshot.documents, "int")
+        if self.resnapshot_reason is not None:
+            metadata["resnapshot_reason"] = typed(self.resnapshot_reason, "text")
         return metadata
 
     def summary(self) -> dict[str, Any]:
@@ -189,7 +211,7 @@ def capture_changes(
     ``deadline`` returns the seconds the caller has left (a Lambda's remaining time): reading stops
     while ``max(5 s, 10% of the time at the start)`` remains. ``reset`` starts over with a new
     snapshot, first publishing an empty batch marked ``dropped`` so the merge clears the table
-    (the recovery from ``ResumeTokenExpiredError``).
+    (the recovery from ``ResumeTokenExpiredError``; ``request.auto_resnapshot`` does it by itself).
     """
     zone = RawZone(store or open_store(request.lake_uri), request.database, request.collection)
     return _CaptureRun(request, source, zone, deadline, on_progress).execute(reset=reset)
@@ -215,113 +237,20 @@ def verify_batches(
     return BatchVerification(not problems, tuple(batches), rows, tuple(problems))
 
 
-def token_position(token: Mapping[str, Any] | None) -> int | None:
-    """The cluster time in a resume token as a ``pos`` (``t << 32 | i``), if it can be read.
-
-    MongoDB's resume tokens (and the embedded source's) are KeyString hex starting with ``82``
-    followed by the 8-byte cluster time; tokens of another layout give ``None``.
-    """
-    data = token.get("_data") if isinstance(token, Mapping) else None
-    if not isinstance(data, str) or len(data) < 18 or not data.startswith("82"):
-        return None
-    try:
-        return int(data[2:18], 16)
-    except ValueError:
-        return None
+def storable_token(token: Mapping[str, Any]) -> dict[str, Any]:
+    """A resume token as JSON the manifest can hold: as is when it is plain JSON (MongoDB's
+    ``{"_data": hex}``), else wrapped as canonical extended JSON (``{"$ejson": ...}``)."""
+    plain = dict(token)
+    if all(isinstance(v, str | int | float | bool) or v is None for v in plain.values()):
+        return plain
+    return {"$ejson": encode_value(plain)}
 
 
-class _Rows:
-    """Column lists for one batch, turned into a single Arrow table when published."""
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-        self.ops: list[str] = []
-        self.positions: list[int] = []
-        self.times_ms: list[int] = []
-        self.docs: list[str | None] = []
-        self.dead_letters: list[str] = []
-        self.bytes = 0
-
-    @property
-    def seen(self) -> int:
-        """Rows plus dead letters: what the ``max_rows`` budget counts."""
-        return len(self.ids) + len(self.dead_letters)
-
-    def add(self, _id: str, op: str, pos: int, time_ms: int, doc: str | None) -> None:
-        self.ids.append(_id)
-        self.ops.append(op)
-        self.positions.append(pos)
-        self.times_ms.append(time_ms)
-        self.docs.append(doc)
-        self.bytes += len(_id) + (len(doc) if doc else 0) + ROW_OVERHEAD_BYTES
-
-    def quarantine(self, reason: str, raw: Any) -> None:
-        line = f'{{"reason": {json.dumps(reason)}, "raw": {relaxed_json(raw)}}}'
-        self.dead_letters.append(line)
-        self.bytes += len(line)
-
-    def table(self) -> pa.Table:
-        return pa.table(
-            [
-                pa.array(self.ids, pa.string()),
-                pa.array(self.ops, pa.string()),
-                pa.array(self.positions, pa.int64()),
-                pa.array(range(len(self.ids)), pa.int64()),
-                pa.array(self.times_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-                pa.array(self.docs, pa.string()),
-            ],
-            schema=BATCH_SCHEMA,
-        )
-
-
-class _Malformed(ValueError):
-    """An input that cannot become a row: it goes to the dead-letter object."""
-
-
-def _document_json(document: Any) -> tuple[str, str]:
-    """(key string, canonical JSON) of a full document, or ``_Malformed``."""
-    if not isinstance(document, Mapping):
-        raise _Malformed(f"document is a {type(document).__name__}, not a document")
-    if "_id" not in document:
-        raise _Malformed("document has no _id")
-    try:
-        return key_string(document["_id"]), encode_document(document)
-    except Exception as error:  # any encoding failure is about this document only
-        raise _Malformed(f"document cannot be encoded: {error}") from error
-
-
-def _event_row(event: Mapping[str, Any]) -> tuple[str, str, int, int, str | None] | None:
-    """The row of a data-change event; ``None`` for an update whose document is gone."""
-    op = event["operationType"]
-    key = event.get("documentKey")
-    if not isinstance(key, Mapping) or "_id" not in key:
-        raise _Malformed(f"{op} event has no documentKey._id")
-    cluster_time = event.get("clusterTime")
-    if not (hasattr(cluster_time, "time") and hasattr(cluster_time, "inc")):
-        raise _Malformed(f"{op} event has no clusterTime timestamp")
-    pos = (cluster_time.time << 32) | cluster_time.inc
-    wall = event.get("wallTime")
-    time_ms = _millis(wall) if isinstance(wall, datetime) else cluster_time.time * 1000
-    try:
-        _id = key_string(key["_id"])
-    except Exception as error:
-        raise _Malformed(f"documentKey._id cannot be encoded: {error}") from error
-    if op == "delete":
-        return _id, op, pos, time_ms, None
-    document = event.get("fullDocument")
-    if document is None:
-        if op == "update":
-            return None
-        raise _Malformed(f"{op} event has no fullDocument")
-    _, doc = _document_json(document)
-    return _id, op, pos, time_ms, doc
-
-
-def _millis(value: datetime) -> int:
-    """Exact epoch milliseconds (float seconds * 1000 can land one millisecond short)."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)  # BSON datetimes are UTC
-    return (value - _EPOCH) // timedelta(milliseconds=1)
+def loaded_token(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The token ``storable_token`` stored, with its BSON types back."""
+    if set(stored) == {"$ejson"}:
+        return dict(decode_document(stored["$ejson"]))
+    return dict(stored)
 
 
 class _CaptureRun:
@@ -346,6 +275,8 @@ class _CaptureRun:
         self.skipped: Counter[str] = Counter()
         self.stopped_by = "drained"
         self.dropped = False
+        self.resnapshot_reason: str | None = None
+        self.idle_token_advanced = False
         self.last_event_ms: int | None = None
         self.snapshot_documents: int | None = None  # set once this run reads snapshot documents
         self.snapshot_start: int | None = None
@@ -354,29 +285,50 @@ class _CaptureRun:
     def execute(self, *, reset: bool) -> CaptureResult:
         checkpoint = self.zone.read_checkpoint()
         if reset:
-            checkpoint = self._publish(
-                _Rows(), checkpoint, self._start_snapshot(), {"dropped": True, "reset": True}
-            )
+            checkpoint = self._resnapshot(checkpoint, "reset")
         state = checkpoint.state or self._start_snapshot()
+        checkpoint, state = self._snapshot(checkpoint, state)
+        if state["phase"] == "stream" and self.stopped_by != "deadline":
+            try:
+                checkpoint, state = self._stream_batch(checkpoint, state)
+            except ResumeTokenExpiredError as expired:
+                if not self.request.auto_resnapshot:
+                    raise
+                self.on_progress(f"{expired}\nauto_resnapshot is on: taking a new snapshot")
+                checkpoint = self._resnapshot(checkpoint, "resume_token_expired")
+                checkpoint, state = self._snapshot(checkpoint, checkpoint.state)
+        return self._result(checkpoint, state)
+
+    def _snapshot(
+        self, checkpoint: Checkpoint, state: dict[str, Any]
+    ) -> tuple[Checkpoint, dict[str, Any]]:
         while state["phase"] == "snapshot":
             if self._out_of_time():
                 break
             checkpoint, state = self._snapshot_chunk(checkpoint, state)
-        if state["phase"] == "stream" and self.stopped_by != "deadline":
-            checkpoint, state = self._stream_batch(checkpoint, state)
-        return self._result(checkpoint, state)
+        return checkpoint, state
+
+    def _resnapshot(self, checkpoint: Checkpoint, reason: str) -> Checkpoint:
+        """Publish an empty batch marked ``dropped`` (the merge clears the table: a new table
+        generation) whose state is a new snapshot's start. The position is recorded before the
+        marker, so nothing between the marker and the snapshot can be missed."""
+        state = self._start_snapshot()
+        self.dropped, self.resnapshot_reason = True, reason
+        return self._publish(
+            BatchRows(), checkpoint, state, {"dropped": True, "reset": True, "reason": reason}
+        )
 
     def _start_snapshot(self) -> dict[str, Any]:
         """Record the stream position before reading any document (nothing can fall between)."""
         with self._source_errors(None):
-            token = dict(
-                self.source.current_position(self.request.database, self.request.collection)
-            )
+            token = self.source.current_position(self.request.database, self.request.collection)
+        now = time.time()
         self.on_progress(f"{self.zone.namespace}: snapshot starts at stream position {token}")
         return {
             "phase": "snapshot",
-            "start_token": token,
+            "start_token": storable_token(token),
             "start_pos": token_position(token) or 0,
+            "start_time": now,
             "last_id": None,
             "rows": 0,
         }
@@ -386,30 +338,22 @@ class _CaptureRun:
     ) -> tuple[Checkpoint, dict[str, Any]]:
         """Read at most one batch worth of documents after ``last_id``; publish it with the
         snapshot's progress (or, when the snapshot is complete, the stream state)."""
-        request, rows = self.request, _Rows()
+        request, rows = self.request, BatchRows()
         pos = state["start_pos"]
-        time_ms = (pos >> 32) * 1000 or _millis(datetime.now(UTC))
+        time_ms = (pos >> 32) * 1000 or int(state.get("start_time", time.time()) * 1000)
         start_id = decode_document(state["last_id"]) if state["last_id"] is not None else None
         last_id, complete = start_id, False
         while not complete and rows.seen < request.max_rows and rows.bytes < request.max_bytes:
             wanted = min(SNAPSHOT_PAGE_ROWS, request.max_rows - rows.seen)
             with self._source_errors(None):
-                page = self.source.documents(
-                    request.database, request.collection, after_id=last_id, limit=wanted
+                page = list(
+                    self.source.documents(
+                        request.database, request.collection, after_id=last_id, limit=wanted
+                    )
                 )
-            taken = 0
-            for document in page:
-                taken += 1
-                try:
-                    _id, doc = _document_json(document)
-                except _Malformed as problem:
-                    rows.quarantine(str(problem), document)
-                else:
-                    rows.add(_id, "snapshot", pos, time_ms, doc)
-                if isinstance(document, Mapping) and "_id" in document:
-                    last_id = document["_id"]
-                if rows.bytes >= request.max_bytes:
-                    break
+            taken, page_last_id = rows.add_snapshot_page(page, pos, time_ms, request.max_bytes)
+            if page_last_id is not None:
+                last_id = page_last_id
             complete = taken == len(page) and len(page) < wanted  # a short page: the end
             if not complete and self._out_of_time():
                 break
@@ -422,7 +366,11 @@ class _CaptureRun:
         self.snapshot_documents, self.snapshot_start = done, state["start_pos"]
         snapshot = {"documents": done, "complete": complete}
         if complete:
-            new_state: dict[str, Any] = {"phase": "stream", "resume_token": state["start_token"]}
+            new_state: dict[str, Any] = {
+                "phase": "stream",
+                "resume_token": state["start_token"],
+                "token_time": state.get("start_time", time.time()),
+            }
         else:
             new_state = {**state, "last_id": encode_value(last_id), "rows": done}
         if complete and not rows.seen:
@@ -438,9 +386,10 @@ class _CaptureRun:
         self, checkpoint: Checkpoint, state: dict[str, Any]
     ) -> tuple[Checkpoint, dict[str, Any]]:
         """Read the stream after the saved token into one batch (see the module docstring)."""
-        request, rows = self.request, _Rows()
-        token = state["resume_token"]
+        request, rows = self.request, BatchRows()
+        token = loaded_token(state["resume_token"])
         last_token: Mapping[str, Any] | None = None
+        idle_token: Mapping[str, Any] | None = None
         end_op: str | None = None
         with self._source_errors(token):
             cursor = self.source.watch(
@@ -463,6 +412,8 @@ class _CaptureRun:
                     event = cursor.try_next()
                     if event is None:
                         self.stopped_by = "drained"
+                        if last_token is None:
+                            idle_token = getattr(cursor, "resume_token", None)
                         break
                     op = event.get("operationType")
                     if isinstance(event.get("_id"), Mapping):
@@ -483,7 +434,20 @@ class _CaptureRun:
                 "the next run takes a new snapshot"
             )
         elif last_token is not None:
-            new_state = {"phase": "stream", "resume_token": dict(last_token)}
+            token_time = self.last_event_ms / 1000 if self.last_event_ms else time.time()
+            new_state = {
+                "phase": "stream",
+                "resume_token": storable_token(last_token),
+                "token_time": token_time,
+            }
+        elif idle_token is not None and self._idle_token_is_due(state, token, idle_token):
+            new_state = {
+                "phase": "stream",
+                "resume_token": storable_token(idle_token),
+                "token_time": time.time(),
+            }
+            extra |= {"idle_token_advance": True}
+            self.idle_token_advanced = True
         else:
             new_state = state
         if not rows.seen and new_state == checkpoint.state:
@@ -495,13 +459,25 @@ class _CaptureRun:
         )
         return checkpoint, new_state
 
-    def _add_event(self, rows: _Rows, event: Mapping[str, Any], op: Any) -> None:
+    def _idle_token_is_due(
+        self, state: Mapping[str, Any], saved: Mapping[str, Any], fresher: Mapping[str, Any]
+    ) -> bool:
+        """A quiet collection's token is re-saved once it is older than half the retention."""
+        if dict(fresher) == dict(saved):
+            return False
+        saved_pos = token_position(saved)
+        saved_time = (
+            state.get("token_time") if saved_pos is None else (saved_pos >> 32)
+        ) or time.time()
+        return time.time() - saved_time > self.request.stream_retention_seconds / 2
+
+    def _add_event(self, rows: BatchRows, event: Mapping[str, Any], op: Any) -> None:
         if op not in DATA_OPS:
             self.skipped[f"ignored_{op}"] += 1  # e.g. createIndexes with expanded events
             return
         try:
-            row = _event_row(event)
-        except _Malformed as problem:
+            row = event_row(event)
+        except Malformed as problem:
             rows.quarantine(str(problem), event)
             return
         if row is None:
@@ -513,31 +489,14 @@ class _CaptureRun:
     # -- publishing ------------------------------------------------------------------------------
     def _publish(
         self,
-        rows: _Rows,
+        rows: BatchRows,
         checkpoint: Checkpoint,
         state: dict[str, Any],
         extra: dict[str, Any],
     ) -> Checkpoint:
-        batch = checkpoint.batch + 1
-        if rows.dead_letters:
-            key = f"{self.zone.prefix}/quarantine/{batch:012d}.jsonl"
-            self.zone.store.put(key, ("\n".join(rows.dead_letters) + "\n").encode())
-            extra = {**extra, "quarantine_key": key}
-        try:
-            manifest = self.zone.write_batch(
-                [rows.table()],
-                after=checkpoint,
-                state=state,
-                quarantined=len(rows.dead_letters),
-                extra={**extra, "stopped_by": self.stopped_by},
-            )
-        except ObjectExistsError:
-            raise ConcurrentCaptureError(
-                f"{self.zone.namespace}: batch {batch} was published by another capture while this "
-                "one ran; this run's changes were not published (no data is lost: the other "
-                "capture or the next run covers them). Run one capture per collection at a time "
-                "(a Dagster concurrency pool of 1 per collection)."
-            ) from None
+        manifest = publish(
+            self.zone, rows, checkpoint, state, {**extra, "stopped_by": self.stopped_by}
+        )
         self.manifests.append(manifest)
         return Checkpoint(batch=manifest.batch, state=state)
 
@@ -552,6 +511,14 @@ class _CaptureRun:
 
     def _explain(self, error: OperationFailure, token: Mapping[str, Any] | None) -> Exception:
         ns, db, coll = self.zone.namespace, self.request.database, self.request.collection
+        if change_streams_disabled(error):
+            return ChangeStreamsDisabledError(
+                f"change streams are not enabled on {ns}; run db.adminCommand({{modifyChangeStreams: "
+                f"1, database: '{db}', collection: '{coll}', enable: true}}) as an admin user, then "
+                "capture again (the first capture takes a snapshot). With the embedded source, "
+                "run the demo workload (demo_changes > 0) or call enable_change_streams. "
+                f"Server said: {error}"
+            )
         code_name = (error.details or {}).get("codeName")
         if error.code in EXPIRED_CODES or code_name in EXPIRED_CODE_NAMES:
             pos = token_position(token)
@@ -561,20 +528,12 @@ class _CaptureRun:
             return ResumeTokenExpiredError(
                 f"cannot resume change capture of {ns}: the change stream no longer holds the "
                 f"saved resume token{age}; changes after it were purged, so some may have been "
-                "missed. Fix: re-snapshot the collection: materialize with reset "
-                "(capture_changes(..., reset=True) publishes a batch marked dropped and takes a "
-                "new snapshot). To prevent it, capture more often than the change stream log "
-                "retention or increase the cluster parameter change_stream_log_retention_duration "
-                f"(DocumentDB default 3 hours, at most 7 days). Server said: {error}"
-            )
-        message = str(error).lower()
-        if "change stream" in message and ("not enabled" in message or "disabled" in message):
-            return ChangeStreamsDisabledError(
-                f"change streams are not enabled on {ns}; run db.adminCommand({{modifyChangeStreams: "
-                f"1, database: '{db}', collection: '{coll}', enable: true}}) as an admin user, then "
-                "capture again (the first capture takes a snapshot). With the embedded source, "
-                "run the demo workload (demo_changes > 0) or call enable_change_streams. "
-                f"Server said: {error}"
+                f"missed. Fix: re-snapshot the collection: {RESNAPSHOT_HOW_TO}. A re-snapshot "
+                "publishes a batch marked dropped (the merge starts a new table generation) and "
+                "loads the collection again, losing and duplicating nothing. To prevent it, "
+                "capture more often than the change stream log retention or increase the cluster "
+                "parameter change_stream_log_retention_duration (DocumentDB default 3 hours, at "
+                f"most 7 days). Server said: {error}"
             )
         return error
 
@@ -593,10 +552,11 @@ class _CaptureRun:
         phase = state["phase"]
         now = time.time()
         if phase == "snapshot":
-            resume_position = state["start_pos"]
-            lag = max(0.0, now - (resume_position >> 32)) if resume_position else 0.0
+            resume_position = state["start_pos"] or None
+            started = (state["start_pos"] >> 32) or state.get("start_time") or now
+            lag = max(0.0, now - started)
         else:
-            resume_position = token_position(state["resume_token"])
+            resume_position = token_position(loaded_token(state["resume_token"]))
             lag = (
                 max(0.0, now - self.last_event_ms / 1000)
                 if self.stopped_by not in ("drained", "dropped") and self.last_event_ms
@@ -628,4 +588,19 @@ class _CaptureRun:
             snapshot=snapshot,
             dropped=self.dropped,
             duration_seconds=time.monotonic() - self.started,
+            resnapshot_reason=self.resnapshot_reason,
+            idle_token_advanced=self.idle_token_advanced,
         )
+
+
+def change_streams_disabled(error: OperationFailure) -> bool:
+    """Whether the server refused a change stream because it is not enabled on the collection.
+
+    DocumentDB has no documented error code for this; it answers ``watch()`` on a collection
+    without change streams with an ``OperationFailure`` whose message says change streams are
+    not enabled (observed wordings vary, e.g. "Change stream is not enabled for this
+    collection"), so the message is matched: "change stream" with "not enabled" or "disabled",
+    case-insensitive. Checked before the expired-token codes because the code is not reliable.
+    """
+    message = str(error).lower().replace("changestream", "change stream")
+    return "change stream" in message and ("not enabled" in message or "disabled" in message)

@@ -4,7 +4,7 @@
 collection: the current stream position, the documents in ``_id`` order, and a change stream
 resumed after a token. The embedded source implements it locally; a pymongo-backed source for
 DocumentDB implements the same three calls (and raises pymongo's ``OperationFailure``, which capture
-translates into errors that say what to do).
+translates into errors that say what to do): ``DocumentDBChangeSource``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from lambda_functions.contracts import CaptureRequest, InvalidRequestError
 
 
 class ChangeStreamCursor(Protocol):
+    """A change stream being read. Cursors may also offer ``resume_token`` (where the stream
+    would resume, possibly a post-batch token newer than the last event): capture uses it to
+    keep a quiet collection's position fresh."""
+
     def try_next(self) -> Mapping[str, Any] | None:
         """The next change event, or ``None`` when none is pending right now."""
 
@@ -56,6 +60,9 @@ def open_source(request: CaptureRequest) -> ChangeSource:
 
     For ``embedded``, ``source_location`` is the store file and ``demo_changes > 0`` first lets the
     demo workload (the "application") make that many changes, so each capture has something new.
+    For ``documentdb``, a pymongo client (``DocumentDBChangeSource``): TLS on by default,
+    credentials from Secrets Manager (``secret_arn``) or the environment variable named by
+    ``source_location``.
     """
     if request.source_kind == "embedded":
         if not request.source_location:
@@ -72,8 +79,6 @@ def open_source(request: CaptureRequest) -> ChangeSource:
             source.close()
             raise
         return source
-    raise NotImplementedError(
-        "source_kind 'documentdb' is not available in this build: the pymongo-backed ChangeSource "
-        "(TLS, credentials from Secrets Manager) is not implemented yet; use source_kind "
-        "'embedded' locally"
-    )
+    from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource
+
+    return DocumentDBChangeSource.open(request)

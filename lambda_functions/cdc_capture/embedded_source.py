@@ -320,18 +320,20 @@ class EmbeddedChangeStreamSource:
 
     def _fetch_events(
         self, database: str, collection: str, after_seq: int, limit: int
-    ) -> list[tuple[Any, ...]]:
-        """The next events, read in one snapshot with the check that none before them was purged
-        (so a concurrent purge can never open a silent gap)."""
+    ) -> tuple[list[tuple[Any, ...]], tuple[int, int, int]]:
+        """The next events and the log head, read in one snapshot with the check that none before
+        them was purged (so a concurrent purge can never open a silent gap). With no events, the
+        head is where the stream may safely resume (MongoDB's post-batch resume token)."""
         if not self._depth:
             self._db.execute("BEGIN")
         try:
             self._check_resumable(after_seq, None)
-            return self._db.execute(
+            rows = self._db.execute(
                 "SELECT seq, op, t, i, wall_ms, id_json, sort_key, doc, update_description, txn "
                 "FROM events WHERE db = ? AND coll = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (database, collection, after_seq, limit),
             ).fetchall()
+            return rows, self._head()
         finally:
             if not self._depth:
                 self._db.execute("COMMIT")
@@ -619,7 +621,9 @@ class EmbeddedChangeStream:
 
     @property
     def resume_token(self) -> dict[str, str] | None:
-        """The ``_id`` of the last event returned (``None`` before the first)."""
+        """Where this stream would resume: the ``_id`` of the last event returned or, after a
+        read that found nothing new for this collection, the log head (like MongoDB's
+        post-batch resume token); ``None`` before either."""
         return self._resume_token
 
     def try_next(self) -> dict[str, Any] | None:
@@ -650,8 +654,13 @@ class EmbeddedChangeStream:
 
     def _fetch(self) -> list[dict[str, Any]]:
         database, collection = self._ns
-        rows = self._source._fetch_events(database, collection, self._after_seq, self._batch_size)
+        rows, (head_t, head_i, head_seq) = self._source._fetch_events(
+            database, collection, self._after_seq, self._batch_size
+        )
         if not rows:
+            if head_seq > self._after_seq:  # other collections moved on: a post-batch token
+                self._after_seq = head_seq
+                self._resume_token = resume_token(head_t, head_i, head_seq)
             return []
         self._after_seq = rows[-1][0]
         looked_up = (

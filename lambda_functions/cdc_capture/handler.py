@@ -2,8 +2,10 @@
 
 Thin by design: parse the request, open the source, call ``capture_changes``, report to Dagster.
 Everything the orchestrator needs travels as Pipes messages (the return value is discarded by
-Lambda on success): the materialization with typed metadata, and the ``batch_verified`` check,
-which re-reads the batches just published through their manifests.
+Lambda on success): the materialization with typed metadata, and two asset checks:
+``batch_verified`` (the batches just published re-read through their manifests) and
+``cdc_lag`` (fails when the capture is further behind the source than
+``request.max_cdc_lag_seconds``).
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from collections.abc import Mapping
 from contextlib import closing
 from typing import Any
 
-from lambda_functions.cdc_capture.capture import capture_changes, verify_batches
+from lambda_functions.cdc_capture.capture import CaptureResult, capture_changes, verify_batches
 from lambda_functions.cdc_capture.change_source import open_source
 from lambda_functions.contracts import CaptureRequest
 from lambda_functions.pipes import open_pipes, without_pipes_keys
+
+LAG_CHECK = "cdc_lag"
 
 
 def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
@@ -23,6 +27,7 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         request = CaptureRequest.from_event(without_pipes_keys(event))  # a bad event is reported
         pipes.log.info(
             f"capturing {request.namespace} from {request.source_kind} into {request.lake_uri}"
+            + (" (reset: new snapshot)" if request.reset else "")
         )
         with closing(open_source(request)) as source:
             result = capture_changes(
@@ -30,6 +35,7 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
                 source=source,
                 deadline=lambda: context.get_remaining_time_in_millis() / 1000,
                 on_progress=pipes.log.info,
+                reset=request.reset,
             )
         verification = verify_batches(request, result.batches)
         pipes.report_asset_materialization(
@@ -40,4 +46,23 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
             passed=verification.passed,
             metadata=verification.metadata(),
         )
+        pipes.report_asset_check(
+            check_name=LAG_CHECK,
+            passed=lag_within_bound(result, request),
+            metadata=lag_metadata(result, request),
+        )
         return result.summary()
+
+
+def lag_within_bound(result: CaptureResult, request: CaptureRequest) -> bool:
+    """The capture position is no further behind the source than the configured bound."""
+    return result.cdc_lag_seconds <= request.max_cdc_lag_seconds
+
+
+def lag_metadata(result: CaptureResult, request: CaptureRequest) -> dict[str, dict[str, Any]]:
+    return {
+        "cdc_lag_seconds": {"raw_value": round(result.cdc_lag_seconds, 3), "type": "float"},
+        "max_cdc_lag_seconds": {"raw_value": request.max_cdc_lag_seconds, "type": "float"},
+        "phase": {"raw_value": result.phase, "type": "text"},
+        "stopped_by": {"raw_value": result.stopped_by, "type": "text"},
+    }

@@ -3,6 +3,7 @@
 from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
+    Config,
     Definitions,
     MaterializeResult,
     ResourceParam,
@@ -10,6 +11,7 @@ from dagster import (
     asset,
     define_asset_job,
 )
+from pydantic import Field
 
 from lakehouse_pipelines.resources import LambdaPipes
 from lakehouse_pipelines.settings import LakehouseSettings
@@ -17,6 +19,19 @@ from lambda_functions.contracts import CaptureRequest
 from lambda_functions.registry import CDC_CAPTURE
 
 CAPTURE_KEY = "cdc_raw_batches"
+
+
+class CaptureConfig(Config):
+    """Run config of ``cdc_raw_batches`` (launchpad: ``ops: {cdc_raw_batches: {config: ...}}``)."""
+
+    reset: bool = Field(
+        default=False,
+        description=(
+            "Re-snapshot the collection: publish a batch marked dropped (the merge starts a new "
+            "table generation), then load the whole collection again. The fix for an expired "
+            "resume token; nothing is lost or duplicated."
+        ),
+    )
 
 
 @asset(
@@ -28,15 +43,25 @@ CAPTURE_KEY = "cdc_raw_batches"
             "batch_verified",
             asset=CAPTURE_KEY,
             description="The batch just published re-reads with matching checksums and row count.",
-        )
+        ),
+        AssetCheckSpec(
+            "cdc_lag",
+            asset=CAPTURE_KEY,
+            description=(
+                "The capture position is no more than LAKEHOUSE_MAX_CDC_LAG_SECONDS behind the "
+                "source when the run ends (0 when the change stream was drained)."
+            ),
+        ),
     ],
     description=(
         "Changes captured from the DocumentDB change stream (initial snapshot first) into the "
-        "raw zone as numbered batches: data files, then a manifest. Runs in Lambda."
+        "raw zone as numbered batches: data files, then a manifest. Runs in Lambda. "
+        "Materialize with run config reset: true to re-snapshot."
     ),
 )
 def cdc_raw_batches(
     context: AssetExecutionContext,
+    config: CaptureConfig,
     lakehouse: ResourceParam[LakehouseSettings],
     lambda_pipes: ResourceParam[LambdaPipes],
 ) -> MaterializeResult:
@@ -47,6 +72,13 @@ def cdc_raw_batches(
         source_kind=lakehouse.source_kind,
         source_location=lakehouse.source_location,
         demo_changes=lakehouse.demo_changes,
+        secret_arn=lakehouse.documentdb_secret_arn,
+        tls=lakehouse.documentdb_tls,
+        tls_ca_file=lakehouse.documentdb_ca_file,
+        reset=config.reset,
+        auto_resnapshot=lakehouse.auto_resnapshot,
+        max_cdc_lag_seconds=lakehouse.max_cdc_lag_seconds,
+        stream_retention_seconds=lakehouse.change_stream_retention_seconds,
     )
     return lambda_pipes.run(context, CDC_CAPTURE, request)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dagster_pipes import encode_param
 
+from lambda_functions.cdc_capture import DemoWorkload, EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture.handler import handler
 from lambda_functions.contracts import InvalidRequestError
 from lambda_functions.lake.raw_zone import RawZone
@@ -76,9 +78,10 @@ def test_handler_reports_materialization_and_verified_check_twice_in_a_warm_proc
     for messages in (snapshot, stream):
         assert len(messages["opened"]) == 1 and messages["closed"] == [{}]
         (materialization,) = messages["report_asset_materialization"]
-        (check,) = messages["report_asset_check"]
+        checks = {c["check_name"]: c for c in messages["report_asset_check"]}
         assert materialization["asset_key"] == ASSET
-        assert check["check_name"] == "batch_verified" and check["passed"] is True
+        assert set(checks) == {"batch_verified", "cdc_lag"}
+        assert all(check["passed"] is True for check in checks.values())
         assert any("capturing shop.orders" in log["message"] for log in messages["log"])
 
     metadata = snapshot["report_asset_materialization"][0]["metadata"]
@@ -101,7 +104,7 @@ def test_handler_reports_materialization_and_verified_check_twice_in_a_warm_proc
         "replace",
         "delete",
     }
-    check_metadata = stream["report_asset_check"][0]["metadata"]
+    check_metadata = stream["report_asset_check"][0]["metadata"]  # batch_verified
     assert check_metadata["rows_read"]["raw_value"] == second["rows"]
     zone = RawZone(LocalObjectStore(tmp_path / "lake"), "shop", "orders")
     assert zone.read_checkpoint().batch == 4
@@ -134,3 +137,45 @@ def test_a_bad_event_is_reported_to_dagster_and_fails_the_invocation(tmp_path, m
     (closed,) = read_messages(tmp_path / "m.jsonl")["closed"]
     assert closed["exception"]["name"] == "InvalidRequestError"
     assert "missing the field 'collection'" in closed["exception"]["message"]
+
+
+def test_lag_check_fails_when_capture_stops_further_behind_than_the_bound(tmp_path, make_request):
+    hour_ago = time.time() - 3600
+    with EmbeddedChangeStreamSource(tmp_path / "source.db", clock=lambda: hour_ago) as source:
+        DemoWorkload(source, initial_documents=20).run(0)
+    handler(pipes_event(make_request().to_event(), tmp_path / "m1.jsonl"), FakeLambdaContext())
+    with EmbeddedChangeStreamSource(tmp_path / "source.db", clock=lambda: hour_ago) as source:
+        DemoWorkload(source, initial_documents=20).run(50)  # changes made an hour ago
+    behind = make_request(max_rows=10, max_cdc_lag_seconds=900.0)  # stops after 10 of them
+
+    summary = handler(pipes_event(behind.to_event(), tmp_path / "m2.jsonl"), FakeLambdaContext())
+
+    checks = {
+        c["check_name"]: c for c in read_messages(tmp_path / "m2.jsonl")["report_asset_check"]
+    }
+    lag = checks["cdc_lag"]
+    assert summary["stopped_by"] == "max_rows" and summary["cdc_lag_seconds"] > 900
+    assert lag["passed"] is False and checks["batch_verified"]["passed"] is True
+    assert lag["metadata"]["max_cdc_lag_seconds"]["raw_value"] == 900.0
+    assert lag["metadata"]["cdc_lag_seconds"]["raw_value"] > 3000
+
+
+def test_reset_in_the_request_publishes_a_dropped_marker_then_a_new_snapshot(
+    tmp_path, make_request
+):
+    handler(
+        pipes_event(make_request(demo_changes=5).to_event(), tmp_path / "m1.jsonl"),
+        FakeLambdaContext(),
+    )
+
+    summary = handler(
+        pipes_event(make_request(reset=True).to_event(), tmp_path / "m2.jsonl"),
+        FakeLambdaContext(),
+    )
+
+    zone = RawZone(LocalObjectStore(tmp_path / "lake"), "shop", "orders")
+    marker = zone.read_manifest(summary["batches"][0])
+    assert marker.extra["dropped"] is True and marker.rows == 0
+    assert summary["resnapshot_reason"] == "reset" and summary["phase"] == "stream"
+    with EmbeddedChangeStreamSource(tmp_path / "source.db") as source:
+        assert summary["rows_by_op"] == {"snapshot": source.count_documents("shop", "orders")}

@@ -1,0 +1,229 @@
+"""Rows of a raw batch, shared by every input (change stream, DMS files, MQ messages).
+Rows carry the ordering position ``pos`` described in ``positions``.
+
+Nothing is dropped silently: an input that cannot become a row is a dead letter with its reason
+(``quarantine``), written beside the batch and counted in its manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+from bson.errors import InvalidDocument
+from bson.raw_bson import RawBSONDocument
+
+from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
+from lambda_functions.cdc_capture.extended_json import (
+    encode_document,
+    encode_raw,
+    key_string,
+    raw_key_string,
+    relaxed_json,
+)
+from lambda_functions.cdc_capture.positions import cluster_position, commit_position
+from lambda_functions.lake.raw_zone import (
+    BATCH_SCHEMA,
+    BatchManifest,
+    Checkpoint,
+    ObjectExistsError,
+    RawZone,
+)
+
+ROW_OVERHEAD_BYTES = 48  # _id, op, pos, seq, event_time beside the document, for the byte budget
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Malformed(ValueError):
+    """An input that cannot become a row: it goes to the dead-letter object."""
+
+
+def millis(value: datetime) -> int:
+    """Exact epoch milliseconds (float seconds * 1000 can land one millisecond short)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # BSON datetimes are UTC
+    return (value - _EPOCH) // timedelta(milliseconds=1)
+
+
+class BatchRows:
+    """Column lists for one batch, turned into a single Arrow table when published."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.ops: list[str] = []
+        self.positions: list[int] = []
+        self.times_ms: list[int] = []
+        self.docs: list[str | None] = []
+        self.dead_letters: list[str] = []
+        self.bytes = 0
+
+    @property
+    def seen(self) -> int:
+        """Rows plus dead letters: what the ``max_rows`` budget counts."""
+        return len(self.ids) + len(self.dead_letters)
+
+    def add(self, _id: str, op: str, pos: int, time_ms: int, doc: str | None) -> None:
+        self.ids.append(_id)
+        self.ops.append(op)
+        self.positions.append(pos)
+        self.times_ms.append(time_ms)
+        self.docs.append(doc)
+        self.bytes += len(_id) + (len(doc) if doc else 0) + ROW_OVERHEAD_BYTES
+
+    def add_snapshot_page(
+        self, page: list[Any], pos: int, time_ms: int, max_bytes: int
+    ) -> tuple[int, Any]:
+        """Add snapshot documents until the page ends or ``max_bytes`` is reached.
+
+        Returns how many documents were taken and the last one taken that has an ``_id`` (the
+        paging cursor; ``None`` if none had one). Raw BSON documents whose ``_id`` leads the
+        document (what servers store) take the fast path: key and canonical JSON straight from
+        the bytes, with no decoding in Python.
+        """
+        ids, docs, ops, positions, times = (
+            self.ids,
+            self.docs,
+            self.ops,
+            self.positions,
+            self.times_ms,
+        )
+        taken, size, last_with_id = 0, self.bytes, None
+        for document in page:
+            taken += 1
+            key = raw_key_string(document.raw) if type(document) is RawBSONDocument else None
+            if key is not None:
+                try:
+                    doc = encode_raw(document.raw)
+                except InvalidDocument as error:
+                    self.bytes = size
+                    self.quarantine(f"document cannot be encoded: {error}", document)
+                    size = self.bytes
+                else:
+                    ids.append(key)
+                    docs.append(doc)
+                    ops.append("snapshot")
+                    positions.append(pos)
+                    times.append(time_ms)
+                    size += len(key) + len(doc) + ROW_OVERHEAD_BYTES
+                last_with_id = taken
+            else:
+                self.bytes = size
+                try:
+                    _id, doc = document_json(document)
+                except Malformed as problem:
+                    self.quarantine(str(problem), document)
+                else:
+                    self.add(_id, "snapshot", pos, time_ms, doc)
+                size = self.bytes
+                if isinstance(document, Mapping) and "_id" in document:
+                    last_with_id = taken
+            if size >= max_bytes:
+                break
+        self.bytes = size
+        last_id = page[last_with_id - 1]["_id"] if last_with_id else None
+        return taken, last_id
+
+    def quarantine(self, reason: str, raw: Any) -> None:
+        line = f'{{"reason": {json.dumps(reason)}, "raw": {relaxed_json(raw)}}}'
+        self.dead_letters.append(line)
+        self.bytes += len(line)
+
+    def table(self) -> pa.Table:
+        return pa.table(
+            [
+                pa.array(self.ids, pa.string()),
+                pa.array(self.ops, pa.string()),
+                pa.array(self.positions, pa.int64()),
+                pa.array(range(len(self.ids)), pa.int64()),
+                pa.array(self.times_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+                pa.array(self.docs, pa.string()),
+            ],
+            schema=BATCH_SCHEMA,
+        )
+
+
+def document_json(document: Any) -> tuple[str, str]:
+    """(key string, canonical JSON) of a full document, or ``Malformed``."""
+    if not isinstance(document, Mapping):
+        raise Malformed(f"document is a {type(document).__name__}, not a document")
+    try:
+        if "_id" not in document:
+            raise Malformed("document has no _id")
+        return key_string(document["_id"]), encode_document(document)
+    except Malformed:
+        raise
+    except Exception as error:  # any encoding failure is about this document only
+        raise Malformed(f"document cannot be encoded: {error}") from error
+
+
+def event_row(event: Mapping[str, Any]) -> tuple[str, str, int, int, str | None] | None:
+    """The row of a data-change event; ``None`` for an update whose document is gone (the
+    server's ``updateLookup`` found nothing: its delete follows in the stream)."""
+    op = event["operationType"]
+    key = event.get("documentKey")
+    if not isinstance(key, Mapping) or "_id" not in key:
+        raise Malformed(f"{op} event has no documentKey._id")
+    cluster_time = event.get("clusterTime")
+    wall = event.get("wallTime")
+    if hasattr(cluster_time, "time") and hasattr(cluster_time, "inc"):
+        pos = cluster_position(cluster_time.time, cluster_time.inc)
+        time_ms = millis(wall) if isinstance(wall, datetime) else cluster_time.time * 1000
+    elif isinstance(wall, datetime):
+        pos, time_ms = commit_position(wall), millis(wall)
+    else:
+        raise Malformed(f"{op} event has no clusterTime timestamp")
+    try:
+        _id = key_string(key["_id"])
+    except Exception as error:
+        raise Malformed(f"documentKey._id cannot be encoded: {error}") from error
+    if op == "delete":
+        return _id, op, pos, time_ms, None
+    document = event.get("fullDocument")
+    if document is None:
+        if op == "update":
+            return None
+        raise Malformed(f"{op} event has no fullDocument")
+    _, doc = document_json(document)
+    return _id, op, pos, time_ms, doc
+
+
+def publish(
+    zone: RawZone,
+    rows: BatchRows,
+    checkpoint: Checkpoint,
+    state: dict[str, Any],
+    extra: dict[str, Any],
+    *,
+    side_objects: Mapping[str, bytes] | None = None,
+) -> BatchManifest:
+    """Publish ``rows`` as batch ``checkpoint.batch + 1``: dead letters and ``side_objects``
+    (e.g. an input's bookmark) first, then the data files, then the manifest, then the checkpoint.
+
+    Everything written before the manifest belongs to the batch only once the manifest exists,
+    so a crash at any point leaves either the whole batch or none of it.
+    """
+    batch = checkpoint.batch + 1
+    if rows.dead_letters:
+        key = f"{zone.prefix}/quarantine/{batch:012d}.jsonl"
+        zone.store.put(key, ("\n".join(rows.dead_letters) + "\n").encode())
+        extra = {**extra, "quarantine_key": key}
+    for key, data in (side_objects or {}).items():
+        zone.store.put(key, data)
+    try:
+        return zone.write_batch(
+            [rows.table()],
+            after=checkpoint,
+            state=state,
+            quarantined=len(rows.dead_letters),
+            extra=extra,
+        )
+    except ObjectExistsError:
+        raise ConcurrentCaptureError(
+            f"{zone.namespace}: batch {batch} was published by another writer while this one "
+            "ran; this run's changes were not published (no data is lost: the other writer or "
+            "the next run covers them). Run one capture per collection at a time (a Dagster "
+            "concurrency pool of 1 per collection)."
+        ) from None

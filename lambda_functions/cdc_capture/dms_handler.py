@@ -1,0 +1,32 @@
+"""Lambda ``lakehouse-dms-ingest``: AWS DMS output files of one collection into raw batches.
+
+Thin like the capture handler: parse the request, call ``ingest_dms_files``, report the
+materialization (rows by operation, batches, files, quarantined) through Pipes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lambda_functions.cdc_capture.dms_ingest import ingest_dms_files
+from lambda_functions.contracts import DmsIngestRequest
+from lambda_functions.pipes import open_pipes, without_pipes_keys
+
+
+def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+    with open_pipes(event) as pipes:
+        request = DmsIngestRequest.from_event(without_pipes_keys(event))
+        pipes.log.info(f"ingesting DMS files of {request.namespace} from {request.dms_uri}")
+        result = ingest_dms_files(
+            request,
+            deadline=lambda: context.get_remaining_time_in_millis() / 1000,
+            on_progress=pipes.log.info,
+        )
+        newest = result.batches[-1] if result.batches else -1
+        pipes.report_asset_materialization(metadata=result.metadata(), data_version=str(newest))
+        return {
+            "batches": result.batches,
+            "files": result.files,
+            "rows_by_op": dict(result.rows_by_op),
+        }

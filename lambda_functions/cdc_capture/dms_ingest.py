@@ -1,0 +1,369 @@
+"""AWS DMS output in S3 (DocumentDB source, document mode) into raw-zone batches.
+
+DMS writes, per collection folder (``dms_uri``): full-load files ``LOAD00000001.csv`` (hex
+counter; ``.parquet`` with ``DataFormat=parquet``; ``LOAD_<segment>_<n>`` with parallel load) and
+CDC files named by time (``20240105-101500123.csv``), possibly in date folders. Document mode
+gives two data columns, ``_id`` and ``_doc`` (the document as JSON). CDC rows start with ``Op``
+(I/U/D); full-load rows have no ``Op`` unless ``IncludeOpForFullLoad``; ``TimestampColumnName``
+adds a ``yyyy-MM-dd HH:mm:ss.SSSSSS`` column (the commit time for CDC). CSV files may have a
+header (``AddColumnName``) or not: without one the layout is read from the field count and values
+(``[Op,] [timestamp,] _id, _doc``); ``.csv.gz`` is read too.
+
+Rows:
+- full-load rows are ``snapshot`` rows at ``pos`` 0, so every CDC change (DMS applies the changes
+  cached during the load after it) orders after them;
+- CDC rows are ``insert``/``update``/``delete`` at the commit time's ``pos`` (see ``positions``:
+  ``(seconds << 32) | (microseconds << 12)``), or, without a timestamp column, the file name's
+  time; rows of one file keep their order through ``seq``;
+- ``_doc`` (MongoDB extended JSON) is re-encoded as canonical extended JSON like every input;
+  a row that cannot be read is a dead letter with its file, line and reason.
+
+Never twice, never skipped: full-load files are processed before CDC files, CDC files in name
+(= time) order. What has been ingested is a bookmark written with each batch, before its manifest
+(``_dms/bookmark-<batch>.json``; the manifest's state points to it): the full-load files done, the
+most recent ``RECENT_CDC_FILES`` CDC files done plus the name below which all are done, and the
+file in progress with its row offset (a file larger than a batch spans batches). A crash before
+the manifest publishes nothing and the next run does the same files again; after it, the bookmark
+is already there. A late CDC file (older name than files already ingested) is still picked up
+while it is newer than the oldest remembered one. New full-load files after CDC has begun mean DMS
+reloaded the table: a batch marked ``dropped`` (a new table generation) comes first.
+
+Limits: each file is read whole into memory: keep DMS's ``MaxFileSize`` (full load) and
+``CdcMaxBatchInterval``/``CdcMinFileSize`` (CDC) well under the function's memory (e.g. 64 MB).
+A reload that rewrites ``LOAD`` files under the same names is not detected: use ``reset``.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from lambda_functions.cdc_capture.batches import BatchRows, Malformed, document_json, millis
+from lambda_functions.cdc_capture.batches import publish as publish_batch
+from lambda_functions.cdc_capture.extended_json import decode_document, key_string
+from lambda_functions.cdc_capture.positions import commit_position
+from lambda_functions.contracts import DmsIngestRequest
+from lambda_functions.lake.raw_zone import Checkpoint, RawZone
+from lambda_functions.lake.store import ObjectStore, open_store
+
+RECENT_CDC_FILES = 1_000
+DEADLINE_RESERVE_S = 10.0  # stop taking new files with less time than this left
+OPS = {"I": "insert", "U": "update", "D": "delete"}
+_LOAD = re.compile(r"^LOAD[0-9A-F_]*\.(csv|csv\.gz|parquet)$")
+_CDC = re.compile(r"^(\d{8})-(\d{6})(\d*)\.(csv|csv\.gz|parquet)$")
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?$")
+
+
+@dataclass(frozen=True)
+class DmsFile:
+    key: str  # relative to the DMS store
+    kind: str  # "load" | "cdc"
+    name: str  # the base name (CDC: its time order)
+
+
+@dataclass
+class DmsIngestResult:
+    namespace: str
+    batches: list[int] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # files finished by this run
+    rows_by_op: Counter[str] = field(default_factory=Counter)
+    quarantined: int = 0
+    reloaded: bool = False
+    pending_files: int = 0  # new files left for the next run (budget or deadline)
+    max_event_time: datetime | None = None
+    duration_seconds: float = 0.0
+
+    def metadata(self) -> dict[str, dict[str, Any]]:
+        def typed(value: Any, kind: str) -> dict[str, Any]:
+            return {"raw_value": value, "type": kind}
+
+        lag = (
+            max(0.0, time.time() - self.max_event_time.timestamp())
+            if self.max_event_time and self.pending_files
+            else 0.0
+        )
+        return {
+            "dagster/row_count": typed(sum(self.rows_by_op.values()), "int"),
+            "batches": typed(self.batches, "json"),
+            "files": typed(self.files, "json"),
+            "rows_by_op": typed(dict(self.rows_by_op), "json"),
+            "quarantined": typed(self.quarantined, "int"),
+            "reloaded": typed(self.reloaded, "bool"),
+            "pending_files": typed(self.pending_files, "int"),
+            "cdc_lag_seconds": typed(round(lag, 3), "float"),
+            "duration_seconds": typed(round(self.duration_seconds, 3), "float"),
+        }
+
+
+def classify(key: str) -> DmsFile | None:
+    """A DMS data file, or ``None`` for anything else under the prefix."""
+    name = key.rsplit("/", 1)[-1]
+    if _LOAD.match(name):
+        return DmsFile(key, "load", name)
+    if _CDC.match(name):
+        return DmsFile(key, "cdc", name)
+    return None
+
+
+def ingest_dms_files(
+    request: DmsIngestRequest,
+    *,
+    store: ObjectStore | None = None,
+    dms_store: ObjectStore | None = None,
+    deadline: Callable[[], float] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> DmsIngestResult:
+    """Publish the rows of DMS files not ingested yet, in order; see the module docstring."""
+    started = time.monotonic()
+    say = on_progress or (lambda _message: None)
+    zone = RawZone(store or open_store(request.lake_uri), request.database, request.collection)
+    source = dms_store or open_store(request.dms_uri)
+    result = DmsIngestResult(zone.namespace)
+    checkpoint = zone.read_checkpoint()
+    bookmark = _read_bookmark(zone, checkpoint)
+    files = _pending(source, bookmark)
+    new_loads = [f for f in files if f.kind == "load"]
+    if new_loads and bookmark["cdc_started"]:
+        say(f"{zone.namespace}: new full-load files after CDC began: DMS reloaded the table")
+        bookmark = {**_empty_bookmark(), "loads_done": []}
+        checkpoint = _publish(zone, BatchRows(), checkpoint, bookmark, {"dropped": True}, result)
+        result.reloaded = True
+    rows = BatchRows()
+    files_in_batch: list[str] = []
+
+    def full() -> bool:
+        return rows.seen >= request.max_rows or rows.bytes >= request.max_bytes
+
+    def flush() -> None:
+        nonlocal checkpoint, rows, files_in_batch
+        checkpoint = _publish(zone, rows, checkpoint, bookmark, {}, result)
+        result.files.extend(files_in_batch)
+        rows, files_in_batch = BatchRows(), []
+
+    for position, dms_file in enumerate(files):
+        if deadline is not None and deadline() < DEADLINE_RESERVE_S:
+            result.pending_files = len(files) - position
+            break
+        current = bookmark["current"]
+        offset = current["rows_done"] if current["key"] == dms_file.key else 0
+        try:
+            file_rows = list(_file_rows(source, dms_file))
+        except Exception as error:  # unreadable file: a dead letter, never skipped silently
+            rows.quarantine(f"{dms_file.key} cannot be read: {error}", {"key": dms_file.key})
+            file_rows = []
+        for index in range(offset, len(file_rows)):
+            _add_row(rows, dms_file, index, file_rows[index])
+            if full() and index + 1 < len(file_rows):
+                _advance(bookmark, dms_file, index + 1, done=False)
+                flush()
+        _advance(bookmark, dms_file, len(file_rows), done=True)
+        files_in_batch.append(dms_file.key)
+        if full():
+            flush()
+    if files_in_batch:
+        flush()
+    result.duration_seconds = time.monotonic() - started
+    say(f"{zone.namespace}: {len(result.files)} DMS files ingested in batches {result.batches}")
+    return result
+
+
+# -- files ----------------------------------------------------------------------------------------
+def _pending(source: ObjectStore, bookmark: dict[str, Any]) -> list[DmsFile]:
+    """New files in processing order: full-load files by key, then CDC files by name."""
+    loads, cdc = [], []
+    done_loads, recent = set(bookmark["loads_done"]), set(bookmark["cdc_recent"])
+    floor = bookmark["cdc_floor"]
+    for key in source.list(""):
+        dms_file = classify(key)
+        if dms_file is None:
+            continue
+        if dms_file.kind == "load" and key not in done_loads:
+            loads.append(dms_file)
+        elif (
+            dms_file.kind == "cdc"
+            and key not in recent
+            and (floor is None or dms_file.name > floor)
+        ):
+            cdc.append(dms_file)
+    return sorted(loads, key=lambda f: f.key) + sorted(cdc, key=lambda f: (f.name, f.key))
+
+
+def _file_rows(source: ObjectStore, dms_file: DmsFile) -> Iterator[dict[str, Any]]:
+    """The rows of one file as dicts with ``Op``, ``_ts``, ``_id``, ``_doc`` (``None`` if absent)."""
+    data = source.get(dms_file.key)
+    if dms_file.name.endswith(".gz"):
+        data = gzip.decompress(data)
+    if dms_file.name.endswith(".parquet"):
+        table = pq.read_table(io.BytesIO(data))
+        names = table.column_names
+        stamp = next((n for n in names if n not in ("Op", "_id", "_doc")), None)
+        for record in table.to_pylist():
+            value = record.get(stamp) if stamp else None
+            yield {
+                "Op": record.get("Op"),
+                "_ts": value.isoformat(sep=" ") if isinstance(value, datetime) else value,
+                "_id": record.get("_id"),
+                "_doc": record.get("_doc"),
+            }
+        return
+    reader = csv.reader(io.StringIO(data.decode("utf-8")))
+    header: list[str] | None = None
+    for line in reader:
+        if not line:
+            continue
+        if header is None and "_id" in line and "_doc" in line:
+            header = line  # AddColumnName=true
+            continue
+        yield _csv_row(line, header)
+
+
+def _csv_row(line: list[str], header: list[str] | None) -> dict[str, Any]:
+    if header is not None:
+        named = dict(zip(header, line, strict=False))
+        stamp = next((n for n in header if n not in ("Op", "_id", "_doc")), None)
+        return {
+            "Op": named.get("Op"),
+            "_ts": named.get(stamp) if stamp else None,
+            "_id": named.get("_id"),
+            "_doc": named.get("_doc"),
+        }
+    *leading, _id, doc = line if len(line) >= 2 else ["", "", ""]
+    op = leading[0] if leading and leading[0] in OPS else None
+    stamps = [v for v in leading if _TIMESTAMP.match(v)]
+    return {"Op": op, "_ts": stamps[0] if stamps else None, "_id": _id, "_doc": doc}
+
+
+def _add_row(rows: BatchRows, dms_file: DmsFile, index: int, row: dict[str, Any]) -> None:
+    where = f"{dms_file.key} row {index + 1}"
+    try:
+        moment = _moment(row.get("_ts"), dms_file)
+        if dms_file.kind == "load":
+            op, pos = "snapshot", 0
+        else:
+            op = OPS.get(str(row.get("Op") or "").strip())
+            if op is None:
+                raise Malformed(f"Op {row.get('Op')!r} is not I, U or D")
+            pos = commit_position(moment)
+        time_ms = millis(moment)
+        if op == "delete":
+            key = _delete_key(row)
+            rows.add(key, op, pos, time_ms, None)
+            return
+        text = row.get("_doc")
+        if not text:
+            raise Malformed("_doc is empty (document mode writes the whole document)")
+        try:
+            document = decode_document(text)
+        except Exception as error:
+            raise Malformed(f"_doc is not extended JSON: {error}") from error
+        key, doc = document_json(document)
+        rows.add(key, op, pos, time_ms, doc)
+    except Malformed as problem:
+        rows.quarantine(f"{where}: {problem}", {k: v for k, v in row.items() if v is not None})
+
+
+def _delete_key(row: dict[str, Any]) -> str:
+    text = row.get("_doc")
+    if text:
+        try:
+            document = decode_document(text)
+            if isinstance(document, dict) and "_id" in document:
+                return key_string(document["_id"])
+        except Exception:
+            pass
+    raw = row.get("_id")
+    if not raw:
+        raise Malformed("delete without _id")
+    if str(raw).startswith("{"):
+        try:
+            return key_string(decode_document(raw))
+        except Exception as error:
+            raise Malformed(f"_id is not extended JSON: {error}") from error
+    return str(raw)  # an ObjectId's 24 hex digits, or a string key: the key string itself
+
+
+def _moment(stamp: Any, dms_file: DmsFile) -> datetime:
+    """The row's commit time: the timestamp column, else the CDC file name's time, else now."""
+    if isinstance(stamp, str) and stamp:
+        try:
+            return datetime.fromisoformat(stamp).replace(tzinfo=UTC)
+        except ValueError as error:
+            raise Malformed(f"timestamp {stamp!r} is not yyyy-MM-dd HH:mm:ss.SSSSSS") from error
+    match = _CDC.match(dms_file.name)
+    if match:
+        day, clock, fraction = match.group(1), match.group(2), (match.group(3) + "000000")[:6]
+        return datetime.strptime(f"{day}{clock}{fraction}", "%Y%m%d%H%M%S%f").replace(tzinfo=UTC)
+    return datetime.now(UTC)
+
+
+# -- bookmark ---------------------------------------------------------------------------------------
+def _empty_bookmark() -> dict[str, Any]:
+    return {
+        "loads_done": [],
+        "cdc_recent": [],
+        "cdc_floor": None,
+        "cdc_started": False,
+        "current": {"key": None, "rows_done": 0},
+    }
+
+
+def _read_bookmark(zone: RawZone, checkpoint: Checkpoint) -> dict[str, Any]:
+    key = checkpoint.state.get("bookmark_key") if checkpoint.state.get("phase") == "dms" else None
+    return json.loads(zone.store.get(key)) if key else _empty_bookmark()
+
+
+def _advance(bookmark: dict[str, Any], dms_file: DmsFile, rows_done: int, done: bool) -> None:
+    if not done:
+        bookmark["current"] = {"key": dms_file.key, "rows_done": rows_done}
+        return
+    bookmark["current"] = {"key": None, "rows_done": 0}
+    if dms_file.kind == "load":
+        bookmark["loads_done"].append(dms_file.key)
+        return
+    bookmark["cdc_started"] = True
+    recent = sorted(
+        [*bookmark["cdc_recent"], dms_file.key], key=lambda k: (k.rsplit("/", 1)[-1], k)
+    )
+    if len(recent) > RECENT_CDC_FILES:
+        dropped, recent = recent[:-RECENT_CDC_FILES], recent[-RECENT_CDC_FILES:]
+        bookmark["cdc_floor"] = max(
+            [bookmark["cdc_floor"] or "", *(k.rsplit("/", 1)[-1] for k in dropped)]
+        )
+    bookmark["cdc_recent"] = recent
+
+
+def _publish(
+    zone: RawZone,
+    rows: BatchRows,
+    checkpoint: Checkpoint,
+    bookmark: dict[str, Any],
+    extra: dict[str, Any],
+    result: DmsIngestResult,
+) -> Checkpoint:
+    key = f"{zone.prefix}/_dms/bookmark-{checkpoint.batch + 1:012d}.json"
+    manifest = publish_batch(
+        zone,
+        rows,
+        checkpoint,
+        {"phase": "dms", "bookmark_key": key},
+        {**extra, "input": "dms"},
+        side_objects={key: json.dumps(bookmark).encode()},
+    )
+    result.batches.append(manifest.batch)
+    result.rows_by_op.update(manifest.ops)
+    result.quarantined += manifest.quarantined
+    if manifest.max_event_time:
+        moment = datetime.fromisoformat(manifest.max_event_time)
+        result.max_event_time = max(filter(None, (result.max_event_time, moment)))
+    return Checkpoint(manifest.batch, manifest.state)

@@ -1,0 +1,193 @@
+"""A DocumentDB stand-in at the wire level: ``mockupdb`` answering pymongo from an embedded store.
+
+``EmbeddedBackedServer`` serves the commands the pymongo change source sends, with the data and
+the change-event log of an ``EmbeddedChangeStreamSource`` file:
+
+- ``find`` with ``{"_id": {"$gt": x}}`` or ``{"_id": {"$type": [...]}}``, ``sort: {_id: 1}``,
+  ``limit``: documents from the store in ``_id`` order (one batch, cursor id 0);
+- ``aggregate`` with a ``$changeStream`` stage (``resumeAfter`` or none, ``fullDocument``): opens
+  a stream on the store, answers the first batch and a ``postBatchResumeToken``; the store's
+  ``OperationFailure`` (136 for a purged token, "not enabled") becomes a command error with the
+  same code and message, as the server sends it;
+- ``getMore`` on such a cursor: the next batch and the post-batch token; ``killCursors``.
+
+Every command it saw is kept in ``commands`` so tests can assert what went over the wire.
+
+mockupdb 1.8.1 (2021) works with pymongo 4.20 through OP_MSG as is; two things need care, and are
+handled here: pymongo's handshake must see ``maxWireVersion`` >= 8 (``auto_ismaster`` below), and
+no ``logicalSessionTimeoutMinutes`` is advertised, so pymongo sends no ``lsid``/sessions (the mock
+has none). Each mockupdb connection thread opens its own SQLite connection to the store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bson import Int64
+from mockupdb import Matcher, MockupDB
+from pymongo.errors import OperationFailure
+
+from lambda_functions.cdc_capture.documentdb_source import TYPE_BRACKETS, _type_bracket
+from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
+
+HELLO = {"ismaster": True, "minWireVersion": 0, "maxWireVersion": 13, "msg": None}
+
+
+class EmbeddedBackedServer:
+    """See the module docstring; ``uri`` is what a pymongo client connects to."""
+
+    def __init__(self, store_path: Path, *, events_per_batch: int | None = None):
+        self.store_path = store_path
+        self.events_per_batch = events_per_batch  # cap on a batch, to force several getMores
+        self.server = MockupDB(auto_ismaster=HELLO, verbose=False, request_timeout=30)
+        self.commands: list[dict[str, Any]] = []
+        self._local = threading.local()
+        self._cursors: dict[int, Any] = {}
+        self._ids = itertools.count(1001)
+        self._lock = threading.Lock()
+        self.handlers = {
+            "find": self._find,
+            "aggregate": self._aggregate,
+            "getMore": self._get_more,
+            "killCursors": self._kill_cursors,
+            "endSessions": lambda request: request.ok(),
+        }
+        # mockupdb's string matchers compare the command's value too ({"find": 1}); one
+        # catch-all dispatches by name and leaves the handshake to auto_ismaster.
+        self.server.autoresponds(Matcher(), self._dispatch)
+
+    @property
+    def uri(self) -> str:
+        return f"{self.server.uri}/?directConnection=true"
+
+    def start(self) -> EmbeddedBackedServer:
+        self.server.run()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def names(self) -> list[str]:
+        """Names of the commands received, in order."""
+        return [next(iter(command)) for command in self.commands]
+
+    # -- the store, one connection per server thread ---------------------------------------------
+    @property
+    def store(self) -> EmbeddedChangeStreamSource:
+        if not hasattr(self._local, "store"):
+            self._local.store = EmbeddedChangeStreamSource(self.store_path)
+        return self._local.store
+
+    def _record(self, request: Any) -> dict[str, Any]:
+        command = dict(request.doc)
+        with self._lock:
+            self.commands.append(command)
+        return command
+
+    # -- commands --------------------------------------------------------------------------------
+    def _dispatch(self, request: Any) -> bool:
+        if not request.docs:
+            return False
+        handler = self.handlers.get(next(iter(request.doc)))
+        return handler(request) if handler else False
+
+    def _find(self, request: Any) -> bool:
+        command = self._record(request)
+        database, collection = command["$db"], command["find"]
+        condition = command.get("filter", {}).get("_id", {})
+        limit = command.get("limit") or None
+        if "$gt" in condition:
+            docs = self.store.documents(database, collection, after_id=condition["$gt"])
+            bracket = _type_bracket(condition["$gt"])
+            docs = [d for d in docs if _type_bracket(d["_id"]) == bracket]
+        elif "$type" in condition:
+            wanted = set(condition["$type"])
+            docs = [
+                d
+                for d in self.store.documents(database, collection)
+                if set(TYPE_BRACKETS[_type_bracket(d["_id"])]) & wanted
+            ]
+        else:
+            docs = self.store.documents(database, collection)
+        docs = docs[:limit] if limit else docs
+        return request.ok(
+            cursor={"id": Int64(0), "ns": f"{database}.{collection}", "firstBatch": docs}
+        )
+
+    def _aggregate(self, request: Any) -> bool:
+        command = self._record(request)
+        database, collection = command["$db"], command["aggregate"]
+        stage = command["pipeline"][0]["$changeStream"]
+        batch_size = command.get("cursor", {}).get("batchSize")
+        try:
+            stream = self.store.watch(
+                database,
+                collection,
+                resume_after=stage.get("resumeAfter"),
+                full_document=stage.get("fullDocument"),
+                batch_size=self.events_per_batch or batch_size or 100,
+            )
+        except OperationFailure as error:
+            return request.command_err(
+                code=error.code or 1,
+                errmsg=error.details.get("errmsg", str(error)),
+                codeName=error.details.get("codeName"),
+            )
+        cursor_id = next(self._ids)
+        self._cursors[cursor_id] = (stream, batch_size)
+        batch, token = self._batch(stream, batch_size)
+        return request.ok(
+            cursor={
+                "id": Int64(cursor_id),
+                "ns": f"{database}.{collection}",
+                "firstBatch": batch,
+                "postBatchResumeToken": token,
+            }
+        )
+
+    def _get_more(self, request: Any) -> bool:
+        command = self._record(request)
+        cursor_id = int(command["getMore"])
+        stream, batch_size = self._cursors[cursor_id]
+        try:
+            batch, token = self._batch(stream, command.get("batchSize") or batch_size)
+        except OperationFailure as error:
+            return request.command_err(
+                code=error.code or 1, errmsg=error.details.get("errmsg", str(error))
+            )
+        return request.ok(
+            cursor={
+                "id": Int64(cursor_id),
+                "ns": f"{command['$db']}.{command['collection']}",
+                "nextBatch": batch,
+                "postBatchResumeToken": token,
+            }
+        )
+
+    def _kill_cursors(self, request: Any) -> bool:
+        command = self._record(request)
+        killed = [c for c in command["cursors"] if self._cursors.pop(int(c), None)]
+        return request.ok(cursorsKilled=killed, cursorsNotFound=[], cursorsAlive=[])
+
+    def _batch(self, stream: Any, batch_size: int | None) -> tuple[list[dict[str, Any]], Any]:
+        limit = min(x for x in (batch_size, self.events_per_batch, 100) if x)
+        batch = []
+        while len(batch) < limit and (event := stream.try_next()) is not None:
+            batch.append(event)
+        return batch, stream.resume_token or self.store.current_position(*stream._ns)
+
+
+@contextmanager
+def embedded_backed_server(
+    store_path: Path, *, events_per_batch: int | None = None
+) -> Iterator[EmbeddedBackedServer]:
+    server = EmbeddedBackedServer(store_path, events_per_batch=events_per_batch).start()
+    try:
+        yield server
+    finally:
+        server.stop()

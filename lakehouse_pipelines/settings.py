@@ -7,9 +7,10 @@ variable is listed in the README's configuration table (a test keeps the two in 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -56,6 +57,35 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
     "LAKEHOUSE_WAREHOUSE": ("duckdb", "redshift", "`duckdb` (embedded) or `redshift`"),
     "LAKEHOUSE_DUCKDB_PATH": ("<LAKEHOUSE_ROOT>/warehouse.duckdb", "", "DuckDB warehouse file"),
     "LAKEHOUSE_WAREHOUSE_SCHEMA": ("analytics", "analytics", "warehouse schema for loaded tables"),
+    "LAKEHOUSE_WAREHOUSE_PROJECTION": (
+        '{"status": "VARCHAR(32)", "total": "DECIMAL(18,2)", "created_at": "TIMESTAMPTZ"}',
+        "{}",
+        "JSON object: document field (or dotted path) -> SQL type, loaded as typed columns beside "
+        "the full document; new entries are added as columns (never dropped)",
+    ),
+    "LAKEHOUSE_REDSHIFT_DATABASE": ("", "", "redshift: database to load into"),
+    "LAKEHOUSE_REDSHIFT_WORKGROUP": ("", "", "redshift: Serverless workgroup name (or a cluster)"),
+    "LAKEHOUSE_REDSHIFT_CLUSTER": ("", "", "redshift: provisioned cluster identifier"),
+    "LAKEHOUSE_REDSHIFT_DB_USER": (
+        "",
+        "",
+        "redshift cluster: database user (temporary credentials)",
+    ),
+    "LAKEHOUSE_REDSHIFT_SECRET_ARN": (
+        "",
+        "",
+        "redshift: Secrets Manager secret ARN with the database credentials (instead of a user)",
+    ),
+    "LAKEHOUSE_REDSHIFT_IAM_ROLE": (
+        "",
+        "",
+        "redshift: IAM role ARN that COPY uses to read the staged Parquet under the lake",
+    ),
+    "LAKEHOUSE_REDSHIFT_TIMEOUT_SECONDS": (
+        "600",
+        "600",
+        "redshift: a Data API statement still running after this is cancelled",
+    ),
     "LAKEHOUSE_CAPTURE_CRON": ("*/15 * * * *", "*/15 * * * *", "capture schedule (cron)"),
     "LAKEHOUSE_FUNCTION_PREFIX": ("", "", "prefix added to the Lambda function names"),
     "LAKEHOUSE_PIPES_BUCKET": (
@@ -90,6 +120,36 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "lakehouse-pipelines",
         "CloudWatch dashboard generated from the published metrics",
     ),
+    "LAKEHOUSE_DOCUMENTDB_SECRET_ARN": (
+        "",
+        "",
+        "documentdb: Secrets Manager secret ARN with {username, password, host, port} (instead "
+        "of the URI variable named by `LAKEHOUSE_SOURCE_LOCATION`)",
+    ),
+    "LAKEHOUSE_DOCUMENTDB_CA_FILE": (
+        "",
+        "global-bundle.pem",
+        "documentdb: CA bundle path inside the function (Amazon RDS global bundle); empty uses "
+        "the system trust store",
+    ),
+    "LAKEHOUSE_DOCUMENTDB_TLS": ("true", "true", "documentdb: `false` turns TLS off (tests only)"),
+    "LAKEHOUSE_AUTO_RESNAPSHOT": (
+        "false",
+        "false",
+        "`true`: on an expired resume token capture re-snapshots by itself (new table "
+        "generation) instead of failing",
+    ),
+    "LAKEHOUSE_MAX_CDC_LAG_SECONDS": (
+        "900",
+        "900",
+        "the `cdc_lag` check on `cdc_raw_batches` fails above this many seconds",
+    ),
+    "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS": (
+        "10800",
+        "10800",
+        "the cluster's change_stream_log_retention_duration; a quiet collection's token is "
+        "re-saved after half of it",
+    ),
 }
 
 
@@ -116,6 +176,20 @@ class LakehouseSettings:
     queue_stuck_seconds: float = 3600.0
     max_failure_rate: float = 0.25
     dashboard_name: str = "lakehouse-pipelines"
+    warehouse_projection: Mapping[str, str] = field(default_factory=dict)
+    redshift_database: str = ""
+    redshift_workgroup: str = ""
+    redshift_cluster: str = ""
+    redshift_db_user: str = ""
+    redshift_secret_arn: str = field(default="", repr=False)
+    redshift_iam_role: str = field(default="", repr=False)
+    redshift_timeout_seconds: int = 600
+    documentdb_secret_arn: str = ""
+    documentdb_ca_file: str = ""
+    documentdb_tls: bool = True
+    auto_resnapshot: bool = False
+    max_cdc_lag_seconds: float = 900.0
+    change_stream_retention_seconds: int = 10_800
 
     @property
     def namespace(self) -> str:
@@ -210,7 +284,50 @@ class LakehouseSettings:
                 get("LAKEHOUSE_MAX_FAILURE_RATE"), "LAKEHOUSE_MAX_FAILURE_RATE"
             ),
             dashboard_name=get("LAKEHOUSE_DASHBOARD_NAME"),
+            warehouse_projection=_projection(get("LAKEHOUSE_WAREHOUSE_PROJECTION")),
+            redshift_database=get("LAKEHOUSE_REDSHIFT_DATABASE"),
+            redshift_workgroup=get("LAKEHOUSE_REDSHIFT_WORKGROUP"),
+            redshift_cluster=get("LAKEHOUSE_REDSHIFT_CLUSTER"),
+            redshift_db_user=get("LAKEHOUSE_REDSHIFT_DB_USER"),
+            redshift_secret_arn=get("LAKEHOUSE_REDSHIFT_SECRET_ARN"),
+            redshift_iam_role=get("LAKEHOUSE_REDSHIFT_IAM_ROLE"),
+            redshift_timeout_seconds=_int(
+                get("LAKEHOUSE_REDSHIFT_TIMEOUT_SECONDS"), "LAKEHOUSE_REDSHIFT_TIMEOUT_SECONDS"
+            ),
+            documentdb_secret_arn=get("LAKEHOUSE_DOCUMENTDB_SECRET_ARN"),
+            documentdb_ca_file=get("LAKEHOUSE_DOCUMENTDB_CA_FILE"),
+            documentdb_tls=_bool(get("LAKEHOUSE_DOCUMENTDB_TLS"), "LAKEHOUSE_DOCUMENTDB_TLS"),
+            auto_resnapshot=_bool(get("LAKEHOUSE_AUTO_RESNAPSHOT"), "LAKEHOUSE_AUTO_RESNAPSHOT"),
+            max_cdc_lag_seconds=_float(
+                get("LAKEHOUSE_MAX_CDC_LAG_SECONDS"), "LAKEHOUSE_MAX_CDC_LAG_SECONDS"
+            ),
+            change_stream_retention_seconds=_int(
+                get("LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS"),
+                "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS",
+            ),
         )
+
+
+def _projection(value: str) -> dict[str, str]:
+    """LAKEHOUSE_WAREHOUSE_PROJECTION: a JSON object of field -> SQL type, checked now."""
+    from lambda_functions.warehouse_load.sql_plan import PlanError, parse_projection
+
+    try:
+        projection = json.loads(value)
+    except ValueError:
+        projection = None
+    if not isinstance(projection, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in projection.items()
+    ):
+        raise SettingsError(
+            "LAKEHOUSE_WAREHOUSE_PROJECTION must be a JSON object of field -> SQL type, e.g. "
+            '{"status": "VARCHAR(32)", "total": "DECIMAL(18,2)"}'
+        )
+    try:
+        parse_projection(projection)
+    except PlanError as error:
+        raise SettingsError(f"LAKEHOUSE_WAREHOUSE_PROJECTION: {error}") from None
+    return projection
 
 
 def _int(value: str, name: str) -> int:
@@ -225,3 +342,12 @@ def _float(value: str, name: str) -> float:
         return float(value)
     except ValueError:
         raise SettingsError(f"{name}={value!r} must be a number") from None
+
+
+def _bool(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={value!r} must be true or false")

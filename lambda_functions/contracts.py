@@ -119,7 +119,18 @@ class CaptureRequest(CollectionRequest):
     source_location: str = ""
     demo_changes: int = 0  # embedded only: changes the demo workload makes before capturing
     max_rows: int = 100_000
-    max_bytes: int = 256 * 1024 * 1024
+    # Canonical JSON bytes per batch; a batch's peak memory is ~4x this (Python strings, the Arrow
+    # copy, the Parquet buffer), so 64 MiB keeps a 1 GB Lambda well clear (benchmarks/cdc_capture)
+    max_bytes: int = 64 * 1024 * 1024
+    # documentdb: ARN of a Secrets Manager secret {username, password, host, port, ...}; used
+    # instead of the URI variable when set. The ARN names the secret, it is not the secret.
+    secret_arn: str = ""
+    tls: bool = True  # documentdb: TLS is on unless explicitly turned off
+    tls_ca_file: str = ""  # documentdb: CA bundle path (e.g. global-bundle.pem); "" = system CAs
+    reset: bool = False  # publish a "dropped" marker batch, then take a new snapshot
+    auto_resnapshot: bool = False  # on an expired resume token, re-snapshot instead of failing
+    max_cdc_lag_seconds: float = 900.0  # the cdc_lag check fails above this
+    stream_retention_seconds: int = 3 * 3600  # change-stream log retention (DocumentDB: 3 h)
 
     def validate(self) -> None:
         super().validate()
@@ -129,6 +140,20 @@ class CaptureRequest(CollectionRequest):
             )
         if self.max_rows < 1 or self.max_bytes < 1:
             raise InvalidRequestError("max_rows and max_bytes must be positive")
+        if self.source_kind == "documentdb" and "://" in self.source_location:
+            raise InvalidRequestError(
+                "source_location must be the NAME of an environment variable holding the URI, "
+                "not the URI itself: credentials never travel in the event (value not shown)"
+            )
+        if self.source_kind == "documentdb" and not (self.secret_arn or self.source_location):
+            raise InvalidRequestError(
+                "source_kind 'documentdb' needs secret_arn (a Secrets Manager secret) or "
+                "source_location (the NAME of an environment variable holding the URI)"
+            )
+        if self.stream_retention_seconds < 1 or self.max_cdc_lag_seconds <= 0:
+            raise InvalidRequestError(
+                "stream_retention_seconds and max_cdc_lag_seconds must be positive"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +173,20 @@ class LoadRequest(CollectionRequest):
     warehouse_location: str = ""  # duckdb: database file path
     target_schema: str = "analytics"
     target_table: str = ""  # defaults to the collection name
+    # Document fields loaded as typed columns beside the full document, e.g.
+    # {"status": "VARCHAR(32)", "total": "DECIMAL(18,2)"} (see warehouse_load.sql_plan).
+    projection: dict[str, str] = dataclasses.field(default_factory=dict)
+    force_full_reload: bool = False
+    # redshift: where statements run (a Serverless workgroup, or a cluster with a database user
+    # or a Secrets Manager secret ARN: a name of where credentials live, never credentials) and
+    # the IAM role COPY reads the staged Parquet with.
+    redshift_database: str = ""
+    redshift_workgroup: str = ""
+    redshift_cluster: str = ""
+    redshift_db_user: str = ""
+    redshift_secret_arn: str = ""
+    redshift_iam_role: str = ""
+    redshift_timeout_s: int = 600  # per Data API statement; cancelled after this
 
     def validate(self) -> None:
         super().validate()
@@ -157,7 +196,90 @@ class LoadRequest(CollectionRequest):
             )
         validate_name(self.target_schema, "target_schema")
         validate_name(self.table_name, "target_table")
+        from lambda_functions.warehouse_load.sql_plan import (
+            PlanError,
+            UnsafeSqlValueError,
+            checked_iam_role,
+            parse_projection,
+        )
+
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.projection.items()):
+            raise InvalidRequestError("projection must map field names to SQL type names")
+        try:
+            parse_projection(self.projection)
+        except PlanError as error:
+            raise InvalidRequestError(str(error)) from None
+        if self.warehouse_kind == "redshift":
+            if not self.lake_uri.startswith("s3://"):
+                raise InvalidRequestError(
+                    "Redshift COPY reads the staged rows from S3: set LAKEHOUSE_LAKE_URI to "
+                    "s3://bucket/prefix (a bucket in the cluster's region)"
+                )
+            if not self.redshift_database:
+                raise InvalidRequestError(
+                    "redshift_database is required: set LAKEHOUSE_REDSHIFT_DATABASE"
+                )
+            if bool(self.redshift_workgroup) == bool(self.redshift_cluster):
+                raise InvalidRequestError(
+                    "name exactly one of redshift_workgroup (LAKEHOUSE_REDSHIFT_WORKGROUP, "
+                    "Serverless) or redshift_cluster (LAKEHOUSE_REDSHIFT_CLUSTER, provisioned)"
+                )
+            if self.redshift_cluster and not (self.redshift_db_user or self.redshift_secret_arn):
+                raise InvalidRequestError(
+                    "a provisioned cluster needs LAKEHOUSE_REDSHIFT_DB_USER (temporary "
+                    "credentials) or LAKEHOUSE_REDSHIFT_SECRET_ARN (Secrets Manager)"
+                )
+            try:
+                checked_iam_role(self.redshift_iam_role)
+            except UnsafeSqlValueError as error:
+                raise InvalidRequestError(str(error)) from None
+            if self.redshift_timeout_s < 1:
+                raise InvalidRequestError("redshift_timeout_s must be positive")
 
     @property
     def table_name(self) -> str:
         return self.target_table or self.collection
+
+
+@dataclasses.dataclass(frozen=True)
+class DmsIngestRequest(CollectionRequest):
+    """Ingest the AWS DMS output files not ingested yet (one collection folder) into raw batches."""
+
+    kind: ClassVar[str] = "dms_ingest"
+    dms_uri: str = ""  # the collection's DMS folder: s3://bucket/<folder>/<db>/<coll> or a path
+    max_rows: int = 100_000
+    max_bytes: int = 256 * 1024 * 1024
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.dms_uri:
+            raise InvalidRequestError(
+                "dms_uri must name the folder DMS writes this collection to, e.g. "
+                "s3://dms-output/cdc/shop/orders"
+            )
+        if self.max_rows < 1 or self.max_bytes < 1:
+            raise InvalidRequestError("max_rows and max_bytes must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompactRequest(CollectionRequest):
+    """Maintain the lake table: compact its cold partitions, then vacuum unreferenced files."""
+
+    kind: ClassVar[str] = "lake_maintenance"
+    # A partition is cold when none of its files was written in this many hours; hot partitions
+    # are left to the merges (compacting them would only conflict with the next merge).
+    cold_after_hours: int = 72
+    z_order: bool = True  # sort cold partitions by _id (restores file pruning), else bin-pack
+    vacuum: bool = True
+    # Files removed longer ago than this are deleted: time travel and the change feed reach back
+    # this far. Below 168 h (Delta's default), the load may lose the feed it needs (it then
+    # reloads in full).
+    vacuum_retention_hours: int = 168
+    dry_run: bool = False  # report what would be compacted and deleted, change nothing
+
+    def validate(self) -> None:
+        super().validate()
+        if self.cold_after_hours < 0 or self.vacuum_retention_hours < 0:
+            raise InvalidRequestError(
+                "cold_after_hours and vacuum_retention_hours must be 0 or more"
+            )

@@ -1,159 +1,81 @@
-"""The embedded warehouse: DuckDB running the same logical load plan as Redshift.
+"""The embedded warehouse: DuckDB runs the plan from ``sql_plan`` in one BEGIN..COMMIT.
 
-Plan, in one transaction: stage the changed rows, delete target rows whose keys changed, insert the
-rows that are not deletes, and record the loaded lake version in the control table. A load that dies
-before COMMIT leaves the warehouse as it was, and the control table still names the old version, so
-the re-run loads the same changes again: nothing lost, nothing doubled.
-
-Identifiers are validated by the request contract and quoted here; values are always parameters.
+Staging is an Arrow table registered with the connection (DuckDB cannot read ``s3://`` here and
+needs no file): the plan's ``load_stage`` copies it into the temporary staging table inside the
+transaction, exactly where Redshift's COPY sits. A process that dies before COMMIT leaves the file
+as it was (DuckDB's WAL holds only committed transactions), and a Python error rolls back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-CONTROL_TABLE = "_lakehouse_loads"
+from lambda_functions.warehouse_load.sql_plan import DUCKDB, Dialect, StageSource, Statement
 
-
-def run(db: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[tuple]:
-    """Execute one statement and consume its result (DuckDB 2 requires it before the next)."""
-    return db.execute(sql, params or []).fetchall()
-
-
-def quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
-@dataclass(frozen=True)
-class LoadedState:
-    table_id: str
-    version: int
-
-
-@dataclass(frozen=True)
-class Reconciliation:
-    warehouse_rows: int
-    lake_rows: int
-    duplicate_keys: int
-    missing_keys: list[str]  # in the lake, not in the warehouse (first few)
-    extra_keys: list[str]  # in the warehouse, not in the lake (first few)
-
-    @property
-    def matches(self) -> bool:
-        return (
-            self.warehouse_rows == self.lake_rows
-            and not self.duplicate_keys
-            and not self.missing_keys
-            and not self.extra_keys
-        )
+STAGE_RELATION = "_lakehouse_stage_rows"
 
 
 class DuckDBWarehouse:
-    def __init__(self, path: str, schema: str, table: str):
+    """A DuckDB database file as the warehouse: one connection per ``session()``."""
+
+    dialect: Dialect = DUCKDB
+
+    def __init__(self, path: str):
+        if not path:
+            raise ValueError(
+                "warehouse_location must name the DuckDB database file (LAKEHOUSE_DUCKDB_PATH)"
+            )
         self.path = path
-        self.schema = schema
-        self.table = table
-        self.target = f"{quote(schema)}.{quote(table)}"
-        self.control = f"{quote(schema)}.{quote(CONTROL_TABLE)}"
+        self._db: duckdb.DuckDBPyConnection | None = None
 
     @contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def session(self) -> Iterator[None]:
         # Open per load and close at once: DuckDB locks the file for the process that has it open.
-        connection = duckdb.connect(self.path)
+        self._db = duckdb.connect(self.path)
         try:
-            yield connection
+            yield
         finally:
-            connection.close()
+            self._db.close()
+            self._db = None
 
-    def ensure_tables(self, db: duckdb.DuckDBPyConnection) -> None:
-        run(db, f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
-        run(
-            db,
-            f"""CREATE TABLE IF NOT EXISTS {self.control} (
-                table_name VARCHAR NOT NULL, lake_table_id VARCHAR NOT NULL,
-                lake_version BIGINT NOT NULL, loaded_at TIMESTAMPTZ NOT NULL)""",
-        )
-        run(
-            db,
-            f"""CREATE TABLE IF NOT EXISTS {self.target} (
-                _id VARCHAR NOT NULL, doc JSON, _op VARCHAR, _pos BIGINT,
-                _event_time TIMESTAMPTZ, _lake_version BIGINT NOT NULL,
-                _loaded_at TIMESTAMPTZ NOT NULL)""",
-        )
+    @property
+    def db(self) -> duckdb.DuckDBPyConnection:
+        if self._db is None:
+            raise RuntimeError("use the warehouse inside `with warehouse.session():`")
+        return self._db
 
-    def loaded_state(self, db: duckdb.DuckDBPyConnection) -> LoadedState | None:
-        rows = run(
-            db,
-            f"SELECT lake_table_id, lake_version FROM {self.control} WHERE table_name = ?",
-            [self.table],
-        )
-        return LoadedState(rows[0][0], rows[0][1]) if rows else None
+    def _execute(self, statement: Statement) -> list[tuple[Any, ...]]:
+        """Run one statement and consume its result (DuckDB 2 requires it before the next)."""
+        return self.db.execute(statement.sql, dict(statement.parameters) or None).fetchall()
 
-    def apply(
-        self,
-        db: duckdb.DuckDBPyConnection,
-        stage: pa.Table,
-        *,
-        full: bool,
-        table_id: str,
-        version: int,
-    ) -> tuple[int, int]:
-        """Apply staged changes atomically; return (rows deleted, rows inserted)."""
-        db.register("lake_stage", stage)
+    def query(self, statement: Statement) -> list[tuple[Any, ...]]:
+        return self._execute(statement)
+
+    def run_transaction(self, statements: Sequence[Statement], *, name: str) -> dict[str, int]:
+        """Run ``statements`` as one transaction; return rows affected by label (DML only)."""
+        affected: dict[str, int] = {}
+        self.db.execute("BEGIN TRANSACTION")
         try:
-            run(db, "BEGIN TRANSACTION")
-            if full:
-                deleted = run(db, f"DELETE FROM {self.target}")[0][0]
-            else:
-                deleted = run(
-                    db, f"DELETE FROM {self.target} WHERE _id IN (SELECT _id FROM lake_stage)"
-                )[0][0]
-            inserted = run(
-                db,
-                f"""INSERT INTO {self.target}
-                    SELECT _id, doc::JSON, _op, _pos, _event_time, ?, now()
-                    FROM lake_stage WHERE NOT _deleted""",
-                [version],
-            )[0][0]
-            run(db, f"DELETE FROM {self.control} WHERE table_name = ?", [self.table])
-            run(
-                db,
-                f"INSERT INTO {self.control} VALUES (?, ?, ?, now())",
-                [self.table, table_id, version],
-            )
-            run(db, "COMMIT")
+            for statement in statements:
+                rows = self._execute(statement)
+                if statement.sql.startswith(("INSERT", "DELETE")) and rows:
+                    affected[statement.label] = int(rows[0][0])
+            self.db.execute("COMMIT")
         except BaseException:
-            run(db, "ROLLBACK")
+            with contextlib.suppress(duckdb.Error):  # keep the original error if this fails too
+                self.db.execute("ROLLBACK")
             raise
-        finally:
-            db.unregister("lake_stage")
-        return deleted, inserted
+        return affected
 
-    def reconcile(self, db: duckdb.DuckDBPyConnection, lake_ids: pa.Array) -> Reconciliation:
-        db.register("lake_ids", pa.table({"_id": lake_ids}))
-        try:
-            ((rows, distinct),) = run(
-                db, f"SELECT count(*), count(DISTINCT _id) FROM {self.target}"
-            )
-            missing = run(
-                db,
-                f"SELECT _id FROM lake_ids EXCEPT SELECT _id FROM {self.target} ORDER BY 1 LIMIT 10",
-            )
-            extra = run(
-                db,
-                f"SELECT _id FROM {self.target} EXCEPT SELECT _id FROM lake_ids ORDER BY 1 LIMIT 10",
-            )
-        finally:
-            db.unregister("lake_ids")
-        return Reconciliation(
-            warehouse_rows=rows,
-            lake_rows=len(lake_ids),
-            duplicate_keys=rows - distinct,
-            missing_keys=[r[0] for r in missing],
-            extra_keys=[r[0] for r in extra],
-        )
+    def stage(self, rows: pa.Table, *, key: str) -> StageSource:
+        self.db.register(STAGE_RELATION, rows)
+        return StageSource(relation=STAGE_RELATION)
+
+    def unstage(self, *, key: str, succeeded: bool) -> None:
+        self.db.unregister(STAGE_RELATION)

@@ -14,10 +14,12 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         request = LoadRequest.from_event(without_pipes_keys(event))
         result = load_changes(request, on_progress=pipes.log.info)
         check = result.reconciliation
+        assert check is not None  # load_changes reconciles unless told not to
         pipes.report_asset_materialization(
             metadata={
                 "dagster/row_count": {"raw_value": result.warehouse_rows, "type": "int"},
                 "target": {"raw_value": result.target, "type": "text"},
+                "warehouse": {"raw_value": result.warehouse_kind, "type": "text"},
                 "lake_version": {"raw_value": result.lake_version, "type": "int"},
                 "previous_lake_version": {
                     "raw_value": -1 if result.previous_version is None else result.previous_version,
@@ -28,19 +30,24 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 "rows_staged": {"raw_value": result.rows_staged, "type": "int"},
                 "rows_deleted": {"raw_value": result.rows_deleted, "type": "int"},
                 "rows_inserted": {"raw_value": result.rows_inserted, "type": "int"},
+                "projected_columns": {"raw_value": result.projected_columns, "type": "json"},
+                "columns_added": {"raw_value": result.columns_added, "type": "json"},
+                "undeclared_columns": {"raw_value": result.undeclared_columns, "type": "json"},
+                "transaction": {"raw_value": result.statements, "type": "json"},
                 "duration_seconds": {"raw_value": round(result.duration_s, 3), "type": "float"},
             },
             data_version=str(result.lake_version),
         )
+        figures = check.metadata()
         pipes.report_asset_check(
             check_name="matches_lake_table",
             passed=check.matches,
             metadata={
-                "warehouse_rows": {"raw_value": check.warehouse_rows, "type": "int"},
-                "lake_rows": {"raw_value": check.lake_rows, "type": "int"},
-                "duplicate_keys": {"raw_value": check.duplicate_keys, "type": "int"},
-                "missing_keys_sample": {"raw_value": check.missing_keys, "type": "json"},
-                "extra_keys_sample": {"raw_value": check.extra_keys, "type": "json"},
+                name: {
+                    "raw_value": value,
+                    "type": "int" if isinstance(value, int) else "json",
+                }
+                for name, value in figures.items()
             },
         )
         return {"lake_version": result.lake_version, "rows_inserted": result.rows_inserted}

@@ -38,13 +38,22 @@ class LakeChanges:
 
 
 def read_lake_changes(
-    uri: str, options: dict, *, since_version: int | None, since_table_id: str | None
+    uri: str,
+    options: dict,
+    *,
+    since_version: int | None,
+    since_table_id: str | None,
+    full_reason: str | None = None,
 ) -> LakeChanges:
+    """The changes after ``since_version``, or every row when a full read is needed or asked for
+    (``full_reason`` says why the caller wants one)."""
     table = DeltaTable(uri, storage_options=options)
     table_id = table.metadata().id
     version = table.version()
     if since_version is None:
         return _full(table, table_id, version, "first load")
+    if full_reason:
+        return _full(table, table_id, version, full_reason)
     if since_table_id != table_id:
         return _full(table, table_id, version, "lake table was re-created (new table id)")
     if since_version >= version:
@@ -56,6 +65,8 @@ def read_lake_changes(
         ).read_all()
         feed = _plain_types(feed)
     except Exception as error:  # delta-rs raises generic errors for missing CDF files
+        if not _feed_is_gone(error):
+            raise
         return _full(table, table_id, version, f"change feed unavailable ({error}); full reload")
     feed = feed.filter(pc.not_equal(feed.column("_change_type"), "update_preimage"))
     # One row per key: its last change. Within one commit a key changes at most once.
@@ -68,6 +79,17 @@ def read_lake_changes(
     return LakeChanges(
         table_id, since_version, version, _stage(feed, deleted), False, "incremental"
     )
+
+
+# How delta-rs reports change data files or commits that are no longer there (vacuumed, or log
+# entries cleaned up). Anything else (a network error, a timeout) is raised, not turned into a
+# full reload: the load fails and is retried, rather than quietly rereading the whole table.
+_FEED_GONE = ("not found", "no such file", "nosuchkey", "does not exist", "found gap")
+
+
+def _feed_is_gone(error: Exception) -> bool:
+    text = str(error).lower()
+    return any(sign in text for sign in _FEED_GONE)
 
 
 def _plain_types(feed: pa.Table) -> pa.Table:
@@ -100,7 +122,8 @@ def _stage(rows: pa.Table, deleted: pa.Array | pa.ChunkedArray) -> pa.Table:
     )
 
 
-def lake_keys(uri: str, options: dict, version: int) -> pa.Array:
-    """Every key of the table as of ``version`` (for reconciliation checks)."""
+def lake_keys(uri: str, options: dict, version: int) -> pa.Table:
+    """Every key of the table as of ``version`` with its change position (``_id``, ``_pos``), for
+    reconciliation."""
     table = DeltaTable(uri, version=version, storage_options=options)
-    return _plain_types(table.to_pyarrow_table(columns=["_id"])).column("_id").combine_chunks()
+    return _plain_types(table.to_pyarrow_table(columns=["_id", "_pos"]))

@@ -1,30 +1,67 @@
 """Load the lake table's changes since the last loaded version into the warehouse.
 
-Incremental by default (Delta change data feed), full when it must be (see ``lake_changes``). The
-loaded version is recorded in the warehouse in the same transaction as the data, so a re-run after
-any failure loads nothing twice and misses nothing.
+Incremental by default (Delta change data feed), full when it must be (see ``lake_changes``) or
+when the projection gained columns (so every row gets them). The SQL comes from ``sql_plan`` and is
+the same logical plan on DuckDB and Redshift; only the executor differs. The loaded version is
+recorded in the warehouse in the same transaction as the data, and the transaction first checks
+that the control row is still the one the load was planned from, so a re-run after a failure at
+any point loads the same changes once, and a replayed or stale load commits nothing.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pyarrow as pa
 
 from lambda_functions.contracts import LoadRequest
 from lambda_functions.lake import ObjectStore, open_store
 from lambda_functions.merge.merge import lake_table_location
-from lambda_functions.warehouse_load.duckdb_warehouse import DuckDBWarehouse, Reconciliation
 from lambda_functions.warehouse_load.lake_changes import lake_keys, read_lake_changes
+from lambda_functions.warehouse_load.reconcile import Reconciliation, reconcile
+from lambda_functions.warehouse_load.sql_plan import (
+    BASE_COLUMNS,
+    Dialect,
+    LoadedState,
+    StageSource,
+    Statement,
+    TargetTable,
+    columns_query,
+    ensure_tables,
+    load_transaction,
+    loaded_state_query,
+    parse_projection,
+)
 
 
 class LakeTableMissingError(RuntimeError):
     """There is no lake table to load yet."""
 
 
+class Warehouse(Protocol):
+    """What the load needs from a warehouse; ``DuckDBWarehouse`` and ``RedshiftWarehouse``."""
+
+    dialect: Dialect
+
+    def session(self) -> AbstractContextManager[None]: ...
+
+    def query(self, statement: Statement) -> list[tuple[Any, ...]]: ...
+
+    def run_transaction(self, statements: Sequence[Statement], *, name: str) -> dict[str, int]: ...
+
+    def stage(self, rows: pa.Table, *, key: str) -> StageSource: ...
+
+    def unstage(self, *, key: str, succeeded: bool) -> None: ...
+
+
 @dataclass(frozen=True)
 class LoadResult:
     target: str
+    warehouse_kind: str
     lake_version: int
     previous_version: int | None
     full_reload: bool
@@ -32,40 +69,93 @@ class LoadResult:
     rows_staged: int
     rows_deleted: int
     rows_inserted: int
-    warehouse_rows: int
-    reconciliation: Reconciliation
+    projected_columns: list[str]
+    columns_added: list[str]
+    undeclared_columns: list[str]  # in the table, no longer projected: kept, NULL in new rows
+    reconciliation: Reconciliation | None
     duration_s: float
+    statements: list[str] = field(default_factory=list)  # labels of the transaction, in order
+
+    @property
+    def warehouse_rows(self) -> int:
+        return self.reconciliation.warehouse_rows if self.reconciliation else -1
+
+
+def staging_key(target: TargetTable, version: int) -> str:
+    """Where the staged rows of a load are written under the lake (read by Redshift's COPY)."""
+    return f"_staging/{target.schema}/{target.table}/{version}/part.parquet"
+
+
+def open_warehouse(request: LoadRequest, store: ObjectStore) -> Warehouse:
+    """The warehouse the request names. Imports stay local: each path needs only its own."""
+    if request.warehouse_kind == "duckdb":
+        from lambda_functions.warehouse_load.duckdb_warehouse import DuckDBWarehouse
+
+        return DuckDBWarehouse(request.warehouse_location)
+    from lambda_functions.warehouse_load.redshift import (
+        RedshiftConnection,
+        RedshiftDataApiClient,
+        RedshiftWarehouse,
+    )
+
+    connection = RedshiftConnection(
+        database=request.redshift_database,
+        workgroup=request.redshift_workgroup,
+        cluster=request.redshift_cluster,
+        db_user=request.redshift_db_user,
+        secret_arn=request.redshift_secret_arn,
+    )
+    client = RedshiftDataApiClient(
+        connection, timeout_s=request.redshift_timeout_s, secrets=(request.redshift_iam_role,)
+    )
+    return RedshiftWarehouse(client, store, request.redshift_iam_role)
 
 
 def load_changes(
     request: LoadRequest,
     *,
     store: ObjectStore | None = None,
+    warehouse: Warehouse | None = None,
     on_progress: Callable[[str], None] | None = None,
+    check: bool = True,
 ) -> LoadResult:
+    """Apply the lake table's changes since the loaded version in one warehouse transaction, then
+    (``check``) reconcile the warehouse with the lake at the loaded version."""
     started = time.monotonic()
     say = on_progress or (lambda _message: None)
-    if request.warehouse_kind != "duckdb":
-        raise NotImplementedError(
-            "loading into Redshift is not available in this version; set "
-            "LAKEHOUSE_WAREHOUSE=duckdb (the Redshift Data API path is tracked separately)"
-        )
-    if not request.warehouse_location:
-        raise ValueError("warehouse_location must name the DuckDB database file")
+    projection = parse_projection(request.projection)
     store = store or open_store(request.lake_uri)
     uri, options = lake_table_location(store, request.database, request.collection)
-    warehouse = DuckDBWarehouse(
-        request.warehouse_location, request.target_schema, request.table_name
-    )
-    with warehouse.connect() as db:
-        warehouse.ensure_tables(db)
-        state = warehouse.loaded_state(db)
+    warehouse = warehouse or open_warehouse(request, store)
+    dialect = warehouse.dialect
+    target = TargetTable.named(dialect, request.target_schema, request.table_name)
+    with warehouse.session():
+        warehouse.run_transaction(ensure_tables(dialect, target), name=f"lakehouse-ensure {target}")
+        rows = warehouse.query(loaded_state_query(dialect, target))
+        state = LoadedState(rows[0][0], int(rows[0][1])) if rows else None
+        existing = {str(row[0]).lower() for row in warehouse.query(columns_query(dialect, target))}
+        add = [c for c in projection if c.column not in existing]
+        undeclared = sorted(existing - set(BASE_COLUMNS) - {c.column for c in projection})
+        if undeclared:
+            say(
+                f"{target}: columns {', '.join(undeclared)} are no longer projected; they are "
+                "kept (never dropped) and left NULL in rows loaded from now on"
+            )
+        full_reason = None
+        if request.force_full_reload:
+            full_reason = "full reload requested"
+        elif add:
+            full_reason = (
+                f"projection added column(s) {', '.join(c.column for c in add)}: full reload "
+                "to fill them for every row"
+            )
         try:
             changes = read_lake_changes(
                 uri,
                 options,
                 since_version=state.version if state else None,
                 since_table_id=state.table_id if state else None,
+                full_reason=full_reason,
             )
         except Exception as error:
             if type(error).__name__ == "TableNotFoundError":
@@ -74,29 +164,53 @@ def load_changes(
                 ) from error
             raise
         say(
-            f"{warehouse.target}: lake version {changes.to_version} ({changes.reason}); "
+            f"{target}: lake version {changes.to_version} ({changes.reason}); "
             f"{changes.rows.num_rows} keys to apply"
         )
-        deleted = inserted = 0
+        affected: dict[str, int] = {}
+        labels: list[str] = []
         if changes.full or changes.rows.num_rows:
-            deleted, inserted = warehouse.apply(
-                db,
-                changes.rows,
-                full=changes.full,
-                table_id=changes.table_id,
-                version=changes.to_version,
+            key = staging_key(target, changes.to_version)
+            source = warehouse.stage(changes.rows, key=key)
+            succeeded = False
+            try:
+                statements = load_transaction(
+                    dialect,
+                    target,
+                    source=source,
+                    full=changes.full,
+                    expected=state,
+                    table_id=changes.table_id,
+                    version=changes.to_version,
+                    projection=projection,
+                    add_columns=add,
+                )
+                labels = [s.label for s in statements]
+                affected = warehouse.run_transaction(
+                    statements, name=f"lakehouse-load {target}@{changes.to_version}"
+                )
+                succeeded = True
+            finally:
+                warehouse.unstage(key=key, succeeded=succeeded)
+        reconciliation = None
+        if check:
+            reconciliation = reconcile(
+                warehouse, target, lake_keys(uri, options, changes.to_version)
             )
-        reconciliation = warehouse.reconcile(db, lake_keys(uri, options, changes.to_version))
     return LoadResult(
-        target=f"{request.target_schema}.{request.table_name}",
+        target=str(target),
+        warehouse_kind=dialect.name,
         lake_version=changes.to_version,
         previous_version=state.version if state else None,
         full_reload=changes.full,
         reason=changes.reason,
         rows_staged=changes.rows.num_rows,
-        rows_deleted=deleted,
-        rows_inserted=inserted,
-        warehouse_rows=reconciliation.warehouse_rows,
+        rows_deleted=max(affected.get("delete_changed", 0), 0),
+        rows_inserted=max(affected.get("insert_upserts", 0), 0),
+        projected_columns=[c.column for c in projection],
+        columns_added=[c.column for c in add],
+        undeclared_columns=undeclared,
         reconciliation=reconciliation,
         duration_s=time.monotonic() - started,
+        statements=labels,
     )

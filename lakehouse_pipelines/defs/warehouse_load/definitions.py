@@ -4,6 +4,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     Definitions,
+    Failure,
     MaterializeResult,
     ResourceParam,
     asset,
@@ -12,7 +13,7 @@ from dagster import (
 from lakehouse_pipelines.defs.merge.definitions import LAKE_TABLE_KEY
 from lakehouse_pipelines.resources import LambdaPipes
 from lakehouse_pipelines.settings import LakehouseSettings
-from lambda_functions.contracts import LoadRequest
+from lambda_functions.contracts import InvalidRequestError, LoadRequest
 from lambda_functions.registry import WAREHOUSE_LOAD
 
 WAREHOUSE_TABLE_KEY = "warehouse_table"
@@ -28,8 +29,9 @@ WAREHOUSE_TABLE_KEY = "warehouse_table"
             "matches_lake_table",
             asset=WAREHOUSE_TABLE_KEY,
             description=(
-                "The warehouse table holds exactly the lake table's keys at the loaded version: "
-                "same count, no duplicates, no missing or extra keys."
+                "The warehouse table holds exactly the lake table's rows at the loaded version: "
+                "same count, no duplicate keys, and per hashed key bucket the same keys at the "
+                "same change position; failing buckets and sample keys are in the metadata."
             ),
         )
     ],
@@ -43,6 +45,13 @@ def warehouse_table(
     lakehouse: ResourceParam[LakehouseSettings],
     lambda_pipes: ResourceParam[LambdaPipes],
 ) -> MaterializeResult:
+    request = load_request(lakehouse)
+    return lambda_pipes.run(context, WAREHOUSE_LOAD, request)
+
+
+def load_request(lakehouse: LakehouseSettings) -> LoadRequest:
+    """The load request from the settings, checked here so a misconfigured Redshift connection or
+    projection fails in Dagster with the variable to set, before a Lambda is invoked."""
     request = LoadRequest(
         lake_uri=lakehouse.lake_uri,
         database=lakehouse.database,
@@ -50,8 +59,20 @@ def warehouse_table(
         warehouse_kind=lakehouse.warehouse_kind,
         warehouse_location=lakehouse.duckdb_path,
         target_schema=lakehouse.warehouse_schema,
+        projection=dict(lakehouse.warehouse_projection),
+        redshift_database=lakehouse.redshift_database,
+        redshift_workgroup=lakehouse.redshift_workgroup,
+        redshift_cluster=lakehouse.redshift_cluster,
+        redshift_db_user=lakehouse.redshift_db_user,
+        redshift_secret_arn=lakehouse.redshift_secret_arn,
+        redshift_iam_role=lakehouse.redshift_iam_role,
+        redshift_timeout_s=lakehouse.redshift_timeout_seconds,
     )
-    return lambda_pipes.run(context, WAREHOUSE_LOAD, request)
+    try:
+        request.validate()
+    except InvalidRequestError as error:
+        raise Failure(description=f"warehouse load is misconfigured: {error}") from None
+    return request
 
 
 def build_defs(settings: LakehouseSettings) -> Definitions:

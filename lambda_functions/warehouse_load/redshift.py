@@ -1,0 +1,318 @@
+"""Redshift through the Data API (``redshift-data``): submit, poll, read; and S3 staging for COPY.
+
+``RedshiftDataApiClient`` is the executor: a whole load transaction goes in ONE
+``batch_execute_statement`` (the Data API runs a batch as one transaction in one session, which
+is also why the temporary staging table lives only inside it), reads go through
+``execute_statement`` with named parameters, and ``describe_statement`` is polled with
+exponential backoff until FINISHED, FAILED or ABORTED, or until a deadline, when the statement is
+cancelled (a cancelled batch rolls back). A failure names the failing sub-statement, its SQL (with
+the IAM role shown as ``***``) and Redshift's error.
+
+``RedshiftWarehouse`` adds what COPY needs: the staged rows written as Parquet under the lake,
+``<lake>/_staging/<schema>/<table>/<lake version>/part.parquet``. Re-running the same load
+overwrites the same object, so a retry never COPYs rows of an earlier attempt.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lambda_functions.lake import ObjectStore, S3ObjectStore
+from lambda_functions.warehouse_load.sql_plan import (
+    REDSHIFT,
+    Dialect,
+    StageSource,
+    Statement,
+    checked_iam_role,
+    redact,
+)
+
+RUNNING = ("SUBMITTED", "PICKED", "STARTED")
+
+
+class RedshiftStatementError(RuntimeError):
+    """Redshift failed or aborted a statement; nothing of its transaction was committed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        statement_id: str,
+        status: str,
+        index: int | None = None,
+        label: str | None = None,
+        sql: str | None = None,
+        error: str = "",
+    ):
+        super().__init__(message)
+        self.statement_id = statement_id
+        self.status = status
+        self.index = index  # 1-based position in the batch
+        self.label = label
+        self.sql = sql  # redacted
+        self.error = error
+
+
+class RedshiftTimeoutError(TimeoutError):
+    """The statement did not finish before the deadline and was cancelled."""
+
+
+@dataclass(frozen=True)
+class RedshiftConnection:
+    """Where and as whom statements run: a Serverless workgroup, or a provisioned cluster with a
+    database user (temporary credentials) or a Secrets Manager secret."""
+
+    database: str
+    workgroup: str = ""
+    cluster: str = ""
+    db_user: str = ""
+    secret_arn: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.database:
+            raise ValueError("Redshift needs a database name: set LAKEHOUSE_REDSHIFT_DATABASE")
+        if bool(self.workgroup) == bool(self.cluster):
+            raise ValueError(
+                "name exactly one of a Serverless workgroup (LAKEHOUSE_REDSHIFT_WORKGROUP) or a "
+                "provisioned cluster (LAKEHOUSE_REDSHIFT_CLUSTER)"
+            )
+        if self.cluster and not (self.db_user or self.secret_arn):
+            raise ValueError(
+                "a provisioned cluster needs LAKEHOUSE_REDSHIFT_DB_USER (temporary credentials) "
+                "or LAKEHOUSE_REDSHIFT_SECRET_ARN (Secrets Manager)"
+            )
+
+    def api_arguments(self) -> dict[str, str]:
+        arguments = {"Database": self.database}
+        if self.workgroup:
+            arguments["WorkgroupName"] = self.workgroup
+        else:
+            arguments["ClusterIdentifier"] = self.cluster
+        if self.secret_arn:
+            arguments["SecretArn"] = self.secret_arn
+        elif self.db_user:
+            arguments["DbUser"] = self.db_user
+        return arguments
+
+
+class RedshiftDataApiClient:
+    """Runs statements on Redshift through the Data API and waits for them.
+
+    ``ClientToken``: every submission carries a fresh token, so if the SDK retries a submission
+    whose response was lost, Redshift runs it once. A re-run of a whole load makes a new token;
+    what keeps *that* harmless is the plan's guard on the control row, checked inside the
+    transaction.
+    """
+
+    def __init__(
+        self,
+        connection: RedshiftConnection,
+        *,
+        client: Any = None,
+        timeout_s: float = 600.0,
+        first_poll_s: float = 0.25,
+        max_poll_s: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        new_token: Callable[[], str] = lambda: uuid.uuid4().hex,
+        secrets: Sequence[str] = (),
+    ):
+        if client is None:
+            import boto3
+
+            client = boto3.client("redshift-data")
+        self.client = client
+        self.connection = connection
+        self.timeout_s = timeout_s
+        self.first_poll_s = first_poll_s
+        self.max_poll_s = max_poll_s
+        self.sleep = sleep
+        self.clock = clock
+        self.new_token = new_token
+        self.secrets = tuple(secrets)
+
+    def run_batch(self, statements: Sequence[Statement], *, name: str) -> dict[str, int]:
+        """Run ``statements`` as one transaction; return rows affected by label (``ResultRows``)."""
+        if not 1 <= len(statements) <= 40:
+            raise ValueError(
+                f"batch_execute_statement takes 1 to 40 statements, got {len(statements)}"
+            )
+        if any(s.parameters for s in statements):
+            raise ValueError(
+                "statements of a batch carry no parameters (see sql_plan): render checked literals"
+            )
+        response = self.client.batch_execute_statement(
+            Sqls=[s.sql for s in statements],
+            StatementName=name,
+            ClientToken=self.new_token(),
+            **self.connection.api_arguments(),
+        )
+        described = self.wait(response["Id"], statements, name=name)
+        affected: dict[str, int] = {}
+        for statement, sub in zip(statements, described.get("SubStatements", []), strict=False):
+            if statement.sql.startswith(("INSERT", "DELETE")):
+                affected[statement.label] = int(sub.get("ResultRows", -1))
+        return affected
+
+    def query(self, statement: Statement, *, name: str | None = None) -> list[tuple[Any, ...]]:
+        """Run one read with named parameters; return every row (``get_statement_result`` paged)."""
+        arguments: dict[str, Any] = {
+            "Sql": statement.sql,
+            "StatementName": name or statement.label,
+            "ClientToken": self.new_token(),
+            **self.connection.api_arguments(),
+        }
+        if statement.parameters:
+            arguments["Parameters"] = [
+                {"name": key, "value": str(value)} for key, value in statement.parameters.items()
+            ]
+        response = self.client.execute_statement(**arguments)
+        described = self.wait(response["Id"], [statement], name=name or statement.label)
+        if not described.get("HasResultSet", False):
+            return []
+        return list(self._records(response["Id"]))
+
+    def _records(self, statement_id: str) -> Iterator[tuple[Any, ...]]:
+        token: str | None = None
+        while True:
+            page = self.client.get_statement_result(
+                Id=statement_id, **({"NextToken": token} if token else {})
+            )
+            for record in page.get("Records", []):
+                yield tuple(_field_value(value) for value in record)
+            token = page.get("NextToken")
+            if not token:
+                return
+
+    def wait(self, statement_id: str, statements: Sequence[Statement], *, name: str) -> dict:
+        """Poll until the statement ends; raise with the failing sub-statement if it did not finish."""
+        deadline = self.clock() + self.timeout_s
+        delay = self.first_poll_s
+        while True:
+            described = self.client.describe_statement(Id=statement_id)
+            status = described["Status"]
+            if status == "FINISHED":
+                return described
+            if status in ("FAILED", "ABORTED"):
+                raise self._failure(described, statements, name)
+            if status not in RUNNING:
+                raise RedshiftStatementError(
+                    f"Redshift statement {statement_id} ({name}) has unknown status {status!r}",
+                    statement_id=statement_id,
+                    status=status,
+                )
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                self.client.cancel_statement(Id=statement_id)
+                raise RedshiftTimeoutError(
+                    f"Redshift statement {statement_id} ({name}) was still {status} after "
+                    f"{self.timeout_s:.0f} s and was cancelled (a cancelled batch commits "
+                    "nothing). Check the workgroup's capacity or locks on the table "
+                    "(SYS_QUERY_HISTORY, STV_LOCKS), raise the timeout if the load is just big, "
+                    "then re-run the load."
+                )
+            self.sleep(min(delay, remaining))
+            delay = min(delay * 2, self.max_poll_s)
+
+    def _failure(
+        self, described: dict, statements: Sequence[Statement], name: str
+    ) -> RedshiftStatementError:
+        statement_id, status = described["Id"], described["Status"]
+        subs = described.get("SubStatements") or []
+        index = None
+        if subs:
+            failed = [i for i, s in enumerate(subs) if s.get("Status") == "FAILED"]
+            unfinished = [i for i, s in enumerate(subs) if s.get("Status") != "FINISHED"]
+            position = (failed or unfinished or [len(subs) - 1])[0]
+            index = position + 1
+            error = subs[position].get("Error") or described.get("Error", "")
+        else:
+            position = 0
+            index = 1 if len(statements) == 1 else None
+            error = described.get("Error", "")
+        statement = statements[position] if index and position < len(statements) else None
+        secrets = (*self.secrets, *(s for st in statements for s in st.secrets))
+        error = redact(error, secrets)
+        if statement is not None:
+            sql = statement.display()
+            where = f"statement {index} of {len(statements)} ({statement.label})"
+        else:
+            sql = None
+            where = "the batch"
+        verdict = "was aborted" if status == "ABORTED" else "failed"
+        message = (
+            f"Redshift {where} {verdict} in {name!r} (statement id {statement_id}): "
+            f"{error or 'no error text'}"
+            + (f"\n  SQL: {sql}" if sql else "")
+            + "\nNothing was committed (a batch is one transaction). Fix the cause and re-run "
+            "the load."
+        )
+        if statement is not None and statement.label == "load_stage":
+            message += (
+                " COPY errors: check that the IAM role can read the staging object and that the "
+                "bucket is in the cluster's region; row-level detail is in SYS_LOAD_ERROR_DETAIL."
+            )
+        return RedshiftStatementError(
+            message,
+            statement_id=statement_id,
+            status=status,
+            index=index,
+            label=statement.label if statement else None,
+            sql=sql,
+            error=error,
+        )
+
+
+def _field_value(value: dict[str, Any]) -> Any:
+    if value.get("isNull"):
+        return None
+    for key in ("longValue", "stringValue", "doubleValue", "booleanValue", "blobValue"):
+        if key in value:
+            return value[key]
+    return None
+
+
+class RedshiftWarehouse:
+    """Redshift as the warehouse: the Data API for SQL, the lake's S3 bucket for COPY's input."""
+
+    dialect: Dialect = REDSHIFT
+
+    def __init__(self, client: RedshiftDataApiClient, store: ObjectStore, iam_role: str):
+        if not isinstance(store, S3ObjectStore):
+            raise ValueError(
+                f"Redshift COPY reads from S3, but the lake is {store.uri}: set "
+                "LAKEHOUSE_LAKE_URI to s3://bucket/prefix (in the cluster's region)"
+            )
+        self.client = client
+        self.store = store
+        self.iam_role = checked_iam_role(iam_role)
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        yield  # every Data API call is its own session; the batch is the transaction
+
+    def query(self, statement: Statement) -> list[tuple[Any, ...]]:
+        return self.client.query(statement)
+
+    def run_transaction(self, statements: Sequence[Statement], *, name: str) -> dict[str, int]:
+        return self.client.run_batch(statements, name=name)
+
+    def stage(self, rows: pa.Table, *, key: str) -> StageSource:
+        sink = io.BytesIO()
+        pq.write_table(rows, sink, compression="snappy")
+        self.store.put(key, sink.getvalue())
+        return StageSource(s3_uri=f"{self.store.uri}/{key}", iam_role=self.iam_role)
+
+    def unstage(self, *, key: str, succeeded: bool) -> None:
+        # Kept after a failure for diagnosis; the retry overwrites it.
+        if succeeded:
+            self.store.delete(key)

@@ -1,0 +1,667 @@
+"""The warehouse load as SQL: one logical plan, rendered for DuckDB or for Redshift.
+
+Everything that differs between the two warehouses lives in this module, in the two ``Dialect``
+classes at the bottom; the executors (``duckdb_warehouse.DuckDBWarehouse`` and
+``redshift.RedshiftWarehouse``) only run the statements they are given. The plan of one load::
+
+    guard              abort unless the control row still says what the load was planned from
+    create_stage       a temporary staging table (dropped with the session if anything fails)
+    load_stage         COPY the staged Parquet from S3 (Redshift) / insert the Arrow rows (DuckDB)
+    add_column:<name>  ALTER TABLE ADD COLUMN for projected columns the table lacks (never DROP)
+    delete_changed     DELETE target rows whose key is staged (every row on a full reload)
+    insert_upserts     INSERT the latest staged change per key unless it is a delete
+    delete_control     \\ the control row names the lake table and version now in the warehouse
+    insert_control     /
+    drop_stage
+
+All of it runs as ONE transaction (one ``batch_execute_statement`` on Redshift, BEGIN..COMMIT on
+DuckDB), so a load that dies anywhere leaves the previous data *and* the previous control row, and
+the re-run applies the same changes again: nothing lost, nothing doubled. Redshift's MERGE allows a
+single unconditional WHEN MATCHED branch, hence the delete + insert shape on both warehouses.
+
+Values in SQL. The Data API's named ``Parameters`` are used for reads (``execute_statement``), but
+the transaction renders its few values as literals, because: the COPY statement's ``FROM`` and
+``IAM_ROLE`` cannot be bind parameters on any SDK; ``Parameters`` on ``batch_execute_statement``
+only exist in recent SDKs (older Lambda images reject them); and the values involved are all
+machine-made and checked against strict patterns before rendering: integers (versions), identifiers
+(``quote_identifier``), the Delta table id (a UUID), the S3 staging URI and the IAM role ARN. The
+only free text, the guard's message, is ours. ``sql_string`` doubles quotes and refuses what the
+dialects read differently (a backslash escapes in Redshift and is a plain character in DuckDB) and
+control characters, so a rendered literal means the same thing in both. Document data never
+enters SQL text: it travels as Parquet (Redshift) or Arrow (DuckDB).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+# Same shape as the request contract's names: letters, digits, '_' or '-', at most 63 characters.
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
+_PATH_SEGMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_TABLE_ID = re.compile(
+    r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+)
+_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9_.=+/-]+)?$")
+_IAM_ROLE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=.@_/-]{1,512}$")
+
+CONTROL_TABLE = "_lakehouse_loads"
+STAGE_TABLE = "_lakehouse_stage"
+# Columns the load owns; projected columns may not take these names.
+BASE_COLUMNS = ("_id", "doc", "_op", "_pos", "_event_time", "_lake_version", "_loaded_at")
+RESERVED_COLUMNS = frozenset((*BASE_COLUMNS, "_deleted", "_rank"))
+# Key-set reconciliation: 256 buckets by the first byte of md5(_id), each with the row count and
+# the sum of a 32-bit slice of md5("_id:_pos") (order-free, so SQL and Python agree).
+BUCKET_HEX_DIGITS = 2
+
+
+class UnsafeSqlValueError(ValueError):
+    """A name or value failed its pattern and was not put into SQL; the message says which."""
+
+
+class PlanError(ValueError):
+    """The requested load cannot be expressed as one transaction; the message says what to change."""
+
+
+# -- identifiers and literals ------------------------------------------------------------------
+
+
+def quote_identifier(name: str) -> str:
+    """``"name"`` for a name matching the contract's pattern; anything else is refused, not escaped."""
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise UnsafeSqlValueError(
+            f"{name!r} is not a valid SQL identifier here: use letters, digits, '_' or '-', "
+            "starting with a letter or '_', at most 63 characters"
+        )
+    return f'"{name}"'
+
+
+def sql_string(value: str) -> str:
+    """A single-quoted literal that reads the same in DuckDB and Redshift, or an error.
+
+    Quotes are doubled. Backslashes are refused (Redshift treats them as escapes, DuckDB does not,
+    so no one rendering is right for both), as are NUL and other control characters. Callers pass
+    only values that already matched a strict pattern; this is the last line, not the first.
+    """
+    if not isinstance(value, str):
+        raise UnsafeSqlValueError(f"expected a string literal, got {type(value).__name__}")
+    bad = [c for c in value if c == "\\" or ord(c) < 0x20 or ord(c) == 0x7F]
+    if bad:
+        raise UnsafeSqlValueError(
+            f"refusing to render {value[:40]!r} as SQL text: it contains {bad[0]!r} "
+            "(backslashes and control characters are not allowed in generated literals)"
+        )
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_integer(value: int) -> str:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UnsafeSqlValueError(f"expected an integer, got {value!r}")
+    return str(value)
+
+
+def checked_table_id(value: str) -> str:
+    if not _TABLE_ID.match(value or ""):
+        raise UnsafeSqlValueError(f"lake table id {value!r} is not a UUID")
+    return value
+
+
+def checked_s3_uri(value: str) -> str:
+    if not _S3_URI.match(value or ""):
+        raise UnsafeSqlValueError(
+            f"staging URI {value!r} is not a plain s3://bucket/key (letters, digits, '_.=+/-')"
+        )
+    return value
+
+
+def checked_iam_role(value: str) -> str:
+    """One IAM role ARN, or a comma-separated chain of them (Redshift role chaining)."""
+    parts = (value or "").split(",")
+    if not all(_IAM_ROLE.match(part) for part in parts):
+        raise UnsafeSqlValueError(
+            "the Redshift IAM role must be an ARN like arn:aws:iam::123456789012:role/name "
+            "(set LAKEHOUSE_REDSHIFT_IAM_ROLE to the role attached to the workgroup or cluster)"
+        )
+    return value
+
+
+# -- statements ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One SQL statement of a plan. ``label`` names its step; ``parameters`` are named values bound
+    by the executor (reads only); ``secrets`` are literals shown as ``***`` wherever the
+    statement is displayed (errors, logs)."""
+
+    label: str
+    sql: str
+    parameters: Mapping[str, str | int] = field(default_factory=dict)
+    secrets: tuple[str, ...] = ()
+
+    def display(self) -> str:
+        return redact(self.sql, self.secrets)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+@dataclass(frozen=True)
+class StageSource:
+    """Where the staged rows come from: an Arrow relation registered with DuckDB, or a Parquet
+    object in S3 that Redshift COPYs with an IAM role."""
+
+    relation: str = ""
+    s3_uri: str = ""
+    iam_role: str = ""
+
+
+@dataclass(frozen=True)
+class LoadedState:
+    table_id: str
+    version: int
+
+
+# -- projection ----------------------------------------------------------------------------------
+
+_TYPES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^(?:VARCHAR|CHARACTER VARYING)(?:\((\d+)\))?$"), "text"),
+    (re.compile(r"^(?:SMALLINT|INT2)$"), "smallint"),
+    (re.compile(r"^(?:INTEGER|INT|INT4)$"), "integer"),
+    (re.compile(r"^(?:BIGINT|INT8)$"), "bigint"),
+    (re.compile(r"^(?:DECIMAL|NUMERIC)(?:\((\d+)(?:,(\d+))?\))?$"), "decimal"),
+    (re.compile(r"^(?:REAL|FLOAT4)$"), "real"),
+    (re.compile(r"^(?:DOUBLE PRECISION|DOUBLE|FLOAT8|FLOAT)$"), "double"),
+    (re.compile(r"^(?:BOOLEAN|BOOL)$"), "boolean"),
+    (re.compile(r"^DATE$"), "date"),
+    (re.compile(r"^(?:TIMESTAMP|TIMESTAMP WITHOUT TIME ZONE)$"), "timestamp"),
+    (re.compile(r"^(?:TIMESTAMPTZ|TIMESTAMP WITH TIME ZONE)$"), "timestamptz"),
+)
+SUPPORTED_TYPES = (
+    "VARCHAR(n), SMALLINT, INTEGER, BIGINT, DECIMAL(p,s), REAL, DOUBLE PRECISION, BOOLEAN, DATE, "
+    "TIMESTAMP, TIMESTAMPTZ"
+)
+
+# Which canonical extended JSON wrappers hold the value, per type family, tried in this order
+# before the bare value. Canonical extended JSON writes every number wrapped ({"$numberInt": "5"},
+# {"$numberLong": ..}, {"$numberDouble": ..}, {"$numberDecimal": "12.50"}), ObjectIds as
+# {"$oid": hex} and datetimes as {"$date": {"$numberLong": "<ms since epoch>"}}.
+#
+#   family                  accepted JSON values                               column value
+#   VARCHAR                 "text" | {"$oid": h} | anything else               text, h, its JSON
+#   SMALLINT/INTEGER/BIGINT 5 | {"$numberInt"} | {"$numberLong"}                the integer
+#   DECIMAL                 {"$numberDecimal"} | {"$numberDouble"} | ints | 5   the number
+#   REAL/DOUBLE PRECISION   {"$numberDouble"} | {"$numberDecimal"} | ints | 5   the number
+#   BOOLEAN                 true | false                                       the boolean
+#   DATE/TIMESTAMP[TZ]      {"$date": {"$numberLong": ms}} | "ISO-8601 text"   UTC instant
+#
+# A missing field, JSON null and "" load as NULL (Redshift's JSON functions cannot tell "" from
+# missing). A present value that does not convert to the declared type FAILS the load with the
+# warehouse's cast error (Redshift has no TRY_CAST; a silent NULL would hide bad data): fix the
+# projection's type or the data, then re-run.
+_NUMBER_WRAPPERS = ("$numberInt", "$numberLong")
+_WRAPPERS: dict[str, tuple[str, ...]] = {
+    "text": ("$oid",),
+    "smallint": _NUMBER_WRAPPERS,
+    "integer": _NUMBER_WRAPPERS,
+    "bigint": _NUMBER_WRAPPERS,
+    "decimal": ("$numberDecimal", "$numberDouble", *_NUMBER_WRAPPERS),
+    "real": ("$numberDouble", "$numberDecimal", *_NUMBER_WRAPPERS),
+    "double": ("$numberDouble", "$numberDecimal", *_NUMBER_WRAPPERS),
+    "boolean": (),
+}
+_TEMPORAL = ("date", "timestamp", "timestamptz")
+
+
+@dataclass(frozen=True)
+class ProjectedColumn:
+    """A document field loaded as a typed column beside the full document."""
+
+    column: str  # lower case: Redshift folds identifiers, so both warehouses use the folded name
+    path: tuple[str, ...]  # field path in the document
+    sql_type: str  # normalized, e.g. "DECIMAL(18,2)"
+    family: str
+
+
+def parse_projection(declared: Mapping[str, str]) -> tuple[ProjectedColumn, ...]:
+    """``{"status": "VARCHAR(32)", "customer.address.city": "VARCHAR(64)"}`` → columns ``status``
+    and ``customer_address_city``, in declaration order. Raises ``PlanError`` naming the entry."""
+    columns: list[ProjectedColumn] = []
+    seen: dict[str, str] = {}
+    for raw_path, raw_type in declared.items():
+        path = tuple(str(raw_path).split("."))
+        if not 1 <= len(path) <= 3 or not all(_PATH_SEGMENT.match(p) for p in path):
+            raise PlanError(
+                f"projection field {raw_path!r}: use a field name or a dotted path of at most 3 "
+                "names made of letters, digits and '_' (e.g. 'customer.address.city')"
+            )
+        column = "_".join(path).lower()
+        if column in RESERVED_COLUMNS or len(column) > 63:
+            raise PlanError(
+                f"projection field {raw_path!r} would become column {column!r}, which is reserved "
+                f"or too long; reserved: {', '.join(sorted(RESERVED_COLUMNS))}"
+            )
+        if column in seen:
+            raise PlanError(
+                f"projection fields {seen[column]!r} and {raw_path!r} both become column {column!r}"
+            )
+        seen[column] = raw_path
+        sql_type, family = _parse_type(str(raw_path), str(raw_type))
+        columns.append(ProjectedColumn(column, path, sql_type, family))
+    return tuple(columns)
+
+
+def _parse_type(path: str, declared: str) -> tuple[str, str]:
+    text = " ".join(declared.upper().replace(" (", "(").replace(", ", ",").split())
+    for pattern, family in _TYPES:
+        match = pattern.match(text)
+        if not match:
+            continue
+        if family == "text":
+            length = int(match.group(1) or 256)
+            if not 1 <= length <= 65535:
+                raise PlanError(f"projection {path!r}: VARCHAR length must be 1..65535")
+            return f"VARCHAR({length})", family
+        if family == "decimal":
+            precision = int(match.group(1) or 18)
+            scale = int(match.group(2) or 0)
+            if not (1 <= precision <= 38 and 0 <= scale <= precision):
+                raise PlanError(f"projection {path!r}: DECIMAL(p,s) needs 1<=p<=38 and 0<=s<=p")
+            return f"DECIMAL({precision},{scale})", family
+        canonical = {
+            "smallint": "SMALLINT",
+            "integer": "INTEGER",
+            "bigint": "BIGINT",
+            "real": "REAL",
+            "double": "DOUBLE PRECISION",
+            "boolean": "BOOLEAN",
+            "date": "DATE",
+            "timestamp": "TIMESTAMP",
+            "timestamptz": "TIMESTAMPTZ",
+        }
+        return canonical[family], family
+    raise PlanError(
+        f"projection {path!r}: type {declared!r} is not supported; use {SUPPORTED_TYPES}"
+    )
+
+
+# -- the target ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TargetTable:
+    """The loaded table, its control table and the staging table, named for one dialect."""
+
+    schema: str
+    table: str
+
+    @classmethod
+    def named(cls, dialect: Dialect, schema: str, table: str) -> TargetTable:
+        quote_identifier(schema)
+        quote_identifier(table)
+        return cls(dialect.fold(schema), dialect.fold(table))
+
+    @property
+    def qualified(self) -> str:
+        return f"{quote_identifier(self.schema)}.{quote_identifier(self.table)}"
+
+    @property
+    def control(self) -> str:
+        return f"{quote_identifier(self.schema)}.{quote_identifier(CONTROL_TABLE)}"
+
+    @property
+    def stage(self) -> str:
+        return quote_identifier(STAGE_TABLE)
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+# -- the plan ------------------------------------------------------------------------------------
+
+
+def ensure_tables(dialect: Dialect, target: TargetTable) -> list[Statement]:
+    """Idempotent DDL: schema, control table, target table with the load's own columns.
+
+    Projected columns are not created here but by the load transaction (``add_column:*``), so a
+    load that fails, e.g. on a value that does not fit a declared type, leaves no column behind
+    and a corrected projection applies cleanly on the re-run."""
+    d = dialect
+    columns = [
+        f'"_id" {d.key_type} NOT NULL',
+        f'"doc" {d.document_type}',
+        '"_op" VARCHAR(16)',
+        '"_pos" BIGINT',
+        '"_event_time" TIMESTAMPTZ',
+        '"_lake_version" BIGINT NOT NULL',
+        '"_loaded_at" TIMESTAMPTZ NOT NULL',
+    ]
+    return [
+        Statement(
+            "create_schema", f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(target.schema)}"
+        ),
+        Statement(
+            "create_control",
+            f"CREATE TABLE IF NOT EXISTS {target.control} ("
+            '"table_name" VARCHAR(127) NOT NULL, "lake_table_id" VARCHAR(64) NOT NULL, '
+            '"lake_version" BIGINT NOT NULL, "loaded_at" TIMESTAMPTZ NOT NULL)',
+        ),
+        Statement(
+            "create_target",
+            f"CREATE TABLE IF NOT EXISTS {target.qualified} ({', '.join(columns)})"
+            f"{d.table_options}",
+        ),
+    ]
+
+
+def loaded_state_query(dialect: Dialect, target: TargetTable) -> Statement:
+    return Statement(
+        "loaded_state",
+        f'SELECT "lake_table_id", "lake_version" FROM {target.control} '
+        f'WHERE "table_name" = {dialect.param("table_name")}',
+        {"table_name": target.table},
+    )
+
+
+def columns_query(dialect: Dialect, target: TargetTable) -> Statement:
+    return Statement(
+        "target_columns",
+        "SELECT column_name FROM information_schema.columns "
+        f"WHERE table_schema = {dialect.param('schema_name')} "
+        f"AND table_name = {dialect.param('table_name')}",
+        {"schema_name": target.schema, "table_name": target.table},
+    )
+
+
+def load_transaction(
+    dialect: Dialect,
+    target: TargetTable,
+    *,
+    source: StageSource,
+    full: bool,
+    expected: LoadedState | None,
+    table_id: str,
+    version: int,
+    projection: Sequence[ProjectedColumn],
+    add_columns: Sequence[ProjectedColumn] = (),
+) -> list[Statement]:
+    """The statements of one load, to run as one transaction, in order (see the module doc)."""
+    d = dialect
+    checked_table_id(table_id)
+    staged = target.stage
+    statements = [
+        _guard(target, expected),
+        Statement(
+            "create_stage",
+            f"CREATE TEMP TABLE {staged} ("
+            f'"_id" {d.key_type} NOT NULL, "doc" {d.staged_document_type}, "_op" VARCHAR(16), '
+            '"_pos" BIGINT, "_event_time" TIMESTAMPTZ, "_deleted" BOOLEAN NOT NULL)'
+            f"{d.stage_options}",
+        ),
+        d.load_stage(staged, source),
+        *(
+            Statement(
+                f"add_column:{c.column}",
+                f"ALTER TABLE {target.qualified} ADD COLUMN {quote_identifier(c.column)} "
+                f"{c.sql_type}",
+            )
+            for c in add_columns
+        ),
+    ]
+    if full:
+        statements.append(Statement("delete_changed", f"DELETE FROM {target.qualified}"))
+    else:
+        statements.append(
+            Statement(
+                "delete_changed",
+                f"DELETE FROM {target.qualified} USING {staged} "
+                f'WHERE {target.qualified}."_id" = {staged}."_id"',
+            )
+        )
+    names = [*BASE_COLUMNS, *(c.column for c in projection)]
+    values = [
+        's."_id"',
+        d.json_parse('s."doc"'),
+        's."_op"',
+        's."_pos"',
+        's."_event_time"',
+        sql_integer(version),
+        d.now,
+        *(projected_value(d, c, 's."doc"') for c in projection),
+    ]
+    statements += [
+        Statement(
+            "insert_upserts",
+            f"INSERT INTO {target.qualified} ({', '.join(map(quote_identifier, names))}) "
+            f"SELECT {', '.join(values)} FROM ("
+            f'SELECT *, ROW_NUMBER() OVER (PARTITION BY "_id" ORDER BY "_pos" DESC) AS "_rank" '
+            f'FROM {staged}) AS s WHERE s."_rank" = 1 AND NOT s."_deleted"',
+        ),
+        Statement(
+            "delete_control",
+            f'DELETE FROM {target.control} WHERE "table_name" = {sql_string(target.table)}',
+        ),
+        Statement(
+            "insert_control",
+            f'INSERT INTO {target.control} ("table_name", "lake_table_id", "lake_version", '
+            f'"loaded_at") VALUES ({sql_string(target.table)}, {sql_string(table_id)}, '
+            f"{sql_integer(version)}, {d.now})",
+        ),
+        Statement("drop_stage", f"DROP TABLE {staged}"),
+    ]
+    if d.max_batch_statements and len(statements) > d.max_batch_statements:
+        raise PlanError(
+            f"this load needs {len(statements)} statements but {d.name} runs at most "
+            f"{d.max_batch_statements} in one transaction; add fewer projected columns per load "
+            f"(at most {d.max_batch_statements - len(statements) + len(add_columns)} at once)"
+        )
+    return statements
+
+
+def _guard(target: TargetTable, expected: LoadedState | None) -> Statement:
+    """Fail the transaction (a cast error carrying the message) unless the control row is the one
+    the plan was made from: a stale or replayed plan can never commit over a newer load."""
+    where = f'"table_name" = {sql_string(target.table)}'
+    if expected is None:
+        condition = f"(SELECT COUNT(*) FROM {target.control} WHERE {where}) = 0"
+    else:
+        condition = (
+            f"(SELECT COUNT(*) FROM {target.control} WHERE {where} AND "
+            f'"lake_table_id" = {sql_string(checked_table_id(expected.table_id))} AND '
+            f'"lake_version" = {sql_integer(expected.version)}) = 1'
+        )
+    message = (
+        f"lakehouse load of {target} stopped: the control row changed since this load was "
+        "planned (another load committed first); nothing was applied, re-run the load"
+    )
+    return Statement(
+        "guard",
+        f"SELECT CAST(CASE WHEN {condition} THEN '0' ELSE {sql_string(message)} END AS INTEGER)",
+    )
+
+
+def projected_value(dialect: Dialect, column: ProjectedColumn, document: str) -> str:
+    """The SQL expression for one projected column, from the staged document text."""
+    d = dialect
+
+    def text(*path: str) -> str:
+        return f"NULLIF({d.json_text(document, (*column.path, *path))}, '')"
+
+    if column.family in _TEMPORAL:
+        millis = text("$date", "$numberLong")
+        instant = (
+            f"CASE WHEN {millis} IS NOT NULL THEN {d.millis_to_timestamp(millis)} "
+            f"ELSE CAST({text()} AS TIMESTAMP) END"
+        )
+        if column.family == "timestamptz":
+            return f"({instant}) AT TIME ZONE 'UTC'"
+        return f"CAST({instant} AS {column.sql_type})"
+    candidates = [text(wrapper) for wrapper in _WRAPPERS[column.family]] + [text()]
+    value = candidates[0] if len(candidates) == 1 else f"COALESCE({', '.join(candidates)})"
+    return f"CAST({value} AS {column.sql_type})"
+
+
+# -- reconciliation ----------------------------------------------------------------------------
+
+
+def reconciliation_query(dialect: Dialect, target: TargetTable) -> Statement:
+    """Per key bucket: rows, distinct keys and the sum of a 32-bit hash of ``_id:_pos``."""
+    d = dialect
+    bucket = d.hex_to_int(f'SUBSTRING(MD5("_id"), 1, {BUCKET_HEX_DIGITS})')
+    row_hash = d.hex_to_int("""SUBSTRING(MD5("_id" || ':' || CAST("_pos" AS VARCHAR)), 1, 8)""")
+    return Statement(
+        "reconcile_buckets",
+        f'SELECT {bucket} AS "bucket", COUNT(*) AS "row_count", '
+        f'COUNT(DISTINCT "_id") AS "key_count", SUM({row_hash}) AS "hash_sum" '
+        f"FROM {target.qualified} GROUP BY 1 ORDER BY 1",
+    )
+
+
+def bucket_rows_query(dialect: Dialect, target: TargetTable, buckets: Sequence[int]) -> Statement:
+    """Keys and positions of the warehouse rows in a few buckets (to name what differs)."""
+    bucket = dialect.hex_to_int(f'SUBSTRING(MD5("_id"), 1, {BUCKET_HEX_DIGITS})')
+    listed = ", ".join(sql_integer(b) for b in buckets)
+    return Statement(
+        "bucket_rows",
+        f'SELECT "_id", "_pos" FROM {target.qualified} WHERE {bucket} IN ({listed})',
+    )
+
+
+def key_bucket(key: str) -> int:
+    """The bucket of ``key``, as ``reconciliation_query`` computes it in SQL (the first
+    ``BUCKET_HEX_DIGITS`` hex digits of md5 are its first byte)."""
+    return hashlib.md5(key.encode()).digest()[0]
+
+
+def version_hash(key: str, pos: int) -> int:
+    """The per-row hash summed by ``reconciliation_query`` (8 hex digits = the first 4 bytes)."""
+    return int.from_bytes(hashlib.md5(f"{key}:{pos}".encode()).digest()[:4], "big")
+
+
+# -- dialects ---------------------------------------------------------------------------------
+
+
+class Dialect:
+    """What differs between the warehouses. Subclasses only set names and render small pieces."""
+
+    name: ClassVar[str]
+    key_type: ClassVar[str]
+    document_type: ClassVar[str]  # the full document in the target
+    staged_document_type: ClassVar[str]  # the document text in the staging table
+    table_options: ClassVar[str] = ""
+    stage_options: ClassVar[str] = ""
+    now: ClassVar[str]
+    max_batch_statements: ClassVar[int | None] = None
+
+    def param(self, name: str) -> str:
+        raise NotImplementedError
+
+    def fold(self, identifier: str) -> str:
+        return identifier
+
+    def json_parse(self, expression: str) -> str:
+        raise NotImplementedError
+
+    def json_text(self, document: str, path: Sequence[str]) -> str:
+        raise NotImplementedError
+
+    def millis_to_timestamp(self, expression: str) -> str:
+        raise NotImplementedError
+
+    def hex_to_int(self, expression: str) -> str:
+        raise NotImplementedError
+
+    def load_stage(self, stage: str, source: StageSource) -> Statement:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{self.name} dialect>"
+
+
+class DuckDBDialect(Dialect):
+    name = "duckdb"
+    key_type = "VARCHAR"
+    document_type = "JSON"
+    staged_document_type = "VARCHAR"
+    now = "now()"
+
+    def param(self, name: str) -> str:
+        return f"${name}"
+
+    def json_parse(self, expression: str) -> str:
+        return f"CAST({expression} AS JSON)"
+
+    def json_text(self, document: str, path: Sequence[str]) -> str:
+        # Segments are validated names or fixed "$..." wrapper keys: no quotes to escape.
+        json_path = "$" + "".join(f'."{segment}"' for segment in path)
+        return f"json_extract_string({document}, {sql_string(json_path)})"
+
+    def millis_to_timestamp(self, expression: str) -> str:
+        return f"epoch_ms(CAST({expression} AS BIGINT))"
+
+    def hex_to_int(self, expression: str) -> str:
+        return f"CAST('0x' || {expression} AS BIGINT)"
+
+    def load_stage(self, stage: str, source: StageSource) -> Statement:
+        if not source.relation:
+            raise PlanError("DuckDB stages from a registered Arrow relation; none was given")
+        return Statement(
+            "load_stage",
+            f'INSERT INTO {stage} SELECT "_id", "doc", "_op", "_pos", "_event_time", "_deleted" '
+            f"FROM {quote_identifier(source.relation)}",
+        )
+
+
+class RedshiftDialect(Dialect):
+    name = "redshift"
+    key_type = "VARCHAR(1024)"
+    document_type = "SUPER"
+    # Redshift's longest VARCHAR; JSON_PARSE and JSON_EXTRACT_PATH_TEXT read at most 64 KB too, so a
+    # larger document fails the COPY with Redshift's error naming the column.
+    staged_document_type = "VARCHAR(65535)"
+    table_options = ' DISTKEY("_id") SORTKEY("_id")'
+    stage_options = ' DISTKEY("_id")'
+    now = "GETDATE()"
+    max_batch_statements = 40  # batch_execute_statement's limit
+
+    def param(self, name: str) -> str:
+        return f":{name}"
+
+    def fold(self, identifier: str) -> str:
+        # Redshift lower-cases identifiers, quoted or not (unless enable_case_sensitive_identifier
+        # is on); catalog lookups and the control row use the folded name.
+        return identifier.lower()
+
+    def json_parse(self, expression: str) -> str:
+        return f"JSON_PARSE({expression})"
+
+    def json_text(self, document: str, path: Sequence[str]) -> str:
+        return f"JSON_EXTRACT_PATH_TEXT({document}, {', '.join(sql_string(p) for p in path)})"
+
+    def millis_to_timestamp(self, expression: str) -> str:
+        return f"TIMESTAMP 'epoch' + CAST({expression} AS BIGINT) * INTERVAL '0.001 second'"
+
+    def hex_to_int(self, expression: str) -> str:
+        return f"STRTOL({expression}, 16)"
+
+    def load_stage(self, stage: str, source: StageSource) -> Statement:
+        if not (source.s3_uri and source.iam_role):
+            raise PlanError("Redshift stages with COPY from S3: a staging URI and an IAM role")
+        role = checked_iam_role(source.iam_role)
+        return Statement(
+            "load_stage",
+            f"COPY {stage} FROM {sql_string(checked_s3_uri(source.s3_uri))} "
+            f"IAM_ROLE {sql_string(role)} FORMAT AS PARQUET",
+            secrets=(role,),
+        )
+
+
+DUCKDB = DuckDBDialect()
+REDSHIFT = RedshiftDialect()

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from dagster._utils.schedules import is_valid_cron_string
+
 from lambda_functions.contracts import validate_name
 
 
@@ -87,6 +89,23 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "redshift: a Data API statement still running after this is cancelled",
     ),
     "LAKEHOUSE_CAPTURE_CRON": ("*/15 * * * *", "*/15 * * * *", "capture schedule (cron)"),
+    "LAKEHOUSE_MERGE_CRON": (
+        "",
+        "",
+        "merge+load schedule (cron); empty: merges start from `raw_batches_sensor` only",
+    ),
+    "LAKEHOUSE_LOAD_CRON": ("", "", "warehouse load schedule (cron); empty: no schedule"),
+    "LAKEHOUSE_METRICS_CRON": ("*/10 * * * *", "*/10 * * * *", "`pipeline_metrics` schedule"),
+    "LAKEHOUSE_FRESHNESS_WARN_MINUTES": (
+        "60",
+        "60",
+        "lake and warehouse tables warn when not updated for this long",
+    ),
+    "LAKEHOUSE_FRESHNESS_FAIL_MINUTES": (
+        "180",
+        "180",
+        "lake and warehouse tables fail freshness when not updated for this long",
+    ),
     "LAKEHOUSE_FUNCTION_PREFIX": ("", "", "prefix added to the Lambda function names"),
     "LAKEHOUSE_PIPES_BUCKET": (
         "",
@@ -172,6 +191,11 @@ class LakehouseSettings:
     metrics_namespace: str
     lambda_price_per_gb_second: float
     aws_region: str
+    merge_cron: str = ""
+    load_cron: str = ""
+    metrics_cron: str = "*/10 * * * *"
+    freshness_warn_minutes: float = 60.0
+    freshness_fail_minutes: float = 180.0
     metrics_window_hours: float = 24.0
     queue_stuck_seconds: float = 3600.0
     max_failure_rate: float = 0.25
@@ -254,6 +278,24 @@ class LakehouseSettings:
         namespace_metrics = get("LAKEHOUSE_METRICS_NAMESPACE")
         if namespace_metrics.startswith("AWS/"):
             raise SettingsError("LAKEHOUSE_METRICS_NAMESPACE must not start with 'AWS/' (reserved)")
+        for cron_variable in (
+            "LAKEHOUSE_CAPTURE_CRON",
+            "LAKEHOUSE_MERGE_CRON",
+            "LAKEHOUSE_LOAD_CRON",
+            "LAKEHOUSE_METRICS_CRON",
+        ):
+            cron = get(cron_variable)
+            if cron and not is_valid_cron_string(cron):
+                raise SettingsError(
+                    f"{cron_variable}={cron!r} is not a cron string (e.g. '*/15 * * * *'), "
+                    "or leave it empty for no schedule"
+                )
+        if float(get("LAKEHOUSE_FRESHNESS_WARN_MINUTES")) >= float(
+            get("LAKEHOUSE_FRESHNESS_FAIL_MINUTES")
+        ):
+            raise SettingsError(
+                "LAKEHOUSE_FRESHNESS_WARN_MINUTES must be below LAKEHOUSE_FRESHNESS_FAIL_MINUTES"
+            )
         return cls(
             env=env,
             root=root,
@@ -267,6 +309,15 @@ class LakehouseSettings:
             duckdb_path=under_root(get("LAKEHOUSE_DUCKDB_PATH")),
             warehouse_schema=get("LAKEHOUSE_WAREHOUSE_SCHEMA"),
             capture_cron=get("LAKEHOUSE_CAPTURE_CRON"),
+            merge_cron=get("LAKEHOUSE_MERGE_CRON"),
+            load_cron=get("LAKEHOUSE_LOAD_CRON"),
+            metrics_cron=get("LAKEHOUSE_METRICS_CRON"),
+            freshness_warn_minutes=_float(
+                get("LAKEHOUSE_FRESHNESS_WARN_MINUTES"), "LAKEHOUSE_FRESHNESS_WARN_MINUTES"
+            ),
+            freshness_fail_minutes=_float(
+                get("LAKEHOUSE_FRESHNESS_FAIL_MINUTES"), "LAKEHOUSE_FRESHNESS_FAIL_MINUTES"
+            ),
             function_prefix=get("LAKEHOUSE_FUNCTION_PREFIX"),
             pipes_bucket=pipes_bucket,
             metrics_namespace=namespace_metrics,

@@ -38,6 +38,7 @@ from lakehouse_pipelines.defs.metrics.collect import (
     stage_metrics,
 )
 from lakehouse_pipelines.defs.metrics.dashboard import dashboard_body
+from lakehouse_pipelines.defs.policies import optional_schedule
 from lakehouse_pipelines.defs.warehouse_load.definitions import WAREHOUSE_TABLE_KEY
 from lakehouse_pipelines.resources import Metric, MetricsSink
 from lakehouse_pipelines.settings import LakehouseSettings
@@ -150,4 +151,10 @@ def pipeline_metrics_sensor(
 
 
 def build_defs(settings: LakehouseSettings) -> Definitions:
-    return Definitions(assets=[pipeline_metrics], sensors=[pipeline_metrics_sensor])
+    return Definitions(
+        assets=[pipeline_metrics],
+        sensors=[pipeline_metrics_sensor],
+        schedules=optional_schedule(
+            "pipeline_metrics_schedule", [METRICS_KEY], settings.metrics_cron
+        ),
+    )

@@ -11,6 +11,7 @@ from dagster import (
 )
 
 from lakehouse_pipelines.defs.merge.definitions import LAKE_TABLE_KEY
+from lakehouse_pipelines.defs.policies import optional_schedule, with_freshness
 from lakehouse_pipelines.resources import LambdaPipes
 from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.contracts import InvalidRequestError, LoadRequest
@@ -76,4 +77,9 @@ def load_request(lakehouse: LakehouseSettings) -> LoadRequest:
 
 
 def build_defs(settings: LakehouseSettings) -> Definitions:
-    return Definitions(assets=[warehouse_table])
+    return Definitions(
+        assets=[with_freshness(warehouse_table, settings)],
+        schedules=optional_schedule(
+            "warehouse_load_schedule", [WAREHOUSE_TABLE_KEY], settings.load_cron
+        ),
+    )

@@ -55,3 +55,39 @@ def print_emf(
 ) -> None:
     for line in emf_lines(namespace, dimensions, metrics):
         print(line, flush=True)
+
+
+def emit_stage_metrics(stage: str, collection: str, metadata: Mapping[str, object]) -> None:
+    """Print the numeric figures a handler reported to Dagster as EMF lines as well.
+
+    ``metadata`` is the Pipes metadata the handler reported (``{"raw_value": v, "type": t}`` or
+    plain values). In Lambda these lines become CloudWatch metrics in the namespace from
+    ``LAKEHOUSE_METRICS_NAMESPACE`` (set by the deployment), dimensioned by stage and collection.
+    """
+    import os
+
+    figures: dict[str, tuple[float, str]] = {}
+    for key, entry in metadata.items():
+        value = entry.get("raw_value") if isinstance(entry, Mapping) else entry
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        figures[_metric_name(key)] = (float(value), _unit(key))
+    if figures:
+        namespace = os.environ.get("LAKEHOUSE_METRICS_NAMESPACE") or "Lakehouse/Pipelines"
+        print_emf(namespace, {"Stage": stage, "Collection": collection}, figures)
+
+
+def _metric_name(key: str) -> str:
+    if key == "dagster/row_count":
+        return "Rows"
+    return "".join(part.capitalize() for part in key.replace("/", "_").split("_") if part)
+
+
+def _unit(key: str) -> str:
+    if key.endswith("_seconds"):
+        return "Seconds"
+    if key.endswith("_ms"):
+        return "Milliseconds"
+    if key == "bytes" or key.endswith("_bytes"):
+        return "Bytes"
+    return "Count"

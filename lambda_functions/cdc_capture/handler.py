@@ -17,6 +17,7 @@ from typing import Any
 from lambda_functions.cdc_capture.capture import CaptureResult, capture_changes, verify_batches
 from lambda_functions.cdc_capture.change_source import open_source
 from lambda_functions.contracts import CaptureRequest
+from lambda_functions.emf import emit_stage_metrics
 from lambda_functions.pipes import open_pipes, without_pipes_keys
 
 LAG_CHECK = "cdc_lag"
@@ -38,9 +39,11 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
                 reset=request.reset,
             )
         verification = verify_batches(request, result.batches)
+        metadata = result.metadata()
         pipes.report_asset_materialization(
-            metadata=result.metadata(), data_version=str(result.checkpoint_batch)
+            metadata=metadata, data_version=str(result.checkpoint_batch)
         )
+        emit_stage_metrics("capture", request.namespace, metadata)
         pipes.report_asset_check(
             check_name="batch_verified",
             passed=verification.passed,

@@ -169,3 +169,28 @@ def test_emf_lines_follow_the_embedded_metric_format():
         for metric in directive["Metrics"]:
             assert doc[metric["Name"]] == metrics[metric["Name"]][0]
     assert sum(len(d["_aws"]["CloudWatchMetrics"][0]["Metrics"]) for d in docs) == 150
+
+
+def test_handlers_emit_their_numeric_figures_as_emf(capsys, monkeypatch):
+    from lambda_functions.emf import emit_stage_metrics
+
+    monkeypatch.setenv("LAKEHOUSE_METRICS_NAMESPACE", "Lakehouse/Test")
+    emit_stage_metrics(
+        "load",
+        "shop.orders",
+        {
+            "dagster/row_count": {"raw_value": 529, "type": "int"},
+            "duration_seconds": {"raw_value": 0.25, "type": "float"},
+            "full_reload": {"raw_value": False, "type": "bool"},
+            "target": {"raw_value": "analytics.orders", "type": "text"},
+        },
+    )
+    (line,) = capsys.readouterr().out.splitlines()
+    doc = json.loads(line)
+    directive = doc["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Namespace"] == "Lakehouse/Test"
+    assert {m["Name"]: m["Unit"] for m in directive["Metrics"]} == {
+        "Rows": "Count",
+        "DurationSeconds": "Seconds",
+    }
+    assert (doc["Rows"], doc["Stage"], doc["Collection"]) == (529.0, "load", "shop.orders")

@@ -15,8 +15,12 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         result = merge_batches(request, on_progress=pipes.log.info)
         pipes.log.info(
             f"{result.namespace}: batches {result.batches_applied or 'none'} -> version "
-            f"{result.version}; +{result.inserted} ~{result.updated} -{result.deleted}"
+            f"{result.version} ({result.merge_path}); +{result.inserted} ~{result.updated} "
+            f"-{result.deleted}; rewrote {result.files_rewritten} files "
+            f"({result.bytes_rewritten / 1e6:.1f} MB) of {result.files_in_table}"
         )
+        for note in result.schema_changes:
+            pipes.log.warning(note)
         pipes.report_asset_materialization(
             metadata={
                 "dagster/row_count": {"raw_value": result.table_rows, "type": "int"},
@@ -28,8 +32,19 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 "rows_inserted": {"raw_value": result.inserted, "type": "int"},
                 "rows_updated": {"raw_value": result.updated, "type": "int"},
                 "rows_deleted": {"raw_value": result.deleted, "type": "int"},
+                "merge_path": {"raw_value": result.merge_path, "type": "text"},
+                "commits": {"raw_value": result.commits, "type": "int"},
                 "files_added": {"raw_value": result.files_added, "type": "int"},
                 "files_removed": {"raw_value": result.files_removed, "type": "int"},
+                "files_rewritten": {"raw_value": result.files_rewritten, "type": "int"},
+                "bytes_rewritten": {"raw_value": result.bytes_rewritten, "type": "int"},
+                "bytes_written": {"raw_value": result.bytes_written, "type": "int"},
+                "files_in_table": {"raw_value": result.files_in_table, "type": "int"},
+                "bytes_in_table": {"raw_value": result.bytes_in_table, "type": "int"},
+                "schema_changes": {
+                    "raw_value": "\n".join(result.schema_changes) or "none",
+                    "type": "text",
+                },
                 "partitions_touched": {"raw_value": len(result.buckets_touched), "type": "int"},
                 "duration_seconds": {"raw_value": round(result.duration_s, 3), "type": "float"},
             },
@@ -43,7 +58,11 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 "partitions_checked": {"raw_value": len(result.buckets_touched), "type": "int"},
             },
         )
-        return {"version": result.version, "batches_applied": result.batches_applied}
+        return {
+            "version": result.version,
+            "batches_applied": result.batches_applied,
+            "merge_path": result.merge_path,
+        }
 
 
 def _int(value: int | None) -> int:

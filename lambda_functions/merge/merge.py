@@ -1,55 +1,86 @@
 """Apply raw batches to the lake table: upsert by ``_id``, latest change wins, deletes applied.
 
 Guarantees:
-- **Atomic.** All pending batches are applied as one Delta commit; readers see all of it or none,
-  and a merge that dies before the commit leaves the previous version untouched.
-- **Idempotent.** The commit records ``app_transactions`` (app id per collection, version = last
+- **Atomic.** Each commit is one Delta log entry; readers see all of it or none, and a merge that
+  dies at any point before its log entry (even after writing data files) leaves the previous
+  version untouched: files no log entry names are invisible, and vacuum removes them.
+- **Idempotent.** Every commit records ``app_transactions`` (app id per collection, version = last
   batch applied), so a replayed batch is recognised and skipped, even after a crash between the
-  commit and anything that follows it.
+  commit and anything that follows it. Two merges racing on one table cannot both apply a batch:
+  every commit is made against the version it read or fails (the log entry is an exclusive
+  create: ``If-None-Match: *`` on S3, a hard link locally); the loser reloads, sees the batch
+  applied, and stops.
 - **Event-time ordering.** Within the pending batches a key's changes are precombined on
-  (pos, batch, seq): the latest wins, deterministically. Against the table, a change applies only if
-  its position is ``>=`` the stored one, so a late, stale event never rolls a document back.
-- **Cost follows the change.** The table is partitioned by ``_bucket`` (the month in the key's
-  ObjectId timestamp, which never changes for a document and is known for deletes too) and the
-  merge joins on it with ``streamed_exec=False``, so only the partitions a batch touches are read.
+  (pos, batch, seq): the latest wins, deterministically. Against the table, a change applies only
+  if its position is ``>=`` the stored one, so a late, stale event never rolls a document back.
+- **Cost follows the change.** The table is partitioned by ``_bucket`` (see ``layout``), and each
+  commit reads and rewrites only the files whose ``_id`` range the batch's keys fall in. Paths,
+  reported in the result and the commit metadata: ``create`` (first batch), ``append`` (the batch
+  touches only partitions the table does not have yet, so no key can match), ``rewrite`` (Arrow
+  copy-on-write of the touched files with an exact change data feed, one log entry; a batch that
+  touches every file is a full rewrite, see ``copy_on_write``) and ``merge`` (a delta-rs MERGE,
+  for tables whose protocol the rewrite does not write and batches that add a typed column:
+  restricted to the touched partitions by a literal ``_bucket IN (...)`` predicate, and with
+  ``streamed_exec=False`` pruned to the touched files when they are few).
+- **Exact change feed.** Every path writes the rows each commit changed as Delta change data
+  (``insert``, ``delete``, ``update_preimage``/``update_postimage``), so the warehouse load reads
+  only those.
+- **Bounded memory.** A commit applies at most ``max_rows_per_commit`` change rows (a larger
+  backlog, e.g. an initial snapshot, becomes several commits, each recorded as above), and the
+  rewrite holds one partition per worker thread.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from lambda_functions.contracts import MergeRequest
 from lambda_functions.lake import BatchManifest, ObjectStore, RawZone, open_store
-
-# Columns of the lake table, in order.
-TABLE_SCHEMA = pa.schema(
-    [
-        pa.field("_id", pa.string(), nullable=False),
-        pa.field("_bucket", pa.string(), nullable=False),
-        pa.field("doc", pa.string()),
-        pa.field("_op", pa.string(), nullable=False),
-        pa.field("_pos", pa.int64(), nullable=False),
-        pa.field("_batch", pa.int64(), nullable=False),
-        pa.field("_seq", pa.int64(), nullable=False),
-        pa.field("_event_time", pa.timestamp("us", tz="UTC"), nullable=False),
-    ]
+from lambda_functions.lake.raw_zone import BATCH_SCHEMA
+from lambda_functions.merge import copy_on_write
+from lambda_functions.merge.copy_on_write import VersionTakenError
+from lambda_functions.merge.layout import (
+    PARTITION_BY,
+    TABLE_CONFIGURATION,
+    TABLE_SCHEMA,
+    WRITER_PROPERTIES,
+    key_bucket,
+    key_buckets,
 )
-TABLE_CONFIGURATION = {
-    "delta.enableChangeDataFeed": "true",
-    "delta.targetFileSize": str(128 * 1024 * 1024),
-}
+from lambda_functions.merge.schema_evolution import TypedColumns
+from lambda_functions.merge.table_files import TableFiles
+
+__all__ = [
+    "TABLE_CONFIGURATION",
+    "TABLE_SCHEMA",
+    "WRITER_PROPERTIES",
+    "MergeResult",
+    "app_id",
+    "key_bucket",
+    "key_buckets",
+    "lake_table_location",
+    "merge_batches",
+    "precombine",
+]
+
 MAX_COMMIT_ATTEMPTS = 5
+MAX_ROWS_PER_COMMIT = 1_000_000
+# Above this share of the table's bytes, a delta-rs MERGE without file pruning (streamed) is
+# faster than a pruned one: pruning makes delta-rs materialise the target, which only pays when
+# little of it is read (benchmarks/merge.py: 16 s pruned vs 8 s streamed for a batch touching
+# every file of a 2M-row table).
+PRUNED_MERGE_MAX_FRACTION = 0.25
+
+
+class _LostRace(Exception):
+    """Another writer committed first (the table is reloaded and the batches re-planned)."""
 
 
 @dataclass(frozen=True)
@@ -64,33 +95,36 @@ class MergeResult:
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
-    files_added: int = 0
-    files_removed: int = 0
+    files_added: int = 0  # data files written by this run's commits
+    files_removed: int = 0  # data files replaced by this run's commits (= files_rewritten)
     table_rows: int = 0
-    duplicate_keys: int = 0  # in the partitions this merge touched; must be 0
+    duplicate_keys: int = 0  # keys this merge wrote that are stored twice; must be 0
     buckets_touched: list[str] = field(default_factory=list)
     commit_attempts: int = 0
     duration_s: float = 0.0
+    # How the batches were applied: "create", "append", "rewrite", "merge" or "drop" per commit,
+    # joined with "+" when a run made several commits; "none" when nothing was pending.
+    merge_path: str = "none"
+    commits: int = 0
+    files_rewritten: int = 0
+    bytes_rewritten: int = 0
+    bytes_written: int = 0
+    files_in_table: int = 0
+    bytes_in_table: int = 0
+    schema_changes: list[str] = field(default_factory=list)  # typed columns added or not stored
+
+
+def lake_table_key(database: str, collection: str) -> str:
+    """Where the collection's lake table lives in the lake's object store."""
+    return f"tables/{database}/{collection}"
 
 
 def lake_table_location(store: ObjectStore, database: str, collection: str) -> tuple[str, dict]:
-    return store.delta_location(f"tables/{database}/{collection}")
+    return store.delta_location(lake_table_key(database, collection))
 
 
 def app_id(namespace: str) -> str:
     return f"lakehouse-merge:{namespace}"
-
-
-def key_bucket(key: str) -> str:
-    """The partition of a key: the month of an ObjectId's timestamp, else one of 16 hash buckets."""
-    if len(key) == 24:
-        try:
-            seconds = int(key[:8], 16)
-        except ValueError:
-            pass
-        else:
-            return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m")
-    return f"h{zlib.crc32(key.encode()) % 16:02d}"
 
 
 def precombine(changes: pa.Table) -> pa.Table:
@@ -116,12 +150,15 @@ def merge_batches(
     *,
     store: ObjectStore | None = None,
     on_progress: Callable[[str], None] | None = None,
+    max_rows_per_commit: int = MAX_ROWS_PER_COMMIT,
 ) -> MergeResult:
     """Apply every published batch newer than the table's last applied one.
 
-    Consecutive batches are applied as one commit. A batch marked ``dropped`` (the collection was
-    dropped, or capture was reset for a new snapshot) is its own commit that removes every row
-    applied before it. Each commit records its last batch, so a re-run resumes after it.
+    Consecutive batches are applied together, up to ``max_rows_per_commit`` change rows per
+    commit (a single larger batch is still applied alone). A batch marked ``dropped`` (the
+    collection was dropped, or capture was reset for a new snapshot) is its own commit that
+    removes every row applied before it. Each commit records its last batch, so a re-run resumes
+    after it.
     """
     started = time.monotonic()
     say = on_progress or (lambda _message: None)
@@ -130,22 +167,20 @@ def merge_batches(
     uri, options = lake_table_location(store, request.database, request.collection)
     totals = _Totals()
     budget = request.max_batches
+    table = _open_table(uri, options)
     while budget > 0:
-        table = _open_table(uri, options)
         applied = (table.transaction_version(app_id(zone.namespace)) or 0) if table else 0
         pending = zone.batch_numbers(after=applied)[:budget]
         if not pending:
             break
-        manifests = [zone.read_manifest(n) for n in pending]
-        if manifests[0].extra.get("dropped"):
-            segment = manifests[:1]
-        else:
-            segment = list(itertools.takewhile(lambda m: not m.extra.get("dropped"), manifests))
+        segment = _next_segment(zone, pending, max_rows_per_commit)
         numbers = [m.batch for m in segment]
         say(f"{zone.namespace}: applying batches {numbers[0]}..{numbers[-1]} on top of {applied}")
-        totals.add(_commit_segment(zone, uri, options, table, segment, say))
+        where = _Where(store, lake_table_key(request.database, request.collection), uri, options)
+        done, table = _commit_segment(zone, where, table, segment, say)
+        totals.add(done)
         budget -= len(segment)
-    table = _open_table(uri, options)
+    files = TableFiles.of(table) if table else TableFiles({})
     return MergeResult(
         namespace=zone.namespace,
         table_uri=uri,
@@ -154,84 +189,185 @@ def merge_batches(
         last_applied_batch=(table.transaction_version(app_id(zone.namespace)) or 0) if table else 0,
         rows_in=totals.rows_in,
         keys_changed=totals.keys_changed,
-        inserted=totals.metrics.get("num_target_rows_inserted", 0),
-        updated=totals.metrics.get("num_target_rows_updated", 0),
-        deleted=totals.metrics.get("num_target_rows_deleted", 0),
-        files_added=totals.metrics.get("num_target_files_added", 0),
-        files_removed=totals.metrics.get("num_target_files_removed", 0),
-        table_rows=table.count() if table else 0,
-        duplicate_keys=_duplicate_keys(table, sorted(totals.buckets)) if table else 0,
+        inserted=totals.inserted,
+        updated=totals.updated,
+        deleted=totals.deleted,
+        files_added=totals.files_written,
+        files_removed=totals.files_rewritten,
+        table_rows=files.rows,
+        duplicate_keys=totals.duplicate_keys,
         buckets_touched=sorted(totals.buckets),
         commit_attempts=totals.attempts,
         duration_s=time.monotonic() - started,
+        merge_path="+".join(totals.paths) if totals.paths else "none",
+        commits=len(totals.paths),
+        files_rewritten=totals.files_rewritten,
+        bytes_rewritten=totals.bytes_rewritten,
+        bytes_written=totals.bytes_written,
+        files_in_table=files.count,
+        bytes_in_table=files.bytes,
+        schema_changes=totals.notes,
     )
-
-
-@dataclass
-class _Totals:
-    batches: list[int] = field(default_factory=list)
-    rows_in: int = 0
-    keys_changed: int = 0
-    metrics: dict[str, int] = field(default_factory=dict)
-    buckets: set[str] = field(default_factory=set)
-    attempts: int = 0
-
-    def add(self, applied: _Applied) -> None:
-        self.batches.extend(applied.batches)
-        self.rows_in += applied.rows_in
-        self.keys_changed += applied.keys_changed
-        for name, value in applied.metrics.items():
-            if isinstance(value, int):
-                self.metrics[name] = self.metrics.get(name, 0) + value
-        self.buckets.update(applied.buckets)
-        self.attempts += applied.attempts
 
 
 @dataclass(frozen=True)
 class _Applied:
     batches: list[int]
-    rows_in: int
-    keys_changed: int
-    metrics: dict[str, Any]
-    buckets: list[str]
-    attempts: int
+    rows_in: int = 0
+    keys_changed: int = 0
+    path: str | None = None  # None: nothing committed (a concurrent merge applied the batches)
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    files_rewritten: int = 0
+    bytes_rewritten: int = 0
+    files_written: int = 0
+    bytes_written: int = 0
+    buckets: list[str] = field(default_factory=list)
+    duplicate_keys: int = 0
+    attempts: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Totals:
+    batches: list[int] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    rows_in: int = 0
+    keys_changed: int = 0
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    files_rewritten: int = 0
+    bytes_rewritten: int = 0
+    files_written: int = 0
+    bytes_written: int = 0
+    buckets: set[str] = field(default_factory=set)
+    duplicate_keys: int = 0
+    attempts: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, applied: _Applied) -> None:
+        self.attempts += applied.attempts
+        if applied.path is None:
+            return
+        self.batches.extend(applied.batches)
+        self.paths.append(applied.path)
+        for name in (
+            "rows_in",
+            "keys_changed",
+            "inserted",
+            "updated",
+            "deleted",
+            "files_rewritten",
+            "bytes_rewritten",
+            "files_written",
+            "bytes_written",
+            "duplicate_keys",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(applied, name))
+        self.buckets.update(applied.buckets)
+        self.notes.extend(applied.notes)
+
+
+def _next_segment(zone: RawZone, pending: list[int], max_rows: int) -> list[BatchManifest]:
+    """The batches of the next commit: a dropped marker alone, else consecutive batches up to
+    ``max_rows`` change rows (at least one batch)."""
+    first = zone.read_manifest(pending[0])
+    if first.extra.get("dropped"):
+        return [first]
+    segment, rows = [first], first.rows
+    for number in pending[1:]:
+        manifest = zone.read_manifest(number)
+        if manifest.extra.get("dropped") or rows + manifest.rows > max_rows:
+            break
+        segment.append(manifest)
+        rows += manifest.rows
+    return segment
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where the lake table is: in the lake's object store, and for delta-rs."""
+
+    store: ObjectStore
+    key: str
+    uri: str
+    options: dict
 
 
 def _commit_segment(
     zone: RawZone,
-    uri: str,
-    options: dict,
+    where: _Where,
     table: DeltaTable | None,
     segment: list[BatchManifest],
     say: Callable[[str], None],
-) -> _Applied:
-    """One atomic commit for ``segment``, retried on a lost commit race (the table is reloaded)."""
+) -> tuple[_Applied, DeltaTable | None]:
+    """One atomic commit for ``segment``, retried on a lost commit race (the table is reloaded).
+    Returns what was applied and the table as of the commit."""
     numbers = [m.batch for m in segment]
     dropped = bool(segment[0].extra.get("dropped"))
-    changes = _read_changes(zone, segment)
+    typed = TypedColumns.of_table(_arrow_schema(table))
+    changes = _read_changes(zone, segment, typed)
     latest = precombine(changes)
     buckets = pc.unique(latest.column("_bucket")).to_pylist()
+    max_pos = pc.max(changes.column("_pos")).as_py() if changes.num_rows else None
     app = app_id(zone.namespace)
     for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
-        commit = CommitProperties(
-            app_transactions=[Transaction(app, numbers[-1])],
-            custom_metadata={
-                "lakehouse.namespace": zone.namespace,
-                "lakehouse.batches": f"{numbers[0]}-{numbers[-1]}",
-                "lakehouse.dropped": str(dropped).lower(),
-            },
-        )
         try:
             if table is not None and (table.transaction_version(app) or 0) >= numbers[0]:
-                return _Applied([], 0, 0, {}, [], attempt)  # a concurrent merge applied them
-            if dropped:
-                metrics = _drop_all(table, app, numbers[0], commit)
-            elif table is None:
-                metrics = _create_table(uri, options, _upserts(latest), commit)
+                say(f"{zone.namespace}: batches {numbers} were applied by a concurrent merge")
+                return _Applied(numbers, attempts=attempt), table  # nothing committed by this run
+            before = TableFiles.of(table) if table is not None else TableFiles({})
+            plan = _plan(table, before, latest, dropped, typed)
+            say(plan.describe(zone.namespace, numbers, latest))
+            commit = CommitProperties(
+                app_transactions=[Transaction(app, numbers[-1])],
+                # Commit against the version read, or fail: delta-rs would otherwise rebase a
+                # lost race onto the winner's version, and does not always notice that the
+                # winner applied the same batches (two first commits both succeed).
+                max_commit_retries=0,
+                custom_metadata={
+                    "lakehouse.namespace": zone.namespace,
+                    "lakehouse.batches": f"{numbers[0]}-{numbers[-1]}",
+                    "lakehouse.dropped": str(dropped).lower(),
+                    "lakehouse.merge_path": plan.path,
+                    "lakehouse.max_pos": str(max_pos),
+                },
+            )
+            counts = _apply(plan, where, app, table, latest, typed, commit, numbers[-1])
+            if table is None:
+                table = _open_table(where.uri, where.options)
+                assert table is not None
             else:
-                metrics = _merge_into(table, _actionable(table, latest, buckets), commit)
-            return _Applied(numbers, changes.num_rows, latest.num_rows, metrics, buckets, attempt)
-        except CommitFailedError:
+                table.update_incremental()  # reads only the commits after the one it had
+            after = TableFiles.of(table)
+            removed, added = before.minus(after), after.minus(before)
+            # The rewrite counted duplicates in every partition it wrote; a drop writes no key.
+            duplicates = (
+                counts.duplicate_keys
+                if plan.path in ("rewrite", "drop")
+                else _duplicate_keys(table, buckets)
+            )
+            applied = _Applied(
+                numbers,
+                rows_in=changes.num_rows,
+                keys_changed=latest.num_rows,
+                path=plan.path,
+                inserted=counts.inserted,
+                updated=counts.updated,
+                deleted=counts.deleted,
+                files_rewritten=removed.count,
+                bytes_rewritten=removed.bytes,
+                files_written=added.count,
+                bytes_written=added.bytes,
+                buckets=buckets,
+                duplicate_keys=duplicates,
+                attempts=attempt,
+                notes=typed.notes,
+            )
+            return applied, table
+        except (CommitFailedError, VersionTakenError, _LostRace):
             if attempt == MAX_COMMIT_ATTEMPTS:
                 raise RuntimeError(
                     f"{zone.namespace}: lost the commit race {attempt} times in a row; another "
@@ -239,8 +375,126 @@ def _commit_segment(
                     "concurrency key does this) and retry."
                 ) from None
             say(f"{zone.namespace}: a concurrent commit won; reloading and retrying")
-            table = _open_table(uri, options)
+            table = _open_table(where.uri, where.options)
     raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    path: str  # "drop", "create", "append", "rewrite" or "merge"
+    files: TableFiles  # the table's files before the commit
+    touched: TableFiles  # those the batch touches
+
+    @property
+    def touched_share(self) -> float:
+        return self.touched.bytes / self.files.bytes if self.files.bytes else 1.0
+
+    @property
+    def streamed(self) -> bool:
+        return self.touched_share > PRUNED_MERGE_MAX_FRACTION
+
+    def describe(self, namespace: str, numbers: list[int], latest: pa.Table) -> str:
+        return (
+            f"{namespace}: batches {numbers[0]}..{numbers[-1]}: {latest.num_rows:,} keys touch "
+            f"{self.touched.count} of {self.files.count} files ({self.touched.bytes / 1e6:.1f} "
+            f"of {self.files.bytes / 1e6:.1f} MB) -> {self.path}"
+        )
+
+
+def _plan(
+    table: DeltaTable | None,
+    files: TableFiles,
+    latest: pa.Table,
+    dropped: bool,
+    typed: TypedColumns,
+) -> _Plan:
+    """Choose how to commit ``latest`` (see the module docstring)."""
+    touched = files.touched_by(latest)
+    if dropped:
+        return _Plan("drop", files, files)
+    if table is None:
+        return _Plan("create", files, touched)
+    if not set(pc.unique(latest.column("_bucket")).to_pylist()) & files.buckets:
+        return _Plan("append", files, touched)
+    if copy_on_write.supports(table) and not typed.new:
+        return _Plan("rewrite", files, touched)
+    return _Plan("merge", files, touched)
+
+
+@dataclass(frozen=True)
+class _Counts:
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    duplicate_keys: int = 0  # found while writing (rewrite path)
+
+
+def _apply(
+    plan: _Plan,
+    where: _Where,
+    app: str,
+    table: DeltaTable | None,
+    latest: pa.Table,
+    typed: TypedColumns,
+    commit: CommitProperties,
+    last_batch: int,
+) -> _Counts:
+    """Commit ``latest`` the way ``plan`` says."""
+    uri, options = where.uri, where.options
+    if plan.path == "drop":
+        return _Counts(deleted=_drop_all(table, app, last_batch, commit))
+    upserts = _upserts(latest)
+    if plan.path == "create":
+        try:
+            write_deltalake(
+                uri,
+                upserts.sort_by("_id"),
+                mode="error",  # two first writers cannot both create the table
+                partition_by=PARTITION_BY,
+                configuration=TABLE_CONFIGURATION,
+                writer_properties=WRITER_PROPERTIES,
+                storage_options=options,
+                commit_properties=commit,
+            )
+        except DeltaError as error:
+            if isinstance(error, CommitFailedError) or _open_table(uri, options) is not None:
+                raise _LostRace("another merge created the table first") from error
+            raise
+        return _Counts(inserted=upserts.num_rows)
+    assert table is not None
+    if plan.path == "append":
+        if upserts.num_rows == 0:
+            _record_only(table, commit)
+        else:
+            write_deltalake(
+                table,
+                upserts.sort_by("_id"),
+                mode="append",
+                partition_by=PARTITION_BY,
+                schema_mode="merge" if typed.new else None,
+                writer_properties=WRITER_PROPERTIES,
+                commit_properties=commit,
+            )
+        return _Counts(inserted=upserts.num_rows)
+    if plan.path == "rewrite":
+        done = copy_on_write.rewrite_touched_files(
+            table,
+            where.store,
+            where.key,
+            where.options,
+            plan.touched,
+            latest,
+            latest.schema,
+            commit_info=commit.custom_metadata or {},
+            app_transaction=(app, last_batch),
+        )
+        return _Counts(done.inserted, done.updated, done.deleted, done.duplicate_keys)
+    metrics = _merge_into(table, _actionable(table, latest), commit, typed, plan.streamed)
+    return _Counts(
+        metrics.get("num_target_rows_inserted", 0),
+        metrics.get("num_target_rows_updated", 0),
+        metrics.get("num_target_rows_deleted", 0),
+    )
 
 
 def _open_table(uri: str, options: dict) -> DeltaTable | None:
@@ -250,29 +504,35 @@ def _open_table(uri: str, options: dict) -> DeltaTable | None:
         return None
 
 
-def _read_changes(zone: RawZone, manifests: list[BatchManifest]) -> pa.Table:
+def _arrow_schema(table: DeltaTable | None) -> pa.Schema | None:
+    return pa.schema(table.schema().to_arrow()) if table is not None else None
+
+
+def _read_changes(zone: RawZone, manifests: list[BatchManifest], typed: TypedColumns) -> pa.Table:
+    """The batches' rows as lake rows: the core columns, then the typed columns (see
+    ``schema_evolution``), with ``_bucket`` derived from the key."""
+    batches = [(m.batch, zone.read_batch(m)) for m in manifests]
+    core = set(BATCH_SCHEMA.names)
+    for number, batch in batches:
+        typed.admit(number, batch.select([n for n in batch.column_names if n not in core]))
+    schema = pa.schema(
+        list(TABLE_SCHEMA) + [pa.field(name, kind) for name, kind in typed.types.items()]
+    )
     parts = []
-    for manifest in manifests:
-        number = manifest.batch
-        batch = zone.read_batch(manifest)
-        parts.append(
-            pa.table(
-                {
-                    "_id": batch.column("_id"),
-                    "_bucket": pa.array(
-                        [key_bucket(k) for k in batch.column("_id").to_pylist()], pa.string()
-                    ),
-                    "doc": batch.column("doc"),
-                    "_op": batch.column("op"),
-                    "_pos": batch.column("pos"),
-                    "_batch": pa.array([number] * batch.num_rows, pa.int64()),
-                    "_seq": batch.column("seq"),
-                    "_event_time": batch.column("event_time").cast(pa.timestamp("us", tz="UTC")),
-                },
-                schema=TABLE_SCHEMA,
-            )
-        )
-    return pa.concat_tables(parts) if parts else TABLE_SCHEMA.empty_table()
+    for number, batch in batches:
+        extras = batch.select([n for n in batch.column_names if n not in core])
+        columns = [
+            batch.column("_id"),
+            key_buckets(batch.column("_id")),
+            batch.column("doc"),
+            batch.column("op"),
+            batch.column("pos"),
+            pa.array([number] * batch.num_rows, pa.int64()),
+            batch.column("seq"),
+            batch.column("event_time").cast(pa.timestamp("us", tz="UTC")),
+        ] + [values for _name, values in typed.conform(number, extras)]
+        parts.append(pa.table(columns, schema=schema))
+    return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
 def _deleted(rows: pa.Table) -> pa.ChunkedArray:
@@ -283,66 +543,71 @@ def _upserts(latest: pa.Table) -> pa.Table:
     return latest.filter(pc.invert(_deleted(latest)))
 
 
-def _actionable(table: DeltaTable, latest: pa.Table, buckets: list[str]) -> pa.Table:
+def _actionable(table: DeltaTable, latest: pa.Table) -> pa.Table:
     """The merge source: upserts, plus deletes of keys the table holds (a delete of an absent key
     has nothing to do). Dropping the latter lets the insert clause go without a predicate, which
-    delta-rs needs: a predicated WHEN NOT MATCHED INSERT that skips some rows writes null rows.
-    The lookup reads only ``_id`` in the partitions the batch touches."""
+    delta-rs needs: a predicated WHEN NOT MATCHED INSERT that skips some rows writes null rows
+    (still so in deltalake 1.6). The lookup reads only ``_id``, only in the partitions that
+    receive deletes."""
     deleted = _deleted(latest)
-    delete_ids = latest.filter(deleted).column("_id")
-    if len(delete_ids) == 0:
-        return latest.append_column("_deleted", deleted)
-    # Filter on the partition column only: merge-written files store ``_id`` as string_view, and
-    # Arrow cannot compare those statistics with a string literal.
-    touched = (
-        table.to_pyarrow_dataset()
-        .to_table(columns=["_id"], filter=pc.field("_bucket").isin(buckets))
-        .column("_id")
-    )
-    present = pc.filter(delete_ids, pc.is_in(delete_ids, value_set=touched.cast(pa.string())))
-    keep = pc.or_(pc.invert(deleted), pc.is_in(latest.column("_id"), value_set=present))
-    source = latest.filter(keep)
-    return source.append_column("_deleted", _deleted(source))
+    deletes = latest.filter(deleted)
+    if deletes.num_rows == 0:
+        return latest
+    held = _stored_keys(table, pc.unique(deletes.column("_bucket")).to_pylist())
+    keep = pc.or_(pc.invert(deleted), pc.is_in(latest.column("_id"), value_set=held))
+    return latest.filter(keep)
 
 
-def _create_table(uri: str, options: dict, rows: pa.Table, commit: CommitProperties) -> dict:
-    write_deltalake(
-        uri,
-        rows.sort_by("_id"),
-        mode="error",  # two first writers cannot both create the table
-        partition_by=["_bucket"],
-        configuration=TABLE_CONFIGURATION,
-        storage_options=options,
-        commit_properties=commit,
-    )
-    return {"num_target_rows_inserted": rows.num_rows}
+def _stored_keys(table: DeltaTable, buckets: list[str]) -> pa.Array:
+    """Every ``_id`` stored in ``buckets``, reading only those partitions' files. Filters on the
+    partition column only: merge-written files store ``_id`` as string_view, and Arrow cannot
+    compare those statistics with a string literal."""
+    dataset = table.to_pyarrow_dataset(file_pruning_predicate=[("_bucket", "in", buckets)])
+    ids = dataset.to_table(columns=["_id"]).column("_id")
+    return ids.cast(pa.string()).combine_chunks()
 
 
-def _merge_into(table: DeltaTable, source: pa.Table, commit: CommitProperties) -> dict[str, Any]:
+def _merge_into(
+    table: DeltaTable,
+    source: pa.Table,
+    commit: CommitProperties,
+    typed: TypedColumns,
+    streamed: bool,
+) -> dict[str, int]:
     if source.num_rows == 0:
         _record_only(table, commit)
         return {}
-    values = {name: f"s.{name}" for name in TABLE_SCHEMA.names}
+    values = {name: f"s.{name}" for name in source.column_names}
     newer = "s._pos >= t._pos"
+    is_delete = "s._op = 'delete'"
+    buckets = ", ".join(_sql_string(b) for b in pc.unique(source.column("_bucket")).to_pylist())
     version = table.version()
     metrics = (
         table.merge(
-            source=source.sort_by("_id"),
-            predicate="t._bucket = s._bucket AND t._id = s._id",
+            source=source,  # sorted by _id already (precombine)
+            # The literal IN list prunes partitions even when streamed; the join on _bucket lets
+            # the pruned (not streamed) execution also skip files by their _id range.
+            predicate=f"t._bucket IN ({buckets}) AND t._bucket = s._bucket AND t._id = s._id",
             source_alias="s",
             target_alias="t",
-            streamed_exec=False,  # lets the join prune partitions the batch does not touch
+            merge_schema=bool(typed.new),
+            writer_properties=WRITER_PROPERTIES,
+            streamed_exec=streamed,
             commit_properties=commit,
         )
-        .when_matched_delete(predicate=f"s._deleted AND {newer}")
-        .when_matched_update(updates=values, predicate=f"NOT s._deleted AND {newer}")
+        .when_matched_delete(predicate=f"{is_delete} AND {newer}")
+        .when_matched_update(updates=values, predicate=f"NOT ({is_delete}) AND {newer}")
         .when_not_matched_insert(updates=values)  # source holds no delete of an absent key
         .execute()
     )
     table.update_incremental()
     if table.version() == version:  # nothing changed, so delta-rs wrote no commit
         _record_only(table, commit)
-    return metrics
+    return {k: v for k, v in metrics.items() if isinstance(v, int)}
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _record_only(table: DeltaTable, commit: CommitProperties) -> None:
@@ -356,26 +621,21 @@ def _record_only(table: DeltaTable, commit: CommitProperties) -> None:
     )
 
 
-def _drop_all(
-    table: DeltaTable | None, app: str, batch: int, commit: CommitProperties
-) -> dict[str, Any]:
-    """The collection was dropped (or capture reset): remove every row applied before ``batch``."""
+def _drop_all(table: DeltaTable | None, app: str, batch: int, commit: CommitProperties) -> int:
+    """The collection was dropped (or capture reset): remove every row applied before ``batch``
+    (all rows: batches are applied in order)."""
     if table is None:
-        return {}
+        return 0
     metrics = table.delete(predicate=f"_batch < {batch}", commit_properties=commit)
     table.update_incremental()
     if table.transaction_version(app) != batch:
         _record_only(table, commit)
-    return metrics
+    return int(metrics.get("num_deleted_rows", 0))
 
 
 def _duplicate_keys(table: DeltaTable, buckets: list[str]) -> int:
     """Keys stored more than once in the given partitions (a merge can only add them there)."""
     if not buckets:
         return 0
-    ids = (
-        table.to_pyarrow_dataset()
-        .to_table(columns=["_id"], filter=pc.field("_bucket").isin(buckets))
-        .column("_id")
-    )
+    ids = _stored_keys(table, buckets)
     return len(ids) - pc.count_distinct(ids).as_py()

@@ -1,26 +1,14 @@
-from pathlib import Path
-
 import pytest
 from deltalake import DeltaTable
 
-from lambda_functions.contracts import MergeRequest
-from lambda_functions.lake import RawZone, open_store
 from lambda_functions.merge import merge_batches
 from lambda_functions.merge.merge import key_bucket, precombine
+from tests.lambda_functions.merge.tables import stored_docs
 from tests.lambda_functions.raw_batches import JAN, JUN, key, publish
 
 
-@pytest.fixture
-def lake(tmp_path: Path):
-    store = open_store(str(tmp_path / "lake"))
-    zone = RawZone(store, "shop", "orders")
-    request = MergeRequest(lake_uri=str(tmp_path / "lake"), database="shop", collection="orders")
-    return zone, request
-
-
 def table_rows(result) -> dict[str, str]:
-    rows = DeltaTable(result.table_uri).to_pyarrow_table(columns=["_id", "doc"]).to_pylist()
-    return {r["_id"]: r["doc"] for r in rows}
+    return stored_docs(result.table_uri)
 
 
 def test_latest_change_wins_and_deletes_are_applied(lake):
@@ -86,7 +74,7 @@ def test_merge_that_dies_before_commit_leaves_the_previous_version(lake, monkeyp
     def crash(*args, **kwargs):
         raise RuntimeError("killed before commit")
 
-    monkeypatch.setattr(merge_module, "_merge_into", crash)
+    monkeypatch.setattr(merge_module, "_apply", crash)
     with pytest.raises(RuntimeError, match="killed"):
         merge_batches(request)
     table = DeltaTable(before.table_uri)

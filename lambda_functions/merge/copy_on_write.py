@@ -1,0 +1,360 @@
+"""Copy-on-write in Arrow: rewrite the files a batch touches, commit them as one Delta log entry.
+
+This is how the merge applies a batch to an existing table (``merge_path`` "rewrite"). For each
+partition the batch touches, a worker thread reads the files whose ``_id`` range the batch's keys
+fall in, applies the changes with the merge's rules (a change wins if its ``_pos`` is ``>=`` the
+stored one; deletes remove; a stale event is ignored), and writes:
+
+- the partition's new data files (Parquet settings of ``layout``, sorted as read, inserts last);
+- a change data file with exactly the rows that changed: ``insert``, ``delete``,
+  ``update_preimage`` and ``update_postimage``, as a Delta MERGE writes them, so the warehouse
+  load reads only the changed rows.
+
+Data and change files go through pyarrow's filesystem (streamed, as delta-rs writes them). Then
+one log entry ``_delta_log/<version + 1>.json`` (commit info, the batch's app transaction,
+``remove`` for the replaced files, ``add`` with statistics, ``cdc``) is written with
+``put_if_absent``: an exclusive create (``If-None-Match: *`` on S3, a hard link locally), which is
+all Delta's optimistic concurrency asks of a writer. If another writer committed that version
+first, nothing is visible and the caller re-plans on the new version (``VersionTakenError``).
+Everything written before the log entry is invisible until it exists: a writer killed at any
+point leaves the table at its previous version, and vacuum deletes its files.
+
+Cost follows the change: untouched partitions and files are not read; a partition where the
+batch changes nothing (all events stale) is not rewritten; a batch that touches every file is a
+full rewrite, with the same exact change feed. Memory holds one partition per worker.
+
+Only tables whose protocol this writer honours are written this way (``supports``): reader 1,
+writer up to 4, not append-only, no constraints, i.e. what the merge's ``create`` makes; and only
+batches that keep the table's schema (a batch adding a typed column goes through delta-rs MERGE,
+which evolves the schema). Everything else goes through delta-rs MERGE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
+
+from lambda_functions.lake import ObjectExistsError, ObjectStore
+from lambda_functions.merge.layout import TABLE_CONFIGURATION, TARGET_FILE_SIZE
+from lambda_functions.merge.table_files import TableFiles
+
+ENGINE = "lakehouse-merge (Arrow copy-on-write)"
+CHECKPOINT_INTERVAL = 100  # Delta's default delta.checkpointInterval
+
+
+class VersionTakenError(RuntimeError):
+    """Another writer committed the version this commit was planned for; nothing was changed."""
+
+
+@dataclass
+class Rewritten:
+    """What a rewrite changed and wrote."""
+
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    duplicate_keys: int = 0  # keys stored twice in the partitions rewritten; must be 0
+    removed: list[dict[str, Any]] = field(default_factory=list)  # Delta ``remove`` actions
+    added: list[dict[str, Any]] = field(default_factory=list)  # Delta ``add`` actions
+    changes: list[dict[str, Any]] = field(default_factory=list)  # Delta ``cdc`` actions
+
+    def absorb(self, other: Rewritten) -> None:
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.deleted += other.deleted
+        self.duplicate_keys += other.duplicate_keys
+        self.removed += other.removed
+        self.added += other.added
+        self.changes += other.changes
+
+
+def supports(table: DeltaTable) -> bool:
+    """True if this writer honours every rule the table's protocol and settings impose."""
+    protocol = table.protocol()
+    configuration = table.metadata().configuration
+    return (
+        protocol.min_reader_version == 1
+        and protocol.min_writer_version <= 4
+        and configuration.get("delta.appendOnly", "false") != "true"
+        and not any(key.startswith("delta.constraints.") for key in configuration)
+    )
+
+
+def rewrite_touched_files(
+    table: DeltaTable,
+    store: ObjectStore,
+    table_key: str,
+    storage_options: dict[str, str],
+    touched: TableFiles,
+    changes: pa.Table,
+    schema: pa.Schema,
+    commit_info: dict[str, Any],
+    app_transaction: tuple[str, int],
+) -> Rewritten:
+    """Apply ``changes`` (one row per key, deletes included, columns of ``schema``: the table's
+    plus new typed columns) by rewriting the ``touched`` files of ``table`` (as of its loaded
+    version), and commit. Raises ``VersionTakenError`` if the next version was taken."""
+    configuration = table.metadata().configuration
+    fs, root = pyarrow_filesystem(table.table_uri, storage_options)
+    settings = _WriteSettings(
+        fs=fs,
+        root=root,
+        schema=schema,
+        target_file_size=int(configuration.get("delta.targetFileSize", TARGET_FILE_SIZE)),
+        stats_columns=configuration.get(
+            "delta.dataSkippingStatsColumns",
+            TABLE_CONFIGURATION["delta.dataSkippingStatsColumns"],
+        ).split(","),
+        bytes_per_row=touched.bytes / touched.rows if touched.rows else 400.0,
+    )
+    by_bucket: dict[str, list[tuple[str, int]]] = {}
+    for path, (bucket, size, *_rest) in touched.files.items():
+        by_bucket.setdefault(bucket, []).append((path, size))
+    change_buckets = changes.column("_bucket")
+    buckets = sorted(set(pc.unique(change_buckets).to_pylist()))
+
+    def rewrite(bucket: str) -> Rewritten:
+        mine = changes.filter(pc.equal(change_buckets, bucket))
+        return _rewrite_partition(settings, bucket, by_bucket.get(bucket, []), mine)
+
+    workers = max(1, min(len(buckets), os.cpu_count() or 2, 4))
+    total = Rewritten()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done in pool.map(rewrite, buckets):
+            total.absorb(done)
+    version = table.version() + 1
+    commit_entry(store, table_key, version, _log_entry(table, commit_info, app_transaction, total))
+    if version % int(configuration.get("delta.checkpointInterval", CHECKPOINT_INTERVAL)) == 0:
+        table.update_incremental()
+        table.create_checkpoint()
+    return total
+
+
+def commit_entry(store: ObjectStore, table_key: str, version: int, lines: list[dict]) -> None:
+    """Write the log entry of ``version``, or raise ``VersionTakenError`` if it exists."""
+    payload = "\n".join(json.dumps(line, separators=(",", ":")) for line in lines).encode()
+    try:
+        store.put_if_absent(f"{table_key}/_delta_log/{version:020d}.json", payload)
+    except ObjectExistsError:
+        raise VersionTakenError(f"version {version} was committed by another writer") from None
+
+
+@dataclass(frozen=True)
+class _WriteSettings:
+    fs: pafs.FileSystem  # data and change files: pyarrow's filesystem, streamed, no fsync
+    root: str
+    schema: pa.Schema  # the table's columns (with the partition column) after this commit
+    target_file_size: int
+    stats_columns: list[str]
+    bytes_per_row: float
+
+    @property
+    def data_schema(self) -> pa.Schema:
+        """Columns stored in data files: the partition column lives in the path."""
+        return self.schema.remove(self.schema.get_field_index("_bucket"))
+
+
+def _rewrite_partition(
+    settings: _WriteSettings, bucket: str, files: list[tuple[str, int]], changes: pa.Table
+) -> Rewritten:
+    done = Rewritten()
+    old = _read_files(settings, [path for path, _ in files])
+    changes = changes.select(settings.data_schema.names).cast(settings.data_schema)
+    rows, feed = apply_changes(old, changes, done)
+    if feed.num_rows == 0:  # nothing changes here (all events stale): leave the files alone
+        return done
+    done.duplicate_keys = rows.num_rows - pc.count_distinct(rows.column("_id")).as_py()
+    now = int(time.time() * 1000)
+    for path, size in files:
+        done.removed.append(
+            {
+                "path": path,
+                "dataChange": True,
+                "deletionTimestamp": now,
+                "extendedFileMetadata": True,
+                "partitionValues": {"_bucket": bucket},
+                "size": size,
+            }
+        )
+    rows_per_file = max(1, int(settings.target_file_size / settings.bytes_per_row))
+    for start in range(0, rows.num_rows, rows_per_file):
+        part = rows.slice(start, rows_per_file)
+        path = f"_bucket={bucket}/part-{uuid.uuid4()}-c000.zstd.parquet"
+        size = _write_parquet(settings, path, part)
+        done.added.append(
+            {
+                "path": path,
+                "partitionValues": {"_bucket": bucket},
+                "size": size,
+                "modificationTime": int(time.time() * 1000),
+                "dataChange": True,
+                "stats": json.dumps(_statistics(part, settings.stats_columns)),
+            }
+        )
+    path = f"_change_data/_bucket={bucket}/cdc-{uuid.uuid4()}-c000.zstd.parquet"
+    size = _write_parquet(settings, path, feed)
+    done.changes.append(
+        {"path": path, "partitionValues": {"_bucket": bucket}, "size": size, "dataChange": False}
+    )
+    return done
+
+
+def apply_changes(old: pa.Table, changes: pa.Table, done: Rewritten) -> tuple[pa.Table, pa.Table]:
+    """``old`` rows (unique keys) with ``changes`` (unique keys, same columns) applied, and the
+    change feed of that: the rows deleted, inserted, and both images of those updated."""
+    at = pc.index_in(old.column("_id"), value_set=changes.column("_id"))
+    matched = np.flatnonzero(pc.is_valid(at).to_numpy(zero_copy_only=False))
+    change_at = pc.take(at, pa.array(matched)).cast(pa.int64()).to_numpy()
+    stored_pos = pc.take(old.column("_pos"), pa.array(matched)).to_numpy()
+    change_pos = pc.take(changes.column("_pos"), pa.array(change_at)).to_numpy()
+    is_delete = pc.equal(changes.column("_op"), "delete").to_numpy(zero_copy_only=False)
+    wins = change_pos >= stored_pos  # per matched old row
+    deleted_rows = matched[wins & is_delete[change_at]]
+    updated_rows = matched[wins & ~is_delete[change_at]]
+    stale = np.zeros(changes.num_rows, bool)
+    stale[change_at[~wins]] = True
+    updated_changes = np.zeros(changes.num_rows, bool)
+    updated_changes[change_at[wins & ~is_delete[change_at]]] = True
+    inserted_changes = ~is_delete & ~stale & ~updated_changes
+    keep = np.ones(old.num_rows, bool)
+    keep[deleted_rows] = False
+    keep[updated_rows] = False
+    upserts = changes.filter(pa.array(updated_changes | inserted_changes))
+    rows = pa.concat_tables([old if keep.all() else old.filter(pa.array(keep)), upserts])
+    done.deleted += len(deleted_rows)
+    done.updated += len(updated_rows)
+    done.inserted += int(inserted_changes.sum())
+    feed = pa.concat_tables(
+        [
+            _typed(old.take(pa.array(deleted_rows)), "delete"),
+            _typed(old.take(pa.array(updated_rows)), "update_preimage"),
+            _typed(changes.filter(pa.array(updated_changes)), "update_postimage"),
+            _typed(changes.filter(pa.array(inserted_changes)), "insert"),
+        ]
+    )
+    return rows, feed
+
+
+def _typed(rows: pa.Table, change_type: str) -> pa.Table:
+    return rows.append_column("_change_type", pa.array([change_type] * rows.num_rows, pa.string()))
+
+
+def _read_files(settings: _WriteSettings, paths: list[str]) -> pa.Table:
+    """Rows of the given data files, with the columns of ``settings.data_schema``."""
+    schema = settings.data_schema
+    parts = []
+    for path in paths:
+        stored = pq.read_table(f"{settings.root}/{path}", filesystem=settings.fs, use_threads=False)
+        columns = [
+            stored.column(f.name).cast(f.type)
+            if f.name in stored.column_names
+            else pa.nulls(stored.num_rows, f.type)  # a typed column added after this file
+            for f in schema
+        ]
+        parts.append(pa.table(columns, schema=schema))
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def _write_parquet(settings: _WriteSettings, path: str, rows: pa.Table) -> int:
+    target = f"{settings.root}/{path}"
+    if isinstance(settings.fs, pafs.LocalFileSystem):
+        settings.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(
+        rows,
+        target,
+        filesystem=settings.fs,
+        compression="zstd",
+        compression_level=1,
+        use_dictionary=[n for n in rows.column_names if n not in ("_id", "doc")],
+        write_statistics=[n for n in rows.column_names if n in settings.stats_columns],
+    )
+    return settings.fs.get_file_info(target).size
+
+
+def _statistics(rows: pa.Table, stats_columns: list[str]) -> dict[str, Any]:
+    """Delta file statistics: row count, and min, max and null count of the stats columns."""
+    minimum, maximum, nulls = {}, {}, {}
+    for name in stats_columns:
+        if name not in rows.column_names:
+            continue
+        column = rows.column(name)
+        nulls[name] = column.null_count
+        bounds = pc.min_max(column).as_py()
+        if bounds["min"] is not None:
+            minimum[name], maximum[name] = _json_value(bounds["min"]), _json_value(bounds["max"])
+    return {
+        "numRecords": rows.num_rows,
+        "minValues": minimum,
+        "maxValues": maximum,
+        "nullCount": nulls,
+    }
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value
+
+
+def _log_entry(
+    table: DeltaTable,
+    commit_info: dict[str, Any],
+    app_transaction: tuple[str, int],
+    done: Rewritten,
+) -> list[dict[str, Any]]:
+    now = int(time.time() * 1000)
+    app, version = app_transaction
+    info = {
+        "timestamp": now,
+        "operation": "MERGE",
+        "operationParameters": {"predicate": "_id IN (changed keys)"},
+        "readVersion": table.version(),
+        "isolationLevel": "Serializable",
+        "isBlindAppend": False,
+        "engineInfo": ENGINE,
+        "operationMetrics": {
+            "numTargetRowsInserted": str(done.inserted),
+            "numTargetRowsUpdated": str(done.updated),
+            "numTargetRowsDeleted": str(done.deleted),
+            "numTargetFilesRemoved": str(len(done.removed)),
+            "numTargetFilesAdded": str(len(done.added)),
+        },
+        **commit_info,
+    }
+    return [
+        {"commitInfo": info},
+        {"txn": {"appId": app, "version": version, "lastUpdated": now}},
+        *({"remove": action} for action in done.removed),
+        *({"add": action} for action in done.added),
+        *({"cdc": action} for action in done.changes),
+    ]
+
+
+def pyarrow_filesystem(table_uri: str, options: dict[str, str]) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the table's root in it, from the delta-rs storage options (the
+    same endpoint and region; credentials from the environment, as for delta-rs and boto3)."""
+    parsed = urlparse(table_uri)
+    if parsed.scheme == "s3":
+        kwargs: dict[str, Any] = {"region": options.get("AWS_REGION")}
+        endpoint = options.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            kwargs["endpoint_override"] = urlparse(endpoint).netloc
+            kwargs["scheme"] = urlparse(endpoint).scheme or "https"
+        return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}{parsed.path}".rstrip("/")
+    if parsed.scheme in ("file", ""):
+        return pafs.LocalFileSystem(), (parsed.path if parsed.scheme else table_uri).rstrip("/")
+    raise ValueError(f"{table_uri}: the lake table must be on a local path or s3://")

@@ -1,0 +1,38 @@
+"""Read the lake table back in tests."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlparse
+
+from deltalake import DeltaTable
+
+from lambda_functions.lake import open_store
+
+
+def stored_docs(table_uri: str, storage_options: dict | None = None) -> dict[str, str]:
+    """``_id`` -> ``doc`` of every row of the lake table."""
+    table = DeltaTable(table_uri, storage_options=storage_options)
+    rows = table.to_pyarrow_table(columns=["_id", "doc"]).to_pylist()
+    return {r["_id"]: r["doc"] for r in rows}
+
+
+def commits(table_uri: str) -> list[dict]:
+    """The table's commit infos, oldest first, read from its log files.
+
+    Not ``DeltaTable.history()``: on moto's S3 server it never returns (deltalake 1.6.6)."""
+    parsed = urlparse(table_uri)
+    if parsed.scheme == "s3":
+        store = open_store(f"s3://{parsed.netloc}")
+        prefix = parsed.path.strip("/")
+    else:
+        store = open_store(table_uri)
+        prefix = ""
+    infos = []
+    for name in store.list(f"{prefix}/_delta_log/".lstrip("/")):
+        if name.endswith(".json") and name.rsplit("/", 1)[-1][:20].isdigit():
+            for line in store.get(name).decode().splitlines():
+                action = json.loads(line)
+                if "commitInfo" in action:
+                    infos.append(action["commitInfo"])
+    return infos

@@ -19,7 +19,8 @@ very same recent batch applies to it. The results of the three methods are compa
 
 Prints a human table, then one JSON line with the figures. Timings are medians of ``--repeats``
 runs (``--merge-repeats`` for ours), measured inside each child process around the work only
-(imports excluded); the machine is shared, so expect noise. Data lives in a temporary directory,
+(imports excluded), taken round-robin over every scenario and method so that load from other
+work on the shared machine slows them alike; expect noise all the same. Data lives in a temporary directory,
 removed at the end unless ``--keep``.
 
     .venv/bin/python benchmarks/merge.py            # 2M + 10M rows, ~10 minutes
@@ -468,34 +469,25 @@ def publish_batch(root: Path, batch: pa.Table) -> tuple[Path, list[str]]:
     return root, [str(root / f.key) for f in manifest.files]
 
 
-def measure(kind: str, scenario: Scenario, work: Path, repeats: int) -> tuple[list[dict], Path]:
-    """``repeats`` runs on fresh copies of the base table; returns their figures and the last
-    run's result (a Delta table for ours, a Parquet file for the baselines)."""
-    runs, result = [], work
-    for i in range(repeats):
-        run = work / f"{scenario.name}-{kind}-{i}"
-        if kind == "ours":
-            lake = run / "lake"
-            uri, _ = lake_table_location(open_store(str(lake)), DATABASE, COLLECTION)
-            shutil.rmtree(uri)
-            link_copy(Path(scenario.base_uri), Path(uri))
-            shutil.copytree(scenario.batch_dir / "raw", lake / "raw")
-            runs.append(child("ours", {"lake": str(lake)}))
-            result = Path(uri)
-        else:
-            run.mkdir(parents=True)
-            out = run / "result.parquet"
-            args = {
-                "table": scenario.base_uri,
-                "batch": scenario.batch_files,
-                "batch_number": SNAPSHOT_BATCH + 1,
-                "out": str(out),
-            }
-            runs.append(child(kind, args))
-            result = out
-        if i < repeats - 1:
-            shutil.rmtree(run)
-    return runs, result
+def run_once(kind: str, scenario: Scenario, run: Path) -> tuple[dict, Path]:
+    """One run of ``kind`` on a fresh copy of the base table, in ``run``; returns its figures and
+    its result (a Delta table for ours, a Parquet file for the baselines)."""
+    if kind == "ours":
+        lake = run / "lake"
+        uri, _ = lake_table_location(open_store(str(lake)), DATABASE, COLLECTION)
+        shutil.rmtree(uri)
+        link_copy(Path(scenario.base_uri), Path(uri))
+        shutil.copytree(scenario.batch_dir / "raw", lake / "raw")
+        return child("ours", {"lake": str(lake)}), Path(uri)
+    run.mkdir(parents=True)
+    out = run / "result.parquet"
+    args = {
+        "table": scenario.base_uri,
+        "batch": scenario.batch_files,
+        "batch_number": SNAPSHOT_BATCH + 1,
+        "out": str(out),
+    }
+    return child(kind, args), out
 
 
 def result_relation(path: Path) -> str:
@@ -585,26 +577,41 @@ def report(args: argparse.Namespace, work: Path) -> None:
                 continue
             scenarios.append(Scenario(f"{distribution}-{label}", collection, uri, batch_dir, files))
 
-    rows, figures = [], {}
+    def methods(scenario: Scenario) -> dict[str, int]:
+        """Method -> runs. Baselines on the large table run once (they verify its result)."""
+        large_table = scenario.name.endswith("large")
+        return {
+            **({} if large_table else {"pandas": args.repeats}),
+            "duckdb": 1 if large_table else args.repeats,
+            "ours": args.merge_repeats,
+        }
+
+    # Round-robin over every scenario and method, so that a burst of load from other work on
+    # the machine slows all of them alike instead of one figure.
+    figures: dict[tuple[str, str], list[dict]] = {}
+    results: dict[tuple[str, str], Path] = {}
+    rounds = max(max(methods(s).values()) for s in scenarios)
+    for i in range(rounds):
+        for scenario in scenarios:
+            for kind, runs in methods(scenario).items():
+                if i >= runs:
+                    continue
+                say(f"{scenario.name}: {kind} run {i + 1} of {runs}")
+                if (scenario.name, kind) in results:  # keep only the last run's result
+                    shutil.rmtree(work / f"{scenario.name}-{kind}-{i - 1}")
+                done, results[(scenario.name, kind)] = run_once(
+                    kind, scenario, work / f"{scenario.name}-{kind}-{i}"
+                )
+                figures.setdefault((scenario.name, kind), []).append(done)
+
+    rows = []
     for scenario in scenarios:
-        kinds = (
-            ["pandas", "duckdb", "ours"] if scenario.name.endswith("small") else ["duckdb", "ours"]
-        )
-        results = {}
-        for kind in kinds:
-            say(f"{scenario.name}: {kind} ...")
-            if kind == "ours":
-                repeats = args.merge_repeats
-            else:
-                repeats = 1 if scenario.name.endswith("large") else args.repeats
-            runs, results[kind] = measure(kind, scenario, work, repeats)
-            figures[(scenario.name, kind)] = runs
-        for kind in kinds:
+        expected = results[(scenario.name, "duckdb")]
+        for kind in methods(scenario):
             if kind != "duckdb":
-                problem = difference(results[kind], results["duckdb"])
+                problem = difference(results[(scenario.name, kind)], expected)
                 if problem:
                     raise SystemExit(f"{scenario.name}: {kind} and duckdb differ: {problem}")
-        for kind in kinds:
             runs = figures[(scenario.name, kind)]
             extra = ""
             if kind == "ours":
@@ -613,26 +620,15 @@ def report(args: argparse.Namespace, work: Path) -> None:
                     f"{last['merge_path']}: {last['files_rewritten']} of {last['files_in_table']} "
                     f"files, {last['bytes_rewritten'] / 1e6:.1f} MB rewritten"
                 )
-            rows.append(
-                (
-                    scenario.name,
-                    kind,
-                    median(runs, "seconds"),
-                    max(r["seconds"] for r in runs),
-                    median(runs, "peak_rss_mb"),
-                    extra,
-                )
-            )
-        for kind in kinds:
-            shutil.rmtree(results[kind] if results[kind].is_dir() else results[kind].parent)
-            for leftover in work.glob(f"{scenario.name}-{kind}-*"):
-                shutil.rmtree(leftover, ignore_errors=True)
+            worst = max(r["seconds"] for r in runs)
+            peak = median(runs, "peak_rss_mb")
+            rows.append((scenario.name, kind, median(runs, "seconds"), worst, peak, extra))
 
     print(
         f"\n{small.rows:,}-row table ({small.months()[0][0]:%Y-%m}..{END:%Y-%m}), "
         f"{large.rows:,}-row table; {args.changes:,} changes "
         f"(70% updates, 20% inserts, 10% deletes); medians of {args.repeats} runs "
-        f"({args.merge_repeats} for the merge, 1 for baselines on the large table); "
+        f"({args.merge_repeats} for ours, 1 for DuckDB on the large table), round-robin; "
         f"load average at start {load[0]:.2f}, at end {os.getloadavg()[0]:.2f}\n"
     )
     print(f"{'scenario':<16} {'method':<8} {'median s':>9} {'max s':>7} {'peak MB':>8}  detail")

@@ -98,7 +98,7 @@ class MergeResult:
     files_added: int = 0  # data files written by this run's commits
     files_removed: int = 0  # data files replaced by this run's commits (= files_rewritten)
     table_rows: int = 0
-    duplicate_keys: int = 0  # keys this merge wrote that are stored twice; must be 0
+    duplicate_keys: int = 0  # keys stored twice in the partitions this merge wrote; must be 0
     buckets_touched: list[str] = field(default_factory=list)
     commit_attempts: int = 0
     duration_s: float = 0.0

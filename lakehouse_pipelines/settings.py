@@ -36,10 +36,18 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         None,
         "lake location: a directory, or `s3://bucket/prefix`",
     ),
-    "LAKEHOUSE_COLLECTION": (
-        "shop.orders",
-        "shop.orders",
-        "source collection as `database.collection`",
+    "LAKEHOUSE_COLLECTIONS": (
+        "shop.orders,shop.customers",
+        None,
+        "collections to keep, comma-separated `database.collection`, or `database.*` for every "
+        "collection the source lists; each becomes a partition (the `collections_sensor` also "
+        "adds every collection that has batches in the raw zone)",
+    ),
+    "LAKEHOUSE_FANOUT_CONCURRENCY": (
+        "4",
+        "4",
+        "Lambda invocations one step runs at once when it covers several collections; keep "
+        "pool slots (deploy/dagster.yaml) x this below the functions' reserved concurrency",
     ),
     "LAKEHOUSE_SOURCE": (
         "embedded",
@@ -96,6 +104,17 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
     ),
     "LAKEHOUSE_LOAD_CRON": ("", "", "warehouse load schedule (cron); empty: no schedule"),
     "LAKEHOUSE_METRICS_CRON": ("*/10 * * * *", "*/10 * * * *", "`pipeline_metrics` schedule"),
+    "LAKEHOUSE_MAINTENANCE_CRON": (
+        "0 3 * * *",
+        "0 3 * * *",
+        "lake compaction + vacuum schedule (`lake_maintenance_schedule`, off until turned on)",
+    ),
+    "LAKEHOUSE_VACUUM_RETENTION_HOURS": (
+        "168",
+        "168",
+        "maintenance deletes files removed longer ago than this (time travel and the change "
+        "feed reach back this far)",
+    ),
     "LAKEHOUSE_FRESHNESS_WARN_MINUTES": (
         "60",
         "60",
@@ -177,8 +196,7 @@ class LakehouseSettings:
     env: str
     root: Path
     lake_uri: str
-    database: str
-    collection: str
+    collections: tuple[str, ...]
     source_kind: str
     source_location: str
     demo_changes: int
@@ -194,6 +212,9 @@ class LakehouseSettings:
     merge_cron: str = ""
     load_cron: str = ""
     metrics_cron: str = "*/10 * * * *"
+    maintenance_cron: str = "0 3 * * *"
+    vacuum_retention_hours: int = 168
+    fanout_concurrency: int = 4
     freshness_warn_minutes: float = 60.0
     freshness_fail_minutes: float = 180.0
     metrics_window_hours: float = 24.0
@@ -214,10 +235,6 @@ class LakehouseSettings:
     auto_resnapshot: bool = False
     max_cdc_lag_seconds: float = 900.0
     change_stream_retention_seconds: int = 10_800
-
-    @property
-    def namespace(self) -> str:
-        return f"{self.database}.{self.collection}"
 
     @property
     def is_aws(self) -> bool:
@@ -248,17 +265,19 @@ class LakehouseSettings:
             return value.replace("<LAKEHOUSE_ROOT>", str(root))
 
         lake_uri = under_root(get("LAKEHOUSE_LAKE_URI"))
-        namespace = get("LAKEHOUSE_COLLECTION")
-        database, dot, collection = namespace.partition(".")
-        if not dot:
+        collections = _collections(get("LAKEHOUSE_COLLECTIONS"))
+        fanout = _int(get("LAKEHOUSE_FANOUT_CONCURRENCY"), "LAKEHOUSE_FANOUT_CONCURRENCY")
+        if fanout < 1:
+            raise SettingsError("LAKEHOUSE_FANOUT_CONCURRENCY must be 1 or more")
+        retention = _int(
+            get("LAKEHOUSE_VACUUM_RETENTION_HOURS"), "LAKEHOUSE_VACUUM_RETENTION_HOURS"
+        )
+        if retention < 1:
+            # A merge in flight still references files it read; vacuum must never reach them.
             raise SettingsError(
-                f"LAKEHOUSE_COLLECTION={namespace!r} must be 'database.collection', e.g. shop.orders"
+                "LAKEHOUSE_VACUUM_RETENTION_HOURS must be at least 1 (a merge runs for up to 15 "
+                "minutes and its files must outlive it; 168 keeps a week of time travel)"
             )
-        try:
-            validate_name(database, "database")
-            validate_name(collection, "collection")
-        except ValueError as error:
-            raise SettingsError(f"LAKEHOUSE_COLLECTION: {error}") from None
         pipes_bucket = get("LAKEHOUSE_PIPES_BUCKET")
         if pipes_bucket.startswith("<"):
             parsed = urlparse(lake_uri)
@@ -283,6 +302,7 @@ class LakehouseSettings:
             "LAKEHOUSE_MERGE_CRON",
             "LAKEHOUSE_LOAD_CRON",
             "LAKEHOUSE_METRICS_CRON",
+            "LAKEHOUSE_MAINTENANCE_CRON",
         ):
             cron = get(cron_variable)
             if cron and not is_valid_cron_string(cron):
@@ -300,8 +320,8 @@ class LakehouseSettings:
             env=env,
             root=root,
             lake_uri=lake_uri,
-            database=database,
-            collection=collection,
+            collections=collections,
+            fanout_concurrency=fanout,
             source_kind=source_kind,
             source_location=under_root(get("LAKEHOUSE_SOURCE_LOCATION")),
             demo_changes=_int(get("LAKEHOUSE_DEMO_CHANGES"), "LAKEHOUSE_DEMO_CHANGES"),
@@ -312,6 +332,8 @@ class LakehouseSettings:
             merge_cron=get("LAKEHOUSE_MERGE_CRON"),
             load_cron=get("LAKEHOUSE_LOAD_CRON"),
             metrics_cron=get("LAKEHOUSE_METRICS_CRON"),
+            maintenance_cron=get("LAKEHOUSE_MAINTENANCE_CRON"),
+            vacuum_retention_hours=retention,
             freshness_warn_minutes=_float(
                 get("LAKEHOUSE_FRESHNESS_WARN_MINUTES"), "LAKEHOUSE_FRESHNESS_WARN_MINUTES"
             ),
@@ -357,6 +379,37 @@ class LakehouseSettings:
                 "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS",
             ),
         )
+
+
+def split_namespace(namespace: str, variable: str = "collection") -> tuple[str, str]:
+    """``database.collection`` -> (database, collection), both checked as names."""
+    database, dot, collection = namespace.strip().partition(".")
+    if not dot:
+        raise SettingsError(
+            f"{variable}: {namespace!r} must be 'database.collection', e.g. shop.orders"
+        )
+    try:
+        validate_name(database, "database")
+        if collection != "*":
+            validate_name(collection, "collection")
+    except ValueError as error:
+        raise SettingsError(f"{variable}: {error}") from None
+    return database, collection
+
+
+def _collections(value: str) -> tuple[str, ...]:
+    """LAKEHOUSE_COLLECTIONS: ``db.coll`` names and ``db.*`` patterns, checked, deduplicated."""
+    names: dict[str, None] = {}
+    for item in value.split(","):
+        if item.strip():
+            database, collection = split_namespace(item, "LAKEHOUSE_COLLECTIONS")
+            names[f"{database}.{collection}"] = None
+    if not names:
+        raise SettingsError(
+            "LAKEHOUSE_COLLECTIONS names no collection: list them as db.collection, "
+            "comma-separated (or db.* for every collection of a database)"
+        )
+    return tuple(names)
 
 
 def _projection(value: str) -> dict[str, str]:

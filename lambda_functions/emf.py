@@ -13,6 +13,20 @@ from collections.abc import Mapping
 
 MAX_METRICS_PER_LINE = 100
 MAX_DIMENSIONS = 30
+# Numeric metadata that identifies rather than measures (a version, a batch number, a stream
+# position): useful in Dagster, meaningless as a metric, and each custom metric is billed.
+NOT_FIGURES = frozenset(
+    {
+        "batch",
+        "checkpoint_batch",
+        "last_applied_batch",
+        "table_version",
+        "lake_version",
+        "previous_lake_version",
+        "resume_position",
+        "max_event_time",
+    }
+)
 
 
 def emf_lines(
@@ -69,7 +83,7 @@ def emit_stage_metrics(stage: str, collection: str, metadata: Mapping[str, objec
     figures: dict[str, tuple[float, str]] = {}
     for key, entry in metadata.items():
         value = entry.get("raw_value") if isinstance(entry, Mapping) else entry
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if key in NOT_FIGURES or isinstance(value, bool) or not isinstance(value, int | float):
             continue
         figures[_metric_name(key)] = (float(value), _unit(key))
     if figures:
@@ -88,6 +102,6 @@ def _unit(key: str) -> str:
         return "Seconds"
     if key.endswith("_ms"):
         return "Milliseconds"
-    if key == "bytes" or key.endswith("_bytes"):
-        return "Bytes"
+    if key == "bytes" or key.endswith("_bytes") or key.startswith("bytes_"):
+        return "Bytes"  # "bytes", "snapshot_bytes", "bytes_rewritten", "bytes_in_table"
     return "Count"

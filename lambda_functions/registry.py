@@ -41,6 +41,14 @@ MERGE = FunctionSpec(
     memory_mb=3008,
     description="Upserts pending raw batches into the Delta lake table (latest change wins).",
 )
+LAKE_MAINTENANCE = FunctionSpec(
+    name="lakehouse-lake-maintenance",
+    handler="lambda_functions.merge.maintenance_handler.handler",
+    timeout_s=900,
+    memory_mb=3008,
+    description="Compacts the lake table's cold partitions (z-order by _id) and vacuums "
+    "unreferenced files.",
+)
 WAREHOUSE_LOAD = FunctionSpec(
     name="lakehouse-warehouse-load",
     handler="lambda_functions.warehouse_load.handler.handler",
@@ -65,5 +73,6 @@ MQ_INGEST = FunctionSpec(
 )
 
 FUNCTIONS: dict[str, FunctionSpec] = {
-    spec.name: spec for spec in (CDC_CAPTURE, MERGE, WAREHOUSE_LOAD, DMS_INGEST, MQ_INGEST)
+    spec.name: spec
+    for spec in (CDC_CAPTURE, MERGE, LAKE_MAINTENANCE, WAREHOUSE_LOAD, DMS_INGEST, MQ_INGEST)
 }

@@ -178,6 +178,20 @@ class LambdaPipes:
             tags=reported.tags,
         )
 
+    def run_collections(
+        self,
+        context: Any,
+        spec: FunctionSpec,
+        requests: Mapping[str, CollectionRequest],
+        *,
+        max_concurrency: int,
+    ) -> MaterializeResult:
+        """Run ``spec`` for the partitions of the step: a run for one partition invokes it once
+        (its checks recorded as reported); a single-run backfill fans out (``run_partitions``)."""
+        if len(requests) == 1 and context.has_partition_key:
+            return self.run(context, spec, next(iter(requests.values())))
+        return self.run_partitions(context, spec, requests, max_concurrency=max_concurrency)
+
     def run_partitions(
         self,
         context: Any,

@@ -18,7 +18,9 @@ change events. Reads return what pymongo returns for DocumentDB, in the same sha
   events of one ``transaction()`` share a cluster time, as in a multi-document transaction.
 
 Every write is one SQLite transaction (documents and events together), so a reader never sees a
-document change without its event. Several processes may open the same file.
+document change without its event. Several processes may open the same file (one per collection,
+as parallel captures and workloads do): the file is in WAL mode, so reads never wait, and a write
+waits up to ``LOCK_TIMEOUT_S`` for another process's write to commit.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from lambda_functions.cdc_capture.extended_json import decode_document, encode_d
 
 DEFAULT_RETENTION_SECONDS = 3 * 3600  # DocumentDB's default change_stream_log_retention_duration
 DEFAULT_MAX_EVENTS = 1_000_000
+LOCK_TIMEOUT_S = 30.0  # how long a write waits for another process's write to commit
 UPDATE_OPERATORS = ("$set", "$unset", "$inc", "$push")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -163,13 +166,34 @@ class EmbeddedChangeStreamSource:
         self.max_events = max_events
         self.clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # Writers wait up to LOCK_TIMEOUT_S for each other (the busy timeout), readers never wait:
+        # every write is BEGIN IMMEDIATE, so a transaction never has to upgrade a read lock.
+        self._db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S, isolation_level=None)
+        self._use_wal()
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._txn: _Transaction | None = None
         self._depth = 0
         self._txn_counter = 0
+
+    def _use_wal(self) -> None:
+        """Switch the file to WAL, waiting for other processes doing the same to a new file.
+
+        Changing the journal mode takes an exclusive lock and SQLite does not call the busy
+        handler for it, so processes opening a new file at once get "database is locked" here
+        instead of waiting; retry until the busy timeout. A file already in WAL needs no lock.
+        """
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        pause = 0.005
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, 0.1)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:
@@ -209,6 +233,48 @@ class EmbeddedChangeStreamSource:
             )
 
     # -- reads -----------------------------------------------------------------------------------
+    def list_collection_names(self, database: str) -> list[str]:
+        """The collections that exist in ``database``, sorted: pymongo's
+        ``db.list_collection_names()`` as far as this file can tell.
+
+        A collection exists once written to (it has documents, or its newest retained event is
+        not a ``drop``), or once change streams are enabled for it by name, and stops existing
+        when dropped (its newest event is the ``drop``/``invalidate`` pair and no document was
+        written since). Unlike the server, a collection emptied by deletes while change streams
+        were off, or whose events have all been purged from the log, is no longer listed once
+        empty; a database-wide ``enable_change_streams(database, "")`` lists nothing by itself.
+        """
+        dropped = ("drop", "invalidate")
+        if not self._depth:
+            self._db.execute("BEGIN")  # one snapshot, as _fetch_events reads
+        try:
+            with_documents = {
+                coll
+                for (coll,) in self._db.execute(
+                    "SELECT DISTINCT coll FROM documents WHERE db = ?", (database,)
+                )
+            }
+            newest_op = dict(
+                self._db.execute(
+                    "SELECT coll, op FROM events WHERE seq IN "
+                    "(SELECT MAX(seq) FROM events WHERE db = ? GROUP BY coll)",
+                    (database,),
+                ).fetchall()
+            )
+            enabled = {
+                coll
+                for (coll,) in self._db.execute(
+                    "SELECT coll FROM change_streams WHERE db = ? AND coll != '' AND enabled",
+                    (database,),
+                )
+            }
+        finally:
+            if not self._depth:
+                self._db.execute("COMMIT")
+        written = {coll for coll, op in newest_op.items() if op not in dropped}
+        enabled_not_dropped = {coll for coll in enabled if newest_op.get(coll) not in dropped}
+        return sorted(with_documents | written | enabled_not_dropped)
+
     def documents(
         self,
         database: str,

@@ -1,6 +1,6 @@
 """Lake storage shared by every stage: an object store (a directory or S3) and the raw-zone format."""
 
-from lambda_functions.lake.raw_zone import BatchManifest, Checkpoint, RawZone
+from lambda_functions.lake.raw_zone import BatchManifest, Checkpoint, RawZone, list_namespaces
 from lambda_functions.lake.store import (
     LocalObjectStore,
     ObjectExistsError,
@@ -17,5 +17,6 @@ __all__ = [
     "ObjectStore",
     "RawZone",
     "S3ObjectStore",
+    "list_namespaces",
     "open_store",
 ]

@@ -6,6 +6,8 @@ Layout under the lake root, per collection::
     raw/<database>/<collection>/manifests/<batch>.json        the manifest, written last
     raw/<database>/<collection>/_checkpoint.json              pointer to the newest manifest
 
+``list_namespaces`` finds the collections present by listing these key names.
+
 Guarantees:
 - A batch exists for readers only once its manifest exists; the manifest lists its data files with
   row counts and SHA-256 checksums, so a half-written batch is invisible and a damaged file is caught.
@@ -240,6 +242,30 @@ class RawZone:
             yield self.read_manifest(number)
 
 
+def list_namespaces(store: ObjectStore) -> list[str]:
+    """``"database.collection"`` of every collection with a published batch in the raw zone, sorted.
+
+    A collection counts once it has a batch manifest or a checkpoint. Only folder and key names
+    are listed (no manifest is read, and no data file is listed: one call per database and two
+    at most per collection); folders outside the layout, such as ``raw/_mq_quarantine/`` or a
+    collection's ``quarantine/`` and ``data/`` objects, do not make a collection appear.
+    """
+    found = []
+    for database in store.list_folders("raw/"):
+        for collection in store.list_folders(f"raw/{database}/"):
+            prefix = f"raw/{database}/{collection}/"
+            manifests = prefix + "manifests/"
+            if store.exists(prefix + "_checkpoint.json") or any(
+                _is_manifest_name(key[len(manifests) :]) for key in store.list(manifests)
+            ):
+                found.append(f"{database}.{collection}")
+    return sorted(found)
+
+
+def _is_manifest_name(name: str) -> bool:
+    return name.endswith(".json") and name[:-5].isdigit()
+
+
 def _value_counts(column: pa.ChunkedArray) -> list[tuple[str, int]]:
     import pyarrow.compute as pc
 
@@ -263,4 +289,5 @@ __all__ = [
     "CorruptBatchError",
     "ObjectExistsError",
     "RawZone",
+    "list_namespaces",
 ]

@@ -45,6 +45,11 @@ class ObjectStore(ABC):
         """Keys under ``prefix`` (relative to the store root), in lexicographic order."""
 
     @abstractmethod
+    def list_folders(self, prefix: str) -> list[str]:
+        """Names of the folders directly under ``prefix`` (which ends with ``/``), sorted:
+        one listing call, however many objects they hold."""
+
+    @abstractmethod
     def delete(self, key: str) -> None: ...
 
     @abstractmethod
@@ -106,6 +111,12 @@ class LocalObjectStore(ObjectStore):
                 if key.startswith(prefix):
                     found.append(key)
         yield from sorted(found)
+
+    def list_folders(self, prefix: str) -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.is_dir():
+            return []
+        return sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -171,6 +182,15 @@ class S3ObjectStore(ObjectStore):
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
             for item in page.get("Contents", []):
                 yield item["Key"][strip:]
+
+    def list_folders(self, prefix: str) -> list[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        base = self._key(prefix)
+        names = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=base, Delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                names.append(common["Prefix"][len(base) :].rstrip("/"))
+        return sorted(names)
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lambda_functions.contracts import MergeRequest
+from lambda_functions.emf import emit_stage_metrics
 from lambda_functions.merge.merge import merge_batches
 from lambda_functions.pipes import open_pipes, without_pipes_keys
 
@@ -21,35 +22,36 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         )
         for note in result.schema_changes:
             pipes.log.warning(note)
-        pipes.report_asset_materialization(
-            metadata={
-                "dagster/row_count": {"raw_value": result.table_rows, "type": "int"},
-                "table_uri": {"raw_value": result.table_uri, "type": "text"},
-                "table_version": {"raw_value": _int(result.version), "type": "int"},
-                "batches_applied": {"raw_value": len(result.batches_applied), "type": "int"},
-                "last_applied_batch": {"raw_value": result.last_applied_batch, "type": "int"},
-                "change_rows_in": {"raw_value": result.rows_in, "type": "int"},
-                "rows_inserted": {"raw_value": result.inserted, "type": "int"},
-                "rows_updated": {"raw_value": result.updated, "type": "int"},
-                "rows_deleted": {"raw_value": result.deleted, "type": "int"},
-                "merge_path": {"raw_value": result.merge_path, "type": "text"},
-                "commits": {"raw_value": result.commits, "type": "int"},
-                "files_added": {"raw_value": result.files_added, "type": "int"},
-                "files_removed": {"raw_value": result.files_removed, "type": "int"},
-                "files_rewritten": {"raw_value": result.files_rewritten, "type": "int"},
-                "bytes_rewritten": {"raw_value": result.bytes_rewritten, "type": "int"},
-                "bytes_written": {"raw_value": result.bytes_written, "type": "int"},
-                "files_in_table": {"raw_value": result.files_in_table, "type": "int"},
-                "bytes_in_table": {"raw_value": result.bytes_in_table, "type": "int"},
-                "schema_changes": {
-                    "raw_value": "\n".join(result.schema_changes) or "none",
-                    "type": "text",
-                },
-                "partitions_touched": {"raw_value": len(result.buckets_touched), "type": "int"},
-                "duration_seconds": {"raw_value": round(result.duration_s, 3), "type": "float"},
+        metadata = {
+            "dagster/row_count": {"raw_value": result.table_rows, "type": "int"},
+            "table_uri": {"raw_value": result.table_uri, "type": "text"},
+            "table_version": {"raw_value": _int(result.version), "type": "int"},
+            "batches_applied": {"raw_value": len(result.batches_applied), "type": "int"},
+            "last_applied_batch": {"raw_value": result.last_applied_batch, "type": "int"},
+            "change_rows_in": {"raw_value": result.rows_in, "type": "int"},
+            "rows_inserted": {"raw_value": result.inserted, "type": "int"},
+            "rows_updated": {"raw_value": result.updated, "type": "int"},
+            "rows_deleted": {"raw_value": result.deleted, "type": "int"},
+            "merge_path": {"raw_value": result.merge_path, "type": "text"},
+            "commits": {"raw_value": result.commits, "type": "int"},
+            "files_added": {"raw_value": result.files_added, "type": "int"},
+            "files_removed": {"raw_value": result.files_removed, "type": "int"},
+            "files_rewritten": {"raw_value": result.files_rewritten, "type": "int"},
+            "bytes_rewritten": {"raw_value": result.bytes_rewritten, "type": "int"},
+            "bytes_written": {"raw_value": result.bytes_written, "type": "int"},
+            "files_in_table": {"raw_value": result.files_in_table, "type": "int"},
+            "bytes_in_table": {"raw_value": result.bytes_in_table, "type": "int"},
+            "schema_changes": {
+                "raw_value": "\n".join(result.schema_changes) or "none",
+                "type": "text",
             },
-            data_version=str(_int(result.version)),
+            "partitions_touched": {"raw_value": len(result.buckets_touched), "type": "int"},
+            "duration_seconds": {"raw_value": round(result.duration_s, 3), "type": "float"},
+        }
+        pipes.report_asset_materialization(
+            metadata=metadata, data_version=str(_int(result.version))
         )
+        emit_stage_metrics("merge", request.namespace, metadata)
         pipes.report_asset_check(
             check_name="no_duplicate_keys",
             passed=result.duplicate_keys == 0,

@@ -9,6 +9,7 @@ as it was (DuckDB's WAL holds only committed transactions), and a Python error r
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +20,23 @@ import pyarrow as pa
 from lambda_functions.warehouse_load.sql_plan import DUCKDB, Dialect, StageSource, Statement
 
 STAGE_RELATION = "_lakehouse_stage_rows"
+# DuckDB lets one process at a time open a database file for writing; loads of several
+# collections running in parallel (one Lambda worker each) take turns, waiting up to this long.
+LOCK_WAIT_S = 300.0
+
+
+def connect_waiting(path: str, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
+    """Open ``path``, waiting (with backoff) while another process holds the file's lock."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(path)
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower() or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 class DuckDBWarehouse:
@@ -37,7 +55,7 @@ class DuckDBWarehouse:
     @contextmanager
     def session(self) -> Iterator[None]:
         # Open per load and close at once: DuckDB locks the file for the process that has it open.
-        self._db = duckdb.connect(self.path)
+        self._db = connect_waiting(self.path)
         try:
             yield
         finally:

@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
 
 from lakehouse_pipelines.defs.cdc_capture.definitions import CAPTURE_KEY, cdc_raw_batches
-from lakehouse_pipelines.resources import build_resources
 from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.store import LocalObjectStore
+from tests.lakehouse_pipelines.collection_runs import materialize_collections
 
 RESET = {"ops": {CAPTURE_KEY: {"config": {"reset": True}}}}
 
@@ -25,16 +25,9 @@ def settings(tmp_path: Path) -> LakehouseSettings:
 
 
 def capture(settings: LakehouseSettings, run_config: dict | None = None):
-    resources = build_resources(settings)
-    try:
-        return materialize(
-            [cdc_raw_batches],
-            resources=resources,
-            instance=DagsterInstance.ephemeral(),
-            run_config=run_config,
-        )
-    finally:
-        resources["lambda_pipes"].lambda_client.close()
+    return materialize_collections(
+        [cdc_raw_batches], settings, DagsterInstance.ephemeral(), "shop.orders", run_config
+    )
 
 
 def test_launchpad_reset_config_starts_a_new_table_generation(settings):
@@ -46,7 +39,7 @@ def test_launchpad_reset_config_starts_a_new_table_generation(settings):
     (event,) = result.get_asset_materialization_events()
     metadata = {k: v.value for k, v in event.materialization.metadata.items()}
     assert metadata["resnapshot_reason"] == "reset" and metadata["dropped"] is True
-    zone = RawZone(LocalObjectStore(settings.lake_uri), settings.database, settings.collection)
+    zone = RawZone(LocalObjectStore(settings.lake_uri), "shop", "orders")
     marker = zone.read_manifest(metadata["batches"][0])
     assert marker.extra["dropped"] is True and marker.rows == 0
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}

@@ -6,50 +6,50 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import DagsterInstance, Definitions, materialize
+from dagster import DagsterInstance, Definitions
 
 from lakehouse_pipelines.definitions import build_definitions
 from lakehouse_pipelines.defs.cdc_capture.definitions import cdc_raw_batches
-from lakehouse_pipelines.defs.merge.definitions import lake_table
+from lakehouse_pipelines.defs.merge.definitions import (
+    MAINTENANCE_KEY,
+    lake_table,
+    lake_table_maintenance,
+)
 from lakehouse_pipelines.defs.metrics.definitions import pipeline_metrics
 from lakehouse_pipelines.defs.warehouse_load.definitions import warehouse_table
-from lakehouse_pipelines.resources import build_resources
 from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture.extended_json import decode_document, key_string
+from tests.lakehouse_pipelines.collection_runs import materialize_collections, metadata_by_asset
 
 ASSETS = [cdc_raw_batches, lake_table, warehouse_table, pipeline_metrics]
+ORDERS = "shop.orders"
 
 
-def source_documents(settings: LakehouseSettings) -> dict:
+def source_documents(settings: LakehouseSettings, namespace: str = ORDERS) -> dict:
+    database, collection = namespace.split(".")
     with EmbeddedChangeStreamSource(settings.source_location) as source:
-        docs = source.documents(settings.database, settings.collection)
+        docs = source.documents(database, collection)
     return {key_string(doc["_id"]): doc for doc in docs}
 
 
-def warehouse_documents(settings: LakehouseSettings) -> dict:
+def warehouse_documents(settings: LakehouseSettings, namespace: str = ORDERS) -> dict:
+    table = namespace.split(".")[1]
     with duckdb.connect(settings.duckdb_path, read_only=True) as db:
         rows = db.execute(
-            f'SELECT _id, doc::VARCHAR FROM "{settings.warehouse_schema}"."{settings.collection}"'
+            f'SELECT _id, doc::VARCHAR FROM "{settings.warehouse_schema}"."{table}"'
         ).fetchall()
     return {key: decode_document(doc) for key, doc in rows}
 
 
-def run_pipeline(settings: LakehouseSettings, instance: DagsterInstance):
-    resources = build_resources(settings)
-    try:
-        result = materialize(ASSETS, resources=resources, instance=instance)
-    finally:
-        resources["lambda_pipes"].lambda_client.close()
+def run_pipeline(
+    settings: LakehouseSettings, instance: DagsterInstance, keys: str | list[str] = ORDERS
+):
+    result = materialize_collections(ASSETS, settings, instance, keys)
     assert result.success
     for check in result.get_asset_check_evaluations():
         assert check.passed, f"{check.check_name} failed: {check.metadata}"
-    return {
-        event.asset_key.to_user_string(): {
-            k: v.value for k, v in event.materialization.metadata.items()
-        }
-        for event in result.get_asset_materialization_events()
-    }
+    return metadata_by_asset(result)
 
 
 @pytest.fixture
@@ -82,8 +82,22 @@ def test_warehouse_equals_the_source_across_inserts_updates_deletes_and_reruns(s
 
     metrics = third["pipeline_metrics"]
     assert metrics["QueuedRuns"] == 0.0
-    assert metrics["load/Rows"] == len(source_documents(settings))
-    assert metrics["capture/LambdaBilledDuration"] > 0
+    assert metrics["shop.orders/load/Rows"] == len(source_documents(settings))
+    assert metrics["shop.orders/capture/LambdaBilledDuration"] > 0
+
+
+def test_one_run_over_every_collection_keeps_each_warehouse_table_equal_to_its_source(settings):
+    instance = DagsterInstance.ephemeral()
+    collections = ["shop.customers", ORDERS]  # the defaults, in registration order
+    for _ in range(2):
+        metadata = run_pipeline(settings, instance, collections)
+        for namespace in collections:
+            assert metadata[f"lake_table[{namespace}]"]["batches_applied"] == 1
+            assert warehouse_documents(settings, namespace) == source_documents(settings, namespace)
+    assert source_documents(settings, "shop.customers") != source_documents(settings)
+    metrics = metadata["pipeline_metrics"]
+    for namespace in collections:
+        assert metrics[f"{namespace}/load/Rows"] == len(source_documents(settings, namespace))
 
 
 def test_a_run_with_no_new_changes_applies_nothing(settings, tmp_path):
@@ -103,6 +117,41 @@ def test_definitions_load_with_default_settings():
     defs = build_definitions()
     Definitions.validate_loadable(defs)
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {"cdc_raw_batches", "lake_table", "warehouse_table", "pipeline_metrics"}
-    assert defs.resolve_sensor_def("raw_batches_sensor")
-    assert defs.resolve_schedule_def("cdc_capture_schedule")
+    assert keys == {
+        "cdc_raw_batches",
+        "lake_table",
+        "lake_table_maintenance",
+        "warehouse_table",
+        "pipeline_metrics",
+    }
+    for sensor in ("collections_sensor", "raw_batches_sensor", "pipeline_metrics_sensor"):
+        assert defs.resolve_sensor_def(sensor)
+    for schedule in ("cdc_capture_schedule", "lake_maintenance_schedule"):
+        assert defs.resolve_schedule_def(schedule)
+    assert defs.resolve_job_def("register_collections")
+
+
+def test_maintenance_runs_in_lambda_and_leaves_the_incremental_load_intact(settings):
+    """Maintenance through Dagster and the Lambda contract. Copy-on-write merges keep one file per
+    small partition, so on the demo table it finds nothing to compact (compaction itself is
+    tested on fragmented tables in tests/lambda_functions/merge/test_maintenance.py) and, with
+    files minutes old, nothing to vacuum: it must then commit nothing."""
+    instance = DagsterInstance.ephemeral()
+    for _ in range(2):
+        before = run_pipeline(settings, instance)
+
+    everything_cold = {"ops": {MAINTENANCE_KEY: {"config": {"cold_after_hours": 0}}}}
+    result = materialize_collections(
+        [lake_table_maintenance], settings, instance, ORDERS, everything_cold
+    )
+    assert result.success
+    done = metadata_by_asset(result)[MAINTENANCE_KEY]
+    assert done["files_in_table"] == before["lake_table"]["files_in_table"]
+    assert done["hot_partitions"] == 0  # cold_after_hours=0 reached the asset's request
+    assert (done["partitions_compacted"], done["files_vacuumed"]) == (0, 0)
+    assert done["table_version"] == before["lake_table"]["table_version"]  # no empty commit
+
+    after = run_pipeline(settings, instance)
+    assert after["warehouse_table"]["load_reason"] == "incremental"
+    assert after["lake_table"]["table_version"] == done["table_version"] + 1
+    assert warehouse_documents(settings) == source_documents(settings)

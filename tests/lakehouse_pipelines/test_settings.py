@@ -13,15 +13,23 @@ def test_local_is_the_default_and_lives_under_the_root(tmp_path):
     assert settings.lake_uri == str(tmp_path / "lake")
     assert settings.duckdb_path == str(tmp_path / "warehouse.duckdb")
     assert (settings.source_kind, settings.warehouse_kind) == ("embedded", "duckdb")
-    assert settings.namespace == "shop.orders"
+    assert settings.collections == ("shop.orders", "shop.customers")
+    assert settings.fanout_concurrency == 4
 
 
 def test_aws_mode_requires_an_s3_lake_and_derives_the_pipes_bucket():
     with pytest.raises(SettingsError, match="LAKEHOUSE_LAKE_URI is required"):
-        LakehouseSettings.from_env({"LAKEHOUSE_ENV": "aws"})
+        LakehouseSettings.from_env({"LAKEHOUSE_ENV": "aws", "LAKEHOUSE_COLLECTIONS": "a.b"})
+    with pytest.raises(SettingsError, match="LAKEHOUSE_COLLECTIONS is required"):
+        LakehouseSettings.from_env({"LAKEHOUSE_ENV": "aws", "LAKEHOUSE_LAKE_URI": "s3://b/p"})
     settings = LakehouseSettings.from_env(
-        {"LAKEHOUSE_ENV": "aws", "LAKEHOUSE_LAKE_URI": "s3://analytics-lake/prod"}
+        {
+            "LAKEHOUSE_ENV": "aws",
+            "LAKEHOUSE_LAKE_URI": "s3://analytics-lake/prod",
+            "LAKEHOUSE_COLLECTIONS": "shop.orders, crm.*, shop.orders",
+        }
     )
+    assert settings.collections == ("shop.orders", "crm.*")
     assert settings.pipes_bucket == "analytics-lake"
     assert (settings.source_kind, settings.warehouse_kind) == ("documentdb", "redshift")
 
@@ -30,8 +38,12 @@ def test_aws_mode_requires_an_s3_lake_and_derives_the_pipes_bucket():
     ("env", "message"),
     [
         ({"LAKEHOUSE_ENV": "staging"}, "use 'local' or 'aws'"),
-        ({"LAKEHOUSE_COLLECTION": "orders"}, "must be 'database.collection'"),
-        ({"LAKEHOUSE_COLLECTION": "shop.ord ers"}, "not a valid name"),
+        ({"LAKEHOUSE_COLLECTIONS": "orders"}, "must be 'database.collection'"),
+        ({"LAKEHOUSE_COLLECTIONS": "shop.orders,shop.ord ers"}, "not a valid name"),
+        ({"LAKEHOUSE_COLLECTIONS": " , "}, "names no collection"),
+        ({"LAKEHOUSE_FANOUT_CONCURRENCY": "0"}, "1 or more"),
+        ({"LAKEHOUSE_MAINTENANCE_CRON": "daily"}, "not a cron string"),
+        ({"LAKEHOUSE_VACUUM_RETENTION_HOURS": "0"}, "at least 1"),
         ({"LAKEHOUSE_DEMO_CHANGES": "many"}, "must be a whole number"),
         ({"LAKEHOUSE_METRICS_NAMESPACE": "AWS/Lambda"}, "reserved"),
         ({"LAKEHOUSE_WAREHOUSE": "snowflake"}, "use 'duckdb' or 'redshift'"),

@@ -7,14 +7,16 @@ from dagster import (
     Definitions,
     MaterializeResult,
     ResourceParam,
-    ScheduleDefinition,
-    asset,
     define_asset_job,
 )
 from pydantic import Field
 
+from lakehouse_pipelines.defs.collections import (
+    collection_asset,
+    collections_schedule,
+)
 from lakehouse_pipelines.resources import LambdaPipes
-from lakehouse_pipelines.settings import LakehouseSettings
+from lakehouse_pipelines.settings import LakehouseSettings, split_namespace
 from lambda_functions.contracts import CaptureRequest
 from lambda_functions.registry import CDC_CAPTURE
 
@@ -34,7 +36,7 @@ class CaptureConfig(Config):
     )
 
 
-@asset(
+@collection_asset(
     name=CAPTURE_KEY,
     group_name="lakehouse",
     kinds={"documentdb", "lambda", "s3"},
@@ -55,8 +57,8 @@ class CaptureConfig(Config):
     ],
     description=(
         "Changes captured from the DocumentDB change stream (initial snapshot first) into the "
-        "raw zone as numbered batches: data files, then a manifest. Runs in Lambda. "
-        "Materialize with run config reset: true to re-snapshot."
+        "raw zone as numbered batches: data files, then a manifest. One partition per "
+        "collection; runs in Lambda. Materialize with run config reset: true to re-snapshot."
     ),
 )
 def cdc_raw_batches(
@@ -65,34 +67,44 @@ def cdc_raw_batches(
     lakehouse: ResourceParam[LakehouseSettings],
     lambda_pipes: ResourceParam[LambdaPipes],
 ) -> MaterializeResult:
-    request = CaptureRequest(
+    requests = {
+        key: capture_request(lakehouse, key, reset=config.reset) for key in context.partition_keys
+    }
+    return lambda_pipes.run_collections(
+        context, CDC_CAPTURE, requests, max_concurrency=lakehouse.fanout_concurrency
+    )
+
+
+def capture_request(lakehouse: LakehouseSettings, namespace: str, *, reset: bool) -> CaptureRequest:
+    database, collection = split_namespace(namespace)
+    return CaptureRequest(
         lake_uri=lakehouse.lake_uri,
-        database=lakehouse.database,
-        collection=lakehouse.collection,
+        database=database,
+        collection=collection,
         source_kind=lakehouse.source_kind,
         source_location=lakehouse.source_location,
         demo_changes=lakehouse.demo_changes,
         secret_arn=lakehouse.documentdb_secret_arn,
         tls=lakehouse.documentdb_tls,
         tls_ca_file=lakehouse.documentdb_ca_file,
-        reset=config.reset,
+        reset=reset,
         auto_resnapshot=lakehouse.auto_resnapshot,
         max_cdc_lag_seconds=lakehouse.max_cdc_lag_seconds,
         stream_retention_seconds=lakehouse.change_stream_retention_seconds,
     )
-    return lambda_pipes.run(context, CDC_CAPTURE, request)
 
 
 capture_job = define_asset_job("cdc_capture_job", selection=[CAPTURE_KEY])
-
-
-def capture_schedule(cron: str) -> ScheduleDefinition:
-    return ScheduleDefinition(name="cdc_capture_schedule", job=capture_job, cron_schedule=cron)
 
 
 def build_defs(settings: LakehouseSettings) -> Definitions:
     return Definitions(
         assets=[cdc_raw_batches],
         jobs=[capture_job],
-        schedules=[capture_schedule(settings.capture_cron)],
+        schedules=collections_schedule(
+            "cdc_capture_schedule",
+            capture_job,
+            settings.capture_cron,
+            "Captures every registered collection in one run (fanned out across Lambdas).",
+        ),
     )

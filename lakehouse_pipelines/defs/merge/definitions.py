@@ -1,8 +1,12 @@
-"""Merge: raw batches upserted into the Delta lake table, started by new batches (sensor)."""
+"""Merge: raw batches upserted into the Delta lake table, started by new batches (sensor), and the
+table's maintenance (compaction of cold partitions, vacuum) on its own schedule."""
+
+import json
 
 from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
+    Config,
     DefaultSensorStatus,
     Definitions,
     MaterializeResult,
@@ -11,22 +15,29 @@ from dagster import (
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
-    asset,
     define_asset_job,
     sensor,
 )
+from pydantic import Field
 
 from lakehouse_pipelines.defs.cdc_capture.definitions import CAPTURE_KEY
+from lakehouse_pipelines.defs.collections import (
+    collection_asset,
+    collections_schedule,
+    registered_collections,
+)
+from lakehouse_pipelines.defs.policies import with_freshness
 from lakehouse_pipelines.resources import LambdaPipes
-from lakehouse_pipelines.settings import LakehouseSettings
-from lambda_functions.contracts import MergeRequest
+from lakehouse_pipelines.settings import LakehouseSettings, split_namespace
+from lambda_functions.contracts import CompactRequest, MergeRequest
 from lambda_functions.lake import RawZone, open_store
-from lambda_functions.registry import MERGE
+from lambda_functions.registry import LAKE_MAINTENANCE, MERGE
 
 LAKE_TABLE_KEY = "lake_table"
+MAINTENANCE_KEY = "lake_table_maintenance"
 
 
-@asset(
+@collection_asset(
     name=LAKE_TABLE_KEY,
     deps=[CAPTURE_KEY],
     group_name="lakehouse",
@@ -39,8 +50,9 @@ LAKE_TABLE_KEY = "lake_table"
         )
     ],
     description=(
-        "The Delta Lake table: every pending raw batch upserted by _id in one atomic commit, "
-        "latest change wins, deletes applied; replayed batches are skipped. Runs in Lambda."
+        "The Delta Lake table of each collection: every pending raw batch upserted by _id in one "
+        "atomic commit, latest change wins, deletes applied; replayed batches are skipped. Runs "
+        "in Lambda."
     ),
 )
 def lake_table(
@@ -48,44 +60,130 @@ def lake_table(
     lakehouse: ResourceParam[LakehouseSettings],
     lambda_pipes: ResourceParam[LambdaPipes],
 ) -> MaterializeResult:
-    request = MergeRequest(
-        lake_uri=lakehouse.lake_uri, database=lakehouse.database, collection=lakehouse.collection
+    requests = {
+        key: MergeRequest(lake_uri=lakehouse.lake_uri, **_names(key))
+        for key in context.partition_keys
+    }
+    return lambda_pipes.run_collections(
+        context, MERGE, requests, max_concurrency=lakehouse.fanout_concurrency
     )
-    return lambda_pipes.run(context, MERGE, request)
 
 
-merge_job = define_asset_job("merge_and_load_job", selection=[LAKE_TABLE_KEY, "warehouse_table"])
+class MaintenanceConfig(Config):
+    """Run config of ``lake_table_maintenance``."""
+
+    cold_after_hours: int = Field(
+        default=72,
+        description="Compact only partitions with no file written for this long (merges own "
+        "the hot ones; compacting them would only conflict with the next merge).",
+    )
+    z_order: bool = Field(
+        default=True, description="Sort cold partitions by _id (restores file pruning)."
+    )
+    vacuum: bool = Field(default=True, description="Delete files no version needs any more.")
+    dry_run: bool = Field(
+        default=False, description="Report what would be compacted and deleted; change nothing."
+    )
+
+
+@collection_asset(
+    name=MAINTENANCE_KEY,
+    deps=[LAKE_TABLE_KEY],
+    group_name="maintenance",
+    kinds={"deltalake", "lambda"},
+    description=(
+        "Keeps each lake table fast and small: cold partitions compacted (z-ordered by _id) in "
+        "atomic commits, then files older than LAKEHOUSE_VACUUM_RETENTION_HOURS vacuumed. Runs "
+        "in Lambda on its own schedule."
+    ),
+)
+def lake_table_maintenance(
+    context: AssetExecutionContext,
+    config: MaintenanceConfig,
+    lakehouse: ResourceParam[LakehouseSettings],
+    lambda_pipes: ResourceParam[LambdaPipes],
+) -> MaterializeResult:
+    requests = {
+        key: CompactRequest(
+            lake_uri=lakehouse.lake_uri,
+            **_names(key),
+            cold_after_hours=config.cold_after_hours,
+            z_order=config.z_order,
+            vacuum=config.vacuum,
+            vacuum_retention_hours=lakehouse.vacuum_retention_hours,
+            dry_run=config.dry_run,
+        )
+        for key in context.partition_keys
+    }
+    return lambda_pipes.run_collections(
+        context, LAKE_MAINTENANCE, requests, max_concurrency=lakehouse.fanout_concurrency
+    )
+
+
+def _names(namespace: str) -> dict[str, str]:
+    database, collection = split_namespace(namespace)
+    return {"database": database, "collection": collection}
+
+
+merge_job = define_asset_job(
+    "merge_and_load_job",
+    selection=[LAKE_TABLE_KEY, "warehouse_table"],
+    description="Merges a collection's pending raw batches, then loads the changes.",
+)
+maintenance_job = define_asset_job("lake_maintenance_job", selection=[MAINTENANCE_KEY])
 
 
 @sensor(
     job=merge_job,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Starts a merge (and load) run when new raw batches are published.",
+    description="Starts a merge (and load) run for each collection with new raw batches.",
 )
 def raw_batches_sensor(
     context: SensorEvaluationContext, lakehouse: ResourceParam[LakehouseSettings]
 ) -> SensorResult | SkipReason:
-    """The cursor is the newest batch already handed to a run: a batch is never handed twice,
-    and none is skipped (the merge applies *every* batch newer than the table's last one)."""
-    last_seen = int(context.cursor or 0)
-    zone = RawZone(open_store(lakehouse.lake_uri), lakehouse.database, lakehouse.collection)
-    new = zone.batch_numbers(after=last_seen)
-    if not new:
-        return SkipReason(f"no raw batch after {last_seen} for {lakehouse.namespace}")
-    return SensorResult(
-        run_requests=[
+    """The cursor holds, per collection, the newest batch already handed to a run: a batch is
+    never handed twice, and none is skipped (a merge applies *every* batch newer than the
+    table's last one, so a run that fails is caught up by the next)."""
+    cursor: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
+    store = open_store(lakehouse.lake_uri)
+    requests = []
+    for namespace in registered_collections(context.instance):
+        last_seen = cursor.get(namespace, 0)
+        new = RawZone(store, **_names(namespace)).batch_numbers(after=last_seen)
+        if not new:
+            continue
+        requests.append(
             RunRequest(
-                run_key=f"{lakehouse.namespace}:{new[0]}-{new[-1]}",
-                tags={
-                    "lakehouse/namespace": lakehouse.namespace,
-                    "lakehouse/batches": f"{new[0]}-{new[-1]}",
-                },
+                run_key=f"{namespace}:{new[0]}-{new[-1]}",
+                partition_key=namespace,
+                tags={"lakehouse/batches": f"{new[0]}-{new[-1]}"},
             )
-        ],
-        cursor=str(new[-1]),
-    )
+        )
+        cursor[namespace] = new[-1]
+    if not requests:
+        return SkipReason("no new raw batch in any registered collection")
+    return SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
 
 
 def build_defs(settings: LakehouseSettings) -> Definitions:
-    return Definitions(assets=[lake_table], jobs=[merge_job], sensors=[raw_batches_sensor])
+    schedules = [
+        *collections_schedule(
+            "lake_maintenance_schedule",
+            maintenance_job,
+            settings.maintenance_cron,
+            "Compacts and vacuums every registered collection's lake table in one run.",
+        ),
+        *collections_schedule(
+            "merge_and_load_schedule",
+            merge_job,
+            settings.merge_cron,
+            "Merges and loads every registered collection in one run (besides the sensor).",
+        ),
+    ]
+    return Definitions(
+        assets=[with_freshness(lake_table, settings), lake_table_maintenance],
+        jobs=[merge_job, maintenance_job],
+        sensors=[raw_batches_sensor],
+        schedules=schedules,
+    )

@@ -10,7 +10,7 @@ duration / billed duration / max memory / estimated cost, CDC lag).
 import statistics
 from collections.abc import Iterable, Mapping
 
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from lakehouse_pipelines.resources.metrics_sink import Metric
 
@@ -105,24 +105,30 @@ def daemon_metrics(instance: DagsterInstance, now: float) -> list[Metric]:
 
 
 def stage_metrics(
-    instance: DagsterInstance, stages: Mapping[str, str], collection: str
+    instance: DagsterInstance, stages: Mapping[str, str], collections: Iterable[str]
 ) -> list[Metric]:
-    """Figures from the latest materialization of each stage asset (key -> stage name)."""
+    """Figures from the latest materialization of each stage asset (key -> stage name), per
+    collection (partition)."""
     metrics = []
     for key, stage in stages.items():
-        event = instance.get_latest_materialization_event(AssetKey(key))
-        if event is None or event.asset_materialization is None:
-            continue
-        metadata = event.asset_materialization.metadata
-        dims = {"Stage": stage, "Collection": collection}
-        for field, (name, unit) in STAGE_FIGURES.items():
-            value = metadata.get(field)
-            if (
-                value is not None
-                and isinstance(value.value, int | float)
-                and not isinstance(value.value, bool)
-            ):
-                metrics.append(Metric(name, value.value, unit, dims))
+        for collection in collections:
+            records = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=AssetKey(key), asset_partitions=[collection]),
+                limit=1,
+                ascending=False,
+            ).records
+            if not records or records[0].asset_materialization is None:
+                continue
+            metadata = records[0].asset_materialization.metadata
+            dims = {"Stage": stage, "Collection": collection}
+            for field, (name, unit) in STAGE_FIGURES.items():
+                value = metadata.get(field)
+                if (
+                    value is not None
+                    and isinstance(value.value, int | float)
+                    and not isinstance(value.value, bool)
+                ):
+                    metrics.append(Metric(name, value.value, unit, dims))
     return metrics
 
 
@@ -130,8 +136,7 @@ def metric_label(metric: Metric) -> str:
     """A stable, readable metadata key: ``Name`` or ``<dim values>/Name``."""
     if not metric.dimensions:
         return metric.name
-    parts = [v for k, v in sorted(metric.dimensions.items()) if k != "Collection"]
-    return "/".join([*parts, metric.name])
+    return "/".join([*(v for _, v in sorted(metric.dimensions.items())), metric.name])
 
 
 def labels(metrics: Iterable[Metric]) -> dict[str, float]:

@@ -23,11 +23,11 @@ from dagster import (
     ResourceParam,
     SensorEvaluationContext,
     SkipReason,
-    asset,
     sensor,
 )
 
 from lakehouse_pipelines.defs.cdc_capture.definitions import CAPTURE_KEY
+from lakehouse_pipelines.defs.collections import registered_collections, single_run_asset
 from lakehouse_pipelines.defs.merge.definitions import LAKE_TABLE_KEY
 from lakehouse_pipelines.defs.metrics.collect import (
     daemon_metrics,
@@ -54,7 +54,7 @@ def collect_metrics(instance: DagsterInstance, settings: LakehouseSettings) -> l
         *run_window_metrics(instance, now, settings.metrics_window_hours * 3600),
         *pool_metrics(instance),
         *daemon_metrics(instance, now),
-        *stage_metrics(instance, STAGES, settings.namespace),
+        *stage_metrics(instance, STAGES, registered_collections(instance)),
     ]
     stamp = datetime.fromtimestamp(now, UTC)
     return [m.at(stamp) for m in metrics]
@@ -70,7 +70,7 @@ def _value(metrics: list[Metric], name: str) -> float:
     return next((float(m.value) for m in metrics if m.name == name), 0.0)
 
 
-@asset(
+@single_run_asset(  # it joins the runs over many collections
     name=METRICS_KEY,
     deps=[WAREHOUSE_TABLE_KEY],
     group_name="operations",

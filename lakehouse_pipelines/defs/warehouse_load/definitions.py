@@ -7,20 +7,24 @@ from dagster import (
     Failure,
     MaterializeResult,
     ResourceParam,
-    asset,
+    define_asset_job,
 )
 
+from lakehouse_pipelines.defs.collections import (
+    collection_asset,
+    collections_schedule,
+)
 from lakehouse_pipelines.defs.merge.definitions import LAKE_TABLE_KEY
-from lakehouse_pipelines.defs.policies import optional_schedule, with_freshness
+from lakehouse_pipelines.defs.policies import with_freshness
 from lakehouse_pipelines.resources import LambdaPipes
-from lakehouse_pipelines.settings import LakehouseSettings
+from lakehouse_pipelines.settings import LakehouseSettings, split_namespace
 from lambda_functions.contracts import InvalidRequestError, LoadRequest
 from lambda_functions.registry import WAREHOUSE_LOAD
 
 WAREHOUSE_TABLE_KEY = "warehouse_table"
 
 
-@asset(
+@collection_asset(
     name=WAREHOUSE_TABLE_KEY,
     deps=[LAKE_TABLE_KEY],
     group_name="lakehouse",
@@ -46,17 +50,20 @@ def warehouse_table(
     lakehouse: ResourceParam[LakehouseSettings],
     lambda_pipes: ResourceParam[LambdaPipes],
 ) -> MaterializeResult:
-    request = load_request(lakehouse)
-    return lambda_pipes.run(context, WAREHOUSE_LOAD, request)
+    requests = {key: load_request(lakehouse, key) for key in context.partition_keys}
+    return lambda_pipes.run_collections(
+        context, WAREHOUSE_LOAD, requests, max_concurrency=lakehouse.fanout_concurrency
+    )
 
 
-def load_request(lakehouse: LakehouseSettings) -> LoadRequest:
+def load_request(lakehouse: LakehouseSettings, namespace: str) -> LoadRequest:
     """The load request from the settings, checked here so a misconfigured Redshift connection or
     projection fails in Dagster with the variable to set, before a Lambda is invoked."""
+    database, collection = split_namespace(namespace)
     request = LoadRequest(
         lake_uri=lakehouse.lake_uri,
-        database=lakehouse.database,
-        collection=lakehouse.collection,
+        database=database,
+        collection=collection,
         warehouse_kind=lakehouse.warehouse_kind,
         warehouse_location=lakehouse.duckdb_path,
         target_schema=lakehouse.warehouse_schema,
@@ -76,10 +83,17 @@ def load_request(lakehouse: LakehouseSettings) -> LoadRequest:
     return request
 
 
+load_job = define_asset_job("warehouse_load_job", selection=[WAREHOUSE_TABLE_KEY])
+
+
 def build_defs(settings: LakehouseSettings) -> Definitions:
     return Definitions(
         assets=[with_freshness(warehouse_table, settings)],
-        schedules=optional_schedule(
-            "warehouse_load_schedule", [WAREHOUSE_TABLE_KEY], settings.load_cron
+        jobs=[load_job],
+        schedules=collections_schedule(
+            "warehouse_load_schedule",
+            load_job,
+            settings.load_cron,
+            "Loads every registered collection's changes in one run.",
         ),
     )

@@ -12,6 +12,7 @@ ROLE = "arn:aws:iam::123456789012:role/lakehouse-copy"
 REDSHIFT = {
     "LAKEHOUSE_ENV": "aws",
     "LAKEHOUSE_LAKE_URI": "s3://analytics-lake/prod",
+    "LAKEHOUSE_COLLECTIONS": "shop.orders",
     "LAKEHOUSE_REDSHIFT_DATABASE": "dev",
     "LAKEHOUSE_REDSHIFT_WORKGROUP": "analytics",
     "LAKEHOUSE_REDSHIFT_IAM_ROLE": ROLE,
@@ -21,7 +22,7 @@ REDSHIFT = {
 
 
 def test_redshift_settings_travel_in_the_load_request():
-    request = load_request(LakehouseSettings.from_env(REDSHIFT))
+    request = load_request(LakehouseSettings.from_env(REDSHIFT), "shop.orders")
     assert request.warehouse_kind == "redshift"
     assert (request.redshift_database, request.redshift_workgroup) == ("dev", "analytics")
     assert request.redshift_iam_role == ROLE
@@ -35,7 +36,9 @@ def test_the_iam_role_and_secret_arn_are_not_in_the_settings_repr():
 
 
 def test_local_defaults_project_the_demo_fields(tmp_path):
-    request = load_request(LakehouseSettings.from_env({"LAKEHOUSE_ROOT": str(tmp_path)}))
+    request = load_request(
+        LakehouseSettings.from_env({"LAKEHOUSE_ROOT": str(tmp_path)}), "shop.orders"
+    )
     assert request.warehouse_kind == "duckdb"
     assert set(request.projection) == {"status", "total", "created_at"}
 
@@ -43,7 +46,7 @@ def test_local_defaults_project_the_demo_fields(tmp_path):
 def test_a_misconfigured_redshift_load_fails_in_dagster_naming_the_variable():
     settings = LakehouseSettings.from_env({**REDSHIFT, "LAKEHOUSE_REDSHIFT_WORKGROUP": ""})
     with pytest.raises(Failure, match="LAKEHOUSE_REDSHIFT_WORKGROUP"):
-        load_request(settings)
+        load_request(settings, "shop.orders")
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import sqlite3
+import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,7 +14,9 @@ from bson import Binary, Decimal128, Int64, ObjectId, Timestamp
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from lambda_functions.cdc_capture import DemoWorkload, EmbeddedChangeStreamSource
+from lambda_functions.cdc_capture.embedded_source import parse_resume_token
 from lambda_functions.cdc_capture.extended_json import encode_document
+from tests.lambda_functions.cdc_capture import concurrent_workload
 
 DB, COLL = "shop", "orders"
 BEGINNING = {"_data": "82" + "0" * 32}  # a token before every event: the whole retained log
@@ -275,3 +280,113 @@ def test_demo_workload_seeds_realistic_orders_and_applies_the_documented_mix(sou
     assert 0.07 < share["delete"] < 0.13
     assert 0.03 < share["replace"] < 0.07
     assert 0.03 < share["delete_after_update"] < 0.07
+
+
+def test_list_collection_names_lists_written_and_enabled_collections_sorted(source):
+    assert source.list_collection_names(DB) == []
+    source.insert_one(DB, "orders", {"n": 1})  # change streams off: exists by its documents
+    source.enable_change_streams(DB, "carts")  # enabled, nothing written yet
+    enabled(source)
+    source.insert_one(DB, "customers", {"n": 1})
+    source.insert_one("crm", "accounts", {"n": 1})  # another database
+    source.enable_change_streams("crm", "")  # database-wide: names no collection
+
+    assert source.list_collection_names(DB) == ["carts", "customers", "orders"]
+    assert source.list_collection_names("crm") == ["accounts"]
+    assert source.list_collection_names("nowhere") == []
+
+
+def test_list_collection_names_keeps_emptied_collections_and_drops_dropped_ones(source):
+    source.enable_change_streams(DB, "")  # every collection of the database logs its events
+    kept = source.insert_one(DB, "emptied", {"n": 1})
+    source.delete_one(DB, "emptied", {"_id": kept})  # empty, like an emptied server collection
+    source.insert_one(DB, "dropped", {"n": 1})
+    source.drop_collection(DB, "dropped")
+    source.insert_one(DB, "recreated", {"n": 1})
+    source.drop_collection(DB, "recreated")
+    source.insert_one(DB, "recreated", {"n": 2})
+    enabled(source)
+    source.insert_one(DB, COLL, {"n": 1})
+    source.drop_collection(DB, COLL)  # enabled by name, but dropped since
+
+    assert source.list_collection_names(DB) == ["emptied", "recreated"]
+    with source.bulk():  # inside a write transaction it reads that transaction's state
+        source.insert_one(DB, "dropped", {"n": 3})
+        assert source.list_collection_names(DB) == ["dropped", "emptied", "recreated"]
+
+
+def test_opening_a_new_file_waits_while_another_process_writes_it(tmp_path):
+    """A process opening the file while another holds a write lock on it, before the file is in
+    WAL mode, waits: SQLite refuses the switch to WAL at once ("database is locked") rather than
+    calling the busy handler, which made parallel workers opening a new file fail at random."""
+    path = tmp_path / "new.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    release.start()
+    try:
+        with EmbeddedChangeStreamSource(path) as source:
+            assert source._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            source.insert_one(DB, COLL, {"n": 1})
+            assert source.list_collection_names(DB) == [COLL]
+    finally:
+        release.join()
+        other.close()
+
+
+@pytest.mark.parametrize("existing_file", [False, True], ids=["new_file", "existing_file"])
+def test_workloads_on_two_collections_in_two_processes_share_one_file(tmp_path, existing_file):
+    """Capture Lambdas for several collections run in parallel worker processes on one file: each
+    process's writes wait for the other's instead of failing with "database is locked"."""
+    path = tmp_path / "shared.db"
+    if existing_file:
+        EmbeddedChangeStreamSource(path).close()
+    collections, runs, changes = ("orders", "invoices"), 3, 200
+    spawn = multiprocessing.get_context("spawn")
+    start, results = spawn.Barrier(len(collections)), spawn.Queue()
+    workers = [
+        spawn.Process(
+            target=concurrent_workload.run_workload,
+            args=(str(path), name, runs, changes, start, results),
+        )
+        for name in collections
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = {
+        name: (ops, error) for name, ops, error in (results.get(timeout=120) for _ in workers)
+    }
+    for worker in workers:
+        worker.join(timeout=30)
+        assert worker.exitcode == 0
+    assert {name: error for name, (_, error) in outcomes.items()} == dict.fromkeys(collections)
+
+    with EmbeddedChangeStreamSource(path, clock=concurrent_workload.fixed_clock) as shared:
+        assert shared.list_collection_names("shop") == sorted(collections)
+        head = shared.current_position("shop", collections[0])
+        log = []
+        for name in collections:
+            events = list(shared.watch("shop", name, resume_after=BEGINNING))
+            assert {e["ns"]["coll"] for e in events} == {name}
+            ops = outcomes[name][0]
+            assert len(ops) == runs
+            assert len(events) == 500 + sum(sum(run.values()) for run in ops)  # seed + changes
+            log += [(parse_resume_token(e["_id"])[2], e["clusterTime"]) for e in events]
+            # Each collection holds exactly what the same runs give when nothing runs beside them.
+            with EmbeddedChangeStreamSource(
+                tmp_path / f"alone-{name}.db", clock=concurrent_workload.fixed_clock
+            ) as alone:
+                workload = DemoWorkload(alone, "shop", name)
+                assert [dict(workload.run(changes).ops) for _ in range(runs)] == ops
+                assert source_documents(shared, name) == source_documents(alone, name)
+                assert alone.read_counter(f"demo:shop.{name}:runs") == runs
+            assert shared.read_counter(f"demo:shop.{name}:runs") == runs
+    log.sort()
+    times = [time for _, time in log]
+    assert times == sorted(times) and len(set(times)) == len(times)  # one cluster clock
+    assert parse_resume_token(head)[2] == log[-1][0]
+
+
+def source_documents(source: EmbeddedChangeStreamSource, collection: str) -> list[str]:
+    return [encode_document(d) for d in source.documents("shop", collection)]

@@ -16,6 +16,7 @@ from lambda_functions.merge import changes_between, compact_table, merge_batches
 from lambda_functions.merge.maintenance import LakeTableMissingError
 from lambda_functions.merge.maintenance_handler import handler
 from lambda_functions.merge.table_files import TableFiles
+from tests.lambda_functions.emf_checks import numeric_metadata, stage_metrics
 from tests.lambda_functions.merge.tables import stored_docs
 from tests.lambda_functions.raw_batches import JAN, JUN, key, publish
 
@@ -149,9 +150,8 @@ def test_compact_request_round_trips_and_rejects_negative_hours():
         CompactRequest.from_event({**request.to_event(), "vacuum_retention_hours": -1})
 
 
-def test_handler_reports_what_maintenance_did(lake, tmp_path):
-    zone, request = lake
-    fragmented_table(zone, request)
+def maintenance_event(request: CompactRequest, messages: Path) -> dict:
+    """What PipesLambdaClient sends: the request plus the two Pipes bootstrap keys."""
     context = {
         "asset_keys": ["lake_table_maintenance"],
         "code_version_by_asset_key": {"lake_table_maintenance": None},
@@ -164,19 +164,30 @@ def test_handler_reports_what_maintenance_did(lake, tmp_path):
         "retry_number": 0,
         "extras": {},
     }
-    messages = tmp_path / "messages.jsonl"
-    event = {
-        **compact_request(request, cold_after_hours=0).to_event(),
+    return {
+        **request.to_event(),
         "DAGSTER_PIPES_CONTEXT": encode_param({"data": context}),
         "DAGSTER_PIPES_MESSAGES": encode_param({"path": str(messages)}),
     }
-    returned = handler(event, None)
+
+
+def materialization_metadata(messages: Path) -> dict:
     reports = [
         json.loads(line)["params"]
         for line in messages.read_text().splitlines()
         if json.loads(line)["method"] == "report_asset_materialization"
     ]
-    metadata = reports[0]["metadata"]
+    return reports[0]["metadata"]
+
+
+def test_handler_reports_what_maintenance_did(lake, tmp_path):
+    zone, request = lake
+    fragmented_table(zone, request)
+    messages = tmp_path / "messages.jsonl"
+    returned = handler(
+        maintenance_event(compact_request(request, cold_after_hours=0), messages), None
+    )
+    metadata = materialization_metadata(messages)
     assert (
         returned["partitions_compacted"]
         == ["2024-01", "2024-06"][: len(returned["partitions_compacted"])]
@@ -184,3 +195,35 @@ def test_handler_reports_what_maintenance_did(lake, tmp_path):
     assert metadata["partitions_compacted"]["raw_value"] == len(returned["partitions_compacted"])
     assert metadata["files_compacted"]["raw_value"] >= 3
     assert metadata["dry_run"] == {"raw_value": False, "type": "bool"}
+
+
+def test_handler_prints_the_maintenance_figures_as_an_emf_line(lake, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LAKEHOUSE_METRICS_NAMESPACE", "Lakehouse/Test")
+    zone, request = lake
+    fragmented_table(zone, request)
+    messages = tmp_path / "messages.jsonl"
+    capsys.readouterr()
+    event = maintenance_event(
+        compact_request(request, cold_after_hours=0, vacuum_retention_hours=0), messages
+    )
+    handler(event, None)
+    document, directive = stage_metrics(capsys.readouterr().out, "maintenance")
+    assert directive["Namespace"] == "Lakehouse/Test"
+    assert directive["Dimensions"] == [["Stage", "Collection"]]
+    assert (document["Stage"], document["Collection"]) == ("maintenance", "shop.orders")
+    units = {m["Name"]: m["Unit"] for m in directive["Metrics"]}
+    assert {
+        "PartitionsCompacted": "Count",
+        "FilesCompacted": "Count",
+        "FilesWritten": "Count",
+        "FilesVacuumed": "Count",
+        "BytesCompacted": "Bytes",
+        "BytesWritten": "Bytes",
+        "DurationSeconds": "Seconds",
+    }.items() <= units.items()
+    assert "DryRun" not in units  # a bool is not a figure
+    assert document["FilesCompacted"] >= 3 and document["FilesVacuumed"] > 0
+    assert document["BytesCompacted"] > 0
+    reported = numeric_metadata(materialization_metadata(messages))
+    assert set(units) == set(reported)
+    assert {name: document[name] for name in units} == reported

@@ -20,6 +20,7 @@ from lambda_functions.merge import merge_batches
 from lambda_functions.merge.handler import handler
 from lambda_functions.merge.layout import TABLE_SCHEMA
 from lambda_functions.merge.table_files import TableFiles
+from tests.lambda_functions.emf_checks import numeric_metadata, stage_metrics
 from tests.lambda_functions.merge.tables import commits, stored_docs
 from tests.lambda_functions.raw_batches import JAN, JUN, key, publish
 
@@ -221,6 +222,55 @@ def test_handler_reports_the_path_and_the_files_and_bytes_rewritten(lake, tmp_pa
     assert metadata["files_in_table"] == {"raw_value": 2, "type": "int"}
     assert metadata["schema_changes"] == {"raw_value": "none", "type": "text"}
     assert by_method["report_asset_check"][0]["passed"] is True
+
+
+def test_handler_prints_the_merge_figures_as_an_emf_line(lake, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LAKEHOUSE_METRICS_NAMESPACE", "Lakehouse/Test")
+    zone, request = lake
+    publish(zone, [(key(JAN, 1), "insert", 1, "{}"), (key(JUN, 2), "insert", 1, "{}")])
+    merge_batches(request)
+    publish(
+        zone,
+        [
+            (key(JUN, 2), "update", 2, '{"v":2}'),
+            (key(JAN, 1), "delete", 2, None),
+            (key(JUN, 3), "insert", 2, "{}"),
+        ],
+    )
+    messages = tmp_path / "messages.jsonl"
+    capsys.readouterr()
+    handler(pipes_event(request, messages), None)
+    document, directive = stage_metrics(capsys.readouterr().out, "merge")
+    assert directive["Namespace"] == "Lakehouse/Test"
+    assert directive["Dimensions"] == [["Stage", "Collection"]]
+    assert (document["Stage"], document["Collection"]) == ("merge", "shop.orders")
+    units = {m["Name"]: m["Unit"] for m in directive["Metrics"]}
+    assert {
+        "RowsInserted": "Count",
+        "RowsUpdated": "Count",
+        "RowsDeleted": "Count",
+        "FilesRewritten": "Count",
+        "BytesRewritten": "Bytes",
+        "BytesWritten": "Bytes",
+        "DurationSeconds": "Seconds",
+        "Rows": "Count",
+    }.items() <= units.items()
+    assert "MergePath" not in units and "TableUri" not in units  # text is not a metric
+    assert "TableVersion" not in units and "LastAppliedBatch" not in units  # identifiers
+    assert (document["RowsInserted"], document["RowsUpdated"], document["RowsDeleted"]) == (
+        1.0,
+        1.0,
+        1.0,
+    )
+    assert document["FilesRewritten"] >= 1 and document["BytesRewritten"] > 0
+    (report,) = [
+        json.loads(line)["params"]
+        for line in messages.read_text().splitlines()
+        if json.loads(line)["method"] == "report_asset_materialization"
+    ]
+    reported = numeric_metadata(report["metadata"])
+    assert set(units) == set(reported)
+    assert {name: document[name] for name in units} == reported
 
 
 @pytest.mark.parametrize("path", ["rewrite", "merge"])

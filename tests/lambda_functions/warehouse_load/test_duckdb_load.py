@@ -413,3 +413,36 @@ def test_a_failure_reading_the_change_feed_fails_the_load_instead_of_reloading_e
         load_changes(pipeline.request())
     monkeypatch.undo()
     assert load_changes(pipeline.request()).reason == "incremental"
+
+
+def test_a_second_process_waits_for_the_duckdb_file_lock_then_connects(tmp_path):
+    """Loads of several collections share one DuckDB file: they take turns instead of failing."""
+    import time
+
+    from lambda_functions.warehouse_load.duckdb_warehouse import connect_waiting
+
+    path = tmp_path / "w.duckdb"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; db = duckdb.connect(sys.argv[1]); "
+            "print('held', flush=True); time.sleep(1.5); db.close()",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with pytest.raises(duckdb.IOException, match="lock"):
+            connect_waiting(str(path), wait_s=0.2)  # gives up after its wait
+        db = connect_waiting(str(path), wait_s=60)
+        waited = time.monotonic() - started
+        db.execute("CREATE TABLE t AS SELECT 1 AS x")
+        assert db.execute("SELECT x FROM t").fetchall() == [(1,)]
+        db.close()
+    finally:
+        holder.wait(timeout=30)
+    assert waited > 0.2  # it did have to wait for the holder

@@ -1,0 +1,231 @@
+"""Collections as dynamic partitions: the "hopper" fan-out over many collections.
+
+Every stage asset that runs in Lambda is partitioned by collection (``database.collection``).
+Partitions are registered, never guessed: ``collections_sensor`` (running by default) adds every
+collection it discovers, and ``register_collections`` does the same once, for a first run without
+the daemon (the README's quick start). Discovery unions three sources:
+
+- the configured names in ``LAKEHOUSE_COLLECTIONS``;
+- ``database.*`` patterns there, expanded by listing the source's collections;
+- the raw zone: every collection that already has batches (DMS or MQ ingestion writes them
+  without a capture asset ever running).
+
+Work over many collections runs as *one* run whose step fans out one Lambda invocation per
+collection with at most ``LAKEHOUSE_FANOUT_CONCURRENCY`` at once (``BackfillPolicy.single_run``
+plus ``LambdaPipes.run_partitions``), and every step that invokes Lambda holds a slot of the
+``lakehouse_lambda`` pool: pool slots x fan-out stays below the functions' reserved concurrency.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from dagster import (
+    AssetsDefinition,
+    BackfillPolicy,
+    DagsterInstance,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    Definitions,
+    DynamicPartitionsDefinition,
+    MetadataValue,
+    OpExecutionContext,
+    ResourceParam,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    asset,
+    job,
+    op,
+    schedule,
+    sensor,
+)
+from dagster._core.definitions.unresolved_asset_job_definition import (
+    UnresolvedAssetJobDefinition,
+)
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+from dagster._utils.warnings import disable_dagster_warnings
+
+from lakehouse_pipelines.settings import LakehouseSettings, split_namespace
+from lambda_functions.lake import list_namespaces, open_store
+
+COLLECTIONS = DynamicPartitionsDefinition(name="collections")
+# One run covers many collections (its step fans out), instead of one run per collection.
+FAN_OUT = BackfillPolicy.single_run()
+# Steps that invoke Lambda hold a slot of this pool (limit in deploy/dagster.yaml).
+LAMBDA_POOL = "lakehouse_lambda"
+
+
+def single_run_asset(**kwargs: Any) -> Callable[[Callable[..., Any]], AssetsDefinition]:
+    """``@asset`` that joins a single run over many collections.
+
+    ``backfill_policy`` is marked beta in Dagster 1.13; its warning is silenced here (the policy
+    is what makes a backfill one fanned-out run) so loading the code location stays quiet."""
+
+    def decorate(fn: Callable[..., Any]) -> AssetsDefinition:
+        with disable_dagster_warnings():
+            return asset(backfill_policy=FAN_OUT, **kwargs)(fn)
+
+    return decorate
+
+
+def collection_asset(**kwargs: Any) -> Callable[[Callable[..., Any]], AssetsDefinition]:
+    """``@asset`` for a stage that runs in Lambda: one partition per collection, a single run
+    over many collections, a slot of the Lambda pool per step."""
+    return single_run_asset(partitions_def=COLLECTIONS, pool=LAMBDA_POOL, **kwargs)
+
+
+class DiscoveryError(RuntimeError):
+    """A source listing failed; the message names the pattern and the cause."""
+
+
+def list_source_collections(settings: LakehouseSettings, database: str) -> list[str]:
+    """The collections the source has in ``database`` (for ``database.*`` patterns)."""
+    if settings.source_kind == "embedded":
+        from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
+
+        with EmbeddedChangeStreamSource(settings.source_location) as source:
+            return source.list_collection_names(database)
+    from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource
+    from lambda_functions.contracts import CaptureRequest
+
+    request = CaptureRequest(
+        lake_uri=settings.lake_uri,
+        database=database,
+        collection="listing",
+        source_kind=settings.source_kind,
+        source_location=settings.source_location,
+        secret_arn=settings.documentdb_secret_arn,
+        tls=settings.documentdb_tls,
+        tls_ca_file=settings.documentdb_ca_file,
+    )
+    source = DocumentDBChangeSource.open(request)
+    try:
+        names = source.client[database].list_collection_names()
+    finally:
+        source.client.close()
+    return sorted(name for name in names if not name.startswith("system."))
+
+
+def discover_collections(settings: LakehouseSettings) -> list[str]:
+    """Every collection to keep, sorted: configured, listed from the source, found in the lake."""
+    found: set[str] = set()
+    for pattern in settings.collections:
+        database, collection = split_namespace(pattern)
+        if collection != "*":
+            found.add(pattern)
+            continue
+        try:
+            found.update(
+                f"{database}.{name}" for name in list_source_collections(settings, database)
+            )
+        except Exception as error:  # the sensor reports it; the other sources still count
+            raise DiscoveryError(
+                f"listing the collections of {database!r} for LAKEHOUSE_COLLECTIONS pattern "
+                f"{pattern!r} failed: {error}. Check the source connection settings, or list "
+                "the collections by name."
+            ) from error
+    found.update(list_namespaces(open_store(settings.lake_uri)))
+    return sorted(found)
+
+
+def registered_collections(instance: DagsterInstance) -> list[str]:
+    return list(COLLECTIONS.get_partition_keys(dynamic_partitions_store=instance))
+
+
+def all_collections_run(instance: DagsterInstance, run_key: str | None = None) -> RunRequest | None:
+    """One run over every registered collection (a range over all of them), or None if none."""
+    keys = registered_collections(instance)
+    if not keys:
+        return None
+    return RunRequest(
+        run_key=run_key,
+        tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+    )
+
+
+def collections_schedule(
+    name: str, job_def: UnresolvedAssetJobDefinition, cron: str, description: str
+) -> list[ScheduleDefinition]:
+    """A schedule whose every tick is one run over all registered collections (off until turned
+    on in the UI), or none when ``cron`` is empty."""
+    if not cron:
+        return []
+
+    @schedule(
+        name=name,
+        job=job_def,
+        cron_schedule=cron,
+        default_status=DefaultScheduleStatus.STOPPED,
+        description=description,
+    )
+    def _schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+        request = all_collections_run(context.instance)
+        if request is None:
+            return SkipReason("no collection is registered yet: see collections_sensor")
+        return request
+
+    return [_schedule]
+
+
+def _new_collections(instance: DagsterInstance, settings: LakehouseSettings) -> list[str]:
+    known = set(registered_collections(instance))
+    return [key for key in discover_collections(settings) if key not in known]
+
+
+@sensor(
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Registers a partition for every collection discovered: LAKEHOUSE_COLLECTIONS, "
+        "database.* patterns listed from the source, and collections with raw-zone batches."
+    ),
+)
+def collections_sensor(
+    context: SensorEvaluationContext, lakehouse: ResourceParam[LakehouseSettings]
+) -> SensorResult | SkipReason:
+    new = _new_collections(context.instance, lakehouse)
+    if not new:
+        return SkipReason("no new collection")
+    context.log.info(f"registering {len(new)} collections: {', '.join(new)}")
+    return SensorResult(dynamic_partitions_requests=[COLLECTIONS.build_add_request(new)])
+
+
+@op(
+    description="Registers the discovered collections as partitions (what collections_sensor does)."
+)
+def discover_and_register(
+    context: OpExecutionContext, lakehouse: ResourceParam[LakehouseSettings]
+) -> None:
+    new = _new_collections(context.instance, lakehouse)
+    if new:
+        context.instance.add_dynamic_partitions(COLLECTIONS.name, new)
+    registered = registered_collections(context.instance)
+    context.log.info(f"registered {len(new)} new collections; {len(registered)} in all")
+    context.add_output_metadata(
+        {
+            "new_collections": MetadataValue.json(new),
+            "collections": MetadataValue.json(registered),
+            "collection_count": MetadataValue.int(len(registered)),
+        }
+    )
+
+
+@job(
+    name="register_collections",
+    description=(
+        "Registers every discovered collection as a partition, once. The collections_sensor "
+        "does this continuously when the daemon runs; use this for a first run without it."
+    ),
+)
+def register_collections() -> None:
+    discover_and_register()
+
+
+def build_defs(settings: LakehouseSettings) -> Definitions:
+    return Definitions(sensors=[collections_sensor], jobs=[register_collections])

@@ -1,0 +1,111 @@
+"""Collections as dynamic partitions: discovery, the registering sensor and job, and schedules
+that cover every registered collection in one run."""
+
+from dagster import (
+    DagsterInstance,
+    RunRequest,
+    SkipReason,
+    build_schedule_context,
+    build_sensor_context,
+    instance_for_test,
+)
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+
+from lakehouse_pipelines.definitions import build_definitions
+from lakehouse_pipelines.defs.collections import (
+    collections_sensor,
+    discover_collections,
+    registered_collections,
+)
+from lakehouse_pipelines.settings import LakehouseSettings
+from lambda_functions.cdc_capture.demo_workload import DemoWorkload
+from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
+from lambda_functions.lake import RawZone, open_store
+from tests.lambda_functions.raw_batches import JAN, key, publish
+
+
+def settings_for(tmp_path, collections: str) -> LakehouseSettings:
+    return LakehouseSettings.from_env(
+        {"LAKEHOUSE_ROOT": str(tmp_path), "LAKEHOUSE_COLLECTIONS": collections}
+    )
+
+
+def test_discovery_unions_configured_names_source_listing_and_raw_zone(tmp_path):
+    settings = settings_for(tmp_path, "shop.orders,crm.*")
+    with EmbeddedChangeStreamSource(settings.source_location) as source:
+        for name in ("leads", "accounts"):
+            DemoWorkload(source, "crm", name, initial_documents=3).run(1)
+        DemoWorkload(source, "other", "ignored", initial_documents=3).run(1)
+    publish(
+        RawZone(open_store(settings.lake_uri), "dms", "invoices"),
+        [(key(JAN, 1), "insert", 1, "{}")],
+    )
+
+    assert discover_collections(settings) == [
+        "crm.accounts",
+        "crm.leads",
+        "dms.invoices",
+        "shop.orders",
+    ]
+
+
+def test_the_sensor_registers_new_collections_once(tmp_path):
+    settings = settings_for(tmp_path, "shop.orders,shop.customers")
+    instance = DagsterInstance.ephemeral()
+
+    def tick():
+        context = build_sensor_context(instance=instance, resources={"lakehouse": settings})
+        result = collections_sensor(context)
+        if isinstance(result, SkipReason):
+            return None
+        for request in result.dynamic_partitions_requests:
+            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+        return list(result.dynamic_partitions_requests[0].partition_keys)
+
+    assert tick() == ["shop.customers", "shop.orders"]
+    assert tick() is None  # nothing new
+    publish(
+        RawZone(open_store(settings.lake_uri), "shop", "returns"),
+        [(key(JAN, 1), "insert", 1, "{}")],
+    )
+    assert tick() == ["shop.returns"]
+    assert registered_collections(instance) == ["shop.customers", "shop.orders", "shop.returns"]
+
+
+def test_the_register_job_registers_what_the_sensor_would(tmp_path):
+    settings = settings_for(tmp_path, "shop.orders,shop.customers")
+    defs = build_definitions(settings)
+    instance = DagsterInstance.ephemeral()
+    job = defs.resolve_job_def("register_collections")
+    assert job.execute_in_process(instance=instance).success
+    assert job.execute_in_process(instance=instance).success  # again: nothing added twice
+    assert registered_collections(instance) == ["shop.customers", "shop.orders"]
+
+
+def test_a_schedule_tick_is_one_run_over_every_registered_collection(tmp_path):
+    """Without collections a tick skips; with 20, it is one run over the range of all 20."""
+    settings = LakehouseSettings.from_env(
+        {"LAKEHOUSE_ROOT": str(tmp_path), "LAKEHOUSE_MERGE_CRON": "*/30 * * * *"}
+    )
+    defs = build_definitions(settings)
+    with instance_for_test() as instance:
+        check_schedules(defs, instance)
+
+
+def check_schedules(defs, instance):
+    for name in ("cdc_capture_schedule", "merge_and_load_schedule", "lake_maintenance_schedule"):
+        schedule = defs.resolve_schedule_def(name)
+        with build_schedule_context(instance=instance) as context:
+            tick = schedule.evaluate_tick(context)
+        assert not tick.run_requests and "no collection is registered" in tick.skip_message
+
+    instance.add_dynamic_partitions("collections", [f"db.c{i:02d}" for i in range(20)])
+    schedule = defs.resolve_schedule_def("cdc_capture_schedule")
+    with build_schedule_context(instance=instance) as context:
+        (request,) = schedule.evaluate_tick(context).run_requests
+    assert isinstance(request, RunRequest)
+    assert request.tags[ASSET_PARTITION_RANGE_START_TAG] == "db.c00"
+    assert request.tags[ASSET_PARTITION_RANGE_END_TAG] == "db.c19"

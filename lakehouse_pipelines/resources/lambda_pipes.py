@@ -178,20 +178,6 @@ class LambdaPipes:
             tags=reported.tags,
         )
 
-    def run_collections(
-        self,
-        context: Any,
-        spec: FunctionSpec,
-        requests: Mapping[str, CollectionRequest],
-        *,
-        max_concurrency: int,
-    ) -> MaterializeResult:
-        """Run ``spec`` for the partitions of the step: a run for one partition invokes it once
-        (its checks recorded as reported); a single-run backfill fans out (``run_partitions``)."""
-        if len(requests) == 1 and context.has_partition_key:
-            return self.run(context, spec, next(iter(requests.values())))
-        return self.run_partitions(context, spec, requests, max_concurrency=max_concurrency)
-
     def run_partitions(
         self,
         context: Any,
@@ -207,10 +193,13 @@ class LambdaPipes:
         records one materialization per partition with its own figures; check results are combined
         (a check passes only if it passed for every partition, and names the ones that failed).
         If any invocation fails, the others still finish (their work is committed and idempotent)
-        and the step then fails naming every failed partition.
+        and the step then fails naming every failed partition. A run for a single partition
+        invokes once and records the function's materialization and checks as reported.
         """
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if len(requests) == 1 and context.has_partition_key:
+            return self.run(context, spec, next(iter(requests.values())))
         results: dict[str, MaterializeResult] = {}
         failures: dict[str, BaseException] = {}
         with ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="lambda") as pool:

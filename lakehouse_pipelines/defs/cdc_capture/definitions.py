@@ -70,7 +70,7 @@ def cdc_raw_batches(
     requests = {
         key: capture_request(lakehouse, key, reset=config.reset) for key in context.partition_keys
     }
-    return lambda_pipes.run_collections(
+    return lambda_pipes.run_partitions(
         context, CDC_CAPTURE, requests, max_concurrency=lakehouse.fanout_concurrency
     )
 

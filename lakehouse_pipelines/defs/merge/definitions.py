@@ -64,7 +64,7 @@ def lake_table(
         key: MergeRequest(lake_uri=lakehouse.lake_uri, **_names(key))
         for key in context.partition_keys
     }
-    return lambda_pipes.run_collections(
+    return lambda_pipes.run_partitions(
         context, MERGE, requests, max_concurrency=lakehouse.fanout_concurrency
     )
 
@@ -115,7 +115,7 @@ def lake_table_maintenance(
         )
         for key in context.partition_keys
     }
-    return lambda_pipes.run_collections(
+    return lambda_pipes.run_partitions(
         context, LAKE_MAINTENANCE, requests, max_concurrency=lakehouse.fanout_concurrency
     )
 

@@ -51,7 +51,7 @@ def warehouse_table(
     lambda_pipes: ResourceParam[LambdaPipes],
 ) -> MaterializeResult:
     requests = {key: load_request(lakehouse, key) for key in context.partition_keys}
-    return lambda_pipes.run_collections(
+    return lambda_pipes.run_partitions(
         context, WAREHOUSE_LOAD, requests, max_concurrency=lakehouse.fanout_concurrency
     )
 

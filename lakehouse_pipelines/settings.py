@@ -73,6 +73,12 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "JSON object: document field (or dotted path) -> SQL type, loaded as typed columns beside "
         "the full document; new entries are added as columns (never dropped)",
     ),
+    "LAKEHOUSE_WAREHOUSE_TABLE_NAMES": (
+        "collection",
+        "collection",
+        "warehouse table per collection: `collection` (`<schema>.<collection>`; two databases "
+        "with the same collection name are refused at registration) or `database_collection`",
+    ),
     "LAKEHOUSE_REDSHIFT_DATABASE": ("", "", "redshift: database to load into"),
     "LAKEHOUSE_REDSHIFT_WORKGROUP": ("", "", "redshift: Serverless workgroup name (or a cluster)"),
     "LAKEHOUSE_REDSHIFT_CLUSTER": ("", "", "redshift: provisioned cluster identifier"),
@@ -222,6 +228,7 @@ class LakehouseSettings:
     max_failure_rate: float = 0.25
     dashboard_name: str = "lakehouse-pipelines"
     warehouse_projection: Mapping[str, str] = field(default_factory=dict)
+    warehouse_table_names: str = "collection"
     redshift_database: str = ""
     redshift_workgroup: str = ""
     redshift_cluster: str = ""
@@ -294,6 +301,12 @@ class LakehouseSettings:
             raise SettingsError(
                 f"LAKEHOUSE_WAREHOUSE={warehouse_kind!r}: use 'duckdb' or 'redshift'"
             )
+        table_names = get("LAKEHOUSE_WAREHOUSE_TABLE_NAMES")
+        if table_names not in ("collection", "database_collection"):
+            raise SettingsError(
+                f"LAKEHOUSE_WAREHOUSE_TABLE_NAMES={table_names!r}: use 'collection' or "
+                "'database_collection'"
+            )
         namespace_metrics = get("LAKEHOUSE_METRICS_NAMESPACE")
         if namespace_metrics.startswith("AWS/"):
             raise SettingsError("LAKEHOUSE_METRICS_NAMESPACE must not start with 'AWS/' (reserved)")
@@ -358,6 +371,7 @@ class LakehouseSettings:
             ),
             dashboard_name=get("LAKEHOUSE_DASHBOARD_NAME"),
             warehouse_projection=_projection(get("LAKEHOUSE_WAREHOUSE_PROJECTION")),
+            warehouse_table_names=table_names,
             redshift_database=get("LAKEHOUSE_REDSHIFT_DATABASE"),
             redshift_workgroup=get("LAKEHOUSE_REDSHIFT_WORKGROUP"),
             redshift_cluster=get("LAKEHOUSE_REDSHIFT_CLUSTER"),
@@ -395,6 +409,14 @@ def split_namespace(namespace: str, variable: str = "collection") -> tuple[str, 
     except ValueError as error:
         raise SettingsError(f"{variable}: {error}") from None
     return database, collection
+
+
+def warehouse_table_name(settings: LakehouseSettings, namespace: str) -> str:
+    """The warehouse table a collection loads into (``LAKEHOUSE_WAREHOUSE_TABLE_NAMES``)."""
+    database, collection = split_namespace(namespace)
+    if settings.warehouse_table_names == "database_collection":
+        return f"{database}_{collection}"
+    return collection
 
 
 def _collections(value: str) -> tuple[str, ...]:

@@ -51,7 +51,11 @@ from dagster._core.storage.tags import (
 )
 from dagster._utils.warnings import disable_dagster_warnings
 
-from lakehouse_pipelines.settings import LakehouseSettings, split_namespace
+from lakehouse_pipelines.settings import (
+    LakehouseSettings,
+    split_namespace,
+    warehouse_table_name,
+)
 from lambda_functions.lake import list_namespaces, open_store
 
 COLLECTIONS = DynamicPartitionsDefinition(name="collections")
@@ -173,9 +177,28 @@ def collections_schedule(
     return [_schedule]
 
 
-def _new_collections(instance: DagsterInstance, settings: LakehouseSettings) -> list[str]:
-    known = set(registered_collections(instance))
-    return [key for key in discover_collections(settings) if key not in known]
+def _new_collections(
+    instance: DagsterInstance, settings: LakehouseSettings
+) -> tuple[list[str], list[str]]:
+    """Collections to register, and those withheld because their warehouse table name is taken
+    (with the message saying why and how to fix it)."""
+    known = registered_collections(instance)
+    tables = {warehouse_table_name(settings, key): key for key in known}
+    new, withheld = [], []
+    for key in discover_collections(settings):
+        if key in known:
+            continue
+        table = warehouse_table_name(settings, key)
+        if table in tables:
+            withheld.append(
+                f"{key} is not registered: it would load into the warehouse table {table!r} of "
+                f"{tables[table]}. Set LAKEHOUSE_WAREHOUSE_TABLE_NAMES=database_collection "
+                "(tables named <database>_<collection>) or leave one of them out."
+            )
+            continue
+        tables[table] = key
+        new.append(key)
+    return new, withheld
 
 
 @sensor(
@@ -189,9 +212,11 @@ def _new_collections(instance: DagsterInstance, settings: LakehouseSettings) -> 
 def collections_sensor(
     context: SensorEvaluationContext, lakehouse: ResourceParam[LakehouseSettings]
 ) -> SensorResult | SkipReason:
-    new = _new_collections(context.instance, lakehouse)
+    new, withheld = _new_collections(context.instance, lakehouse)
+    for reason in withheld:
+        context.log.error(reason)
     if not new:
-        return SkipReason("no new collection")
+        return SkipReason("; ".join(withheld) or "no new collection")
     context.log.info(f"registering {len(new)} collections: {', '.join(new)}")
     return SensorResult(dynamic_partitions_requests=[COLLECTIONS.build_add_request(new)])
 
@@ -202,7 +227,9 @@ def collections_sensor(
 def discover_and_register(
     context: OpExecutionContext, lakehouse: ResourceParam[LakehouseSettings]
 ) -> None:
-    new = _new_collections(context.instance, lakehouse)
+    new, withheld = _new_collections(context.instance, lakehouse)
+    for reason in withheld:
+        context.log.error(reason)
     if new:
         context.instance.add_dynamic_partitions(COLLECTIONS.name, new)
     registered = registered_collections(context.instance)
@@ -210,6 +237,7 @@ def discover_and_register(
     context.add_output_metadata(
         {
             "new_collections": MetadataValue.json(new),
+            "withheld": MetadataValue.json(withheld),
             "collections": MetadataValue.json(registered),
             "collection_count": MetadataValue.int(len(registered)),
         }

@@ -20,6 +20,7 @@ from lakehouse_pipelines.defs.collections import (
     discover_collections,
     registered_collections,
 )
+from lakehouse_pipelines.defs.warehouse_load.definitions import load_request
 from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.cdc_capture.demo_workload import DemoWorkload
 from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
@@ -109,3 +110,41 @@ def check_schedules(defs, instance):
     assert isinstance(request, RunRequest)
     assert request.tags[ASSET_PARTITION_RANGE_START_TAG] == "db.c00"
     assert request.tags[ASSET_PARTITION_RANGE_END_TAG] == "db.c19"
+
+
+def test_a_collection_whose_warehouse_table_name_is_taken_is_withheld_with_the_fix(tmp_path):
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("collections", ["shop.orders"])  # loads into "orders"
+    settings = settings_for(tmp_path, "shop.orders,legacy.orders,shop.customers")
+    context = build_sensor_context(instance=instance, resources={"lakehouse": settings})
+    result = collections_sensor(context)
+    (request,) = result.dynamic_partitions_requests
+    assert list(request.partition_keys) == ["shop.customers"]  # legacy.orders is withheld
+
+    named = LakehouseSettings.from_env(
+        {
+            "LAKEHOUSE_ROOT": str(tmp_path),
+            "LAKEHOUSE_COLLECTIONS": "shop.orders,legacy.orders",
+            "LAKEHOUSE_WAREHOUSE_TABLE_NAMES": "database_collection",
+        }
+    )
+    job = build_definitions(named).resolve_job_def("register_collections")
+    assert job.execute_in_process(instance=instance).success
+    assert registered_collections(instance) == ["shop.orders", "legacy.orders"]  # added order
+    request = load_request(named, "legacy.orders")
+    assert (request.collection, request.table_name) == ("orders", "legacy_orders")
+
+
+def test_the_register_job_names_a_withheld_collection_and_the_setting_to_change(tmp_path):
+    settings = settings_for(tmp_path, "shop.orders,legacy.orders")
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("collections", ["shop.orders"])
+    result = (
+        build_definitions(settings)
+        .resolve_job_def("register_collections")
+        .execute_in_process(instance=instance)
+    )
+    (event,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    (withheld,) = event.event_specific_data.metadata["withheld"].value
+    assert "legacy.orders is not registered" in withheld
+    assert "LAKEHOUSE_WAREHOUSE_TABLE_NAMES=database_collection" in withheld

@@ -17,7 +17,11 @@ from lakehouse_pipelines.defs.collections import (
 from lakehouse_pipelines.defs.merge.definitions import LAKE_TABLE_KEY
 from lakehouse_pipelines.defs.policies import with_freshness
 from lakehouse_pipelines.resources import LambdaPipes
-from lakehouse_pipelines.settings import LakehouseSettings, split_namespace
+from lakehouse_pipelines.settings import (
+    LakehouseSettings,
+    split_namespace,
+    warehouse_table_name,
+)
 from lambda_functions.contracts import InvalidRequestError, LoadRequest
 from lambda_functions.registry import WAREHOUSE_LOAD
 
@@ -67,6 +71,7 @@ def load_request(lakehouse: LakehouseSettings, namespace: str) -> LoadRequest:
         warehouse_kind=lakehouse.warehouse_kind,
         warehouse_location=lakehouse.duckdb_path,
         target_schema=lakehouse.warehouse_schema,
+        target_table=warehouse_table_name(lakehouse, namespace),
         projection=dict(lakehouse.warehouse_projection),
         redshift_database=lakehouse.redshift_database,
         redshift_workgroup=lakehouse.redshift_workgroup,

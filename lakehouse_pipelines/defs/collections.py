@@ -56,6 +56,7 @@ from lakehouse_pipelines.settings import (
     split_namespace,
     warehouse_table_name,
 )
+from lambda_functions.contracts import validate_name
 from lambda_functions.lake import list_namespaces, open_store
 
 COLLECTIONS = DynamicPartitionsDefinition(name="collections")
@@ -113,7 +114,17 @@ def list_source_collections(settings: LakehouseSettings, database: str) -> list[
         names = source.client[database].list_collection_names()
     finally:
         source.client.close()
-    return sorted(name for name in names if not name.startswith("system."))
+    return sorted(name for name in names if not name.startswith("system.") and _plain(name))
+
+
+def _plain(name: str) -> bool:
+    """Names that can be a path and an SQL identifier (others are left out of ``db.*``; list
+    such a collection by name to get the error that explains the rule)."""
+    try:
+        validate_name(name, "collection")
+    except ValueError:
+        return False
+    return True
 
 
 def discover_collections(settings: LakehouseSettings) -> list[str]:
@@ -128,7 +139,7 @@ def discover_collections(settings: LakehouseSettings) -> list[str]:
             found.update(
                 f"{database}.{name}" for name in list_source_collections(settings, database)
             )
-        except Exception as error:  # the sensor reports it; the other sources still count
+        except Exception as error:  # fails the sensor tick / register run with this message
             raise DiscoveryError(
                 f"listing the collections of {database!r} for LAKEHOUSE_COLLECTIONS pattern "
                 f"{pattern!r} failed: {error}. Check the source connection settings, or list "

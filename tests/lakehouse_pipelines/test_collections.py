@@ -1,6 +1,7 @@
 """Collections as dynamic partitions: discovery, the registering sensor and job, and schedules
 that cover every registered collection in one run."""
 
+import pytest
 from dagster import (
     DagsterInstance,
     RunRequest,
@@ -16,6 +17,7 @@ from dagster._core.storage.tags import (
 
 from lakehouse_pipelines.definitions import build_definitions
 from lakehouse_pipelines.defs.collections import (
+    DiscoveryError,
     collections_sensor,
     discover_collections,
     registered_collections,
@@ -25,6 +27,7 @@ from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.cdc_capture.demo_workload import DemoWorkload
 from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.lake import RawZone, open_store
+from tests.lambda_functions.cdc_capture.mock_documentdb import embedded_backed_server
 from tests.lambda_functions.raw_batches import JAN, key, publish
 
 
@@ -148,3 +151,39 @@ def test_the_register_job_names_a_withheld_collection_and_the_setting_to_change(
     (withheld,) = event.event_specific_data.metadata["withheld"].value
     assert "legacy.orders is not registered" in withheld
     assert "LAKEHOUSE_WAREHOUSE_TABLE_NAMES=database_collection" in withheld
+
+
+def test_a_database_pattern_lists_documentdb_collections_over_the_wire(tmp_path, monkeypatch):
+    """``crm.*`` against DocumentDB: pymongo's listCollections; system collections and names that
+    cannot be a table are left out."""
+    store = tmp_path / "documentdb.sqlite"
+    with EmbeddedChangeStreamSource(store) as source:
+        for name in ("leads", "accounts"):
+            DemoWorkload(source, "crm", name, initial_documents=2).run(1)
+    with embedded_backed_server(store) as server:
+        server.extra_collections = ["system.views", "has space", "a.dotted"]
+        monkeypatch.setenv("CRM_DOCDB_URI", server.uri)
+        settings = LakehouseSettings.from_env(
+            {
+                "LAKEHOUSE_ROOT": str(tmp_path),
+                "LAKEHOUSE_COLLECTIONS": "crm.*",
+                "LAKEHOUSE_SOURCE": "documentdb",
+                "LAKEHOUSE_SOURCE_LOCATION": "CRM_DOCDB_URI",
+                "LAKEHOUSE_DOCUMENTDB_TLS": "false",
+            }
+        )
+        assert discover_collections(settings) == ["crm.accounts", "crm.leads"]
+        assert "listCollections" in server.names()
+
+
+def test_a_failing_source_listing_names_the_pattern_and_the_fix(tmp_path):
+    settings = LakehouseSettings.from_env(
+        {
+            "LAKEHOUSE_ROOT": str(tmp_path),
+            "LAKEHOUSE_COLLECTIONS": "crm.*",
+            "LAKEHOUSE_SOURCE": "documentdb",
+            "LAKEHOUSE_SOURCE_LOCATION": "UNSET_DOCDB_URI_FOR_TEST",
+        }
+    )
+    with pytest.raises(DiscoveryError, match=r"'crm\.\*' failed: .*UNSET_DOCDB_URI_FOR_TEST"):
+        discover_collections(settings)

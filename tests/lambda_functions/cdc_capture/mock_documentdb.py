@@ -9,7 +9,9 @@ the change-event log of an ``EmbeddedChangeStreamSource`` file:
   a stream on the store, answers the first batch and a ``postBatchResumeToken``; the store's
   ``OperationFailure`` (136 for a purged token, "not enabled") becomes a command error with the
   same code and message, as the server sends it;
-- ``getMore`` on such a cursor: the next batch and the post-batch token; ``killCursors``.
+- ``getMore`` on such a cursor: the next batch and the post-batch token; ``killCursors``;
+- ``listCollections``: the store's collections of the database, plus ``extra_collections``
+  (e.g. ``system.views``, which DocumentDB lists too).
 
 Every command it saw is kept in ``commands`` so tests can assert what went over the wire.
 
@@ -43,6 +45,7 @@ class EmbeddedBackedServer:
 
     def __init__(self, store_path: Path, *, events_per_batch: int | None = None):
         self.store_path = store_path
+        self.extra_collections: list[str] = []
         self.events_per_batch = events_per_batch  # cap on a batch, to force several getMores
         self.server = MockupDB(auto_ismaster=HELLO, verbose=False, request_timeout=30)
         self.commands: list[dict[str, Any]] = []
@@ -55,6 +58,7 @@ class EmbeddedBackedServer:
             "aggregate": self._aggregate,
             "getMore": self._get_more,
             "killCursors": self._kill_cursors,
+            "listCollections": self._list_collections,
             "endSessions": lambda request: request.ok(),
         }
         # mockupdb's string matchers compare the command's value too ({"find": 1}); one
@@ -117,6 +121,15 @@ class EmbeddedBackedServer:
         docs = docs[:limit] if limit else docs
         return request.ok(
             cursor={"id": Int64(0), "ns": f"{database}.{collection}", "firstBatch": docs}
+        )
+
+    def _list_collections(self, request: Any) -> bool:
+        command = self._record(request)
+        database = command["$db"]
+        names = [*self.store.list_collection_names(database), *self.extra_collections]
+        batch = [{"name": name, "type": "collection"} for name in names]
+        return request.ok(
+            cursor={"id": Int64(0), "ns": f"{database}.$cmd.listCollections", "firstBatch": batch}
         )
 
     def _aggregate(self, request: Any) -> bool:

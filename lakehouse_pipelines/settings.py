@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from dagster._utils.schedules import is_valid_cron_string
@@ -199,6 +200,8 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
 
 @dataclass(frozen=True)
 class LakehouseSettings:
+    """Every setting, typed and checked; built by ``from_env`` (defaults live in ``VARIABLES``)."""
+
     env: str
     root: Path
     lake_uri: str
@@ -215,33 +218,33 @@ class LakehouseSettings:
     metrics_namespace: str
     lambda_price_per_gb_second: float
     aws_region: str
-    merge_cron: str = ""
-    load_cron: str = ""
-    metrics_cron: str = "*/10 * * * *"
-    maintenance_cron: str = "0 3 * * *"
-    vacuum_retention_hours: int = 168
-    fanout_concurrency: int = 4
-    freshness_warn_minutes: float = 60.0
-    freshness_fail_minutes: float = 180.0
-    metrics_window_hours: float = 24.0
-    queue_stuck_seconds: float = 3600.0
-    max_failure_rate: float = 0.25
-    dashboard_name: str = "lakehouse-pipelines"
-    warehouse_projection: Mapping[str, str] = field(default_factory=dict)
-    warehouse_table_names: str = "collection"
-    redshift_database: str = ""
-    redshift_workgroup: str = ""
-    redshift_cluster: str = ""
-    redshift_db_user: str = ""
-    redshift_secret_arn: str = field(default="", repr=False)
-    redshift_iam_role: str = field(default="", repr=False)
-    redshift_timeout_seconds: int = 600
-    documentdb_secret_arn: str = ""
-    documentdb_ca_file: str = ""
-    documentdb_tls: bool = True
-    auto_resnapshot: bool = False
-    max_cdc_lag_seconds: float = 900.0
-    change_stream_retention_seconds: int = 10_800
+    merge_cron: str
+    load_cron: str
+    metrics_cron: str
+    maintenance_cron: str
+    vacuum_retention_hours: int
+    fanout_concurrency: int
+    freshness_warn_minutes: float
+    freshness_fail_minutes: float
+    metrics_window_hours: float
+    queue_stuck_seconds: float
+    max_failure_rate: float
+    dashboard_name: str
+    warehouse_projection: Mapping[str, str]
+    warehouse_table_names: str
+    redshift_database: str
+    redshift_workgroup: str
+    redshift_cluster: str
+    redshift_db_user: str
+    redshift_secret_arn: str = field(repr=False)
+    redshift_iam_role: str = field(repr=False)
+    redshift_timeout_seconds: int
+    documentdb_secret_arn: str
+    documentdb_ca_file: str
+    documentdb_tls: bool
+    auto_resnapshot: bool
+    max_cdc_lag_seconds: float
+    change_stream_retention_seconds: int
 
     @property
     def is_aws(self) -> bool:
@@ -266,6 +269,15 @@ class LakehouseSettings:
                 )
             return default
 
+        def typed(name: str, convert: Callable[[str, str], Any]) -> Any:
+            return convert(get(name), name)
+
+        def choice(name: str, *options: str) -> str:
+            value = get(name)
+            if value not in options:
+                raise SettingsError(f"{name}={value!r}: use " + " or ".join(map(repr, options)))
+            return value
+
         root = Path(get("LAKEHOUSE_ROOT")).expanduser().resolve()
 
         def under_root(value: str) -> str:
@@ -273,12 +285,10 @@ class LakehouseSettings:
 
         lake_uri = under_root(get("LAKEHOUSE_LAKE_URI"))
         collections = _collections(get("LAKEHOUSE_COLLECTIONS"))
-        fanout = _int(get("LAKEHOUSE_FANOUT_CONCURRENCY"), "LAKEHOUSE_FANOUT_CONCURRENCY")
+        fanout = typed("LAKEHOUSE_FANOUT_CONCURRENCY", _int)
         if fanout < 1:
             raise SettingsError("LAKEHOUSE_FANOUT_CONCURRENCY must be 1 or more")
-        retention = _int(
-            get("LAKEHOUSE_VACUUM_RETENTION_HOURS"), "LAKEHOUSE_VACUUM_RETENTION_HOURS"
-        )
+        retention = typed("LAKEHOUSE_VACUUM_RETENTION_HOURS", _int)
         if retention < 1:
             # A merge in flight still references files it read; vacuum must never reach them.
             raise SettingsError(
@@ -293,20 +303,6 @@ class LakehouseSettings:
                     "LAKEHOUSE_PIPES_BUCKET is required when the lake is not on S3 in aws mode"
                 )
             pipes_bucket = parsed.netloc
-        source_kind = get("LAKEHOUSE_SOURCE")
-        if source_kind not in ("embedded", "documentdb"):
-            raise SettingsError(f"LAKEHOUSE_SOURCE={source_kind!r}: use 'embedded' or 'documentdb'")
-        warehouse_kind = get("LAKEHOUSE_WAREHOUSE")
-        if warehouse_kind not in ("duckdb", "redshift"):
-            raise SettingsError(
-                f"LAKEHOUSE_WAREHOUSE={warehouse_kind!r}: use 'duckdb' or 'redshift'"
-            )
-        table_names = get("LAKEHOUSE_WAREHOUSE_TABLE_NAMES")
-        if table_names not in ("collection", "database_collection"):
-            raise SettingsError(
-                f"LAKEHOUSE_WAREHOUSE_TABLE_NAMES={table_names!r}: use 'collection' or "
-                "'database_collection'"
-            )
         namespace_metrics = get("LAKEHOUSE_METRICS_NAMESPACE")
         if namespace_metrics.startswith("AWS/"):
             raise SettingsError("LAKEHOUSE_METRICS_NAMESPACE must not start with 'AWS/' (reserved)")
@@ -323,9 +319,9 @@ class LakehouseSettings:
                     f"{cron_variable}={cron!r} is not a cron string (e.g. '*/15 * * * *'), "
                     "or leave it empty for no schedule"
                 )
-        if float(get("LAKEHOUSE_FRESHNESS_WARN_MINUTES")) >= float(
-            get("LAKEHOUSE_FRESHNESS_FAIL_MINUTES")
-        ):
+        freshness_warn = typed("LAKEHOUSE_FRESHNESS_WARN_MINUTES", _float)
+        freshness_fail = typed("LAKEHOUSE_FRESHNESS_FAIL_MINUTES", _float)
+        if freshness_warn >= freshness_fail:
             raise SettingsError(
                 "LAKEHOUSE_FRESHNESS_WARN_MINUTES must be below LAKEHOUSE_FRESHNESS_FAIL_MINUTES"
             )
@@ -335,10 +331,10 @@ class LakehouseSettings:
             lake_uri=lake_uri,
             collections=collections,
             fanout_concurrency=fanout,
-            source_kind=source_kind,
+            source_kind=choice("LAKEHOUSE_SOURCE", "embedded", "documentdb"),
             source_location=under_root(get("LAKEHOUSE_SOURCE_LOCATION")),
-            demo_changes=_int(get("LAKEHOUSE_DEMO_CHANGES"), "LAKEHOUSE_DEMO_CHANGES"),
-            warehouse_kind=warehouse_kind,
+            demo_changes=typed("LAKEHOUSE_DEMO_CHANGES", _int),
+            warehouse_kind=choice("LAKEHOUSE_WAREHOUSE", "duckdb", "redshift"),
             duckdb_path=under_root(get("LAKEHOUSE_DUCKDB_PATH")),
             warehouse_schema=get("LAKEHOUSE_WAREHOUSE_SCHEMA"),
             capture_cron=get("LAKEHOUSE_CAPTURE_CRON"),
@@ -347,50 +343,35 @@ class LakehouseSettings:
             metrics_cron=get("LAKEHOUSE_METRICS_CRON"),
             maintenance_cron=get("LAKEHOUSE_MAINTENANCE_CRON"),
             vacuum_retention_hours=retention,
-            freshness_warn_minutes=_float(
-                get("LAKEHOUSE_FRESHNESS_WARN_MINUTES"), "LAKEHOUSE_FRESHNESS_WARN_MINUTES"
-            ),
-            freshness_fail_minutes=_float(
-                get("LAKEHOUSE_FRESHNESS_FAIL_MINUTES"), "LAKEHOUSE_FRESHNESS_FAIL_MINUTES"
-            ),
+            freshness_warn_minutes=freshness_warn,
+            freshness_fail_minutes=freshness_fail,
             function_prefix=get("LAKEHOUSE_FUNCTION_PREFIX"),
             pipes_bucket=pipes_bucket,
             metrics_namespace=namespace_metrics,
-            lambda_price_per_gb_second=_float(
-                get("LAKEHOUSE_LAMBDA_PRICE_PER_GB_SECOND"), "LAKEHOUSE_LAMBDA_PRICE_PER_GB_SECOND"
-            ),
+            lambda_price_per_gb_second=typed("LAKEHOUSE_LAMBDA_PRICE_PER_GB_SECOND", _float),
             aws_region=get("AWS_REGION"),
-            metrics_window_hours=_float(
-                get("LAKEHOUSE_METRICS_WINDOW_HOURS"), "LAKEHOUSE_METRICS_WINDOW_HOURS"
-            ),
-            queue_stuck_seconds=_float(
-                get("LAKEHOUSE_QUEUE_STUCK_SECONDS"), "LAKEHOUSE_QUEUE_STUCK_SECONDS"
-            ),
-            max_failure_rate=_float(
-                get("LAKEHOUSE_MAX_FAILURE_RATE"), "LAKEHOUSE_MAX_FAILURE_RATE"
-            ),
+            metrics_window_hours=typed("LAKEHOUSE_METRICS_WINDOW_HOURS", _float),
+            queue_stuck_seconds=typed("LAKEHOUSE_QUEUE_STUCK_SECONDS", _float),
+            max_failure_rate=typed("LAKEHOUSE_MAX_FAILURE_RATE", _float),
             dashboard_name=get("LAKEHOUSE_DASHBOARD_NAME"),
             warehouse_projection=_projection(get("LAKEHOUSE_WAREHOUSE_PROJECTION")),
-            warehouse_table_names=table_names,
+            warehouse_table_names=choice(
+                "LAKEHOUSE_WAREHOUSE_TABLE_NAMES", "collection", "database_collection"
+            ),
             redshift_database=get("LAKEHOUSE_REDSHIFT_DATABASE"),
             redshift_workgroup=get("LAKEHOUSE_REDSHIFT_WORKGROUP"),
             redshift_cluster=get("LAKEHOUSE_REDSHIFT_CLUSTER"),
             redshift_db_user=get("LAKEHOUSE_REDSHIFT_DB_USER"),
             redshift_secret_arn=get("LAKEHOUSE_REDSHIFT_SECRET_ARN"),
             redshift_iam_role=get("LAKEHOUSE_REDSHIFT_IAM_ROLE"),
-            redshift_timeout_seconds=_int(
-                get("LAKEHOUSE_REDSHIFT_TIMEOUT_SECONDS"), "LAKEHOUSE_REDSHIFT_TIMEOUT_SECONDS"
-            ),
+            redshift_timeout_seconds=typed("LAKEHOUSE_REDSHIFT_TIMEOUT_SECONDS", _int),
             documentdb_secret_arn=get("LAKEHOUSE_DOCUMENTDB_SECRET_ARN"),
             documentdb_ca_file=get("LAKEHOUSE_DOCUMENTDB_CA_FILE"),
-            documentdb_tls=_bool(get("LAKEHOUSE_DOCUMENTDB_TLS"), "LAKEHOUSE_DOCUMENTDB_TLS"),
-            auto_resnapshot=_bool(get("LAKEHOUSE_AUTO_RESNAPSHOT"), "LAKEHOUSE_AUTO_RESNAPSHOT"),
-            max_cdc_lag_seconds=_float(
-                get("LAKEHOUSE_MAX_CDC_LAG_SECONDS"), "LAKEHOUSE_MAX_CDC_LAG_SECONDS"
-            ),
-            change_stream_retention_seconds=_int(
-                get("LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS"),
-                "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS",
+            documentdb_tls=typed("LAKEHOUSE_DOCUMENTDB_TLS", _bool),
+            auto_resnapshot=typed("LAKEHOUSE_AUTO_RESNAPSHOT", _bool),
+            max_cdc_lag_seconds=typed("LAKEHOUSE_MAX_CDC_LAG_SECONDS", _float),
+            change_stream_retention_seconds=typed(
+                "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS", _int
             ),
         )
 

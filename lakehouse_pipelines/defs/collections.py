@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dagster import (
+    AssetExecutionContext,
     AssetsDefinition,
     BackfillPolicy,
     DagsterInstance,
@@ -27,6 +28,7 @@ from dagster import (
     DefaultSensorStatus,
     Definitions,
     DynamicPartitionsDefinition,
+    MaterializeResult,
     MetadataValue,
     OpExecutionContext,
     ResourceParam,
@@ -51,13 +53,15 @@ from dagster._core.storage.tags import (
 )
 from dagster._utils.warnings import disable_dagster_warnings
 
+from lakehouse_pipelines.resources import LambdaPipes
 from lakehouse_pipelines.settings import (
     LakehouseSettings,
     split_namespace,
     warehouse_table_name,
 )
-from lambda_functions.contracts import validate_name
+from lambda_functions.contracts import CollectionRequest, validate_name
 from lambda_functions.lake import list_namespaces, open_store
+from lambda_functions.registry import FunctionSpec
 
 COLLECTIONS = DynamicPartitionsDefinition(name="collections")
 # One run covers many collections (its step fans out), instead of one run per collection.
@@ -83,6 +87,26 @@ def collection_asset(**kwargs: Any) -> Callable[[Callable[..., Any]], AssetsDefi
     """``@asset`` for a stage that runs in Lambda: one partition per collection, a single run
     over many collections, a slot of the Lambda pool per step."""
     return single_run_asset(partitions_def=COLLECTIONS, pool=LAMBDA_POOL, **kwargs)
+
+
+def request_fields(settings: LakehouseSettings, namespace: str) -> dict[str, str]:
+    """The fields every collection request starts with: the lake, the database, the collection."""
+    database, collection = split_namespace(namespace)
+    return {"lake_uri": settings.lake_uri, "database": database, "collection": collection}
+
+
+def invoke_per_collection(
+    context: AssetExecutionContext,
+    lambda_pipes: LambdaPipes,
+    settings: LakehouseSettings,
+    spec: FunctionSpec,
+    request_for: Callable[[str], CollectionRequest],
+) -> MaterializeResult:
+    """Invoke ``spec`` once per collection the step covers (fanned out, bounded)."""
+    requests = {key: request_for(key) for key in context.partition_keys}
+    return lambda_pipes.run_partitions(
+        context, spec, requests, max_concurrency=settings.fanout_concurrency
+    )
 
 
 class DiscoveryError(RuntimeError):

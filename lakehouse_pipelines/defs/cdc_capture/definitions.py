@@ -14,9 +14,11 @@ from pydantic import Field
 from lakehouse_pipelines.defs.collections import (
     collection_asset,
     collections_schedule,
+    invoke_per_collection,
+    request_fields,
 )
 from lakehouse_pipelines.resources import LambdaPipes
-from lakehouse_pipelines.settings import LakehouseSettings, split_namespace
+from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.contracts import CaptureRequest
 from lambda_functions.registry import CDC_CAPTURE
 
@@ -67,20 +69,18 @@ def cdc_raw_batches(
     lakehouse: ResourceParam[LakehouseSettings],
     lambda_pipes: ResourceParam[LambdaPipes],
 ) -> MaterializeResult:
-    requests = {
-        key: capture_request(lakehouse, key, reset=config.reset) for key in context.partition_keys
-    }
-    return lambda_pipes.run_partitions(
-        context, CDC_CAPTURE, requests, max_concurrency=lakehouse.fanout_concurrency
+    return invoke_per_collection(
+        context,
+        lambda_pipes,
+        lakehouse,
+        CDC_CAPTURE,
+        lambda key: capture_request(lakehouse, key, reset=config.reset),
     )
 
 
 def capture_request(lakehouse: LakehouseSettings, namespace: str, *, reset: bool) -> CaptureRequest:
-    database, collection = split_namespace(namespace)
     return CaptureRequest(
-        lake_uri=lakehouse.lake_uri,
-        database=database,
-        collection=collection,
+        **request_fields(lakehouse, namespace),
         source_kind=lakehouse.source_kind,
         source_location=lakehouse.source_location,
         demo_changes=lakehouse.demo_changes,

@@ -24,7 +24,9 @@ from lakehouse_pipelines.defs.cdc_capture.definitions import CAPTURE_KEY
 from lakehouse_pipelines.defs.collections import (
     collection_asset,
     collections_schedule,
+    invoke_per_collection,
     registered_collections,
+    request_fields,
 )
 from lakehouse_pipelines.defs.policies import with_freshness
 from lakehouse_pipelines.resources import LambdaPipes
@@ -60,12 +62,12 @@ def lake_table(
     lakehouse: ResourceParam[LakehouseSettings],
     lambda_pipes: ResourceParam[LambdaPipes],
 ) -> MaterializeResult:
-    requests = {
-        key: MergeRequest(lake_uri=lakehouse.lake_uri, **_names(key))
-        for key in context.partition_keys
-    }
-    return lambda_pipes.run_partitions(
-        context, MERGE, requests, max_concurrency=lakehouse.fanout_concurrency
+    return invoke_per_collection(
+        context,
+        lambda_pipes,
+        lakehouse,
+        MERGE,
+        lambda key: MergeRequest(**request_fields(lakehouse, key)),
     )
 
 
@@ -103,26 +105,20 @@ def lake_table_maintenance(
     lakehouse: ResourceParam[LakehouseSettings],
     lambda_pipes: ResourceParam[LambdaPipes],
 ) -> MaterializeResult:
-    requests = {
-        key: CompactRequest(
-            lake_uri=lakehouse.lake_uri,
-            **_names(key),
+    return invoke_per_collection(
+        context,
+        lambda_pipes,
+        lakehouse,
+        LAKE_MAINTENANCE,
+        lambda key: CompactRequest(
+            **request_fields(lakehouse, key),
             cold_after_hours=config.cold_after_hours,
             z_order=config.z_order,
             vacuum=config.vacuum,
             vacuum_retention_hours=lakehouse.vacuum_retention_hours,
             dry_run=config.dry_run,
-        )
-        for key in context.partition_keys
-    }
-    return lambda_pipes.run_partitions(
-        context, LAKE_MAINTENANCE, requests, max_concurrency=lakehouse.fanout_concurrency
+        ),
     )
-
-
-def _names(namespace: str) -> dict[str, str]:
-    database, collection = split_namespace(namespace)
-    return {"database": database, "collection": collection}
 
 
 merge_job = define_asset_job(
@@ -150,7 +146,7 @@ def raw_batches_sensor(
     requests = []
     for namespace in registered_collections(context.instance):
         last_seen = cursor.get(namespace, 0)
-        new = RawZone(store, **_names(namespace)).batch_numbers(after=last_seen)
+        new = RawZone(store, *split_namespace(namespace)).batch_numbers(after=last_seen)
         if not new:
             continue
         requests.append(

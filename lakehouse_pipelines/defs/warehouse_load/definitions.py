@@ -13,15 +13,13 @@ from dagster import (
 from lakehouse_pipelines.defs.collections import (
     collection_asset,
     collections_schedule,
+    invoke_per_collection,
+    request_fields,
 )
 from lakehouse_pipelines.defs.merge.definitions import LAKE_TABLE_KEY
 from lakehouse_pipelines.defs.policies import with_freshness
 from lakehouse_pipelines.resources import LambdaPipes
-from lakehouse_pipelines.settings import (
-    LakehouseSettings,
-    split_namespace,
-    warehouse_table_name,
-)
+from lakehouse_pipelines.settings import LakehouseSettings, warehouse_table_name
 from lambda_functions.contracts import InvalidRequestError, LoadRequest
 from lambda_functions.registry import WAREHOUSE_LOAD
 
@@ -54,20 +52,16 @@ def warehouse_table(
     lakehouse: ResourceParam[LakehouseSettings],
     lambda_pipes: ResourceParam[LambdaPipes],
 ) -> MaterializeResult:
-    requests = {key: load_request(lakehouse, key) for key in context.partition_keys}
-    return lambda_pipes.run_partitions(
-        context, WAREHOUSE_LOAD, requests, max_concurrency=lakehouse.fanout_concurrency
+    return invoke_per_collection(
+        context, lambda_pipes, lakehouse, WAREHOUSE_LOAD, lambda key: load_request(lakehouse, key)
     )
 
 
 def load_request(lakehouse: LakehouseSettings, namespace: str) -> LoadRequest:
     """The load request from the settings, checked here so a misconfigured Redshift connection or
     projection fails in Dagster with the variable to set, before a Lambda is invoked."""
-    database, collection = split_namespace(namespace)
     request = LoadRequest(
-        lake_uri=lakehouse.lake_uri,
-        database=database,
-        collection=collection,
+        **request_fields(lakehouse, namespace),
         warehouse_kind=lakehouse.warehouse_kind,
         warehouse_location=lakehouse.duckdb_path,
         target_schema=lakehouse.warehouse_schema,

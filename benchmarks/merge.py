@@ -63,6 +63,7 @@ from lambda_functions.merge.merge import (  # noqa: E402
     TABLE_SCHEMA,
     WRITER_PROPERTIES,
     app_id,
+    key_buckets,
     lake_table_location,
 )
 
@@ -212,8 +213,6 @@ class Collection:
 
 
 def lake_rows(ids, docs, *, op, pos, batch, seq, event_time) -> pa.Table:
-    from lambda_functions.merge.merge import key_buckets
-
     buckets = key_buckets(ids)
     n = len(ids)
     return pa.table(

@@ -8,6 +8,7 @@ from the EMF specification: at most 100 metrics per line, at most 30 dimensions 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping
 
@@ -78,8 +79,6 @@ def emit_stage_metrics(stage: str, collection: str, metadata: Mapping[str, objec
     plain values). In Lambda these lines become CloudWatch metrics in the namespace from
     ``LAKEHOUSE_METRICS_NAMESPACE`` (set by the deployment), dimensioned by stage and collection.
     """
-    import os
-
     figures: dict[str, tuple[float, str]] = {}
     for key, entry in metadata.items():
         value = entry.get("raw_value") if isinstance(entry, Mapping) else entry

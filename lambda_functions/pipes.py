@@ -26,8 +26,7 @@ from dagster_pipes import (
 S3_MESSAGE_INTERVAL_S = 2.0
 
 
-def message_writer_for(event: Mapping[str, Any]) -> PipesMessageWriter:
-    params = PipesMappingParamsLoader(event)
+def message_writer_for(params: PipesMappingParamsLoader) -> PipesMessageWriter:
     messages_params = params.load_messages_params() if params.is_dagster_pipes_process() else {}
     if "bucket" in messages_params:
         import boto3
@@ -49,7 +48,7 @@ def open_pipes(event: Mapping[str, Any]) -> Iterator[PipesContext]:
         with open_dagster_pipes(
             params_loader=loader,
             context_loader=None,
-            message_writer=message_writer_for(event),
+            message_writer=message_writer_for(loader),
         ) as pipes:
             yield pipes
     finally:

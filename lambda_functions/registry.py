@@ -19,13 +19,6 @@ class FunctionSpec:
     memory_mb: int = 1024
     description: str = ""
 
-    @property
-    def module_and_attribute(self) -> tuple[str, str]:
-        module, _, attribute = self.handler.rpartition(".")
-        if not module or not attribute:
-            raise ValueError(f"handler {self.handler!r} must look like 'package.module.function'")
-        return module, attribute
-
 
 CDC_CAPTURE = FunctionSpec(
     name="lakehouse-cdc-capture",

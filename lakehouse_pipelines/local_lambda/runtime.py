@@ -13,6 +13,7 @@ import binascii
 import contextlib
 import email.utils
 import fcntl
+import functools
 import io
 import json
 import logging
@@ -37,9 +38,9 @@ from typing import Any, ClassVar, Literal, Self
 
 import botocore.session
 import psutil
-from botocore.exceptions import ClientError, ParamValidationError
+from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
-from botocore.validate import ParamValidator
+from botocore.validate import validate_parameters
 
 from lambda_functions.registry import FUNCTIONS, FunctionSpec
 
@@ -74,10 +75,14 @@ class LambdaServiceError(ClientError):
 
     @classmethod
     def create(cls, message: str, **fields: str) -> Self:
-        metadata = {"RequestId": str(uuid.uuid4()), "HTTPStatusCode": cls.http_status}
         response = {
             "Error": {"Code": cls.code, "Message": message},
-            "ResponseMetadata": {**metadata, "HTTPHeaders": {}, "RetryAttempts": 0},
+            "ResponseMetadata": {
+                "RequestId": str(uuid.uuid4()),
+                "HTTPStatusCode": cls.http_status,
+                "HTTPHeaders": {},
+                "RetryAttempts": 0,
+            },
             "Type": "User",
             "Message": message,
             **fields,
@@ -169,7 +174,6 @@ class _Worker:
     """
 
     def __init__(self, spec: FunctionSpec, env: dict[str, str]) -> None:
-        self.spec = spec
         # The log: an unlinked temporary file (nothing to clean up), the worker's fd 1 and 2,
         # O_APPEND so its child processes append too; read here with pread at our own offset.
         self._log_fd, path = tempfile.mkstemp(prefix=f"local-lambda-{spec.name}-", suffix=".log")
@@ -317,8 +321,7 @@ class _Worker:
 class _FunctionPool:
     """The execution environments of one function: idle (warm) workers and an in-flight count."""
 
-    def __init__(self, spec: FunctionSpec, max_concurrency: int | None) -> None:
-        self.spec = spec
+    def __init__(self, max_concurrency: int | None) -> None:
         self._max_concurrency = max_concurrency
         self._changed = threading.Condition()
         self._idle: list[_Worker] = []
@@ -350,12 +353,12 @@ class _FunctionPool:
 
     def release(self, worker: _Worker | None, reusable: bool) -> None:
         """Give back the slot; keep the worker warm if it is ``reusable``, else stop it."""
-        keep = worker is not None and reusable
         with self._changed:
             self._in_flight -= 1
+            keep = worker is not None and reusable and not self._closed
             if worker is not None:
                 self._busy.discard(worker)
-                if keep := keep and not self._closed:
+                if keep:
                     self._idle.append(worker)
             self._changed.notify()
         if worker is not None and not keep:
@@ -379,9 +382,7 @@ class _Sandboxes:
 
     def __init__(self, functions: Mapping[str, FunctionSpec], max_concurrency: int | None) -> None:
         self.owner_pid = os.getpid()
-        self.pools = {
-            name: _FunctionPool(spec, max_concurrency) for name, spec in functions.items()
-        }
+        self.pools = {name: _FunctionPool(max_concurrency) for name in functions}
         self.close = weakref.finalize(self, _close_pools, self.pools, self.owner_pid)
 
 
@@ -391,18 +392,11 @@ def _close_pools(pools: dict[str, _FunctionPool], owner_pid: int) -> None:
             pool.close()
 
 
-_invoke_input_shape: Any = None
-
-
-def _validate_params(params: dict[str, Any]) -> None:
-    """Reject what boto3 would reject client-side, with botocore's own ParamValidationError."""
-    global _invoke_input_shape
-    if _invoke_input_shape is None:
-        model = botocore.session.get_session().get_service_model("lambda")
-        _invoke_input_shape = model.operation_model("Invoke").input_shape
-    report = ParamValidator().validate(params, _invoke_input_shape)
-    if report.has_errors():
-        raise ParamValidationError(report=report.generate_report())
+@functools.cache
+def _invoke_input_shape() -> Any:
+    """botocore's model of the Invoke request (loaded on first use, not at import)."""
+    model = botocore.session.get_session().get_service_model("lambda")
+    return model.operation_model("Invoke").input_shape
 
 
 def _enum(value: str, field: str, allowed: tuple[str, ...]) -> str:
@@ -447,6 +441,13 @@ def _client_context(encoded: str | None) -> dict[str, Any] | None:
     return value
 
 
+_FIELD_HEADERS = {  # response fields that Lambda also sends as HTTP headers
+    "ExecutedVersion": "x-amz-executed-version",
+    "FunctionError": "x-amz-function-error",
+    "LogResult": "x-amz-log-result",
+}
+
+
 def _response(status: int, request_id: str, payload: bytes = b"", **fields: Any) -> dict[str, Any]:
     headers = {
         "date": email.utils.formatdate(usegmt=True),
@@ -457,15 +458,14 @@ def _response(status: int, request_id: str, payload: bytes = b"", **fields: Any)
         "x-amzn-remapped-content-length": "0",
         "x-amzn-trace-id": f"root={_trace_root()};sampled=0",
     }
-    if "ExecutedVersion" in fields:
-        headers["x-amz-executed-version"] = fields["ExecutedVersion"]
-    if "FunctionError" in fields:
-        headers["x-amz-function-error"] = fields["FunctionError"]
-    if "LogResult" in fields:
-        headers["x-amz-log-result"] = fields["LogResult"]
-    metadata = {"RequestId": request_id, "HTTPStatusCode": status, "HTTPHeaders": headers}
+    headers.update({header: fields[f] for f, header in _FIELD_HEADERS.items() if f in fields})
     return {
-        "ResponseMetadata": {**metadata, "RetryAttempts": 0},
+        "ResponseMetadata": {
+            "RequestId": request_id,
+            "HTTPStatusCode": status,
+            "HTTPHeaders": headers,
+            "RetryAttempts": 0,
+        },
         "StatusCode": status,
         **fields,
         "Payload": StreamingBody(io.BytesIO(payload), len(payload)),
@@ -546,7 +546,8 @@ class LocalLambdaRuntime:
         """``Lambda.Client.invoke``: same parameters, response and service errors as boto3's."""
         if self._closed:
             raise RuntimeError("LocalLambdaRuntime is closed; create a new one to invoke")
-        _validate_params(kwargs)
+        # reject what boto3 would reject client-side, with botocore's own ParamValidationError
+        validate_parameters(kwargs, _invoke_input_shape())
         if "DurableExecutionName" in kwargs:
             raise InvalidParameterValueException.create("Local functions are not durable functions")
         spec, arn = self._resolve(kwargs["FunctionName"], kwargs.get("Qualifier"))
@@ -652,14 +653,12 @@ class LocalLambdaRuntime:
     def _invoke_sync(self, request: _Request, *, wait_for_capacity: bool) -> dict[str, Any]:
         pool = self._pool(request.spec.name)
         worker = pool.acquire(wait_for_capacity)
-        reusable = False
+        cold, reusable = worker is None, False
         try:
             if worker is None:
                 worker = self._start_worker(request.spec)
                 pool.track(worker)
-                outcome = _Invocation(request, worker, cold=True)
-            else:
-                outcome = _Invocation(request, worker, cold=False)
+            outcome = _Invocation(request, worker, cold=cold)
             reusable = outcome.worker_reusable
         finally:
             pool.release(worker, reusable)
@@ -774,8 +773,9 @@ class _Invocation:
                 "trace_id": f"Root={_trace_root()};Sampled=0",
             }
         )
-        reply = worker.wait(started + self.timeout_s, self.memory_limit_kb) if sent else None
-        if reply is None:
+        if sent:
+            reply = worker.wait(started + self.timeout_s, self.memory_limit_kb)
+        else:
             reply = _Reply("exit", exit_detail=worker.reap())
         self.duration_ms = (time.monotonic() - started) * 1000
         self.body = worker.read_log()

@@ -13,15 +13,21 @@ What this adds to a bare ``PipesLambdaClient`` (see DESIGN.md, "The Lambda contr
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
-from dagster import AssetCheckResult, Failure, MaterializeResult, MetadataValue
-from dagster._core.pipes.client import PipesMessageReader
-from dagster._core.pipes.utils import PipesTempFileMessageReader
+from dagster import (
+    AssetCheckResult,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    PipesMessageReader,
+    PipesTempFileMessageReader,
+)
 from dagster_aws.pipes import PipesLambdaClient, PipesS3MessageReader
 
 from lambda_functions.contracts import CollectionRequest
@@ -60,28 +66,22 @@ def lambda_report_metadata(log_tail: str, price_per_gb_second: float) -> dict[st
 
 
 class _TailingLambdaClient:
-    """Wraps a Lambda client: asks for the log tail and keeps the last response for diagnostics."""
+    """Wraps a Lambda client: asks for the log tail and keeps the last response, its request id
+    and decoded log tail for diagnostics."""
 
     def __init__(self, client: Any):
         self._client = client
         self.response: dict[str, Any] | None = None
+        self.request_id = ""
+        self.log_tail = ""
 
     def invoke(self, **kwargs: Any) -> dict[str, Any]:
         kwargs.setdefault("LogType", "Tail")
-        self.response = self._client.invoke(**kwargs)
-        return self.response
-
-    @property
-    def log_tail(self) -> str:
-        if not self.response or "LogResult" not in self.response:
-            return ""
-        return base64.b64decode(self.response["LogResult"]).decode("utf-8", "replace")
-
-    @property
-    def request_id(self) -> str:
-        if not self.response:
-            return ""
-        return self.response.get("ResponseMetadata", {}).get("RequestId", "")
+        self.response = response = self._client.invoke(**kwargs)
+        self.request_id = response.get("ResponseMetadata", {}).get("RequestId", "")
+        if "LogResult" in response:
+            self.log_tail = base64.b64decode(response["LogResult"]).decode("utf-8", "replace")
+        return response
 
 
 class LambdaPipes:
@@ -93,14 +93,12 @@ class LambdaPipes:
         lambda_client: Any,
         message_reader_factory: Callable[[], PipesMessageReader],
         function_prefix: str = "",
-        functions: dict[str, FunctionSpec] | None = None,
         price_per_gb_second: float = 0.0000166667,
     ):
         self.lambda_client = lambda_client
         self.price_per_gb_second = price_per_gb_second
         self._message_reader_factory = message_reader_factory
         self.function_prefix = function_prefix
-        self.functions = functions or FUNCTIONS
 
     @classmethod
     def local(cls, runtime: Any, **options: Any) -> LambdaPipes:
@@ -258,11 +256,9 @@ def _function_failure(name: str, client: _TailingLambdaClient, error: Exception)
     payload: dict[str, Any] = {}
     text = str(error)
     start = text.find("{")
-    if start >= 0:
-        try:
+    if start >= 0:  # PipesLambdaClient puts the error payload in the message, as JSON
+        with contextlib.suppress(json.JSONDecodeError):
             payload = json.loads(text[start:])
-        except json.JSONDecodeError:
-            payload = {}
     error_type = payload.get("errorType", "Unknown")
     message = payload.get("errorMessage", text)
     hint = {
@@ -285,12 +281,12 @@ def _function_failure(name: str, client: _TailingLambdaClient, error: Exception)
     )
 
 
-def lambda_client_config(functions: dict[str, FunctionSpec] | None = None) -> Any:
+def lambda_client_config() -> Any:
     """botocore config for synchronous invokes: read timeout above every function's timeout, and
     no retries (botocore's default 60 s timeout + retries would run a long function three times)."""
     from botocore.config import Config
 
-    longest = max(spec.timeout_s for spec in (functions or FUNCTIONS).values())
+    longest = max(spec.timeout_s for spec in FUNCTIONS.values())
     return Config(
         read_timeout=longest + READ_TIMEOUT_MARGIN_S,
         connect_timeout=10,

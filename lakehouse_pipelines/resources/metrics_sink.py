@@ -8,9 +8,11 @@ reserved ``AWS/`` prefix.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import uuid
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +39,7 @@ class Metric:
     values: list[float] | None = None
 
     def at(self, timestamp: datetime) -> Metric:
-        return Metric(self.name, self.value, self.unit, self.dimensions, timestamp, self.values)
+        return dataclasses.replace(self, timestamp=timestamp)
 
 
 class MetricsSink(ABC):
@@ -57,6 +59,7 @@ class MetricsSink(ABC):
 class LakeMetricsTable(MetricsSink):
     """Appends one Parquet file per publish under ``metrics/pipeline_metrics/`` in the lake."""
 
+    PREFIX = "metrics/pipeline_metrics/"
     SCHEMA = pa.schema(
         [
             ("timestamp", pa.timestamp("ms", tz="UTC")),
@@ -72,7 +75,7 @@ class LakeMetricsTable(MetricsSink):
 
     @property
     def location(self) -> str:
-        return f"{self.store.uri}/metrics/pipeline_metrics/"
+        return f"{self.store.uri}/{self.PREFIX}"
 
     def publish(self, metrics: Sequence[Metric]) -> int:
         if not metrics:
@@ -90,9 +93,7 @@ class LakeMetricsTable(MetricsSink):
         sink = io.BytesIO()
         pq.write_table(table, sink)
         day = metrics[0].timestamp.strftime("%Y-%m-%d")
-        self.store.put(
-            f"metrics/pipeline_metrics/date={day}/{uuid.uuid4().hex}.parquet", sink.getvalue()
-        )
+        self.store.put(f"{self.PREFIX}date={day}/{uuid.uuid4().hex}.parquet", sink.getvalue())
         return len(metrics)
 
     def publish_dashboard(self, name: str, body: str) -> str:
@@ -140,15 +141,12 @@ def metric_data(metric: Metric) -> list[dict[str, Any]]:
     }
     if not metric.values:
         return [{**base, "Value": float(metric.value)}]
-    counts: dict[float, int] = {}
-    for v in metric.values:
-        counts[float(v)] = counts.get(float(v), 0) + 1
+    counts = Counter(map(float, metric.values))
     distinct = sorted(counts)
-    return [
-        {
-            **base,
-            "Values": distinct[i : i + MAX_VALUES_PER_METRIC],
-            "Counts": [float(counts[v]) for v in distinct[i : i + MAX_VALUES_PER_METRIC]],
-        }
+    chunks = (
+        distinct[i : i + MAX_VALUES_PER_METRIC]
         for i in range(0, len(distinct), MAX_VALUES_PER_METRIC)
+    )
+    return [
+        {**base, "Values": chunk, "Counts": [float(counts[v]) for v in chunk]} for chunk in chunks
     ]

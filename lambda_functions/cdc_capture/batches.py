@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -24,7 +24,7 @@ from lambda_functions.cdc_capture.extended_json import (
     raw_key_string,
     relaxed_json,
 )
-from lambda_functions.cdc_capture.positions import cluster_position, commit_position
+from lambda_functions.cdc_capture.positions import cluster_position, commit_position, millis
 from lambda_functions.lake.raw_zone import (
     BATCH_SCHEMA,
     BatchManifest,
@@ -34,18 +34,13 @@ from lambda_functions.lake.raw_zone import (
 )
 
 ROW_OVERHEAD_BYTES = 48  # _id, op, pos, seq, event_time beside the document, for the byte budget
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DATA_OPS = frozenset({"insert", "update", "replace", "delete"})  # change events that become rows
+# Events after which the collection's stream is over: the collection must be snapshotted anew.
+END_OPS = frozenset({"drop", "dropDatabase", "rename", "invalidate"})
 
 
 class Malformed(ValueError):
     """An input that cannot become a row: it goes to the dead-letter object."""
-
-
-def millis(value: datetime) -> int:
-    """Exact epoch milliseconds (float seconds * 1000 can land one millisecond short)."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)  # BSON datetimes are UTC
-    return (value - _EPOCH) // timedelta(milliseconds=1)
 
 
 class BatchRows:
@@ -227,3 +222,37 @@ def publish(
             "the next run covers them). Run one capture per collection at a time (a Dagster "
             "concurrency pool of 1 per collection)."
         ) from None
+
+
+# -- inputs that keep a ledger beside their batches -----------------------------------------------
+def publish_with_ledger(
+    zone: RawZone,
+    rows: BatchRows,
+    checkpoint: Checkpoint,
+    extra: dict[str, Any],
+    *,
+    input_name: str,
+    ledger: str,
+    value: Any,
+) -> BatchManifest:
+    """Publish ``rows`` for an input that keeps its own ledger (DMS: the bookmark of files done;
+    MQ: the message ids seen): ``value`` as JSON in ``<zone>/_<input_name>/<ledger>-<batch>.json``,
+    written before the manifest, whose state ``{"phase": input_name, "<ledger>_key": key}`` points
+    to it (``read_ledger`` reads it back)."""
+    key = f"{zone.prefix}/_{input_name}/{ledger}-{checkpoint.batch + 1:012d}.json"
+    return publish(
+        zone,
+        rows,
+        checkpoint,
+        {"phase": input_name, f"{ledger}_key": key},
+        {**extra, "input": input_name},
+        side_objects={key: json.dumps(value).encode()},
+    )
+
+
+def read_ledger(zone: RawZone, checkpoint: Checkpoint, *, input_name: str, ledger: str) -> Any:
+    """The ledger ``publish_with_ledger`` wrote with the checkpoint's batch, or ``None`` when that
+    batch was not published by this input (no batch yet, or another input's)."""
+    state = checkpoint.state
+    key = state.get(f"{ledger}_key") if state.get("phase") == input_name else None
+    return json.loads(zone.store.get(key)) if key else None

@@ -50,6 +50,8 @@ from typing import Any
 from pymongo.errors import OperationFailure
 
 from lambda_functions.cdc_capture.batches import (
+    DATA_OPS,
+    END_OPS,
     BatchRows,
     Malformed,
     event_row,
@@ -66,6 +68,7 @@ from lambda_functions.cdc_capture.positions import token_position
 from lambda_functions.contracts import CaptureRequest
 from lambda_functions.lake.raw_zone import (
     BATCH_SCHEMA,
+    OPS,
     BatchManifest,
     Checkpoint,
     CorruptBatchError,
@@ -80,9 +83,6 @@ DEADLINE_RESERVE_MIN_S = 5.0
 SNAPSHOT_PAGE_ROWS = 1_000
 STREAM_BATCH_SIZE = 1_000
 
-DATA_OPS = frozenset({"insert", "update", "replace", "delete"})
-# Events after which the collection's stream is over: the collection must be snapshotted anew.
-END_OPS = frozenset({"drop", "dropDatabase", "rename", "invalidate"})
 EXPIRED_CODES = frozenset({136, 286})
 EXPIRED_CODE_NAMES = frozenset({"CappedPositionLost", "ChangeStreamHistoryLost"})
 # How to re-snapshot from Dagster; the expired-token error quotes it word for word.
@@ -98,7 +98,6 @@ __all__ = [
     "CaptureResult",
     "SnapshotProgress",
     "capture_changes",
-    "token_position",
     "verify_batches",
 ]
 
@@ -159,7 +158,7 @@ class CaptureResult:
             "duration_seconds": typed(round(self.duration_seconds, 3), "float"),
             "idle_token_advanced": typed(self.idle_token_advanced, "bool"),
         }
-        for op in ("snapshot", "insert", "update", "replace", "delete"):
+        for op in OPS:
             metadata[f"rows/{op}"] = typed(int(self.rows_by_op.get(op, 0)), "int")
         if self.resume_position is not None:
             metadata["resume_position"] = typed(self.resume_position, "int")
@@ -251,6 +250,12 @@ def loaded_token(stored: Mapping[str, Any]) -> dict[str, Any]:
     if set(stored) == {"$ejson"}:
         return dict(decode_document(stored["$ejson"]))
     return dict(stored)
+
+
+def stream_state(stored_token: dict[str, Any], token_time: float) -> dict[str, Any]:
+    """Capture state of the stream phase: resume after ``stored_token`` (``storable_token``'s
+    form), which was current at ``token_time`` (epoch seconds)."""
+    return {"phase": "stream", "resume_token": stored_token, "token_time": token_time}
 
 
 class _CaptureRun:
@@ -366,11 +371,7 @@ class _CaptureRun:
         self.snapshot_documents, self.snapshot_start = done, state["start_pos"]
         snapshot = {"documents": done, "complete": complete}
         if complete:
-            new_state: dict[str, Any] = {
-                "phase": "stream",
-                "resume_token": state["start_token"],
-                "token_time": state.get("start_time", time.time()),
-            }
+            new_state = stream_state(state["start_token"], state.get("start_time", time.time()))
         else:
             new_state = {**state, "last_id": encode_value(last_id), "rows": done}
         if complete and not rows.seen:
@@ -435,17 +436,9 @@ class _CaptureRun:
             )
         elif last_token is not None:
             token_time = self.last_event_ms / 1000 if self.last_event_ms else time.time()
-            new_state = {
-                "phase": "stream",
-                "resume_token": storable_token(last_token),
-                "token_time": token_time,
-            }
+            new_state = stream_state(storable_token(last_token), token_time)
         elif idle_token is not None and self._idle_token_is_due(state, token, idle_token):
-            new_state = {
-                "phase": "stream",
-                "resume_token": storable_token(idle_token),
-                "token_time": time.time(),
-            }
+            new_state = stream_state(storable_token(idle_token), time.time())
             extra |= {"idle_token_advance": True}
             self.idle_token_advanced = True
         else:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from lambda_functions.cdc_capture.demo_workload import DemoWorkload
+from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource
 from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.contracts import CaptureRequest, InvalidRequestError
 
@@ -79,6 +80,4 @@ def open_source(request: CaptureRequest) -> ChangeSource:
             source.close()
             raise
         return source
-    from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource
-
     return DocumentDBChangeSource.open(request)

@@ -21,13 +21,14 @@ import struct
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from bson import Binary, Decimal128, Int64, ObjectId
 
 from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
+from lambda_functions.cdc_capture.positions import from_millis
 
 STATUS_FLOW = {"pending": "paid", "paid": "shipped", "shipped": "delivered"}
 FIRST_NAMES = ("Ana", "Bruno", "Chen", "Dana", "Emil", "Fatima", "Goran", "Hana", "Ines", "Jonas")
@@ -129,8 +130,7 @@ class DemoWorkload:
 
     # -- pieces --------------------------------------------------------------------------------
     def _now(self) -> datetime:
-        millis = int(self.source.clock() * 1000)
-        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=millis)
+        return from_millis(int(self.source.clock() * 1000))
 
     def _seed_once(self) -> int:
         seeded_key = f"demo:{self.database}.{self.collection}:seeded"

@@ -38,7 +38,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import json
 import re
 import time
 from collections import Counter
@@ -49,10 +48,15 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from lambda_functions.cdc_capture.batches import BatchRows, Malformed, document_json, millis
-from lambda_functions.cdc_capture.batches import publish as publish_batch
+from lambda_functions.cdc_capture.batches import (
+    BatchRows,
+    Malformed,
+    document_json,
+    publish_with_ledger,
+    read_ledger,
+)
 from lambda_functions.cdc_capture.extended_json import decode_document, key_string
-from lambda_functions.cdc_capture.positions import commit_position
+from lambda_functions.cdc_capture.positions import commit_position, millis
 from lambda_functions.contracts import DmsIngestRequest
 from lambda_functions.lake.raw_zone import Checkpoint, RawZone
 from lambda_functions.lake.store import ObjectStore, open_store
@@ -136,7 +140,7 @@ def ingest_dms_files(
     new_loads = [f for f in files if f.kind == "load"]
     if new_loads and bookmark["cdc_started"]:
         say(f"{zone.namespace}: new full-load files after CDC began: DMS reloaded the table")
-        bookmark = {**_empty_bookmark(), "loads_done": []}
+        bookmark = _empty_bookmark()
         checkpoint = _publish(zone, BatchRows(), checkpoint, bookmark, {"dropped": True}, result)
         result.reloaded = True
     rows = BatchRows()
@@ -319,8 +323,8 @@ def _empty_bookmark() -> dict[str, Any]:
 
 
 def _read_bookmark(zone: RawZone, checkpoint: Checkpoint) -> dict[str, Any]:
-    key = checkpoint.state.get("bookmark_key") if checkpoint.state.get("phase") == "dms" else None
-    return json.loads(zone.store.get(key)) if key else _empty_bookmark()
+    bookmark = read_ledger(zone, checkpoint, input_name="dms", ledger="bookmark")
+    return bookmark if bookmark is not None else _empty_bookmark()
 
 
 def _advance(bookmark: dict[str, Any], dms_file: DmsFile, rows_done: int, done: bool) -> None:
@@ -351,14 +355,8 @@ def _publish(
     extra: dict[str, Any],
     result: DmsIngestResult,
 ) -> Checkpoint:
-    key = f"{zone.prefix}/_dms/bookmark-{checkpoint.batch + 1:012d}.json"
-    manifest = publish_batch(
-        zone,
-        rows,
-        checkpoint,
-        {"phase": "dms", "bookmark_key": key},
-        {**extra, "input": "dms"},
-        side_objects={key: json.dumps(bookmark).encode()},
+    manifest = publish_with_ledger(
+        zone, rows, checkpoint, extra, input_name="dms", ledger="bookmark", value=bookmark
     )
     result.batches.append(manifest.batch)
     result.rows_by_op.update(manifest.ops)

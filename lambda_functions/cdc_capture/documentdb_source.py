@@ -203,21 +203,18 @@ class DocumentDBChangeSource:
     ) -> list[RawBSONDocument]:
         """Documents in ``_id`` order strictly after ``after_id`` (raw BSON, not decoded)."""
         coll = self.client[database].get_collection(collection, codec_options=RAW)
+
+        def find(query: dict[str, Any], limit: int) -> list[RawBSONDocument]:  # 0: no limit
+            return list(coll.find(query, sort=[("_id", 1)], limit=limit, batch_size=limit))
+
         wanted = limit or 0
         with self._errors():
             if after_id is None:
-                return list(coll.find({}, sort=[("_id", 1)], limit=wanted, batch_size=wanted))
-            page = list(
-                coll.find(
-                    {"_id": {"$gt": after_id}}, sort=[("_id", 1)], limit=wanted, batch_size=wanted
-                )
-            )
+                return find({}, wanted)
+            page = find({"_id": {"$gt": after_id}}, wanted)
             later = _later_types(after_id)
             if later and (not wanted or len(page) < wanted):
-                rest = wanted - len(page) if wanted else 0
-                page += coll.find(
-                    {"_id": {"$type": list(later)}}, sort=[("_id", 1)], limit=rest, batch_size=rest
-                )
+                page += find({"_id": {"$type": list(later)}}, wanted - len(page) if wanted else 0)
             return page
 
     def watch(
@@ -336,24 +333,27 @@ def _read_secret(arn: str, client: Any) -> dict[str, Any]:
     return secret
 
 
+# The index in TYPE_BRACKETS of each Python type, checked in this order.
+_BRACKET_OF_TYPE: tuple[tuple[type | tuple[type, ...], int], ...] = (
+    (MinKey, 0),
+    (type(None), 1),
+    (bool, 8),  # before int: bool is an int in Python
+    ((int, float, Int64, Decimal128), 2),
+    (str, 3),
+    (Mapping, 4),
+    ((list, tuple), 5),
+    ((bytes, Binary), 6),
+    (ObjectId, 7),
+    (datetime, 9),
+    (Timestamp, 10),
+    ((Regex, re.Pattern), 11),
+    (MaxKey, 12),
+)
+
+
 def _type_bracket(value: Any) -> int | None:
     """The index in ``TYPE_BRACKETS`` of a Python value's BSON type."""
-    kinds: tuple[tuple[type | tuple[type, ...], int], ...] = (
-        (MinKey, 0),
-        (type(None), 1),
-        (bool, 8),  # before int: bool is an int in Python
-        ((int, float, Int64, Decimal128), 2),
-        (str, 3),
-        (Mapping, 4),
-        ((list, tuple), 5),
-        ((bytes, Binary), 6),
-        (ObjectId, 7),
-        (datetime, 9),
-        (Timestamp, 10),
-        ((Regex, re.Pattern), 11),
-        (MaxKey, 12),
-    )
-    for kind, bracket in kinds:
+    for kind, bracket in _BRACKET_OF_TYPE:
         if isinstance(value, kind):
             return bracket
     return None

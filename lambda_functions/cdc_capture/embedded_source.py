@@ -30,10 +30,11 @@ import sqlite3
 import struct
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,12 @@ from bson.errors import InvalidDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
 
 from lambda_functions.cdc_capture.extended_json import decode_document, encode_document
+from lambda_functions.cdc_capture.positions import from_millis, millis
 
 DEFAULT_RETENTION_SECONDS = 3 * 3600  # DocumentDB's default change_stream_log_retention_duration
 DEFAULT_MAX_EVENTS = 1_000_000
 LOCK_TIMEOUT_S = 30.0  # how long a write waits for another process's write to commit
 UPDATE_OPERATORS = ("$set", "$unset", "$inc", "$push")
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Resume tokens follow MongoDB's KeyString layout closely enough to be read the same way: "82",
 # then the cluster time (seconds, increment) as 16 hex digits; here followed by the log sequence.
@@ -95,8 +95,7 @@ def id_sort_key(value: Any) -> bytes:
     if value is None:
         return b"\x01"
     if isinstance(value, datetime):
-        millis = _to_millis(value)
-        return b"\x09" + struct.pack(">Q", millis + (1 << 63))
+        return b"\x09" + struct.pack(">Q", millis(value) + (1 << 63))
     if isinstance(value, bytes):  # Binary too: BSON orders by length, then subtype, then bytes
         subtype = value.subtype if isinstance(value, Binary) else 0
         return b"\x06" + struct.pack(">IB", len(value), subtype) + bytes(value)
@@ -123,17 +122,6 @@ def parse_resume_token(token: Mapping[str, Any]) -> tuple[int, int, int]:
             code_name="InvalidResumeToken",
         )
     return int(data[2:10], 16), int(data[10:18], 16), int(data[18:], 16)
-
-
-def _to_millis(value: datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)  # BSON datetimes are UTC; pymongo treats naive as UTC
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-
-
-def _from_millis(millis: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=millis)
 
 
 def _failure(message: str, code: int | None, code_name: str | None) -> OperationFailure:
@@ -245,9 +233,7 @@ class EmbeddedChangeStreamSource:
         empty; a database-wide ``enable_change_streams(database, "")`` lists nothing by itself.
         """
         dropped = ("drop", "invalidate")
-        if not self._depth:
-            self._db.execute("BEGIN")  # one snapshot, as _fetch_events reads
-        try:
+        with self._reading():
             with_documents = {
                 coll
                 for (coll,) in self._db.execute(
@@ -268,9 +254,6 @@ class EmbeddedChangeStreamSource:
                     (database,),
                 )
             }
-        finally:
-            if not self._depth:
-                self._db.execute("COMMIT")
         written = {coll for coll, op in newest_op.items() if op not in dropped}
         enabled_not_dropped = {coll for coll in enabled if newest_op.get(coll) not in dropped}
         return sorted(with_documents | written | enabled_not_dropped)
@@ -390,9 +373,7 @@ class EmbeddedChangeStreamSource:
         """The next events and the log head, read in one snapshot with the check that none before
         them was purged (so a concurrent purge can never open a silent gap). With no events, the
         head is where the stream may safely resume (MongoDB's post-batch resume token)."""
-        if not self._depth:
-            self._db.execute("BEGIN")
-        try:
+        with self._reading():
             self._check_resumable(after_seq, None)
             rows = self._db.execute(
                 "SELECT seq, op, t, i, wall_ms, id_json, sort_key, doc, update_description, txn "
@@ -400,9 +381,6 @@ class EmbeddedChangeStreamSource:
                 (database, collection, after_seq, limit),
             ).fetchall()
             return rows, self._head()
-        finally:
-            if not self._depth:
-                self._db.execute("COMMIT")
 
     def _lookup(self, database: str, collection: str, keys: Sequence[bytes]) -> dict[bytes, str]:
         if not keys:
@@ -553,7 +531,19 @@ class EmbeddedChangeStreamSource:
             finally:
                 self._txn = None
 
-    # -- write plumbing --------------------------------------------------------------------------
+    # -- read and write plumbing -----------------------------------------------------------------
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Several reads from one snapshot of the file (inside a write: that write's state)."""
+        if self._depth:
+            yield
+            return
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
+
     @contextmanager
     def _writing(self) -> Iterator[None]:
         """One SQLite transaction per outermost write; retention is enforced at commit."""
@@ -681,7 +671,7 @@ class EmbeddedChangeStream:
         self._after_seq = after_seq
         self._lookup = lookup
         self._batch_size = batch_size
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: deque[dict[str, Any]] = deque()
         self._resume_token: dict[str, str] | None = None
         self.alive = True
 
@@ -694,10 +684,10 @@ class EmbeddedChangeStream:
 
     def try_next(self) -> dict[str, Any] | None:
         if not self._buffer and self.alive:
-            self._buffer = self._fetch()
+            self._buffer.extend(self._fetch())
         if not self._buffer:
             return None
-        event = self._buffer.pop(0)
+        event = self._buffer.popleft()
         self._resume_token = event["_id"]
         if event["operationType"] == "invalidate":
             self.alive = False
@@ -742,7 +732,7 @@ class EmbeddedChangeStream:
             "_id": resume_token(t, i, seq),
             "operationType": op,
             "clusterTime": Timestamp(t, i),
-            "wallTime": _from_millis(wall_ms),
+            "wallTime": from_millis(wall_ms),
         }
         if txn is not None:
             event |= decode_document(txn)

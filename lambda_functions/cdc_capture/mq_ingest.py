@@ -36,7 +36,15 @@ from typing import Any
 
 from bson.errors import InvalidDocument
 
-from lambda_functions.cdc_capture.batches import BatchRows, Malformed, event_row, publish
+from lambda_functions.cdc_capture.batches import (
+    DATA_OPS,
+    END_OPS,
+    BatchRows,
+    Malformed,
+    event_row,
+    publish_with_ledger,
+    read_ledger,
+)
 from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
 from lambda_functions.cdc_capture.extended_json import decode_document
 from lambda_functions.contracts import validate_name
@@ -45,8 +53,6 @@ from lambda_functions.lake.store import ObjectStore
 
 MAX_SEEN_MESSAGES = 10_000
 MAX_PUBLISH_ATTEMPTS = 5
-DATA_OPS = frozenset({"insert", "update", "replace", "delete"})
-END_OPS = frozenset({"drop", "dropDatabase", "rename", "invalidate"})
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,6 @@ def ingest_messages(
     store: ObjectStore,
     *,
     default_namespace: str | None = None,
-    max_seen: int = MAX_SEEN_MESSAGES,
 ) -> MessageIngestResult:
     """Publish the change events of ``messages`` as batches, one or more per collection."""
     result = MessageIngestResult(messages=len(messages))
@@ -126,7 +131,7 @@ def ingest_messages(
         zone = RawZone(store, database, collection)
         for attempt in range(1, MAX_PUBLISH_ATTEMPTS + 1):
             try:
-                _publish_namespace(zone, items, result, max_seen)
+                _publish_namespace(zone, items, result)
                 break
             except ConcurrentCaptureError:
                 if attempt == MAX_PUBLISH_ATTEMPTS:
@@ -138,25 +143,18 @@ def _publish_namespace(
     zone: RawZone,
     items: list[tuple[Message, list[Any] | None, str | None]],
     result: MessageIngestResult,
-    max_seen: int,
 ) -> None:
     checkpoint = zone.read_checkpoint()
-    seen = _read_seen(zone, checkpoint)
+    seen = read_ledger(zone, checkpoint, input_name="mq", ledger="seen") or {}
     rows, covered, failed = BatchRows(), dict(seen), []
     published: list[int] = []
     counted = {"rows": 0, "quarantined": 0, "duplicates": 0}
 
     def flush(extra: dict[str, Any]) -> None:
         nonlocal rows, checkpoint
-        trimmed = dict(list(covered.items())[-max_seen:])
-        key = f"{zone.prefix}/_mq/seen-{checkpoint.batch + 1:012d}.json"
-        manifest = publish(
-            zone,
-            rows,
-            checkpoint,
-            {"phase": "mq", "seen_key": key},
-            {**extra, "input": "mq"},
-            side_objects={key: json.dumps(trimmed).encode()},
+        trimmed = dict(list(covered.items())[-MAX_SEEN_MESSAGES:])
+        manifest = publish_with_ledger(
+            zone, rows, checkpoint, extra, input_name="mq", ledger="seen", value=trimmed
         )
         published.append(manifest.batch)
         counted["rows"] += manifest.rows
@@ -205,13 +203,6 @@ def _publish_namespace(
     result.quarantined += counted["quarantined"]
     result.duplicates += counted["duplicates"]
     result.failed_message_ids.extend(failed)
-
-
-def _read_seen(zone: RawZone, checkpoint: Checkpoint) -> dict[str, str]:
-    key = checkpoint.state.get("seen_key") if checkpoint.state.get("phase") == "mq" else None
-    if not key:
-        return {}
-    return json.loads(zone.store.get(key))
 
 
 def _decode(message: Message) -> tuple[list[Any] | None, str | None]:
@@ -273,19 +264,20 @@ def _amq_message(item: Mapping[str, Any]) -> Message:
     payload, problem = _b64(item.get("data"))
     message_id = str(item.get("messageID") or item.get("messageId") or "")
     if not message_id:
-        message_id = (
-            "sha256:" + hashlib.sha256(f"{destination}\n{item.get('data')}".encode()).hexdigest()
-        )
+        message_id = _payload_id(destination, item.get("data"))
     return Message(message_id, "aws:amq", str(destination), payload, problem)
 
 
 def _rmq_message(queue: str, item: Mapping[str, Any]) -> Message:
     properties = item.get("basicProperties") or {}
     payload, problem = _b64(item.get("data"))
-    message_id = properties.get("messageId")
-    if not message_id:
-        message_id = "sha256:" + hashlib.sha256(f"{queue}\n{item.get('data')}".encode()).hexdigest()
+    message_id = properties.get("messageId") or _payload_id(queue, item.get("data"))
     return Message(str(message_id), "aws:rmq", queue, payload, problem)
+
+
+def _payload_id(destination: Any, data: Any) -> str:
+    """The id of a message that carries none: a hash of where it was sent and its payload."""
+    return "sha256:" + hashlib.sha256(f"{destination}\n{data}".encode()).hexdigest()
 
 
 def _sqs_message(record: Mapping[str, Any]) -> Message:

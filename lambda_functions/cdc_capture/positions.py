@@ -1,4 +1,5 @@
-"""Ordering positions (``pos``) shared by every input, and reading them from stream positions.
+"""Ordering positions (``pos``) shared by every input, reading them from stream positions, and the
+epoch-millisecond conversions of event times.
 
 One int64 for all inputs, so batches from different inputs of one collection order correctly in
 the merge (latest ``pos`` wins; ties go to the later batch, then the later ``seq``):
@@ -35,6 +36,19 @@ def commit_position(moment: datetime) -> int:
         moment = moment.replace(tzinfo=UTC)
     seconds, micro = divmod((moment - _EPOCH) // timedelta(microseconds=1), 1_000_000)
     return (seconds << 32) | (micro << 12)
+
+
+def millis(value: datetime) -> int:
+    """Exact epoch milliseconds of a datetime, naive meaning UTC as in BSON (``event_time``;
+    float seconds * 1000 can land one millisecond short)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // timedelta(milliseconds=1)
+
+
+def from_millis(value: int) -> datetime:
+    """The UTC datetime of epoch milliseconds (a BSON datetime)."""
+    return _EPOCH + timedelta(milliseconds=value)
 
 
 def operation_time_position(seconds: int, increment: int) -> dict[str, dict[str, int]]:

@@ -128,7 +128,7 @@ class RawZone:
         numbers = []
         for key in self.store.list(f"{self.prefix}/manifests/"):
             name = key.rsplit("/", 1)[-1]
-            if name.endswith(".json") and name[:-5].isdigit():
+            if _is_manifest_name(name):
                 number = int(name[:-5])
                 if number > after:
                     numbers.append(number)

@@ -101,19 +101,18 @@ def rewrite_touched_files(
     storage_options: dict[str, str],
     touched: TableFiles,
     changes: pa.Table,
-    schema: pa.Schema,
     commit_info: dict[str, Any],
     app_transaction: tuple[str, int],
 ) -> Rewritten:
-    """Apply ``changes`` (one row per key, deletes included, columns of ``schema``: the table's
-    plus new typed columns) by rewriting the ``touched`` files of ``table`` (as of its loaded
-    version), and commit. Raises ``VersionTakenError`` if the next version was taken."""
+    """Apply ``changes`` (one row per key, deletes included, with the table's columns) by
+    rewriting the ``touched`` files of ``table`` (as of its loaded version), and commit. Raises
+    ``VersionTakenError`` if the next version was taken."""
     configuration = table.metadata().configuration
     fs, root = pyarrow_filesystem(table.table_uri, storage_options)
     settings = _WriteSettings(
         fs=fs,
         root=root,
-        schema=schema,
+        schema=changes.schema,
         target_file_size=int(configuration.get("delta.targetFileSize", TARGET_FILE_SIZE)),
         stats_columns=configuration.get(
             "delta.dataSkippingStatsColumns",
@@ -125,7 +124,7 @@ def rewrite_touched_files(
     for path, (bucket, size, *_rest) in touched.files.items():
         by_bucket.setdefault(bucket, []).append((path, size))
     change_buckets = changes.column("_bucket")
-    buckets = sorted(set(pc.unique(change_buckets).to_pylist()))
+    buckets = sorted(pc.unique(change_buckets).to_pylist())
 
     def rewrite(bucket: str) -> Rewritten:
         mine = changes.filter(pc.equal(change_buckets, bucket))

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError
 
 from lambda_functions.contracts import CompactRequest
 from lambda_functions.lake import ObjectStore, open_store
 from lambda_functions.merge.layout import WRITER_PROPERTIES
-from lambda_functions.merge.merge import lake_table_location
+from lambda_functions.merge.merge import lake_table_location, open_table
 from lambda_functions.merge.table_files import TableFiles
 
 # Delta's default for delta.deletedFileRetentionDuration; vacuum refuses shorter unless told.
@@ -76,12 +76,11 @@ def compact_table(
     say = on_progress or (lambda _message: None)
     store = store or open_store(request.lake_uri)
     uri, options = lake_table_location(store, request.database, request.collection)
-    try:
-        table = DeltaTable(uri, storage_options=options)
-    except TableNotFoundError:
+    table = open_table(uri, options)
+    if table is None:
         raise LakeTableMissingError(
             f"{request.namespace}: no lake table at {uri}; run the merge stage first"
-        ) from None
+        )
     version_before = table.version()
     before = TableFiles.of(table)
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
@@ -91,11 +90,12 @@ def compact_table(
         f"{request.namespace}: {len(candidates)} cold partitions to compact "
         f"({len(hot)} hot left alone) of {len(before.buckets)}"
     )
+    after = before  # unless compacted below
     if candidates and not request.dry_run:
         _compact(table, candidates, request, say)
         table.update_incremental()
         table.create_checkpoint()  # loads read one file instead of every commit since the last
-    after = TableFiles.of(table)
+        after = TableFiles.of(table)
     vacuumed = []
     if request.vacuum:
         vacuumed = table.vacuum(

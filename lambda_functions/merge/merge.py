@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -67,6 +67,7 @@ __all__ = [
     "key_buckets",
     "lake_table_location",
     "merge_batches",
+    "open_table",
     "precombine",
 ]
 
@@ -91,7 +92,6 @@ class MergeResult:
     batches_applied: list[int] = field(default_factory=list)
     last_applied_batch: int = 0
     rows_in: int = 0  # change rows read from the batches
-    keys_changed: int = 0  # distinct keys after precombining
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
@@ -164,31 +164,31 @@ def merge_batches(
     say = on_progress or (lambda _message: None)
     store = store or open_store(request.lake_uri)
     zone = RawZone(store, request.database, request.collection)
+    app = app_id(zone.namespace)
     uri, options = lake_table_location(store, request.database, request.collection)
+    where = _Where(store, lake_table_key(request.database, request.collection), uri, options)
     totals = _Totals()
     budget = request.max_batches
-    table = _open_table(uri, options)
+    table = open_table(uri, options)
+    files = _files_of(table)
     while budget > 0:
-        applied = (table.transaction_version(app_id(zone.namespace)) or 0) if table else 0
+        applied = _last_applied(table, app)
         pending = zone.batch_numbers(after=applied)[:budget]
         if not pending:
             break
         segment = _next_segment(zone, pending, max_rows_per_commit)
         numbers = [m.batch for m in segment]
         say(f"{zone.namespace}: applying batches {numbers[0]}..{numbers[-1]} on top of {applied}")
-        where = _Where(store, lake_table_key(request.database, request.collection), uri, options)
-        done, table = _commit_segment(zone, where, table, segment, say)
+        done, table, files = _commit_segment(zone, where, table, files, segment, say)
         totals.add(done)
         budget -= len(segment)
-    files = TableFiles.of(table) if table else TableFiles({})
     return MergeResult(
         namespace=zone.namespace,
         table_uri=uri,
         version=table.version() if table else None,
         batches_applied=totals.batches,
-        last_applied_batch=(table.transaction_version(app_id(zone.namespace)) or 0) if table else 0,
+        last_applied_batch=_last_applied(table, app),
         rows_in=totals.rows_in,
-        keys_changed=totals.keys_changed,
         inserted=totals.inserted,
         updated=totals.updated,
         deleted=totals.deleted,
@@ -196,7 +196,7 @@ def merge_batches(
         files_removed=totals.files_rewritten,
         table_rows=files.rows,
         duplicate_keys=totals.duplicate_keys,
-        buckets_touched=sorted(totals.buckets),
+        buckets_touched=sorted(set(totals.buckets)),
         commit_attempts=totals.attempts,
         duration_s=time.monotonic() - started,
         merge_path="+".join(totals.paths) if totals.paths else "none",
@@ -210,12 +210,14 @@ def merge_batches(
     )
 
 
-@dataclass(frozen=True)
-class _Applied:
-    batches: list[int]
+@dataclass
+class _Totals:
+    """What commits applied: one commit's (``_commit_segment``), or a run's (the sum of those).
+    A segment a concurrent merge applied counts only its attempts."""
+
+    batches: list[int] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # one per commit
     rows_in: int = 0
-    keys_changed: int = 0
-    path: str | None = None  # None: nothing committed (a concurrent merge applied the batches)
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
@@ -228,46 +230,18 @@ class _Applied:
     attempts: int = 0
     notes: list[str] = field(default_factory=list)
 
+    def add(self, other: _Totals) -> None:
+        for f in fields(self):  # every field is a count or a list: both add up with +
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
-@dataclass
-class _Totals:
-    batches: list[int] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
-    rows_in: int = 0
-    keys_changed: int = 0
-    inserted: int = 0
-    updated: int = 0
-    deleted: int = 0
-    files_rewritten: int = 0
-    bytes_rewritten: int = 0
-    files_written: int = 0
-    bytes_written: int = 0
-    buckets: set[str] = field(default_factory=set)
-    duplicate_keys: int = 0
-    attempts: int = 0
-    notes: list[str] = field(default_factory=list)
 
-    def add(self, applied: _Applied) -> None:
-        self.attempts += applied.attempts
-        if applied.path is None:
-            return
-        self.batches.extend(applied.batches)
-        self.paths.append(applied.path)
-        for name in (
-            "rows_in",
-            "keys_changed",
-            "inserted",
-            "updated",
-            "deleted",
-            "files_rewritten",
-            "bytes_rewritten",
-            "files_written",
-            "bytes_written",
-            "duplicate_keys",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(applied, name))
-        self.buckets.update(applied.buckets)
-        self.notes.extend(applied.notes)
+def _last_applied(table: DeltaTable | None, app: str) -> int:
+    """The last batch the table records as applied (0: none, or no table yet)."""
+    return (table.transaction_version(app) or 0) if table is not None else 0
+
+
+def _files_of(table: DeltaTable | None) -> TableFiles:
+    return TableFiles.of(table) if table is not None else TableFiles({})
 
 
 def _next_segment(zone: RawZone, pending: list[int], max_rows: int) -> list[BatchManifest]:
@@ -300,11 +274,13 @@ def _commit_segment(
     zone: RawZone,
     where: _Where,
     table: DeltaTable | None,
+    files: TableFiles,
     segment: list[BatchManifest],
     say: Callable[[str], None],
-) -> tuple[_Applied, DeltaTable | None]:
+) -> tuple[_Totals, DeltaTable | None, TableFiles]:
     """One atomic commit for ``segment``, retried on a lost commit race (the table is reloaded).
-    Returns what was applied and the table as of the commit."""
+    ``files`` are ``table``'s data files. Returns what was applied, and the table as of the
+    commit with its files."""
     numbers = [m.batch for m in segment]
     dropped = bool(segment[0].extra.get("dropped"))
     typed = TypedColumns.of_table(_arrow_schema(table))
@@ -315,11 +291,10 @@ def _commit_segment(
     app = app_id(zone.namespace)
     for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
         try:
-            if table is not None and (table.transaction_version(app) or 0) >= numbers[0]:
+            if _last_applied(table, app) >= numbers[0]:
                 say(f"{zone.namespace}: batches {numbers} were applied by a concurrent merge")
-                return _Applied(numbers, attempts=attempt), table  # nothing committed by this run
-            before = TableFiles.of(table) if table is not None else TableFiles({})
-            plan = _plan(table, before, latest, dropped, typed)
+                return _Totals(attempts=attempt), table, files  # nothing committed by this run
+            plan = _plan(table, files, latest, buckets, dropped, typed)
             say(plan.describe(zone.namespace, numbers, latest))
             commit = CommitProperties(
                 app_transactions=[Transaction(app, numbers[-1])],
@@ -337,23 +312,22 @@ def _commit_segment(
             )
             counts = _apply(plan, where, app, table, latest, typed, commit, numbers[-1])
             if table is None:
-                table = _open_table(where.uri, where.options)
+                table = open_table(where.uri, where.options)
                 assert table is not None
             else:
                 table.update_incremental()  # reads only the commits after the one it had
             after = TableFiles.of(table)
-            removed, added = before.minus(after), after.minus(before)
+            removed, added = files.minus(after), after.minus(files)
             # The rewrite counted duplicates in every partition it wrote; a drop writes no key.
             duplicates = (
                 counts.duplicate_keys
                 if plan.path in ("rewrite", "drop")
                 else _duplicate_keys(table, buckets)
             )
-            applied = _Applied(
-                numbers,
+            applied = _Totals(
+                batches=numbers,
+                paths=[plan.path],
                 rows_in=changes.num_rows,
-                keys_changed=latest.num_rows,
-                path=plan.path,
                 inserted=counts.inserted,
                 updated=counts.updated,
                 deleted=counts.deleted,
@@ -366,7 +340,7 @@ def _commit_segment(
                 attempts=attempt,
                 notes=typed.notes,
             )
-            return applied, table
+            return applied, table, after
         except (CommitFailedError, VersionTakenError, _LostRace):
             if attempt == MAX_COMMIT_ATTEMPTS:
                 raise RuntimeError(
@@ -375,7 +349,8 @@ def _commit_segment(
                     "concurrency key does this) and retry."
                 ) from None
             say(f"{zone.namespace}: a concurrent commit won; reloading and retrying")
-            table = _open_table(where.uri, where.options)
+            table = open_table(where.uri, where.options)
+            files = _files_of(table)
     raise AssertionError("unreachable")
 
 
@@ -405,16 +380,18 @@ def _plan(
     table: DeltaTable | None,
     files: TableFiles,
     latest: pa.Table,
+    buckets: list[str],
     dropped: bool,
     typed: TypedColumns,
 ) -> _Plan:
-    """Choose how to commit ``latest`` (see the module docstring)."""
-    touched = files.touched_by(latest)
+    """Choose how to commit ``latest``, whose keys fall in ``buckets`` (see the module
+    docstring)."""
     if dropped:
         return _Plan("drop", files, files)
+    touched = files.touched_by(latest)
     if table is None:
         return _Plan("create", files, touched)
-    if not set(pc.unique(latest.column("_bucket")).to_pylist()) & files.buckets:
+    if files.buckets.isdisjoint(buckets):
         return _Plan("append", files, touched)
     if copy_on_write.supports(table) and not typed.new:
         return _Plan("rewrite", files, touched)
@@ -457,7 +434,7 @@ def _apply(
                 commit_properties=commit,
             )
         except DeltaError as error:
-            if isinstance(error, CommitFailedError) or _open_table(uri, options) is not None:
+            if isinstance(error, CommitFailedError) or open_table(uri, options) is not None:
                 raise _LostRace("another merge created the table first") from error
             raise
         return _Counts(inserted=upserts.num_rows)
@@ -484,7 +461,6 @@ def _apply(
             where.options,
             plan.touched,
             latest,
-            latest.schema,
             commit_info=commit.custom_metadata or {},
             app_transaction=(app, last_batch),
         )
@@ -497,7 +473,8 @@ def _apply(
     )
 
 
-def _open_table(uri: str, options: dict) -> DeltaTable | None:
+def open_table(uri: str, options: dict) -> DeltaTable | None:
+    """The Delta table at ``uri`` as of its latest version, or None if there is none yet."""
     try:
         return DeltaTable(uri, storage_options=options)
     except TableNotFoundError:
@@ -511,16 +488,18 @@ def _arrow_schema(table: DeltaTable | None) -> pa.Schema | None:
 def _read_changes(zone: RawZone, manifests: list[BatchManifest], typed: TypedColumns) -> pa.Table:
     """The batches' rows as lake rows: the core columns, then the typed columns (see
     ``schema_evolution``), with ``_bucket`` derived from the key."""
-    batches = [(m.batch, zone.read_batch(m)) for m in manifests]
     core = set(BATCH_SCHEMA.names)
-    for number, batch in batches:
-        typed.admit(number, batch.select([n for n in batch.column_names if n not in core]))
+    batches = []
+    for m in manifests:
+        batch = zone.read_batch(m)
+        extras = batch.select([n for n in batch.column_names if n not in core])
+        typed.admit(m.batch, extras)
+        batches.append((m.batch, batch, extras))
     schema = pa.schema(
         list(TABLE_SCHEMA) + [pa.field(name, kind) for name, kind in typed.types.items()]
     )
     parts = []
-    for number, batch in batches:
-        extras = batch.select([n for n in batch.column_names if n not in core])
+    for number, batch, extras in batches:
         columns = [
             batch.column("_id"),
             key_buckets(batch.column("_id")),

@@ -53,11 +53,12 @@ class TypedColumns:
                     "(the value stays in doc)"
                 )
                 continue
-            kind = normal_type(extras.schema.field(name).type)
+            published = extras.schema.field(name).type
+            kind = normal_type(published)
             if kind is None:
-                if not pa.types.is_null(extras.schema.field(name).type):
+                if not pa.types.is_null(published):
                     self.notes.append(
-                        f"batch {batch}: column {name!r} of type {extras.schema.field(name).type} "
+                        f"batch {batch}: column {name!r} of type {published} "
                         "cannot be a typed lake column; ignored (the value stays in doc)"
                     )
                 continue

@@ -30,7 +30,6 @@ STAGE_SCHEMA = pa.schema(
 @dataclass(frozen=True)
 class LakeChanges:
     table_id: str
-    from_version: int | None  # exclusive; None for a full read
     to_version: int
     rows: pa.Table  # STAGE_SCHEMA, one row per key
     full: bool
@@ -38,16 +37,15 @@ class LakeChanges:
 
 
 def read_lake_changes(
-    uri: str,
-    options: dict,
+    table: DeltaTable,
     *,
     since_version: int | None,
     since_table_id: str | None,
     full_reason: str | None = None,
 ) -> LakeChanges:
-    """The changes after ``since_version``, or every row when a full read is needed or asked for
-    (``full_reason`` says why the caller wants one)."""
-    table = DeltaTable(uri, storage_options=options)
+    """The changes of ``table`` (as opened: its version is ``to_version``) after ``since_version``,
+    or every row when a full read is needed or asked for (``full_reason`` says why the caller
+    wants one)."""
     table_id = table.metadata().id
     version = table.version()
     if since_version is None:
@@ -58,7 +56,7 @@ def read_lake_changes(
         return _full(table, table_id, version, "lake table was re-created (new table id)")
     if since_version >= version:
         empty = STAGE_SCHEMA.empty_table()
-        return LakeChanges(table_id, since_version, version, empty, False, "up to date")
+        return LakeChanges(table_id, version, empty, False, "up to date")
     try:
         feed = pa.RecordBatchReader.from_stream(
             table.load_cdf(starting_version=since_version + 1, ending_version=version)
@@ -76,9 +74,7 @@ def read_lake_changes(
         last = pc.not_equal(ids.slice(0, len(ids) - 1), ids.slice(1))
         feed = feed.filter(pa.concat_arrays([last, pa.array([True])]))
     deleted = pc.equal(feed.column("_change_type"), "delete")
-    return LakeChanges(
-        table_id, since_version, version, _stage(feed, deleted), False, "incremental"
-    )
+    return LakeChanges(table_id, version, _stage(feed, deleted), False, "incremental")
 
 
 # How delta-rs reports change data files or commits that are no longer there (vacuumed, or log
@@ -104,8 +100,8 @@ def _full(table: DeltaTable, table_id: str, version: int, reason: str) -> LakeCh
     rows = _plain_types(
         table.to_pyarrow_table(columns=["_id", "doc", "_op", "_pos", "_event_time"])
     )
-    deleted = pa.array([False] * rows.num_rows, pa.bool_())
-    return LakeChanges(table_id, None, version, _stage(rows, deleted), True, reason)
+    deleted = pa.repeat(pa.scalar(False), rows.num_rows)
+    return LakeChanges(table_id, version, _stage(rows, deleted), True, reason)
 
 
 def _stage(rows: pa.Table, deleted: pa.Array | pa.ChunkedArray) -> pa.Table:
@@ -122,8 +118,10 @@ def _stage(rows: pa.Table, deleted: pa.Array | pa.ChunkedArray) -> pa.Table:
     )
 
 
-def lake_keys(uri: str, options: dict, version: int) -> pa.Table:
-    """Every key of the table as of ``version`` with its change position (``_id``, ``_pos``), for
-    reconciliation."""
-    table = DeltaTable(uri, version=version, storage_options=options)
+def lake_keys(table: DeltaTable, changes: LakeChanges) -> pa.Table:
+    """Every key of ``table`` as of ``changes.to_version`` with its change position (``_id``,
+    ``_pos``), for reconciliation: a full read already holds them; otherwise they are read from the
+    same snapshot the changes came from (no second open of the table's log)."""
+    if changes.full:
+        return changes.rows.select(["_id", "_pos"])
     return _plain_types(table.to_pyarrow_table(columns=["_id", "_pos"]))

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pyarrow as pa
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from lambda_functions.contracts import LoadRequest
 from lambda_functions.lake import ObjectStore, open_store
@@ -150,19 +152,17 @@ def load_changes(
                 "to fill them for every row"
             )
         try:
-            changes = read_lake_changes(
-                uri,
-                options,
-                since_version=state.version if state else None,
-                since_table_id=state.table_id if state else None,
-                full_reason=full_reason,
-            )
-        except Exception as error:
-            if type(error).__name__ == "TableNotFoundError":
-                raise LakeTableMissingError(
-                    f"no lake table at {uri}: materialize the merge stage first"
-                ) from error
-            raise
+            table = DeltaTable(uri, storage_options=options)
+        except TableNotFoundError as error:
+            raise LakeTableMissingError(
+                f"no lake table at {uri}: materialize the merge stage first"
+            ) from error
+        changes = read_lake_changes(
+            table,
+            since_version=state.version if state else None,
+            since_table_id=state.table_id if state else None,
+            full_reason=full_reason,
+        )
         say(
             f"{target}: lake version {changes.to_version} ({changes.reason}); "
             f"{changes.rows.num_rows} keys to apply"
@@ -194,9 +194,7 @@ def load_changes(
                 warehouse.unstage(key=key, succeeded=succeeded)
         reconciliation = None
         if check:
-            reconciliation = reconcile(
-                warehouse, target, lake_keys(uri, options, changes.to_version)
-            )
+            reconciliation = reconcile(warehouse, target, lake_keys(table, changes))
     return LoadResult(
         target=str(target),
         warehouse_kind=dialect.name,

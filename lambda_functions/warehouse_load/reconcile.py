@@ -131,38 +131,32 @@ def reconcile(warehouse: Readable, target: TargetTable, lake: pa.Table) -> Recon
     """Compare ``target`` with the lake rows (``_id``, ``_pos``) at the loaded version."""
     ours, duplicates = _buckets(warehouse, target)
     with _lake_side(lake) as side:
-        theirs = _buckets(side, side.table)[0]
-        differing = sorted(b for b in ours.keys() | theirs.keys() if ours.get(b) != theirs.get(b))
-        result = Reconciliation(
-            warehouse_rows=sum(rows for rows, _ in ours.values()),
-            lake_rows=lake.num_rows,
-            duplicate_keys=duplicates,
-            buckets_compared=len(ours.keys() | theirs.keys()),
-            differing_buckets=[
-                BucketDifference(
-                    bucket=b,
-                    lake_rows=theirs.get(b, (0, 0))[0],
-                    warehouse_rows=ours.get(b, (0, 0))[0],
-                    lake_hash=theirs.get(b, (0, 0))[1],
-                    warehouse_hash=ours.get(b, (0, 0))[1],
-                )
-                for b in differing[:SAMPLE_BUCKETS]
-            ],
-            buckets_differing=len(differing),
-        )
-        if not differing:
-            return result
+        theirs, _ = _buckets(side, side.table)
+        compared = ours.keys() | theirs.keys()
+        differing = sorted(b for b in compared if ours.get(b) != theirs.get(b))
         sampled = differing[:SAMPLE_BUCKETS]
-        expected = _rows_in(side, side.table, sampled)
-    stored = _rows_in(warehouse, target, sampled)
-    missing = sorted(expected.keys() - stored.keys())
-    extra = sorted(stored.keys() - expected.keys())
-    stale = sorted(k for k in expected.keys() & stored.keys() if stored[k] != expected[k])
-    return dataclasses.replace(
-        result,
-        missing_keys=missing[:SAMPLE_KEYS],
-        extra_keys=extra[:SAMPLE_KEYS],
-        stale_keys=stale[:SAMPLE_KEYS],
+        expected = _rows_in(side, side.table, sampled) if sampled else {}
+    stored = _rows_in(warehouse, target, sampled) if sampled else {}
+    stale = (k for k in expected.keys() & stored.keys() if stored[k] != expected[k])
+    return Reconciliation(
+        warehouse_rows=sum(rows for rows, _ in ours.values()),
+        lake_rows=lake.num_rows,
+        duplicate_keys=duplicates,
+        buckets_compared=len(compared),
+        differing_buckets=[
+            BucketDifference(
+                bucket=b,
+                lake_rows=theirs.get(b, (0, 0))[0],
+                warehouse_rows=ours.get(b, (0, 0))[0],
+                lake_hash=theirs.get(b, (0, 0))[1],
+                warehouse_hash=ours.get(b, (0, 0))[1],
+            )
+            for b in sampled
+        ],
+        buckets_differing=len(differing),
+        missing_keys=sorted(expected.keys() - stored.keys())[:SAMPLE_KEYS],
+        extra_keys=sorted(stored.keys() - expected.keys())[:SAMPLE_KEYS],
+        stale_keys=sorted(stale)[:SAMPLE_KEYS],
     )
 
 

@@ -142,9 +142,10 @@ class RedshiftDataApiClient:
 
     def run_batch(self, statements: Sequence[Statement], *, name: str) -> dict[str, int]:
         """Run ``statements`` as one transaction; return rows affected by label (``ResultRows``)."""
-        if not 1 <= len(statements) <= 40:
+        limit = REDSHIFT.max_batch_statements
+        if not 1 <= len(statements) <= limit:
             raise ValueError(
-                f"batch_execute_statement takes 1 to 40 statements, got {len(statements)}"
+                f"batch_execute_statement takes 1 to {limit} statements, got {len(statements)}"
             )
         if any(s.parameters for s in statements):
             raise ValueError(
@@ -163,11 +164,11 @@ class RedshiftDataApiClient:
                 affected[statement.label] = int(sub.get("ResultRows", -1))
         return affected
 
-    def query(self, statement: Statement, *, name: str | None = None) -> list[tuple[Any, ...]]:
+    def query(self, statement: Statement) -> list[tuple[Any, ...]]:
         """Run one read with named parameters; return every row (``get_statement_result`` paged)."""
         arguments: dict[str, Any] = {
             "Sql": statement.sql,
-            "StatementName": name or statement.label,
+            "StatementName": statement.label,
             "ClientToken": self.new_token(),
             **self.connection.api_arguments(),
         }
@@ -176,7 +177,7 @@ class RedshiftDataApiClient:
                 {"name": key, "value": str(value)} for key, value in statement.parameters.items()
             ]
         response = self.client.execute_statement(**arguments)
-        described = self.wait(response["Id"], [statement], name=name or statement.label)
+        described = self.wait(response["Id"], [statement], name=statement.label)
         if not described.get("HasResultSet", False):
             return []
         return list(self._records(response["Id"]))
@@ -228,7 +229,6 @@ class RedshiftDataApiClient:
     ) -> RedshiftStatementError:
         statement_id, status = described["Id"], described["Status"]
         subs = described.get("SubStatements") or []
-        index = None
         if subs:
             failed = [i for i, s in enumerate(subs) if s.get("Status") == "FAILED"]
             unfinished = [i for i, s in enumerate(subs) if s.get("Status") != "FINISHED"]

@@ -34,7 +34,23 @@ class InjectedCrash(OSError):
     """The simulated failure (a Lambda killed mid-write, S3 unavailable)."""
 
 
-class FailingStore(LocalObjectStore):
+class HookedStore(LocalObjectStore):
+    """A local store that calls ``before_write(key)`` before every write (``put`` and
+    ``put_if_absent``): where the failure-injecting stores of these tests hook in."""
+
+    def before_write(self, key: str) -> None:
+        pass
+
+    def put(self, key: str, data: bytes) -> None:
+        self.before_write(key)
+        super().put(key, data)
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        self.before_write(key)
+        super().put_if_absent(key, data)
+
+
+class FailingStore(HookedStore):
     """A local store that raises after ``puts_allowed`` writes, or when a key matches."""
 
     def __init__(
@@ -49,20 +65,24 @@ class FailingStore(LocalObjectStore):
         self.fail_on = fail_on
         self.puts = 0
 
-    def _check(self, key: str) -> None:
+    def before_write(self, key: str) -> None:
         if self.fail_on is not None and self.fail_on(key):
             raise InjectedCrash(f"injected failure writing {key}")
         if self.puts_allowed is not None and self.puts >= self.puts_allowed:
             raise InjectedCrash(f"injected failure after {self.puts} writes ({key})")
         self.puts += 1
 
-    def put(self, key: str, data: bytes) -> None:
-        self._check(key)
-        super().put(key, data)
 
-    def put_if_absent(self, key: str, data: bytes) -> None:
-        self._check(key)
-        super().put_if_absent(key, data)
+def batch_rows(
+    store: ObjectStore, database: str = "shop", collection: str = "orders"
+) -> list[dict]:
+    """Every published row with its batch number, in batch order."""
+    zone = RawZone(store, database, collection)
+    return [
+        row | {"batch": manifest.batch}
+        for manifest in zone.manifests()
+        for row in zone.read_batch(manifest).to_pylist()
+    ]
 
 
 def reconstruct(

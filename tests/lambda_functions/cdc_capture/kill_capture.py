@@ -15,7 +15,7 @@ import sys
 
 from lambda_functions.cdc_capture import EmbeddedChangeStreamSource, capture_changes
 from lambda_functions.contracts import CaptureRequest
-from lambda_functions.lake.store import LocalObjectStore
+from tests.lambda_functions.cdc_capture.conftest import HookedStore
 
 
 def kind_of(key: str) -> str:
@@ -26,24 +26,16 @@ def kind_of(key: str) -> str:
     return "data" if key.endswith(".parquet") else "other"
 
 
-class KillingStore(LocalObjectStore):
+class KillingStore(HookedStore):
     def __init__(self, root: str, kind: str, occurrence: int):
         super().__init__(root)
         self.kind, self.occurrence, self.seen = kind, occurrence, 0
 
-    def _maybe_die(self, key: str) -> None:
+    def before_write(self, key: str) -> None:
         if kind_of(key) == self.kind:
             self.seen += 1
             if self.seen == self.occurrence:
                 os.kill(os.getpid(), signal.SIGKILL)
-
-    def put(self, key: str, data: bytes) -> None:
-        self._maybe_die(key)
-        super().put(key, data)
-
-    def put_if_absent(self, key: str, data: bytes) -> None:
-        self._maybe_die(key)
-        super().put_if_absent(key, data)
 
 
 def main(source_path: str, lake: str, max_rows: str, kind: str, occurrence: str) -> None:

@@ -25,6 +25,7 @@ from lambda_functions.cdc_capture.errors import SourceConnectionError
 from lambda_functions.cdc_capture.extended_json import decode_document, encode_document
 from lambda_functions.contracts import InvalidRequestError
 from lambda_functions.lake.raw_zone import RawZone
+from tests.lambda_functions.cdc_capture.conftest import batch_rows
 
 DB, COLL = "shop", "orders"
 
@@ -33,13 +34,13 @@ def zone(store) -> RawZone:
     return RawZone(store, DB, COLL)
 
 
-def batch_rows(store) -> list[dict]:
-    """Every published row with its batch number, in batch order."""
-    rows = []
-    for manifest in zone(store).manifests():
-        for row in zone(store).read_batch(manifest).to_pylist():
-            rows.append(row | {"batch": manifest.batch})
-    return rows
+def captured_then_changed(source, make_request, *, documents: int, changes: int) -> DemoWorkload:
+    """Seed ``documents`` orders, capture them (the snapshot), then make ``changes`` changes."""
+    workload = DemoWorkload(source, initial_documents=documents)
+    workload.run(0)
+    capture_changes(make_request(), source=source)
+    workload.run(changes)
+    return workload
 
 
 class MutatingSource:
@@ -148,10 +149,7 @@ def test_snapshot_larger_than_max_rows_resumes_after_the_last_chunk_when_a_run_c
 def test_crash_between_manifest_and_checkpoint_does_not_capture_twice(
     source, lake, make_request, failing_store, reconstruct, source_state
 ):
-    workload = DemoWorkload(source, initial_documents=50)
-    workload.run(0)
-    capture_changes(make_request(), source=source)
-    workload.run(30)
+    captured_then_changed(source, make_request, documents=50, changes=30)
     checkpoint_writes = failing_store(fail_on=lambda key: key.endswith("_checkpoint.json"))
 
     with pytest.raises(OSError, match="injected"):
@@ -233,10 +231,7 @@ def test_events_of_one_transaction_keep_their_order_through_seq(source, lake, ma
 def test_stream_stops_at_max_rows_and_the_next_run_continues(
     source, lake, make_request, reconstruct, source_state
 ):
-    workload = DemoWorkload(source, initial_documents=30)
-    workload.run(0)
-    capture_changes(make_request(), source=source)
-    workload.run(120)
+    captured_then_changed(source, make_request, documents=30, changes=120)
 
     runs = []
     while (result := capture_changes(make_request(max_rows=25), source=source)).batch:
@@ -250,10 +245,7 @@ def test_stream_stops_at_max_rows_and_the_next_run_continues(
 def test_stream_stops_with_a_reserve_of_time_before_the_deadline(
     source, lake, make_request, reconstruct, source_state
 ):
-    workload = DemoWorkload(source, initial_documents=30)
-    workload.run(0)
-    capture_changes(make_request(), source=source)
-    workload.run(100)
+    captured_then_changed(source, make_request, documents=30, changes=100)
     calls = []
 
     def remaining() -> float:  # 100 s at the start, then time runs out after 40 reads
@@ -340,10 +332,8 @@ def test_expired_resume_token_raises_an_error_naming_the_fix_and_reset_recovers(
     tmp_path, lake, make_request, reconstruct
 ):
     with EmbeddedChangeStreamSource(tmp_path / "source.db", max_events=40) as source:
-        workload = DemoWorkload(source, initial_documents=60)
-        workload.run(0)
-        capture_changes(make_request(), source=source)
-        workload.run(100)  # more changes than the log keeps
+        # more changes than the log keeps
+        captured_then_changed(source, make_request, documents=60, changes=100)
 
         with pytest.raises(ResumeTokenExpiredError) as caught:
             capture_changes(make_request(), source=source)

@@ -22,31 +22,27 @@ from lambda_functions.contracts import CaptureRequest, MergeRequest
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.store import LocalObjectStore
 from lambda_functions.merge.merge import lake_table_location, merge_batches
-from tests.lambda_functions.cdc_capture.conftest import InjectedCrash, source_state
+from tests.lambda_functions.cdc_capture.conftest import (
+    HookedStore,
+    InjectedCrash,
+    source_state,
+)
 
 DB, COLL = "shop", "orders"
 ROOT = Path(__file__).resolve().parents[3]
 
 
-class CrashAtWrite(LocalObjectStore):
+class CrashAtWrite(HookedStore):
     """Raises at the ``crash_at``-th write counted across every store sharing ``counter``."""
 
     def __init__(self, root: Path, counter: Counter, crash_at: int | None):
         super().__init__(root)
         self.counter, self.crash_at = counter, crash_at
 
-    def _count(self, key: str) -> None:
+    def before_write(self, key: str) -> None:
         self.counter["writes"] += 1
         if self.counter["writes"] == self.crash_at:
             raise InjectedCrash(f"killed before writing {key}")
-
-    def put(self, key: str, data: bytes) -> None:
-        self._count(key)
-        super().put(key, data)
-
-    def put_if_absent(self, key: str, data: bytes) -> None:
-        self._count(key)
-        super().put_if_absent(key, data)
 
 
 def merged_table(lake: Path) -> dict[str, str]:

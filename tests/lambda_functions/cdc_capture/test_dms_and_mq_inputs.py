@@ -27,6 +27,7 @@ from lambda_functions.contracts import DmsIngestRequest, MergeRequest
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.store import LocalObjectStore
 from lambda_functions.merge.merge import lake_table_location, merge_batches
+from tests.lambda_functions.cdc_capture.conftest import batch_rows
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DB, COLL = "shop", "orders"
@@ -51,10 +52,7 @@ def fixture_event(name: str) -> dict:
 
 
 def rows(lake: Path) -> list[dict]:
-    zone = RawZone(LocalObjectStore(lake), DB, COLL)
-    return [
-        row | {"batch": m.batch} for m in zone.manifests() for row in zone.read_batch(m).to_pylist()
-    ]
+    return batch_rows(LocalObjectStore(lake), DB, COLL)
 
 
 # -- DMS --------------------------------------------------------------------------------------------
@@ -239,11 +237,9 @@ def test_messages_relaying_the_change_stream_give_the_rows_capture_gives(
     ingest_messages(messages, relayed)
 
     def stream_rows(store: LocalObjectStore) -> list[tuple]:
-        zone = RawZone(store, DB, COLL)
         return [
             (r["_id"], r["op"], r["pos"], r["event_time"], r["doc"])
-            for m in zone.manifests()
-            for r in zone.read_batch(m).to_pylist()
+            for r in batch_rows(store, DB, COLL)
             if r["op"] != "snapshot"
         ]
 

@@ -9,6 +9,9 @@ from deltalake import DeltaTable
 
 from lambda_functions.lake import open_store
 
+# The app id under which the merge records the batches it applied to shop.orders's table.
+APP = "lakehouse-merge:shop.orders"
+
 
 def stored_docs(table_uri: str, storage_options: dict | None = None) -> dict[str, str]:
     """``_id`` -> ``doc`` of every row of the lake table."""

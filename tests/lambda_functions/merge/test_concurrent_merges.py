@@ -26,11 +26,10 @@ from lambda_functions.contracts import MergeRequest
 from lambda_functions.lake import ObjectStore, RawZone, open_store
 from lambda_functions.merge import MergeResult, lake_table_location, merge_batches
 from lambda_functions.merge.table_files import TableFiles
-from tests.lambda_functions.merge.tables import commits, stored_docs
+from tests.lambda_functions.merge.tables import APP, commits, stored_docs
 from tests.lambda_functions.raw_batches import JAN, JUN, key, publish
 
 ROOT = Path(__file__).resolve().parents[3]
-APP = "lakehouse-merge:shop.orders"
 
 
 @dataclass

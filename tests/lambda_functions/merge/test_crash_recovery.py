@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from lambda_functions.contracts import CompactRequest
 from lambda_functions.merge import compact_table, merge_batches
 from lambda_functions.merge.table_files import TableFiles
-from tests.lambda_functions.merge.tables import stored_docs
+from tests.lambda_functions.merge.events import compact_request
+from tests.lambda_functions.merge.tables import APP, stored_docs
 from tests.lambda_functions.raw_batches import JAN, JUN, key, publish
 
 ROOT = Path(__file__).resolve().parents[3]
-APP = "lakehouse-merge:shop.orders"
 SEEDED = 200  # January rows
 
 
@@ -100,15 +99,7 @@ def test_merge_killed_before_its_log_entry_leaves_the_previous_version(lake, ste
     assert stored_docs(uri) == after and rerun.duplicate_keys == 0
     assert merge_batches(request).batches_applied == []
     if step == "data_files":  # vacuum removes what the killed merge left behind
-        compact_table(
-            CompactRequest(
-                lake_uri=request.lake_uri,
-                database="shop",
-                collection="orders",
-                cold_after_hours=9999,
-                vacuum_retention_hours=0,
-            )
-        )
+        compact_table(compact_request(request, cold_after_hours=9999, vacuum_retention_hours=0))
         assert not orphan_files(uri)
         assert stored_docs(uri) == after
 

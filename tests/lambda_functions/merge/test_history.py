@@ -8,10 +8,10 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 import lambda_functions.merge.copy_on_write as copy_on_write
-from lambda_functions.contracts import CompactRequest
 from lambda_functions.merge import changes_between, compact_table, merge_batches, read_version
 from lambda_functions.merge.history import VersionNotAvailableError
 from lambda_functions.merge.layout import TABLE_SCHEMA
+from tests.lambda_functions.merge.events import compact_request
 from tests.lambda_functions.raw_batches import JAN, JUN, key, publish
 
 A, B, C, D, E = key(JAN, 1), key(JAN, 2), key(JUN, 3), key(JUN, 4), key(JAN, 5)
@@ -145,15 +145,7 @@ def test_vacuumed_version_says_what_to_read_instead(lake):
     first = seeded(zone, request)
     one_batch_of_every_kind(zone)
     merge_batches(request)
-    compact_table(
-        CompactRequest(
-            lake_uri=request.lake_uri,
-            database="shop",
-            collection="orders",
-            cold_after_hours=0,
-            vacuum_retention_hours=0,
-        )
-    )
+    compact_table(compact_request(request, cold_after_hours=0, vacuum_retention_hours=0))
     uri = merge_batches(request).table_uri
     with pytest.raises(VersionNotAvailableError, match="no longer retained"):
         read_version(uri, {}, first)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from dagster_pipes import encode_param
 from deltalake import DeltaTable
 
 from lambda_functions.contracts import CompactRequest, InvalidRequestError
@@ -17,10 +16,9 @@ from lambda_functions.merge.maintenance import LakeTableMissingError
 from lambda_functions.merge.maintenance_handler import handler
 from lambda_functions.merge.table_files import TableFiles
 from tests.lambda_functions.emf_checks import numeric_metadata, stage_metrics
-from tests.lambda_functions.merge.tables import stored_docs
+from tests.lambda_functions.merge.events import compact_request, pipes_event
+from tests.lambda_functions.merge.tables import APP, stored_docs
 from tests.lambda_functions.raw_batches import JAN, JUN, key, publish
-
-APP = "lakehouse-merge:shop.orders"
 
 
 def january_key(minute: int) -> str:
@@ -41,15 +39,6 @@ def fragmented_table(zone, request) -> str:
     time.sleep(0.01)
     publish(zone, [(key(JUN, 1), "insert", 9, "{}")])
     return merge_batches(request).table_uri
-
-
-def compact_request(request, **fields) -> CompactRequest:
-    return CompactRequest(
-        lake_uri=request.lake_uri,
-        database=request.database,
-        collection=request.collection,
-        **fields,
-    )
 
 
 def newest_write_ms(uri: str, bucket: str) -> int:
@@ -151,24 +140,9 @@ def test_compact_request_round_trips_and_rejects_negative_hours():
 
 
 def maintenance_event(request: CompactRequest, messages: Path) -> dict:
-    """What PipesLambdaClient sends: the request plus the two Pipes bootstrap keys."""
-    context = {
-        "asset_keys": ["lake_table_maintenance"],
-        "code_version_by_asset_key": {"lake_table_maintenance": None},
-        "provenance_by_asset_key": {"lake_table_maintenance": None},
-        "partition_key": None,
-        "partition_key_range": None,
-        "partition_time_window": None,
-        "run_id": "run-1",
-        "job_name": "lake_maintenance_job",
-        "retry_number": 0,
-        "extras": {},
-    }
-    return {
-        **request.to_event(),
-        "DAGSTER_PIPES_CONTEXT": encode_param({"data": context}),
-        "DAGSTER_PIPES_MESSAGES": encode_param({"path": str(messages)}),
-    }
+    return pipes_event(
+        request, messages, asset="lake_table_maintenance", job="lake_maintenance_job"
+    )
 
 
 def materialization_metadata(messages: Path) -> dict:

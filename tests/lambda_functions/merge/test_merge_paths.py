@@ -10,7 +10,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from dagster_pipes import encode_param
 from deltalake import DeltaTable, write_deltalake
 
 import lambda_functions.merge.copy_on_write as copy_on_write
@@ -21,10 +20,9 @@ from lambda_functions.merge.handler import handler
 from lambda_functions.merge.layout import TABLE_SCHEMA
 from lambda_functions.merge.table_files import TableFiles
 from tests.lambda_functions.emf_checks import numeric_metadata, stage_metrics
-from tests.lambda_functions.merge.tables import commits, stored_docs
+from tests.lambda_functions.merge.events import pipes_event
+from tests.lambda_functions.merge.tables import APP, commits, stored_docs
 from tests.lambda_functions.raw_batches import JAN, JUN, key, publish
-
-APP = "lakehouse-merge:shop.orders"
 
 
 def force_path(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
@@ -182,25 +180,8 @@ def test_nothing_pending_reports_no_path_and_no_commit(lake):
     assert (again.merge_path, again.commits, again.version) == ("none", 0, first.version)
 
 
-def pipes_event(request: MergeRequest, messages: Path) -> dict[str, Any]:
-    """What PipesLambdaClient sends: the request plus the two Pipes bootstrap keys."""
-    context = {
-        "asset_keys": ["lake_table"],
-        "code_version_by_asset_key": {"lake_table": None},
-        "provenance_by_asset_key": {"lake_table": None},
-        "partition_key": None,
-        "partition_key_range": None,
-        "partition_time_window": None,
-        "run_id": "run-1",
-        "job_name": "merge_and_load_job",
-        "retry_number": 0,
-        "extras": {},
-    }
-    return {
-        **request.to_event(),
-        "DAGSTER_PIPES_CONTEXT": encode_param({"data": context}),
-        "DAGSTER_PIPES_MESSAGES": encode_param({"path": str(messages)}),
-    }
+def merge_event(request: MergeRequest, messages: Path) -> dict[str, Any]:
+    return pipes_event(request, messages, asset="lake_table", job="merge_and_load_job")
 
 
 def test_handler_reports_the_path_and_the_files_and_bytes_rewritten(lake, tmp_path):
@@ -209,7 +190,7 @@ def test_handler_reports_the_path_and_the_files_and_bytes_rewritten(lake, tmp_pa
     merge_batches(request)
     publish(zone, [(key(JUN, 2), "update", 2, '{"v":2}')])
     messages = tmp_path / "messages.jsonl"
-    returned = handler(pipes_event(request, messages), None)
+    returned = handler(merge_event(request, messages), None)
     by_method: dict[str, list] = {}
     for line in messages.read_text().splitlines():
         message = json.loads(line)
@@ -239,7 +220,7 @@ def test_handler_prints_the_merge_figures_as_an_emf_line(lake, tmp_path, capsys,
     )
     messages = tmp_path / "messages.jsonl"
     capsys.readouterr()
-    handler(pipes_event(request, messages), None)
+    handler(merge_event(request, messages), None)
     document, directive = stage_metrics(capsys.readouterr().out, "merge")
     assert directive["Namespace"] == "Lakehouse/Test"
     assert directive["Dimensions"] == [["Stage", "Collection"]]

@@ -51,6 +51,20 @@ SOURCES = {
 }
 
 
+def plan(dialect: Dialect, **changes) -> list:
+    """A load transaction for ``analytics.orders`` with these arguments changed."""
+    arguments = {
+        "source": SOURCES[dialect.name],
+        "full": True,
+        "expected": None,
+        "table_id": TABLE_ID,
+        "version": 1,
+        "projection": (),
+        **changes,
+    }
+    return load_transaction(dialect, TargetTable.named(dialect, "analytics", "orders"), **arguments)
+
+
 def every_statement(dialect: Dialect) -> list:
     target = TargetTable.named(dialect, "analytics", "orders")
     projection = parse_projection(EVERY_TYPE)
@@ -62,13 +76,10 @@ def every_statement(dialect: Dialect) -> list:
         bucket_rows_query(dialect, target, [3, 200]),
     ]
     for full, expected in ((True, None), (False, LoadedState(TABLE_ID, 4))):
-        statements += load_transaction(
+        statements += plan(
             dialect,
-            target,
-            source=SOURCES[dialect.name],
             full=full,
             expected=expected,
-            table_id=TABLE_ID,
             version=5,
             projection=projection,
             add_columns=projection[:3],
@@ -86,21 +97,7 @@ def test_every_generated_statement_parses_as_one_statement_in_its_dialect(dialec
 
 
 def test_redshift_load_stage_is_a_parquet_copy_with_the_role_redacted_for_display():
-    target = TargetTable.named(REDSHIFT, "analytics", "orders")
-    (copy,) = [
-        s
-        for s in load_transaction(
-            REDSHIFT,
-            target,
-            source=SOURCES["redshift"],
-            full=False,
-            expected=None,
-            table_id=TABLE_ID,
-            version=5,
-            projection=(),
-        )
-        if s.label == "load_stage"
-    ]
+    (copy,) = [s for s in plan(REDSHIFT, full=False, version=5) if s.label == "load_stage"]
     parsed = sqlglot.parse_one(copy.sql, read="redshift")
     assert isinstance(parsed, exp.Copy)
     assert copy.sql == (
@@ -165,33 +162,13 @@ def test_sql_string_doubles_quotes_and_refuses_what_dialects_read_differently():
     ],
 )
 def test_copy_source_values_are_checked_before_rendering(source, message):
-    target = TargetTable.named(REDSHIFT, "analytics", "orders")
     with pytest.raises(UnsafeSqlValueError, match=message):
-        load_transaction(
-            REDSHIFT,
-            target,
-            source=source,
-            full=True,
-            expected=None,
-            table_id=TABLE_ID,
-            version=1,
-            projection=(),
-        )
+        plan(REDSHIFT, source=source)
 
 
 def test_lake_table_id_must_be_a_uuid_to_be_rendered():
-    target = TargetTable.named(DUCKDB, "analytics", "orders")
     with pytest.raises(UnsafeSqlValueError, match="not a UUID"):
-        load_transaction(
-            DUCKDB,
-            target,
-            source=SOURCES["duckdb"],
-            full=True,
-            expected=None,
-            table_id="x' OR '1'='1",
-            version=1,
-            projection=(),
-        )
+        plan(DUCKDB, table_id="x' OR '1'='1")
 
 
 @pytest.mark.parametrize(
@@ -229,17 +206,7 @@ def test_projection_types_are_normalized_and_paths_become_lower_case_columns():
 def test_a_redshift_transaction_over_forty_statements_is_refused_with_the_fix():
     projection = parse_projection({f"f{i}": "INTEGER" for i in range(33)})
     with pytest.raises(PlanError, match="at most 32 at once"):
-        load_transaction(
-            REDSHIFT,
-            TargetTable.named(REDSHIFT, "analytics", "orders"),
-            source=SOURCES["redshift"],
-            full=True,
-            expected=None,
-            table_id=TABLE_ID,
-            version=1,
-            projection=projection,
-            add_columns=projection,
-        )
+        plan(REDSHIFT, projection=projection, add_columns=projection)
 
 
 def test_redshift_requests_need_a_complete_connection_and_an_s3_lake():

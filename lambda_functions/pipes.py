@@ -58,3 +58,9 @@ def open_pipes(event: Mapping[str, Any]) -> Iterator[PipesContext]:
 def without_pipes_keys(event: Mapping[str, Any]) -> dict[str, Any]:
     """The request part of an event: what is left once the Pipes bootstrap keys are removed."""
     return {k: v for k, v in event.items() if not k.startswith("DAGSTER_PIPES_")}
+
+
+def typed(value: Any, kind: str) -> dict[str, Any]:
+    """A metadata value in the typed form ``dagster_pipes`` reports: ``kind`` is "int",
+    "float", "bool", "text", "json", ..."""
+    return {"raw_value": value, "type": kind}

@@ -21,10 +21,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lambda_functions.emf import MAX_DIMENSIONS  # the same CloudWatch limit
 from lambda_functions.lake import ObjectStore
 
 MAX_METRICS_PER_CALL = 1000
-MAX_DIMENSIONS = 30
+
 MAX_VALUES_PER_METRIC = 150
 
 

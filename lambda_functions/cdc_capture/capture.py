@@ -74,7 +74,8 @@ from lambda_functions.lake.raw_zone import (
     CorruptBatchError,
     RawZone,
 )
-from lambda_functions.lake.store import ObjectStore, open_store
+from lambda_functions.lake.store import ObjectStore
+from lambda_functions.pipes import typed
 
 # Stop reading with at least this share of the function's time left (and never less than 5 s):
 # publishing the batch and reporting to Dagster must fit in what remains.
@@ -138,9 +139,6 @@ class CaptureResult:
 
     def metadata(self) -> dict[str, dict[str, Any]]:
         """Materialization metadata in the typed form ``dagster_pipes`` accepts."""
-
-        def typed(value: Any, kind: str) -> dict[str, Any]:
-            return {"raw_value": value, "type": kind}
 
         metadata = {
             "dagster/row_count": typed(self.rows, "int"),
@@ -212,7 +210,7 @@ def capture_changes(
     snapshot, first publishing an empty batch marked ``dropped`` so the merge clears the table
     (the recovery from ``ResumeTokenExpiredError``; ``request.auto_resnapshot`` does it by itself).
     """
-    zone = RawZone(store or open_store(request.lake_uri), request.database, request.collection)
+    zone = RawZone.for_request(request, store)
     return _CaptureRun(request, source, zone, deadline, on_progress).execute(reset=reset)
 
 
@@ -220,7 +218,7 @@ def verify_batches(
     request: CaptureRequest, batches: tuple[int, ...], *, store: ObjectStore | None = None
 ) -> BatchVerification:
     """Re-read published batches through their manifests; a run that published nothing passes."""
-    zone = RawZone(store or open_store(request.lake_uri), request.database, request.collection)
+    zone = RawZone.for_request(request, store)
     rows, problems = 0, []
     for number in batches:
         try:

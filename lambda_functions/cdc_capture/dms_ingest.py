@@ -60,6 +60,7 @@ from lambda_functions.cdc_capture.positions import commit_position, millis
 from lambda_functions.contracts import DmsIngestRequest
 from lambda_functions.lake.raw_zone import Checkpoint, RawZone
 from lambda_functions.lake.store import ObjectStore, open_store
+from lambda_functions.pipes import typed
 
 RECENT_CDC_FILES = 1_000
 DEADLINE_RESERVE_S = 10.0  # stop taking new files with less time than this left
@@ -89,9 +90,6 @@ class DmsIngestResult:
     duration_seconds: float = 0.0
 
     def metadata(self) -> dict[str, dict[str, Any]]:
-        def typed(value: Any, kind: str) -> dict[str, Any]:
-            return {"raw_value": value, "type": kind}
-
         lag = (
             max(0.0, time.time() - self.max_event_time.timestamp())
             if self.max_event_time and self.pending_files
@@ -131,7 +129,7 @@ def ingest_dms_files(
     """Publish the rows of DMS files not ingested yet, in order; see the module docstring."""
     started = time.monotonic()
     say = on_progress or (lambda _message: None)
-    zone = RawZone(store or open_store(request.lake_uri), request.database, request.collection)
+    zone = RawZone.for_request(request, store)
     source = dms_store or open_store(request.dms_uri)
     result = DmsIngestResult(zone.namespace)
     checkpoint = zone.read_checkpoint()

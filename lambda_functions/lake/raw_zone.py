@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lambda_functions.lake.store import ObjectExistsError, ObjectStore, new_file_name
+from lambda_functions.lake.store import ObjectExistsError, ObjectStore, new_file_name, open_store
 
 FORMAT = "lakehouse-raw-batch"
 FORMAT_VERSION = 1
@@ -110,6 +110,11 @@ class RawZone:
         self.store = store
         self.namespace = f"{database}.{collection}"
         self.prefix = f"raw/{database}/{collection}"
+
+    @classmethod
+    def for_request(cls, request: Any, store: ObjectStore | None = None) -> RawZone:
+        """The raw zone of a collection request (``lake_uri``, ``database``, ``collection``)."""
+        return cls(store or open_store(request.lake_uri), request.database, request.collection)
 
     # -- keys ---------------------------------------------------------------------------------
     def manifest_key(self, batch: int) -> str:

@@ -35,15 +35,11 @@ from deltalake.exceptions import CommitFailedError
 from lambda_functions.contracts import CompactRequest
 from lambda_functions.lake import ObjectStore, open_store
 from lambda_functions.merge.layout import WRITER_PROPERTIES
-from lambda_functions.merge.merge import lake_table_location, open_table
+from lambda_functions.merge.merge import LakeTableMissingError, lake_table_location, open_table
 from lambda_functions.merge.table_files import TableFiles
 
 # Delta's default for delta.deletedFileRetentionDuration; vacuum refuses shorter unless told.
 DEFAULT_RETENTION_HOURS = 168
-
-
-class LakeTableMissingError(RuntimeError):
-    """There is no lake table to maintain yet."""
 
 
 @dataclass(frozen=True)

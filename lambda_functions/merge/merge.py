@@ -61,6 +61,7 @@ __all__ = [
     "TABLE_CONFIGURATION",
     "TABLE_SCHEMA",
     "WRITER_PROPERTIES",
+    "LakeTableMissingError",
     "MergeResult",
     "app_id",
     "key_bucket",
@@ -117,6 +118,10 @@ class MergeResult:
 def lake_table_key(database: str, collection: str) -> str:
     """Where the collection's lake table lives in the lake's object store."""
     return f"tables/{database}/{collection}"
+
+
+class LakeTableMissingError(RuntimeError):
+    """There is no lake table yet (the merge stage has not run for this collection)."""
 
 
 def lake_table_location(store: ObjectStore, database: str, collection: str) -> tuple[str, dict]:

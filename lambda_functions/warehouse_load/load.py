@@ -22,7 +22,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from lambda_functions.contracts import LoadRequest
 from lambda_functions.lake import ObjectStore, open_store
-from lambda_functions.merge.merge import lake_table_location
+from lambda_functions.merge.merge import LakeTableMissingError, lake_table_location
 from lambda_functions.warehouse_load.lake_changes import lake_keys, read_lake_changes
 from lambda_functions.warehouse_load.reconcile import Reconciliation, reconcile
 from lambda_functions.warehouse_load.sql_plan import (
@@ -38,10 +38,6 @@ from lambda_functions.warehouse_load.sql_plan import (
     loaded_state_query,
     parse_projection,
 )
-
-
-class LakeTableMissingError(RuntimeError):
-    """There is no lake table to load yet."""
 
 
 class Warehouse(Protocol):

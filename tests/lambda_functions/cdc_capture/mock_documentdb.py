@@ -3,7 +3,7 @@
 ``EmbeddedBackedServer`` serves the commands the pymongo change source sends, with the data and
 the change-event log of an ``EmbeddedChangeStreamSource`` file:
 
-- ``find`` with ``{"_id": {"$gt": x}}`` or ``{"_id": {"$type": [...]}}``, ``sort: {_id: 1}``,
+- ``find`` with ``{"_id": {"$gt": x}}``, ``{"_id": {"$in": [...]}}`` or ``{"_id": {"$type": [...]}}``, ``sort: {_id: 1}``,
   ``limit``: documents from the store in ``_id`` order (one batch, cursor id 0);
 - ``aggregate`` with a ``$changeStream`` stage (``resumeAfter`` or none, ``fullDocument``): opens
   a stream on the store, answers the first batch and a ``postBatchResumeToken``; the store's
@@ -109,6 +109,8 @@ class EmbeddedBackedServer:
             docs = self.store.documents(database, collection, after_id=condition["$gt"])
             bracket = _type_bracket(condition["$gt"])
             docs = [d for d in docs if _type_bracket(d["_id"]) == bracket]
+        elif "$in" in condition:
+            docs = self.store.documents_by_id(database, collection, condition["$in"])
         elif "$type" in condition:
             wanted = set(condition["$type"])
             docs = [

@@ -20,8 +20,6 @@ from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
 from lambda_functions.cdc_capture.extended_json import (
     encode_document,
     encode_raw,
-    key_string,
-    raw_key_string,
     relaxed_json,
 )
 from lambda_functions.cdc_capture.positions import cluster_position, commit_position, millis
@@ -32,6 +30,7 @@ from lambda_functions.lake.raw_zone import (
     ObjectExistsError,
     RawZone,
 )
+from lambda_functions.lake.record_key import raw_record_key, record_key
 
 ROW_OVERHEAD_BYTES = 48  # _id, op, pos, seq, event_time beside the document, for the byte budget
 DATA_OPS = frozenset({"insert", "update", "replace", "delete"})  # change events that become rows
@@ -88,7 +87,7 @@ class BatchRows:
         taken, size, last_with_id = 0, self.bytes, None
         for document in page:
             taken += 1
-            key = raw_key_string(document.raw) if type(document) is RawBSONDocument else None
+            key = raw_record_key(document.raw) if type(document) is RawBSONDocument else None
             if key is not None:
                 try:
                     doc = encode_raw(document.raw)
@@ -147,7 +146,7 @@ def document_json(document: Any) -> tuple[str, str]:
     try:
         if "_id" not in document:
             raise Malformed("document has no _id")
-        return key_string(document["_id"]), encode_document(document)
+        return record_key(document["_id"]), encode_document(document)
     except Malformed:
         raise
     except Exception as error:  # any encoding failure is about this document only
@@ -171,7 +170,7 @@ def event_row(event: Mapping[str, Any]) -> tuple[str, str, int, int, str | None]
     else:
         raise Malformed(f"{op} event has no clusterTime timestamp")
     try:
-        _id = key_string(key["_id"])
+        _id = record_key(key["_id"])
     except Exception as error:
         raise Malformed(f"documentKey._id cannot be encoded: {error}") from error
     if op == "delete":

@@ -38,6 +38,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import re
 import time
 from collections import Counter
@@ -55,10 +56,11 @@ from lambda_functions.cdc_capture.batches import (
     publish_with_ledger,
     read_ledger,
 )
-from lambda_functions.cdc_capture.extended_json import decode_document, key_string
+from lambda_functions.cdc_capture.extended_json import decode_document
 from lambda_functions.cdc_capture.positions import commit_position, millis
 from lambda_functions.contracts import DmsIngestRequest
 from lambda_functions.lake.raw_zone import Checkpoint, RawZone
+from lambda_functions.lake.record_key import KEY_CANDIDATES, bare_key_candidates, record_key
 from lambda_functions.lake.store import ObjectStore, open_store
 from lambda_functions.pipes import typed
 
@@ -259,8 +261,8 @@ def _add_row(rows: BatchRows, dms_file: DmsFile, index: int, row: dict[str, Any]
             pos = commit_position(moment)
         time_ms = millis(moment)
         if op == "delete":
-            key = _delete_key(row)
-            rows.add(key, op, pos, time_ms, None)
+            key, candidates = _delete_key(row)
+            rows.add(key, op, pos, time_ms, candidates)
             return
         text = row.get("_doc")
         if not text:
@@ -275,24 +277,32 @@ def _add_row(rows: BatchRows, dms_file: DmsFile, index: int, row: dict[str, Any]
         rows.quarantine(f"{where}: {problem}", {k: v for k, v in row.items() if v is not None})
 
 
-def _delete_key(row: dict[str, Any]) -> str:
+def _delete_key(row: dict[str, Any]) -> tuple[str, str | None]:
+    """The key of a delete row, and the ``doc`` to store with it: ``None``, or for a key-only
+    row whose ``_id`` is a bare value (its type is not written) ``{"$keyCandidates": [...]}``
+    with every key it may be (``record_key.bare_key_candidates``), which the merge resolves
+    against the keys the table holds."""
     text = row.get("_doc")
     if text:
         try:
             document = decode_document(text)
             if isinstance(document, dict) and "_id" in document:
-                return key_string(document["_id"])
+                return record_key(document["_id"]), None
         except Exception:
             pass
     raw = row.get("_id")
-    if not raw:
+    if raw is None or raw == "":
         raise Malformed("delete without _id")
-    if str(raw).startswith("{"):
+    raw = str(raw)
+    if raw.startswith("{"):
         try:
-            return key_string(decode_document(raw))
+            return record_key(decode_document(raw)), None
         except Exception as error:
             raise Malformed(f"_id is not extended JSON: {error}") from error
-    return str(raw)  # an ObjectId's 24 hex digits, or a string key: the key string itself
+    candidates = bare_key_candidates(raw)
+    if len(candidates) == 1:
+        return candidates[0], None
+    return candidates[0], json.dumps({KEY_CANDIDATES: candidates}, ensure_ascii=False)
 
 
 def _moment(stamp: Any, dms_file: DmsFile) -> datetime:

@@ -22,7 +22,7 @@ from typing import Any
 
 import bson
 import bsonjs
-from bson import ObjectId, json_util
+from bson import json_util
 from bson.errors import InvalidDocument
 from bson.json_util import CANONICAL_JSON_OPTIONS, RELAXED_JSON_OPTIONS
 from bson.raw_bson import RawBSONDocument
@@ -31,8 +31,6 @@ from bson.raw_bson import RawBSONDocument
 # encoding is the same canonical text for aware and naive (UTC) datetimes.
 JSON_OPTIONS = CANONICAL_JSON_OPTIONS.with_options(tz_aware=True, tzinfo=UTC)
 _CANONICAL = bsonjs.CANONICAL
-_OBJECT_ID_KEY = b"\x07_id\x00"  # first element of a document whose _id is an ObjectId
-_STRING_KEY = b"\x02_id\x00"
 
 
 def encode_document(document: Mapping[str, Any]) -> str:
@@ -61,21 +59,6 @@ def encode_raw(data: bytes) -> str:
         raise InvalidDocument(f"cannot encode document as JSON: {error}") from error
 
 
-def raw_key_string(data: bytes) -> str | None:
-    """``key_string`` of a raw document's ``_id`` read straight from its bytes, when ``_id`` is
-    the first element and an ObjectId or a string (what servers store); ``None`` otherwise, and
-    the caller decodes the ``_id`` the slow way."""
-    if data[4:9] == _OBJECT_ID_KEY:
-        return data[9:21].hex()
-    if data[4:9] == _STRING_KEY:
-        length = int.from_bytes(data[9:13], "little")
-        try:
-            return data[13 : 13 + length - 1].decode()
-        except UnicodeDecodeError:
-            return None
-    return None
-
-
 def decode_document(text: str) -> Any:
     return json_util.loads(text, json_options=JSON_OPTIONS)
 
@@ -83,16 +66,6 @@ def decode_document(text: str) -> Any:
 def encode_value(value: Any) -> str:
     """Canonical extended JSON of a single value (an ``_id``), e.g. ``{"$oid": "..."}``."""
     return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS)
-
-
-def key_string(value: Any) -> str:
-    """The raw zone's ``_id`` column: ObjectId as 24 hex digits, a string as itself, anything
-    else as canonical extended JSON (so ``1``, ``Int64(1)`` and ``"1"`` stay distinct)."""
-    if isinstance(value, ObjectId):
-        return str(value)
-    if isinstance(value, str):
-        return value
-    return encode_value(value)
 
 
 def relaxed_json(value: Any) -> str:

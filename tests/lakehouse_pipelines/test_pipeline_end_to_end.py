@@ -19,7 +19,8 @@ from lakehouse_pipelines.defs.metrics.definitions import pipeline_metrics
 from lakehouse_pipelines.defs.warehouse_load.definitions import warehouse_table
 from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
-from lambda_functions.cdc_capture.extended_json import decode_document, key_string
+from lambda_functions.cdc_capture.extended_json import decode_document
+from lambda_functions.lake.record_key import record_key
 from tests.lakehouse_pipelines.collection_runs import materialize_collections, metadata_by_asset
 
 ASSETS = [cdc_raw_batches, lake_table, warehouse_table, pipeline_metrics]
@@ -30,7 +31,7 @@ def source_documents(settings: LakehouseSettings, namespace: str = ORDERS) -> di
     database, collection = namespace.split(".")
     with EmbeddedChangeStreamSource(settings.source_location) as source:
         docs = source.documents(database, collection)
-    return {key_string(doc["_id"]): doc for doc in docs}
+    return {record_key(doc["_id"]): doc for doc in docs}
 
 
 def warehouse_documents(settings: LakehouseSettings, namespace: str = ORDERS) -> dict:

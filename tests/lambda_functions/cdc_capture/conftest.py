@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from lambda_functions.cdc_capture import EmbeddedChangeStreamSource
-from lambda_functions.cdc_capture.extended_json import encode_document, key_string
+from lambda_functions.cdc_capture.extended_json import encode_document
 from lambda_functions.contracts import CaptureRequest
 from lambda_functions.lake.raw_zone import RawZone
+from lambda_functions.lake.record_key import record_key
 from lambda_functions.lake.store import LocalObjectStore, ObjectStore
 
 
@@ -107,7 +108,7 @@ def source_state(
     source: EmbeddedChangeStreamSource, database: str = "shop", collection: str = "orders"
 ) -> dict[str, str]:
     return {
-        key_string(doc["_id"]): encode_document(doc)
+        record_key(doc["_id"]): encode_document(doc)
         for doc in source.documents(database, collection)
     }
 

@@ -25,6 +25,7 @@ from lambda_functions.cdc_capture.mq_ingest import Message, ingest_messages, par
 from lambda_functions.cdc_capture.positions import cluster_position, commit_position
 from lambda_functions.contracts import DmsIngestRequest, MergeRequest
 from lambda_functions.lake.raw_zone import RawZone
+from lambda_functions.lake.record_key import record_key
 from lambda_functions.lake.store import LocalObjectStore
 from lambda_functions.merge.merge import lake_table_location, merge_batches
 from tests.lambda_functions.cdc_capture.conftest import batch_rows
@@ -35,7 +36,7 @@ DB, COLL = "shop", "orders"
 
 def expected(name: str) -> dict[str, str]:
     documents = decode_document((FIXTURES / name / "expected_documents.json").read_text())
-    return {key: encode_document(doc) for key, doc in documents.items()}
+    return {record_key(doc["_id"]): encode_document(doc) for doc in documents.values()}
 
 
 def merged(lake: Path) -> dict[str, str]:
@@ -107,8 +108,8 @@ def test_dms_files_are_never_ingested_twice_and_late_files_are_not_skipped(tmp_p
     assert again.batches == [] and again.files == []
     assert [Path(f).name for f in third.files] == [late.name, newer.name]
     table = merged(tmp_path / "lake")
-    assert set(table) == set(expected("dms")) | {"late-1", "late-2"}
-    late_2 = next(r for r in rows(tmp_path / "lake") if r["_id"] == "late-2")
+    assert set(table) == set(expected("dms")) | {record_key("late-1"), record_key("late-2")}
+    late_2 = next(r for r in rows(tmp_path / "lake") if r["_id"] == record_key("late-2"))
     assert late_2["event_time"].isoformat() == "2024-01-05T10:17:00+00:00"  # from the file name
 
 
@@ -151,7 +152,7 @@ def test_new_full_load_files_after_cdc_mean_a_reload_and_start_a_new_generation(
     assert result.reloaded
     zone = RawZone(LocalObjectStore(tmp_path / "lake"), DB, COLL)
     assert zone.read_manifest(result.batches[0]).extra["dropped"] is True
-    assert merged(tmp_path / "lake") == {"reloaded-1": encode_document({"_id": "reloaded-1"})}
+    assert merged(tmp_path / "lake") == {record_key("reloaded-1"): encode_document({"_id": "reloaded-1"})}
 
 
 # -- MQ / SQS ---------------------------------------------------------------------------------------

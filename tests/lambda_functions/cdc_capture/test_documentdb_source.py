@@ -35,9 +35,10 @@ from lambda_functions.cdc_capture.documentdb_source import (
     mask_credentials,
 )
 from lambda_functions.cdc_capture.errors import SourceConnectionError
-from lambda_functions.cdc_capture.extended_json import encode_document, key_string
+from lambda_functions.cdc_capture.extended_json import encode_document
 from lambda_functions.contracts import CaptureRequest, InvalidRequestError
 from lambda_functions.lake.raw_zone import RawZone
+from lambda_functions.lake.record_key import record_key
 from lambda_functions.lake.store import LocalObjectStore
 from tests.lambda_functions.cdc_capture.mock_documentdb import HELLO, embedded_backed_server
 
@@ -109,7 +110,7 @@ def test_snapshot_pages_across_id_types_in_mongodb_order(tmp_path, store, docdb)
     capture_changes(request_for(tmp_path, "wire", max_rows=2), source=pymongo_source)
 
     keys = [row["_id"] for _, row in published(tmp_path / "wire")]
-    expected = [key_string(d["_id"]) for d in store.documents(DB, COLL)]
+    expected = [record_key(d["_id"]) for d in store.documents(DB, COLL)]
     assert keys == expected and len(keys) == len(ids)  # each once, numbers < strings < oids < bool
 
 
@@ -128,7 +129,7 @@ def test_expired_token_136_over_the_wire_names_the_fix_and_auto_resnapshot_recov
         recovered = capture_changes(
             request_for(tmp_path, "wire", auto_resnapshot=True), source=pymongo_source
         )
-        current = {key_string(d["_id"]): encode_document(d) for d in small_log.documents(DB, COLL)}
+        current = {record_key(d["_id"]): encode_document(d) for d in small_log.documents(DB, COLL)}
 
     assert caught.value.__cause__.code == 136
     assert '{"ops": {"cdc_raw_batches": {"config": {"reset": true}}}}' in str(caught.value)

@@ -32,9 +32,8 @@ from lambda_functions.cdc_capture.extended_json import (
     decode_document,
     encode_document,
     encode_raw,
-    key_string,
-    raw_key_string,
 )
+from lambda_functions.lake.record_key import raw_record_key, record_key
 
 SPECIAL_DOUBLES = [
     0.0,
@@ -133,9 +132,9 @@ def test_random_documents_round_trip_byte_for_byte(seed):
         assert bson.encode(decode_document(text)) == data
         assert encode_raw(data) == text
         assert encode_document(RawBSONDocument(data)) == text
-        assert raw_key_string(data) in (key_string(_id), None)
+        assert raw_record_key(data) in (record_key(_id), None)
         if isinstance(_id, ObjectId | str):
-            assert raw_key_string(data) == key_string(_id)
+            assert raw_record_key(data) == record_key(_id)
 
 
 def test_documents_bson_refuses_are_refused_and_bad_bytes_raise_invalid_document():

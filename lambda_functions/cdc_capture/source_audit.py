@@ -7,7 +7,8 @@ keys that are missing (in the source, not in the lake), extra (in the lake, not 
 different (same key, another document). It only reads: the source through ``ChangeSource`` (from a
 secondary in DocumentDB, ``secondaryPreferred``), the lake table at one pinned version.
 
-**Same encoding on both sides.** The key of a source document is ``record_key(_id)``, the function
+**Same encoding on both sides.** The key of a source document is ``record_key(_id)``
+(``lake/record_key.py``, its raw-BSON twin for documents whose ``_id`` leads them), the function
 capture writes the lake's ``_id`` with; the document is its canonical extended JSON
 (``encode_document``, raw BSON without decoding), the text capture stores in the lake's ``doc``.
 Lake rows with ``_op = 'delete'`` (tombstones) are not documents and are left out.
@@ -67,16 +68,22 @@ from typing import Any
 
 import pyarrow.compute as pc
 from bson.errors import InvalidDocument
+from bson.raw_bson import RawBSONDocument
 from deltalake import DeltaTable
 from pymongo.errors import OperationFailure
 
 from lambda_functions.cdc_capture.batches import END_OPS
 from lambda_functions.cdc_capture.capture import EXPIRED_CODES, loaded_token
 from lambda_functions.cdc_capture.change_source import ChangeSource
-from lambda_functions.cdc_capture.extended_json import decode_document, encode_document
-from lambda_functions.cdc_capture.extended_json import key_string as record_key  # the key function
+from lambda_functions.cdc_capture.extended_json import encode_document
 from lambda_functions.contracts import SOURCE_AUDIT_BUCKETS, SourceAuditRequest
 from lambda_functions.lake import ObjectStore, RawZone, open_store
+from lambda_functions.lake.record_key import (
+    InvalidRecordKeyError,
+    key_value,
+    raw_record_key,
+    record_key,
+)
 from lambda_functions.merge.merge import app_id, lake_table_location, open_table
 from lambda_functions.pipes import typed
 
@@ -300,7 +307,6 @@ class _AuditRun:
         self.scanned = 0
         self.unencodable = 0
         self.source_ids: dict[str, Any] = {}  # sampled key -> the source's _id value
-        self.lake_docs: dict[str, str] = {}  # lake rows whose key the source scan did not see
         self.in_flight: set[str] = set()
         self.stream: Any = None
 
@@ -313,7 +319,7 @@ class _AuditRun:
             f"against lake version {self.lake_version} (raw batch {self.lake_batch})"
         )
         source = self._scan_source()
-        lake = self._read_lake(table, source)
+        lake = self._read_lake(table)
         self.stream = self._open_stream(token)
         self._drain()
         suspects = _differences(source, lake, self.in_flight)
@@ -376,7 +382,7 @@ class _AuditRun:
             raise _NotAudited("no_stream_position", f"phase {phase!r}")
         return table, loaded_token(state["resume_token"])
 
-    def _read_lake(self, table: DeltaTable, source: _Side) -> _Side:
+    def _read_lake(self, table: DeltaTable) -> _Side:
         """The sampled lake rows, one ``_bucket`` partition at a time (tombstones left out)."""
         lake = _Side()
         for partition in sorted(p["_bucket"] for p in table.partitions()):
@@ -396,8 +402,6 @@ class _AuditRun:
                     continue
                 lake.hashes[key] = row_hash(key, doc or "")
                 lake.buckets[key] = bucket
-                if key not in source.hashes:
-                    self.lake_docs[key] = doc or ""
             if len(lake.hashes) > self.request.max_rows:
                 raise _NotAudited("over_budget", f"more than {self.request.max_rows} lake rows")
         return lake
@@ -425,19 +429,25 @@ class _AuditRun:
             after = page[-1]["_id"]
 
     def _admit(self, side: _Side, document: Mapping[str, Any]) -> None:
-        _id = document["_id"]
-        key = record_key(_id)
+        """Hash a sampled document; any other is only counted (a raw document whose ``_id``
+        leads it is not even decoded: its key is read from the bytes)."""
+        key = raw_record_key(document.raw) if isinstance(document, RawBSONDocument) else None
+        try:
+            key = key if key is not None else record_key(document["_id"])
+        except InvalidRecordKeyError:
+            self.unencodable += 1  # capture dead-letters it too: not comparable
+            return
         bucket = audit_bucket(key)
         if bucket not in self.buckets:
             return
         try:
             doc = encode_document(document)
         except InvalidDocument:
-            self.unencodable += 1  # capture dead-letters it too: not comparable
+            self.unencodable += 1
             return
         side.hashes[key] = row_hash(key, doc)
         side.buckets[key] = bucket
-        self.source_ids[key] = _id
+        self.source_ids[key] = document["_id"]
 
     def _recheck(self, source: _Side, keys: Iterable[str]) -> None:
         """Re-read ``keys`` from the source by ``_id`` and replace their source view."""
@@ -447,11 +457,11 @@ class _AuditRun:
                 continue
             if key in self.source_ids:
                 ids[key] = self.source_ids[key]
-            elif key in self.lake_docs:
+            else:  # only in the lake: its key text gives the _id back
                 try:
-                    ids[key] = decode_document(self.lake_docs[key])["_id"]
-                except (ValueError, KeyError, TypeError):
-                    continue  # a lake doc that does not decode stays extra
+                    ids[key] = key_value(key)
+                except InvalidRecordKeyError:
+                    continue  # not a record key at all: stays extra
         if not ids:
             return
         for key in ids:

@@ -15,7 +15,7 @@ from bson import ObjectId
 from deltalake import DeltaTable, write_deltalake
 
 from lambda_functions.cdc_capture import DemoWorkload, EmbeddedChangeStreamSource, capture_changes
-from lambda_functions.cdc_capture.extended_json import encode_document, key_string
+from lambda_functions.cdc_capture.extended_json import encode_document
 from lambda_functions.cdc_capture.source_audit import audit_bucket, audit_source
 from lambda_functions.contracts import (
     SOURCE_AUDIT_BUCKETS,
@@ -24,6 +24,7 @@ from lambda_functions.contracts import (
     SourceAuditRequest,
 )
 from lambda_functions.lake import open_store
+from lambda_functions.lake.record_key import record_key
 from lambda_functions.merge import lake_table_location, merge_batches
 from lambda_functions.merge.layout import key_bucket
 
@@ -60,7 +61,7 @@ class Pipeline:
     def source_docs(self) -> dict[str, str]:
         """record key -> canonical document, the way capture encodes them."""
         docs = self.source.documents(DB, COLL)
-        return {key_string(d["_id"]): encode_document(d) for d in docs}
+        return {record_key(d["_id"]): encode_document(d) for d in docs}
 
     def table(self) -> DeltaTable:
         uri, options = lake_table_location(open_store(self.lake), DB, COLL)
@@ -191,7 +192,7 @@ def test_a_difference_gone_on_the_recheck_is_not_reported(pipeline):
 
         def documents(self, *args: Any, **kwargs: Any) -> list[dict]:
             docs = self.source.documents(*args, **kwargs)
-            return [d | {"stale": True} if key_string(d["_id"]) == key else d for d in docs]
+            return [d | {"stale": True} if record_key(d["_id"]) == key else d for d in docs]
 
         def __getattr__(self, name: str) -> Any:
             return getattr(self.source, name)

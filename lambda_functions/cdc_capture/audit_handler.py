@@ -1,9 +1,11 @@
 """Lambda ``lakehouse-source-audit``: compare a collection's source with its lake table.
 
 Thin by design: parse the request, open the source with ``secondaryPreferred`` reads (the audit
-must not load the primary; capture's reads are unchanged), call ``audit_source``, report one asset
-check, ``source_audit``, with the figures (buckets compared, counts, missing/extra/different counts
-and sample keys, the sampled rate, the duration). It lives beside capture because it needs the
+must not load the primary; capture's reads are unchanged), call ``audit_source``, report the
+audit's figures (buckets compared, counts, missing/extra/different counts and sample keys, the
+sampled rate, the duration) as the ``source_audit`` materialization and as its asset check
+``lake_matches_source``: ERROR with the keys when the lake differs, WARN with the reason when the
+run could not audit. It lives beside capture because it needs the
 same network reach and credentials as capture (the cluster's VPC, the DocumentDB secret).
 """
 
@@ -18,7 +20,7 @@ from lambda_functions.cdc_capture.source_audit import READ_PREFERENCE, audit_sou
 from lambda_functions.contracts import SourceAuditRequest
 from lambda_functions.pipes import open_pipes, without_pipes_keys
 
-CHECK_NAME = "source_audit"
+CHECK_NAME = "lake_matches_source"
 
 
 def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
@@ -31,11 +33,13 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
                 deadline=lambda: context.get_remaining_time_in_millis() / 1000,
                 on_progress=pipes.log.info,
             )
+        metadata = result.metadata(request.sample_keys)
+        pipes.report_asset_materialization(metadata=metadata)
         pipes.report_asset_check(
             check_name=CHECK_NAME,
             passed=result.passed,
             severity=result.severity,
-            metadata=result.metadata(request.sample_keys),
+            metadata=metadata,
         )
         return {
             "status": result.status,

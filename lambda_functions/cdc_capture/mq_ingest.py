@@ -158,6 +158,9 @@ class _NamespaceProgress:
     rows: int = 0
     quarantined: int = 0
     published: dict[str, str] = field(default_factory=dict)  # message id -> "ok" | "quarantined"
+    # A message whose events a drop/rename/invalidate split over batches: how many of its events
+    # are published, and whether one of those was malformed (a retry resumes after them).
+    partial: dict[str, tuple[int, bool]] = field(default_factory=dict)
 
 
 @dataclass
@@ -229,13 +232,17 @@ def _publish_attempt(
             if status == "quarantined":
                 outcome.failed_duplicates.append(message_id)
             continue
-        malformed = problem is not None
+        done, malformed = progress.partial.get(message_id, (0, False))
         if problem is not None:
             rows.quarantine(problem, _raw_of(message))
-        for event in events or ():
+            malformed = True
+        for index, event in enumerate(events or ()):
+            if index < done:
+                continue  # published before this attempt lost a later batch
             op = event.get("operationType") if isinstance(event, Mapping) else None
             if op in END_OPS:  # the message counts as seen once all its events are published
                 flush({"dropped": True, "end_event": op})
+                progress.partial[message_id] = (index + 1, malformed)
                 continue
             try:
                 if op not in DATA_OPS:

@@ -296,3 +296,30 @@ def test_a_dms_ingest_that_loses_the_race_rebuilds_on_top_of_the_winner(tmp_path
 
     assert result.batches == []  # the rival took every file: nothing left to publish
     assert_dms_rows_exactly_once(lake, files)
+
+
+def test_a_message_split_by_a_drop_is_resumed_not_redone_after_losing_the_race(tmp_path):
+    lake = tmp_path / "lake"
+    before, after = (json.loads(change_message(n, label)[1]) for n, label in ((1, "a"), (2, "b")))
+    drop = {**before, "operationType": "drop", "_id": {"_data": "FF"}}
+    del drop["documentKey"], drop["fullDocument"]
+    split = ("ID:split", json.dumps([before, drop, after]).encode())
+    rival = change_message(3, "rival")
+
+    class RivalTakesTheSecondBatch(LocalObjectStore):
+        manifests = 0
+
+        def put_if_absent(self, key: str, data: bytes) -> None:
+            if "/manifests/" in key:
+                type(self).manifests += 1
+                if self.manifests == 2:  # after the drop's batch, before the rest of the message
+                    deliver(LocalObjectStore(lake), [[rival]], start_at=0)
+            super().put_if_absent(key, data)
+
+    report = deliver(RivalTakesTheSecondBatch(lake), [[split]], start_at=0)
+
+    assert report.errors == [] and report.batches == [1, 3]
+    batches = published(LocalObjectStore(lake))
+    assert [[d["message"] for d in docs] for _, docs in batches] == [["a"], ["rival"], ["b"]]
+    assert batches[0][0].extra["dropped"] is True
+    assert set(ledger(LocalObjectStore(lake), batches[-1][0], "seen")) == {"ID:split", rival[0]}

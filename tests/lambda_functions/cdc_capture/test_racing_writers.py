@@ -323,3 +323,18 @@ def test_a_message_split_by_a_drop_is_resumed_not_redone_after_losing_the_race(t
     assert [[d["message"] for d in docs] for _, docs in batches] == [["a"], ["rival"], ["b"]]
     assert batches[0][0].extra["dropped"] is True
     assert set(ledger(LocalObjectStore(lake), batches[-1][0], "seen")) == {"ID:split", rival[0]}
+
+
+def test_an_older_batch_whose_ledger_is_at_the_shared_name_is_still_followed(tmp_path):
+    store = LocalObjectStore(tmp_path / "lake")
+    zone = RawZone(store, DB, COLL)
+    old_key = f"{zone.prefix}/_mq/seen-000000000001.json"  # the layout before per-attempt keys
+    store.put(old_key, json.dumps({"ID:old": "ok"}).encode())
+    zone.write_batch([], after=zone.read_checkpoint(), state={"phase": "mq", "seen_key": old_key})
+
+    report = deliver(store, [[change_message(1, "old"), change_message(2, "new")]], start_at=0)
+
+    assert report.duplicates == 1 and report.batches == [2]
+    (_, docs) = published(store)[-1]
+    assert [d["message"] for d in docs] == ["new"]
+    assert set(ledger(store, zone.read_manifest(2), "seen")) == {"ID:old", "ID:new"}

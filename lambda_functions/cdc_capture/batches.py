@@ -2,7 +2,8 @@
 Rows carry the ordering position ``pos`` described in ``positions``.
 
 Nothing is dropped silently: an input that cannot become a row is a dead letter with its reason
-(``quarantine``), written beside the batch and counted in its manifest.
+(``quarantine``), written beside the batch (at a key unique to the attempt, which the manifest
+names as ``quarantine_key``) and counted in its manifest.
 """
 
 from __future__ import annotations
@@ -191,21 +192,27 @@ def publish(
     state: dict[str, Any],
     extra: dict[str, Any],
     *,
-    side_objects: Mapping[str, bytes] | None = None,
+    side_files: Mapping[str, bytes] | None = None,
 ) -> BatchManifest:
-    """Publish ``rows`` as batch ``checkpoint.batch + 1``: dead letters and ``side_objects``
-    (e.g. an input's bookmark) first, then the data files, then the manifest, then the checkpoint.
+    """Publish ``rows`` as batch ``checkpoint.batch + 1``: dead letters and ``side_files``
+    (e.g. an input's ledger) first, then the data files, then the manifest, then the checkpoint.
 
     Everything written before the manifest belongs to the batch only once the manifest exists,
-    so a crash at any point leaves either the whole batch or none of it.
+    so a crash at any point leaves either the whole batch or none of it. Every such object has a
+    key unique to this attempt (``RawZone.side_key``) that the manifest names (dead letters:
+    ``extra["quarantine_key"]``): a writer that loses the race for the batch number cannot
+    overwrite the winner's files, and its own are removed.
+
+    Raises:
+        ConcurrentCaptureError: another writer published this batch number first; nothing of
+            this attempt is published (re-read the checkpoint and rebuild on top of it).
     """
     batch = checkpoint.batch + 1
+    side = dict(side_files or {})
     if rows.dead_letters:
-        key = f"{zone.prefix}/quarantine/{batch:012d}.jsonl"
-        zone.store.put(key, ("\n".join(rows.dead_letters) + "\n").encode())
+        key = zone.side_key("quarantine", batch, ".jsonl")
+        side[key] = ("\n".join(rows.dead_letters) + "\n").encode()
         extra = {**extra, "quarantine_key": key}
-    for key, data in (side_objects or {}).items():
-        zone.store.put(key, data)
     try:
         return zone.write_batch(
             [rows.table()],
@@ -213,6 +220,7 @@ def publish(
             state=state,
             quarantined=len(rows.dead_letters),
             extra=extra,
+            side_files=side,
         )
     except ObjectExistsError:
         raise ConcurrentCaptureError(
@@ -235,23 +243,30 @@ def publish_with_ledger(
     value: Any,
 ) -> BatchManifest:
     """Publish ``rows`` for an input that keeps its own ledger (DMS: the bookmark of files done;
-    MQ: the message ids seen): ``value`` as JSON in ``<zone>/_<input_name>/<ledger>-<batch>.json``,
+    MQ: the message ids seen): ``value`` as JSON in
+    ``<zone>/_<input_name>/<ledger>-<batch>-<uuid>.json`` (a name unique to this attempt),
     written before the manifest, whose state ``{"phase": input_name, "<ledger>_key": key}`` points
-    to it (``read_ledger`` reads it back)."""
-    key = f"{zone.prefix}/_{input_name}/{ledger}-{checkpoint.batch + 1:012d}.json"
+    to it (``read_ledger`` reads it back). The ledger is thus part of the batch's exclusive
+    claim: the ledger a batch points to describes exactly the batches up to it.
+
+    Raises:
+        ConcurrentCaptureError: another writer published this batch number first.
+    """
+    key = zone.side_key(f"_{input_name}", checkpoint.batch + 1, ".json", stem=f"{ledger}-")
     return publish(
         zone,
         rows,
         checkpoint,
         {"phase": input_name, f"{ledger}_key": key},
         {**extra, "input": input_name},
-        side_objects={key: json.dumps(value).encode()},
+        side_files={key: json.dumps(value).encode()},
     )
 
 
 def read_ledger(zone: RawZone, checkpoint: Checkpoint, *, input_name: str, ledger: str) -> Any:
     """The ledger ``publish_with_ledger`` wrote with the checkpoint's batch, or ``None`` when that
-    batch was not published by this input (no batch yet, or another input's)."""
+    batch was not published by this input (no batch yet, or another input's). The key is the
+    one the batch's state names (older batches name ``<ledger>-<batch>.json``), never guessed."""
     state = checkpoint.state
     key = state.get(f"{ledger}_key") if state.get("phase") == input_name else None
     return json.loads(zone.store.get(key)) if key else None

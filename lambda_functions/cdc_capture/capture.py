@@ -18,7 +18,8 @@ Guarantees:
 - Rows are in stream order: ``pos`` is the event's cluster time (``t << 32 | i``) and ``seq``
   its place in the batch, so events of one transaction (same cluster time) keep their order.
 - Nothing is dropped silently: a malformed document or event goes to the batch's dead-letter
-  object ``quarantine/<batch>.jsonl`` and is counted in the manifest; an update whose lookup found
+  object ``quarantine/<batch>-<uuid>.jsonl`` (named by the manifest's ``quarantine_key``) and is
+  counted in the manifest; an update whose lookup found
   the document deleted is skipped and counted (its delete follows in the stream).
 - Nothing new means no batch: the checkpoint is left as it is, except for a quiet collection
   whose saved token is older than half the change-stream retention: if the source advanced its
@@ -68,10 +69,13 @@ from lambda_functions.cdc_capture.positions import token_position
 from lambda_functions.contracts import CaptureRequest
 from lambda_functions.lake.raw_zone import (
     BATCH_SCHEMA,
+    DAMAGED_BATCH_FIX,
     OPS,
+    RESNAPSHOT_HOW_TO,  # how to re-snapshot; the expired-token error quotes it word for word
     BatchManifest,
     Checkpoint,
     CorruptBatchError,
+    CorruptManifestError,
     RawZone,
 )
 from lambda_functions.lake.store import ObjectStore
@@ -86,13 +90,6 @@ STREAM_BATCH_SIZE = 1_000
 
 EXPIRED_CODES = frozenset({136, 286})
 EXPIRED_CODE_NAMES = frozenset({"CappedPositionLost", "ChangeStreamHistoryLost"})
-# How to re-snapshot from Dagster; the expired-token error quotes it word for word.
-RESNAPSHOT_HOW_TO = (
-    "materialize the asset cdc_raw_batches with the run config "
-    '{"ops": {"cdc_raw_batches": {"config": {"reset": true}}}} (Dagster UI: the asset\'s '
-    "Materialize menu > Open launchpad), or set LAKEHOUSE_AUTO_RESNAPSHOT=true so capture does "
-    "it by itself; outside Dagster call capture_changes(..., reset=True)"
-)
 
 __all__ = [
     "BatchVerification",
@@ -179,19 +176,26 @@ class CaptureResult:
 
 @dataclass(frozen=True)
 class BatchVerification:
-    """Whether published batches read back intact (files present, checksums and counts match)."""
+    """Whether published batches read back intact (files present, sizes, checksums and counts
+    match). ``damaged`` names the batches that did not, ``fix`` says what to do about them."""
 
     passed: bool
     batches: tuple[int, ...]
     rows: int
     problems: tuple[str, ...]
+    damaged: tuple[int, ...] = ()
+    fix: str | None = None
 
     def metadata(self) -> dict[str, dict[str, Any]]:
-        return {
+        metadata = {
             "batches": {"raw_value": list(self.batches), "type": "json"},
             "rows_read": {"raw_value": self.rows, "type": "int"},
             "problems": {"raw_value": list(self.problems), "type": "json"},
+            "damaged_batches": {"raw_value": list(self.damaged), "type": "json"},
         }
+        if self.fix is not None:
+            metadata["fix"] = {"raw_value": self.fix, "type": "text"}
+        return metadata
 
 
 def capture_changes(
@@ -217,21 +221,51 @@ def capture_changes(
 def verify_batches(
     request: CaptureRequest, batches: tuple[int, ...], *, store: ObjectStore | None = None
 ) -> BatchVerification:
-    """Re-read published batches through their manifests; a run that published nothing passes."""
+    """Re-read published batches through their manifests; a run that published nothing passes.
+
+    Args:
+        request: the collection (``lake_uri``, ``database``, ``collection``).
+        batches: the batch numbers to re-read (capture passes the ones it just published).
+        store: the lake's object store (default: opened from ``request.lake_uri``).
+
+    Returns:
+        A ``BatchVerification``: each damaged batch by number in ``damaged``, one problem line
+        per batch naming the object and what is wrong, and ``fix`` (``DAMAGED_BATCH_FIX``)
+        when any is damaged.
+    """
     zone = RawZone.for_request(request, store)
-    rows, problems = 0, []
+    rows, problems, damaged = 0, [], []
     for number in batches:
         try:
             manifest = zone.read_manifest(number)
             table = zone.read_batch(manifest)
-        except (CorruptBatchError, FileNotFoundError) as error:
-            problems.append(f"batch {number}: {error}")
+        except FileNotFoundError:
+            problems.append(
+                f"{zone.namespace} batch {number}: manifest {zone.manifest_key(number)} is "
+                f"missing. Fix: {DAMAGED_BATCH_FIX}"
+            )
+            damaged.append(number)
+            continue
+        except CorruptBatchError as error:
+            problems.append(str(error))
+            damaged.append(number)
             continue
         rows += table.num_rows
         missing = set(BATCH_SCHEMA.names) - set(table.column_names)
         if missing:
-            problems.append(f"batch {number}: columns {sorted(missing)} are missing")
-    return BatchVerification(not problems, tuple(batches), rows, tuple(problems))
+            problems.append(
+                f"{zone.namespace} batch {number}: columns {sorted(missing)} are missing. "
+                f"Fix: {DAMAGED_BATCH_FIX}"
+            )
+            damaged.append(number)
+    return BatchVerification(
+        passed=not problems,
+        batches=tuple(batches),
+        rows=rows,
+        problems=tuple(problems),
+        damaged=tuple(damaged),
+        fix=DAMAGED_BATCH_FIX if damaged else None,
+    )
 
 
 def storable_token(token: Mapping[str, Any]) -> dict[str, Any]:
@@ -286,7 +320,14 @@ class _CaptureRun:
 
     # -- the run ---------------------------------------------------------------------------------
     def execute(self, *, reset: bool) -> CaptureResult:
-        checkpoint = self.zone.read_checkpoint()
+        try:
+            checkpoint = self.zone.read_checkpoint()
+        except CorruptManifestError as damage:
+            if not reset:
+                raise
+            # The reset needs only the newest batch number: its marker supersedes the damage.
+            self.on_progress(f"{damage}\nreset: publishing the marker after it")
+            checkpoint = Checkpoint(batch=self.zone.newest_batch_number())
         if reset:
             checkpoint = self._resnapshot(checkpoint, "reset")
         state = checkpoint.state or self._start_snapshot()

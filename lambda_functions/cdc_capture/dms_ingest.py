@@ -20,7 +20,8 @@ Rows:
 
 Never twice, never skipped: full-load files are processed before CDC files, CDC files in name
 (= time) order. What has been ingested is a bookmark written with each batch, before its manifest
-(``_dms/bookmark-<batch>.json``; the manifest's state points to it): the full-load files done, the
+(``_dms/bookmark-<batch>-<uuid>.json``, a name unique to the attempt; the manifest's state points
+to it, so a concurrent ingest can never overwrite it): the full-load files done, the
 most recent ``RECENT_CDC_FILES`` CDC files done plus the name below which all are done, and the
 file in progress with its row offset (a file larger than a batch spans batches). A crash before
 the manifest publishes nothing and the next run does the same files again; after it, the bookmark
@@ -56,6 +57,7 @@ from lambda_functions.cdc_capture.batches import (
     publish_with_ledger,
     read_ledger,
 )
+from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
 from lambda_functions.cdc_capture.extended_json import decode_document
 from lambda_functions.cdc_capture.positions import commit_position, millis
 from lambda_functions.contracts import DmsIngestRequest
@@ -65,6 +67,7 @@ from lambda_functions.lake.store import ObjectStore, open_store
 from lambda_functions.pipes import typed
 
 RECENT_CDC_FILES = 1_000
+MAX_PUBLISH_ATTEMPTS = 5  # rebuilds on top of a concurrent ingest that published first
 DEADLINE_RESERVE_S = 10.0  # stop taking new files with less time than this left
 OPS = {"I": "insert", "U": "update", "D": "delete"}
 _LOAD = re.compile(r"^LOAD[0-9A-F_]*\.(csv|csv\.gz|parquet)$")
@@ -128,12 +131,44 @@ def ingest_dms_files(
     deadline: Callable[[], float] | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> DmsIngestResult:
-    """Publish the rows of DMS files not ingested yet, in order; see the module docstring."""
+    """Publish the rows of DMS files not ingested yet, in order; see the module docstring.
+
+    Safe to run concurrently for one collection (a sensor and a manual run): when another
+    ingest publishes the next batch number first, this one drops what it had not published
+    and starts again on top of that batch (whose bookmark already covers the other ingest's
+    files), up to ``MAX_PUBLISH_ATTEMPTS`` times. Every file's rows land in exactly one batch.
+
+    Raises:
+        ConcurrentCaptureError: another ingest won the race ``MAX_PUBLISH_ATTEMPTS`` times.
+    """
     started = time.monotonic()
     say = on_progress or (lambda _message: None)
     zone = RawZone.for_request(request, store)
     source = dms_store or open_store(request.dms_uri)
     result = DmsIngestResult(zone.namespace)
+    for attempt in range(1, MAX_PUBLISH_ATTEMPTS + 1):
+        try:
+            _ingest_pending(request, zone, source, result, deadline, say)
+            break
+        except ConcurrentCaptureError:
+            if attempt == MAX_PUBLISH_ATTEMPTS:
+                raise
+            say(f"{zone.namespace}: another ingest published first; continuing on top of it")
+    result.duration_seconds = time.monotonic() - started
+    say(f"{zone.namespace}: {len(result.files)} DMS files ingested in batches {result.batches}")
+    return result
+
+
+def _ingest_pending(
+    request: DmsIngestRequest,
+    zone: RawZone,
+    source: ObjectStore,
+    result: DmsIngestResult,
+    deadline: Callable[[], float] | None,
+    say: Callable[[str], None],
+) -> None:
+    """One attempt: from the newest batch's bookmark, publish the pending files. Only what
+    was published reaches ``result`` (files when the batch finishing them is published)."""
     checkpoint = zone.read_checkpoint()
     bookmark = _read_bookmark(zone, checkpoint)
     files = _pending(source, bookmark)
@@ -145,6 +180,7 @@ def ingest_dms_files(
         result.reloaded = True
     rows = BatchRows()
     files_in_batch: list[str] = []
+    result.pending_files = 0
 
     def full() -> bool:
         return rows.seen >= request.max_rows or rows.bytes >= request.max_bytes
@@ -177,9 +213,6 @@ def ingest_dms_files(
             flush()
     if files_in_batch:
         flush()
-    result.duration_seconds = time.monotonic() - started
-    say(f"{zone.namespace}: {len(result.files)} DMS files ingested in batches {result.batches}")
-    return result
 
 
 # -- files ----------------------------------------------------------------------------------------

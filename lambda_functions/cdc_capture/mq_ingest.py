@@ -9,8 +9,10 @@ fed by messages merges exactly like a captured one, ordered by ``clusterTime``.
 Guarantees:
 - **Idempotent by message id.** Brokers redeliver whole batches (MQ has no partial failure), so
   each collection keeps the ids of the messages it already published (the last
-  ``MAX_SEEN_MESSAGES``, newest kept) in an object written with the batch, before its manifest;
-  a redelivered message is skipped. RabbitMQ messages without ``messageId`` are identified by a
+  ``MAX_SEEN_MESSAGES``, newest kept) in a ledger object written with the batch, before its
+  manifest, at a key unique to the attempt that the manifest names (a concurrent invocation can
+  never overwrite it); a redelivered message is skipped, and so is a second copy of a message
+  inside one event. RabbitMQ messages without ``messageId`` are identified by a
   hash of queue and payload. Without the bound a duplicate would still be harmless (the merge
   keeps the latest ``pos``), only stored twice.
 - **Nothing dropped silently.** A message that cannot be decoded, or an event that cannot become
@@ -20,14 +22,17 @@ Guarantees:
   moves it to the queue's own dead-letter queue too.
 - A ``drop``/``rename``/``invalidate`` event ends its batch, marked ``dropped`` (the merge clears
   the table; events after it start the new generation).
-- Each collection is one writer at a time: if another invocation published first, the batch is
-  rebuilt on top of it (its seen ids included) and published again, up to 5 attempts.
+- Concurrent invocations are safe: if another invocation published the next batch first, this
+  one drops its unpublished batch and rebuilds on top of the winner's (whose ledger tells which
+  messages the winner took), up to ``MAX_PUBLISH_ATTEMPTS`` attempts; what this invocation
+  already published stays published and is not redone.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping
@@ -49,7 +54,7 @@ from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
 from lambda_functions.cdc_capture.extended_json import decode_document
 from lambda_functions.contracts import validate_name
 from lambda_functions.lake.raw_zone import Checkpoint, RawZone
-from lambda_functions.lake.store import ObjectStore
+from lambda_functions.lake.store import ObjectExistsError, ObjectStore
 
 MAX_SEEN_MESSAGES = 10_000
 MAX_PUBLISH_ATTEMPTS = 5
@@ -114,10 +119,23 @@ def ingest_messages(
     *,
     default_namespace: str | None = None,
 ) -> MessageIngestResult:
-    """Publish the change events of ``messages`` as batches, one or more per collection."""
+    """Publish the change events of ``messages`` as batches, one or more per collection.
+
+    Each message id is published at most once: a copy delivered again in the same event, or
+    already in the collection's ledger, is skipped and counted in ``duplicates``.
+
+    Raises:
+        ConcurrentCaptureError: other invocations published first ``MAX_PUBLISH_ATTEMPTS``
+            times in a row (nothing of the failed attempt is published; the broker redelivers).
+    """
     result = MessageIngestResult(messages=len(messages))
     by_namespace: dict[str, list[tuple[Message, list[Any] | None, str | None]]] = {}
+    delivered: set[str] = set()
     for message in messages:
+        if message.message_id in delivered:  # redelivered inside this event
+            result.duplicates += 1
+            continue
+        delivered.add(message.message_id)
         events, problem = _decode(message)
         namespace = _namespace(events, default_namespace)
         if namespace is None:
@@ -128,15 +146,29 @@ def ingest_messages(
         by_namespace.setdefault(namespace, []).append((message, events, problem))
     for namespace, items in by_namespace.items():
         database, collection = namespace.split(".", 1)
-        zone = RawZone(store, database, collection)
-        for attempt in range(1, MAX_PUBLISH_ATTEMPTS + 1):
-            try:
-                _publish_namespace(zone, items, result)
-                break
-            except ConcurrentCaptureError:
-                if attempt == MAX_PUBLISH_ATTEMPTS:
-                    raise
+        _publish_namespace(RawZone(store, database, collection), items, result)
     return result
+
+
+@dataclass
+class _NamespaceProgress:
+    """What this invocation has published for one collection, kept across attempts."""
+
+    batches: list[int] = field(default_factory=list)
+    rows: int = 0
+    quarantined: int = 0
+    published: dict[str, str] = field(default_factory=dict)  # message id -> "ok" | "quarantined"
+    # A message whose events a drop/rename/invalidate split over batches: how many of its events
+    # are published, and whether one of those was malformed (a retry resumes after them).
+    partial: dict[str, tuple[int, bool]] = field(default_factory=dict)
+
+
+@dataclass
+class _AttemptOutcome:
+    """What one attempt found in the ledger: counted only if the attempt completes."""
+
+    duplicates: int = 0
+    failed_duplicates: list[str] = field(default_factory=list)
 
 
 def _publish_namespace(
@@ -144,11 +176,37 @@ def _publish_namespace(
     items: list[tuple[Message, list[Any] | None, str | None]],
     result: MessageIngestResult,
 ) -> None:
+    """Publish one collection's messages; if another invocation publishes first, rebuild on top
+    of its batch (its ledger included). Messages this invocation already published in an
+    earlier attempt are neither published again nor counted as duplicates."""
+    progress = _NamespaceProgress()
+    for attempt in range(1, MAX_PUBLISH_ATTEMPTS + 1):
+        try:
+            outcome = _publish_attempt(zone, items, progress)
+            break
+        except ConcurrentCaptureError:
+            if attempt == MAX_PUBLISH_ATTEMPTS:
+                raise
+    if progress.batches:
+        result.batches.setdefault(zone.namespace, []).extend(progress.batches)
+    result.rows += progress.rows
+    result.quarantined += progress.quarantined
+    result.duplicates += outcome.duplicates
+    result.failed_message_ids.extend(
+        [i for i, status in progress.published.items() if status == "quarantined"]
+        + outcome.failed_duplicates
+    )
+
+
+def _publish_attempt(
+    zone: RawZone,
+    items: list[tuple[Message, list[Any] | None, str | None]],
+    progress: _NamespaceProgress,
+) -> _AttemptOutcome:
     checkpoint = zone.read_checkpoint()
     seen = read_ledger(zone, checkpoint, input_name="mq", ledger="seen") or {}
-    rows, covered, failed = BatchRows(), dict(seen), []
-    published: list[int] = []
-    counted = {"rows": 0, "quarantined": 0, "duplicates": 0}
+    rows, covered, outcome = BatchRows(), dict(seen), _AttemptOutcome()
+    unpublished: dict[str, str] = {}  # messages in ``rows``, published with the next flush
 
     def flush(extra: dict[str, Any]) -> None:
         nonlocal rows, checkpoint
@@ -156,26 +214,35 @@ def _publish_namespace(
         manifest = publish_with_ledger(
             zone, rows, checkpoint, extra, input_name="mq", ledger="seen", value=trimmed
         )
-        published.append(manifest.batch)
-        counted["rows"] += manifest.rows
-        counted["quarantined"] += manifest.quarantined
+        progress.batches.append(manifest.batch)
+        progress.rows += manifest.rows
+        progress.quarantined += manifest.quarantined
+        progress.published.update(unpublished)
+        unpublished.clear()
         checkpoint = Checkpoint(manifest.batch, manifest.state)
         rows = BatchRows()
 
     for message, events, problem in items:
-        status = seen.get(message.message_id)
+        message_id = message.message_id
+        if message_id in progress.published:
+            continue  # published by an earlier attempt of this invocation
+        status = seen.get(message_id)
         if status is not None:
-            counted["duplicates"] += 1
+            outcome.duplicates += 1
             if status == "quarantined":
-                failed.append(message.message_id)
+                outcome.failed_duplicates.append(message_id)
             continue
-        malformed = problem is not None
+        done, malformed = progress.partial.get(message_id, (0, False))
         if problem is not None:
             rows.quarantine(problem, _raw_of(message))
-        for event in events or ():
+            malformed = True
+        for index, event in enumerate(events or ()):
+            if index < done:
+                continue  # published before this attempt lost a later batch
             op = event.get("operationType") if isinstance(event, Mapping) else None
             if op in END_OPS:  # the message counts as seen once all its events are published
                 flush({"dropped": True, "end_event": op})
+                progress.partial[message_id] = (index + 1, malformed)
                 continue
             try:
                 if op not in DATA_OPS:
@@ -187,22 +254,15 @@ def _publish_namespace(
                     )
                 row = event_row(event)
             except (Malformed, KeyError, TypeError) as error:
-                rows.quarantine(f"message {message.message_id}: {error}", event)
+                rows.quarantine(f"message {message_id}: {error}", event)
                 malformed = True
                 continue
             if row is not None:  # None: the document was deleted later (its delete follows)
                 rows.add(*row)
-        covered[message.message_id] = "quarantined" if malformed else "ok"
-        if malformed:
-            failed.append(message.message_id)
-    if rows.seen or len(covered) != len(seen):
+        covered[message_id] = unpublished[message_id] = "quarantined" if malformed else "ok"
+    if rows.seen or unpublished:
         flush({})
-    if published:
-        result.batches.setdefault(zone.namespace, []).extend(published)
-    result.rows += counted["rows"]
-    result.quarantined += counted["quarantined"]
-    result.duplicates += counted["duplicates"]
-    result.failed_message_ids.extend(failed)
+    return outcome
 
 
 def _decode(message: Message) -> tuple[list[Any] | None, str | None]:
@@ -231,9 +291,18 @@ def _namespace(events: list[Any] | None, default: str | None) -> str | None:
 
 
 def _quarantine_unrouted(store: ObjectStore, message: Message, reason: str) -> None:
-    digest = hashlib.sha256(message.message_id.encode()).hexdigest()[:32]
+    """Write the dead letter of a message no collection can take, once per (id, payload).
+
+    The key hashes the message id *and* payload, so a redelivery of the same message finds its
+    dead letter already there, while two different messages that share an id (a RabbitMQ
+    producer reusing ``messageId``) cannot overwrite one another's.
+    """
     line = {"reason": reason, "message_id": message.message_id, "raw": _raw_of(message)}
-    store.put(f"raw/_mq_quarantine/{digest}.json", json.dumps(line).encode())
+    digest = hashlib.sha256(message.message_id.encode() + b"\n" + (message.payload or b""))
+    with contextlib.suppress(ObjectExistsError):  # the same message, delivered before
+        store.put_if_absent(
+            f"raw/_mq_quarantine/{digest.hexdigest()[:32]}.json", json.dumps(line).encode()
+        )
 
 
 def _raw_of(message: Message) -> dict[str, Any]:

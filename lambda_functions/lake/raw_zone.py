@@ -5,6 +5,8 @@ Layout under the lake root, per collection::
     raw/<database>/<collection>/data/<batch>/<uuid>.parquet   data files, written first
     raw/<database>/<collection>/manifests/<batch>.json        the manifest, written last
     raw/<database>/<collection>/_checkpoint.json              pointer to the newest manifest
+    raw/<database>/<collection>/<folder>/<batch>-<uuid>.<ext> a batch's side files (dead letters,
+                                                              an input's ledger), written first
 
 ``list_namespaces`` finds the collections present by listing these key names.
 
@@ -12,17 +14,28 @@ Guarantees:
 - A batch exists for readers only once its manifest exists; the manifest lists its data files with
   row counts and SHA-256 checksums, so a half-written batch is invisible and a damaged file is caught.
 - Manifests are created with ``put_if_absent``: two writers can never both publish batch N.
+- Everything a batch writes besides its manifest has a name no other writer can produce (a fresh
+  uuid per attempt: ``data_key``, ``side_key``) and belongs to the batch only through the manifest,
+  which names it. Two writers preparing the same batch number therefore never overwrite one
+  another's files; the manifest (the exclusive claim) decides whose files count, and the loser's
+  are removed. Readers follow the manifest's pointers and never guess a name (older batches wrote
+  side files at shared names such as ``quarantine/<batch>.jsonl``; their manifests point there).
 - The capture state after a batch (resume token, snapshot progress) is stored *in* its manifest. The
   checkpoint file only saves a listing: if a run dies after the manifest and before the checkpoint,
-  ``read_checkpoint`` rolls forward over the newer manifests, so no batch is captured twice.
+  ``read_checkpoint`` rolls forward over the newer manifests, so no batch is captured twice. A
+  checkpoint that is unreadable or of the wrong shape is rebuilt from the newest manifest.
+- Damage is named, never skipped: a manifest that cannot be parsed or a data file that does not
+  match its manifest raises ``CorruptBatchError`` naming the batch, the object, what is wrong and
+  the fix (``DAMAGED_BATCH_FIX``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -50,8 +63,42 @@ BATCH_SCHEMA = pa.schema(
 )
 
 
+# How to re-snapshot a collection from Dagster. Capture's expired-token error and every damaged-batch
+# error quote it word for word (defined here, in the shared ground, so the merge's errors can too).
+RESNAPSHOT_HOW_TO = (
+    "materialize the asset cdc_raw_batches with the run config "
+    '{"ops": {"cdc_raw_batches": {"config": {"reset": true}}}} (Dagster UI: the asset\'s '
+    "Materialize menu > Open launchpad), or set LAKEHOUSE_AUTO_RESNAPSHOT=true so capture does "
+    "it by itself; outside Dagster call capture_changes(..., reset=True)"
+)
+# The fix for a damaged batch: its rows cannot be trusted, so the collection is loaded anew.
+DAMAGED_BATCH_FIX = (
+    "re-snapshot the collection: "
+    + RESNAPSHOT_HOW_TO
+    + ". The reset publishes a batch marked dropped after the damaged one, then a new snapshot; "
+    "the merge starts a new table generation there and skips the batches it supersedes, so the "
+    "damaged batch is never read again. Do not delete or rewrite the damaged objects by hand: a "
+    "batch number that reappears would be taken for one already merged"
+)
+
+
 class CorruptBatchError(RuntimeError):
-    """A batch's data does not match its manifest (missing file, wrong checksum or row count)."""
+    """A batch's data does not match its manifest (missing file, wrong size, checksum or row
+    count), or its manifest cannot be read. ``batch`` and ``key`` name the damage when known;
+    the message quotes the fix (``DAMAGED_BATCH_FIX``)."""
+
+    def __init__(self, message: str, *, batch: int | None = None, key: str | None = None):
+        super().__init__(message)
+        self.batch = batch
+        self.key = key
+
+
+class CorruptManifestError(CorruptBatchError):
+    """A published manifest is not a valid manifest (truncated, garbled or of another format).
+
+    Manifests are created atomically (``put_if_absent``), so this is real damage, never a write
+    in progress: the batch's contents are unknown and it is not skipped.
+    """
 
 
 @dataclass(frozen=True)
@@ -91,14 +138,32 @@ class BatchManifest:
 
     @classmethod
     def from_json(cls, data: bytes) -> BatchManifest:
-        raw = json.loads(data)
+        """Parse a manifest.
+
+        Raises:
+            CorruptBatchError: ``data`` is not JSON, or not a manifest of this format and
+                version (the message says what is wrong, not where: ``RawZone.read_manifest``
+                adds the batch, the key and the fix).
+        """
+        try:
+            raw = json.loads(data)
+        except (UnicodeDecodeError, ValueError) as error:
+            raise CorruptBatchError(f"not JSON ({len(data)} bytes): {error}") from None
+        if not isinstance(raw, dict):
+            raise CorruptBatchError(f"a JSON {type(raw).__name__}, not a manifest object")
         if raw.get("format") != FORMAT or raw.get("format_version") != FORMAT_VERSION:
             raise CorruptBatchError(
                 f"not a {FORMAT} v{FORMAT_VERSION} manifest: {raw.get('format')!r} "
                 f"v{raw.get('format_version')!r}"
             )
-        raw["files"] = [BatchFile(**f) for f in raw["files"]]
-        return cls(**raw)
+        try:
+            raw["files"] = [BatchFile(**f) for f in raw["files"]]
+            manifest = cls(**raw)
+        except (KeyError, TypeError) as error:
+            raise CorruptBatchError(f"fields missing or unknown: {error}") from None
+        if not isinstance(manifest.batch, int) or not isinstance(manifest.state, dict):
+            raise CorruptBatchError("batch is not a number or state is not an object")
+        return manifest
 
 
 @dataclass(frozen=True)
@@ -127,6 +192,25 @@ class RawZone:
     def _data_key(self, batch: int) -> str:
         return f"{self.prefix}/data/{batch:012d}/{new_file_name('.parquet')}"
 
+    def side_key(self, folder: str, batch: int, suffix: str, *, stem: str = "") -> str:
+        """A fresh key for a file written beside batch ``batch`` before its manifest:
+        ``<prefix>/<folder>/<stem><batch>-<uuid><suffix>``.
+
+        Unique per call, so writers racing for the same batch number never overwrite each
+        other's side files; the batch's manifest must name the key (its state or extra), and
+        readers follow that pointer. Pass the key to ``write_batch(side_files=...)``.
+
+        Args:
+            folder: folder under the collection's prefix, e.g. ``"quarantine"`` or ``"_mq"``.
+            batch: the batch number the file is prepared for.
+            suffix: the file name's ending, with its dot (``".jsonl"``).
+            stem: text before the batch number (``"seen-"``).
+
+        Returns:
+            The key, relative to the store root.
+        """
+        return f"{self.prefix}/{folder}/{stem}{batch:012d}-{new_file_name(suffix)}"
+
     @property
     def checkpoint_key(self) -> str:
         return f"{self.prefix}/_checkpoint.json"
@@ -144,49 +228,145 @@ class RawZone:
         return sorted(numbers)
 
     def read_manifest(self, batch: int) -> BatchManifest:
-        return BatchManifest.from_json(self.store.get(self.manifest_key(batch)))
+        """The manifest of a published batch.
+
+        Raises:
+            FileNotFoundError: batch ``batch`` is not published.
+            CorruptManifestError: the manifest exists but is not a valid manifest (names the
+                batch, the key and ``DAMAGED_BATCH_FIX``).
+        """
+        key = self.manifest_key(batch)
+        data = self.store.get(key)
+        try:
+            manifest = BatchManifest.from_json(data)
+        except CorruptBatchError as problem:
+            raise self._damage(CorruptManifestError, batch, key, f"manifest: {problem}") from None
+        if manifest.batch != batch:
+            raise self._damage(
+                CorruptManifestError, batch, key, f"manifest says batch {manifest.batch}"
+            )
+        return manifest
 
     def read_batch(self, manifest: BatchManifest) -> pa.Table:
-        """All rows of a batch, checked against the manifest's checksums and counts."""
+        """All rows of a batch, checked against the manifest's sizes, checksums and counts.
+
+        Raises:
+            CorruptBatchError: a data file is missing, truncated (size differs), altered
+                (SHA-256 differs) or unreadable, or the row count differs; the message names
+                the batch, the file, expected vs found, and ``DAMAGED_BATCH_FIX``.
+        """
         tables = []
+        batch = manifest.batch
         for f in manifest.files:
             try:
                 data = self.store.get(f.key)
             except FileNotFoundError:
-                raise CorruptBatchError(
-                    f"{self.namespace} batch {manifest.batch}: data file {f.key} is missing"
-                ) from None
-            if hashlib.sha256(data).hexdigest() != f.sha256:
-                raise CorruptBatchError(
-                    f"{self.namespace} batch {manifest.batch}: checksum mismatch on {f.key}"
+                raise self._damage(CorruptBatchError, batch, f.key, "is missing") from None
+            if len(data) != f.bytes:
+                raise self._damage(
+                    CorruptBatchError,
+                    batch,
+                    f.key,
+                    f"is {len(data)} bytes, the manifest says {f.bytes} "
+                    f"({'truncated' if len(data) < f.bytes else 'longer than written'})",
                 )
-            tables.append(pq.read_table(io.BytesIO(data)))
+            found = hashlib.sha256(data).hexdigest()
+            if found != f.sha256:
+                raise self._damage(
+                    CorruptBatchError,
+                    batch,
+                    f.key,
+                    f"has SHA-256 {found}, the manifest says {f.sha256} (altered after writing)",
+                )
+            try:
+                table = pq.read_table(io.BytesIO(data))
+            except (pa.ArrowException, OSError) as error:
+                raise self._damage(
+                    CorruptBatchError, batch, f.key, f"is not readable Parquet: {error}"
+                ) from None
+            if table.num_rows != f.rows:
+                raise self._damage(
+                    CorruptBatchError,
+                    batch,
+                    f.key,
+                    f"has {table.num_rows} rows, the manifest says {f.rows}",
+                )
+            tables.append(table)
         table = (
             pa.concat_tables(tables, promote_options="permissive")
             if tables
             else BATCH_SCHEMA.empty_table()
         )
         if table.num_rows != manifest.rows:
-            raise CorruptBatchError(
-                f"{self.namespace} batch {manifest.batch}: {table.num_rows} rows, manifest says "
-                f"{manifest.rows}"
+            raise self._damage(
+                CorruptBatchError,
+                batch,
+                self.manifest_key(batch),
+                f"lists files of {table.num_rows} rows in all but says {manifest.rows}",
             )
         return table
 
+    def _damage(
+        self, kind: type[CorruptBatchError], batch: int, key: str, problem: str
+    ) -> CorruptBatchError:
+        return kind(
+            f"{self.namespace} batch {batch} is damaged: {key} {problem}. Fix: {DAMAGED_BATCH_FIX}",
+            batch=batch,
+            key=key,
+        )
+
     def read_checkpoint(self) -> Checkpoint:
-        """The newest published batch, rolling forward over manifests the checkpoint missed."""
-        try:
-            raw = json.loads(self.store.get(self.checkpoint_key))
-            checkpoint = Checkpoint(batch=raw["batch"], state=raw["state"])
-        except FileNotFoundError:
-            checkpoint = Checkpoint()
+        """The newest published batch and its state.
+
+        Reads the checkpoint file, then rolls forward over manifests published after it (a run
+        that died between manifest and checkpoint, or a concurrent writer). The file is only a
+        cache: when it is missing, not JSON or of the wrong shape, the newest manifest in the
+        listing is taken instead (one listing call) and the file is rewritten.
+
+        Raises:
+            CorruptManifestError: the manifest read (the newest, or one rolled over) is damaged;
+                the message names it and the fix. Such a manifest is never skipped: the batch's
+                rows would be lost.
+        """
+        cached = self._cached_checkpoint()
+        checkpoint = cached if cached is not None else self._newest_published()
         rolled = checkpoint
         while self.store.exists(self.manifest_key(rolled.batch + 1)):
             manifest = self.read_manifest(rolled.batch + 1)
             rolled = Checkpoint(batch=manifest.batch, state=manifest.state)
-        if rolled != checkpoint:
+        if rolled != cached and rolled.batch > 0:  # a collection with no batch gets no file
             self._save_checkpoint(rolled)
         return rolled
+
+    def newest_batch_number(self) -> int:
+        """The highest published batch number by listing (0: none), without reading manifests:
+        what a reset publishes after when the newest manifest itself is damaged."""
+        numbers = self.batch_numbers()
+        return numbers[-1] if numbers else 0
+
+    def _cached_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint file's content, or ``None`` when it is missing or damaged."""
+        try:
+            raw = json.loads(self.store.get(self.checkpoint_key))
+        except FileNotFoundError:
+            return None
+        except (UnicodeDecodeError, ValueError):
+            return None
+        if (
+            not isinstance(raw, dict)
+            or type(raw.get("batch")) is not int
+            or raw["batch"] < 0
+            or not isinstance(raw.get("state"), dict)
+        ):
+            return None
+        return Checkpoint(batch=raw["batch"], state=raw["state"])
+
+    def _newest_published(self) -> Checkpoint:
+        number = self.newest_batch_number()
+        if number == 0:
+            return Checkpoint()
+        manifest = self.read_manifest(number)
+        return Checkpoint(batch=manifest.batch, state=manifest.state)
 
     # -- writing --------------------------------------------------------------------------------
     def write_batch(
@@ -197,13 +377,33 @@ class RawZone:
         state: dict[str, Any],
         quarantined: int = 0,
         extra: dict[str, Any] | None = None,
+        side_files: Mapping[str, bytes] | None = None,
     ) -> BatchManifest:
-        """Publish batch ``after.batch + 1``: data files, then the manifest, then the checkpoint.
+        """Publish batch ``after.batch + 1``: side files and data files, then the manifest (the
+        exclusive claim), then the checkpoint.
 
-        Raises ``ObjectExistsError`` if that batch number was published meanwhile (a concurrent
-        capture): the caller must re-read the checkpoint instead of publishing the same changes.
+        Args:
+            parts: the batch's rows, one data file per non-empty table (``BATCH_SCHEMA`` first).
+            after: the checkpoint this batch follows.
+            state: capture state after this batch, stored in the manifest.
+            quarantined: dead letters counted in the manifest.
+            extra: free-form manifest fields (``dropped``, pointers to side files, ...).
+            side_files: objects written before the manifest, at keys from ``side_key`` (unique
+                to this attempt) that ``state`` or ``extra`` point to.
+
+        Returns:
+            The published manifest.
+
+        Raises:
+            ObjectExistsError: another writer published that batch number meanwhile (a
+                concurrent capture). This attempt's data and side files are removed; the caller
+                must re-read the checkpoint instead of publishing the same changes.
         """
         batch = after.batch + 1
+        written: list[str] = []
+        for key, data in (side_files or {}).items():
+            self.store.put(key, data)
+            written.append(key)
         files, ops = [], dict.fromkeys(OPS, 0)
         min_pos = max_pos = max_time = None
         for part in parts:
@@ -214,6 +414,7 @@ class RawZone:
             data = sink.getvalue()
             key = self._data_key(batch)
             self.store.put(key, data)
+            written.append(key)
             files.append(BatchFile(key, part.num_rows, len(data), hashlib.sha256(data).hexdigest()))
             for op, count in _value_counts(part.column("op")):
                 ops[op] = ops.get(op, 0) + count
@@ -237,9 +438,31 @@ class RawZone:
             key_format=RECORD_KEY_FORMAT,
             extra=extra or {},
         )
-        self.store.put_if_absent(self.manifest_key(batch), manifest.to_json())
+        self._claim(manifest, written)
         self._save_checkpoint(Checkpoint(batch=batch, state=state))
         return manifest
+
+    def _claim(self, manifest: BatchManifest, written: list[str]) -> None:
+        """Create the manifest exclusively; on losing, remove this attempt's files.
+
+        A lost response can make a retried create fail although the first one succeeded (S3
+        answers the retry with 412): the manifest found is compared with ours, and an identical
+        one is this attempt's own win.
+        """
+        key, data = self.manifest_key(manifest.batch), manifest.to_json()
+        try:
+            self.store.put_if_absent(key, data)
+        except ObjectExistsError:
+            try:
+                ours = self.store.get(key) == data
+            except FileNotFoundError:
+                ours = False
+            if ours:
+                return
+            for orphan in written:  # unique to this attempt: no other writer refers to them
+                with contextlib.suppress(Exception):  # best effort: an orphan is garbage
+                    self.store.delete(orphan)
+            raise
 
     def _save_checkpoint(self, checkpoint: Checkpoint) -> None:
         self.store.put(
@@ -292,11 +515,14 @@ def _min_max(column: pa.ChunkedArray) -> tuple[Any, Any]:
 
 __all__ = [
     "BATCH_SCHEMA",
+    "DAMAGED_BATCH_FIX",
     "OPS",
+    "RESNAPSHOT_HOW_TO",
     "BatchFile",
     "BatchManifest",
     "Checkpoint",
     "CorruptBatchError",
+    "CorruptManifestError",
     "ObjectExistsError",
     "RawZone",
     "list_namespaces",

@@ -319,7 +319,7 @@ def test_malformed_documents_and_events_are_quarantined_and_counted(source, lake
     lines = [
         json.loads(line)
         for batch in (snapshot.batch, stream.batch)
-        for line in lake.get(f"raw/{DB}/{COLL}/quarantine/{batch:012d}.jsonl").splitlines()
+        for line in lake.get(zone(lake).read_manifest(batch).extra["quarantine_key"]).splitlines()
     ]
     reasons = [line["reason"] for line in lines]
     assert reasons[0] == "document has no _id" and lines[0]["raw"] == {"name": "no id"}

@@ -152,7 +152,9 @@ def test_new_full_load_files_after_cdc_mean_a_reload_and_start_a_new_generation(
     assert result.reloaded
     zone = RawZone(LocalObjectStore(tmp_path / "lake"), DB, COLL)
     assert zone.read_manifest(result.batches[0]).extra["dropped"] is True
-    assert merged(tmp_path / "lake") == {record_key("reloaded-1"): encode_document({"_id": "reloaded-1"})}
+    assert merged(tmp_path / "lake") == {
+        record_key("reloaded-1"): encode_document({"_id": "reloaded-1"})
+    }
 
 
 # -- MQ / SQS ---------------------------------------------------------------------------------------

@@ -1,0 +1,175 @@
+"""No poison pill freezes a collection: every document a server can return is captured, or
+quarantined alone while the good input beside it is captured and later captures go on.
+
+What a server can hold comes from the BSON spec (bsonspec.org): a date is a signed int64 of
+milliseconds since the epoch (so years before 1 and after 9999 are legal), a string is a length
+and bytes that should be UTF-8 but that servers store unchecked. Such documents are built here
+as raw BSON by hand, or, for the embedded store and the mock server, with Python's lossless
+surrogate escapes (PEP 383) for the bad bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import bson
+import pytest
+from bson import ObjectId
+from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.datetime_ms import DatetimeMS
+from pymongo import MongoClient
+
+from lambda_functions.cdc_capture import EmbeddedChangeStreamSource, capture_changes
+from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource
+from lambda_functions.contracts import CaptureRequest
+from lambda_functions.lake.raw_zone import RawZone
+from lambda_functions.lake.store import LocalObjectStore
+from tests.lambda_functions.cdc_capture.mock_documentdb import embedded_backed_server
+
+DB, COLL = "shop", "orders"
+NEVER_MS = 568_971_820_800_000  # 20000-01-01T00:00:00Z, a "never expires" sentinel (test below)
+BEFORE_YEAR_1_MS = -62_200_000_000_000  # about 4 days before 0001-01-01T00:00:00Z
+BAD_BYTES = b"\xff\xfe"  # never valid in UTF-8
+BAD = BAD_BYTES.decode("utf-8", "surrogateescape")  # how Python holds them losslessly
+RAW_READ = CodecOptions(
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+    unicode_decode_error_handler="surrogateescape",
+)
+
+
+def test_the_never_expires_sentinel_is_year_20000():
+    def days_in(year: int) -> int:  # the proleptic Gregorian calendar
+        return 366 if (year % 4 == 0 and year % 100 != 0) or year % 400 == 0 else 365
+
+    assert NEVER_MS == sum(days_in(year) for year in range(1970, 20000)) * 86_400_000
+
+
+@pytest.fixture(params=["embedded", "pymongo over mockupdb"])
+def sources(request, tmp_path: Path) -> Iterator[tuple[EmbeddedChangeStreamSource, object, object]]:
+    """(the store the test writes, the source capture reads, the mock server or None)."""
+    with EmbeddedChangeStreamSource(tmp_path / "store.db") as store:
+        store.enable_change_streams(DB, COLL)
+        if request.param == "embedded":
+            yield store, store, None
+            return
+        with embedded_backed_server(tmp_path / "store.db", events_per_batch=3) as server:
+            client = MongoClient(server.uri, tls=False, serverSelectionTimeoutMS=5_000)
+            source = DocumentDBChangeSource(client, max_await_time_ms=10)
+            try:
+                yield store, source, server
+            finally:
+                source.close()
+
+
+def capture(tmp_path: Path, source: object, **fields):
+    request = CaptureRequest(
+        lake_uri=str(tmp_path / "lake"), database=DB, collection=COLL, **fields
+    )
+    return capture_changes(request, source=source)
+
+
+def rows_and_dead_letters(tmp_path: Path) -> tuple[list[dict], list[dict]]:
+    store = LocalObjectStore(tmp_path / "lake")
+    zone = RawZone(store, DB, COLL)
+    rows, dead = [], []
+    for manifest in zone.manifests():
+        rows.extend(zone.read_batch(manifest).to_pylist())
+        key = manifest.extra.get("quarantine_key")
+        if key:
+            dead.extend(json.loads(line) for line in store.get(key).splitlines())
+    return rows, dead
+
+
+def raw_of(dead_letter: dict) -> dict:
+    """The document a dead letter keeps as exact BSON, decoded the lossless way."""
+    return bson.decode(base64.b64decode(dead_letter["raw"]["$bsonBase64"]), RAW_READ)
+
+
+def test_snapshot_quarantines_undecodable_documents_alone_and_pages_past_them(tmp_path, sources):
+    store, source, server = sources
+    # max_rows=4: pages of 4 documents in _id order a, b, c, d<bad> | e, f<bad field>, g, h |
+    # i, then a date _id after the strings (BSON type order: string < date).
+    documents = [
+        {"_id": "a", "v": 1},
+        {"_id": "b", "expires": DatetimeMS(NEVER_MS)},
+        {"_id": "c", "born": DatetimeMS(BEFORE_YEAR_1_MS)},
+        {"_id": "d" + BAD, "v": 4},  # the last document of the first page
+        {"_id": "e", "v": 5},
+        {"_id": "f", "name": "x" + BAD},  # in the middle of the second page
+        {"_id": "g", "v": 7},
+        {"_id": "h", "nested": {"deep": [BAD]}},  # the last of the second page
+        {"_id": "i", "v": 9},
+        {"_id": DatetimeMS(NEVER_MS), "v": 10},
+    ]
+    store.insert_many(DB, COLL, documents)
+
+    result = capture(tmp_path, source, max_rows=4)
+
+    assert result.phase == "stream" and result.snapshot.complete
+    rows, dead = rows_and_dead_letters(tmp_path)
+    assert [row["_id"] for row in rows] == [
+        '"a"',
+        '"b"',
+        '"c"',
+        '"e"',
+        '"g"',
+        '"i"',
+        '{"$date":{"$numberLong":"568971820800000"}}',
+    ]
+    docs = {row["_id"]: json.loads(row["doc"]) for row in rows}
+    assert docs['"b"']["expires"] == {"$date": {"$numberLong": str(NEVER_MS)}}
+    assert docs['"c"']["born"] == {"$date": {"$numberLong": str(BEFORE_YEAR_1_MS)}}
+    assert docs['{"$date":{"$numberLong":"568971820800000"}}']["_id"] == {
+        "$date": {"$numberLong": str(NEVER_MS)}
+    }
+    assert result.quarantined == 3
+    assert [raw_of(d)["_id"] for d in dead] == ["d" + BAD, "f", "h"]
+    assert base64.b64decode(dead[0]["raw"]["$bsonBase64"]).count(b"d" + BAD_BYTES + b"\x00") == 1
+    assert "'_id'" in dead[0]["reason"] and "not valid UTF-8" in dead[0]["reason"]
+    assert "insert the document again with a valid UTF-8 _id" in dead[0]["reason"]
+    assert "'name'" in dead[1]["reason"] and "'nested.deep.0'" in dead[2]["reason"]
+    if server is not None:  # paged past the bad _id by sending its very bytes back
+        filters = [c["filter"] for c in server.commands if "find" in c and c.get("filter")]
+        assert {"_id": {"$gt": "d" + BAD}} in filters
+
+    store.insert_one(DB, COLL, {"_id": "j", "v": 11})
+    after = capture(tmp_path, source, max_rows=4)
+    assert after.rows == 1 and rows_and_dead_letters(tmp_path)[0][-1]["_id"] == '"j"'
+
+
+def test_stream_captures_far_dates_exactly_and_quarantines_bad_utf8_while_advancing(
+    tmp_path, sources
+):
+    store, source, _server = sources
+    capture(tmp_path, source)  # the (empty) snapshot; the stream follows
+    oid = ObjectId("65a1b2c3d4e5f60718293a4b")
+    store.insert_one(DB, COLL, {"_id": oid, "expires": DatetimeMS(NEVER_MS)})
+    store.insert_one(DB, COLL, {"_id": DatetimeMS(BEFORE_YEAR_1_MS), "v": 1})
+    store.insert_one(DB, COLL, {"_id": "bad field", "name": BAD})
+    store.insert_one(DB, COLL, {"_id": "bad" + BAD, "v": 2})
+    store.delete_one(DB, COLL, {"_id": "bad" + BAD})
+    store.insert_one(DB, COLL, {"_id": "good", "v": 3})
+
+    result = capture(tmp_path, source)
+
+    rows, dead = rows_and_dead_letters(tmp_path)
+    assert [(row["op"], row["_id"]) for row in rows] == [
+        ("insert", "65a1b2c3d4e5f60718293a4b"),
+        ("insert", '{"$date":{"$numberLong":"-62200000000000"}}'),
+        ("insert", '"good"'),
+    ]
+    assert json.loads(rows[0]["doc"])["expires"] == {"$date": {"$numberLong": str(NEVER_MS)}}
+    assert result.quarantined == 3  # the bad field's insert, the bad _id's insert and delete
+    assert ["'name'" in d["reason"] for d in dead] == [True, False, False]
+    assert all("not valid UTF-8" in d["reason"] for d in dead)
+    events = [raw_of(d) for d in dead]
+    assert [e["operationType"] for e in events] == ["insert", "insert", "delete"]
+    assert events[2]["documentKey"]["_id"] == "bad" + BAD
+
+    store.insert_one(DB, COLL, {"_id": "later", "v": 4})
+    after = capture(tmp_path, source)
+    assert (after.rows, after.quarantined) == (1, 0)  # the stream moved past the poison

@@ -23,6 +23,32 @@ class InvalidRequestError(ValueError):
     """The event does not describe a valid request; the message says which field and why."""
 
 
+def name_problem(value: Any) -> str | None:
+    """What keeps ``value`` from being a database/collection name here (``None`` when it is
+    one), in words: MongoDB allows names this product cannot turn into lake paths and SQL
+    identifiers (dots, as in GridFS's ``fs.files``; ``$``; spaces; more than 63 characters)."""
+    if not isinstance(value, str):
+        return f"it is a {type(value).__name__}, not a string"
+    if _NAME.match(value):
+        return None
+    problems = []
+    if len(value) > 63:
+        problems.append(f"it is {len(value)} characters long (at most 63)")
+    if not value:
+        problems.append("it is empty")
+    elif not (value[0].isascii() and (value[0].isalpha() or value[0] == "_")):
+        problems.append(f"it starts with {value[0]!r} (a letter or '_' is needed)")
+    odd = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in "_-"))})
+    named = {".": "dots", "$": "'$'", " ": "spaces"}
+    if odd:
+        problems.append(
+            "it contains "
+            + ", ".join(named.get(c, repr(c)) for c in odd)
+            + (" (e.g. GridFS's fs.files and fs.chunks)" if "." in odd else "")
+        )
+    return "; ".join(problems)
+
+
 def validate_name(value: str, what: str) -> str:
     """Database, collection and table names become paths and SQL identifiers: keep them plain."""
     if not isinstance(value, str) or not _NAME.match(value):

@@ -25,6 +25,7 @@ from pymongo import MongoClient
 
 from lambda_functions.cdc_capture import EmbeddedChangeStreamSource, capture_changes
 from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource
+from lambda_functions.cdc_capture.mq_handler import handler as mq_handler
 from lambda_functions.contracts import CaptureRequest
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.store import LocalObjectStore
@@ -173,3 +174,101 @@ def test_stream_captures_far_dates_exactly_and_quarantines_bad_utf8_while_advanc
     store.insert_one(DB, COLL, {"_id": "later", "v": 4})
     after = capture(tmp_path, source)
     assert (after.rows, after.quarantined) == (1, 0)  # the stream moved past the poison
+
+
+# -- MQ / SQS ---------------------------------------------------------------------------------------
+def change_event(_id: str, **document) -> dict:
+    """A change event as a relay sends it: canonical extended JSON text of pymongo's shape."""
+    return {
+        "_id": {"_data": f"82{_id}"},
+        "operationType": "insert",
+        "clusterTime": {"$timestamp": {"t": 1_704_449_700, "i": 1}},
+        "ns": {"db": DB, "coll": COLL},
+        "documentKey": {"_id": _id},
+        "fullDocument": {"_id": _id, **document},
+    }
+
+
+def sqs_event(bodies: dict[str, str]) -> dict:
+    """An SQS event (Lambda's ``Records`` shape) with one record per message id."""
+    return {
+        "Records": [
+            {
+                "messageId": message_id,
+                "receiptHandle": f"handle-{message_id}",
+                "body": body,
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:eu-west-1:123456789012:shop-orders",
+            }
+            for message_id, body in bodies.items()
+        ]
+    }
+
+
+BAD_WRAPPERS = {
+    "bad-oid": ("$oid", {"ref": {"$oid": "zz" * 12}}),
+    "decimal-comma": ("$numberDecimal", {"price": {"$numberDecimal": "1,5"}}),
+    "malformed-date": ("$date", {"at": {"$date": "yesterday"}}),
+    "date-beyond-int64": ("$date", {"at": {"$date": {"$numberLong": "9" * 20}}}),
+    "bad-base64": ("$binary", {"blob": {"$binary": {"base64": "!!not base64!!", "subType": "00"}}}),
+    "long-with-letters": ("$numberLong", {"n": {"$numberLong": "12ab"}}),
+}
+
+
+def test_sqs_messages_with_invalid_type_wrappers_fail_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAKEHOUSE_LAKE_URI", str(tmp_path / "lake"))
+    bodies = {"good-1": json.dumps(change_event("g1", v=1))}
+    bodies |= {
+        name: json.dumps(change_event(name, **doc)) for name, (_, doc) in BAD_WRAPPERS.items()
+    }
+    bodies["good-2"] = json.dumps(
+        change_event("g2", expires={"$date": {"$numberLong": str(NEVER_MS)}})
+    )
+
+    response = mq_handler(sqs_event(bodies), None)
+
+    assert sorted(f["itemIdentifier"] for f in response["batchItemFailures"]) == sorted(
+        BAD_WRAPPERS
+    )
+    rows, dead = rows_and_dead_letters(tmp_path)
+    assert [row["_id"] for row in rows] == ['"g1"', '"g2"']
+    assert json.loads(rows[1]["doc"])["expires"] == {"$date": {"$numberLong": str(NEVER_MS)}}
+    reasons = {d["raw"]["message_id"]: d["reason"] for d in dead}
+    assert set(reasons) == set(BAD_WRAPPERS)
+    for name, (wrapper, _doc) in BAD_WRAPPERS.items():
+        assert f"not a valid {wrapper} wrapper" in reasons[name], reasons[name]
+    assert "!!not base64!!" in reasons["bad-base64"] and "1,5" in reasons["decimal-comma"]
+
+
+def test_an_array_body_with_one_bad_event_fails_as_a_whole_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAKEHOUSE_LAKE_URI", str(tmp_path / "lake"))
+    array = [change_event("a1"), change_event("a2", ref={"$oid": "not hex"}), change_event("a3")]
+    event = sqs_event({"array": json.dumps(array), "single": json.dumps(change_event("s1"))})
+
+    first = mq_handler(event, None)
+    again = mq_handler(event, None)  # SQS redelivers the failed message
+
+    assert first == again == {"batchItemFailures": [{"itemIdentifier": "array"}]}
+    rows, dead = rows_and_dead_letters(tmp_path)
+    assert sorted(row["_id"] for row in rows) == ['"a1"', '"a3"', '"s1"']  # published once
+    (letter,) = dead
+    assert "event 1:" in letter["reason"] and "$oid" in letter["reason"]
+    assert json.loads(letter["raw"]["payload"]) == array  # the whole message is kept
+
+
+def test_a_dotted_collection_is_quarantined_naming_the_unsupported_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAKEHOUSE_LAKE_URI", str(tmp_path / "lake"))
+    monkeypatch.setenv("LAKEHOUSE_MQ_DEFAULT_COLLECTION", f"{DB}.{COLL}")
+    gridfs = change_event("f1") | {"ns": {"db": DB, "coll": "fs.files"}}
+
+    response = mq_handler(sqs_event({"gridfs": json.dumps(gridfs)}), None)
+
+    assert response == {"batchItemFailures": [{"itemIdentifier": "gridfs"}]}
+    (path,) = (tmp_path / "lake" / "raw" / "_mq_quarantine").iterdir()
+    reason = json.loads(path.read_text())["reason"]
+    assert "collection name 'fs.files'" in reason and "legal MongoDB name" in reason
+    assert "dots" in reason and "Exclude it from the relay" in reason
+    assert "no ns" not in reason
+    assert not (tmp_path / "lake" / "raw" / DB / COLL).exists()  # not routed to the default

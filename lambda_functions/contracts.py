@@ -275,6 +275,8 @@ class DmsIngestRequest(CollectionRequest):
     dms_uri: str = ""  # the collection's DMS folder: s3://bucket/<folder>/<db>/<coll> or a path
     max_rows: int = 100_000
     max_bytes: int = 256 * 1024 * 1024
+    # The S3 target endpoint's CsvDelimiter (DMS default ","), one character.
+    csv_delimiter: str = ","
 
     def validate(self) -> None:
         super().validate()
@@ -282,6 +284,11 @@ class DmsIngestRequest(CollectionRequest):
             raise InvalidRequestError(
                 "dms_uri must name the folder DMS writes this collection to, e.g. "
                 "s3://dms-output/cdc/shop/orders"
+            )
+        if len(self.csv_delimiter) != 1 or self.csv_delimiter in '"\r\n':
+            raise InvalidRequestError(
+                f"csv_delimiter {self.csv_delimiter!r} must be the one character the DMS S3 "
+                "endpoint's CsvDelimiter setting names (default ','), not a quote or a newline"
             )
         if self.max_rows < 1 or self.max_bytes < 1:
             raise InvalidRequestError("max_rows and max_bytes must be positive")

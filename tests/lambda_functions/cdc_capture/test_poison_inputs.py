@@ -18,18 +18,22 @@ from pathlib import Path
 
 import bson
 import pytest
-from bson import ObjectId
+from bson import Int64, ObjectId
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.datetime_ms import DatetimeMS
+from bson.raw_bson import RawBSONDocument
+from mockupdb import MockupDB, OpMsg, go
 from pymongo import MongoClient
 
 from lambda_functions.cdc_capture import EmbeddedChangeStreamSource, capture_changes
+from lambda_functions.cdc_capture.batches import BatchRows
+from lambda_functions.cdc_capture.dms_ingest import ingest_dms_files
 from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource
 from lambda_functions.cdc_capture.mq_handler import handler as mq_handler
-from lambda_functions.contracts import CaptureRequest
+from lambda_functions.contracts import CaptureRequest, DmsIngestRequest, InvalidRequestError
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.store import LocalObjectStore
-from tests.lambda_functions.cdc_capture.mock_documentdb import embedded_backed_server
+from tests.lambda_functions.cdc_capture.mock_documentdb import HELLO, embedded_backed_server
 
 DB, COLL = "shop", "orders"
 NEVER_MS = 568_971_820_800_000  # 20000-01-01T00:00:00Z, a "never expires" sentinel (test below)
@@ -46,7 +50,7 @@ def test_the_never_expires_sentinel_is_year_20000():
     def days_in(year: int) -> int:  # the proleptic Gregorian calendar
         return 366 if (year % 4 == 0 and year % 100 != 0) or year % 400 == 0 else 365
 
-    assert NEVER_MS == sum(days_in(year) for year in range(1970, 20000)) * 86_400_000
+    assert sum(days_in(year) for year in range(1970, 20000)) * 86_400_000 == NEVER_MS
 
 
 @pytest.fixture(params=["embedded", "pymongo over mockupdb"])
@@ -272,3 +276,118 @@ def test_a_dotted_collection_is_quarantined_naming_the_unsupported_name(tmp_path
     assert "dots" in reason and "Exclude it from the relay" in reason
     assert "no ns" not in reason
     assert not (tmp_path / "lake" / "raw" / DB / COLL).exists()  # not routed to the default
+
+
+# -- DMS CsvDelimiter -------------------------------------------------------------------------------
+# A CDC file as DMS writes it with the S3 endpoint setting CsvDelimiter=';' (document mode,
+# TimestampColumnName, Op first; _doc quoted with doubled quotes as in every DMS CSV).
+SEMICOLON_CDC = (
+    'I;2024-01-05 10:14:40.000000;65a1b2c3d4e5f60718293a4d;"{""_id"": {""$oid"": '
+    '""65a1b2c3d4e5f60718293a4d""}, ""status"": ""paid"", ""n"": 1}"\n'
+    'U;2024-01-05 10:14:41.000000;65a1b2c3d4e5f60718293a4d;"{""_id"": {""$oid"": '
+    '""65a1b2c3d4e5f60718293a4d""}, ""status"": ""sent"", ""n"": 2}"\n'
+    "D;2024-01-05 10:14:42.000000;65a1b2c3d4e5f60718293a4e;\n"
+)
+
+
+def semicolon_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "dms" / DB / COLL
+    folder.mkdir(parents=True)
+    (folder / "20240105-101500123.csv").write_text(SEMICOLON_CDC)
+    return folder
+
+
+def test_dms_files_split_at_the_configured_csv_delimiter(tmp_path):
+    request = DmsIngestRequest(
+        lake_uri=str(tmp_path / "lake"),
+        database=DB,
+        collection=COLL,
+        dms_uri=str(semicolon_folder(tmp_path)),
+        csv_delimiter=";",
+    )
+
+    result = ingest_dms_files(request)
+
+    assert result.quarantined == 0
+    rows, _dead = rows_and_dead_letters(tmp_path)
+    assert [(row["op"], row["_id"]) for row in rows] == [
+        ("insert", "65a1b2c3d4e5f60718293a4d"),
+        ("update", "65a1b2c3d4e5f60718293a4d"),
+        ("delete", "65a1b2c3d4e5f60718293a4e"),
+    ]
+    assert json.loads(rows[1]["doc"])["status"] == "sent"
+
+
+def test_a_file_with_another_delimiter_names_the_setting_in_its_dead_letters(tmp_path):
+    request = DmsIngestRequest(
+        lake_uri=str(tmp_path / "lake"),
+        database=DB,
+        collection=COLL,
+        dms_uri=str(semicolon_folder(tmp_path)),
+    )
+
+    result = ingest_dms_files(request)
+
+    rows, dead = rows_and_dead_letters(tmp_path)
+    assert rows == [] and result.quarantined == 3 and len(dead) == 3
+    for letter in dead:
+        assert "does not parse with CsvDelimiter ','" in letter["reason"]
+        assert "(found ';'" in letter["reason"]
+        assert "set LAKEHOUSE_DMS_CSV_DELIMITER" in letter["reason"]
+
+
+def test_the_csv_delimiter_is_one_character():
+    fields = {"lake_uri": "/tmp/lake", "database": DB, "collection": COLL, "dms_uri": "/tmp/dms"}
+    for bad in ("", ";;", '"', "\n"):
+        with pytest.raises(InvalidRequestError, match="CsvDelimiter"):
+            DmsIngestRequest(**fields, csv_delimiter=bad).validate()
+    DmsIngestRequest(**fields, csv_delimiter="\t").validate()
+
+
+# -- the wire, byte for byte ------------------------------------------------------------------------
+def bson_string(name: bytes, data: bytes) -> bytes:
+    """A BSON string element (spec: 0x02 e_name int32-length bytes 0x00), bytes as given."""
+    return b"\x02" + name + b"\x00" + struct.pack("<i", len(data) + 1) + data + b"\x00"
+
+
+def bson_document(*elements: bytes) -> RawBSONDocument:
+    """A BSON document of the elements (its repr, which mockupdb logs, reads them leniently)."""
+    body = b"".join(elements)
+    lenient = CodecOptions(document_class=RawBSONDocument, unicode_decode_error_handler="replace")
+    return RawBSONDocument(struct.pack("<i", len(body) + 5) + body + b"\x00", lenient)
+
+
+def test_a_page_ending_in_an_invalid_utf8_id_pages_on_with_the_same_bytes():
+    server = MockupDB(auto_ismaster=HELLO, verbose=False, request_timeout=10)
+    server.run()
+    client = MongoClient(f"{server.uri}/?directConnection=true", serverSelectionTimeoutMS=5_000)
+    source = DocumentDBChangeSource(client, max_await_time_ms=10)
+    try:
+        first = go(source.documents, DB, COLL, limit=3)
+        server.receives(OpMsg("find", COLL), timeout=10).ok(
+            cursor={
+                "id": Int64(0),
+                "ns": f"{DB}.{COLL}",
+                "firstBatch": [
+                    bson_document(bson_string(b"_id", b"a")),
+                    bson_document(bson_string(b"_id", b"b")),
+                    bson_document(bson_string(b"_id", b"c" + BAD_BYTES)),
+                ],
+            }
+        )
+        rows = BatchRows()
+        taken, last_id = rows.add_snapshot_page(first(), 0, 0, 1 << 30)
+        assert (taken, rows.ids, len(rows.dead_letters)) == (3, ['"a"', '"b"'], 1)
+
+        second = go(source.documents, DB, COLL, after_id=last_id, limit=3)
+        find = server.receives(OpMsg("find", COLL), timeout=10)
+        sent = find.doc["filter"]["_id"]["$gt"]  # mockupdb reads it with surrogate escapes
+        assert sent.encode("utf-8", "surrogateescape") == b"c" + BAD_BYTES
+        find.ok(cursor={"id": Int64(0), "ns": f"{DB}.{COLL}", "firstBatch": []})
+        later = server.receives(OpMsg("find", COLL), timeout=10)  # the _id types after strings
+        assert "date" in later.doc["filter"]["_id"]["$type"]
+        later.ok(cursor={"id": Int64(0), "ns": f"{DB}.{COLL}", "firstBatch": []})
+        assert second() == []
+    finally:
+        client.close()
+        server.stop()

@@ -59,7 +59,6 @@ RAW_DOCUMENT_OPTIONS = CodecOptions(
     unicode_decode_error_handler="surrogateescape",
 )
 _CANONICAL = bsonjs.CANONICAL
-_WRAPPERS_WITH_BASE64 = ("$binary",)
 
 
 class InvalidExtendedJSONError(ValueError):
@@ -124,17 +123,17 @@ def decode_document(text: str | bytes) -> Any:
             comma, a malformed or out-of-int64 ``$date``, ``$binary`` that is not base64, a
             ``$numberLong`` with letters, …); the message quotes the wrapper.
     """
-    return json.loads(text, object_pairs_hook=_checked_wrapper)
+    return json.loads(text, object_hook=_checked_wrapper)
 
 
-def _checked_wrapper(pairs: Sequence[tuple[str, Any]]) -> Any:
+def _checked_wrapper(document: dict[str, Any]) -> Any:
     try:
-        if pairs and pairs[0][0] in _WRAPPERS_WITH_BASE64:
-            _check_base64(pairs)
-        return json_util.object_pairs_hook(pairs, JSON_OPTIONS)
+        if "$binary" in document:
+            _check_base64(document)
+        return json_util.object_hook(document, JSON_OPTIONS)
     except Exception as error:  # json_util raises ValueError, TypeError, KeyError, InvalidId, …
-        wrapper = json.dumps(dict(pairs), default=str)
-        name = pairs[0][0] if pairs else "{}"
+        wrapper = json.dumps(document, default=str)
+        name = next(iter(document), "{}")
         raise InvalidExtendedJSONError(
             f"{wrapper} is not a valid {name} wrapper ({type(error).__name__}: {error}); "
             "write canonical extended JSON (MongoDB Extended JSON v2, e.g. bson.json_util.dumps "
@@ -142,10 +141,10 @@ def _checked_wrapper(pairs: Sequence[tuple[str, Any]]) -> Any:
         ) from None
 
 
-def _check_base64(pairs: Sequence[tuple[str, Any]]) -> None:
+def _check_base64(document: Mapping[str, Any]) -> None:
     """``json_util`` decodes base64 leniently (invalid characters are dropped, so bad input
     silently becomes other bytes); the extended JSON spec requires base64."""
-    value = dict(pairs).get("$binary")
+    value = document.get("$binary")
     text = value.get("base64") if isinstance(value, Mapping) else value
     if isinstance(text, str):
         try:

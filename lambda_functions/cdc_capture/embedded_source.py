@@ -55,6 +55,7 @@ from lambda_functions.cdc_capture.extended_json import (
     raw_bson_document,
 )
 from lambda_functions.cdc_capture.positions import from_millis, millis
+from lambda_functions.lake.record_key import record_key
 
 DEFAULT_RETENTION_SECONDS = 3 * 3600  # DocumentDB's default change_stream_log_retention_duration
 DEFAULT_MAX_EVENTS = 1_000_000
@@ -88,8 +89,12 @@ CREATE INDEX IF NOT EXISTS events_by_wall_time ON events (wall_ms);
 def id_sort_key(value: Any) -> bytes:
     """Bytes that sort like BSON's comparison order for ``_id`` values.
 
-    Exact for ObjectId (its 12 bytes), strings, booleans and dates; numbers compare as doubles
-    (so 1 and 1.0 are the same key, as in MongoDB's unique ``_id`` index).
+    Exact for ObjectId (its 12 bytes), strings, booleans and dates. Numbers sort by their
+    value as a double, then by their exact value's record key, so two numbers are the same key
+    exactly when MongoDB's unique ``_id`` index says so (1 = NumberLong(1) = 1.0, but
+    NumberLong(2**53 + 1) is not 2.0**53 and NumberDecimal("0.1") is not the double 0.1).
+    Embedded documents are the same key when their record keys are (field order kept, values
+    compared as above).
     """
     if isinstance(value, ObjectId):
         return b"\x07" + value.binary
@@ -101,7 +106,7 @@ def id_sort_key(value: Any) -> bytes:
         number = float(value.to_decimal() if isinstance(value, Decimal128) else value)
         (bits,) = struct.unpack(">Q", struct.pack(">d", number))
         bits = bits ^ 0xFFFFFFFFFFFFFFFF if bits >> 63 else bits | (1 << 63)
-        return b"\x02" + struct.pack(">Q", bits)
+        return b"\x02" + struct.pack(">Q", bits) + record_key(value).encode()
     if value is None:
         return b"\x01"
     if isinstance(value, datetime | DatetimeMS):
@@ -110,7 +115,7 @@ def id_sort_key(value: Any) -> bytes:
         subtype = value.subtype if isinstance(value, Binary) else 0
         return b"\x06" + struct.pack(">IB", len(value), subtype) + bytes(value)
     if isinstance(value, Mapping):
-        return b"\x04" + stored_json(value).encode("utf-8", "surrogateescape")
+        return b"\x04" + record_key(value).encode()
     raise InvalidDocument(f"_id of type {type(value).__name__} is not supported: {value!r}")
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lambda_functions.lake.record_key import RECORD_KEY_FORMAT
 from lambda_functions.lake.store import ObjectExistsError, ObjectStore, new_file_name, open_store
 
 FORMAT = "lakehouse-raw-batch"
@@ -74,6 +75,9 @@ class BatchManifest:
     state: dict[str, Any]  # capture state after this batch (resume token, snapshot progress)
     created_at: str
     quarantined: int = 0
+    # The record key format of the rows' ``_id`` (``record_key.RECORD_KEY_FORMAT``); manifests
+    # written before the field existed are format 1, which the merge re-keys when it reads them.
+    key_format: int = 1
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -230,6 +234,7 @@ class RawZone:
             state=state,
             created_at=datetime.now(UTC).isoformat(),
             quarantined=quarantined,
+            key_format=RECORD_KEY_FORMAT,
             extra=extra or {},
         )
         self.store.put_if_absent(self.manifest_key(batch), manifest.to_json())

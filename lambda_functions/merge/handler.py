@@ -22,6 +22,11 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         )
         for note in result.schema_changes:
             pipes.log.warning(note)
+        for keys in result.ambiguous_deletes:
+            pipes.log.warning(
+                f"{result.namespace}: a DMS key-only delete could mean any of {keys}; "
+                "not applied (the source audit shows the document that remains)"
+            )
         metadata = {
             "dagster/row_count": {"raw_value": result.table_rows, "type": "int"},
             "table_uri": {"raw_value": result.table_uri, "type": "text"},
@@ -45,6 +50,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 "raw_value": "\n".join(result.schema_changes) or "none",
                 "type": "text",
             },
+            "ambiguous_deletes": {"raw_value": len(result.ambiguous_deletes), "type": "int"},
             "partitions_touched": {"raw_value": len(result.buckets_touched), "type": "int"},
             "duration_seconds": {"raw_value": round(result.duration_s, 3), "type": "float"},
         }

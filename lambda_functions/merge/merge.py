@@ -46,6 +46,7 @@ from lambda_functions.lake import BatchManifest, ObjectStore, RawZone, open_stor
 from lambda_functions.lake.raw_zone import BATCH_SCHEMA
 from lambda_functions.merge import copy_on_write
 from lambda_functions.merge.copy_on_write import VersionTakenError
+from lambda_functions.merge.key_candidates import resolve_key_candidates
 from lambda_functions.merge.layout import (
     PARTITION_BY,
     TABLE_CONFIGURATION,
@@ -53,6 +54,11 @@ from lambda_functions.merge.layout import (
     WRITER_PROPERTIES,
     key_bucket,
     key_buckets,
+)
+from lambda_functions.merge.rekey import (
+    record_key_transactions,
+    upgrade_batch_keys,
+    upgrade_record_keys,
 )
 from lambda_functions.merge.schema_evolution import TypedColumns
 from lambda_functions.merge.table_files import TableFiles
@@ -113,6 +119,9 @@ class MergeResult:
     files_in_table: int = 0
     bytes_in_table: int = 0
     schema_changes: list[str] = field(default_factory=list)  # typed columns added or not stored
+    # Deletes without a typed _id (DMS key-only rows) that match several live records: not
+    # applied (see key_candidates); each entry lists the keys it could mean.
+    ambiguous_deletes: list[str] = field(default_factory=list)
 
 
 def lake_table_key(database: str, collection: str) -> str:
@@ -175,6 +184,8 @@ def merge_batches(
     totals = _Totals()
     budget = request.max_batches
     table = open_table(uri, options)
+    if table is not None:
+        upgrade_record_keys(table, zone.namespace, say)
     files = _files_of(table)
     while budget > 0:
         applied = _last_applied(table, app)
@@ -212,6 +223,7 @@ def merge_batches(
         files_in_table=files.count,
         bytes_in_table=files.bytes,
         schema_changes=totals.notes,
+        ambiguous_deletes=totals.ambiguous_deletes,
     )
 
 
@@ -234,6 +246,7 @@ class _Totals:
     duplicate_keys: int = 0
     attempts: int = 0
     notes: list[str] = field(default_factory=list)
+    ambiguous_deletes: list[str] = field(default_factory=list)
 
     def add(self, other: _Totals) -> None:
         for f in fields(self):  # every field is a count or a list: both add up with +
@@ -289,7 +302,14 @@ def _commit_segment(
     numbers = [m.batch for m in segment]
     dropped = bool(segment[0].extra.get("dropped"))
     typed = TypedColumns.of_table(_arrow_schema(table))
-    changes = _read_changes(zone, segment, typed)
+    changes, resolution = resolve_key_candidates(
+        _read_changes(zone, segment, typed), lambda buckets: _live_keys(table, buckets)
+    )
+    for keys in resolution.ambiguous:
+        say(
+            f"{zone.namespace}: a delete without a typed _id (DMS key-only row) matches several "
+            f"documents ({keys}); it was not applied. The source audit shows the survivor"
+        )
     latest = precombine(changes)
     buckets = pc.unique(latest.column("_bucket")).to_pylist()
     max_pos = pc.max(changes.column("_pos")).as_py() if changes.num_rows else None
@@ -302,7 +322,7 @@ def _commit_segment(
             plan = _plan(table, files, latest, buckets, dropped, typed)
             say(plan.describe(zone.namespace, numbers, latest))
             commit = CommitProperties(
-                app_transactions=[Transaction(app, numbers[-1])],
+                app_transactions=[Transaction(app, numbers[-1]), *record_key_transactions()],
                 # Commit against the version read, or fail: delta-rs would otherwise rebase a
                 # lost race onto the winner's version, and does not always notice that the
                 # winner applied the same batches (two first commits both succeed).
@@ -344,6 +364,7 @@ def _commit_segment(
                 duplicate_keys=duplicates,
                 attempts=attempt,
                 notes=typed.notes,
+                ambiguous_deletes=resolution.ambiguous,
             )
             return applied, table, after
         except (CommitFailedError, VersionTakenError, _LostRace):
@@ -496,7 +517,7 @@ def _read_changes(zone: RawZone, manifests: list[BatchManifest], typed: TypedCol
     core = set(BATCH_SCHEMA.names)
     batches = []
     for m in manifests:
-        batch = zone.read_batch(m)
+        batch = upgrade_batch_keys(zone.read_batch(m), m.key_format)
         extras = batch.select([n for n in batch.column_names if n not in core])
         typed.admit(m.batch, extras)
         batches.append((m.batch, batch, extras))
@@ -615,6 +636,16 @@ def _drop_all(table: DeltaTable | None, app: str, batch: int, commit: CommitProp
     if table.transaction_version(app) != batch:
         _record_only(table, commit)
     return int(metrics.get("num_deleted_rows", 0))
+
+
+def _live_keys(table: DeltaTable | None, buckets: list[str]) -> set[str]:
+    """Keys of the live rows (not deletes) stored in ``buckets``."""
+    if table is None or not buckets:
+        return set()
+    dataset = table.to_pyarrow_dataset(file_pruning_predicate=[("_bucket", "in", buckets)])
+    rows = dataset.to_table(columns=["_id", "_op"])
+    live = rows.filter(pc.not_equal(rows.column("_op").cast(pa.string()), "delete"))
+    return set(live.column("_id").cast(pa.string()).to_pylist())
 
 
 def _duplicate_keys(table: DeltaTable, buckets: list[str]) -> int:

@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
+from lambda_functions.lake.record_key import REKEYED_AT_APP
+
 # Columns handed to the warehouse, in order.
 STAGE_SCHEMA = pa.schema(
     [
@@ -54,6 +56,11 @@ def read_lake_changes(
         return _full(table, table_id, version, full_reason)
     if since_table_id != table_id:
         return _full(table, table_id, version, "lake table was re-created (new table id)")
+    rekeyed_at = table.transaction_version(REKEYED_AT_APP)
+    if rekeyed_at is not None and since_version < rekeyed_at <= version:
+        # That commit deleted and inserted the same key texts: its feed cannot be reduced to
+        # one change per key.
+        return _full(table, table_id, version, f"record keys re-encoded at version {rekeyed_at}")
     if since_version >= version:
         empty = STAGE_SCHEMA.empty_table()
         return LakeChanges(table_id, version, empty, False, "up to date")

@@ -390,3 +390,26 @@ def test_workloads_on_two_collections_in_two_processes_share_one_file(tmp_path, 
 
 def source_documents(source: EmbeddedChangeStreamSource, collection: str) -> list[str]:
     return [encode_document(d) for d in source.documents("shop", collection)]
+
+
+def test_the_unique_id_index_follows_mongodb_equality(tmp_path):
+    """MongoDB's unique _id index: numbers are one _id when their exact values are equal
+    (1 = NumberLong(1) = 1.0), different otherwise (NumberLong(2**53 + 1) is not the double
+    2**53; NumberDecimal("0.1") is not the double 0.1); embedded documents compare in order."""
+    with EmbeddedChangeStreamSource(tmp_path / "s.db") as source:
+        distinct = [
+            Int64(2**53 + 1),
+            float(2**53),
+            Decimal128("0.1"),
+            0.1,
+            1,
+            {"a": 1, "b": 2},
+            {"b": 2, "a": 1},
+            "1",
+        ]
+        for _id in distinct:
+            source.insert_one("shop", "orders", {"_id": _id})
+        for same in (Int64(1), 1.0, Decimal128("1.00"), {"a": 1.0, "b": Int64(2)}):
+            with pytest.raises(DuplicateKeyError):
+                source.insert_one("shop", "orders", {"_id": same})
+        assert len(source.documents("shop", "orders")) == len(distinct)

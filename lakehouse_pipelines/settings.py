@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from dagster._utils.schedules import is_valid_cron_string
 
-from lambda_functions.contracts import validate_name
+from lambda_functions.contracts import SOURCE_AUDIT_BUCKETS, validate_name
 
 
 class SettingsError(ValueError):
@@ -115,6 +115,18 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "0 3 * * *",
         "0 3 * * *",
         "lake compaction + vacuum schedule (`lake_maintenance_schedule`, off until turned on)",
+    ),
+    "LAKEHOUSE_AUDIT_CRON": (
+        "",
+        "",
+        "source audit schedule (`source_audit_schedule`: the `source_audit` check of every "
+        "registered collection); empty: no schedule, run it from the UI",
+    ),
+    "LAKEHOUSE_AUDIT_BUCKETS_PER_RUN": (
+        "64",
+        "64",
+        "key-hash buckets (of 64) one source audit compares; below 64 each run samples "
+        "that share of the keys and the next run continues with the next buckets",
     ),
     "LAKEHOUSE_VACUUM_RETENTION_HOURS": (
         "168",
@@ -228,6 +240,8 @@ class LakehouseSettings:
     load_cron: str
     metrics_cron: str
     maintenance_cron: str
+    audit_cron: str
+    audit_buckets_per_run: int
     vacuum_retention_hours: int
     fanout_concurrency: int
     freshness_warn_minutes: float
@@ -319,6 +333,7 @@ class LakehouseSettings:
             "LAKEHOUSE_LOAD_CRON",
             "LAKEHOUSE_METRICS_CRON",
             "LAKEHOUSE_MAINTENANCE_CRON",
+            "LAKEHOUSE_AUDIT_CRON",
         ):
             cron = get(cron_variable)
             if cron and not is_valid_cron_string(cron):
@@ -326,6 +341,12 @@ class LakehouseSettings:
                     f"{cron_variable}={cron!r} is not a cron string (e.g. '*/15 * * * *'), "
                     "or leave it empty for no schedule"
                 )
+        audit_buckets = typed("LAKEHOUSE_AUDIT_BUCKETS_PER_RUN", _int)
+        if not 1 <= audit_buckets <= SOURCE_AUDIT_BUCKETS:
+            raise SettingsError(
+                f"LAKEHOUSE_AUDIT_BUCKETS_PER_RUN must be 1 to {SOURCE_AUDIT_BUCKETS} (the "
+                "share of keys one source audit compares is this / 64)"
+            )
         freshness_warn = typed("LAKEHOUSE_FRESHNESS_WARN_MINUTES", _float)
         freshness_fail = typed("LAKEHOUSE_FRESHNESS_FAIL_MINUTES", _float)
         if freshness_warn >= freshness_fail:
@@ -349,6 +370,8 @@ class LakehouseSettings:
             load_cron=get("LAKEHOUSE_LOAD_CRON"),
             metrics_cron=get("LAKEHOUSE_METRICS_CRON"),
             maintenance_cron=get("LAKEHOUSE_MAINTENANCE_CRON"),
+            audit_cron=get("LAKEHOUSE_AUDIT_CRON"),
+            audit_buckets_per_run=audit_buckets,
             vacuum_retention_hours=retention,
             freshness_warn_minutes=freshness_warn,
             freshness_fail_minutes=freshness_fail,

@@ -136,27 +136,17 @@ class CollectionRequest(_Request):
 
 
 @dataclasses.dataclass(frozen=True)
-class CaptureRequest(CollectionRequest):
-    """Capture the changes since the last checkpoint into one raw batch."""
+class SourceRequest(CollectionRequest):
+    """Fields of a request that reads the source collection: which source and how to reach it."""
 
-    kind: ClassVar[str] = "cdc_capture"
     source_kind: str = "embedded"  # "embedded" | "documentdb"
     # embedded: path of the store file; documentdb: name of the env var holding the URI
     source_location: str = ""
-    demo_changes: int = 0  # embedded only: changes the demo workload makes before capturing
-    max_rows: int = 100_000
-    # Canonical JSON bytes per batch; a batch's peak memory is ~4x this (Python strings, the Arrow
-    # copy, the Parquet buffer), so 64 MiB keeps a 1 GB Lambda well clear (benchmarks/cdc_capture)
-    max_bytes: int = 64 * 1024 * 1024
     # documentdb: ARN of a Secrets Manager secret {username, password, host, port, ...}; used
     # instead of the URI variable when set. The ARN names the secret, it is not the secret.
     secret_arn: str = ""
     tls: bool = True  # documentdb: TLS is on unless explicitly turned off
     tls_ca_file: str = ""  # documentdb: CA bundle path (e.g. global-bundle.pem); "" = system CAs
-    reset: bool = False  # publish a "dropped" marker batch, then take a new snapshot
-    auto_resnapshot: bool = False  # on an expired resume token, re-snapshot instead of failing
-    max_cdc_lag_seconds: float = 900.0  # the cdc_lag check fails above this
-    stream_retention_seconds: int = 3 * 3600  # change-stream log retention (DocumentDB: 3 h)
 
     def validate(self) -> None:
         super().validate()
@@ -164,8 +154,6 @@ class CaptureRequest(CollectionRequest):
             raise InvalidRequestError(
                 f"source_kind {self.source_kind!r} is unknown: use 'embedded' or 'documentdb'"
             )
-        if self.max_rows < 1 or self.max_bytes < 1:
-            raise InvalidRequestError("max_rows and max_bytes must be positive")
         if self.source_kind == "documentdb" and "://" in self.source_location:
             raise InvalidRequestError(
                 "source_location must be the NAME of an environment variable holding the URI, "
@@ -176,10 +164,65 @@ class CaptureRequest(CollectionRequest):
                 "source_kind 'documentdb' needs secret_arn (a Secrets Manager secret) or "
                 "source_location (the NAME of an environment variable holding the URI)"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptureRequest(SourceRequest):
+    """Capture the changes since the last checkpoint into one raw batch."""
+
+    kind: ClassVar[str] = "cdc_capture"
+    demo_changes: int = 0  # embedded only: changes the demo workload makes before capturing
+    max_rows: int = 100_000
+    # Canonical JSON bytes per batch; a batch's peak memory is ~4x this (Python strings, the Arrow
+    # copy, the Parquet buffer), so 64 MiB keeps a 1 GB Lambda well clear (benchmarks/cdc_capture)
+    max_bytes: int = 64 * 1024 * 1024
+    reset: bool = False  # publish a "dropped" marker batch, then take a new snapshot
+    auto_resnapshot: bool = False  # on an expired resume token, re-snapshot instead of failing
+    max_cdc_lag_seconds: float = 900.0  # the cdc_lag check fails above this
+    stream_retention_seconds: int = 3 * 3600  # change-stream log retention (DocumentDB: 3 h)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_rows < 1 or self.max_bytes < 1:
+            raise InvalidRequestError("max_rows and max_bytes must be positive")
         if self.stream_retention_seconds < 1 or self.max_cdc_lag_seconds <= 0:
             raise InvalidRequestError(
                 "stream_retention_seconds and max_cdc_lag_seconds must be positive"
             )
+
+
+# The source audit hashes record keys into this many buckets (see cdc_capture.source_audit).
+SOURCE_AUDIT_BUCKETS = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceAuditRequest(SourceRequest):
+    """Compare the source collection with its lake table, bucket by bucket (read-only on both).
+
+    A run audits ``buckets_per_run`` of the ``SOURCE_AUDIT_BUCKETS`` key-hash buckets (all of them
+    by default), continuing where the previous run stopped, so a big collection is covered over
+    ``SOURCE_AUDIT_BUCKETS / buckets_per_run`` runs at a bounded cost each.
+    """
+
+    kind: ClassVar[str] = "source_audit"
+    buckets_per_run: int = SOURCE_AUDIT_BUCKETS  # sampled rate = buckets_per_run / 64
+    max_rows: int = 2_000_000  # audited documents per side above which the run stops, unaudited
+    page_rows: int = 1_000  # source documents per read
+    max_in_flight: int = 200_000  # change events after the lake's position it will read
+    recheck_delay_s: float = 2.0  # pause before re-reading the keys that differ
+    sample_keys: int = 10  # keys named per kind of difference
+
+    def validate(self) -> None:
+        super().validate()
+        if not 1 <= self.buckets_per_run <= SOURCE_AUDIT_BUCKETS:
+            raise InvalidRequestError(
+                f"buckets_per_run must be 1 to {SOURCE_AUDIT_BUCKETS} (the sampled share of "
+                f"the collection per run is buckets_per_run / {SOURCE_AUDIT_BUCKETS})"
+            )
+        if min(self.max_rows, self.page_rows, self.max_in_flight) < 1:
+            raise InvalidRequestError("max_rows, page_rows and max_in_flight must be positive")
+        if self.recheck_delay_s < 0 or self.sample_keys < 0:
+            raise InvalidRequestError("recheck_delay_s and sample_keys must be 0 or more")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,8 +64,24 @@ MQ_INGEST = FunctionSpec(
     memory_mb=1024,
     description="Amazon MQ / SQS event source: change-event messages into the raw zone.",
 )
+SOURCE_AUDIT = FunctionSpec(
+    name="lakehouse-source-audit",
+    handler="lambda_functions.cdc_capture.audit_handler.handler",
+    timeout_s=900,
+    memory_mb=2048,
+    description="Audits a collection: the source (read from a secondary) against its lake "
+    "table, by key-hash bucket.",
+)
 
 FUNCTIONS: dict[str, FunctionSpec] = {
     spec.name: spec
-    for spec in (CDC_CAPTURE, MERGE, LAKE_MAINTENANCE, WAREHOUSE_LOAD, DMS_INGEST, MQ_INGEST)
+    for spec in (
+        CDC_CAPTURE,
+        MERGE,
+        LAKE_MAINTENANCE,
+        WAREHOUSE_LOAD,
+        DMS_INGEST,
+        MQ_INGEST,
+        SOURCE_AUDIT,
+    )
 }

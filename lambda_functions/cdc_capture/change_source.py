@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from lambda_functions.cdc_capture.demo_workload import DemoWorkload
 from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource
 from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
-from lambda_functions.contracts import CaptureRequest, InvalidRequestError
+from lambda_functions.contracts import CaptureRequest, InvalidRequestError, SourceRequest
 
 
 class ChangeStreamCursor(Protocol):
@@ -42,6 +42,11 @@ class ChangeSource(Protocol):
     ) -> Sequence[Mapping[str, Any]]:
         """Current documents in ``_id`` order, strictly after ``after_id`` when given."""
 
+    def documents_by_id(
+        self, database: str, collection: str, ids: Sequence[Any]
+    ) -> Sequence[Mapping[str, Any]]:
+        """The current documents whose ``_id`` is one of ``ids`` (absent ones are left out)."""
+
     def watch(
         self,
         database: str,
@@ -56,14 +61,20 @@ class ChangeSource(Protocol):
     def close(self) -> None: ...
 
 
-def open_source(request: CaptureRequest) -> ChangeSource:
-    """The change source a capture request names; the caller closes it.
+def open_source(request: SourceRequest, *, read_preference: str | None = None) -> ChangeSource:
+    """The change source a request names; the caller closes it.
 
-    For ``embedded``, ``source_location`` is the store file and ``demo_changes > 0`` first lets the
-    demo workload (the "application") make that many changes, so each capture has something new.
-    For ``documentdb``, a pymongo client (``DocumentDBChangeSource``): TLS on by default,
-    credentials from Secrets Manager (``secret_arn``) or the environment variable named by
-    ``source_location``.
+    For ``embedded``, ``source_location`` is the store file and, for a capture request,
+    ``demo_changes > 0`` first lets the demo workload (the "application") make that many changes,
+    so each capture has something new. For ``documentdb``, a pymongo client
+    (``DocumentDBChangeSource``): TLS on by default, credentials from Secrets Manager
+    (``secret_arn``) or the environment variable named by ``source_location``.
+
+    Args:
+        request: the capture or audit request naming the source.
+        read_preference: documentdb only: a MongoDB read preference mode for every read of this
+            client (the audit passes ``"secondaryPreferred"`` so it does not load the primary);
+            ``None`` keeps the driver's default (primary), which is what capture uses.
     """
     if request.source_kind == "embedded":
         if not request.source_location:
@@ -73,11 +84,13 @@ def open_source(request: CaptureRequest) -> ChangeSource:
             )
         source = EmbeddedChangeStreamSource(request.source_location)
         try:
-            if request.demo_changes > 0:
+            if isinstance(request, CaptureRequest) and request.demo_changes > 0:
                 workload = DemoWorkload(source, request.database, request.collection)
                 workload.run(request.demo_changes)
         except BaseException:
             source.close()
             raise
         return source
-    return DocumentDBChangeSource.open(request)
+    if read_preference is None:
+        return DocumentDBChangeSource.open(request)
+    return DocumentDBChangeSource.open(request, readPreference=read_preference)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -51,7 +51,7 @@ from lambda_functions.cdc_capture.positions import (
     operation_time_position,
     token_position,
 )
-from lambda_functions.contracts import CaptureRequest
+from lambda_functions.contracts import SourceRequest
 
 DEFAULT_MAX_AWAIT_MS = 500  # how long a getMore waits for new events before answering empty
 INVALID_TOKEN_CODES = frozenset({260, 280})  # InvalidResumeToken, ChangeStreamFatalError
@@ -88,7 +88,7 @@ def mask_credentials(text: str, secrets: tuple[str, ...] = ()) -> str:
 
 
 def connection_target(
-    request: CaptureRequest,
+    request: SourceRequest,
     *,
     environ: Mapping[str, str] | None = None,
     secrets_client: Any = None,
@@ -124,7 +124,7 @@ def connection_target(
     return uri, (uri,)
 
 
-def client_options(request: CaptureRequest) -> dict[str, Any]:
+def client_options(request: SourceRequest) -> dict[str, Any]:
     """Keyword arguments for ``MongoClient``: TLS on by default, DocumentDB-friendly settings."""
     options: dict[str, Any] = {
         "tls": request.tls,
@@ -156,7 +156,7 @@ class DocumentDBChangeSource:
     @classmethod
     def open(
         cls,
-        request: CaptureRequest,
+        request: SourceRequest,
         *,
         environ: Mapping[str, str] | None = None,
         secrets_client: Any = None,
@@ -223,6 +223,16 @@ class DocumentDBChangeSource:
             if later and (not wanted or len(page) < wanted):
                 page += find({"_id": {"$type": list(later)}}, wanted - len(page) if wanted else 0)
             return page
+
+    def documents_by_id(
+        self, database: str, collection: str, ids: Sequence[Any]
+    ) -> list[RawBSONDocument]:
+        """The documents whose ``_id`` is in ``ids`` (one ``find`` with ``$in``, raw BSON)."""
+        if not ids:
+            return []
+        coll = self.client[database].get_collection(collection, codec_options=RAW)
+        with self._errors():
+            return list(coll.find({"_id": {"$in": list(ids)}}, sort=[("_id", 1)]))
 
     def watch(
         self,

@@ -310,6 +310,14 @@ class EmbeddedChangeStreamSource:
         ).fetchall()
         return [decode_document(id_json)["_id"] for (id_json,) in rows]
 
+    def documents_by_id(
+        self, database: str, collection: str, ids: Sequence[Any]
+    ) -> list[dict[str, Any]]:
+        """The documents whose ``_id`` is one of ``ids``, in ``_id`` order (absent ones left out)."""
+        found = [self.find_one(database, collection, _id) for _id in ids]
+        docs = {id_sort_key(doc["_id"]): doc for doc in found if doc is not None}
+        return [docs[key] for key in sorted(docs)]
+
     def find_one(self, database: str, collection: str, _id: Any) -> dict[str, Any] | None:
         doc_json = self._document_json(database, collection, _id)
         return decode_document(doc_json) if doc_json is not None else None

@@ -122,6 +122,7 @@ def test_definitions_load_with_default_settings():
         "cdc_raw_batches",
         "lake_table",
         "lake_table_maintenance",
+        "source_audit",
         "warehouse_table",
         "pipeline_metrics",
     }
@@ -130,6 +131,7 @@ def test_definitions_load_with_default_settings():
     for schedule in ("cdc_capture_schedule", "lake_maintenance_schedule"):
         assert defs.resolve_schedule_def(schedule)
     assert defs.resolve_job_def("register_collections")
+    assert defs.resolve_job_def("source_audit_job")
 
 
 def test_maintenance_runs_in_lambda_and_leaves_the_incremental_load_intact(settings):

@@ -1,4 +1,6 @@
-"""CDC capture: DocumentDB changes into the raw zone, one atomic batch per run."""
+"""CDC capture: DocumentDB changes into the raw zone, one atomic batch per run; and the source
+audit, the check that compares the source collection with its lake table (it reads the source, so
+its function lives with capture's)."""
 
 from dagster import (
     AssetCheckSpec,
@@ -19,10 +21,13 @@ from lakehouse_pipelines.defs.collections import (
 )
 from lakehouse_pipelines.resources import LambdaPipes
 from lakehouse_pipelines.settings import LakehouseSettings
-from lambda_functions.contracts import CaptureRequest, DmsIngestRequest
-from lambda_functions.registry import CDC_CAPTURE
+from lambda_functions.contracts import CaptureRequest, DmsIngestRequest, SourceAuditRequest
+from lambda_functions.registry import CDC_CAPTURE, SOURCE_AUDIT
 
 CAPTURE_KEY = "cdc_raw_batches"
+LAKE_TABLE_KEY = "lake_table"  # the merge stage's asset, which the source audit checks
+SOURCE_AUDIT_KEY = "source_audit"
+LAKE_MATCHES_SOURCE = "lake_matches_source"
 
 
 class CaptureConfig(Config):
@@ -104,17 +109,78 @@ def dms_request(lakehouse: LakehouseSettings, namespace: str, dms_uri: str) -> D
     )
 
 
+@collection_asset(
+    name=SOURCE_AUDIT_KEY,
+    deps=[LAKE_TABLE_KEY],
+    group_name="verification",
+    kinds={"documentdb", "deltalake", "lambda"},
+    check_specs=[
+        AssetCheckSpec(
+            LAKE_MATCHES_SOURCE,
+            asset=SOURCE_AUDIT_KEY,
+            description=(
+                "The lake table holds what the source collection holds: per key-hash bucket the "
+                "same count and hash of (record key, document), compared as of the change-stream "
+                "position the lake has reached (keys changed since are in flight; differences "
+                "are re-read before they are reported). Fails (ERROR) naming missing, extra and "
+                "different keys; warns when it could not audit, with the reason."
+            ),
+        )
+    ],
+    description=(
+        "The source audit of each collection's lake table, run in Lambda (reading the source "
+        "from a secondary): figures of the last audit (buckets compared, counts, in-flight "
+        "keys, differences, sampled rate). Samples LAKEHOUSE_AUDIT_BUCKETS_PER_RUN of 64 key "
+        "buckets per run, continuing where the last run stopped. Changes no data."
+    ),
+)
+def source_audit(
+    context: AssetExecutionContext,
+    lakehouse: ResourceParam[LakehouseSettings],
+    lambda_pipes: ResourceParam[LambdaPipes],
+) -> MaterializeResult:
+    return invoke_per_collection(
+        context, lambda_pipes, lakehouse, SOURCE_AUDIT, lambda key: audit_request(lakehouse, key)
+    )
+
+
+def audit_request(lakehouse: LakehouseSettings, namespace: str) -> SourceAuditRequest:
+    """The audit of one collection: capture's source settings, never the demo workload."""
+    return SourceAuditRequest(
+        **request_fields(lakehouse, namespace),
+        source_kind=lakehouse.source_kind,
+        source_location=lakehouse.source_location,
+        secret_arn=lakehouse.documentdb_secret_arn,
+        tls=lakehouse.documentdb_tls,
+        tls_ca_file=lakehouse.documentdb_ca_file,
+        buckets_per_run=lakehouse.audit_buckets_per_run,
+    )
+
+
 capture_job = define_asset_job("cdc_capture_job", selection=[CAPTURE_KEY])
+source_audit_job = define_asset_job(
+    "source_audit_job",
+    selection=[SOURCE_AUDIT_KEY],
+    description="Audits the registered collections' lake tables against their sources.",
+)
 
 
 def build_defs(settings: LakehouseSettings) -> Definitions:
     return Definitions(
-        assets=[cdc_raw_batches],
-        jobs=[capture_job],
-        schedules=collections_schedule(
-            "cdc_capture_schedule",
-            capture_job,
-            settings.capture_cron,
-            "Captures every registered collection in one run (fanned out across Lambdas).",
-        ),
+        assets=[cdc_raw_batches, source_audit],
+        jobs=[capture_job, source_audit_job],
+        schedules=[
+            *collections_schedule(
+                "cdc_capture_schedule",
+                capture_job,
+                settings.capture_cron,
+                "Captures every registered collection in one run (fanned out across Lambdas).",
+            ),
+            *collections_schedule(
+                "source_audit_schedule",
+                source_audit_job,
+                settings.audit_cron,
+                "Audits every registered collection against its source in one run.",
+            ),
+        ],
     )

@@ -3,7 +3,7 @@
 ``EmbeddedBackedServer`` serves the commands the pymongo change source sends, with the data and
 the change-event log of an ``EmbeddedChangeStreamSource`` file:
 
-- ``find`` with ``{"_id": {"$gt": x}}`` or ``{"_id": {"$type": [...]}}``, ``sort: {_id: 1}``,
+- ``find`` with ``{"_id": {"$gt": x}}``, ``{"_id": {"$in": [...]}}`` or ``{"_id": {"$type": [...]}}``, ``sort: {_id: 1}``,
   ``limit``: documents from the store in ``_id`` order (one batch, cursor id 0);
 - ``aggregate`` with a ``$changeStream`` stage (``resumeAfter`` or none, ``fullDocument``): opens
   a stream on the store, answers the first batch and a ``postBatchResumeToken``; the store's
@@ -29,6 +29,7 @@ wire as the very bytes stored.
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,11 +59,30 @@ HELLO = {"ismaster": True, "minWireVersion": 0, "maxWireVersion": 13, "msg": Non
 class EmbeddedBackedServer:
     """See the module docstring; ``uri`` is what a pymongo client connects to."""
 
-    def __init__(self, store_path: Path, *, events_per_batch: int | None = None):
+    def __init__(
+        self,
+        store_path: Path,
+        *,
+        events_per_batch: int | None = None,
+        replica_set: str | None = None,
+    ):
         self.store_path = store_path
         self.extra_collections: list[str] = []
         self.events_per_batch = events_per_batch  # cap on a batch, to force several getMores
-        self.server = MockupDB(auto_ismaster=HELLO, verbose=False, request_timeout=30)
+        # A replica set's primary rather than a standalone: pymongo sends no read preference to
+        # a standalone and always primaryPreferred on a direct connection, so a test of the read
+        # preference connects to it as a replica set (``uri``).
+        self.replica_set = replica_set
+        hello, port = HELLO, 0
+        if replica_set:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            member = f"localhost:{port}"
+            hello = HELLO | {"setName": replica_set, "hosts": [member], "me": member}
+        self.server = MockupDB(
+            port=port or None, auto_ismaster=hello, verbose=False, request_timeout=30
+        )
         self.commands: list[dict[str, Any]] = []
         self._local = threading.local()
         self._cursors: dict[int, Any] = {}
@@ -82,6 +102,8 @@ class EmbeddedBackedServer:
 
     @property
     def uri(self) -> str:
+        if self.replica_set:
+            return f"{self.server.uri}/?replicaSet={self.replica_set}"
         return f"{self.server.uri}/?directConnection=true"
 
     def start(self) -> EmbeddedBackedServer:
@@ -124,6 +146,8 @@ class EmbeddedBackedServer:
             docs = self.store.documents(database, collection, after_id=condition["$gt"])
             bracket = _type_bracket(condition["$gt"])
             docs = [d for d in docs if _type_bracket(d["_id"]) == bracket]
+        elif "$in" in condition:
+            docs = self.store.documents_by_id(database, collection, condition["$in"])
         elif "$type" in condition:
             wanted = set(condition["$type"])
             docs = [
@@ -212,9 +236,11 @@ class EmbeddedBackedServer:
 
 @contextmanager
 def embedded_backed_server(
-    store_path: Path, *, events_per_batch: int | None = None
+    store_path: Path, *, events_per_batch: int | None = None, replica_set: str | None = None
 ) -> Iterator[EmbeddedBackedServer]:
-    server = EmbeddedBackedServer(store_path, events_per_batch=events_per_batch).start()
+    server = EmbeddedBackedServer(
+        store_path, events_per_batch=events_per_batch, replica_set=replica_set
+    ).start()
     try:
         yield server
     finally:

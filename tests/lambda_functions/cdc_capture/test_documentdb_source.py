@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import boto3
@@ -36,10 +37,17 @@ from lambda_functions.cdc_capture.documentdb_source import (
 )
 from lambda_functions.cdc_capture.errors import SourceConnectionError
 from lambda_functions.cdc_capture.extended_json import encode_document
-from lambda_functions.contracts import CaptureRequest, InvalidRequestError
+from lambda_functions.cdc_capture.source_audit import READ_PREFERENCE, audit_source
+from lambda_functions.contracts import (
+    CaptureRequest,
+    InvalidRequestError,
+    MergeRequest,
+    SourceAuditRequest,
+)
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.record_key import record_key
 from lambda_functions.lake.store import LocalObjectStore
+from lambda_functions.merge import merge_batches
 from tests.lambda_functions.cdc_capture.mock_documentdb import HELLO, embedded_backed_server
 
 DB, COLL = "shop", "orders"
@@ -314,3 +322,53 @@ def test_open_source_picks_the_pymongo_source_for_documentdb(monkeypatch):
         assert isinstance(source, DocumentDBChangeSource)
     finally:
         source.close()
+
+
+def test_the_source_audit_reads_from_a_secondary_and_capture_does_not(tmp_path, store, monkeypatch):
+    """Over the wire: the audit's finds and change stream carry secondaryPreferred; capture's
+    commands keep the default (primary), and the audit over pymongo matches the embedded one."""
+    workload = DemoWorkload(store, initial_documents=30)
+    workload.run(0)
+    with embedded_backed_server(
+        tmp_path / "store.db", events_per_batch=7, replica_set="rs0"
+    ) as server:
+        monkeypatch.setenv("DOCDB_URI", server.uri)
+        lake = str(tmp_path / "lake")
+        capture = CaptureRequest(
+            lake_uri=lake,
+            database=DB,
+            collection=COLL,
+            source_kind="documentdb",
+            source_location="DOCDB_URI",
+            tls=False,
+        )
+        with closing(open_source(capture)) as source:
+            capture_changes(capture, source=source)
+        merge_batches(MergeRequest(lake_uri=lake, database=DB, collection=COLL))
+        workload.run(10)  # changes the lake has not reached: in flight
+        captured = len(server.commands)
+
+        audit = SourceAuditRequest(
+            lake_uri=lake,
+            database=DB,
+            collection=COLL,
+            source_kind="documentdb",
+            source_location="DOCDB_URI",
+            tls=False,
+            recheck_delay_s=0,
+        )
+        with closing(open_source(audit, read_preference=READ_PREFERENCE)) as source:
+            result = audit_source(audit, source=source)
+
+    assert result.passed and result.in_flight > 0
+    assert result.source_count == store.count_documents(DB, COLL)
+    audit_reads = [c for c in server.commands[captured:] if {"find", "aggregate"} & set(c)]
+    assert {"find", "aggregate"} <= {next(iter(c)) for c in audit_reads}
+    assert [c.get("$readPreference") for c in audit_reads] == [
+        {"mode": "secondaryPreferred"}
+    ] * len(audit_reads), [c.get("$readPreference") for c in audit_reads]
+    capture_reads = [c for c in server.commands[:captured] if {"find", "aggregate"} & set(c)]
+    # capture keeps the driver default (primary: no $readPreference is sent)
+    assert capture_reads and all(
+        c.get("$readPreference", {}).get("mode") != "secondaryPreferred" for c in capture_reads
+    )

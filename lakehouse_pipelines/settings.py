@@ -201,6 +201,12 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "900",
         "the `cdc_lag` check on `cdc_raw_batches` fails above this many seconds",
     ),
+    "LAKEHOUSE_DMS_CSV_DELIMITER": (
+        ",",
+        ",",
+        "DMS ingestion: the S3 target endpoint's `CsvDelimiter` (one character, DMS default `,`; "
+        "`\\t` for a tab)",
+    ),
     "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS": (
         "10800",
         "10800",
@@ -259,6 +265,7 @@ class LakehouseSettings:
     auto_resnapshot: bool
     max_cdc_lag_seconds: float
     change_stream_retention_seconds: int
+    dms_csv_delimiter: str
 
     @property
     def is_aws(self) -> bool:
@@ -396,6 +403,7 @@ class LakehouseSettings:
             change_stream_retention_seconds=typed(
                 "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS", _int
             ),
+            dms_csv_delimiter=typed("LAKEHOUSE_DMS_CSV_DELIMITER", _delimiter),
         )
 
 
@@ -458,6 +466,17 @@ def _projection(value: str) -> dict[str, str]:
     except PlanError as error:
         raise SettingsError(f"LAKEHOUSE_WAREHOUSE_PROJECTION: {error}") from None
     return projection
+
+
+def _delimiter(value: str, name: str) -> str:
+    """One CSV field delimiter; ``\\t`` (written as two characters) is a tab."""
+    value = "\t" if value == "\\t" else value
+    if len(value) != 1 or value in '"\r\n':
+        raise SettingsError(
+            f"{name}={value!r} must be one character, the CsvDelimiter of the DMS S3 target "
+            "endpoint (DMS default ','; write \\t for a tab)"
+        )
+    return value
 
 
 def _int(value: str, name: str) -> int:

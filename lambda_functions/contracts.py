@@ -23,6 +23,32 @@ class InvalidRequestError(ValueError):
     """The event does not describe a valid request; the message says which field and why."""
 
 
+def name_problem(value: Any) -> str | None:
+    """What keeps ``value`` from being a database/collection name here (``None`` when it is
+    one), in words: MongoDB allows names this product cannot turn into lake paths and SQL
+    identifiers (dots, as in GridFS's ``fs.files``; ``$``; spaces; more than 63 characters)."""
+    if not isinstance(value, str):
+        return f"it is a {type(value).__name__}, not a string"
+    if _NAME.match(value):
+        return None
+    problems = []
+    if len(value) > 63:
+        problems.append(f"it is {len(value)} characters long (at most 63)")
+    if not value:
+        problems.append("it is empty")
+    elif not (value[0].isascii() and (value[0].isalpha() or value[0] == "_")):
+        problems.append(f"it starts with {value[0]!r} (a letter or '_' is needed)")
+    odd = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in "_-"))})
+    named = {".": "dots", "$": "'$'", " ": "spaces"}
+    if odd:
+        problems.append(
+            "it contains "
+            + ", ".join(named.get(c, repr(c)) for c in odd)
+            + (" (e.g. GridFS's fs.files and fs.chunks)" if "." in odd else "")
+        )
+    return "; ".join(problems)
+
+
 def validate_name(value: str, what: str) -> str:
     """Database, collection and table names become paths and SQL identifiers: keep them plain."""
     if not isinstance(value, str) or not _NAME.match(value):
@@ -292,6 +318,8 @@ class DmsIngestRequest(CollectionRequest):
     dms_uri: str = ""  # the collection's DMS folder: s3://bucket/<folder>/<db>/<coll> or a path
     max_rows: int = 100_000
     max_bytes: int = 256 * 1024 * 1024
+    # The S3 target endpoint's CsvDelimiter (DMS default ","), one character.
+    csv_delimiter: str = ","
 
     def validate(self) -> None:
         super().validate()
@@ -299,6 +327,11 @@ class DmsIngestRequest(CollectionRequest):
             raise InvalidRequestError(
                 "dms_uri must name the folder DMS writes this collection to, e.g. "
                 "s3://dms-output/cdc/shop/orders"
+            )
+        if len(self.csv_delimiter) != 1 or self.csv_delimiter in '"\r\n':
+            raise InvalidRequestError(
+                f"csv_delimiter {self.csv_delimiter!r} must be the one character the DMS S3 "
+                "endpoint's CsvDelimiter setting names (default ','), not a quote or a newline"
             )
         if self.max_rows < 1 or self.max_bytes < 1:
             raise InvalidRequestError("max_rows and max_bytes must be positive")

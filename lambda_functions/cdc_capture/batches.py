@@ -14,13 +14,17 @@ from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
-from bson.errors import InvalidDocument
+from bson.datetime_ms import DatetimeMS
+from bson.errors import InvalidBSON, InvalidDocument
 from bson.raw_bson import RawBSONDocument
 
 from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
 from lambda_functions.cdc_capture.extended_json import (
+    RAW_DOCUMENT_OPTIONS,
     encode_document,
     encode_raw,
+    invalid_utf8_path,
+    not_utf8_reason,
     relaxed_json,
 )
 from lambda_functions.cdc_capture.positions import cluster_position, commit_position, millis
@@ -73,10 +77,12 @@ class BatchRows:
     ) -> tuple[int, Any]:
         """Add snapshot documents until the page ends or ``max_bytes`` is reached.
 
-        Returns how many documents were taken and the last one taken that has an ``_id`` (the
-        paging cursor; ``None`` if none had one). Raw BSON documents whose ``_id`` leads the
-        document (what servers store) take the fast path: key and canonical JSON straight from
-        the bytes, with no decoding in Python.
+        Returns how many documents were taken and the ``_id`` of the last one taken that has an
+        ``_id`` (the paging cursor; ``None`` if none had one), read so that it never raises: a
+        document quarantined for a string that is not valid UTF-8 (even in its ``_id``) or any
+        other reason still moves the cursor past it (``paging_id``). Raw BSON documents whose
+        ``_id`` leads the document (what servers store) take the fast path: key and canonical
+        JSON straight from the bytes, with no decoding in Python.
         """
         ids, docs, ops, positions, times = (
             self.ids,
@@ -85,7 +91,7 @@ class BatchRows:
             self.positions,
             self.times_ms,
         )
-        taken, size, last_with_id = 0, self.bytes, None
+        taken, size = 0, self.bytes
         for document in page:
             taken += 1
             key = raw_record_key(document.raw) if type(document) is RawBSONDocument else None
@@ -94,7 +100,7 @@ class BatchRows:
                     doc = encode_raw(document.raw)
                 except InvalidDocument as error:
                     self.bytes = size
-                    self.quarantine(f"document cannot be encoded: {error}", document)
+                    self.quarantine(str(error), document)
                     size = self.bytes
                 else:
                     ids.append(key)
@@ -103,7 +109,6 @@ class BatchRows:
                     positions.append(pos)
                     times.append(time_ms)
                     size += len(key) + len(doc) + ROW_OVERHEAD_BYTES
-                last_with_id = taken
             else:
                 self.bytes = size
                 try:
@@ -113,13 +118,14 @@ class BatchRows:
                 else:
                     self.add(_id, "snapshot", pos, time_ms, doc)
                 size = self.bytes
-                if isinstance(document, Mapping) and "_id" in document:
-                    last_with_id = taken
             if size >= max_bytes:
                 break
         self.bytes = size
-        last_id = page[last_with_id - 1]["_id"] if last_with_id else None
-        return taken, last_id
+        for document in reversed(page[:taken]):
+            found, last_id = paging_id(document)
+            if found:
+                return taken, last_id
+        return taken, None
 
     def quarantine(self, reason: str, raw: Any) -> None:
         line = f'{{"reason": {json.dumps(reason)}, "raw": {relaxed_json(raw)}}}'
@@ -140,14 +146,31 @@ class BatchRows:
         )
 
 
+def paging_id(document: Any) -> tuple[bool, Any]:
+    """(whether it has one, the ``_id``) of a snapshot document, never raising: raw BSON is
+    read with ``RAW_DOCUMENT_OPTIONS`` (an ``_id`` string that is not valid UTF-8 comes back with
+    surrogate escapes, which the sources turn back into the original bytes to page after it; a
+    date outside years 1-9999 as ``DatetimeMS``)."""
+    if isinstance(document, RawBSONDocument):
+        try:
+            readable = RawBSONDocument(document.raw, RAW_DOCUMENT_OPTIONS)
+            return ("_id" in readable), readable.get("_id")
+        except (InvalidBSON, ValueError, TypeError):
+            return False, None  # not even a BSON document: nothing to page by
+    if isinstance(document, Mapping) and "_id" in document:
+        return True, document["_id"]
+    return False, None
+
+
 def document_json(document: Any) -> tuple[str, str]:
-    """(key string, canonical JSON) of a full document, or ``Malformed``."""
+    """(key string, canonical JSON) of a full document, or ``Malformed`` with the reason."""
     if not isinstance(document, Mapping):
         raise Malformed(f"document is a {type(document).__name__}, not a document")
     try:
+        doc = encode_document(document)
         if "_id" not in document:
             raise Malformed("document has no _id")
-        return record_key(document["_id"]), encode_document(document)
+        return record_key(document["_id"]), doc
     except Malformed:
         raise
     except Exception as error:  # any encoding failure is about this document only
@@ -156,24 +179,46 @@ def document_json(document: Any) -> tuple[str, str]:
 
 def event_row(event: Mapping[str, Any]) -> tuple[str, str, int, int, str | None] | None:
     """The row of a data-change event; ``None`` for an update whose document is gone (the
-    server's ``updateLookup`` found nothing: its delete follows in the stream)."""
+    server's ``updateLookup`` found nothing: its delete follows in the stream). Anything wrong
+    with the event (a key or document that cannot be stored, a missing field) is ``Malformed``,
+    never another exception, so the stream moves past it."""
+    try:
+        return _event_row(event)
+    except Malformed:
+        raise
+    except Exception as error:  # an undecodable raw event: about this event only
+        raise Malformed(
+            f"{event.get('operationType', 'change')} event cannot be read: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+
+
+def _event_row(event: Mapping[str, Any]) -> tuple[str, str, int, int, str | None] | None:
     op = event["operationType"]
     key = event.get("documentKey")
     if not isinstance(key, Mapping) or "_id" not in key:
         raise Malformed(f"{op} event has no documentKey._id")
     cluster_time = event.get("clusterTime")
     wall = event.get("wallTime")
+    wall = wall if isinstance(wall, datetime | DatetimeMS) else None
     if hasattr(cluster_time, "time") and hasattr(cluster_time, "inc"):
         pos = cluster_position(cluster_time.time, cluster_time.inc)
-        time_ms = millis(wall) if isinstance(wall, datetime) else cluster_time.time * 1000
-    elif isinstance(wall, datetime):
-        pos, time_ms = commit_position(wall), millis(wall)
+        time_ms = millis(wall) if wall is not None else cluster_time.time * 1000
+    elif wall is not None:
+        try:
+            pos, time_ms = commit_position(wall), millis(wall)
+        except ValueError as error:
+            raise Malformed(
+                f"{op} event has no clusterTime and its wallTime cannot order it: {error}"
+            ) from None
     else:
         raise Malformed(f"{op} event has no clusterTime timestamp")
     try:
         _id = record_key(key["_id"])
     except Exception as error:
-        raise Malformed(f"documentKey._id cannot be encoded: {error}") from error
+        bad = invalid_utf8_path(key)
+        reason = not_utf8_reason(bad) if bad else str(error)
+        raise Malformed(f"documentKey._id cannot be a record key: {reason}") from error
     if op == "delete":
         return _id, op, pos, time_ms, None
     document = event.get("fullDocument")

@@ -7,7 +7,11 @@ gives two data columns, ``_id`` and ``_doc`` (the document as JSON). CDC rows st
 (I/U/D); full-load rows have no ``Op`` unless ``IncludeOpForFullLoad``; ``TimestampColumnName``
 adds a ``yyyy-MM-dd HH:mm:ss.SSSSSS`` column (the commit time for CDC). CSV files may have a
 header (``AddColumnName``) or not: without one the layout is read from the field count and values
-(``[Op,] [timestamp,] _id, _doc``); ``.csv.gz`` is read too.
+(``[Op,] [timestamp,] _id, _doc``); ``.csv.gz`` is read too. Fields are split at the endpoint's
+``CsvDelimiter`` (``request.csv_delimiter``, DMS's default ``,``); rows end at ``\n`` (DMS's
+default ``CsvRowDelimiter``; ``\r\n`` is read too). A row that does not split into ``_id`` and a
+JSON ``_doc`` with that delimiter is a dead letter naming the delimiter it seems to use and the
+setting to change (``LAKEHOUSE_DMS_CSV_DELIMITER``).
 
 Rows:
 - full-load rows are ``snapshot`` rows at ``pos`` 0, so every CDC change (DMS applies the changes
@@ -198,7 +202,7 @@ def _ingest_pending(
         current = bookmark["current"]
         offset = current["rows_done"] if current["key"] == dms_file.key else 0
         try:
-            file_rows = list(_file_rows(source, dms_file))
+            file_rows = list(_file_rows(source, dms_file, request.csv_delimiter))
         except Exception as error:  # unreadable file: a dead letter, never skipped silently
             rows.quarantine(f"{dms_file.key} cannot be read: {error}", {"key": dms_file.key})
             file_rows = []
@@ -236,8 +240,12 @@ def _pending(source: ObjectStore, bookmark: dict[str, Any]) -> list[DmsFile]:
     return sorted(loads, key=lambda f: f.key) + sorted(cdc, key=lambda f: (f.name, f.key))
 
 
-def _file_rows(source: ObjectStore, dms_file: DmsFile) -> Iterator[dict[str, Any]]:
-    """The rows of one file as dicts with ``Op``, ``_ts``, ``_id``, ``_doc`` (``None`` if absent)."""
+def _file_rows(
+    source: ObjectStore, dms_file: DmsFile, delimiter: str = ","
+) -> Iterator[dict[str, Any]]:
+    """The rows of one file as dicts with ``Op``, ``_ts``, ``_id``, ``_doc`` (``None`` if absent),
+    and ``_problem`` when a CSV row does not split into ``_id`` and a JSON ``_doc`` at
+    ``delimiter``."""
     data = source.get(dms_file.key)
     if dms_file.name.endswith(".gz"):
         data = gzip.decompress(data)
@@ -254,7 +262,7 @@ def _file_rows(source: ObjectStore, dms_file: DmsFile) -> Iterator[dict[str, Any
                 "_doc": record.get("_doc"),
             }
         return
-    reader = csv.reader(io.StringIO(data.decode("utf-8")))
+    reader = csv.reader(io.StringIO(data.decode("utf-8")), delimiter=delimiter)
     header: list[str] | None = None
     for line in reader:
         if not line:
@@ -262,7 +270,25 @@ def _file_rows(source: ObjectStore, dms_file: DmsFile) -> Iterator[dict[str, Any
         if header is None and "_id" in line and "_doc" in line:
             header = line  # AddColumnName=true
             continue
-        yield _csv_row(line, header)
+        row = _csv_row(line, header)
+        doc = row.get("_doc")
+        if len(line) < 2 or (doc and not doc.lstrip().startswith("{")):
+            row["_problem"] = _delimiter_problem(line, delimiter)
+        yield row
+
+
+def _delimiter_problem(line: list[str], delimiter: str) -> str:
+    """Why a CSV row did not split into ``_id`` and ``_doc``: the delimiter, most likely."""
+    text = delimiter.join(line)
+    before_document = text[: text.find("{")] if "{" in text else text
+    found = [c for c in (",", ";", "|", "\t", "^") if c != delimiter and c in before_document]
+    seen = f" (found {found[0]!r} between its leading fields)" if found else ""
+    return (
+        f"the row does not parse with CsvDelimiter {delimiter!r}{seen}: it gave {len(line)} "
+        "field(s) and no JSON _doc, where document mode writes [Op,] [timestamp,] _id, _doc; "
+        "set LAKEHOUSE_DMS_CSV_DELIMITER (DmsIngestRequest.csv_delimiter) to the DMS S3 "
+        "endpoint's CsvDelimiter"
+    )
 
 
 def _csv_row(line: list[str], header: list[str] | None) -> dict[str, Any]:
@@ -284,6 +310,8 @@ def _csv_row(line: list[str], header: list[str] | None) -> dict[str, Any]:
 def _add_row(rows: BatchRows, dms_file: DmsFile, index: int, row: dict[str, Any]) -> None:
     where = f"{dms_file.key} row {index + 1}"
     try:
+        if row.get("_problem"):
+            raise Malformed(row["_problem"])
         moment = _moment(row.get("_ts"), dms_file)
         if dms_file.kind == "load":
             op, pos = "snapshot", 0
@@ -291,7 +319,10 @@ def _add_row(rows: BatchRows, dms_file: DmsFile, index: int, row: dict[str, Any]
             op = OPS.get(str(row.get("Op") or "").strip())
             if op is None:
                 raise Malformed(f"Op {row.get('Op')!r} is not I, U or D")
-            pos = commit_position(moment)
+            try:
+                pos = commit_position(moment)
+            except ValueError as error:
+                raise Malformed(f"its commit time cannot order it: {error}") from None
         time_ms = millis(moment)
         if op == "delete":
             key, candidates = _delete_key(row)
@@ -307,7 +338,8 @@ def _add_row(rows: BatchRows, dms_file: DmsFile, index: int, row: dict[str, Any]
         key, doc = document_json(document)
         rows.add(key, op, pos, time_ms, doc)
     except Malformed as problem:
-        rows.quarantine(f"{where}: {problem}", {k: v for k, v in row.items() if v is not None})
+        kept = {k: v for k, v in row.items() if v is not None and k != "_problem"}
+        rows.quarantine(f"{where}: {problem}", kept)
 
 
 def _delete_key(row: dict[str, Any]) -> tuple[str, str | None]:

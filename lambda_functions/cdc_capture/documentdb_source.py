@@ -10,7 +10,11 @@ Implements ``ChangeSource`` with the server doing the work:
   so each chunk of a snapshot costs the same however far in it is), returned as
   ``RawBSONDocument`` so capture turns them into canonical JSON without decoding them in Python.
   ``$gt`` compares within one BSON type only, so when a type's documents run out the next page
-  continues with the ``_id`` types that sort after it (MongoDB's cross-type order).
+  continues with the ``_id`` types that sort after it (MongoDB's cross-type order). The filter is
+  sent as raw BSON (``raw_bson_document``), so an ``_id`` string that is not valid UTF-8 (read
+  with surrogate escapes, ``extended_json.RAW_DOCUMENT_OPTIONS``) goes back to the server as the
+  very bytes it stored, and the snapshot pages past that document like any other; dates outside
+  Python's years 1-9999 come back as ``DatetimeMS`` and page the same way.
 - ``watch``: ``resumeAfter`` the saved token with ``fullDocument: "updateLookup"``; a
   ``startAtOperationTime`` position resumes with that option; a token the server rejects as
   invalid (codes 260/280, not the expired 136/286) falls back to ``startAtOperationTime`` at the
@@ -35,12 +39,13 @@ from datetime import datetime
 from typing import Any
 
 from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
-from bson.codec_options import CodecOptions
+from bson.datetime_ms import DatetimeMS
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
 from lambda_functions.cdc_capture.errors import CaptureError, SourceConnectionError
+from lambda_functions.cdc_capture.extended_json import RAW_DOCUMENT_OPTIONS, raw_bson_document
 from lambda_functions.cdc_capture.positions import (
     OPERATION_TIME_KEY,
     operation_time_position,
@@ -51,7 +56,9 @@ from lambda_functions.contracts import SourceRequest
 DEFAULT_MAX_AWAIT_MS = 500  # how long a getMore waits for new events before answering empty
 INVALID_TOKEN_CODES = frozenset({260, 280})  # InvalidResumeToken, ChangeStreamFatalError
 AUTH_FAILED_CODES = frozenset({18})
-RAW = CodecOptions(document_class=RawBSONDocument)
+# Documents and change events stay raw BSON; what is read from them never raises for legal BSON
+# (dates outside years 1-9999, strings that are not valid UTF-8: see extended_json).
+RAW = RAW_DOCUMENT_OPTIONS
 # MongoDB's order of BSON types (for _id): $type aliases of each bracket, lowest first.
 TYPE_BRACKETS: tuple[tuple[str, ...], ...] = (
     ("minKey",),
@@ -204,14 +211,14 @@ class DocumentDBChangeSource:
         """Documents in ``_id`` order strictly after ``after_id`` (raw BSON, not decoded)."""
         coll = self.client[database].get_collection(collection, codec_options=RAW)
 
-        def find(query: dict[str, Any], limit: int) -> list[RawBSONDocument]:  # 0: no limit
+        def find(query: Mapping[str, Any], limit: int) -> list[RawBSONDocument]:  # 0: no limit
             return list(coll.find(query, sort=[("_id", 1)], limit=limit, batch_size=limit))
 
         wanted = limit or 0
         with self._errors():
             if after_id is None:
                 return find({}, wanted)
-            page = find({"_id": {"$gt": after_id}}, wanted)
+            page = find(raw_bson_document({"_id": {"$gt": after_id}}), wanted)
             later = _later_types(after_id)
             if later and (not wanted or len(page) < wanted):
                 page += find({"_id": {"$type": list(later)}}, wanted - len(page) if wanted else 0)
@@ -354,7 +361,7 @@ _BRACKET_OF_TYPE: tuple[tuple[type | tuple[type, ...], int], ...] = (
     ((list, tuple), 5),
     ((bytes, Binary), 6),
     (ObjectId, 7),
-    (datetime, 9),
+    ((datetime, DatetimeMS), 9),
     (Timestamp, 10),
     ((Regex, re.Pattern), 11),
     (MaxKey, 12),

@@ -9,7 +9,11 @@ change events. Reads return what pymongo returns for DocumentDB, in the same sha
 - ``full_document="updateLookup"`` returns an update's document as it is *at read time* (``None``
   once deleted), as the server does; inserts and replaces carry the written document.
 - Values are stored as canonical extended JSON, so ObjectId, Decimal128, datetime (milliseconds, as
-  in BSON), Binary, Int64 and nested documents and arrays come back exactly as written.
+  in BSON), Binary, Int64 and nested documents and arrays come back exactly as written. What a
+  server holds but Python's defaults refuse is held too, as pymongo reads it with
+  ``extended_json.RAW_DOCUMENT_OPTIONS``: dates outside years 1-9999 (``DatetimeMS``) and strings
+  that are not valid UTF-8 (written and read with surrogate escapes, stored as ``\\udcXX``
+  JSON escapes; ``_id`` order compares their original bytes, as the server does).
 - Like DocumentDB, change streams are off until enabled per collection (or database) with
   ``enable_change_streams``, and the log is retained for ``retention_seconds`` (3 hours by default)
   and at most ``max_events`` events. Resuming from a position whose later events were purged
@@ -39,11 +43,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bson import Binary, Decimal128, Int64, ObjectId, Timestamp
+from bson import Binary, Decimal128, Int64, ObjectId, Timestamp, json_util
+from bson.datetime_ms import DatetimeMS
 from bson.errors import InvalidDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
 
-from lambda_functions.cdc_capture.extended_json import decode_document, encode_document
+from lambda_functions.cdc_capture.extended_json import (
+    decode_document,
+    encode_document,
+    invalid_utf8_path,
+    raw_bson_document,
+)
 from lambda_functions.cdc_capture.positions import from_millis, millis
 from lambda_functions.lake.record_key import record_key
 
@@ -88,8 +98,8 @@ def id_sort_key(value: Any) -> bytes:
     """
     if isinstance(value, ObjectId):
         return b"\x07" + value.binary
-    if isinstance(value, str):
-        return b"\x03" + value.encode()
+    if isinstance(value, str):  # BSON compares the bytes (surrogate escapes: the original ones)
+        return b"\x03" + value.encode("utf-8", "surrogateescape")
     if isinstance(value, bool):
         return b"\x08" + bytes([value])
     if isinstance(value, int | float | Decimal128):
@@ -99,7 +109,7 @@ def id_sort_key(value: Any) -> bytes:
         return b"\x02" + struct.pack(">Q", bits) + record_key(value).encode()
     if value is None:
         return b"\x01"
-    if isinstance(value, datetime):
+    if isinstance(value, datetime | DatetimeMS):
         return b"\x09" + struct.pack(">Q", millis(value) + (1 << 63))
     if isinstance(value, bytes):  # Binary too: BSON orders by length, then subtype, then bytes
         subtype = value.subtype if isinstance(value, Binary) else 0
@@ -107,6 +117,20 @@ def id_sort_key(value: Any) -> bytes:
     if isinstance(value, Mapping):
         return b"\x04" + record_key(value).encode()
     raise InvalidDocument(f"_id of type {type(value).__name__} is not supported: {value!r}")
+
+
+def stored_json(document: Mapping[str, Any]) -> str:
+    """How the store writes a document: canonical extended JSON (``encode_document``); a
+    document with strings that are not valid UTF-8 (surrogate escapes) as ``json_util``'s
+    canonical JSON with ``\\udcXX`` escapes, once ``raw_bson_document`` has checked that BSON
+    holds everything else in it."""
+    try:
+        return encode_document(document)
+    except InvalidDocument:
+        if invalid_utf8_path(document) is None:
+            raise
+    raw_bson_document(document)
+    return json_util.dumps(document, json_options=json_util.CANONICAL_JSON_OPTIONS)
 
 
 def resume_token(t: int, i: int, seq: int) -> dict[str, str]:
@@ -418,11 +442,11 @@ class EmbeddedChangeStreamSource:
             for document in documents:
                 _id = document["_id"] if "_id" in document else ObjectId()
                 stored = {"_id": _id, **{k: v for k, v in document.items() if k != "_id"}}
-                doc_json, key = encode_document(stored), id_sort_key(_id)
+                doc_json, key = stored_json(stored), id_sort_key(_id)
                 try:
                     self._db.execute(
                         "INSERT INTO documents VALUES (?, ?, ?, ?, ?)",
-                        (database, collection, key, encode_document({"_id": _id}), doc_json),
+                        (database, collection, key, stored_json({"_id": _id}), doc_json),
                     )
                 except sqlite3.IntegrityError:
                     raise DuplicateKeyError(
@@ -451,7 +475,7 @@ class EmbeddedChangeStreamSource:
             if current_json is None:
                 return False
             changed, updated, removed = _apply_update(decode_document(current_json), update)
-            doc_json = encode_document(changed)
+            doc_json = stored_json(changed)
             if doc_json == current_json:
                 return False
             self._store(database, collection, _id, doc_json)
@@ -461,7 +485,7 @@ class EmbeddedChangeStreamSource:
                 "truncatedArrays": [],
             }
             self._log(
-                database, collection, "update", _id, update_description=encode_document(description)
+                database, collection, "update", _id, update_description=stored_json(description)
             )
         return True
 
@@ -481,7 +505,7 @@ class EmbeddedChangeStreamSource:
         with self._writing():
             if self._document_json(database, collection, _id) is None:
                 return False
-            doc_json = encode_document(stored)
+            doc_json = stored_json(stored)
             self._store(database, collection, _id, doc_json)
             self._log(database, collection, "replace", _id, doc=doc_json)
         return True
@@ -620,7 +644,7 @@ class EmbeddedChangeStreamSource:
                 t,
                 i,
                 int(self.clock() * 1000),
-                encode_document({"_id": _id}) if has_id else None,
+                stored_json({"_id": _id}) if has_id else None,
                 id_sort_key(_id) if has_id else None,
                 doc,
                 update_description,

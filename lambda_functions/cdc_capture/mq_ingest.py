@@ -20,6 +20,16 @@ Guarantees:
   collection is known, else in ``raw/_mq_quarantine/<message hash>.json``. For SQS its id is
   returned in ``batchItemFailures`` (every time it is delivered), so the queue's redrive policy
   moves it to the queue's own dead-letter queue too.
+- **A bad message never blocks the good ones** of the same invocation: JSON whose type wrappers
+  are invalid (``{"$oid": "zz…"}``, ``{"$numberDecimal": "1,5"}``, a malformed or out-of-int64
+  ``$date``, ``$binary`` that is not base64, ``$numberLong`` with letters) fails that message
+  alone, with a reason quoting the wrapper; it is still routed by its ``ns`` when that can be
+  read. SQS can only fail a whole message (``batchItemFailures`` lists message ids), so a JSON
+  array body with one bad event among good ones fails as a whole message: reported and kept
+  whole in the dead letter, while its good events are published (as for an event that decodes
+  but cannot become a row) — a redelivery skips it by its id, so nothing is published twice.
+- A legal MongoDB name the product does not support (GridFS's dotted ``fs.files``, ``$``,
+  spaces, more than 63 characters) is quarantined with a reason saying so, never routed.
 - A ``drop``/``rename``/``invalidate`` event ends its batch, marked ``dropped`` (the merge clears
   the table; events after it start the new generation).
 - Concurrent invocations are safe: if another invocation published the next batch first, this
@@ -39,8 +49,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bson.errors import InvalidDocument
-
 from lambda_functions.cdc_capture.batches import (
     DATA_OPS,
     END_OPS,
@@ -51,8 +59,8 @@ from lambda_functions.cdc_capture.batches import (
     read_ledger,
 )
 from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
-from lambda_functions.cdc_capture.extended_json import decode_document
-from lambda_functions.contracts import validate_name
+from lambda_functions.cdc_capture.extended_json import InvalidExtendedJSONError, decode_document
+from lambda_functions.contracts import name_problem
 from lambda_functions.lake.raw_zone import Checkpoint, RawZone
 from lambda_functions.lake.store import ObjectExistsError, ObjectStore
 
@@ -136,10 +144,10 @@ def ingest_messages(
             result.duplicates += 1
             continue
         delivered.add(message.message_id)
-        events, problem = _decode(message)
-        namespace = _namespace(events, default_namespace)
+        events, problem, routing = _decode(message)
+        namespace, unroutable = _namespace(routing, default_namespace)
         if namespace is None:
-            _quarantine_unrouted(store, message, problem or "no ns in the event and no default")
+            _quarantine_unrouted(store, message, "; ".join(filter(None, (problem, unroutable))))
             result.quarantined += 1
             result.failed_message_ids.append(message.message_id)
             continue
@@ -265,29 +273,69 @@ def _publish_attempt(
     return outcome
 
 
-def _decode(message: Message) -> tuple[list[Any] | None, str | None]:
-    """The change events in a message, or the reason there are none."""
+def _decode(message: Message) -> tuple[list[Any] | None, str | None, list[Any]]:
+    """The change events in a message that decode, the reason the others (or the whole message)
+    do not, and the events as plain JSON for routing by ``ns`` (when the body is JSON at all)."""
     if message.problem is not None or message.payload is None:
-        return None, message.problem or "empty message"
+        return None, message.problem or "empty message", []
+    where = f"message {message.message_id}"
     try:
-        decoded = decode_document(message.payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, TypeError, InvalidDocument) as error:
-        return None, f"message {message.message_id} is not extended JSON: {error}"
+        text = message.payload.decode("utf-8")
+        decoded, problem = decode_document(text), None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return None, f"{where} is not extended JSON: {error}", []
+    except (InvalidExtendedJSONError, ValueError, TypeError) as error:
+        plain = json.loads(text)  # JSON with a bad type wrapper: find the bad events
+        routing = [
+            e for e in (plain if isinstance(plain, list) else [plain]) if isinstance(e, Mapping)
+        ]
+        if not isinstance(plain, list):
+            return None, f"{where}: {error}", routing
+        decoded, problems = [], []
+        for index, item in enumerate(plain):
+            try:
+                decoded.append(decode_document(json.dumps(item)))
+            except (InvalidExtendedJSONError, ValueError, TypeError) as item_error:
+                problems.append(f"event {index}: {item_error}")
+        problem = f"{where} (a JSON array of events) fails as a whole: " + "; ".join(problems)
     events = decoded if isinstance(decoded, list) else [decoded]
-    if not events or not all(isinstance(e, Mapping) and "operationType" in e for e in events):
-        return None, f"message {message.message_id} does not carry change events"
-    return events, None
+    if not all(isinstance(e, Mapping) and "operationType" in e for e in events) or not (
+        events or problem
+    ):
+        return (
+            None,
+            f"{where} does not carry change events (JSON objects with operationType, as "
+            "pymongo's watch() returns them, in canonical extended JSON)",
+            [e for e in events if isinstance(e, Mapping)],
+        )
+    return events, problem, events
 
 
-def _namespace(events: list[Any] | None, default: str | None) -> str | None:
-    for event in events or ():
+def _namespace(events: list[Any], default: str | None) -> tuple[str | None, str | None]:
+    """The collection the events belong to (their first ``ns``, else ``default``), or ``None``
+    and why."""
+    for event in events:
         ns = event.get("ns")
         if isinstance(ns, Mapping) and ns.get("db") and ns.get("coll"):
-            try:
-                return f"{validate_name(ns['db'], 'database')}.{validate_name(ns['coll'], 'collection')}"
-            except ValueError:
-                return None
-    return default
+            database, collection = ns["db"], ns["coll"]
+            for what, name in (("database", database), ("collection", collection)):
+                problem = name_problem(name)
+                if problem is not None:
+                    return None, (
+                        f"{what} name {name!r} (ns {database!r}.{collection!r}) is a legal "
+                        f"MongoDB name this product does not support: {problem}; lake paths "
+                        "and warehouse identifiers need letters, digits, '_' or '-', starting "
+                        "with a letter or '_', at most 63 characters. Exclude it from the relay "
+                        "(e.g. a $match on ns in the change stream that feeds the queue), or "
+                        "rename it (renameCollection) if it must be captured"
+                    )
+            return f"{database}.{collection}", None
+    if default is None:
+        return None, (
+            "no ns in the event and no default collection: relay whole change events (with "
+            "ns) or set LAKEHOUSE_MQ_DEFAULT_COLLECTION on the function"
+        )
+    return default, None
 
 
 def _quarantine_unrouted(store: ObjectStore, message: Message, reason: str) -> None:

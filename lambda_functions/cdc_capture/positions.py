@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bson.datetime_ms import DatetimeMS
+
 # A source that can only tell a cluster time (no resume token) returns this position shape:
 # ``{"startAtOperationTime": {"t": seconds, "i": increment}}``.
 OPERATION_TIME_KEY = "startAtOperationTime"
@@ -30,17 +32,30 @@ def cluster_position(seconds: int, increment: int) -> int:
     return (seconds << 32) | increment
 
 
-def commit_position(moment: datetime) -> int:
-    """``pos`` of a commit timestamp with microseconds (see the module docstring)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    seconds, micro = divmod((moment - _EPOCH) // timedelta(microseconds=1), 1_000_000)
+def commit_position(moment: datetime | DatetimeMS) -> int:
+    """``pos`` of a commit timestamp with microseconds (see the module docstring).
+
+    Raises:
+        ValueError: the moment is before 1970 or after 2106 (no cluster time can be there).
+    """
+    if isinstance(moment, DatetimeMS):
+        seconds, milli = divmod(int(moment), 1000)
+        micro = milli * 1000
+    else:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds, micro = divmod((moment - _EPOCH) // timedelta(microseconds=1), 1_000_000)
+    if not 0 <= seconds < 2**31:  # the pos must stay a non-negative int64
+        raise ValueError(f"{moment!r} is outside the range of commit positions (1970-2038)")
     return (seconds << 32) | (micro << 12)
 
 
-def millis(value: datetime) -> int:
+def millis(value: datetime | DatetimeMS) -> int:
     """Exact epoch milliseconds of a datetime, naive meaning UTC as in BSON (``event_time``;
-    float seconds * 1000 can land one millisecond short)."""
+    float seconds * 1000 can land one millisecond short); a ``DatetimeMS`` (a BSON date outside
+    Python's years 1-9999) is its milliseconds."""
+    if isinstance(value, DatetimeMS):
+        return int(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return (value - _EPOCH) // timedelta(milliseconds=1)

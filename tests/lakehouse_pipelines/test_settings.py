@@ -46,6 +46,7 @@ def test_aws_mode_requires_an_s3_lake_and_derives_the_pipes_bucket():
         ({"LAKEHOUSE_VACUUM_RETENTION_HOURS": "0"}, "at least 1"),
         ({"LAKEHOUSE_DEMO_CHANGES": "many"}, "must be a whole number"),
         ({"LAKEHOUSE_METRICS_NAMESPACE": "AWS/Lambda"}, "reserved"),
+        ({"LAKEHOUSE_DMS_CSV_DELIMITER": ";;"}, "LAKEHOUSE_DMS_CSV_DELIMITER=';;' must be one"),
         ({"LAKEHOUSE_WAREHOUSE": "snowflake"}, "use 'duckdb' or 'redshift'"),
     ],
 )
@@ -58,3 +59,20 @@ def test_every_variable_is_documented_in_the_readme():
     readme = README.read_text()
     missing = [name for name in VARIABLES if f"`{name}`" not in readme]
     assert not missing, f"add these to the README's configuration table: {missing}"
+
+
+def test_the_dms_request_carries_the_endpoint_csv_delimiter(tmp_path):
+    from lakehouse_pipelines.defs.cdc_capture.definitions import dms_request
+
+    default = LakehouseSettings.from_env({"LAKEHOUSE_ROOT": str(tmp_path)})
+    semicolon = LakehouseSettings.from_env(
+        {"LAKEHOUSE_ROOT": str(tmp_path), "LAKEHOUSE_DMS_CSV_DELIMITER": ";"}
+    )
+    tab = LakehouseSettings.from_env(
+        {"LAKEHOUSE_ROOT": str(tmp_path), "LAKEHOUSE_DMS_CSV_DELIMITER": "\\t"}
+    )
+
+    assert dms_request(default, "shop.orders", "s3://dms/shop/orders").csv_delimiter == ","
+    request = dms_request(semicolon, "shop.orders", "s3://dms/shop/orders")
+    assert (request.csv_delimiter, request.dms_uri) == (";", "s3://dms/shop/orders")
+    assert dms_request(tab, "shop.orders", "s3://dms/shop/orders").csv_delimiter == "\t"

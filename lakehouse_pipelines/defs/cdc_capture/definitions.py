@@ -21,7 +21,7 @@ from lakehouse_pipelines.defs.collections import (
 )
 from lakehouse_pipelines.resources import LambdaPipes
 from lakehouse_pipelines.settings import LakehouseSettings
-from lambda_functions.contracts import CaptureRequest, SourceAuditRequest
+from lambda_functions.contracts import CaptureRequest, DmsIngestRequest, SourceAuditRequest
 from lambda_functions.registry import CDC_CAPTURE, SOURCE_AUDIT
 
 CAPTURE_KEY = "cdc_raw_batches"
@@ -96,6 +96,16 @@ def capture_request(lakehouse: LakehouseSettings, namespace: str, *, reset: bool
         auto_resnapshot=lakehouse.auto_resnapshot,
         max_cdc_lag_seconds=lakehouse.max_cdc_lag_seconds,
         stream_retention_seconds=lakehouse.change_stream_retention_seconds,
+    )
+
+
+def dms_request(lakehouse: LakehouseSettings, namespace: str, dms_uri: str) -> DmsIngestRequest:
+    """The ``lakehouse-dms-ingest`` request for one collection's DMS folder, with the DMS S3
+    endpoint's ``CsvDelimiter`` from ``LAKEHOUSE_DMS_CSV_DELIMITER``."""
+    return DmsIngestRequest(
+        **request_fields(lakehouse, namespace),
+        dms_uri=dms_uri,
+        csv_delimiter=lakehouse.dms_csv_delimiter,
     )
 
 

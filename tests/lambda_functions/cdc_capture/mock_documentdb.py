@@ -19,6 +19,11 @@ mockupdb 1.8.1 (2021) works with pymongo 4.20 through OP_MSG as is; two things n
 handled here: pymongo's handshake must see ``maxWireVersion`` >= 8 (``auto_ismaster`` below), and
 no ``logicalSessionTimeoutMinutes`` is advertised, so pymongo sends no ``lsid``/sessions (the mock
 has none). Each mockupdb connection thread opens its own SQLite connection to the store.
+
+Like a real server, it holds and returns what Python's defaults refuse: documents, events and
+filters are read with surrogate escapes and ``DatetimeMS`` (``RAW_DOCUMENT_OPTIONS``'s choices)
+and sent as raw BSON (``raw_bson_document``), so a string that is not valid UTF-8 crosses the
+wire as the very bytes stored.
 """
 
 from __future__ import annotations
@@ -31,12 +36,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import mockupdb
 from bson import Int64
+from bson.codec_options import CodecOptions, DatetimeConversion
 from mockupdb import Matcher, MockupDB
 from pymongo.errors import OperationFailure
 
 from lambda_functions.cdc_capture.documentdb_source import TYPE_BRACKETS, _type_bracket
 from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
+from lambda_functions.cdc_capture.extended_json import raw_bson_document
+
+# mockupdb decodes commands with this module constant: read them as a server would (any bytes).
+mockupdb.CODEC_OPTIONS = CodecOptions(
+    document_class=dict,
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+    unicode_decode_error_handler="surrogateescape",
+)
 
 HELLO = {"ismaster": True, "minWireVersion": 0, "maxWireVersion": 13, "msg": None}
 
@@ -142,7 +157,7 @@ class EmbeddedBackedServer:
             ]
         else:
             docs = self.store.documents(database, collection)
-        docs = docs[:limit] if limit else docs
+        docs = [raw_bson_document(d) for d in (docs[:limit] if limit else docs)]
         return request.ok(
             cursor={"id": Int64(0), "ns": f"{database}.{collection}", "firstBatch": docs}
         )
@@ -215,7 +230,7 @@ class EmbeddedBackedServer:
         limit = min(x for x in (batch_size, self.events_per_batch, 100) if x)
         batch = []
         while len(batch) < limit and (event := stream.try_next()) is not None:
-            batch.append(event)
+            batch.append(raw_bson_document(event))
         return batch, stream.resume_token or self.store.current_position(*stream._ns)
 
 

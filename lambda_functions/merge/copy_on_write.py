@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
 from lambda_functions.lake import ObjectExistsError, ObjectStore
-from lambda_functions.merge.layout import TABLE_CONFIGURATION, TARGET_FILE_SIZE
+from lambda_functions.merge.layout import TABLE_CONFIGURATION, TARGET_FILE_SIZE, is_tombstone
 from lambda_functions.merge.table_files import TableFiles
 
 ENGINE = "lakehouse-merge (Arrow copy-on-write)"
@@ -68,6 +68,8 @@ class Rewritten:
     updated: int = 0
     deleted: int = 0
     duplicate_keys: int = 0  # keys stored twice in the partitions rewritten; must be 0
+    tombstones_written: int = 0  # deletes stored as tombstones (new, or replacing one)
+    rows_changed: int = 0  # stored rows written: live rows and tombstones
     removed: list[dict[str, Any]] = field(default_factory=list)  # Delta ``remove`` actions
     added: list[dict[str, Any]] = field(default_factory=list)  # Delta ``add`` actions
     changes: list[dict[str, Any]] = field(default_factory=list)  # Delta ``cdc`` actions
@@ -77,6 +79,8 @@ class Rewritten:
         self.updated += other.updated
         self.deleted += other.deleted
         self.duplicate_keys += other.duplicate_keys
+        self.tombstones_written += other.tombstones_written
+        self.rows_changed += other.rows_changed
         self.removed += other.removed
         self.added += other.added
         self.changes += other.changes
@@ -174,7 +178,7 @@ def _rewrite_partition(
     old = _read_files(settings, [path for path, _ in files])
     changes = changes.select(settings.data_schema.names).cast(settings.data_schema)
     rows, feed = apply_changes(old, changes, done)
-    if feed.num_rows == 0:  # nothing changes here (all events stale): leave the files alone
+    if done.rows_changed == 0:  # nothing changes here (all events stale): leave the files alone
         return done
     done.duplicate_keys = rows.num_rows - pc.count_distinct(rows.column("_id")).as_py()
     now = int(time.time() * 1000)
@@ -213,30 +217,44 @@ def _rewrite_partition(
 
 
 def apply_changes(old: pa.Table, changes: pa.Table, done: Rewritten) -> tuple[pa.Table, pa.Table]:
-    """``old`` rows (unique keys) with ``changes`` (unique keys, same columns) applied, and the
-    change feed of that: the rows deleted, inserted, and both images of those updated."""
+    """``old`` rows (unique keys, tombstones included) with ``changes`` (unique keys, same
+    columns) applied, and the change feed of that, which shows live rows only.
+
+    A change wins over the stored row of its key if its ``_pos`` is ``>=`` the stored one (a
+    tombstone included: that is how a late, older change is refused). A winning change:
+
+    - live row, upsert: an update (``update_preimage`` + ``update_postimage``);
+    - live row, delete: the row becomes a tombstone (``delete`` of the live row);
+    - tombstone or no row, upsert: an ``insert``;
+    - tombstone or no row, delete: a tombstone is written or replaced (nothing in the feed).
+    """
     at = pc.index_in(old.column("_id"), value_set=changes.column("_id"))
     matched = np.flatnonzero(pc.is_valid(at).to_numpy(zero_copy_only=False))
     change_at = pc.take(at, pa.array(matched)).cast(pa.int64()).to_numpy()
     stored_pos = pc.take(old.column("_pos"), pa.array(matched)).to_numpy()
     change_pos = pc.take(changes.column("_pos"), pa.array(change_at)).to_numpy()
-    is_delete = pc.equal(changes.column("_op"), "delete").to_numpy(zero_copy_only=False)
+    is_delete = is_tombstone(changes).to_numpy(zero_copy_only=False)
+    old_live = ~is_tombstone(old).to_numpy(zero_copy_only=False)
     wins = change_pos >= stored_pos  # per matched old row
-    deleted_rows = matched[wins & is_delete[change_at]]
-    updated_rows = matched[wins & ~is_delete[change_at]]
+    live = old_live[matched]  # per matched old row: the stored row is live
+    deleted_rows = matched[wins & live & is_delete[change_at]]
+    updated_rows = matched[wins & live & ~is_delete[change_at]]
+    replaced_rows = matched[wins]  # stored rows the changes replace (tombstones included)
     stale = np.zeros(changes.num_rows, bool)
     stale[change_at[~wins]] = True
     updated_changes = np.zeros(changes.num_rows, bool)
-    updated_changes[change_at[wins & ~is_delete[change_at]]] = True
-    inserted_changes = ~is_delete & ~stale & ~updated_changes
+    updated_changes[change_at[wins & live & ~is_delete[change_at]]] = True
+    inserted_changes = ~is_delete & ~stale & ~updated_changes  # over a tombstone or no row
+    written = ~stale  # every winning change is stored: upserts and tombstones
     keep = np.ones(old.num_rows, bool)
-    keep[deleted_rows] = False
-    keep[updated_rows] = False
-    upserts = changes.filter(pa.array(updated_changes | inserted_changes))
-    rows = pa.concat_tables([old if keep.all() else old.filter(pa.array(keep)), upserts])
+    keep[replaced_rows] = False
+    stored = changes.filter(pa.array(written))
+    rows = pa.concat_tables([old if keep.all() else old.filter(pa.array(keep)), stored])
     done.deleted += len(deleted_rows)
     done.updated += len(updated_rows)
     done.inserted += int(inserted_changes.sum())
+    done.tombstones_written += int((is_delete & written).sum())
+    done.rows_changed += int(written.sum())
     feed = pa.concat_tables(
         [
             _typed(old.take(pa.array(deleted_rows)), "delete"),

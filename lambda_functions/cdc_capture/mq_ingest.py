@@ -47,6 +47,7 @@ from lambda_functions.cdc_capture.batches import (
 )
 from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
 from lambda_functions.cdc_capture.extended_json import decode_document
+from lambda_functions.cdc_capture.positions import event_position
 from lambda_functions.contracts import validate_name
 from lambda_functions.lake.raw_zone import Checkpoint, RawZone
 from lambda_functions.lake.store import ObjectStore
@@ -175,7 +176,11 @@ def _publish_namespace(
         for event in events or ():
             op = event.get("operationType") if isinstance(event, Mapping) else None
             if op in END_OPS:  # the message counts as seen once all its events are published
-                flush({"dropped": True, "end_event": op})
+                drop_pos = event_position(event)  # the merge drops rows older than this
+                flush(
+                    {"dropped": True, "end_event": op}
+                    | ({"drop_pos": drop_pos} if drop_pos is not None else {})
+                )
                 continue
             try:
                 if op not in DATA_OPS:

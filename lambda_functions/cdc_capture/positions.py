@@ -30,6 +30,15 @@ def cluster_position(seconds: int, increment: int) -> int:
     return (seconds << 32) | increment
 
 
+def event_position(event: Mapping[str, Any]) -> int | None:
+    """``pos`` of a change event's ``clusterTime`` (a BSON ``Timestamp``), None without one.
+    Drop markers carry it as ``drop_pos``, so the merge applies a drop by position."""
+    cluster_time = event.get("clusterTime")
+    if hasattr(cluster_time, "time") and hasattr(cluster_time, "inc"):
+        return cluster_position(cluster_time.time, cluster_time.inc)
+    return None
+
+
 def commit_position(moment: datetime) -> int:
     """``pos`` of a commit timestamp with microseconds (see the module docstring)."""
     if moment.tzinfo is None:

@@ -147,6 +147,82 @@ def rewrite_touched_files(
     return total
 
 
+def expire_tombstones(
+    table: DeltaTable,
+    store: ObjectStore,
+    table_key: str,
+    storage_options: dict[str, str],
+    files: TableFiles,
+    cutoff: datetime,
+    commit_info: dict[str, Any],
+) -> int:
+    """Remove the tombstones whose ``_event_time`` is before ``cutoff`` from ``files``, in one
+    commit whose ``remove``/``add`` actions are ``dataChange=false`` and which writes no change
+    data: no live row changes, so change-feed readers (the warehouse load) see nothing, as for
+    a compaction. Returns the tombstones removed (0: nothing committed). Raises
+    ``VersionTakenError`` if another writer committed first."""
+    configuration = table.metadata().configuration
+    fs, root = pyarrow_filesystem(table.table_uri, storage_options)
+    schema = pa.schema(table.schema().to_arrow())
+    schema = pa.schema(
+        pa.field(f.name, pa.string(), f.nullable) if pa.types.is_string_view(f.type) else f
+        for f in schema
+    )
+    settings = _WriteSettings(
+        fs=fs,
+        root=root,
+        schema=schema,
+        target_file_size=int(configuration.get("delta.targetFileSize", TARGET_FILE_SIZE)),
+        stats_columns=configuration.get(
+            "delta.dataSkippingStatsColumns",
+            TABLE_CONFIGURATION["delta.dataSkippingStatsColumns"],
+        ).split(","),
+        bytes_per_row=files.bytes / files.rows if files.rows else 400.0,
+    )
+    done = Rewritten()
+    expired = 0
+    now = int(time.time() * 1000)
+    limit = pa.scalar(cutoff, pa.timestamp("us", tz="UTC"))
+    for path, (bucket, size, *_rest) in sorted(files.files.items()):
+        rows = _read_files(settings, [path])
+        old = pc.and_(
+            is_tombstone(rows), pc.less(rows.column("_event_time").cast(limit.type), limit)
+        )
+        count = int(pc.sum(old).as_py() or 0)
+        if count == 0:
+            continue
+        expired += count
+        kept = rows.filter(pc.invert(old))
+        done.removed.append(
+            {
+                "path": path,
+                "dataChange": False,
+                "deletionTimestamp": now,
+                "extendedFileMetadata": True,
+                "partitionValues": {"_bucket": bucket},
+                "size": size,
+            }
+        )
+        if kept.num_rows:
+            new_path = f"_bucket={bucket}/part-{uuid.uuid4()}-c000.zstd.parquet"
+            done.added.append(
+                {
+                    "path": new_path,
+                    "partitionValues": {"_bucket": bucket},
+                    "size": _write_parquet(settings, new_path, kept),
+                    "modificationTime": int(time.time() * 1000),
+                    "dataChange": False,
+                    "stats": json.dumps(_statistics(kept, settings.stats_columns)),
+                }
+            )
+    if not expired:
+        return 0
+    info = {"operation": "DELETE", "operationParameters": {"predicate": "expired tombstones"}}
+    lines = _log_entry(table, {**info, **commit_info}, None, done)
+    commit_entry(store, table_key, table.version() + 1, lines)
+    return expired
+
+
 def commit_entry(store: ObjectStore, table_key: str, version: int, lines: list[dict]) -> None:
     """Write the log entry of ``version``, or raise ``VersionTakenError`` if it exists."""
     payload = "\n".join(json.dumps(line, separators=(",", ":")) for line in lines).encode()
@@ -330,11 +406,10 @@ def _json_value(value: Any) -> Any:
 def _log_entry(
     table: DeltaTable,
     commit_info: dict[str, Any],
-    app_transaction: tuple[str, int],
+    app_transaction: tuple[str, int] | None,
     done: Rewritten,
 ) -> list[dict[str, Any]]:
     now = int(time.time() * 1000)
-    app, version = app_transaction
     info = {
         "timestamp": now,
         "operation": "MERGE",
@@ -354,7 +429,19 @@ def _log_entry(
     }
     return [
         {"commitInfo": info},
-        {"txn": {"appId": app, "version": version, "lastUpdated": now}},
+        *(
+            [
+                {
+                    "txn": {
+                        "appId": app_transaction[0],
+                        "version": app_transaction[1],
+                        "lastUpdated": now,
+                    }
+                }
+            ]
+            if app_transaction
+            else []
+        ),
         *({"remove": action} for action in done.removed),
         *({"add": action} for action in done.added),
         *({"cdc": action} for action in done.changes),

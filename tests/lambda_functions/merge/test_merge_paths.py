@@ -200,6 +200,8 @@ def test_handler_reports_the_path_and_the_files_and_bytes_rewritten(lake, tmp_pa
     metadata = by_method["report_asset_materialization"][0]["metadata"]
     assert returned["merge_path"] == "rewrite"
     assert metadata["merge_path"] == {"raw_value": "rewrite", "type": "text"}
+    assert metadata["tombstones"] == {"raw_value": 0, "type": "int"}
+    assert metadata["batches_superseded"] == {"raw_value": 0, "type": "int"}
     assert metadata["files_rewritten"] == {"raw_value": 1, "type": "int"}
     assert metadata["bytes_rewritten"]["raw_value"] > 0
     assert metadata["files_in_table"] == {"raw_value": 2, "type": "int"}

@@ -58,6 +58,9 @@ class Pipeline:
         publish(self.zone, list(changes))
         return merge_batches(self.merge).version
 
+    def lake_table_uri(self) -> str:
+        return lake_table_location(open_store(self.lake), "shop", "orders")[0]
+
     def lake_rows(self, version: int | None = None) -> dict[str, tuple[str, int]]:
         uri, options = lake_table_location(open_store(self.lake), "shop", "orders")
         table = DeltaTable(uri, version=version, storage_options=options)

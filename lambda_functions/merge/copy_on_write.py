@@ -3,12 +3,17 @@
 This is how the merge applies a batch to an existing table (``merge_path`` "rewrite"). For each
 partition the batch touches, a worker thread reads the files whose ``_id`` range the batch's keys
 fall in, applies the changes with the merge's rules (a change wins if its ``_pos`` is ``>=`` the
-stored one; deletes remove; a stale event is ignored), and writes:
+stored one, a tombstone's included; a delete replaces the row with a tombstone; a stale event is
+ignored), and writes:
 
 - the partition's new data files (Parquet settings of ``layout``, sorted as read, inserts last);
-- a change data file with exactly the rows that changed: ``insert``, ``delete``,
+- a change data file with exactly the live rows that changed: ``insert``, ``delete``,
   ``update_preimage`` and ``update_postimage``, as a Delta MERGE writes them, so the warehouse
-  load reads only the changed rows.
+  load reads only the changed rows. Tombstones never appear in it: a live row turned into a
+  tombstone is a ``delete``, a tombstone replaced by a document an ``insert``.
+
+``expire_tombstones`` uses the same machinery for maintenance: it rewrites the files holding
+expired tombstones in a commit marked ``dataChange=false`` with no change data.
 
 Data and change files go through pyarrow's filesystem (streamed, as delta-rs writes them). Then
 one log entry ``_delta_log/<version + 1>.json`` (commit info, the batch's app transaction,

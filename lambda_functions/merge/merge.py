@@ -231,12 +231,13 @@ def merge_batches(
     table = open_table(uri, options)
     files = _files_of(table)
     superseded: list[int] = []
+    known: dict[int, BatchManifest] = {}  # manifests read so far (each is read once)
     while budget > 0:
         applied = _last_applied(table, app)
         pending = zone.batch_numbers(after=applied)[:budget]
         if not pending:
             break
-        manifests = _pending_manifests(zone, pending)
+        manifests = _pending_manifests(zone, pending, known)
         skipped = _superseded(manifests)
         if skipped:
             say(
@@ -322,8 +323,15 @@ def _files_of(table: DeltaTable | None) -> TableFiles:
     return TableFiles.of(table) if table is not None else TableFiles({})
 
 
-def _pending_manifests(zone: RawZone, pending: list[int]) -> list[BatchManifest]:
-    return [zone.read_manifest(number) for number in pending]
+def _pending_manifests(
+    zone: RawZone, pending: list[int], known: dict[int, BatchManifest]
+) -> list[BatchManifest]:
+    """The manifests of the pending batches (small JSON objects; the data is not read), so a
+    new-generation marker can be found ahead of the batches it supersedes."""
+    for number in pending:
+        if number not in known:
+            known[number] = zone.read_manifest(number)
+    return [known[number] for number in pending]
 
 
 def _drop_position(manifest: BatchManifest) -> int | None:

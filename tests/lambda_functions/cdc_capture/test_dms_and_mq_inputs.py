@@ -26,6 +26,7 @@ from lambda_functions.cdc_capture.positions import cluster_position, commit_posi
 from lambda_functions.contracts import DmsIngestRequest, MergeRequest
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.store import LocalObjectStore
+from lambda_functions.merge.layout import live_rows
 from lambda_functions.merge.merge import lake_table_location, merge_batches
 from tests.lambda_functions.cdc_capture.conftest import batch_rows
 
@@ -41,10 +42,11 @@ def expected(name: str) -> dict[str, str]:
 def merged(lake: Path) -> dict[str, str]:
     merge_batches(MergeRequest(lake_uri=str(lake), database=DB, collection=COLL))
     uri, options = lake_table_location(LocalObjectStore(lake), DB, COLL)
-    table = DeltaTable(uri, storage_options=options).to_pyarrow_table(columns=["_id", "doc"])
+    table = DeltaTable(uri, storage_options=options).to_pyarrow_table(columns=["_id", "doc", "_op"])
     ids = table.column("_id").to_pylist()
-    assert len(ids) == len(set(ids))
-    return dict(zip(ids, table.column("doc").to_pylist(), strict=True))
+    assert len(ids) == len(set(ids))  # one row per key, tombstones included
+    live = live_rows(table)  # tombstones are deleted documents, not data
+    return dict(zip(live.column("_id").to_pylist(), live.column("doc").to_pylist(), strict=True))
 
 
 def fixture_event(name: str) -> dict:

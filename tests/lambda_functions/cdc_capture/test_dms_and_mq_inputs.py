@@ -246,3 +246,31 @@ def test_messages_relaying_the_change_stream_give_the_rows_capture_gives(
         ]
 
     assert stream_rows(relayed) == stream_rows(LocalObjectStore(tmp_path / "lake"))
+
+
+def test_a_relayed_drop_event_carries_its_position_and_the_merge_keeps_newer_rows(tmp_path):
+    """A drop relayed through a queue marks its batch ``dropped`` with the drop's clusterTime
+    (``drop_pos``). SQS standard queues deliver in best-effort order, so a document inserted
+    into the re-created collection can be merged before the drop: it must survive the drop."""
+    from bson import Timestamp
+
+    from lambda_functions.cdc_capture.batches import key_string
+
+    ns = {"db": DB, "coll": COLL}
+
+    def event(n: int, op: str, t: int, key: str | None = None) -> Message:
+        body: dict = {"_id": {"_data": f"token-{n}"}, "operationType": op, "ns": ns}
+        body["clusterTime"] = Timestamp(t, 1)
+        if key is not None:
+            body |= {"documentKey": {"_id": key}, "fullDocument": {"_id": key, "n": n}}
+        return Message(f"m-{n}", "aws:sqs", "shop-orders", encode_document(body).encode())
+
+    lake = tmp_path / "lake"
+    store = LocalObjectStore(lake)
+    ingest_messages([event(1, "insert", 100, "old"), event(3, "insert", 300, "recreated")], store)
+    ingest_messages([event(2, "drop", 200)], store)  # delivered last
+
+    zone = RawZone(store, DB, COLL)
+    (drop_marker,) = [m for m in zone.manifests() if m.extra.get("dropped")]
+    assert drop_marker.extra["drop_pos"] == cluster_position(200, 1)
+    assert set(merged(lake)) == {key_string("recreated")}  # "old" (100 < 200) was dropped

@@ -134,6 +134,13 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "maintenance deletes files removed longer ago than this (time travel and the change "
         "feed reach back this far)",
     ),
+    "LAKEHOUSE_TOMBSTONE_RETENTION_HOURS": (
+        "168",
+        "168",
+        "maintenance expires tombstones (kept deletes that stop an older change delivered late "
+        "from bringing a document back) whose delete is older than this; at least the longest "
+        "delay of any input (DocumentDB keeps a change stream at most 168 h)",
+    ),
     "LAKEHOUSE_FRESHNESS_WARN_MINUTES": (
         "60",
         "60",
@@ -243,6 +250,7 @@ class LakehouseSettings:
     audit_cron: str
     audit_buckets_per_run: int
     vacuum_retention_hours: int
+    tombstone_retention_hours: int
     fanout_concurrency: int
     freshness_warn_minutes: float
     freshness_fail_minutes: float
@@ -316,6 +324,12 @@ class LakehouseSettings:
                 "LAKEHOUSE_VACUUM_RETENTION_HOURS must be at least 1 (a merge runs for up to 15 "
                 "minutes and its files must outlive it; 168 keeps a week of time travel)"
             )
+        tombstone_retention = typed("LAKEHOUSE_TOMBSTONE_RETENTION_HOURS", _int)
+        if tombstone_retention < 1:
+            raise SettingsError(
+                "LAKEHOUSE_TOMBSTONE_RETENTION_HOURS must be at least 1 (168, DocumentDB's "
+                "longest change-stream retention, keeps late changes from resurrecting deletes)"
+            )
         pipes_bucket = get("LAKEHOUSE_PIPES_BUCKET")
         if pipes_bucket.startswith("<"):
             parsed = urlparse(lake_uri)
@@ -373,6 +387,7 @@ class LakehouseSettings:
             audit_cron=get("LAKEHOUSE_AUDIT_CRON"),
             audit_buckets_per_run=audit_buckets,
             vacuum_retention_hours=retention,
+            tombstone_retention_hours=tombstone_retention,
             freshness_warn_minutes=freshness_warn,
             freshness_fail_minutes=freshness_fail,
             function_prefix=get("LAKEHOUSE_FUNCTION_PREFIX"),

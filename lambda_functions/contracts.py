@@ -351,11 +351,20 @@ class CompactRequest(CollectionRequest):
     # this far. Below 168 h (Delta's default), the load may lose the feed it needs (it then
     # reloads in full).
     vacuum_retention_hours: int = 168
+    # Tombstones (rows of deleted documents that refuse older changes delivered late) whose
+    # delete is older than this (by its event time) are removed. At least the longest delay any
+    # input can have: DocumentDB keeps a change stream at most 7 days (168 h).
+    tombstone_retention_hours: int = 168
     dry_run: bool = False  # report what would be compacted and deleted, change nothing
 
     def validate(self) -> None:
         super().validate()
-        if self.cold_after_hours < 0 or self.vacuum_retention_hours < 0:
+        if (
+            self.cold_after_hours < 0
+            or self.vacuum_retention_hours < 0
+            or self.tombstone_retention_hours < 0
+        ):
             raise InvalidRequestError(
-                "cold_after_hours and vacuum_retention_hours must be 0 or more"
+                "cold_after_hours, vacuum_retention_hours and tombstone_retention_hours must "
+                "be 0 or more"
             )

@@ -65,7 +65,7 @@ from lambda_functions.cdc_capture.errors import (
     ResumeTokenExpiredError,
 )
 from lambda_functions.cdc_capture.extended_json import decode_document, encode_value
-from lambda_functions.cdc_capture.positions import token_position
+from lambda_functions.cdc_capture.positions import event_position, token_position
 from lambda_functions.contracts import CaptureRequest
 from lambda_functions.lake.raw_zone import (
     BATCH_SCHEMA,
@@ -431,6 +431,7 @@ class _CaptureRun:
         last_token: Mapping[str, Any] | None = None
         idle_token: Mapping[str, Any] | None = None
         end_op: str | None = None
+        drop_pos: int | None = None
         with self._source_errors(token):
             cursor = self.source.watch(
                 request.database,
@@ -459,7 +460,7 @@ class _CaptureRun:
                     if isinstance(event.get("_id"), Mapping):
                         last_token = event["_id"]
                     if op in END_OPS:
-                        end_op = op
+                        end_op, drop_pos = op, event_position(event)
                         break
                     self._add_event(rows, event, op)
             finally:
@@ -469,6 +470,8 @@ class _CaptureRun:
             self.dropped, self.stopped_by = True, "dropped"
             new_state = self._start_snapshot()
             extra |= {"dropped": True, "end_event": end_op}
+            if drop_pos is not None:  # the merge drops by position: rows older than the drop
+                extra |= {"drop_pos": drop_pos}
             self.on_progress(
                 f"{self.zone.namespace}: the stream ended with a {end_op} event; "
                 "the next run takes a new snapshot"

@@ -60,6 +60,7 @@ from lambda_functions.cdc_capture.batches import (
 )
 from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
 from lambda_functions.cdc_capture.extended_json import InvalidExtendedJSONError, decode_document
+from lambda_functions.cdc_capture.positions import event_position
 from lambda_functions.contracts import name_problem
 from lambda_functions.lake.raw_zone import Checkpoint, RawZone
 from lambda_functions.lake.store import ObjectExistsError, ObjectStore
@@ -249,7 +250,11 @@ def _publish_attempt(
                 continue  # published before this attempt lost a later batch
             op = event.get("operationType") if isinstance(event, Mapping) else None
             if op in END_OPS:  # the message counts as seen once all its events are published
-                flush({"dropped": True, "end_event": op})
+                drop_pos = event_position(event)  # the merge drops rows older than this
+                flush(
+                    {"dropped": True, "end_event": op}
+                    | ({"drop_pos": drop_pos} if drop_pos is not None else {})
+                )
                 progress.partial[message_id] = (index + 1, malformed)
                 continue
             try:

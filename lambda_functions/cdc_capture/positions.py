@@ -32,11 +32,20 @@ def cluster_position(seconds: int, increment: int) -> int:
     return (seconds << 32) | increment
 
 
+def event_position(event: Mapping[str, Any]) -> int | None:
+    """``pos`` of a change event's ``clusterTime`` (a BSON ``Timestamp``), None without one.
+    Drop markers carry it as ``drop_pos``, so the merge applies a drop by position."""
+    cluster_time = event.get("clusterTime")
+    if hasattr(cluster_time, "time") and hasattr(cluster_time, "inc"):
+        return cluster_position(cluster_time.time, cluster_time.inc)
+    return None
+
+
 def commit_position(moment: datetime | DatetimeMS) -> int:
     """``pos`` of a commit timestamp with microseconds (see the module docstring).
 
     Raises:
-        ValueError: the moment is before 1970 or after 2106 (no cluster time can be there).
+        ValueError: the moment is before 1970 or from 2038 on (a position's seconds are 31 bits).
     """
     if isinstance(moment, DatetimeMS):
         seconds, milli = divmod(int(moment), 1000)

@@ -84,6 +84,7 @@ from lambda_functions.lake.record_key import (
     raw_record_key,
     record_key,
 )
+from lambda_functions.merge.layout import live_rows
 from lambda_functions.merge.merge import app_id, lake_table_location, open_table
 from lambda_functions.pipes import typed
 
@@ -387,9 +388,10 @@ class _AuditRun:
         lake = _Side()
         for partition in sorted(p["_bucket"] for p in table.partitions()):
             dataset = table.to_pyarrow_dataset(file_pruning_predicate=[("_bucket", "=", partition)])
-            rows = dataset.to_table(
-                columns=["_id", "doc"],
-                filter=(pc.field("_bucket") == partition) & (pc.field("_op") != "delete"),
+            rows = live_rows(
+                dataset.to_table(
+                    columns=["_id", "doc", "_op"], filter=pc.field("_bucket") == partition
+                )
             )
             keys = rows.column("_id").cast("string").to_pylist()
             docs = rows.column("doc").cast("string").to_pylist()

@@ -3,12 +3,17 @@
 This is how the merge applies a batch to an existing table (``merge_path`` "rewrite"). For each
 partition the batch touches, a worker thread reads the files whose ``_id`` range the batch's keys
 fall in, applies the changes with the merge's rules (a change wins if its ``_pos`` is ``>=`` the
-stored one; deletes remove; a stale event is ignored), and writes:
+stored one, a tombstone's included; a delete replaces the row with a tombstone; a stale event is
+ignored), and writes:
 
 - the partition's new data files (Parquet settings of ``layout``, sorted as read, inserts last);
-- a change data file with exactly the rows that changed: ``insert``, ``delete``,
+- a change data file with exactly the live rows that changed: ``insert``, ``delete``,
   ``update_preimage`` and ``update_postimage``, as a Delta MERGE writes them, so the warehouse
-  load reads only the changed rows.
+  load reads only the changed rows. Tombstones never appear in it: a live row turned into a
+  tombstone is a ``delete``, a tombstone replaced by a document an ``insert``.
+
+``expire_tombstones`` uses the same machinery for maintenance: it rewrites the files holding
+expired tombstones in a commit marked ``dataChange=false`` with no change data.
 
 Data and change files go through pyarrow's filesystem (streamed, as delta-rs writes them). Then
 one log entry ``_delta_log/<version + 1>.json`` (commit info, the batch's app transaction,
@@ -49,7 +54,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
 from lambda_functions.lake import ObjectExistsError, ObjectStore
-from lambda_functions.merge.layout import TABLE_CONFIGURATION, TARGET_FILE_SIZE
+from lambda_functions.merge.layout import TABLE_CONFIGURATION, TARGET_FILE_SIZE, is_tombstone
 from lambda_functions.merge.table_files import TableFiles
 
 ENGINE = "lakehouse-merge (Arrow copy-on-write)"
@@ -68,6 +73,8 @@ class Rewritten:
     updated: int = 0
     deleted: int = 0
     duplicate_keys: int = 0  # keys stored twice in the partitions rewritten; must be 0
+    tombstones_written: int = 0  # deletes stored as tombstones (new, or replacing one)
+    rows_changed: int = 0  # stored rows written: live rows and tombstones
     removed: list[dict[str, Any]] = field(default_factory=list)  # Delta ``remove`` actions
     added: list[dict[str, Any]] = field(default_factory=list)  # Delta ``add`` actions
     changes: list[dict[str, Any]] = field(default_factory=list)  # Delta ``cdc`` actions
@@ -77,6 +84,8 @@ class Rewritten:
         self.updated += other.updated
         self.deleted += other.deleted
         self.duplicate_keys += other.duplicate_keys
+        self.tombstones_written += other.tombstones_written
+        self.rows_changed += other.rows_changed
         self.removed += other.removed
         self.added += other.added
         self.changes += other.changes
@@ -143,6 +152,82 @@ def rewrite_touched_files(
     return total
 
 
+def expire_tombstones(
+    table: DeltaTable,
+    store: ObjectStore,
+    table_key: str,
+    storage_options: dict[str, str],
+    files: TableFiles,
+    cutoff: datetime,
+    commit_info: dict[str, Any],
+) -> int:
+    """Remove the tombstones whose ``_event_time`` is before ``cutoff`` from ``files``, in one
+    commit whose ``remove``/``add`` actions are ``dataChange=false`` and which writes no change
+    data: no live row changes, so change-feed readers (the warehouse load) see nothing, as for
+    a compaction. Returns the tombstones removed (0: nothing committed). Raises
+    ``VersionTakenError`` if another writer committed first."""
+    configuration = table.metadata().configuration
+    fs, root = pyarrow_filesystem(table.table_uri, storage_options)
+    schema = pa.schema(table.schema().to_arrow())
+    schema = pa.schema(
+        pa.field(f.name, pa.string(), f.nullable) if pa.types.is_string_view(f.type) else f
+        for f in schema
+    )
+    settings = _WriteSettings(
+        fs=fs,
+        root=root,
+        schema=schema,
+        target_file_size=int(configuration.get("delta.targetFileSize", TARGET_FILE_SIZE)),
+        stats_columns=configuration.get(
+            "delta.dataSkippingStatsColumns",
+            TABLE_CONFIGURATION["delta.dataSkippingStatsColumns"],
+        ).split(","),
+        bytes_per_row=files.bytes / files.rows if files.rows else 400.0,
+    )
+    done = Rewritten()
+    expired = 0
+    now = int(time.time() * 1000)
+    limit = pa.scalar(cutoff, pa.timestamp("us", tz="UTC"))
+    for path, (bucket, size, *_rest) in sorted(files.files.items()):
+        rows = _read_files(settings, [path])
+        old = pc.and_(
+            is_tombstone(rows), pc.less(rows.column("_event_time").cast(limit.type), limit)
+        )
+        count = int(pc.sum(old).as_py() or 0)
+        if count == 0:
+            continue
+        expired += count
+        kept = rows.filter(pc.invert(old))
+        done.removed.append(
+            {
+                "path": path,
+                "dataChange": False,
+                "deletionTimestamp": now,
+                "extendedFileMetadata": True,
+                "partitionValues": {"_bucket": bucket},
+                "size": size,
+            }
+        )
+        if kept.num_rows:
+            new_path = f"_bucket={bucket}/part-{uuid.uuid4()}-c000.zstd.parquet"
+            done.added.append(
+                {
+                    "path": new_path,
+                    "partitionValues": {"_bucket": bucket},
+                    "size": _write_parquet(settings, new_path, kept),
+                    "modificationTime": int(time.time() * 1000),
+                    "dataChange": False,
+                    "stats": json.dumps(_statistics(kept, settings.stats_columns)),
+                }
+            )
+    if not expired:
+        return 0
+    info = {"operation": "DELETE", "operationParameters": {"predicate": "expired tombstones"}}
+    lines = _log_entry(table, {**info, **commit_info}, None, done)
+    commit_entry(store, table_key, table.version() + 1, lines)
+    return expired
+
+
 def commit_entry(store: ObjectStore, table_key: str, version: int, lines: list[dict]) -> None:
     """Write the log entry of ``version``, or raise ``VersionTakenError`` if it exists."""
     payload = "\n".join(json.dumps(line, separators=(",", ":")) for line in lines).encode()
@@ -174,7 +259,7 @@ def _rewrite_partition(
     old = _read_files(settings, [path for path, _ in files])
     changes = changes.select(settings.data_schema.names).cast(settings.data_schema)
     rows, feed = apply_changes(old, changes, done)
-    if feed.num_rows == 0:  # nothing changes here (all events stale): leave the files alone
+    if done.rows_changed == 0:  # nothing changes here (all events stale): leave the files alone
         return done
     done.duplicate_keys = rows.num_rows - pc.count_distinct(rows.column("_id")).as_py()
     now = int(time.time() * 1000)
@@ -213,30 +298,44 @@ def _rewrite_partition(
 
 
 def apply_changes(old: pa.Table, changes: pa.Table, done: Rewritten) -> tuple[pa.Table, pa.Table]:
-    """``old`` rows (unique keys) with ``changes`` (unique keys, same columns) applied, and the
-    change feed of that: the rows deleted, inserted, and both images of those updated."""
+    """``old`` rows (unique keys, tombstones included) with ``changes`` (unique keys, same
+    columns) applied, and the change feed of that, which shows live rows only.
+
+    A change wins over the stored row of its key if its ``_pos`` is ``>=`` the stored one (a
+    tombstone included: that is how a late, older change is refused). A winning change:
+
+    - live row, upsert: an update (``update_preimage`` + ``update_postimage``);
+    - live row, delete: the row becomes a tombstone (``delete`` of the live row);
+    - tombstone or no row, upsert: an ``insert``;
+    - tombstone or no row, delete: a tombstone is written or replaced (nothing in the feed).
+    """
     at = pc.index_in(old.column("_id"), value_set=changes.column("_id"))
     matched = np.flatnonzero(pc.is_valid(at).to_numpy(zero_copy_only=False))
     change_at = pc.take(at, pa.array(matched)).cast(pa.int64()).to_numpy()
     stored_pos = pc.take(old.column("_pos"), pa.array(matched)).to_numpy()
     change_pos = pc.take(changes.column("_pos"), pa.array(change_at)).to_numpy()
-    is_delete = pc.equal(changes.column("_op"), "delete").to_numpy(zero_copy_only=False)
+    is_delete = is_tombstone(changes).to_numpy(zero_copy_only=False)
+    old_live = ~is_tombstone(old).to_numpy(zero_copy_only=False)
     wins = change_pos >= stored_pos  # per matched old row
-    deleted_rows = matched[wins & is_delete[change_at]]
-    updated_rows = matched[wins & ~is_delete[change_at]]
+    live = old_live[matched]  # per matched old row: the stored row is live
+    deleted_rows = matched[wins & live & is_delete[change_at]]
+    updated_rows = matched[wins & live & ~is_delete[change_at]]
+    replaced_rows = matched[wins]  # stored rows the changes replace (tombstones included)
     stale = np.zeros(changes.num_rows, bool)
     stale[change_at[~wins]] = True
     updated_changes = np.zeros(changes.num_rows, bool)
-    updated_changes[change_at[wins & ~is_delete[change_at]]] = True
-    inserted_changes = ~is_delete & ~stale & ~updated_changes
+    updated_changes[change_at[wins & live & ~is_delete[change_at]]] = True
+    inserted_changes = ~is_delete & ~stale & ~updated_changes  # over a tombstone or no row
+    written = ~stale  # every winning change is stored: upserts and tombstones
     keep = np.ones(old.num_rows, bool)
-    keep[deleted_rows] = False
-    keep[updated_rows] = False
-    upserts = changes.filter(pa.array(updated_changes | inserted_changes))
-    rows = pa.concat_tables([old if keep.all() else old.filter(pa.array(keep)), upserts])
+    keep[replaced_rows] = False
+    stored = changes.filter(pa.array(written))
+    rows = pa.concat_tables([old if keep.all() else old.filter(pa.array(keep)), stored])
     done.deleted += len(deleted_rows)
     done.updated += len(updated_rows)
     done.inserted += int(inserted_changes.sum())
+    done.tombstones_written += int((is_delete & written).sum())
+    done.rows_changed += int(written.sum())
     feed = pa.concat_tables(
         [
             _typed(old.take(pa.array(deleted_rows)), "delete"),
@@ -312,11 +411,10 @@ def _json_value(value: Any) -> Any:
 def _log_entry(
     table: DeltaTable,
     commit_info: dict[str, Any],
-    app_transaction: tuple[str, int],
+    app_transaction: tuple[str, int] | None,
     done: Rewritten,
 ) -> list[dict[str, Any]]:
     now = int(time.time() * 1000)
-    app, version = app_transaction
     info = {
         "timestamp": now,
         "operation": "MERGE",
@@ -336,7 +434,19 @@ def _log_entry(
     }
     return [
         {"commitInfo": info},
-        {"txn": {"appId": app, "version": version, "lastUpdated": now}},
+        *(
+            [
+                {
+                    "txn": {
+                        "appId": app_transaction[0],
+                        "version": app_transaction[1],
+                        "lastUpdated": now,
+                    }
+                }
+            ]
+            if app_transaction
+            else []
+        ),
         *({"remove": action} for action in done.removed),
         *({"add": action} for action in done.added),
         *({"cdc": action} for action in done.changes),

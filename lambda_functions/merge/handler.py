@@ -20,6 +20,11 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             f"-{result.deleted}; rewrote {result.files_rewritten} files "
             f"({result.bytes_rewritten / 1e6:.1f} MB) of {result.files_in_table}"
         )
+        if result.batches_superseded:
+            pipes.log.warning(
+                f"{result.namespace}: batches {result.batches_superseded} were superseded by a "
+                "reset marker (a new generation) and skipped unread"
+            )
         for note in result.schema_changes:
             pipes.log.warning(note)
         for keys in result.ambiguous_deletes:
@@ -37,6 +42,11 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "rows_inserted": {"raw_value": result.inserted, "type": "int"},
             "rows_updated": {"raw_value": result.updated, "type": "int"},
             "rows_deleted": {"raw_value": result.deleted, "type": "int"},
+            "tombstones_written": {"raw_value": result.tombstones_written, "type": "int"},
+            "tombstones": {"raw_value": result.tombstones, "type": "int"},
+            "changes_below_drop_floor": {"raw_value": result.below_floor, "type": "int"},
+            "drop_floor": {"raw_value": result.drop_floor, "type": "int"},
+            "batches_superseded": {"raw_value": len(result.batches_superseded), "type": "int"},
             "merge_path": {"raw_value": result.merge_path, "type": "text"},
             "commits": {"raw_value": result.commits, "type": "int"},
             "files_added": {"raw_value": result.files_added, "type": "int"},
@@ -69,6 +79,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return {
             "version": result.version,
             "batches_applied": result.batches_applied,
+            "batches_superseded": result.batches_superseded,
             "merge_path": result.merge_path,
         }
 

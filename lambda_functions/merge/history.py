@@ -16,7 +16,9 @@ needs care in two cases, both handled here:
   changed, or inserted and deleted in between) did not change and is left out, so a reader loads
   exactly the rows changed between the two versions.
 
-Compaction commits (``dataChange=false``) add nothing to the feed.
+Compaction commits (``dataChange=false``) add nothing to the feed, nor does tombstone expiry.
+Tombstones (rows of deleted documents, see ``layout``) are never returned: ``read_version``
+returns live rows, and the feed is read through ``layout.live_changes``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
+
+from lambda_functions.merge.layout import live_changes, live_rows
 
 _BEFORE = ("delete", "update_preimage")  # the state before a version
 _IDENTITY = ("_pos", "_batch", "_seq")  # a stored row's identity: which change wrote it
@@ -36,10 +40,12 @@ class VersionNotAvailableError(RuntimeError):
 def read_version(
     uri: str, options: dict[str, str], version: int, columns: list[str] | None = None
 ) -> pa.Table:
-    """Every row of the table as it was at ``version``."""
+    """Every live row of the table as it was at ``version`` (tombstones left out)."""
     try:
         table = DeltaTable(uri, version=version, storage_options=options)
-        return _plain(table.to_pyarrow_table(columns=columns))
+        wanted = None if columns is None else list(dict.fromkeys([*columns, "_op"]))
+        rows = live_rows(_plain(table.to_pyarrow_table(columns=wanted)))
+        return rows if columns is None else rows.select(columns)
     except Exception as error:
         if "not found" in str(error).lower() or "no such file" in str(error).lower():
             raise VersionNotAvailableError(
@@ -79,6 +85,7 @@ def changes_between(
 
 def net_changes(feed: pa.Table, out_schema: pa.Schema) -> pa.Table:
     """Reduce a change feed to one row per changed key (see the module docstring)."""
+    feed = live_changes(feed)
     if feed.num_rows == 0:
         return out_schema.empty_table()
     before = pc.is_in(feed.column("_change_type"), value_set=pa.array(_BEFORE))

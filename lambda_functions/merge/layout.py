@@ -14,6 +14,15 @@
   Parquet statistics for ``doc``.
 - **Statistics** only on the small columns: the JSON ``doc`` would put two whole documents per
   file into the Delta log and slow every table load.
+- **Tombstones.** A deleted document stays in the table for a while as a tombstone: a row with
+  ``_op = 'delete'``, a null ``doc`` and null typed columns, carrying the delete's ``_pos``,
+  ``_event_time``, ``_batch`` and ``_seq``. It lives where the key lives (same partition, same
+  file range), so the merge's rule "a change applies only if its ``_pos`` is ``>=`` the stored
+  one" refuses an older change delivered late, and maintenance expires it after the tombstone
+  retention. **Every reader filters them out**: ``LIVE_ROWS`` (SQL: Athena, Spark, Redshift
+  Spectrum) or ``live_rows`` (Arrow). ``'delete'`` is the smallest ``_op`` value, so a file's
+  ``_op`` statistics say whether it holds tombstones (min is ``'delete'``) or only tombstones
+  (max is ``'delete'``) without reading it.
 """
 
 from __future__ import annotations
@@ -57,6 +66,67 @@ WRITER_PROPERTIES = WriterProperties(
 )
 
 HASH_BUCKETS = 16
+
+# The lake table's live rows, as a SQL predicate for external readers and Delta predicates:
+# tombstones (see the module docstring) are rows of deleted documents, never data.
+TOMBSTONE_OP = "delete"
+LIVE_ROWS = f"_op <> '{TOMBSTONE_OP}'"
+
+
+def is_tombstone(rows: pa.Table) -> pa.ChunkedArray:
+    """Per row: True for a tombstone (``_op = 'delete'``)."""
+    return pc.equal(rows.column("_op").cast(pa.string()), TOMBSTONE_OP)
+
+
+def live_rows(rows: pa.Table) -> pa.Table:
+    """``rows`` without tombstones: what every reader of the lake table must see (Arrow's
+    ``LIVE_ROWS``). ``rows`` needs the ``_op`` column."""
+    return rows.filter(pc.invert(is_tombstone(rows)))
+
+
+def live_changes(feed: pa.Table) -> pa.Table:
+    """A Delta change data feed (with ``_change_type``, ``_commit_version``, ``_id``, ``_op``)
+    as changes of live rows only: what the feed means once tombstones are read as "no document".
+
+    The rewrite writes such a feed itself; delta-rs (MERGE, DELETE) and commits without change
+    files treat tombstones as rows. Per commit and key: a tombstone ``insert`` or ``delete``
+    is dropped; an update from a live row to a tombstone becomes a ``delete`` of the live row;
+    from a tombstone to a live row, an ``insert`` of the live row; from a tombstone to a
+    tombstone, nothing. Updates between live rows are kept. Row order is not kept.
+    """
+    dead = is_tombstone(feed)
+    if not pc.any(dead).as_py():
+        return feed
+    feed = feed.cast(  # delta-rs reads strings as string_view, which Arrow's join cannot take
+        pa.schema(
+            pa.field(f.name, pa.string()) if pa.types.is_string_view(f.type) else f
+            for f in feed.schema
+        )
+    )
+    kind = feed.column("_change_type").cast(pa.string())
+    keys = ["_commit_version", "_id"]
+
+    def image(change_type: str, name: str) -> pa.Table:
+        mask = pc.equal(kind, change_type)
+        return feed.select(keys).filter(mask).append_column(name, dead.filter(mask))
+
+    paired = feed.append_column("_dead", dead)
+    paired = paired.join(image("update_preimage", "_dead_before"), keys, join_type="left outer")
+    paired = paired.join(image("update_postimage", "_dead_after"), keys, join_type="left outer")
+    kind = paired.column("_change_type").cast(pa.string())
+    before = pc.fill_null(paired.column("_dead_before"), False)
+    after = pc.fill_null(paired.column("_dead_after"), False)
+    is_pre, is_post = pc.equal(kind, "update_preimage"), pc.equal(kind, "update_postimage")
+    renamed = pc.if_else(
+        pc.and_(is_pre, after), "delete", pc.if_else(pc.and_(is_post, before), "insert", kind)
+    )
+    keep = pc.invert(paired.column("_dead"))
+    paired = paired.set_column(
+        paired.schema.get_field_index("_change_type"),
+        "_change_type",
+        renamed.cast(feed.schema.field("_change_type").type),
+    )
+    return paired.filter(keep).drop_columns(["_dead", "_dead_before", "_dead_after"])
 
 
 def key_bucket(key: str) -> str:

@@ -1,7 +1,21 @@
-"""Lake table maintenance: compact cold partitions, vacuum unreferenced files.
+"""Lake table maintenance: expire old tombstones, compact cold partitions, vacuum unreferenced files.
 
 Merges are copy-on-write and write a few files per touched partition each time, so partitions
 that stopped changing end up with many small, unsorted files. ``compact_table``:
+
+- first expires **tombstones** (rows of deleted documents, see ``layout``) whose delete happened
+  more than ``tombstone_retention_hours`` ago, by the delete's ``_event_time`` (the source's
+  clock, which is what a change stream's retention is measured in: no change older than the
+  retention can still be read from the stream, so none can still arrive from it). Only files
+  whose statistics show a tombstone old enough are read (``min(_op) = 'delete'`` and
+  ``min(_event_time)`` before the cutoff). The commit changes no live row: its files are marked
+  ``dataChange=false`` and it writes no change data, so the warehouse load reads nothing from it
+  (tables the Arrow rewrite does not write use a delta-rs DELETE, whose change rows are
+  tombstones, which readers skip). **Limit:** a change older than an expired tombstone that
+  still arrives (a raw batch left unmerged longer than the retention, a DMS file delivered a
+  week late) is applied like any change to an absent key: the document comes back. Keep the
+  retention at or above the longest delay any input can have (default 168 h = DocumentDB's
+  longest change-stream retention);
 
 - rewrites every **cold** partition (no file written for ``cold_after_hours``) that holds more than
   one file into files of ``delta.targetFileSize``, clustered by ``_id`` (``z_order``, which orders
@@ -27,6 +41,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable
@@ -34,9 +49,15 @@ from deltalake.exceptions import CommitFailedError
 
 from lambda_functions.contracts import CompactRequest
 from lambda_functions.lake import ObjectStore, open_store
-from lambda_functions.merge.layout import WRITER_PROPERTIES
-from lambda_functions.merge.merge import LakeTableMissingError, lake_table_location, open_table
-from lambda_functions.merge.table_files import TableFiles
+from lambda_functions.merge import copy_on_write
+from lambda_functions.merge.layout import LIVE_ROWS, TOMBSTONE_OP, WRITER_PROPERTIES
+from lambda_functions.merge.merge import (
+    LakeTableMissingError,
+    lake_table_key,
+    lake_table_location,
+    open_table,
+)
+from lambda_functions.merge.table_files import TableFiles, tombstone_count
 
 # Delta's default for delta.deletedFileRetentionDuration; vacuum refuses shorter unless told.
 DEFAULT_RETENTION_HOURS = 168
@@ -57,6 +78,8 @@ class MaintenanceResult:
     bytes_written: int = 0
     files_vacuumed: int = 0  # deleted (or, on a dry run, that would be)
     files_in_table: int = 0
+    tombstones_expired: int = 0  # older than the retention: removed (dry run: 0)
+    tombstones: int = 0  # left in the table
     duration_s: float = 0.0
 
 
@@ -78,8 +101,17 @@ def compact_table(
             f"{request.namespace}: no lake table at {uri}; run the merge stage first"
         )
     version_before = table.version()
-    before = TableFiles.of(table)
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    expired = 0
+    if not request.dry_run:
+        expired = _expire_tombstones(table, store, request, now_ms)
+        if expired:
+            table.update_incremental()
+        say(
+            f"{request.namespace}: {expired} tombstones older than "
+            f"{request.tombstone_retention_hours} h expired"
+        )
+    before = TableFiles.of(table)
     cold, hot = _cold_partitions(table, request.cold_after_hours, now_ms)
     candidates = sorted(b for b, count in cold.items() if count > 1)
     say(
@@ -120,8 +152,61 @@ def compact_table(
         bytes_written=written.bytes,
         files_vacuumed=len(vacuumed),
         files_in_table=after.count,
+        tombstones_expired=expired,
+        tombstones=tombstone_count(table),
         duration_s=time.monotonic() - started,
     )
+
+
+def _expire_tombstones(
+    table: DeltaTable, store: ObjectStore, request: CompactRequest, now_ms: int
+) -> int:
+    """Remove the tombstones older than the retention (see the module docstring)."""
+    cutoff = datetime.fromtimestamp(now_ms / 1000, UTC) - timedelta(
+        hours=request.tombstone_retention_hours
+    )
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if "min._op" not in actions.column_names or "min._event_time" not in actions.column_names:
+        return 0
+    holding = TableFiles.of(table)
+    candidates = {}
+    for path, low_op, oldest in zip(
+        actions.column("path").to_pylist(),
+        actions.column("min._op").to_pylist(),
+        actions.column("min._event_time").to_pylist(),
+        strict=True,
+    ):
+        if low_op == TOMBSTONE_OP and oldest is not None and _utc(oldest) < cutoff:
+            candidates[path] = holding.files[path]
+    if not candidates:
+        return 0
+    metadata = {"lakehouse.namespace": request.namespace, "lakehouse.maintenance": "expire"}
+    try:
+        if copy_on_write.supports(table):
+            return copy_on_write.expire_tombstones(
+                table,
+                store,
+                lake_table_key(request.database, request.collection),
+                lake_table_location(store, request.database, request.collection)[1],
+                TableFiles(candidates),
+                cutoff,
+                commit_info=metadata,
+            )
+        stamp = cutoff.strftime("%Y-%m-%d %H:%M:%S.%f")
+        metrics = table.delete(
+            predicate=f"NOT ({LIVE_ROWS}) AND _event_time < '{stamp}'",
+            commit_properties=CommitProperties(custom_metadata=metadata),
+        )
+        return int(metrics.get("num_deleted_rows", 0))
+    except (CommitFailedError, copy_on_write.VersionTakenError):
+        raise RuntimeError(
+            f"{request.namespace}: a merge committed while tombstones were being expired; "
+            "nothing was changed. Re-run the maintenance under the merge's concurrency key."
+        ) from None
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _cold_partitions(

@@ -1,4 +1,5 @@
-"""Lambda handler: compact the lake table's cold partitions and vacuum it, and report what it did."""
+"""Lambda handler: expire old tombstones, compact the lake table's cold partitions and vacuum it,
+and report what it did."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "bytes_written": {"raw_value": result.bytes_written, "type": "int"},
             "files_vacuumed": {"raw_value": result.files_vacuumed, "type": "int"},
             "files_in_table": {"raw_value": result.files_in_table, "type": "int"},
+            "tombstones_expired": {"raw_value": result.tombstones_expired, "type": "int"},
+            "tombstones": {"raw_value": result.tombstones, "type": "int"},
             "duration_seconds": {"raw_value": round(result.duration_s, 3), "type": "float"},
         }
         pipes.report_asset_materialization(
@@ -39,4 +42,5 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "version": result.version_after,
             "partitions_compacted": result.partitions_compacted,
             "files_vacuumed": result.files_vacuumed,
+            "tombstones_expired": result.tombstones_expired,
         }

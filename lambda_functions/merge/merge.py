@@ -10,9 +10,30 @@ Guarantees:
   every commit is made against the version it read or fails (the log entry is an exclusive
   create: ``If-None-Match: *`` on S3, a hard link locally); the loser reloads, sees the batch
   applied, and stops.
-- **Event-time ordering.** Within the pending batches a key's changes are precombined on
-  (pos, batch, seq): the latest wins, deterministically. Against the table, a change applies only
-  if its position is ``>=`` the stored one, so a late, stale event never rolls a document back.
+- **Event-time ordering, across deletes too.** Within the pending batches a key's changes are
+  precombined on (pos, batch, seq): the latest wins, deterministically. Against the table, a
+  change applies only if its position is ``>=`` the stored one, so a late, stale event never rolls
+  a document back. A delete leaves a **tombstone** (a row with ``_op = 'delete'``, see ``layout``)
+  with the delete's position, also for a key the table never held, so an older change delivered
+  later (SQS standard queues deliver at least once with best-effort ordering; DMS CDC files can
+  land late) cannot resurrect the document: MongoDB orders a collection's changes by
+  ``clusterTime``, and the delete is the latest. A newer insert or update replaces the tombstone
+  and shows in the change feed as an ``insert``. Tombstones are invisible to readers (they filter
+  ``layout.LIVE_ROWS``) and expire in maintenance after ``tombstone_retention_hours``; a change
+  older than an *expired* tombstone is applied again (the documented limit of any retention).
+- **Drops apply by position when they carry one.** A marker batch (``extra["dropped"]``) with
+  ``extra["drop_pos"]`` (the drop/rename/invalidate event's ``clusterTime``, from the change
+  stream or MQ) removes the rows older than that position (``_pos < drop_pos``, tombstones too)
+  and keeps newer ones (a collection re-created after the drop, delivered before it); it raises
+  the table's generation floor (the Delta app transaction ``lakehouse-drop-floor:<namespace>``,
+  in the same commit) to ``drop_pos``, and every change below the floor is ignored from then on.
+  A marker **without** a position (capture ``reset``/``auto_resnapshot``, DMS reloads, older
+  batches) keeps batch-order semantics: it removes every row applied before it and resets the
+  floor to 0, because the new generation's rows carry positions unrelated to the old ones (a
+  re-snapshot's rows sit at its recorded start position, DMS full-load rows at 0). Such a marker
+  supersedes every batch before it: pending batches in front of it are skipped unread
+  (``batches_superseded``), which is also how a damaged batch is left behind (re-snapshot with
+  ``reset``, then merge again).
 - **Cost follows the change.** The table is partitioned by ``_bucket`` (see ``layout``), and each
   commit reads and rewrites only the files whose ``_id`` range the batch's keys fall in. Paths,
   reported in the result and the commit metadata: ``create`` (first batch), ``append`` (the batch
@@ -32,18 +53,21 @@ Guarantees:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from lambda_functions.contracts import MergeRequest
 from lambda_functions.lake import BatchManifest, ObjectStore, RawZone, open_store
-from lambda_functions.lake.raw_zone import BATCH_SCHEMA
+from lambda_functions.lake.raw_zone import BATCH_SCHEMA, CorruptBatchError
 from lambda_functions.merge import copy_on_write
 from lambda_functions.merge.copy_on_write import VersionTakenError
 from lambda_functions.merge.key_candidates import resolve_key_candidates
@@ -52,8 +76,10 @@ from lambda_functions.merge.layout import (
     TABLE_CONFIGURATION,
     TABLE_SCHEMA,
     WRITER_PROPERTIES,
+    is_tombstone,
     key_bucket,
     key_buckets,
+    live_rows,
 )
 from lambda_functions.merge.rekey import (
     record_key_transactions,
@@ -61,7 +87,7 @@ from lambda_functions.merge.rekey import (
     upgrade_record_keys,
 )
 from lambda_functions.merge.schema_evolution import TypedColumns
-from lambda_functions.merge.table_files import TableFiles
+from lambda_functions.merge.table_files import TableFiles, tombstone_count
 
 __all__ = [
     "TABLE_CONFIGURATION",
@@ -70,6 +96,8 @@ __all__ = [
     "LakeTableMissingError",
     "MergeResult",
     "app_id",
+    "drop_floor",
+    "floor_app_id",
     "key_bucket",
     "key_buckets",
     "lake_table_location",
@@ -85,6 +113,12 @@ MAX_ROWS_PER_COMMIT = 1_000_000
 # little of it is read (benchmarks/merge.py: 16 s pruned vs 8 s streamed for a batch touching
 # every file of a 2M-row table).
 PRUNED_MERGE_MAX_FRACTION = 0.25
+# How to start a new table generation when a batch cannot be read (same as capture's advice).
+RESNAPSHOT_FIX = (
+    "re-snapshot the collection: materialize cdc_raw_batches for this partition with run config "
+    '{"ops": {"cdc_raw_batches": {"config": {"reset": true}}}}, then materialize lake_table '
+    "again: the reset marker supersedes the damaged batch, and the merge skips it unread"
+)
 
 
 class _LostRace(Exception):
@@ -97,14 +131,20 @@ class MergeResult:
     table_uri: str
     version: int | None  # table version after the merge (None: the table does not exist yet)
     batches_applied: list[int] = field(default_factory=list)
+    # Pending batches in front of a marker without a position (a new generation): skipped unread.
+    batches_superseded: list[int] = field(default_factory=list)
     last_applied_batch: int = 0
     rows_in: int = 0  # change rows read from the batches
     inserted: int = 0
     updated: int = 0
-    deleted: int = 0
+    deleted: int = 0  # live rows deleted (a tombstone written over a live row counts here)
+    tombstones_written: int = 0  # deletes stored as tombstones by this run (new or replacing)
+    below_floor: int = 0  # changes ignored: older than the table's drop floor
     files_added: int = 0  # data files written by this run's commits
     files_removed: int = 0  # data files replaced by this run's commits (= files_rewritten)
-    table_rows: int = 0
+    table_rows: int = 0  # live rows (tombstones not counted)
+    tombstones: int = 0  # tombstones in the table after the merge
+    drop_floor: int = 0  # changes below this position are ignored (see the module docstring)
     duplicate_keys: int = 0  # keys stored twice in the partitions this merge wrote; must be 0
     buckets_touched: list[str] = field(default_factory=list)
     commit_attempts: int = 0
@@ -141,6 +181,16 @@ def app_id(namespace: str) -> str:
     return f"lakehouse-merge:{namespace}"
 
 
+def floor_app_id(namespace: str) -> str:
+    """The Delta app transaction whose version is the table's drop floor (a position)."""
+    return f"lakehouse-drop-floor:{namespace}"
+
+
+def drop_floor(table: DeltaTable | None, namespace: str) -> int:
+    """Changes with a ``_pos`` below this are older than the last positional drop: ignored."""
+    return (table.transaction_version(floor_app_id(namespace)) or 0) if table is not None else 0
+
+
 def precombine(changes: pa.Table) -> pa.Table:
     """One row per ``_id``: the change with the greatest (pos, batch, seq)."""
     ordered = changes.sort_by(
@@ -169,10 +219,15 @@ def merge_batches(
     """Apply every published batch newer than the table's last applied one.
 
     Consecutive batches are applied together, up to ``max_rows_per_commit`` change rows per
-    commit (a single larger batch is still applied alone). A batch marked ``dropped`` (the
-    collection was dropped, or capture was reset for a new snapshot) is its own commit that
-    removes every row applied before it. Each commit records its last batch, so a re-run resumes
+    commit (a single larger batch is still applied alone). A batch marked ``dropped`` is its own
+    commit: with a ``drop_pos`` it removes the rows older than that position, without one (a
+    reset: a new generation) every row applied before it, and the batches pending in front of
+    it are superseded (skipped unread). Each commit records its last batch, so a re-run resumes
     after it.
+
+    Raises:
+        CorruptBatchError: a pending batch's data does not match its manifest; the message names
+            the batch, the file and the fix (a re-snapshot, whose reset marker supersedes it).
     """
     started = time.monotonic()
     say = on_progress or (lambda _message: None)
@@ -187,30 +242,48 @@ def merge_batches(
     if table is not None:
         upgrade_record_keys(table, zone.namespace, say)
     files = _files_of(table)
+    superseded: list[int] = []
+    known: dict[int, BatchManifest] = {}  # manifests read so far (each is read once)
     while budget > 0:
         applied = _last_applied(table, app)
         pending = zone.batch_numbers(after=applied)[:budget]
         if not pending:
             break
-        segment = _next_segment(zone, pending, max_rows_per_commit)
+        manifests = _pending_manifests(zone, pending, known)
+        skipped = _superseded(manifests)
+        if skipped:
+            say(
+                f"{zone.namespace}: batches {skipped[0]}..{skipped[-1]} are superseded by the "
+                f"reset marker batch {skipped[-1] + 1} (a new generation): skipped unread"
+            )
+            superseded += skipped
+            budget -= len(skipped)
+            manifests = manifests[len(skipped) :]
+        segment = _next_segment(manifests, max_rows_per_commit)
         numbers = [m.batch for m in segment]
         say(f"{zone.namespace}: applying batches {numbers[0]}..{numbers[-1]} on top of {applied}")
         done, table, files = _commit_segment(zone, where, table, files, segment, say)
         totals.add(done)
         budget -= len(segment)
+    tombstones = tombstone_count(table) if table is not None else 0
     return MergeResult(
         namespace=zone.namespace,
         table_uri=uri,
         version=table.version() if table else None,
         batches_applied=totals.batches,
+        batches_superseded=superseded,
         last_applied_batch=_last_applied(table, app),
         rows_in=totals.rows_in,
         inserted=totals.inserted,
         updated=totals.updated,
         deleted=totals.deleted,
+        tombstones_written=totals.tombstones_written,
+        below_floor=totals.below_floor,
         files_added=totals.files_written,
         files_removed=totals.files_rewritten,
-        table_rows=files.rows,
+        table_rows=files.rows - tombstones,
+        tombstones=tombstones,
+        drop_floor=drop_floor(table, zone.namespace),
         duplicate_keys=totals.duplicate_keys,
         buckets_touched=sorted(set(totals.buckets)),
         commit_attempts=totals.attempts,
@@ -238,6 +311,8 @@ class _Totals:
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
+    tombstones_written: int = 0
+    below_floor: int = 0
     files_rewritten: int = 0
     bytes_rewritten: int = 0
     files_written: int = 0
@@ -262,15 +337,43 @@ def _files_of(table: DeltaTable | None) -> TableFiles:
     return TableFiles.of(table) if table is not None else TableFiles({})
 
 
-def _next_segment(zone: RawZone, pending: list[int], max_rows: int) -> list[BatchManifest]:
+def _pending_manifests(
+    zone: RawZone, pending: list[int], known: dict[int, BatchManifest]
+) -> list[BatchManifest]:
+    """The manifests of the pending batches (small JSON objects; the data is not read), so a
+    new-generation marker can be found ahead of the batches it supersedes."""
+    for number in pending:
+        if number not in known:
+            known[number] = zone.read_manifest(number)
+    return [known[number] for number in pending]
+
+
+def _drop_position(manifest: BatchManifest) -> int | None:
+    value = manifest.extra.get("drop_pos")
+    return int(value) if value is not None else None
+
+
+def _starts_generation(manifest: BatchManifest) -> bool:
+    """A dropped marker without a position: a new generation that supersedes every batch
+    before it (capture ``reset``/``auto_resnapshot``, a DMS reload)."""
+    return bool(manifest.extra.get("dropped")) and _drop_position(manifest) is None
+
+
+def _superseded(manifests: list[BatchManifest]) -> list[int]:
+    """The pending batches in front of the last new-generation marker: its commit removes every
+    row applied before it, so they need not (and, if damaged, cannot) be read."""
+    markers = [i for i, m in enumerate(manifests) if _starts_generation(m)]
+    return [m.batch for m in manifests[: markers[-1]]] if markers else []
+
+
+def _next_segment(manifests: list[BatchManifest], max_rows: int) -> list[BatchManifest]:
     """The batches of the next commit: a dropped marker alone, else consecutive batches up to
     ``max_rows`` change rows (at least one batch)."""
-    first = zone.read_manifest(pending[0])
+    first = manifests[0]
     if first.extra.get("dropped"):
         return [first]
     segment, rows = [first], first.rows
-    for number in pending[1:]:
-        manifest = zone.read_manifest(number)
+    for manifest in manifests[1:]:
         if manifest.extra.get("dropped") or rows + manifest.rows > max_rows:
             break
         segment.append(manifest)
@@ -301,6 +404,7 @@ def _commit_segment(
     commit with its files."""
     numbers = [m.batch for m in segment]
     dropped = bool(segment[0].extra.get("dropped"))
+    drop_pos = _drop_position(segment[0]) if dropped else None
     typed = TypedColumns.of_table(_arrow_schema(table))
     changes, resolution = resolve_key_candidates(
         _read_changes(zone, segment, typed), lambda buckets: _live_keys(table, buckets)
@@ -310,8 +414,6 @@ def _commit_segment(
             f"{zone.namespace}: a delete without a typed _id (DMS key-only row) matches several "
             f"documents ({keys}); it was not applied. The source audit shows the survivor"
         )
-    latest = precombine(changes)
-    buckets = pc.unique(latest.column("_bucket")).to_pylist()
     max_pos = pc.max(changes.column("_pos")).as_py() if changes.num_rows else None
     app = app_id(zone.namespace)
     for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
@@ -319,10 +421,23 @@ def _commit_segment(
             if _last_applied(table, app) >= numbers[0]:
                 say(f"{zone.namespace}: batches {numbers} were applied by a concurrent merge")
                 return _Totals(attempts=attempt), table, files  # nothing committed by this run
+            floor = drop_floor(table, zone.namespace)
+            current = changes.filter(pc.greater_equal(changes.column("_pos"), floor))
+            if current.num_rows < changes.num_rows:
+                say(
+                    f"{zone.namespace}: {changes.num_rows - current.num_rows} changes are older "
+                    f"than the drop at position {floor}: ignored"
+                )
+            latest = precombine(current)
+            buckets = pc.unique(latest.column("_bucket")).to_pylist()
             plan = _plan(table, files, latest, buckets, dropped, typed)
             say(plan.describe(zone.namespace, numbers, latest))
+            transactions = [Transaction(app, numbers[-1]), *record_key_transactions()]
+            if dropped:  # a positional drop raises the floor; a new generation resets it
+                new_floor = max(floor, drop_pos) if drop_pos is not None else 0
+                transactions.append(Transaction(floor_app_id(zone.namespace), new_floor))
             commit = CommitProperties(
-                app_transactions=[Transaction(app, numbers[-1]), *record_key_transactions()],
+                app_transactions=transactions,
                 # Commit against the version read, or fail: delta-rs would otherwise rebase a
                 # lost race onto the winner's version, and does not always notice that the
                 # winner applied the same batches (two first commits both succeed).
@@ -331,11 +446,12 @@ def _commit_segment(
                     "lakehouse.namespace": zone.namespace,
                     "lakehouse.batches": f"{numbers[0]}-{numbers[-1]}",
                     "lakehouse.dropped": str(dropped).lower(),
+                    "lakehouse.drop_pos": str(drop_pos),
                     "lakehouse.merge_path": plan.path,
                     "lakehouse.max_pos": str(max_pos),
                 },
             )
-            counts = _apply(plan, where, app, table, latest, typed, commit, numbers[-1])
+            counts = _apply(plan, where, app, table, latest, typed, commit, numbers[-1], drop_pos)
             if table is None:
                 table = open_table(where.uri, where.options)
                 assert table is not None
@@ -356,6 +472,8 @@ def _commit_segment(
                 inserted=counts.inserted,
                 updated=counts.updated,
                 deleted=counts.deleted,
+                tombstones_written=counts.tombstones_written,
+                below_floor=changes.num_rows - current.num_rows,
                 files_rewritten=removed.count,
                 bytes_rewritten=removed.bytes,
                 files_written=added.count,
@@ -426,10 +544,13 @@ def _plan(
 
 @dataclass(frozen=True)
 class _Counts:
+    """Live-row changes of a commit (as its change feed shows them), and tombstones written."""
+
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
     duplicate_keys: int = 0  # found while writing (rewrite path)
+    tombstones_written: int = 0
 
 
 def _apply(
@@ -441,17 +562,22 @@ def _apply(
     typed: TypedColumns,
     commit: CommitProperties,
     last_batch: int,
+    drop_pos: int | None,
 ) -> _Counts:
-    """Commit ``latest`` the way ``plan`` says."""
+    """Commit ``latest`` (one change per key, deletes included: they become tombstones) the
+    way ``plan`` says."""
     uri, options = where.uri, where.options
     if plan.path == "drop":
-        return _Counts(deleted=_drop_all(table, app, last_batch, commit))
-    upserts = _upserts(latest)
+        return _drop(where, table, app, last_batch, commit, drop_pos)
+    written = _Counts(
+        inserted=latest.num_rows - _tombstones_in(latest),
+        tombstones_written=_tombstones_in(latest),
+    )
     if plan.path == "create":
         try:
             write_deltalake(
                 uri,
-                upserts.sort_by("_id"),
+                latest.sort_by("_id"),  # tombstones included: no key can match yet
                 mode="error",  # two first writers cannot both create the table
                 partition_by=PARTITION_BY,
                 configuration=TABLE_CONFIGURATION,
@@ -463,22 +589,22 @@ def _apply(
             if isinstance(error, CommitFailedError) or open_table(uri, options) is not None:
                 raise _LostRace("another merge created the table first") from error
             raise
-        return _Counts(inserted=upserts.num_rows)
+        return written
     assert table is not None
     if plan.path == "append":
-        if upserts.num_rows == 0:
+        if latest.num_rows == 0:
             _record_only(table, commit)
         else:
             write_deltalake(
                 table,
-                upserts.sort_by("_id"),
+                latest.sort_by("_id"),  # tombstones included: no key can match here
                 mode="append",
                 partition_by=PARTITION_BY,
                 schema_mode="merge" if typed.new else None,
                 writer_properties=WRITER_PROPERTIES,
                 commit_properties=commit,
             )
-        return _Counts(inserted=upserts.num_rows)
+        return written
     if plan.path == "rewrite":
         done = copy_on_write.rewrite_touched_files(
             table,
@@ -490,13 +616,11 @@ def _apply(
             commit_info=commit.custom_metadata or {},
             app_transaction=(app, last_batch),
         )
-        return _Counts(done.inserted, done.updated, done.deleted, done.duplicate_keys)
-    metrics = _merge_into(table, _actionable(table, latest), commit, typed, plan.streamed)
-    return _Counts(
-        metrics.get("num_target_rows_inserted", 0),
-        metrics.get("num_target_rows_updated", 0),
-        metrics.get("num_target_rows_deleted", 0),
-    )
+        return _Counts(
+            done.inserted, done.updated, done.deleted, done.duplicate_keys, done.tombstones_written
+        )
+    version = _merge_into(table, latest, commit, typed, plan.streamed)
+    return _feed_counts(where, version) if version is not None else _Counts()
 
 
 def open_table(uri: str, options: dict) -> DeltaTable | None:
@@ -517,7 +641,7 @@ def _read_changes(zone: RawZone, manifests: list[BatchManifest], typed: TypedCol
     core = set(BATCH_SCHEMA.names)
     batches = []
     for m in manifests:
-        batch = upgrade_batch_keys(zone.read_batch(m), m.key_format)
+        batch = upgrade_batch_keys(_read_batch(zone, m), m.key_format)
         extras = batch.select([n for n in batch.column_names if n not in core])
         typed.admit(m.batch, extras)
         batches.append((m.batch, batch, extras))
@@ -540,27 +664,84 @@ def _read_changes(zone: RawZone, manifests: list[BatchManifest], typed: TypedCol
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
-def _deleted(rows: pa.Table) -> pa.ChunkedArray:
-    return pc.equal(rows.column("_op"), "delete")
+def _read_batch(zone: RawZone, manifest: BatchManifest) -> pa.Table:
+    """The batch's rows, or a ``CorruptBatchError`` naming the batch, its file and the fix."""
+    try:
+        return zone.read_batch(manifest)
+    except CorruptBatchError as error:
+        named = [f.key for f in manifest.files if f.key in str(error)]
+        files = ", ".join(named or [f.key for f in manifest.files]) or "(no data file)"
+        raise CorruptBatchError(
+            f"{zone.namespace}: raw batch {manifest.batch} is damaged and cannot be merged "
+            f"({error}); file: {files}. The table stays at its last batch until this is fixed. "
+            f"Fix: {RESNAPSHOT_FIX}."
+        ) from error
 
 
-def _upserts(latest: pa.Table) -> pa.Table:
-    return latest.filter(pc.invert(_deleted(latest)))
+def _tombstones_in(rows: pa.Table) -> int:
+    return int(pc.sum(is_tombstone(rows)).as_py() or 0)
 
 
-def _actionable(table: DeltaTable, latest: pa.Table) -> pa.Table:
-    """The merge source: upserts, plus deletes of keys the table holds (a delete of an absent key
-    has nothing to do). Dropping the latter lets the insert clause go without a predicate, which
-    delta-rs needs: a predicated WHEN NOT MATCHED INSERT that skips some rows writes null rows
-    (still so in deltalake 1.6). The lookup reads only ``_id``, only in the partitions that
-    receive deletes."""
-    deleted = _deleted(latest)
-    deletes = latest.filter(deleted)
-    if deletes.num_rows == 0:
-        return latest
-    held = _stored_keys(table, pc.unique(deletes.column("_bucket")).to_pylist())
-    keep = pc.or_(pc.invert(deleted), pc.is_in(latest.column("_id"), value_set=held))
-    return latest.filter(keep)
+def _feed_counts(where: _Where, version: int) -> _Counts:
+    """What the commit ``version`` did to live rows, from its change data, in which delta-rs
+    writes tombstones like any row (a tombstone written over a live row is an update from the
+    live row to the tombstone). Reads only that commit's change files."""
+    feed = _commit_feed(where, version)
+    kinds = feed.column("_change_type").to_pylist()
+    tombstone = is_tombstone(feed).to_pylist()
+    ids = feed.column("_id").to_pylist()
+    before: dict[str, bool] = {}  # _id -> the preimage is a tombstone
+    after: dict[str, bool] = {}  # _id -> the postimage is a tombstone
+    inserted = deleted = tombstones = 0
+    for key, kind, dead in zip(ids, kinds, tombstone, strict=True):
+        if kind == "insert":
+            inserted += not dead
+            tombstones += dead
+        elif kind == "delete":
+            deleted += not dead  # removing a tombstone changes no live row
+        elif kind == "update_preimage":
+            before[key] = dead
+        elif kind == "update_postimage":
+            after[key] = dead
+    updated = 0
+    for key, dead_after in after.items():
+        dead_before = before.get(key, False)
+        tombstones += dead_after
+        if not dead_before and not dead_after:
+            updated += 1
+        elif not dead_before:
+            deleted += 1
+        elif not dead_after:
+            inserted += 1
+    return _Counts(inserted, updated, deleted, 0, tombstones)
+
+
+def _commit_feed(where: _Where, version: int) -> pa.Table:
+    """(``_id``, ``_op``, ``_change_type``) of the rows commit ``version`` changed: its change
+    data files, or, for a commit without any, the rows of the files it removed (``delete``) and
+    added (``insert``), as the Delta protocol defines the change feed. Read from the log entry
+    and the files themselves (``DeltaTable.load_cdf`` stalls on S3 emulators)."""
+    entry = where.store.get(f"{where.key}/_delta_log/{version:020d}.json").decode()
+    actions = [json.loads(line) for line in entry.splitlines() if line.strip()]
+    changed = [(a["cdc"]["path"], None) for a in actions if "cdc" in a]
+    if not changed:
+        changed = [
+            (a[kind]["path"], "delete" if kind == "remove" else "insert")
+            for a in actions
+            for kind in ("remove", "add")
+            if kind in a and a[kind].get("dataChange", True)
+        ]
+    fs, root = copy_on_write.pyarrow_filesystem(where.uri, where.options)
+    parts = []
+    for path, kind in changed:
+        columns = ["_id", "_op"] + (["_change_type"] if kind is None else [])
+        rows = pq.read_table(f"{root}/{unquote(path)}", columns=columns, filesystem=fs)
+        if kind is not None:
+            rows = rows.append_column("_change_type", pa.array([kind] * rows.num_rows))
+        parts.append(rows.cast(pa.schema([(n, pa.string()) for n in rows.column_names])))
+    if not parts:
+        return pa.table({n: pa.array([], pa.string()) for n in ("_id", "_op", "_change_type")})
+    return pa.concat_tables(parts)
 
 
 def _stored_keys(table: DeltaTable, buckets: list[str]) -> pa.Array:
@@ -578,13 +759,18 @@ def _merge_into(
     commit: CommitProperties,
     typed: TypedColumns,
     streamed: bool,
-) -> dict[str, int]:
+) -> int | None:
+    """delta-rs MERGE of ``source`` (one change per key). Every change, delete or not, replaces
+    the stored row of its key if it is not older (a delete stores a tombstone, and a tombstone
+    refuses older changes like any row), or is inserted if the key has no row: one WHEN MATCHED
+    UPDATE and an unconditional WHEN NOT MATCHED INSERT (a predicated insert that skips rows
+    writes null rows in delta-rs, still so in 1.6). Returns the version written, None if the
+    commit changed no row."""
     if source.num_rows == 0:
         _record_only(table, commit)
-        return {}
+        return None
     values = {name: f"s.{name}" for name in source.column_names}
     newer = "s._pos >= t._pos"
-    is_delete = "s._op = 'delete'"
     buckets = ", ".join(_sql_string(b) for b in pc.unique(source.column("_bucket")).to_pylist())
     version = table.version()
     metrics = (
@@ -600,15 +786,16 @@ def _merge_into(
             streamed_exec=streamed,
             commit_properties=commit,
         )
-        .when_matched_delete(predicate=f"{is_delete} AND {newer}")
-        .when_matched_update(updates=values, predicate=f"NOT ({is_delete}) AND {newer}")
-        .when_not_matched_insert(updates=values)  # source holds no delete of an absent key
+        .when_matched_update(updates=values, predicate=newer)
+        .when_not_matched_insert(updates=values)
         .execute()
     )
     table.update_incremental()
     if table.version() == version:  # nothing changed, so delta-rs wrote no commit
         _record_only(table, commit)
-    return {k: v for k, v in metrics.items() if isinstance(v, int)}
+        return None
+    changed = metrics.get("num_target_rows_inserted", 0) + metrics.get("num_target_rows_updated", 0)
+    return table.version() if changed else None
 
 
 def _sql_string(value: str) -> str:
@@ -626,16 +813,41 @@ def _record_only(table: DeltaTable, commit: CommitProperties) -> None:
     )
 
 
-def _drop_all(table: DeltaTable | None, app: str, batch: int, commit: CommitProperties) -> int:
-    """The collection was dropped (or capture reset): remove every row applied before ``batch``
-    (all rows: batches are applied in order)."""
+def _drop(
+    where: _Where,
+    table: DeltaTable | None,
+    app: str,
+    batch: int,
+    commit: CommitProperties,
+    drop_pos: int | None,
+) -> _Counts:
+    """The collection was dropped (or capture reset). With ``drop_pos``, remove the rows (live
+    rows and tombstones) older than the drop; without, every row applied before ``batch`` (all
+    rows: batches are applied in order). The commit records the batch and the new floor; with no
+    table yet, an empty one is created to hold them, so a later older change is still refused."""
     if table is None:
-        return 0
-    metrics = table.delete(predicate=f"_batch < {batch}", commit_properties=commit)
+        try:
+            DeltaTable.create(
+                where.uri,
+                TABLE_SCHEMA,
+                partition_by=PARTITION_BY,
+                configuration=TABLE_CONFIGURATION,
+                storage_options=where.options,
+                commit_properties=commit,
+            )
+        except DeltaError as error:
+            if open_table(where.uri, where.options) is not None:
+                raise _LostRace("another merge created the table first") from error
+            raise
+        return _Counts()
+    predicate = f"_pos < {int(drop_pos)}" if drop_pos is not None else f"_batch < {batch}"
+    version = table.version()
+    table.delete(predicate=predicate, commit_properties=commit)
     table.update_incremental()
-    if table.transaction_version(app) != batch:
+    if table.transaction_version(app) != batch:  # nothing to delete: delta-rs wrote no commit
         _record_only(table, commit)
-    return int(metrics.get("num_deleted_rows", 0))
+        return _Counts()
+    return _feed_counts(where, version + 1)
 
 
 def _live_keys(table: DeltaTable | None, buckets: list[str]) -> set[str]:
@@ -643,8 +855,7 @@ def _live_keys(table: DeltaTable | None, buckets: list[str]) -> set[str]:
     if table is None or not buckets:
         return set()
     dataset = table.to_pyarrow_dataset(file_pruning_predicate=[("_bucket", "in", buckets)])
-    rows = dataset.to_table(columns=["_id", "_op"])
-    live = rows.filter(pc.not_equal(rows.column("_op").cast(pa.string()), "delete"))
+    live = live_rows(dataset.to_table(columns=["_id", "_op"]))
     return set(live.column("_id").cast(pa.string()).to_pylist())
 
 

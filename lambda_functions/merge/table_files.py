@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
+from lambda_functions.merge.layout import TOMBSTONE_OP
+
 
 @dataclass(frozen=True)
 class TableFiles:
@@ -97,3 +99,35 @@ def _key_ranges(changes: pa.Table) -> dict[str, tuple[str, str]]:
             strict=True,
         )
     }
+
+
+def tombstone_count(table: DeltaTable) -> int:
+    """Tombstones in ``table`` (see ``layout``). ``'delete'`` is the smallest ``_op``, so the
+    files' ``_op`` statistics answer for files with none (min above it) or only tombstones (max
+    equal to it); only files that mix both have their ``_op`` column read (a small,
+    dictionary-encoded column chunk each)."""
+    actions = pa.table(table.get_add_actions(flatten=True))
+    names = actions.column_names
+
+    def column(name: str) -> list:
+        return actions.column(name).to_pylist() if name in names else [None] * len(actions)
+
+    count, mixed = 0, set()
+    for path, rows, low, high in zip(
+        column("path"), column("num_records"), column("min._op"), column("max._op"), strict=True
+    ):
+        if low is None or high is None or rows is None:
+            mixed.add(path)  # no statistics: read it
+        elif low != TOMBSTONE_OP:
+            continue
+        elif high == TOMBSTONE_OP:
+            count += rows
+        else:
+            mixed.add(path)
+    if mixed:
+        names = {path.rsplit("/", 1)[-1] for path in mixed}  # unique (uuid) file names
+        for fragment in table.to_pyarrow_dataset().get_fragments():
+            if fragment.path.rsplit("/", 1)[-1] in names:
+                ops = fragment.to_table(columns=["_op"]).column("_op").cast(pa.string())
+                count += pc.sum(pc.equal(ops, TOMBSTONE_OP)).as_py() or 0
+    return count

@@ -4,6 +4,10 @@ Reads the Delta change data feed between two versions and reduces it to one row 
 state at the newer version, or a delete). Falls back to a full read, and says so, when there is no
 previous load, when the table was re-created (a new table id, e.g. a re-snapshot) or when the feed
 for the needed versions is no longer available (vacuumed): a partial feed is never loaded.
+
+Tombstones (rows of deleted documents kept by the merge, ``_op = 'delete'``) never reach the
+warehouse: the full read keeps live rows only, and the feed is read as live-row changes
+(``layout.live_changes``), so writing, replacing or expiring a tombstone loads nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from lambda_functions.lake.record_key import REKEYED_AT_APP
+from lambda_functions.merge.layout import live_changes, live_rows
 
 # Columns handed to the warehouse, in order.
 STAGE_SCHEMA = pa.schema(
@@ -68,7 +73,7 @@ def read_lake_changes(
         feed = pa.RecordBatchReader.from_stream(
             table.load_cdf(starting_version=since_version + 1, ending_version=version)
         ).read_all()
-        feed = _plain_types(feed)
+        feed = live_changes(_plain_types(feed))
     except Exception as error:  # delta-rs raises generic errors for missing CDF files
         if not _feed_is_gone(error):
             raise
@@ -104,8 +109,8 @@ def _plain_types(feed: pa.Table) -> pa.Table:
 
 
 def _full(table: DeltaTable, table_id: str, version: int, reason: str) -> LakeChanges:
-    rows = _plain_types(
-        table.to_pyarrow_table(columns=["_id", "doc", "_op", "_pos", "_event_time"])
+    rows = live_rows(
+        _plain_types(table.to_pyarrow_table(columns=["_id", "doc", "_op", "_pos", "_event_time"]))
     )
     deleted = pa.repeat(pa.scalar(False), rows.num_rows)
     return LakeChanges(table_id, version, _stage(rows, deleted), True, reason)
@@ -126,9 +131,10 @@ def _stage(rows: pa.Table, deleted: pa.Array | pa.ChunkedArray) -> pa.Table:
 
 
 def lake_keys(table: DeltaTable, changes: LakeChanges) -> pa.Table:
-    """Every key of ``table`` as of ``changes.to_version`` with its change position (``_id``,
-    ``_pos``), for reconciliation: a full read already holds them; otherwise they are read from the
-    same snapshot the changes came from (no second open of the table's log)."""
+    """Every live key of ``table`` as of ``changes.to_version`` with its change position (``_id``,
+    ``_pos``), for reconciliation (tombstones left out): a full read already holds them; otherwise
+    they are read from the same snapshot the changes came from (no second open of the log)."""
     if changes.full:
         return changes.rows.select(["_id", "_pos"])
-    return _plain_types(table.to_pyarrow_table(columns=["_id", "_pos"]))
+    rows = live_rows(_plain_types(table.to_pyarrow_table(columns=["_id", "_pos", "_op"])))
+    return rows.select(["_id", "_pos"])

@@ -18,9 +18,15 @@ def key(month_prefix: str, n: int) -> str:
     return month_prefix[:8] + f"{n:016x}"
 
 
-def publish(zone: RawZone, changes: list[tuple[str, str, int, str | None]]) -> int:
-    """Publish one batch of (key, op, pos, doc) changes; return its number."""
-    now = datetime.now(UTC)
+def publish(
+    zone: RawZone,
+    changes: list[tuple[str, str, int, str | None]],
+    *,
+    event_time: datetime | None = None,
+) -> int:
+    """Publish one batch of (key, op, pos, doc) changes, all at ``event_time`` (default: now);
+    return its number."""
+    now = event_time or datetime.now(UTC)
     table = pa.table(
         {
             "_id": [c[0] for c in changes],

@@ -48,13 +48,14 @@ MAINTENANCE_KEY = "lake_table_maintenance"
         AssetCheckSpec(
             "no_duplicate_keys",
             asset=LAKE_TABLE_KEY,
-            description="No _id is stored twice in the partitions the merge touched.",
+            description="No _id is stored twice (live row or tombstone) in the partitions the "
+            "merge touched.",
         )
     ],
     description=(
         "The Delta Lake table of each collection: every pending raw batch upserted by _id in one "
-        "atomic commit, latest change wins, deletes applied; replayed batches are skipped. Runs "
-        "in Lambda."
+        "atomic commit, latest change wins (deletes too: they leave tombstones, which readers "
+        "filter with _op <> 'delete'); replayed batches are skipped. Runs in Lambda."
     ),
 )
 def lake_table(
@@ -94,9 +95,10 @@ class MaintenanceConfig(Config):
     group_name="maintenance",
     kinds={"deltalake", "lambda"},
     description=(
-        "Keeps each lake table fast and small: cold partitions compacted (z-ordered by _id) in "
-        "atomic commits, then files older than LAKEHOUSE_VACUUM_RETENTION_HOURS vacuumed. Runs "
-        "in Lambda on its own schedule."
+        "Keeps each lake table fast and small: tombstones older than "
+        "LAKEHOUSE_TOMBSTONE_RETENTION_HOURS expired, cold partitions compacted (z-ordered by "
+        "_id) in atomic commits, then files older than LAKEHOUSE_VACUUM_RETENTION_HOURS "
+        "vacuumed. Runs in Lambda on its own schedule."
     ),
 )
 def lake_table_maintenance(
@@ -116,6 +118,7 @@ def lake_table_maintenance(
             z_order=config.z_order,
             vacuum=config.vacuum,
             vacuum_retention_hours=lakehouse.vacuum_retention_hours,
+            tombstone_retention_hours=lakehouse.tombstone_retention_hours,
             dry_run=config.dry_run,
         ),
     )

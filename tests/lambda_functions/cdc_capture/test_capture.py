@@ -401,6 +401,10 @@ def test_dropped_collection_ends_the_batch_and_the_next_run_snapshots_again(
     assert manifest.extra["dropped"] is True and manifest.ops == {"insert": 1}
     assert manifest.state["phase"] == "snapshot" and manifest.state["last_id"] is None
     assert [r["_id"] for r in batch_rows(lake) if r["batch"] == dropped.batch] == [str(before_drop)]
+    # The drop event's clusterTime travels as drop_pos (the merge drops by position): after the
+    # rows captured before it, at or before the new snapshot's rows (taken after the drop).
+    positions = {r["batch"]: r["pos"] for r in batch_rows(lake)}
+    assert positions[dropped.batch] < manifest.extra["drop_pos"] <= positions[resnapshot.batch]
     assert resnapshot.rows_by_op == {"snapshot": 1} and resnapshot.phase == "stream"
     assert (
         reconstruct(lake)

@@ -21,6 +21,7 @@ from lambda_functions.cdc_capture import DemoWorkload, EmbeddedChangeStreamSourc
 from lambda_functions.contracts import CaptureRequest, MergeRequest
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.store import LocalObjectStore
+from lambda_functions.merge.layout import live_rows
 from lambda_functions.merge.merge import lake_table_location, merge_batches
 from tests.lambda_functions.cdc_capture.conftest import (
     HookedStore,
@@ -49,10 +50,13 @@ def merged_table(lake: Path) -> dict[str, str]:
     """Merge every published batch and read the Delta table back; fails on duplicate keys."""
     merge_batches(MergeRequest(lake_uri=str(lake), database=DB, collection=COLL))
     uri, options = lake_table_location(LocalObjectStore(lake), DB, COLL)
-    table = DeltaTable(uri, storage_options=options).to_pyarrow_table(columns=["_id", "doc"])
+    table = DeltaTable(uri, storage_options=options).to_pyarrow_table(columns=["_id", "doc", "_op"])
     ids = table.column("_id").to_pylist()
-    assert len(ids) == len(set(ids)), "duplicate keys in the merged table"
-    return dict(zip(ids, table.column("doc").to_pylist(), strict=True))
+    assert len(ids) == len(set(ids)), (
+        "duplicate keys in the merged table"
+    )  # one row per key, tombstones included
+    live = live_rows(table)  # tombstones are deleted documents, not data
+    return dict(zip(live.column("_id").to_pylist(), live.column("doc").to_pylist(), strict=True))
 
 
 def snapshot_keys_once_per_generation(lake: Path) -> bool:

@@ -27,6 +27,7 @@ from lambda_functions.contracts import DmsIngestRequest, MergeRequest
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.record_key import record_key
 from lambda_functions.lake.store import LocalObjectStore
+from lambda_functions.merge.layout import live_rows
 from lambda_functions.merge.merge import lake_table_location, merge_batches
 from tests.lambda_functions.cdc_capture.conftest import batch_rows
 
@@ -42,10 +43,11 @@ def expected(name: str) -> dict[str, str]:
 def merged(lake: Path) -> dict[str, str]:
     merge_batches(MergeRequest(lake_uri=str(lake), database=DB, collection=COLL))
     uri, options = lake_table_location(LocalObjectStore(lake), DB, COLL)
-    table = DeltaTable(uri, storage_options=options).to_pyarrow_table(columns=["_id", "doc"])
+    table = DeltaTable(uri, storage_options=options).to_pyarrow_table(columns=["_id", "doc", "_op"])
     ids = table.column("_id").to_pylist()
-    assert len(ids) == len(set(ids))
-    return dict(zip(ids, table.column("doc").to_pylist(), strict=True))
+    assert len(ids) == len(set(ids))  # one row per key, tombstones included
+    live = live_rows(table)  # tombstones are deleted documents, not data
+    return dict(zip(live.column("_id").to_pylist(), live.column("doc").to_pylist(), strict=True))
 
 
 def fixture_event(name: str) -> dict:
@@ -247,3 +249,29 @@ def test_messages_relaying_the_change_stream_give_the_rows_capture_gives(
         ]
 
     assert stream_rows(relayed) == stream_rows(LocalObjectStore(tmp_path / "lake"))
+
+
+def test_a_relayed_drop_event_carries_its_position_and_the_merge_keeps_newer_rows(tmp_path):
+    """A drop relayed through a queue marks its batch ``dropped`` with the drop's clusterTime
+    (``drop_pos``). SQS standard queues deliver in best-effort order, so a document inserted
+    into the re-created collection can be merged before the drop: it must survive the drop."""
+    from bson import Timestamp
+
+    ns = {"db": DB, "coll": COLL}
+
+    def event(n: int, op: str, t: int, key: str | None = None) -> Message:
+        body: dict = {"_id": {"_data": f"token-{n}"}, "operationType": op, "ns": ns}
+        body["clusterTime"] = Timestamp(t, 1)
+        if key is not None:
+            body |= {"documentKey": {"_id": key}, "fullDocument": {"_id": key, "n": n}}
+        return Message(f"m-{n}", "aws:sqs", "shop-orders", encode_document(body).encode())
+
+    lake = tmp_path / "lake"
+    store = LocalObjectStore(lake)
+    ingest_messages([event(1, "insert", 100, "old"), event(3, "insert", 300, "recreated")], store)
+    ingest_messages([event(2, "drop", 200)], store)  # delivered last
+
+    zone = RawZone(store, DB, COLL)
+    (drop_marker,) = [m for m in zone.manifests() if m.extra.get("dropped")]
+    assert drop_marker.extra["drop_pos"] == cluster_position(200, 1)
+    assert set(merged(lake)) == {record_key("recreated")}  # "old" (100 < 200) was dropped

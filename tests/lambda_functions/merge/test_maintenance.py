@@ -169,6 +169,8 @@ def test_handler_reports_what_maintenance_did(lake, tmp_path):
     assert metadata["partitions_compacted"]["raw_value"] == len(returned["partitions_compacted"])
     assert metadata["files_compacted"]["raw_value"] >= 3
     assert metadata["dry_run"] == {"raw_value": False, "type": "bool"}
+    assert metadata["tombstones_expired"] == {"raw_value": 0, "type": "int"}  # none old enough
+    assert metadata["tombstones"]["type"] == "int"
 
 
 def test_handler_prints_the_maintenance_figures_as_an_emf_line(lake, tmp_path, capsys, monkeypatch):

@@ -92,7 +92,9 @@ def test_rewrite_and_merge_give_identical_rows_and_counts(tmp_path, monkeypatch)
         assert first.merge_path == "create"
     assert results["merge"].merge_path == "merge" and results["rewrite"].merge_path == "rewrite"
     assert rows["merge"] == rows["rewrite"]
-    docs = {r["_id"]: r["doc"] for r in rows["merge"]}
+    docs = {r["_id"]: r["doc"] for r in rows["merge"] if r["_op"] != "delete"}
+    dead = {r["_id"]: r["_pos"] for r in rows["merge"] if r["_op"] == "delete"}
+    assert dead == {key(JAN, 2): 11, key(JUN, 6): 15}  # the deletes' tombstones, on both paths
     assert docs == {
         key(JAN, 1): '{"v":"a2"}',
         key(JAN, 3): '{"v":"c0"}',  # the stale update did not roll it back
@@ -198,6 +200,8 @@ def test_handler_reports_the_path_and_the_files_and_bytes_rewritten(lake, tmp_pa
     metadata = by_method["report_asset_materialization"][0]["metadata"]
     assert returned["merge_path"] == "rewrite"
     assert metadata["merge_path"] == {"raw_value": "rewrite", "type": "text"}
+    assert metadata["tombstones"] == {"raw_value": 0, "type": "int"}
+    assert metadata["batches_superseded"] == {"raw_value": 0, "type": "int"}
     assert metadata["files_rewritten"] == {"raw_value": 1, "type": "int"}
     assert metadata["bytes_rewritten"]["raw_value"] > 0
     assert metadata["files_in_table"] == {"raw_value": 2, "type": "int"}

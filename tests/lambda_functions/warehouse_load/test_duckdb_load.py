@@ -18,6 +18,7 @@ from deltalake import DeltaTable
 from lambda_functions.contracts import LoadRequest, MergeRequest
 from lambda_functions.lake import RawZone, open_store
 from lambda_functions.merge import lake_table_location, merge_batches
+from lambda_functions.merge.layout import live_rows
 from lambda_functions.warehouse_load import load_changes
 from lambda_functions.warehouse_load.duckdb_warehouse import DuckDBWarehouse
 from lambda_functions.warehouse_load.reconcile import lake_buckets
@@ -57,10 +58,13 @@ class Pipeline:
         publish(self.zone, list(changes))
         return merge_batches(self.merge).version
 
+    def lake_table_uri(self) -> str:
+        return lake_table_location(open_store(self.lake), "shop", "orders")[0]
+
     def lake_rows(self, version: int | None = None) -> dict[str, tuple[str, int]]:
         uri, options = lake_table_location(open_store(self.lake), "shop", "orders")
         table = DeltaTable(uri, version=version, storage_options=options)
-        rows = table.to_pyarrow_table(columns=["_id", "doc", "_pos"]).to_pylist()
+        rows = live_rows(table.to_pyarrow_table(columns=["_id", "doc", "_pos", "_op"])).to_pylist()
         return {r["_id"]: (r["doc"], r["_pos"]) for r in rows}
 
     def warehouse_rows(self) -> dict[str, tuple[str, int]]:

@@ -176,3 +176,23 @@ def key_buckets(keys: pa.Array | pa.ChunkedArray) -> pa.Array:
     order[fast] = np.arange(len(fast))
     order[slow] = len(fast) + np.arange(len(slow))
     return values.take(pa.array(order))
+
+
+def precombine(changes: pa.Table) -> pa.Table:
+    """One row per ``_id``: the change with the greatest (``_pos``, ``_batch``, ``_seq``), the
+    latest wins deterministically (Hudi's precombine: ties on position go to the later batch, then
+    the later row of the batch)."""
+    ordered = changes.sort_by(
+        [
+            ("_id", "ascending"),
+            ("_pos", "ascending"),
+            ("_batch", "ascending"),
+            ("_seq", "ascending"),
+        ]
+    )
+    ids = ordered.column("_id").combine_chunks()
+    if len(ids) == 0:
+        return ordered
+    is_last = pc.not_equal(ids.slice(0, len(ids) - 1), ids.slice(1))
+    mask = pa.concat_arrays([is_last, pa.array([True])])
+    return ordered.filter(mask)

@@ -80,6 +80,7 @@ from lambda_functions.merge.layout import (
     key_bucket,
     key_buckets,
     live_rows,
+    precombine,
 )
 from lambda_functions.merge.rekey import (
     record_key_transactions,
@@ -189,24 +190,6 @@ def floor_app_id(namespace: str) -> str:
 def drop_floor(table: DeltaTable | None, namespace: str) -> int:
     """Changes with a ``_pos`` below this are older than the last positional drop: ignored."""
     return (table.transaction_version(floor_app_id(namespace)) or 0) if table is not None else 0
-
-
-def precombine(changes: pa.Table) -> pa.Table:
-    """One row per ``_id``: the change with the greatest (pos, batch, seq)."""
-    ordered = changes.sort_by(
-        [
-            ("_id", "ascending"),
-            ("_pos", "ascending"),
-            ("_batch", "ascending"),
-            ("_seq", "ascending"),
-        ]
-    )
-    ids = ordered.column("_id").combine_chunks()
-    if len(ids) == 0:
-        return ordered
-    is_last = pc.not_equal(ids.slice(0, len(ids) - 1), ids.slice(1))
-    mask = pa.concat_arrays([is_last, pa.array([True])])
-    return ordered.filter(mask)
 
 
 def merge_batches(

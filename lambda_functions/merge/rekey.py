@@ -23,9 +23,9 @@ after the upgrade; re-running after a crash starts again from the table as it is
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from lambda_functions.lake.record_key import (
@@ -37,7 +37,7 @@ from lambda_functions.lake.record_key import (
     record_key,
     v1_key_value,
 )
-from lambda_functions.merge.layout import PARTITION_BY, WRITER_PROPERTIES, key_buckets
+from lambda_functions.merge.layout import PARTITION_BY, WRITER_PROPERTIES, key_buckets, precombine
 
 __all__ = [
     "RekeyResult",
@@ -58,14 +58,14 @@ def record_key_transactions() -> list[Transaction]:
     return [Transaction(RECORD_KEY_APP, RECORD_KEY_FORMAT)]
 
 
+@dataclass(frozen=True)
 class RekeyResult:
     """What ``upgrade_record_keys`` changed."""
 
-    def __init__(self, rows: int, rekeyed: int, joined: int, version: int):
-        self.rows = rows  # rows in the table before
-        self.rekeyed = rekeyed  # rows whose key text changed
-        self.joined = joined  # rows folded into another row with an equal _id
-        self.version = version  # table version after the upgrade commit
+    rows: int  # rows in the table before
+    rekeyed: int  # rows whose key text changed
+    joined: int  # rows folded into another row with an equal _id
+    version: int  # table version after the upgrade commit
 
     def describe(self, namespace: str) -> str:
         return (
@@ -107,7 +107,7 @@ def upgrade_record_keys(
     rows = rows.set_column(
         rows.column_names.index("_bucket"), "_bucket", key_buckets(rows.column("_id"))
     )
-    latest = _latest_per_key(rows)
+    latest = precombine(rows)
     version = table.version() + 1
     write_deltalake(
         table,
@@ -155,20 +155,3 @@ def _new_key(old: str, document: str | None) -> str:
         except InvalidRecordKeyError:
             pass
     return record_key(v1_key_value(old))
-
-
-def _latest_per_key(rows: pa.Table) -> pa.Table:
-    """One row per key: the greatest (``_pos``, ``_batch``, ``_seq``)."""
-    ordered = rows.sort_by(
-        [
-            ("_id", "ascending"),
-            ("_pos", "ascending"),
-            ("_batch", "ascending"),
-            ("_seq", "ascending"),
-        ]
-    )
-    ids = ordered.column("_id").combine_chunks()
-    if len(ids) < 2:
-        return ordered
-    last = pc.not_equal(ids.slice(0, len(ids) - 1), ids.slice(1))
-    return ordered.filter(pa.concat_arrays([last, pa.array([True])]))

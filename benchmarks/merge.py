@@ -66,6 +66,7 @@ from lambda_functions.merge.merge import (  # noqa: E402
     key_buckets,
     lake_table_location,
 )
+from lambda_functions.merge.rekey import record_key_transactions  # noqa: E402
 
 DATABASE, COLLECTION = "bench", "orders"
 END = datetime(2025, 12, 28, tzinfo=UTC)  # the newest document; the batch's inserts follow it
@@ -233,7 +234,13 @@ def lake_rows(ids, docs, *, op, pos, batch, seq, event_time) -> pa.Table:
 def build_table(collection: Collection, uri: str) -> tuple[int, int]:
     """Write the table month group by month group (bounded memory) in the merge's layout, and
     checkpoint it; return (files, bytes)."""
-    commit = CommitProperties(app_transactions=[Transaction(app_id(f"{DATABASE}.{COLLECTION}"), 1)])
+    # As the merge's first commit would: batch 1 applied, written in the current record key format.
+    commit = CommitProperties(
+        app_transactions=[
+            Transaction(app_id(f"{DATABASE}.{COLLECTION}"), 1),
+            *record_key_transactions(),
+        ]
+    )
     group: list[pa.Table] = []
     months = collection.months()
     for i, month in enumerate(months):

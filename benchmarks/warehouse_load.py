@@ -42,13 +42,14 @@ import pyarrow.compute as pc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deltalake import write_deltalake  # noqa: E402
+from deltalake import CommitProperties, write_deltalake  # noqa: E402
 
 from lambda_functions.contracts import LoadRequest, MergeRequest  # noqa: E402
 from lambda_functions.lake import Checkpoint, RawZone, open_store  # noqa: E402
 from lambda_functions.lake.raw_zone import BATCH_SCHEMA  # noqa: E402
 from lambda_functions.merge import lake_table_location, merge_batches  # noqa: E402
 from lambda_functions.merge.merge import TABLE_CONFIGURATION, TABLE_SCHEMA  # noqa: E402
+from lambda_functions.merge.rekey import record_key_transactions  # noqa: E402
 from lambda_functions.warehouse_load import load_changes  # noqa: E402
 
 DATABASE, COLLECTION = "bench", "orders"
@@ -115,6 +116,8 @@ def build_lake(lake: str, rows: int) -> tuple[str, dict]:
         partition_by=["_bucket"],
         configuration=TABLE_CONFIGURATION,
         storage_options=options,
+        # written in the current record key format, as the merge's first commit would be
+        commit_properties=CommitProperties(app_transactions=record_key_transactions()),
     )
     return uri, options
 

@@ -2,6 +2,8 @@
 audit, the check that compares the source collection with its lake table (it reads the source, so
 its function lives with capture's)."""
 
+from typing import Any
+
 from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
@@ -86,12 +88,8 @@ def cdc_raw_batches(
 def capture_request(lakehouse: LakehouseSettings, namespace: str, *, reset: bool) -> CaptureRequest:
     return CaptureRequest(
         **request_fields(lakehouse, namespace),
-        source_kind=lakehouse.source_kind,
-        source_location=lakehouse.source_location,
+        **source_fields(lakehouse),
         demo_changes=lakehouse.demo_changes,
-        secret_arn=lakehouse.documentdb_secret_arn,
-        tls=lakehouse.documentdb_tls,
-        tls_ca_file=lakehouse.documentdb_ca_file,
         reset=reset,
         auto_resnapshot=lakehouse.auto_resnapshot,
         max_cdc_lag_seconds=lakehouse.max_cdc_lag_seconds,
@@ -148,13 +146,21 @@ def audit_request(lakehouse: LakehouseSettings, namespace: str) -> SourceAuditRe
     """The audit of one collection: capture's source settings, never the demo workload."""
     return SourceAuditRequest(
         **request_fields(lakehouse, namespace),
-        source_kind=lakehouse.source_kind,
-        source_location=lakehouse.source_location,
-        secret_arn=lakehouse.documentdb_secret_arn,
-        tls=lakehouse.documentdb_tls,
-        tls_ca_file=lakehouse.documentdb_ca_file,
+        **source_fields(lakehouse),
         buckets_per_run=lakehouse.audit_buckets_per_run,
     )
+
+
+def source_fields(lakehouse: LakehouseSettings) -> dict[str, Any]:
+    """Where the source is and how to reach it (``SourceRequest``'s fields): capture and the
+    audit read the same source."""
+    return {
+        "source_kind": lakehouse.source_kind,
+        "source_location": lakehouse.source_location,
+        "secret_arn": lakehouse.documentdb_secret_arn,
+        "tls": lakehouse.documentdb_tls,
+        "tls_ca_file": lakehouse.documentdb_ca_file,
+    }
 
 
 capture_job = define_asset_job("cdc_capture_job", selection=[CAPTURE_KEY])

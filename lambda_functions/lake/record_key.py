@@ -17,7 +17,10 @@ says they are the same document. The rules follow MongoDB's comparison semantics
   ``{b: 2, a: 1}``; their values follow these same rules (``{a: 1}`` equals ``{a: 1.0}``).
 - Strings compare by their code points (no collation: the ``_id`` index uses the simple
   binary comparison unless the collection was created with a collation, which this product
-  does not support). A deprecated BSON symbol compares as the string it holds.
+  does not support). A deprecated BSON symbol compares as the string it holds. JavaScript
+  code (with or without scope) is a BSON type of its own: ``Code("x")`` is not the string
+  ``"x"`` (pymongo's ``Code`` is a ``str`` subclass, so it is checked first). A DBRef
+  (``{$ref, $id[, $db]}``, which MongoDB accepts as an ``_id``) is the embedded document it is.
 - Binary data compares by subtype and bytes (a UUID is subtype 4; legacy UUIDs subtype 3 are
   other values); dates by their milliseconds since the epoch, including dates outside Python's
   years 1-9999; timestamps by (t, i); MinKey and MaxKey are single values.
@@ -57,6 +60,7 @@ from typing import Any
 from bson import (
     Binary,
     Code,
+    DBRef,
     Decimal128,
     MaxKey,
     MinKey,
@@ -115,8 +119,8 @@ def record_key(value: Any) -> str:
     Args:
         value: a decoded BSON ``_id`` as pymongo returns it: ``ObjectId``, ``str``, ``int``/
             ``Int64``, ``float``, ``Decimal128``, ``datetime``/``DatetimeMS``, ``Binary``/``bytes``/
-            ``uuid.UUID``, ``Timestamp``, ``bool``, ``None``, ``MinKey``/``MaxKey``, or a mapping
-            (an embedded document, field order kept).
+            ``uuid.UUID``, ``Timestamp``, ``bool``, ``None``, ``MinKey``/``MaxKey``, ``Code``,
+            ``DBRef``, or a mapping (an embedded document, field order kept).
 
     Returns:
         The key text: 24 hex digits for an ObjectId, else compact canonical JSON.
@@ -279,9 +283,16 @@ def _normal(value: Any) -> Any:
     """``value`` as plain JSON data in canonical extended JSON, numbers normalised."""
     if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, Code):  # a str subclass, but another BSON type than a string
+        _check_unicode(value)
+        if value.scope is None:
+            return {"$code": str(value)}
+        return {"$code": str(value), "$scope": _normal(value.scope)}
     if isinstance(value, str):
         _check_unicode(value)
         return value
+    if isinstance(value, DBRef):  # an embedded document {$ref, $id[, $db, ...]} (pymongo's type)
+        return _normal(value.as_doc())
     if isinstance(value, int | float | Decimal128 | Decimal):
         return _number(value)
     if isinstance(value, ObjectId):
@@ -305,8 +316,6 @@ def _normal(value: Any) -> Any:
     if isinstance(value, MaxKey):
         return {"$maxKey": 1}
     if isinstance(value, Regex | re.Pattern):  # inside an embedded document
-        return json.loads(json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS))
-    if isinstance(value, Code):
         return json.loads(json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS))
     raise InvalidRecordKeyError(f"an _id of type {type(value).__name__} has no BSON equivalent")
 

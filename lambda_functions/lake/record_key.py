@@ -213,6 +213,10 @@ _DATE = re.compile(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:?[0-9]{2})?$"
 )
 _HEX_ID = re.compile(r"^[0-9a-fA-F]{24}$")
+_NON_FINITE = frozenset({"nan", "inf", "infinity"})
+# Binary subtypes a bare base64 _id may carry: the standard ones (0 generic, 1 function, 2 old,
+# 3/4 UUID, 5 MD5, 6 encrypted, 7 column, 8 sensitive, 9 vector) and the first user-defined.
+_BINARY_SUBTYPES = (*range(10), 0x80)
 _BASE64 = re.compile(r"^(?=.)(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
 
 
@@ -228,9 +232,9 @@ def bare_key_candidates(text: str) -> list[str]:
         text: the bare value as written in the file.
 
     Returns:
-        Distinct key texts: a typed reading first (ObjectId for 24 hex digits; the number; a date
-        in milliseconds or ISO 8601; a UUID; base64 binary; ``true``/``false``/``null``), the
-        string reading last.
+        Distinct key texts: a typed reading first (ObjectId for 24 hex digits; the number, also
+        ``NaN``/``Infinity``; a date in milliseconds or ISO 8601; a UUID; base64 binary of each
+        standard subtype and 0x80; ``true``/``false``/``null``), the string reading last.
     """
     readings: list[Any] = []
     if _HEX_ID.match(text):
@@ -240,6 +244,8 @@ def bare_key_candidates(text: str) -> list[str]:
     if _DECIMAL.match(text) and not _INTEGER.match(text):
         readings.append(Decimal128(text) if _fits_decimal128(text) else float(text))
         readings.append(float(text))
+    if text.lower().lstrip("+-") in _NON_FINITE:
+        readings.append(float(text))  # a double's or a decimal's NaN/Infinity (one key)
     if _INTEGER.match(text) and _INT64_MIN <= int(text) <= _INT64_MAX:
         readings.append(DatetimeMS(int(text)))
     if _DATE.match(text):
@@ -257,7 +263,8 @@ def bare_key_candidates(text: str) -> list[str]:
     if text == "null":
         readings.append(None)
     if _BASE64.match(text) and not _INTEGER.match(text):
-        readings.append(Binary(base64.b64decode(text), 0))
+        data = base64.b64decode(text)  # the subtype is not written: any standard one
+        readings.extend(Binary(data, subtype) for subtype in _BINARY_SUBTYPES)
     readings.append(text)
     keys: list[str] = []
     for reading in readings:

@@ -249,7 +249,9 @@ def _publish_attempt(
             if index < done:
                 continue  # published before this attempt lost a later batch
             op = event.get("operationType") if isinstance(event, Mapping) else None
-            if op in END_OPS:  # the message counts as seen once all its events are published
+            if (
+                isinstance(op, str) and op in END_OPS
+            ):  # (a list or object is not hashable)  # the message counts as seen once all its events are published
                 drop_pos = event_position(event)  # the merge drops rows older than this
                 flush(
                     {"dropped": True, "end_event": op}
@@ -258,7 +260,7 @@ def _publish_attempt(
                 progress.partial[message_id] = (index + 1, malformed)
                 continue
             try:
-                if op not in DATA_OPS:
+                if not isinstance(op, str) or op not in DATA_OPS:
                     raise Malformed(f"operationType {op!r} is not a data change")
                 if op == "update" and "fullDocument" not in event:
                     raise Malformed(
@@ -287,8 +289,10 @@ def _decode(message: Message) -> tuple[list[Any] | None, str | None, list[Any]]:
     try:
         text = message.payload.decode("utf-8")
         decoded, problem = decode_document(text), None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        return None, f"{where} is not extended JSON: {error}", []
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        # RecursionError: JSON nested deeper than Python's parser goes (no document is: MongoDB
+        # refuses nesting past 100 levels), e.g. "[[[[…" garbage; that message alone fails.
+        return None, f"{where} is not extended JSON: {type(error).__name__}: {error}", []
     except (InvalidExtendedJSONError, ValueError, TypeError) as error:
         plain = json.loads(text)  # JSON with a bad type wrapper: find the bad events
         routing = [

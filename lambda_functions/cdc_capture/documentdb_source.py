@@ -89,6 +89,9 @@ TYPE_BRACKETS: tuple[tuple[str, ...], ...] = (
     ("javascriptWithScope",),
     ("maxKey",),
 )
+# BSON types MongoDB still orders but deprecates; DocumentDB does not list them among its
+# supported types, so a server may refuse their ``$type`` aliases.
+DEPRECATED_TYPE_ALIASES = frozenset({"symbol", "dbPointer", "javascriptWithScope"})
 _URI_CREDENTIALS = re.compile(r"(mongodb(?:\+srv)?://)[^@/\s]+@")
 
 
@@ -235,7 +238,16 @@ class DocumentDBChangeSource:
             page = find(raw_bson_document({"_id": {"$gt": after_id}}), wanted)
             later = _later_types(after_id)
             if later and (not wanted or len(page) < wanted):
-                page += find({"_id": {"$type": list(later)}}, wanted - len(page) if wanted else 0)
+                rest = wanted - len(page) if wanted else 0
+                try:
+                    page += find({"_id": {"$type": list(later)}}, rest)
+                except OperationFailure:
+                    # A server that does not know the deprecated types' aliases cannot hold
+                    # such values either: ask again without them (same order, one query).
+                    known = [alias for alias in later if alias not in DEPRECATED_TYPE_ALIASES]
+                    if len(known) == len(later) or not known:
+                        raise
+                    page += find({"_id": {"$type": known}}, rest)
             return page
 
     def documents_by_id(

@@ -57,3 +57,77 @@ def test_dms_key_only_delete_hits_an_older_insert_of_the_same_commit_delivered_a
     assert stored_docs(uri, options) == {}
     assert record_key("42") in tombstones(uri, options)
     assert result.table_rows == 0
+
+
+def relayed(op: str, _id, t: int, doc: dict | None = None) -> dict:
+    """An SQS event whose body is the change event a relay forwards (MongoDB's shape)."""
+    import uuid
+
+    from bson import Timestamp
+
+    event = {
+        "_id": {"_data": f"82{t:08X}00000001"},
+        "operationType": op,
+        "clusterTime": Timestamp(t, 1),
+        "ns": {"db": DB, "coll": COLL},
+        "documentKey": {"_id": _id},
+    }
+    if doc is not None:
+        event["fullDocument"] = doc
+    return {
+        "Records": [
+            {
+                "messageId": str(uuid.uuid4()),
+                "body": ext(event),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:111122223333:shop-orders",
+            }
+        ]
+    }
+
+
+def test_reset_keeps_refusing_changes_older_than_its_snapshot(tmp_path):
+    """K is inserted at T0, updated at T0+100 and deleted at T0+200 (merged: a tombstone). The
+    operator resets capture at T0+300 (the documented recovery): a new snapshot, taken after
+    the delete, has no K. Then the SQS relay delivers the T0+100 update again (at-least-once,
+    best-effort order). MongoDB's latest change for K is the delete (and the snapshot, which
+    reflects every change before its start, agrees): K must stay absent. The reset marker
+    dropped the tombstone and reset the drop floor to 0, so the late update brought K back."""
+    from bson import ObjectId
+
+    from lambda_functions.cdc_capture.capture import capture_changes
+    from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
+    from lambda_functions.cdc_capture.mq_ingest import ingest_messages, parse_event
+    from lambda_functions.contracts import CaptureRequest
+
+    t0 = 1_704_067_200
+    now = [float(t0)]
+    lake = str(tmp_path / "lake")
+    capture = CaptureRequest(
+        lake_uri=lake, database=DB, collection=COLL, source_location=str(tmp_path / "source.db")
+    )
+    merge = MergeRequest(lake_uri=lake, database=DB, collection=COLL)
+    k, other = ObjectId("65920080" + "0" * 15 + "1"), ObjectId("65920080" + "0" * 15 + "2")
+    with EmbeddedChangeStreamSource(tmp_path / "source.db", clock=lambda: now[0]) as source:
+        source.enable_change_streams(DB, COLL)
+        source.insert_one(DB, COLL, {"_id": k, "v": 0})
+        source.insert_one(DB, COLL, {"_id": other, "v": 0})
+        capture_changes(capture, source=source)  # snapshot
+        now[0] = t0 + 100
+        source.update_one(DB, COLL, {"_id": k}, {"$set": {"v": 1}})
+        now[0] = t0 + 200
+        source.delete_one(DB, COLL, {"_id": k})
+        capture_changes(capture, source=source)  # stream: update, delete
+        merge_batches(merge)
+        now[0] = t0 + 300
+        capture_changes(capture, source=source, reset=True)  # new snapshot: `other` only
+        merge_batches(merge)
+        expected = {record_key(d["_id"]) for d in source.documents(DB, COLL)}
+
+    _, messages = parse_event(relayed("update", k, t0 + 100, {"_id": k, "v": 1}))
+    ingest_messages(messages, open_store(lake))
+    merge_batches(merge)
+
+    uri, options = lake_table_location(open_store(lake), DB, COLL)
+    assert expected == {record_key(other)}
+    assert set(stored_docs(uri, options)) == expected

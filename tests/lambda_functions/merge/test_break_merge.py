@@ -131,3 +131,34 @@ def test_reset_keeps_refusing_changes_older_than_its_snapshot(tmp_path):
     uri, options = lake_table_location(open_store(lake), DB, COLL)
     assert expected == {record_key(other)}
     assert set(stored_docs(uri, options)) == expected
+
+
+def test_a_newer_insert_delivered_just_before_a_late_drop_in_one_queue_batch_survives(tmp_path):
+    """One SQS delivery holds, in this order, an insert into the re-created collection (200)
+    and the drop (100) it came after (best-effort order). MongoDB's order: drop at 100, then
+    the insert at 200, so the document exists. The rows read before the drop message were
+    published in the drop's marker batch, which the merge applies as a drop only: the insert
+    was lost."""
+    from bson import Timestamp
+
+    from lambda_functions.cdc_capture.extended_json import encode_document
+    from lambda_functions.cdc_capture.mq_ingest import Message, ingest_messages
+
+    ns = {"db": DB, "coll": COLL}
+
+    def event(n: int, op: str, t: int, key: str | None = None) -> Message:
+        body: dict = {"_id": {"_data": f"token-{n}"}, "operationType": op, "ns": ns}
+        body["clusterTime"] = Timestamp(t, 1)
+        if key is not None:
+            body |= {"documentKey": {"_id": key}, "fullDocument": {"_id": key, "n": n}}
+        return Message(f"m-{n}", "aws:sqs", "shop-orders", encode_document(body).encode())
+
+    lake = str(tmp_path / "lake")
+    store = open_store(lake)
+    ingest_messages([event(1, "insert", 50, "old")], store)
+    ingest_messages([event(3, "insert", 200, "recreated"), event(2, "drop", 100)], store)
+
+    merge_batches(MergeRequest(lake_uri=lake, database=DB, collection=COLL))
+
+    uri, options = lake_table_location(store, DB, COLL)
+    assert set(stored_docs(uri, options)) == {record_key("recreated")}

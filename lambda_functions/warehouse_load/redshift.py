@@ -372,7 +372,7 @@ def project_rows(rows: pa.Table, projection: Sequence[ProjectedColumn]) -> pa.Ta
     with duckdb.connect() as db:
         db.execute("SET TimeZone = 'UTC'")
         db.register("staged_rows", rows)
-        return db.execute(stage_query(projection, "staged_rows")).fetch_arrow_table()
+        return db.sql(stage_query(projection, "staged_rows")).to_arrow_table()
 
 
 def _field_value(value: dict[str, Any]) -> Any:

@@ -213,7 +213,7 @@ def test_incremental_load_is_one_batch_transaction_with_exactly_these_statements
         f'DELETE FROM "analytics"."orders" USING {stage} '
         f'WHERE "analytics"."orders"."_id" = {stage}."_id"',
         f'DELETE FROM "analytics"."_lakehouse_set_aside" USING {stage} '
-        "WHERE \"analytics\".\"_lakehouse_set_aside\".\"table_name\" = 'orders' "
+        'WHERE "analytics"."_lakehouse_set_aside"."table_name" = \'orders\' '
         f'AND "analytics"."_lakehouse_set_aside"."_id" = {stage}."_id"',
         'INSERT INTO "analytics"."orders" ("_id", "doc", "_op", "_pos", "_event_time", '
         '"_lake_version", "_loaded_at", "status", "total") '

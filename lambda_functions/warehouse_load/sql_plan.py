@@ -6,10 +6,13 @@ classes at the bottom; the executors (``duckdb_warehouse.DuckDBWarehouse`` and
 
     guard              abort unless the control row still says what the load was planned from
     create_stage       a temporary staging table (dropped with the session if anything fails)
-    load_stage         COPY the staged Parquet from S3 (Redshift) / insert the Arrow rows (DuckDB)
+    load_stage         COPY the staged Parquet from S3 (Redshift) / insert the Arrow rows (DuckDB),
+                       projected columns already computed (``stage_query``)
     add_column:<name>  ALTER TABLE ADD COLUMN for projected columns the table lacks (never DROP)
     delete_changed     DELETE target rows whose key is staged (every row on a full reload)
-    insert_upserts     INSERT the latest staged change per key unless it is a delete
+    delete_set_aside   \\ forget set-aside records of staged keys, record the staged documents
+    insert_upserts      | the warehouse cannot hold (``set_aside``) instead of loading them, and
+    insert_set_aside   /  INSERT the latest staged change per key unless it is a delete
     delete_control     \\ the control row names the lake table and version now in the warehouse
     insert_control     /
     drop_stage

@@ -263,9 +263,14 @@ def _new_collections(
     is not a collection name. None of them keeps the others from being registered."""
     known = registered_collections(instance)
     discovery = discover(settings)
-    candidates = [key for key in discovery.collections if key not in known]
+    # Registered collections keep their tables; among new ones that would share a table, the
+    # one named in lower case (as the warehouse will show the table), else the first by name.
+    candidates = sorted(
+        (key for key in discovery.collections if key not in known),
+        key=lambda key: (key != key.lower(), key),
+    )
     assigned = assign_warehouse_tables(settings, [*known, *candidates])
-    new = [key for key in candidates if key in assigned.tables]
+    new = sorted(key for key in candidates if key in assigned.tables)
     withheld = [
         f"{key} is not registered: {assigned.refused[key]}"
         for key in candidates

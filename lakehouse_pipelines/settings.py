@@ -83,16 +83,17 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "collection",
         "collection",
         "warehouse table per collection: `collection` (`<schema>.<collection>`) or "
-        "`database_collection`; names are compared in lower case (Redshift folds them, DuckDB "
-        "ignores case), and a collection whose table another collection already has, or whose "
-        "name is over Redshift's 127 bytes, is not registered (the sensor says why and the fix)",
+        "`database_collection` (`<schema>.<database>_<collection>`); names are compared in lower "
+        "case (Redshift folds identifiers, DuckDB ignores case) and may be at most 127 bytes "
+        "(Redshift): a collection whose table another one already has, or whose name is too "
+        "long, is not registered; the sensor's warning names it with the fix",
     ),
     "LAKEHOUSE_WAREHOUSE_TABLE_OVERRIDES": (
         "{}",
         "{}",
-        'JSON object: collection -> warehouse table, e.g. `{"shop.Orders": "orders_upper"}`; '
-        "the table of a collection whose derived name another collection already has (names "
-        "differing only in case are one table), or is too long",
+        'JSON object: collection -> warehouse table, e.g. `{"shop.Orders": "orders_upper"}`, '
+        "for a collection whose derived table name is taken or too long; checked at startup "
+        "(plain names up to 127 bytes, no two tables equal in lower case)",
     ),
     "LAKEHOUSE_REDSHIFT_DATABASE": ("", "", "redshift: database to load into"),
     "LAKEHOUSE_REDSHIFT_WORKGROUP": ("", "", "redshift: Serverless workgroup name (or a cluster)"),

@@ -8,6 +8,9 @@ What it measures (issue 4), each merge in its own process so its peak memory is 
 - (c) ours: ``merge_batches`` on the Delta table, end to end (open the table, read and verify the
   raw batch, precombine, commit, count, duplicate check), exactly what the merge Lambda runs.
 
+All three do the same work: a delete that wins leaves a tombstone row (``_op`` 'delete', no
+document), as the merge keeps (key, position) of deleted documents.
+
 Two key distributions: *recent* (updates and deletes on documents created in the last weeks, as in
 an operational collection whose ObjectIds grow with time; inserts are new documents) and *uniform*
 (updates and deletes spread over the whole table). Documents are ~330-byte order documents in
@@ -415,7 +418,7 @@ def _pandas(args: dict[str, Any]) -> dict[str, Any]:
     merged = pd.DataFrame({"_id": joined["_id"]})
     for column in TABLE_SCHEMA.names[1:]:
         merged[column] = joined[f"{column}_s"].where(take_source, joined[f"{column}_t"])
-    merged = merged[~(take_source & (joined["_op_s"] == "delete"))]
+    # A winning delete stays as a tombstone row (_op 'delete', doc null), as the merge keeps it.
     merged.to_parquet(args["out"], index=False)
     return {"rows": len(merged)}
 
@@ -449,8 +452,7 @@ def _duckdb(args: dict[str, Any]) -> dict[str, Any]:
                 CASE WHEN take THEN {int(args["batch_number"])} ELSE _batch END AS _batch,
                 CASE WHEN take THEN seq ELSE _seq END AS _seq,
                 CASE WHEN take THEN event_time ELSE _event_time END AS _event_time
-              FROM j
-              WHERE NOT (take AND op = 'delete')
+              FROM j  -- a winning delete stays as a tombstone row, as the merge keeps it
             ) TO '{args["out"]}' (FORMAT parquet)
             """,
             {"batch": args["batch"], "files": files},

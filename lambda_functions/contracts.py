@@ -57,7 +57,7 @@ def name_problem(value: Any) -> str | None:
 WAREHOUSE_IDENTIFIER_BYTES = 127
 _WAREHOUSE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 # Tables the load itself keeps in every warehouse schema (see warehouse_load.sql_plan).
-RESERVED_TABLES = frozenset(("_lakehouse_loads", "_lakehouse_stage"))
+RESERVED_TABLES = frozenset(("_lakehouse_loads", "_lakehouse_stage", "_lakehouse_set_aside"))
 
 
 def fold_identifier(name: str) -> str:

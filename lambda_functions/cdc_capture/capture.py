@@ -358,9 +358,12 @@ class _CaptureRun:
         marker, so nothing between the marker and the snapshot can be missed."""
         state = self._start_snapshot()
         self.dropped, self.resnapshot_reason = True, reason
-        return self._publish(
-            BatchRows(), checkpoint, state, {"dropped": True, "reset": True, "reason": reason}
-        )
+        extra: dict[str, Any] = {"dropped": True, "reset": True, "reason": reason}
+        if state["start_pos"]:
+            # The snapshot reflects every change before its start: the merge ignores older
+            # changes still delivered late (e.g. by a queue) instead of resurrecting documents.
+            extra["generation_pos"] = state["start_pos"]
+        return self._publish(BatchRows(), checkpoint, state, extra)
 
     def _start_snapshot(self) -> dict[str, Any]:
         """Record the stream position before reading any document (nothing can fall between)."""

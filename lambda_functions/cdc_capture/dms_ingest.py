@@ -71,6 +71,7 @@ from lambda_functions.lake.store import ObjectStore, open_store
 from lambda_functions.pipes import typed
 
 RECENT_CDC_FILES = 1_000
+MAX_CSV_FIELD_CHARS = 1 << 30  # a _doc field: MongoDB documents reach 16 MB of BSON
 MAX_PUBLISH_ATTEMPTS = 5  # rebuilds on top of a concurrent ingest that published first
 DEADLINE_RESERVE_S = 10.0  # stop taking new files with less time than this left
 OPS = {"I": "insert", "U": "update", "D": "delete"}
@@ -262,7 +263,12 @@ def _file_rows(
                 "_doc": record.get("_doc"),
             }
         return
-    reader = csv.reader(io.StringIO(data.decode("utf-8")), delimiter=delimiter)
+    # A _doc holds a whole document (up to 16 MB of BSON, more as JSON): past the csv module's
+    # default field limit (128 KB), which would fail the whole file. Bytes that are not UTF-8
+    # are kept as surrogate escapes, so only the row holding them is quarantined.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_CSV_FIELD_CHARS))
+    text = data.decode("utf-8", "surrogateescape")
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     header: list[str] | None = None
     for line in reader:
         if not line:
@@ -302,7 +308,7 @@ def _csv_row(line: list[str], header: list[str] | None) -> dict[str, Any]:
             "_doc": named.get("_doc"),
         }
     *leading, _id, doc = line if len(line) >= 2 else ["", "", ""]
-    op = leading[0] if leading and leading[0] in OPS else None
+    op = leading[0].strip() if leading and leading[0].strip() in OPS else None
     stamps = [v for v in leading if _TIMESTAMP.match(v)]
     return {"Op": op, "_ts": stamps[0] if stamps else None, "_id": _id, "_doc": doc}
 
@@ -359,12 +365,16 @@ def _delete_key(row: dict[str, Any]) -> tuple[str, str | None]:
     if raw is None or raw == "":
         raise Malformed("delete without _id")
     raw = str(raw)
-    if raw.startswith("{"):
-        try:
-            return record_key(decode_document(raw)), None
-        except Exception as error:
-            raise Malformed(f"_id is not extended JSON: {error}") from error
     candidates = bare_key_candidates(raw)
+    if raw.startswith("{"):  # extended JSON of the _id, or a string _id that starts with "{"
+        try:
+            typed_key = record_key(decode_document(raw))
+        except Exception:
+            typed_key = None
+        if typed_key is not None:
+            candidates = [typed_key, *(c for c in candidates if c != typed_key)]
+    if not candidates:
+        raise Malformed(f"_id {raw!r} cannot be a record key (e.g. it is not valid UTF-8)")
     if len(candidates) == 1:
         return candidates[0], None
     return candidates[0], json.dumps({KEY_CANDIDATES: candidates}, ensure_ascii=False)

@@ -38,7 +38,18 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
+from bson import (
+    Binary,
+    Code,
+    DBRef,
+    Decimal128,
+    Int64,
+    MaxKey,
+    MinKey,
+    ObjectId,
+    Regex,
+    Timestamp,
+)
 from bson.datetime_ms import DatetimeMS
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
@@ -73,8 +84,14 @@ TYPE_BRACKETS: tuple[tuple[str, ...], ...] = (
     ("date",),
     ("timestamp",),
     ("regex",),
+    ("dbPointer",),
+    ("javascript",),
+    ("javascriptWithScope",),
     ("maxKey",),
 )
+# BSON types MongoDB still orders but deprecates; DocumentDB does not list them among its
+# supported types, so a server may refuse their ``$type`` aliases.
+DEPRECATED_TYPE_ALIASES = frozenset({"symbol", "dbPointer", "javascriptWithScope"})
 _URI_CREDENTIALS = re.compile(r"(mongodb(?:\+srv)?://)[^@/\s]+@")
 
 
@@ -221,7 +238,16 @@ class DocumentDBChangeSource:
             page = find(raw_bson_document({"_id": {"$gt": after_id}}), wanted)
             later = _later_types(after_id)
             if later and (not wanted or len(page) < wanted):
-                page += find({"_id": {"$type": list(later)}}, wanted - len(page) if wanted else 0)
+                rest = wanted - len(page) if wanted else 0
+                try:
+                    page += find({"_id": {"$type": list(later)}}, rest)
+                except OperationFailure:
+                    # A server that does not know the deprecated types' aliases cannot hold
+                    # such values either: ask again without them (same order, one query).
+                    known = [alias for alias in later if alias not in DEPRECATED_TYPE_ALIASES]
+                    if len(known) == len(later) or not known:
+                        raise
+                    page += find({"_id": {"$type": known}}, rest)
             return page
 
     def documents_by_id(
@@ -357,19 +383,21 @@ _BRACKET_OF_TYPE: tuple[tuple[type | tuple[type, ...], int], ...] = (
     (bool, 8),  # before int: bool is an int in Python
     ((int, float, Int64, Decimal128), 2),
     (str, 3),
-    (Mapping, 4),
+    ((Mapping, DBRef), 4),  # a DBRef _id is the document {$ref, $id}
     ((list, tuple), 5),
     ((bytes, Binary), 6),
     (ObjectId, 7),
     ((datetime, DatetimeMS), 9),
     (Timestamp, 10),
     ((Regex, re.Pattern), 11),
-    (MaxKey, 12),
+    (MaxKey, 15),
 )
 
 
 def _type_bracket(value: Any) -> int | None:
     """The index in ``TYPE_BRACKETS`` of a Python value's BSON type."""
+    if isinstance(value, Code):  # before str: pymongo's Code is a str subclass
+        return 13 if value.scope is None else 14
     for kind, bracket in _BRACKET_OF_TYPE:
         if isinstance(value, kind):
             return bracket

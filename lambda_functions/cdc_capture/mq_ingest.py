@@ -30,8 +30,10 @@ Guarantees:
   but cannot become a row) — a redelivery skips it by its id, so nothing is published twice.
 - A legal MongoDB name the product does not support (GridFS's dotted ``fs.files``, ``$``,
   spaces, more than 63 characters) is quarantined with a reason saying so, never routed.
-- A ``drop``/``rename``/``invalidate`` event ends its batch, marked ``dropped`` (the merge clears
-  the table; events after it start the new generation).
+- A ``drop``/``rename``/``invalidate`` event is an empty batch of its own, marked ``dropped``
+  with the event's position (the merge removes the rows older than it): the rows read before
+  it are published first, in a batch of their own, since a queue's best-effort order can put
+  a newer change (into the re-created collection) in front of the drop.
 - Concurrent invocations are safe: if another invocation published the next batch first, this
   one drops its unpublished batch and rebuilds on top of the winner's (whose ledger tells which
   messages the winner took), up to ``MAX_PUBLISH_ATTEMPTS`` attempts; what this invocation
@@ -249,7 +251,15 @@ def _publish_attempt(
             if index < done:
                 continue  # published before this attempt lost a later batch
             op = event.get("operationType") if isinstance(event, Mapping) else None
-            if op in END_OPS:  # the message counts as seen once all its events are published
+            # (a list or object is not hashable) the message counts as seen once all its events
+            # are published
+            if isinstance(op, str) and op in END_OPS:
+                if rows.seen or unpublished:
+                    # The rows read so far get their own batch: a queue delivers in best-effort
+                    # order, so they may be newer than the drop (the merge applies a dropped
+                    # batch as the drop alone).
+                    flush({})
+                    progress.partial[message_id] = (index, malformed)
                 drop_pos = event_position(event)  # the merge drops rows older than this
                 flush(
                     {"dropped": True, "end_event": op}
@@ -258,7 +268,7 @@ def _publish_attempt(
                 progress.partial[message_id] = (index + 1, malformed)
                 continue
             try:
-                if op not in DATA_OPS:
+                if not isinstance(op, str) or op not in DATA_OPS:
                     raise Malformed(f"operationType {op!r} is not a data change")
                 if op == "update" and "fullDocument" not in event:
                     raise Malformed(
@@ -287,8 +297,10 @@ def _decode(message: Message) -> tuple[list[Any] | None, str | None, list[Any]]:
     try:
         text = message.payload.decode("utf-8")
         decoded, problem = decode_document(text), None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        return None, f"{where} is not extended JSON: {error}", []
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        # RecursionError: JSON nested deeper than Python's parser goes (no document is: MongoDB
+        # refuses nesting past 100 levels), e.g. "[[[[…" garbage; that message alone fails.
+        return None, f"{where} is not extended JSON: {type(error).__name__}: {error}", []
     except (InvalidExtendedJSONError, ValueError, TypeError) as error:
         plain = json.loads(text)  # JSON with a bad type wrapper: find the bad events
         routing = [

@@ -17,7 +17,10 @@ says they are the same document. The rules follow MongoDB's comparison semantics
   ``{b: 2, a: 1}``; their values follow these same rules (``{a: 1}`` equals ``{a: 1.0}``).
 - Strings compare by their code points (no collation: the ``_id`` index uses the simple
   binary comparison unless the collection was created with a collation, which this product
-  does not support). A deprecated BSON symbol compares as the string it holds.
+  does not support). A deprecated BSON symbol compares as the string it holds. JavaScript
+  code (with or without scope) is a BSON type of its own: ``Code("x")`` is not the string
+  ``"x"`` (pymongo's ``Code`` is a ``str`` subclass, so it is checked first). A DBRef
+  (``{$ref, $id[, $db]}``, which MongoDB accepts as an ``_id``) is the embedded document it is.
 - Binary data compares by subtype and bytes (a UUID is subtype 4; legacy UUIDs subtype 3 are
   other values); dates by their milliseconds since the epoch, including dates outside Python's
   years 1-9999; timestamps by (t, i); MinKey and MaxKey are single values.
@@ -57,6 +60,7 @@ from typing import Any
 from bson import (
     Binary,
     Code,
+    DBRef,
     Decimal128,
     MaxKey,
     MinKey,
@@ -115,8 +119,8 @@ def record_key(value: Any) -> str:
     Args:
         value: a decoded BSON ``_id`` as pymongo returns it: ``ObjectId``, ``str``, ``int``/
             ``Int64``, ``float``, ``Decimal128``, ``datetime``/``DatetimeMS``, ``Binary``/``bytes``/
-            ``uuid.UUID``, ``Timestamp``, ``bool``, ``None``, ``MinKey``/``MaxKey``, or a mapping
-            (an embedded document, field order kept).
+            ``uuid.UUID``, ``Timestamp``, ``bool``, ``None``, ``MinKey``/``MaxKey``, ``Code``,
+            ``DBRef``, or a mapping (an embedded document, field order kept).
 
     Returns:
         The key text: 24 hex digits for an ObjectId, else compact canonical JSON.
@@ -209,6 +213,10 @@ _DATE = re.compile(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:?[0-9]{2})?$"
 )
 _HEX_ID = re.compile(r"^[0-9a-fA-F]{24}$")
+_NON_FINITE = frozenset({"nan", "inf", "infinity"})
+# Binary subtypes a bare base64 _id may carry: the standard ones (0 generic, 1 function, 2 old,
+# 3/4 UUID, 5 MD5, 6 encrypted, 7 column, 8 sensitive, 9 vector) and the first user-defined.
+_BINARY_SUBTYPES = (*range(10), 0x80)
 _BASE64 = re.compile(r"^(?=.)(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
 
 
@@ -224,9 +232,9 @@ def bare_key_candidates(text: str) -> list[str]:
         text: the bare value as written in the file.
 
     Returns:
-        Distinct key texts: a typed reading first (ObjectId for 24 hex digits; the number; a date
-        in milliseconds or ISO 8601; a UUID; base64 binary; ``true``/``false``/``null``), the
-        string reading last.
+        Distinct key texts: a typed reading first (ObjectId for 24 hex digits; the number, also
+        ``NaN``/``Infinity``; a date in milliseconds or ISO 8601; a UUID; base64 binary of each
+        standard subtype and 0x80; ``true``/``false``/``null``), the string reading last.
     """
     readings: list[Any] = []
     if _HEX_ID.match(text):
@@ -236,6 +244,8 @@ def bare_key_candidates(text: str) -> list[str]:
     if _DECIMAL.match(text) and not _INTEGER.match(text):
         readings.append(Decimal128(text) if _fits_decimal128(text) else float(text))
         readings.append(float(text))
+    if text.lower().lstrip("+-") in _NON_FINITE:
+        readings.append(float(text))  # a double's or a decimal's NaN/Infinity (one key)
     if _INTEGER.match(text) and _INT64_MIN <= int(text) <= _INT64_MAX:
         readings.append(DatetimeMS(int(text)))
     if _DATE.match(text):
@@ -253,7 +263,8 @@ def bare_key_candidates(text: str) -> list[str]:
     if text == "null":
         readings.append(None)
     if _BASE64.match(text) and not _INTEGER.match(text):
-        readings.append(Binary(base64.b64decode(text), 0))
+        data = base64.b64decode(text)  # the subtype is not written: any standard one
+        readings.extend(Binary(data, subtype) for subtype in _BINARY_SUBTYPES)
     readings.append(text)
     keys: list[str] = []
     for reading in readings:
@@ -279,9 +290,16 @@ def _normal(value: Any) -> Any:
     """``value`` as plain JSON data in canonical extended JSON, numbers normalised."""
     if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, Code):  # a str subclass, but another BSON type than a string
+        _check_unicode(value)
+        if value.scope is None:
+            return {"$code": str(value)}
+        return {"$code": str(value), "$scope": _normal(value.scope)}
     if isinstance(value, str):
         _check_unicode(value)
         return value
+    if isinstance(value, DBRef):  # an embedded document {$ref, $id[, $db, ...]} (pymongo's type)
+        return _normal(value.as_doc())
     if isinstance(value, int | float | Decimal128 | Decimal):
         return _number(value)
     if isinstance(value, ObjectId):
@@ -305,8 +323,6 @@ def _normal(value: Any) -> Any:
     if isinstance(value, MaxKey):
         return {"$maxKey": 1}
     if isinstance(value, Regex | re.Pattern):  # inside an embedded document
-        return json.loads(json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS))
-    if isinstance(value, Code):
         return json.loads(json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS))
     raise InvalidRecordKeyError(f"an _id of type {type(value).__name__} has no BSON equivalent")
 

@@ -5,8 +5,11 @@ AWS DMS writes key-only delete rows whose ``_id`` column holds the bare value (`
 or an ObjectId from the string of its hex digits. It stores such a delete with every key the value
 may be (``record_key.bare_key_candidates``, in ``doc`` as ``{"$keyCandidates": [...]}``).
 
-``resolve_key_candidates`` picks, per such delete, the candidate that names a live record: one the
-table holds (as a live row, not a tombstone) or one an earlier change of the same commit upserts.
+``resolve_key_candidates`` picks, per such delete, the candidate that names a live record just
+before it: one the table holds (as a live row, not a tombstone) or one a change of the same commit
+upserts, net of the changes of the commit, taken in position order (``_pos``, then ``_batch``,
+``_seq``: MongoDB's ``clusterTime`` order), not in delivery order (a late DMS CDC file brings
+older changes after newer ones).
 Exactly one such candidate: the delete gets that key. None: the record is not there (deleted
 already, or never loaded); the delete keeps its likeliest key, which is harmless. More than one
 (the collection holds both ``42`` and ``"42"``): the delete cannot be attributed, so it is
@@ -66,12 +69,22 @@ def resolve_key_candidates(
     buckets = sorted({key_bucket(k) for keys in candidate_lists for k in keys})
     held = live_keys(buckets)
     ids = changes.column("_id").to_pylist()
-    upserted_before = _upserted_before(ids, ops.to_pylist(), where)
+    op_list = ops.to_pylist()
+    candidates_at = dict(zip(where, candidate_lists, strict=True))
     keep = [True] * changes.num_rows
-    for index, candidates in zip(where, candidate_lists, strict=True):
-        live = [k for k in candidates if k in held or k in upserted_before[index]]
+    live_now = set(held)  # live keys just before the change being walked, in position order
+    for index in _position_order(changes):
+        candidates = candidates_at.get(index)
+        if candidates is None:
+            if op_list[index] == "delete":
+                live_now.discard(ids[index])
+            else:
+                live_now.add(ids[index])
+            continue
+        live = [k for k in candidates if k in live_now]
         if len(live) == 1:
             ids[index] = live[0]
+            live_now.discard(live[0])
             outcome.resolved += 1
         elif not live:
             outcome.unmatched += 1
@@ -92,16 +105,18 @@ def resolve_key_candidates(
     return rekeyed.filter(pa.array(keep)), outcome
 
 
-def _upserted_before(ids: list[str], ops: list[str], where: list[int]) -> dict[int, set[str]]:
-    """For each marked row, the keys live because of earlier rows of the same commit."""
-    live: set[str] = set()
-    found: dict[int, set[str]] = {}
-    marked = set(where)
-    for index, (key, op) in enumerate(zip(ids, ops, strict=True)):
-        if index in marked:
-            found[index] = set(live)
-        elif op == "delete":
-            live.discard(key)
-        else:
-            live.add(key)
-    return found
+def _position_order(changes: pa.Table) -> list[int]:
+    """Row indices of ``changes`` in MongoDB's order: ``_pos`` (clusterTime or commit time),
+    then ``_batch`` and ``_seq`` (the merge's tie-break)."""
+    numbered = pa.table(
+        {
+            "_pos": changes.column("_pos"),
+            "_batch": changes.column("_batch"),
+            "_seq": changes.column("_seq"),
+            "_row": pa.array(range(changes.num_rows), pa.int64()),
+        }
+    )
+    ordered = numbered.sort_by(
+        [("_pos", "ascending"), ("_batch", "ascending"), ("_seq", "ascending")]
+    )
+    return ordered.column("_row").to_pylist()

@@ -28,9 +28,11 @@ Guarantees:
   the table's generation floor (the Delta app transaction ``lakehouse-drop-floor:<namespace>``,
   in the same commit) to ``drop_pos``, and every change below the floor is ignored from then on.
   A marker **without** a position (capture ``reset``/``auto_resnapshot``, DMS reloads, older
-  batches) keeps batch-order semantics: it removes every row applied before it and resets the
-  floor to 0, because the new generation's rows carry positions unrelated to the old ones (a
-  re-snapshot's rows sit at its recorded start position, DMS full-load rows at 0). Such a marker
+  batches) keeps batch-order semantics: it removes every row applied before it (tombstones
+  too) and sets the floor to the new generation's start: ``extra["generation_pos"]``, the
+  position capture recorded before its re-snapshot (the snapshot reflects every change older
+  than that, so such a change still delivered late, e.g. by a queue, must not resurrect a
+  document the tombstones no longer guard), else 0 (DMS full-load rows sit at 0). Such a marker
   supersedes every batch before it: pending batches in front of it are skipped unread
   (``batches_superseded``), which is also how a damaged batch is left behind (re-snapshot with
   ``reset``, then merge again).
@@ -336,6 +338,11 @@ def _drop_position(manifest: BatchManifest) -> int | None:
     return int(value) if value is not None else None
 
 
+def _generation_position(manifest: BatchManifest) -> int:
+    """The drop floor a new-generation marker sets: its snapshot's start position, else 0."""
+    return int(manifest.extra.get("generation_pos") or 0)
+
+
 def _starts_generation(manifest: BatchManifest) -> bool:
     """A dropped marker without a position: a new generation that supersedes every batch
     before it (capture ``reset``/``auto_resnapshot``, a DMS reload)."""
@@ -417,7 +424,11 @@ def _commit_segment(
             say(plan.describe(zone.namespace, numbers, latest))
             transactions = [Transaction(app, numbers[-1]), *record_key_transactions()]
             if dropped:  # a positional drop raises the floor; a new generation resets it
-                new_floor = max(floor, drop_pos) if drop_pos is not None else 0
+                new_floor = (
+                    max(floor, drop_pos)
+                    if drop_pos is not None
+                    else _generation_position(segment[0])
+                )
                 transactions.append(Transaction(floor_app_id(zone.namespace), new_floor))
             commit = CommitProperties(
                 app_transactions=transactions,

@@ -17,7 +17,13 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from lambda_functions.warehouse_load.sql_plan import DUCKDB, Dialect, StageSource, Statement
+from lambda_functions.warehouse_load.sql_plan import (
+    DUCKDB,
+    Dialect,
+    ProjectedColumn,
+    StageSource,
+    Statement,
+)
 
 STAGE_RELATION = "_lakehouse_stage_rows"
 # DuckDB lets one process at a time open a database file for writing; loads of several
@@ -56,6 +62,9 @@ class DuckDBWarehouse:
     def session(self) -> Iterator[None]:
         # Open per load and close at once: DuckDB locks the file for the process that has it open.
         self._db = connect_waiting(self.path)
+        # Projected timestamps written without an offset are UTC (see sql_plan), whatever the
+        # machine's zone; casts to TIMESTAMPTZ read the session's.
+        self._db.execute("SET TimeZone = 'UTC'")
         try:
             yield
         finally:
@@ -91,7 +100,10 @@ class DuckDBWarehouse:
             raise
         return affected
 
-    def stage(self, rows: pa.Table, *, key: str) -> StageSource:
+    def stage(
+        self, rows: pa.Table, *, key: str, projection: Sequence[ProjectedColumn] = ()
+    ) -> StageSource:
+        # The projection is computed by the plan's load_stage, inside the transaction.
         self.db.register(STAGE_RELATION, rows)
         return StageSource(relation=STAGE_RELATION)
 

@@ -25,10 +25,12 @@ from lambda_functions.lake import ObjectStore, open_store
 from lambda_functions.merge.merge import LakeTableMissingError, lake_table_location
 from lambda_functions.warehouse_load.lake_changes import lake_keys, read_lake_changes
 from lambda_functions.warehouse_load.reconcile import Reconciliation, reconcile
+from lambda_functions.warehouse_load.set_aside import mark_set_aside
 from lambda_functions.warehouse_load.sql_plan import (
     BASE_COLUMNS,
     Dialect,
     LoadedState,
+    ProjectedColumn,
     StageSource,
     Statement,
     TargetTable,
@@ -37,6 +39,7 @@ from lambda_functions.warehouse_load.sql_plan import (
     load_transaction,
     loaded_state_query,
     parse_projection,
+    set_aside_query,
 )
 
 
@@ -51,7 +54,9 @@ class Warehouse(Protocol):
 
     def run_transaction(self, statements: Sequence[Statement], *, name: str) -> dict[str, int]: ...
 
-    def stage(self, rows: pa.Table, *, key: str) -> StageSource: ...
+    def stage(
+        self, rows: pa.Table, *, key: str, projection: Sequence[ProjectedColumn] = ()
+    ) -> StageSource: ...
 
     def unstage(self, *, key: str, succeeded: bool) -> None: ...
 
@@ -70,6 +75,7 @@ class LoadResult:
     projected_columns: list[str]
     columns_added: list[str]
     undeclared_columns: list[str]  # in the table, no longer projected: kept, NULL in new rows
+    documents_set_aside: int  # staged by this load but over the warehouse's limits (not loaded)
     reconciliation: Reconciliation | None
     duration_s: float
     statements: list[str] = field(default_factory=list)  # labels of the transaction, in order
@@ -165,9 +171,17 @@ def load_changes(
         )
         affected: dict[str, int] = {}
         labels: list[str] = []
+        set_aside = 0
         if changes.full or changes.rows.num_rows:
             key = staging_key(target, changes.to_version)
-            source = warehouse.stage(changes.rows, key=key)
+            staged = mark_set_aside(changes.rows, dialect)
+            set_aside = staged.num_rows - staged.column("_set_aside").null_count
+            if set_aside:
+                say(
+                    f"{target}: {set_aside} document(s) over {dialect.name}'s limits set aside "
+                    f"(recorded in {target.schema}._lakehouse_set_aside, not loaded)"
+                )
+            source = warehouse.stage(staged, key=key, projection=projection)
             succeeded = False
             try:
                 statements = load_transaction(
@@ -190,7 +204,8 @@ def load_changes(
                 warehouse.unstage(key=key, succeeded=succeeded)
         reconciliation = None
         if check:
-            reconciliation = reconcile(warehouse, target, lake_keys(table, changes))
+            aside = warehouse.query(set_aside_query(dialect, target))
+            reconciliation = reconcile(warehouse, target, lake_keys(table, changes), aside)
     return LoadResult(
         target=str(target),
         warehouse_kind=dialect.name,
@@ -204,6 +219,7 @@ def load_changes(
         projected_columns=[c.column for c in projection],
         columns_added=[c.column for c in add],
         undeclared_columns=undeclared,
+        documents_set_aside=set_aside,
         reconciliation=reconciliation,
         duration_s=time.monotonic() - started,
         statements=labels,

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lambda_functions.warehouse_load.sql_plan import (
     DUCKDB,
@@ -61,14 +62,24 @@ class Reconciliation:
     missing_keys: list[str] = field(default_factory=list)  # in the lake, not in the warehouse
     extra_keys: list[str] = field(default_factory=list)  # in the warehouse, not in the lake
     stale_keys: list[str] = field(default_factory=list)  # in both, at another change position
+    # Lake rows the warehouse cannot hold (``set_aside``): left out of the comparison, counted.
+    documents_set_aside: int = 0
+    set_aside_keys: list[str] = field(default_factory=list)  # first few, with their reasons
+    set_aside_reasons: list[str] = field(default_factory=list)
 
     @property
     def matches(self) -> bool:
+        """The warehouse holds every lake row except those set aside, and nothing else."""
         return (
-            self.warehouse_rows == self.lake_rows
+            self.warehouse_rows + self.documents_set_aside == self.lake_rows
             and not self.duplicate_keys
             and not self.buckets_differing
         )
+
+    @property
+    def complete(self) -> bool:
+        """``matches`` and no document set aside: the warehouse holds every lake row."""
+        return self.matches and not self.documents_set_aside
 
     def metadata(self) -> dict[str, Any]:
         """JSON-able figures for the asset check."""
@@ -82,6 +93,9 @@ class Reconciliation:
             "missing_keys_sample": self.missing_keys,
             "extra_keys_sample": self.extra_keys,
             "stale_keys_sample": self.stale_keys,
+            "documents_set_aside": self.documents_set_aside,
+            "set_aside_keys_sample": self.set_aside_keys,
+            "set_aside_reasons_sample": self.set_aside_reasons,
         }
 
 
@@ -127,8 +141,18 @@ def lake_buckets(lake: pa.Table) -> dict[int, tuple[int, int]]:
         return _buckets(side, side.table)[0]
 
 
-def reconcile(warehouse: Readable, target: TargetTable, lake: pa.Table) -> Reconciliation:
-    """Compare ``target`` with the lake rows (``_id``, ``_pos``) at the loaded version."""
+def reconcile(
+    warehouse: Readable,
+    target: TargetTable,
+    lake: pa.Table,
+    set_aside: Sequence[tuple[Any, ...]] = (),
+) -> Reconciliation:
+    """Compare ``target`` with the lake rows (``_id``, ``_pos``) at the loaded version, leaving
+    out the keys recorded as set aside (``(key, pos, reason)`` rows of ``set_aside_query``)."""
+    lake_rows = lake.num_rows
+    if set_aside:
+        aside = pa.array(sorted({str(row[0]) for row in set_aside}), pa.string())
+        lake = lake.filter(pc.invert(pc.is_in(lake.column("_id"), value_set=aside)))
     ours, duplicates = _buckets(warehouse, target)
     with _lake_side(lake) as side:
         theirs, _ = _buckets(side, side.table)
@@ -140,7 +164,7 @@ def reconcile(warehouse: Readable, target: TargetTable, lake: pa.Table) -> Recon
     stale = (k for k in expected.keys() & stored.keys() if stored[k] != expected[k])
     return Reconciliation(
         warehouse_rows=sum(rows for rows, _ in ours.values()),
-        lake_rows=lake.num_rows,
+        lake_rows=lake_rows,
         duplicate_keys=duplicates,
         buckets_compared=len(compared),
         differing_buckets=[
@@ -157,6 +181,9 @@ def reconcile(warehouse: Readable, target: TargetTable, lake: pa.Table) -> Recon
         missing_keys=sorted(expected.keys() - stored.keys())[:SAMPLE_KEYS],
         extra_keys=sorted(stored.keys() - expected.keys())[:SAMPLE_KEYS],
         stale_keys=sorted(stale)[:SAMPLE_KEYS],
+        documents_set_aside=lake_rows - lake.num_rows,
+        set_aside_keys=[str(row[0]) for row in sorted(set_aside)[:SAMPLE_KEYS]],
+        set_aside_reasons=[str(row[2]) for row in sorted(set_aside)[:SAMPLE_KEYS]],
     )
 
 

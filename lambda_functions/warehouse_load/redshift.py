@@ -16,6 +16,7 @@ overwrites the same object, so a retry never COPYs rows of an earlier attempt.
 from __future__ import annotations
 
 import io
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -30,17 +31,23 @@ from lambda_functions.lake import ObjectStore, S3ObjectStore
 from lambda_functions.warehouse_load.sql_plan import (
     REDSHIFT,
     Dialect,
+    ProjectedColumn,
     StageSource,
     Statement,
     checked_iam_role,
     redact,
+    stage_query,
 )
 
 RUNNING = ("SUBMITTED", "PICKED", "STARTED")
 
 
 class RedshiftStatementError(RuntimeError):
-    """Redshift failed or aborted a statement; nothing of its transaction was committed."""
+    """Redshift failed or aborted a statement; nothing of its transaction was committed.
+
+    Terminal unless ``transient``: re-running the same statements would fail the same way."""
+
+    transient: bool = False
 
     def __init__(
         self,
@@ -60,6 +67,21 @@ class RedshiftStatementError(RuntimeError):
         self.label = label
         self.sql = sql  # redacted
         self.error = error
+
+
+class RedshiftSerializationError(RedshiftStatementError):
+    """Serializable isolation violation (Redshift error 1023): a concurrent transaction wrote the
+    same table (e.g. two loads updating the shared control table) and Redshift aborted this one
+    at a statement or at COMMIT. Nothing was committed; running the batch again is the fix."""
+
+    transient = True
+
+
+def is_serialization_error(error: str) -> bool:
+    """Redshift reports 1023 as "ERROR: 1023 DETAIL: Serializable isolation violation on table
+    ..." ("Fixing serializable isolation errors", Redshift Database Developer Guide)."""
+    text = error.lower()
+    return "serializable isolation violation" in text or bool(re.search(r"\b1023\b", text))
 
 
 class RedshiftTimeoutError(TimeoutError):
@@ -125,6 +147,8 @@ class RedshiftDataApiClient:
         clock: Callable[[], float] = time.monotonic,
         new_token: Callable[[], str] = lambda: uuid.uuid4().hex,
         secrets: Sequence[str] = (),
+        max_attempts: int = 4,
+        first_retry_s: float = 2.0,
     ):
         if client is None:
             import boto3
@@ -139,9 +163,22 @@ class RedshiftDataApiClient:
         self.clock = clock
         self.new_token = new_token
         self.secrets = tuple(secrets)
+        self.max_attempts = max_attempts
+        self.first_retry_s = first_retry_s
 
     def run_batch(self, statements: Sequence[Statement], *, name: str) -> dict[str, int]:
-        """Run ``statements`` as one transaction; return rows affected by label (``ResultRows``)."""
+        """Run ``statements`` as one transaction; return rows affected by label (``ResultRows``).
+
+        A serialization conflict (``RedshiftSerializationError``: nothing committed) is retried
+        up to ``max_attempts`` times in all, waiting ``first_retry_s`` and doubling; any other
+        failure is raised at once. Each attempt is a new submission with a new ClientToken.
+
+        Raises:
+            ValueError: the batch breaks a Data API request limit (checked before sending).
+            RedshiftStatementError: Redshift failed or aborted the batch (``transient`` says
+                whether a retry could succeed).
+            RedshiftTimeoutError: the batch ran past ``timeout_s`` and was cancelled.
+        """
         limit = REDSHIFT.max_batch_statements
         if not 1 <= len(statements) <= limit:
             raise ValueError(
@@ -151,6 +188,24 @@ class RedshiftDataApiClient:
             raise ValueError(
                 "statements of a batch carry no parameters (see sql_plan): render checked literals"
             )
+        _check_sizes(statements)
+        delay = self.first_retry_s
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return self._run_batch_once(statements, name=name)
+            except RedshiftStatementError as error:
+                if not error.transient or attempt == self.max_attempts:
+                    if error.transient:
+                        error.args = (
+                            f"{error.args[0]}\nGave up after {attempt} attempts: concurrent "
+                            "loads keep conflicting; run fewer loads at once on this warehouse.",
+                        )
+                    raise
+            self.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def _run_batch_once(self, statements: Sequence[Statement], *, name: str) -> dict[str, int]:
         response = self.client.batch_execute_statement(
             Sqls=[s.sql for s in statements],
             StatementName=name,
@@ -176,6 +231,7 @@ class RedshiftDataApiClient:
             arguments["Parameters"] = [
                 {"name": key, "value": str(value)} for key, value in statement.parameters.items()
             ]
+        _check_sizes([statement])
         response = self.client.execute_statement(**arguments)
         described = self.wait(response["Id"], [statement], name=statement.label)
         if not described.get("HasResultSet", False):
@@ -229,47 +285,94 @@ class RedshiftDataApiClient:
     ) -> RedshiftStatementError:
         statement_id, status = described["Id"], described["Status"]
         subs = described.get("SubStatements") or []
-        if subs:
+        secrets = (*self.secrets, *(s for st in statements for s in st.secrets))
+        at_commit = bool(subs) and all(sub.get("Status") == "FINISHED" for sub in subs)
+        if at_commit:
+            # Every statement ran; the transaction failed when it committed (a serialization
+            # conflict is detected there). Blaming the last statement would send people to
+            # debug SQL that worked.
+            position, index = None, None
+            error = described.get("Error", "")
+        elif subs:
             failed = [i for i, s in enumerate(subs) if s.get("Status") == "FAILED"]
             unfinished = [i for i, s in enumerate(subs) if s.get("Status") != "FINISHED"]
-            position = (failed or unfinished or [len(subs) - 1])[0]
+            position = (failed or unfinished)[0]
             index = position + 1
             error = subs[position].get("Error") or described.get("Error", "")
         else:
             position = 0
             index = 1 if len(statements) == 1 else None
             error = described.get("Error", "")
-        statement = statements[position] if index and position < len(statements) else None
-        secrets = (*self.secrets, *(s for st in statements for s in st.secrets))
+        statement = (
+            statements[position]
+            if index is not None and position is not None and position < len(statements)
+            else None
+        )
         error = redact(error, secrets)
         if statement is not None:
             sql = statement.display()
             where = f"statement {index} of {len(statements)} ({statement.label})"
+        elif at_commit:
+            sql = None
+            where = f"the batch's COMMIT (all {len(subs)} statements had finished)"
         else:
             sql = None
             where = "the batch"
+        serialization = is_serialization_error(error)
         verdict = "was aborted" if status == "ABORTED" else "failed"
+        if serialization:
+            advice = (
+                "\nA concurrent transaction wrote the same table (serializable isolation, "
+                "error 1023); nothing was committed and the batch is retried."
+            )
+        else:
+            advice = (
+                "\nNothing was committed (a batch is one transaction). Fix the cause and re-run "
+                "the load."
+            )
         message = (
             f"Redshift {where} {verdict} in {name!r} (statement id {statement_id}): "
-            f"{error or 'no error text'}"
-            + (f"\n  SQL: {sql}" if sql else "")
-            + "\nNothing was committed (a batch is one transaction). Fix the cause and re-run "
-            "the load."
+            f"{error or 'no error text'}" + (f"\n  SQL: {sql}" if sql else "") + advice
         )
         if statement is not None and statement.label == "load_stage":
             message += (
                 " COPY errors: check that the IAM role can read the staging object and that the "
                 "bucket is in the cluster's region; row-level detail is in SYS_LOAD_ERROR_DETAIL."
             )
-        return RedshiftStatementError(
+        kind = RedshiftSerializationError if serialization else RedshiftStatementError
+        return kind(
             message,
             statement_id=statement_id,
             status=status,
             index=index,
-            label=statement.label if statement else None,
+            label=statement.label if statement else ("commit" if at_commit else None),
             sql=sql,
             error=error,
         )
+
+
+def _check_sizes(statements: Sequence[Statement]) -> None:
+    """The Data API refuses a query string over 100 KB: never send one (sql_plan keeps the load's
+    statements under ``REDSHIFT.max_statement_bytes`` by construction; this is the last line)."""
+    limit = REDSHIFT.max_statement_bytes or 0
+    for statement in statements:
+        size = len(statement.sql.encode())
+        if size > limit:
+            raise ValueError(
+                f"statement {statement.label} is {size} bytes; the Redshift Data API accepts at "
+                f"most {limit} per statement"
+            )
+
+
+def project_rows(rows: pa.Table, projection: Sequence[ProjectedColumn]) -> pa.Table:
+    """``rows`` with the projected columns appended, computed by DuckDB (UTC session), exactly
+    as the DuckDB warehouse computes them inside its transaction."""
+    import duckdb
+
+    with duckdb.connect() as db:
+        db.execute("SET TimeZone = 'UTC'")
+        db.register("staged_rows", rows)
+        return db.sql(stage_query(projection, "staged_rows")).to_arrow_table()
 
 
 def _field_value(value: dict[str, Any]) -> Any:
@@ -306,9 +409,16 @@ class RedshiftWarehouse:
     def run_transaction(self, statements: Sequence[Statement], *, name: str) -> dict[str, int]:
         return self.client.run_batch(statements, name=name)
 
-    def stage(self, rows: pa.Table, *, key: str) -> StageSource:
+    def stage(
+        self, rows: pa.Table, *, key: str, projection: Sequence[ProjectedColumn] = ()
+    ) -> StageSource:
+        """Write the staged rows with the projected columns already computed (``stage_query``,
+        by DuckDB in process), the document as binary (COPY loads it into the stage's VARBYTE)."""
+        staged = project_rows(rows, projection)
+        doc = staged.schema.get_field_index("doc")
+        staged = staged.set_column(doc, "doc", staged.column(doc).cast(pa.binary()))
         sink = io.BytesIO()
-        pq.write_table(rows, sink, compression="snappy")
+        pq.write_table(staged, sink, compression="snappy")
         self.store.put(key, sink.getvalue())
         return StageSource(s3_uri=f"{self.store.uri}/{key}", iam_role=self.iam_role)
 

@@ -204,25 +204,29 @@ def test_incremental_load_is_one_batch_transaction_with_exactly_these_statements
         "\"lake_version\" = 0) = 1 THEN '0' ELSE 'lakehouse load of analytics.orders stopped: "
         "the control row changed since this load was planned (another load committed first); "
         "nothing was applied, re-run the load' END AS INTEGER)",
-        f'CREATE TEMP TABLE {stage} ("_id" VARCHAR(1024) NOT NULL, "doc" VARCHAR(65535), '
+        f'CREATE TEMP TABLE {stage} ("_id" VARCHAR(65535) NOT NULL, "doc" VARBYTE(16777216), '
         '"_op" VARCHAR(16), "_pos" BIGINT, "_event_time" TIMESTAMPTZ, '
-        '"_deleted" BOOLEAN NOT NULL) DISTKEY("_id")',
+        '"_deleted" BOOLEAN NOT NULL, "_set_aside" VARCHAR(256), "_doc_bytes" BIGINT, '
+        '"status" VARCHAR(32), "total" DECIMAL(18,2)) DISTKEY("_id")',
         f"COPY {stage} FROM 's3://lake-bucket/prod/_staging/analytics/orders/1/part.parquet' "
         f"IAM_ROLE '{ROLE}' FORMAT AS PARQUET",
         f'DELETE FROM "analytics"."orders" USING {stage} '
         f'WHERE "analytics"."orders"."_id" = {stage}."_id"',
+        f'DELETE FROM "analytics"."_lakehouse_set_aside" USING {stage} '
+        'WHERE "analytics"."_lakehouse_set_aside"."table_name" = \'orders\' '
+        f'AND "analytics"."_lakehouse_set_aside"."_id" = {stage}."_id"',
         'INSERT INTO "analytics"."orders" ("_id", "doc", "_op", "_pos", "_event_time", '
         '"_lake_version", "_loaded_at", "status", "total") '
         'SELECT s."_id", JSON_PARSE(s."doc"), s."_op", s."_pos", s."_event_time", 1, GETDATE(), '
-        "CAST(COALESCE(NULLIF(JSON_EXTRACT_PATH_TEXT(s.\"doc\", 'status', '$oid'), ''), "
-        "NULLIF(JSON_EXTRACT_PATH_TEXT(s.\"doc\", 'status'), '')) AS VARCHAR(32)), "
-        "CAST(COALESCE(NULLIF(JSON_EXTRACT_PATH_TEXT(s.\"doc\", 'total', '$numberDecimal'), ''), "
-        "NULLIF(JSON_EXTRACT_PATH_TEXT(s.\"doc\", 'total', '$numberDouble'), ''), "
-        "NULLIF(JSON_EXTRACT_PATH_TEXT(s.\"doc\", 'total', '$numberInt'), ''), "
-        "NULLIF(JSON_EXTRACT_PATH_TEXT(s.\"doc\", 'total', '$numberLong'), ''), "
-        "NULLIF(JSON_EXTRACT_PATH_TEXT(s.\"doc\", 'total'), '')) AS DECIMAL(18,2)) "
+        's."status", s."total" '
         'FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY "_id" ORDER BY "_pos" DESC) AS "_rank" '
-        f'FROM {stage}) AS s WHERE s."_rank" = 1 AND NOT s."_deleted"',
+        f'FROM {stage}) AS s WHERE s."_rank" = 1 AND NOT s."_deleted" AND s."_set_aside" IS NULL',
+        'INSERT INTO "analytics"."_lakehouse_set_aside" ("table_name", "_id", "_pos", '
+        '"doc_bytes", "reason", "lake_version") SELECT \'orders\', s."_id", s."_pos", '
+        's."_doc_bytes", s."_set_aside", 1 '
+        'FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY "_id" ORDER BY "_pos" DESC) AS "_rank" '
+        f'FROM {stage}) AS s WHERE s."_rank" = 1 AND NOT s."_deleted" '
+        'AND s."_set_aside" IS NOT NULL',
         'DELETE FROM "analytics"."_lakehouse_loads" WHERE LOWER("table_name") = \'orders\'',
         'INSERT INTO "analytics"."_lakehouse_loads" ("table_name", "lake_table_id", '
         f"\"lake_version\", \"loaded_at\") VALUES ('orders', '{table_id}', 1, GETDATE())",
@@ -242,7 +246,7 @@ def test_incremental_load_is_one_batch_transaction_with_exactly_these_statements
         stubber.add_response(
             "describe_statement", {"Id": "load-1", "Status": status}, {"Id": "load-1"}
         )
-    rows_affected = [1, 0, 3, 3, 2, 1, 1, 0]
+    rows_affected = [1, 0, 3, 3, 0, 2, 0, 1, 1, 0]
     stubber.add_response(
         "describe_statement",
         finished(
@@ -261,10 +265,20 @@ def test_incremental_load_is_one_batch_transaction_with_exactly_these_statements
     ]
     expect_query(
         stubber,
+        "aside-1",
+        'SELECT "_id", "_pos", "reason" FROM "analytics"."_lakehouse_set_aside" '
+        'WHERE "table_name" = :table_name',
+        "set_aside_keys",
+        "token-5",
+        [],
+        parameters={"table_name": "orders"},
+    )
+    expect_query(
+        stubber,
         "reconcile-1",
         reconciliation_query(REDSHIFT, target).sql,
         "reconcile_buckets",
-        "token-5",
+        "token-6",
         buckets,
         pages=2,
     )
@@ -314,7 +328,9 @@ def test_first_load_creates_the_projected_columns_inside_the_transaction():
         "add_column:status",
         "add_column:total",
         "delete_changed",
+        "delete_set_aside",
         "insert_upserts",
+        "insert_set_aside",
         "delete_control",
         "insert_control",
         "drop_stage",
@@ -350,7 +366,7 @@ def test_a_failed_sub_statement_surfaces_its_position_sql_and_redshift_error(dat
                 {"Id": "b-9:1", "Status": "FINISHED"},
                 {"Id": "b-9:2", "Status": "FINISHED"},
                 {"Id": "b-9:3", "Status": "FAILED", "Error": error},
-                *({"Id": f"b-9:{n}", "Status": "ABORTED"} for n in range(4, 9)),
+                *({"Id": f"b-9:{n}", "Status": "ABORTED"} for n in range(4, 11)),
             ],
         },
     )
@@ -359,7 +375,7 @@ def test_a_failed_sub_statement_surfaces_its_position_sql_and_redshift_error(dat
     failure = raised.value
     assert (failure.index, failure.label, failure.status) == (3, "load_stage", "FAILED")
     message = str(failure)
-    assert "statement 3 of 8 (load_stage) failed" in message
+    assert "statement 3 of 10 (load_stage) failed" in message
     assert (
         "SQL: COPY \"_lakehouse_stage\" FROM 's3://lake-bucket/prod/_staging/x/part.parquet'"
         in (message)
@@ -379,11 +395,11 @@ def test_an_aborted_batch_names_the_first_statement_that_did_not_finish(data_api
             "Status": "ABORTED",
             "SubStatements": [
                 {"Id": "b-7:1", "Status": "FINISHED"},
-                *({"Id": f"b-7:{n}", "Status": "SUBMITTED"} for n in range(2, 9)),
+                *({"Id": f"b-7:{n}", "Status": "SUBMITTED"} for n in range(2, 11)),
             ],
         },
     )
-    with pytest.raises(RedshiftStatementError, match=r"statement 2 of 8 \(create_stage\) was"):
+    with pytest.raises(RedshiftStatementError, match=r"statement 2 of 10 \(create_stage\) was"):
         api_client(client, FakeClock()).run_batch(PLAN, name="load")
 
 
@@ -458,10 +474,13 @@ def test_statements_with_parameters_are_never_sent_in_a_batch(data_api):
 
 def test_staged_parquet_keeps_the_stage_columns_in_copy_order(staging):
     from lambda_functions.warehouse_load.lake_changes import STAGE_SCHEMA
+    from lambda_functions.warehouse_load.set_aside import mark_set_aside
+    from lambda_functions.warehouse_load.sql_plan import STAGE_COLUMNS
 
     warehouse = RedshiftWarehouse(object(), staging, ROLE)  # type: ignore[arg-type]
-    source = warehouse.stage(STAGE_SCHEMA.empty_table(), key="_staging/a/b/7/part.parquet")
+    rows = mark_set_aside(STAGE_SCHEMA.empty_table(), REDSHIFT)
+    source = warehouse.stage(rows, key="_staging/a/b/7/part.parquet")
     assert source.s3_uri == "s3://lake-bucket/prod/_staging/a/b/7/part.parquet"
     written = pq.read_table(io.BytesIO(staging.get("_staging/a/b/7/part.parquet")))
     # COPY ... FORMAT AS PARQUET matches columns by position: the staging table's order.
-    assert written.schema.names == ["_id", "doc", "_op", "_pos", "_event_time", "_deleted"]
+    assert written.schema.names == [*STAGE_COLUMNS]

@@ -209,7 +209,7 @@ def test_projection_types_are_normalized_and_paths_become_lower_case_columns():
 
 def test_a_redshift_transaction_over_forty_statements_is_refused_with_the_fix():
     projection = parse_projection({f"f{i}": "INTEGER" for i in range(33)})
-    with pytest.raises(PlanError, match="at most 32 at once"):
+    with pytest.raises(PlanError, match="at most 30 at once"):
         plan(REDSHIFT, projection=projection, add_columns=projection)
 
 

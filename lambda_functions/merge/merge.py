@@ -759,7 +759,7 @@ def _merge_into(
     if source.num_rows == 0:
         _record_only(table, commit)
         return None
-    values = {name: f"s.{name}" for name in source.column_names}
+    values = {delta_column(name): f"s.{delta_column(name)}" for name in source.column_names}
     newer = "s._pos >= t._pos"
     buckets = ", ".join(_sql_string(b) for b in pc.unique(source.column("_bucket")).to_pylist())
     version = table.version()
@@ -786,6 +786,13 @@ def _merge_into(
         return None
     changed = metrics.get("num_target_rows_inserted", 0) + metrics.get("num_target_rows_updated", 0)
     return table.version() if changed else None
+
+
+def delta_column(name: str) -> str:
+    """``name`` as a quoted identifier in delta-rs SQL (backticks, a backtick doubled): typed
+    columns may have any name Delta accepts (``order-id``, ``first name``, ``1st``, ``a.b``),
+    which unquoted would parse as an expression, a number or a struct field."""
+    return "`" + name.replace("`", "``") + "`"
 
 
 def _sql_string(value: str) -> str:

@@ -42,8 +42,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-# Same shape as the request contract's names: letters, digits, '_' or '-', at most 63 characters.
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
+# Plain names (letters, digits, '_' or '-'; ASCII, so characters are bytes) up to Redshift's
+# identifier limit of 127 bytes (contracts.WAREHOUSE_IDENTIFIER_BYTES; DuckDB has none).
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,126}$")
 _PATH_SEGMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _TABLE_ID = re.compile(
     r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
@@ -61,7 +62,11 @@ BASE_COLUMNS = ("_id", "doc", "_op", "_pos", "_event_time", "_lake_version", "_l
 # The staged rows, in this order (Redshift's Parquet COPY matches columns by position), followed
 # by the projected columns, already computed (see ``stage_query``).
 STAGE_COLUMNS = ("_id", "doc", "_op", "_pos", "_event_time", "_deleted", "_set_aside", "_doc_bytes")
-RESERVED_COLUMNS = frozenset((*BASE_COLUMNS, *STAGE_COLUMNS, "_rank"))
+# Redshift's system columns (PostgreSQL's), which no user column may be named ("Names and
+# identifiers"): an ADD COLUMN "xmin" would fail every load.
+SYSTEM_COLUMNS = ("oid", "tableoid", "xmin", "cmin", "xmax", "cmax", "ctid")
+RESERVED_COLUMNS = frozenset((*BASE_COLUMNS, *STAGE_COLUMNS, "_rank", *SYSTEM_COLUMNS))
+MAX_IDENTIFIER_BYTES = 127  # Redshift; see _IDENTIFIER
 # Key-set reconciliation: 256 buckets by the first byte of md5(_id), each with the row count and
 # the sum of a 32-bit slice of md5("_id:_pos") (order-free, so SQL and Python agree).
 BUCKET_HEX_DIGITS = 2
@@ -83,7 +88,7 @@ def quote_identifier(name: str) -> str:
     if not isinstance(name, str) or not _IDENTIFIER.match(name):
         raise UnsafeSqlValueError(
             f"{name!r} is not a valid SQL identifier here: use letters, digits, '_' or '-', "
-            "starting with a letter or '_', at most 63 characters"
+            f"starting with a letter or '_', at most {MAX_IDENTIFIER_BYTES} characters"
         )
     return f'"{name}"'
 
@@ -250,7 +255,7 @@ _TEMPORAL = ("date", "timestamp", "timestamptz")
 class ProjectedColumn:
     """A document field loaded as a typed column beside the full document."""
 
-    column: str  # lower case: Redshift folds identifiers, so both warehouses use the folded name
+    column: str  # lower case: Redshift folds identifiers, DuckDB ignores case: the folded name
     path: tuple[str, ...]  # field path in the document
     sql_type: str  # normalized, e.g. "DECIMAL(18,2)"
     family: str
@@ -258,7 +263,11 @@ class ProjectedColumn:
 
 def parse_projection(declared: Mapping[str, str]) -> tuple[ProjectedColumn, ...]:
     """``{"status": "VARCHAR(32)", "customer.address.city": "VARCHAR(64)"}`` → columns ``status``
-    and ``customer_address_city``, in declaration order. Raises ``PlanError`` naming the entry."""
+    and ``customer_address_city``, in declaration order. Raises ``PlanError`` naming the entry.
+
+    Column names are folded to lower case (Redshift folds identifiers, DuckDB resolves them
+    without case), so two fields that differ only in case, or whose paths join to the same
+    name, would be one column: refused here, at configuration, rather than at every load."""
     columns: list[ProjectedColumn] = []
     seen: dict[str, str] = {}
     for raw_path, raw_type in declared.items():
@@ -269,14 +278,19 @@ def parse_projection(declared: Mapping[str, str]) -> tuple[ProjectedColumn, ...]
                 "names made of letters, digits and '_' (e.g. 'customer.address.city')"
             )
         column = "_".join(path).lower()
-        if column in RESERVED_COLUMNS or len(column) > 63:
+        if column in RESERVED_COLUMNS or len(column) > MAX_IDENTIFIER_BYTES:
             raise PlanError(
                 f"projection field {raw_path!r} would become column {column!r}, which is reserved "
-                f"or too long; reserved: {', '.join(sorted(RESERVED_COLUMNS))}"
+                f"or longer than Redshift's {MAX_IDENTIFIER_BYTES} bytes; reserved: "
+                f"{', '.join(sorted(RESERVED_COLUMNS))}. Leave the field out of "
+                "LAKEHOUSE_WAREHOUSE_PROJECTION (its value stays in the doc column)"
             )
         if column in seen:
             raise PlanError(
-                f"projection fields {seen[column]!r} and {raw_path!r} both become column {column!r}"
+                f"projection fields {seen[column]!r} and {raw_path!r} both become column "
+                f"{column!r} (warehouse column names are compared in lower case: Redshift folds "
+                "them, DuckDB ignores case). Project only one of them in "
+                "LAKEHOUSE_WAREHOUSE_PROJECTION; the other stays in the doc column"
             )
         seen[column] = raw_path
         sql_type, family = _parse_type(str(raw_path), str(raw_type))
@@ -401,7 +415,7 @@ def loaded_state_query(dialect: Dialect, target: TargetTable) -> Statement:
     return Statement(
         "loaded_state",
         f'SELECT "lake_table_id", "lake_version" FROM {target.control} '
-        f'WHERE "table_name" = {dialect.param("table_name")}',
+        f'WHERE LOWER("table_name") = {dialect.param("table_name")}',
         {"table_name": target.table},
     )
 
@@ -410,8 +424,8 @@ def columns_query(dialect: Dialect, target: TargetTable) -> Statement:
     return Statement(
         "target_columns",
         "SELECT column_name FROM information_schema.columns "
-        f"WHERE table_schema = {dialect.param('schema_name')} "
-        f"AND table_name = {dialect.param('table_name')}",
+        f"WHERE LOWER(table_schema) = {dialect.param('schema_name')} "
+        f"AND LOWER(table_name) = {dialect.param('table_name')}",
         {"schema_name": target.schema, "table_name": target.table},
     )
 
@@ -512,7 +526,7 @@ def load_transaction(
         ),
         Statement(
             "delete_control",
-            f'DELETE FROM {target.control} WHERE "table_name" = {table_name}',
+            f"DELETE FROM {target.control} WHERE {_control_row(target)}",
         ),
         Statement(
             "insert_control",
@@ -535,7 +549,7 @@ def load_transaction(
 def _guard(target: TargetTable, expected: LoadedState | None) -> Statement:
     """Fail the transaction (a cast error carrying the message) unless the control row is the one
     the plan was made from: a stale or replayed plan can never commit over a newer load."""
-    where = f'"table_name" = {sql_string(target.table)}'
+    where = _control_row(target)
     if expected is None:
         condition = f"(SELECT COUNT(*) FROM {target.control} WHERE {where}) = 0"
     else:
@@ -552,6 +566,12 @@ def _guard(target: TargetTable, expected: LoadedState | None) -> Statement:
         "guard",
         f"SELECT CAST(CASE WHEN {condition} THEN '0' ELSE {sql_string(message)} END AS INTEGER)",
     )
+
+
+def _control_row(target: TargetTable) -> str:
+    """The control row of ``target``, matched by folded name: a row written with another case
+    (DuckDB kept the case it was given before names were folded) is the same table's row."""
+    return f'LOWER("table_name") = {sql_string(target.table)}'
 
 
 def staged_type(column: ProjectedColumn) -> str:
@@ -690,7 +710,10 @@ class Dialect:
         raise NotImplementedError
 
     def fold(self, identifier: str) -> str:
-        return identifier
+        # Redshift lower-cases identifiers, quoted or not (unless enable_case_sensitive_identifier
+        # is on); DuckDB keeps their case but resolves them without it. Both use the folded name
+        # for catalog lookups and the control row, so one table is always one name.
+        return identifier.lower()
 
     def json_parse(self, expression: str) -> str:
         raise NotImplementedError
@@ -774,11 +797,6 @@ class RedshiftDialect(Dialect):
 
     def param(self, name: str) -> str:
         return f":{name}"
-
-    def fold(self, identifier: str) -> str:
-        # Redshift lower-cases identifiers, quoted or not (unless enable_case_sensitive_identifier
-        # is on); catalog lookups and the control row use the folded name.
-        return identifier.lower()
 
     def json_parse(self, expression: str) -> str:
         return f"JSON_PARSE({expression})"

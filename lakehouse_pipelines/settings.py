@@ -419,7 +419,10 @@ class LakehouseSettings:
             queue_stuck_seconds=typed("LAKEHOUSE_QUEUE_STUCK_SECONDS", _float),
             max_failure_rate=typed("LAKEHOUSE_MAX_FAILURE_RATE", _float),
             dashboard_name=get("LAKEHOUSE_DASHBOARD_NAME"),
-            warehouse_projection=_projection(get("LAKEHOUSE_WAREHOUSE_PROJECTION")),
+            warehouse_projection=_projection(
+                get("LAKEHOUSE_WAREHOUSE_PROJECTION"),
+                choice("LAKEHOUSE_WAREHOUSE", "duckdb", "redshift"),
+            ),
             warehouse_table_names=choice(
                 "LAKEHOUSE_WAREHOUSE_TABLE_NAMES", "collection", "database_collection"
             ),
@@ -490,9 +493,16 @@ def _collections(value: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _projection(value: str) -> dict[str, str]:
-    """LAKEHOUSE_WAREHOUSE_PROJECTION: a JSON object of field -> SQL type, checked now."""
-    from lambda_functions.warehouse_load.sql_plan import PlanError, parse_projection
+def _projection(value: str, warehouse: str = "duckdb") -> dict[str, str]:
+    """LAKEHOUSE_WAREHOUSE_PROJECTION: a JSON object of field -> SQL type, checked now, also
+    against ``warehouse``'s table and request limits (with the longest table names: a projection
+    accepted here fits every collection's load)."""
+    from lambda_functions.warehouse_load.sql_plan import (
+        REDSHIFT,
+        PlanError,
+        check_projection_limits,
+        parse_projection,
+    )
 
     try:
         projection = json.loads(value)
@@ -506,7 +516,9 @@ def _projection(value: str) -> dict[str, str]:
             '{"status": "VARCHAR(32)", "total": "DECIMAL(18,2)"}'
         )
     try:
-        parse_projection(projection)
+        columns = parse_projection(projection)
+        if warehouse == "redshift":
+            check_projection_limits(REDSHIFT, columns)
     except PlanError as error:
         raise SettingsError(f"LAKEHOUSE_WAREHOUSE_PROJECTION: {error}") from None
     return projection

@@ -317,8 +317,10 @@ class LoadRequest(CollectionRequest):
         validate_warehouse_name(self.target_schema, "warehouse schema")
         validate_warehouse_name(self.table_name, "warehouse table")
         from lambda_functions.warehouse_load.sql_plan import (
+            REDSHIFT,
             PlanError,
             UnsafeSqlValueError,
+            check_projection_limits,
             checked_iam_role,
             parse_projection,
         )
@@ -326,7 +328,11 @@ class LoadRequest(CollectionRequest):
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.projection.items()):
             raise InvalidRequestError("projection must map field names to SQL type names")
         try:
-            parse_projection(self.projection)
+            projection = parse_projection(self.projection)
+            if self.warehouse_kind == "redshift":
+                check_projection_limits(
+                    REDSHIFT, projection, schema=self.target_schema, table=self.table_name
+                )
         except PlanError as error:
             raise InvalidRequestError(str(error)) from None
         if self.warehouse_kind == "redshift":

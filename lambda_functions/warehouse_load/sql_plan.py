@@ -220,6 +220,10 @@ SUPPORTED_TYPES = (
 #   family                  accepted JSON values                               column value
 #   VARCHAR                 "text" | {"$oid": h} | anything else               text, h, its JSON
 #   SMALLINT/INTEGER/BIGINT 5 | {"$numberInt"} | {"$numberLong"}                the integer
+#                           | {"$numberDouble": "5.0"} | {"$numberDecimal"}    (numbers compare by
+#                                                                              value in MongoDB;
+#                                                                              drivers store 5 as
+#                                                                              a double)
 #   DECIMAL                 {"$numberDecimal"} | {"$numberDouble"} | ints | 5   the number
 #   REAL/DOUBLE PRECISION   {"$numberDouble"} | {"$numberDecimal"} | ints | 5   the number
 #   BOOLEAN                 true | false                                       the boolean
@@ -234,15 +238,23 @@ SUPPORTED_TYPES = (
 # as UTC and ignores offsets in text, "Datetime types", so the conversion must happen before);
 # DATE = the UTC calendar date of the instant, as for a ``$date``, which has no other time zone.
 #
+# Text follows RFC 3339 too, whose 'T' and 'z' may be lower case ("2024-03-01t12:00:00z", section
+# 5.6), which DuckDB's cast does not read: they are upper-cased first.
+#
+# VARCHAR(n) holds n BYTES of UTF-8 on Redshift ("Character types"), and DuckDB does not enforce
+# n at all: a longer value fails the stage here, naming the column, on both warehouses alike
+# (Redshift's COPY would refuse it; DuckDB would have loaded it whole).
+#
 # A missing field, JSON null and "" load as NULL. A present value that does not convert to the
 # declared type FAILS the load with DuckDB's cast error before anything is committed (a silent
 # NULL would hide bad data): fix the projection's type or the data, then re-run.
 _NUMBER_WRAPPERS = ("$numberInt", "$numberLong")
+_INTEGER_WRAPPERS = (*_NUMBER_WRAPPERS, "$numberDouble", "$numberDecimal")
 _WRAPPERS: dict[str, tuple[str, ...]] = {
     "text": ("$oid",),
-    "smallint": _NUMBER_WRAPPERS,
-    "integer": _NUMBER_WRAPPERS,
-    "bigint": _NUMBER_WRAPPERS,
+    "smallint": _INTEGER_WRAPPERS,
+    "integer": _INTEGER_WRAPPERS,
+    "bigint": _INTEGER_WRAPPERS,
     "decimal": ("$numberDecimal", "$numberDouble", *_NUMBER_WRAPPERS),
     "real": ("$numberDouble", "$numberDecimal", *_NUMBER_WRAPPERS),
     "double": ("$numberDouble", "$numberDecimal", *_NUMBER_WRAPPERS),
@@ -603,12 +615,36 @@ def _staged_value(column: ProjectedColumn, document: str) -> str:
         return (
             f"CASE WHEN {millis} IS NOT NULL THEN CAST({millis} AS BIGINT) * 1000 "
             f"WHEN json_type({document}, {at('$date')}) = 'VARCHAR' "
-            f"THEN epoch_us(CAST({text('$date')} AS TIMESTAMPTZ)) "
-            f"ELSE epoch_us(CAST({text()} AS TIMESTAMPTZ)) END"
+            f"THEN epoch_us(CAST({_rfc3339_upper(text('$date'))} AS TIMESTAMPTZ)) "
+            f"ELSE epoch_us(CAST({_rfc3339_upper(text())} AS TIMESTAMPTZ)) END"
         )
     candidates = [text(wrapper) for wrapper in _WRAPPERS[column.family]] + [text()]
     value = candidates[0] if len(candidates) == 1 else f"COALESCE({', '.join(candidates)})"
+    if column.family == "text":
+        limit = int(column.sql_type[len("VARCHAR(") : -1])
+        message = sql_string(
+            f"projected column {column.column!r} is {column.sql_type}, which holds {limit} bytes "
+            "of UTF-8 on Redshift, but a value of "
+        )
+        tail = sql_string(
+            " bytes does not fit: declare a larger VARCHAR in LAKEHOUSE_WAREHOUSE_PROJECTION "
+            "(at most 65535) or leave the field out (it stays in the doc column)"
+        )
+        return (
+            f"CASE WHEN strlen({value}) > {limit} "
+            f"THEN error({message} || CAST(strlen({value}) AS VARCHAR) || {tail}) "
+            f"ELSE CAST({value} AS {column.sql_type}) END"
+        )
     return f"CAST({value} AS {column.sql_type})"
+
+
+def _rfc3339_upper(text: str) -> str:
+    """DuckDB SQL: ``text`` with RFC 3339's lower-case 't' separator and 'z' zone upper-cased
+    (DuckDB-only SQL, never sent to Redshift, so the regex's backslash is read as written)."""
+    return (
+        f"regexp_replace(regexp_replace({text}, '^([0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}})t', '\\1T'), "
+        "'z$', 'Z')"
+    )
 
 
 def projected_value(dialect: Dialect, column: ProjectedColumn, staged: str) -> str:
@@ -646,6 +682,53 @@ def check_statement_sizes(dialect: Dialect, statements: Sequence[Statement]) -> 
                 f"accepts at most {limit} bytes per statement; project fewer columns or use "
                 "shorter column names"
             )
+
+
+# The longest names a load can have (Redshift's 127 bytes), for checks made before the table is
+# known (configuration): a projection that fits with these fits with any table.
+_LONGEST_NAME = "t" * MAX_IDENTIFIER_BYTES
+_CHECK_TABLE_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def check_projection_limits(
+    dialect: Dialect,
+    projection: Sequence[ProjectedColumn],
+    *,
+    schema: str = _LONGEST_NAME,
+    table: str = _LONGEST_NAME,
+) -> None:
+    """Refuse, with ``PlanError``, a projection that no load into ``schema.table`` could carry:
+    more columns than the warehouse's table limit, or a steady-state load statement over the
+    warehouse API's size limit. Called at configuration (settings, worst-case names) and when a
+    load request is validated (its names), so it never first fails at every load."""
+    columns = len(BASE_COLUMNS) + len(projection)
+    if dialect.max_table_columns and columns > dialect.max_table_columns:
+        raise PlanError(
+            f"the projection has {len(projection)} columns, which with the load's "
+            f"{len(BASE_COLUMNS)} own columns makes {columns}; {dialect.name} tables hold at most "
+            f"{dialect.max_table_columns} columns: project at most "
+            f"{dialect.max_table_columns - len(BASE_COLUMNS)} fields"
+        )
+    if not dialect.max_statement_bytes:
+        return
+    source = StageSource(
+        relation="_lakehouse_stage_rows",
+        s3_uri="s3://" + "b" * 63 + "/" + "k" * 900,
+        iam_role=f"arn:aws:iam::123456789012:role/{'r' * 64}",
+    )
+    check_statement_sizes(
+        dialect,
+        load_transaction(
+            dialect,
+            TargetTable.named(dialect, schema, table),
+            source=source,
+            full=False,
+            expected=LoadedState(_CHECK_TABLE_ID, 2**62),
+            table_id=_CHECK_TABLE_ID,
+            version=2**62,
+            projection=projection,
+        ),
+    )
 
 
 # -- reconciliation ----------------------------------------------------------------------------
@@ -705,6 +788,7 @@ class Dialect:
     now: ClassVar[str]
     max_batch_statements: ClassVar[int | None] = None
     max_statement_bytes: ClassVar[int | None] = None
+    max_table_columns: ClassVar[int | None] = None
 
     def param(self, name: str) -> str:
         raise NotImplementedError
@@ -794,6 +878,8 @@ class RedshiftDialect(Dialect):
     # The Data API refuses a query string over 100 KB ("Cannot process query string larger than
     # 100kB"); kept under 100,000 bytes per statement.
     max_statement_bytes = 100_000
+    # "Quotas and limits in Amazon Redshift": at most 1,600 columns in a table.
+    max_table_columns = 1600
 
     def param(self, name: str) -> str:
         return f":{name}"

@@ -1,0 +1,150 @@
+"""Inputs of issue 11's kinds that still broke the load after it (adversarial review).
+
+Expected values come from the engines' and formats' documentation, not from the code:
+- RFC 3339 section 5.6: "the 'T' and 'Z' characters in this syntax may alternatively be lower
+  case 't' or 'z'": ``2024-03-01t12:00:00z`` is the instant 2024-03-01T12:00:00Z.
+- MongoDB compares numbers by value across types (5 = 5.0), and canonical extended JSON writes a
+  double as ``{"$numberDouble": "5.0"}`` (what the mongo shell and Node drivers store for ``5``);
+  SQL casts an integral 5.0 to INTEGER as 5 (Redshift and DuckDB alike).
+- Redshift ``VARCHAR(n)``: n is a length in BYTES, and a longer value is an error ("Character
+  types": "value too long for type character varying(n)"); DuckDB does not enforce n at all.
+- Redshift Data API: a query string over 100 KB is refused; a batch holds 1 to 40 statements.
+  Redshift: at most 1,600 columns per table ("Quotas and limits in Amazon Redshift").
+  Issue 11: such limits are refused at configuration, not at every load.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pytest
+
+from lambda_functions.contracts import InvalidRequestError, LoadRequest
+from lambda_functions.warehouse_load.lake_changes import STAGE_SCHEMA
+from lambda_functions.warehouse_load.redshift import project_rows
+from lambda_functions.warehouse_load.set_aside import mark_set_aside
+from lambda_functions.warehouse_load.sql_plan import REDSHIFT, parse_projection
+from tests.lambda_functions.warehouse_load.test_load_values import _plan, wide_projection
+
+ROLE = "arn:aws:iam::123456789012:role/lakehouse-copy"
+
+
+def _stage(*docs: dict, projection: dict[str, str]) -> list[dict]:
+    """The staged rows both warehouses load (``stage_query``, computed by DuckDB in UTC)."""
+    rows = pa.table(
+        {
+            "_id": [f"k{n}" for n in range(len(docs))],
+            "doc": [json.dumps(d) for d in docs],
+            "_op": ["insert"] * len(docs),
+            "_pos": [1] * len(docs),
+            "_event_time": pa.array([None] * len(docs), pa.timestamp("us", tz="UTC")),
+            "_deleted": [False] * len(docs),
+        },
+        schema=STAGE_SCHEMA,
+    )
+    return project_rows(mark_set_aside(rows, REDSHIFT), parse_projection(projection)).to_pylist()
+
+
+def _micros(instant: datetime) -> int:
+    return int(instant.timestamp()) * 1_000_000 + instant.microsecond
+
+
+# -- timestamps: RFC 3339 lower-case 't' and 'z' -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "instant"),
+    [
+        ("2024-03-01T12:00:00z", datetime(2024, 3, 1, 12, tzinfo=UTC)),
+        ("2024-03-01t12:00:00Z", datetime(2024, 3, 1, 12, tzinfo=UTC)),
+        ("2024-03-01t12:00:00.25z", datetime(2024, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)),
+        ("2024-03-01t12:00:00+02:00", datetime(2024, 3, 1, 10, tzinfo=UTC)),
+    ],
+)
+def test_rfc3339_lower_case_t_and_z_keep_their_instant(text, instant):
+    projection = {"at": "TIMESTAMPTZ", "local": "TIMESTAMP", "day": "DATE"}
+    (row,) = _stage({"at": text, "local": text, "day": {"$date": text}}, projection=projection)
+    assert (row["at"], row["local"], row["day"]) == (_micros(instant),) * 3
+
+
+# -- numbers: a double holding an integer, into an integer column ---------------------------------
+
+
+def test_an_integral_double_or_decimal_loads_into_integer_columns():
+    docs = (
+        {"qty": {"$numberDouble": "5.0"}, "big": {"$numberDouble": "5000000000.0"}},
+        {"qty": {"$numberDecimal": "7"}, "big": {"$numberDecimal": "-3"}},
+        {"qty": {"$numberInt": "2"}, "big": {"$numberLong": "9"}},
+    )
+    rows = _stage(*docs, projection={"qty": "INTEGER", "big": "BIGINT"})
+    assert [(r["qty"], r["big"]) for r in rows] == [(5, 5_000_000_000), (7, -3), (2, 9)]
+
+
+# -- VARCHAR(n) is n bytes on Redshift: a longer value fails on both warehouses alike -------------
+
+
+def test_a_varchar_value_longer_than_n_bytes_fails_the_stage_naming_the_column():
+    projection = {"name": "VARCHAR(8)"}
+    (fits,) = _stage({"name": "éééé"}, projection=projection)  # 4 characters, 8 bytes
+    assert fits["name"] == "éééé"
+    for value in ("ééééé", "abcdefghi"):  # 10 and 9 bytes: Redshift's COPY would refuse them
+        with pytest.raises(Exception, match=r"name.*VARCHAR\(8\)"):
+            _stage({"name": value}, projection=projection)
+
+
+# -- Data API and table limits, refused at configuration ------------------------------------------
+
+
+def _redshift_request(projection: dict[str, str]) -> LoadRequest:
+    return LoadRequest(
+        lake_uri="s3://lake-bucket/prod",
+        database="shop",
+        collection="orders",
+        warehouse_kind="redshift",
+        redshift_database="dev",
+        redshift_workgroup="analytics",
+        redshift_iam_role=ROLE,
+        projection=projection,
+    )
+
+
+def test_a_projection_whose_insert_is_over_100_kb_is_refused_when_the_request_is_validated():
+    with pytest.raises(InvalidRequestError, match=r"100000"):
+        _redshift_request(wide_projection(1200)).validate()
+    _redshift_request(wide_projection(280)).validate()  # fits: still accepted
+
+
+def test_a_projection_over_redshifts_1600_columns_is_refused_when_the_request_is_validated():
+    projection = {f"c{i}": "INTEGER" for i in range(1600)}  # short names: the SQL fits 100 KB
+    with pytest.raises(InvalidRequestError, match="1600"):
+        _redshift_request(projection).validate()
+
+
+def test_configuration_refuses_a_redshift_projection_that_can_never_load():
+    from lakehouse_pipelines.settings import LakehouseSettings, SettingsError
+
+    env = {
+        "LAKEHOUSE_ENV": "aws",
+        "LAKEHOUSE_LAKE_URI": "s3://analytics-lake/prod",
+        "LAKEHOUSE_COLLECTIONS": "shop.orders",
+        "LAKEHOUSE_WAREHOUSE_PROJECTION": json.dumps(wide_projection(1200)),
+    }
+    with pytest.raises(SettingsError, match="LAKEHOUSE_WAREHOUSE_PROJECTION"):
+        LakehouseSettings.from_env(env)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "design: every projected column the table lacks is one ALTER TABLE ADD COLUMN inside the "
+        "load's single batch_execute_statement (Redshift adds one column per ALTER TABLE; a batch "
+        "holds at most 40 statements), so the first Redshift load of a projection of more than 30 "
+        "columns (issue 11's own 280-column example) raises PlanError on every run"
+    ),
+)
+def test_the_first_redshift_load_of_a_280_column_projection_fits_the_data_api():
+    projection = parse_projection(wide_projection(280))
+    plan = _plan(REDSHIFT, projection, add_columns=projection, full=True)
+    assert 1 <= len(plan) <= 40

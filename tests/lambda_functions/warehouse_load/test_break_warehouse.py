@@ -148,3 +148,108 @@ def test_the_first_redshift_load_of_a_280_column_projection_fits_the_data_api():
     projection = parse_projection(wide_projection(280))
     plan = _plan(REDSHIFT, projection, add_columns=projection, full=True)
     assert 1 <= len(plan) <= 40
+
+
+# -- commit-time failures: only Redshift's error 1023 is a serialization conflict ------------------
+
+# A terminal failure in Redshift's internal-error layout ("error: / code: / context: / query: /
+# location: / process:"), for a query and process whose ids happen to be 1023. Redshift reports
+# a serialization conflict as "ERROR: 1023 DETAIL: Serializable isolation violation on table ..."
+# ("Fixing serializable isolation errors"); a number 1023 elsewhere is not one.
+NOT_SERIALIZATION = (
+    "ERROR: JSON parsing error\n"
+    "  DETAIL:\n"
+    "  -----------------------------------------------\n"
+    "  error:  JSON parsing error\n"
+    "  code:      8001\n"
+    "  context:   invalid json object\n"
+    "  query:     1023\n"
+    "  location:  funcs_json.hpp:210\n"
+    "  process:   query1_117_1023 [pid=1023]\n"
+    "  -----------------------------------------------"
+)
+
+
+def test_a_terminal_error_mentioning_query_1023_is_not_retried_as_a_conflict(aws_env):
+    import boto3
+    from botocore.stub import Stubber
+
+    from lambda_functions.warehouse_load.redshift import (
+        RedshiftSerializationError,
+        RedshiftStatementError,
+        is_serialization_error,
+    )
+    from tests.lambda_functions.warehouse_load.test_load_values import PLAN, _client
+
+    assert not is_serialization_error(NOT_SERIALIZATION)
+    client = boto3.client("redshift-data", region_name="us-east-1")
+    failing = [s.label for s in PLAN].index("insert_upserts")
+    sleeps: list[float] = []
+    with Stubber(client) as stubber:  # one submission only: a retry would find no response
+        stubber.add_response("batch_execute_statement", {"Id": "t-1"})
+        stubber.add_response(
+            "describe_statement",
+            {
+                "Id": "t-1",
+                "Status": "FAILED",
+                "Error": NOT_SERIALIZATION,
+                "SubStatements": [
+                    {
+                        "Id": f"t-1:{n + 1}",
+                        "Status": "FINISHED" if n < failing else "FAILED",
+                        **({"Error": NOT_SERIALIZATION} if n == failing else {}),
+                    }
+                    for n in range(failing + 1)
+                ],
+            },
+        )
+        with pytest.raises(RedshiftStatementError) as raised:
+            _client(client, sleeps).run_batch(PLAN, name="load")
+    assert not isinstance(raised.value, RedshiftSerializationError)
+    assert not raised.value.transient and raised.value.label == "insert_upserts"
+    assert sleeps == [] and "concurrent" not in str(raised.value)
+
+
+# -- Delta change data feed columns -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["_change_type", "_commit_version", "_commit_timestamp"])
+def test_a_top_level_column_named_like_a_change_feed_column_keeps_loads_incremental(tmp_path, name):
+    """A batch's typed top-level column named like a column the Delta change data feed adds to
+    every change row (Delta protocol, "Change Data Files") is not made a lake column: otherwise
+    every feed read (the incremental warehouse load) and the MERGE fail on a duplicate field."""
+    from lambda_functions.contracts import MergeRequest
+    from lambda_functions.lake import RawZone, open_store
+    from lambda_functions.merge import merge_batches
+    from lambda_functions.warehouse_load import load_changes
+    from tests.lambda_functions.merge.test_schema_evolution import publish_typed
+    from tests.lambda_functions.raw_batches import JAN, key
+
+    lake = str(tmp_path / "lake")
+    zone = RawZone(open_store(lake), "shop", "orders")
+    merge = MergeRequest(lake_uri=lake, database="shop", collection="orders")
+    load = LoadRequest(
+        lake_uri=lake,
+        database="shop",
+        collection="orders",
+        warehouse_location=str(tmp_path / "wh.duckdb"),
+    )
+    a, b = key(JAN, 1), key(JAN, 2)
+    column = pa.schema([pa.field(name, pa.int64())])
+    publish_typed(zone, [{"_id": a, "op": "insert", "pos": 1, "doc": "{}"}], pa.schema([]))
+    merge_batches(merge)
+    assert load_changes(load).reconciliation.matches
+    publish_typed(
+        zone,
+        [
+            {"_id": a, "op": "update", "pos": 2, "doc": '{"x": 1}', name: 7},
+            {"_id": b, "op": "insert", "pos": 2, "doc": "{}", name: 8},
+        ],
+        column,
+    )
+    merged = merge_batches(merge)
+    assert merged.batches_applied == [2]
+    assert any(name in note and "ignored" in note for note in merged.schema_changes)
+    second = load_changes(load)
+    assert (second.reason, second.rows_staged) == ("incremental", 2)
+    assert second.reconciliation.matches

@@ -253,3 +253,49 @@ def test_a_top_level_column_named_like_a_change_feed_column_keeps_loads_incremen
     second = load_changes(load)
     assert (second.reason, second.rows_staged) == ("incremental", 2)
     assert second.reconciliation.matches
+
+
+# -- a projected column whose declared type changes ------------------------------------------------
+
+
+def test_a_changed_projection_type_is_refused_with_the_fix_not_failed_at_every_load(tmp_path):
+    """The load adds missing columns but never alters one: a declared type the existing column
+    cannot hold used to fail every load with a cast error (here: 'paid' into INTEGER)."""
+    from lambda_functions.warehouse_load import load_changes
+    from lambda_functions.warehouse_load.sql_plan import PlanError
+    from tests.lambda_functions.raw_batches import JAN, key
+    from tests.lambda_functions.warehouse_load.test_load_values import Lake
+
+    lake = Lake(tmp_path)
+    a, b = key(JAN, 1), key(JAN, 2)
+    lake.change((a, "insert", 1, json.dumps({"status": 1})))
+    load_changes(lake.request(projection={"status": "INTEGER"}))
+    lake.change((b, "insert", 2, json.dumps({"status": "paid"})))
+    with pytest.raises(
+        PlanError, match=r"'status' of analytics.orders is INTEGER .* VARCHAR\(16\)"
+    ):
+        load_changes(lake.request(projection={"status": "VARCHAR(16)"}))
+    lake.sql('ALTER TABLE "analytics"."orders" DROP COLUMN "status"')  # the fix it names
+    fixed = load_changes(lake.request(projection={"status": "VARCHAR(16)"}))
+    assert fixed.full_reload and fixed.reconciliation.matches
+    assert lake.sql('SELECT "status" FROM "analytics"."orders" ORDER BY 1') == [("1",), ("paid",)]
+
+
+def test_redshift_catalog_types_are_compared_with_the_declared_ones():
+    from lambda_functions.warehouse_load.sql_plan import PlanError, TargetTable, check_column_types
+
+    target = TargetTable.named(REDSHIFT, "analytics", "orders")
+    # information_schema.columns on Redshift (PostgreSQL names, lengths in their own columns)
+    catalog = [
+        ("status", "character varying", 8, None, None),
+        ("total", "numeric", None, 18, 2),
+        ("n", "integer", None, 32, 0),
+        ("at", "timestamp with time zone", None, None, None),
+    ]
+    fits = {"status": "VARCHAR(8)", "total": "DECIMAL(12,2)", "n": "SMALLINT", "at": "TIMESTAMPTZ"}
+    check_column_types(target, parse_projection(fits), catalog)
+    with pytest.raises(PlanError, match=r'ALTER COLUMN "status" TYPE VARCHAR\(64\)'):
+        check_column_types(target, parse_projection({"status": "VARCHAR(64)"}), catalog)
+    for declared in ({"total": "DECIMAL(38,2)"}, {"n": "BIGINT"}, {"at": "TIMESTAMP"}):
+        with pytest.raises(PlanError, match="never alters a column"):
+            check_column_types(target, parse_projection(declared), catalog)

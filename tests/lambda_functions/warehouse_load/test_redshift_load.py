@@ -190,7 +190,8 @@ def test_incremental_load_is_one_batch_transaction_with_exactly_these_statements
     expect_query(
         stubber,
         "columns-1",
-        "SELECT column_name FROM information_schema.columns "
+        "SELECT column_name, data_type, character_maximum_length, numeric_precision, "
+        "numeric_scale FROM information_schema.columns "
         "WHERE LOWER(table_schema) = :schema_name AND LOWER(table_name) = :table_name",
         "target_columns",
         "token-3",

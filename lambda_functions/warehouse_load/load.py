@@ -35,6 +35,8 @@ from lambda_functions.warehouse_load.sql_plan import (
     Statement,
     TargetTable,
     check_column_types,
+    column_additions,
+    columns_fit_in_load,
     columns_query,
     ensure_tables,
     load_transaction,
@@ -148,6 +150,17 @@ def load_changes(
                 f"{target}: columns {', '.join(undeclared)} are no longer projected; they are "
                 "kept (never dropped) and left NULL in rows loaded from now on"
             )
+        added_ahead: list[ProjectedColumn] = []
+        if add and not columns_fit_in_load(dialect, len(add)):
+            batches = column_additions(dialect, target, add)
+            for number, batch in enumerate(batches, 1):
+                warehouse.run_transaction(batch, name=f"lakehouse-columns {target} {number}")
+            say(
+                f"{target}: {len(add)} projected columns added ahead of the load in "
+                f"{len(batches)} transactions (more than one transaction holds); the control "
+                "row was cleared, so this load reloads every row to fill them"
+            )
+            added_ahead, add, state = add, [], None
         full_reason = None
         if request.force_full_reload:
             full_reason = "full reload requested"
@@ -220,7 +233,7 @@ def load_changes(
         rows_deleted=max(affected.get("delete_changed", 0), 0),
         rows_inserted=max(affected.get("insert_upserts", 0), 0),
         projected_columns=[c.column for c in projection],
-        columns_added=[c.column for c in add],
+        columns_added=[c.column for c in added_ahead + add],
         undeclared_columns=undeclared,
         documents_set_aside=set_aside,
         reconciliation=reconciliation,

@@ -559,14 +559,7 @@ def load_transaction(
             f"CREATE TEMP TABLE {staged} ({', '.join(stage_columns)}){d.stage_options}",
         ),
         d.load_stage(staged, source, projection),
-        *(
-            Statement(
-                f"add_column:{c.column}",
-                f"ALTER TABLE {target.qualified} ADD COLUMN {quote_identifier(c.column)} "
-                f"{c.sql_type}",
-            )
-            for c in add_columns
-        ),
+        *(_add_column(target, c) for c in add_columns),
     ]
     if full:
         statements += [
@@ -659,6 +652,43 @@ def _guard(target: TargetTable, expected: LoadedState | None) -> Statement:
     return Statement(
         "guard",
         f"SELECT CAST(CASE WHEN {condition} THEN '0' ELSE {sql_string(message)} END AS INTEGER)",
+    )
+
+
+# Statements of ``load_transaction`` besides its ADD COLUMNs (a test holds it to the plan).
+LOAD_STATEMENTS = 10
+
+
+def columns_fit_in_load(dialect: Dialect, count: int) -> bool:
+    """Whether ``count`` ADD COLUMNs fit in the load's one transaction (``max_batch_statements``:
+    40 for the Data API's ``batch_execute_statement``)."""
+    limit = dialect.max_batch_statements
+    return not limit or LOAD_STATEMENTS + count <= limit
+
+
+def column_additions(
+    dialect: Dialect, target: TargetTable, columns: Sequence[ProjectedColumn]
+) -> list[list[Statement]]:
+    """ADD COLUMN for projected columns too many for the load's transaction, as transactions of at
+    most ``max_batch_statements`` to run before it (Redshift adds one column per ALTER TABLE).
+
+    The first transaction deletes the control row before anything else, so the load that follows
+    is a full reload, and so is any retry if the run stops between these transactions and the
+    load: no row is left with NULL in a new column while the control row says it is loaded.
+    """
+    statements = [
+        Statement("delete_control", f"DELETE FROM {target.control} WHERE {_control_row(target)}"),
+        *(_add_column(target, c) for c in columns),
+    ]
+    size = dialect.max_batch_statements or len(statements)
+    return [statements[i : i + size] for i in range(0, len(statements), size)]
+
+
+def _add_column(target: TargetTable, column: ProjectedColumn) -> Statement:
+    return Statement(
+        f"add_column:{column.column}",
+        f"ALTER TABLE {target.qualified} ADD COLUMN {quote_identifier(column.column)} "
+        f"{column.sql_type}",
     )
 
 

@@ -25,7 +25,15 @@ from lambda_functions.contracts import InvalidRequestError, LoadRequest
 from lambda_functions.warehouse_load.lake_changes import STAGE_SCHEMA
 from lambda_functions.warehouse_load.redshift import project_rows
 from lambda_functions.warehouse_load.set_aside import mark_set_aside
-from lambda_functions.warehouse_load.sql_plan import REDSHIFT, parse_projection
+from lambda_functions.warehouse_load.sql_plan import (
+    DUCKDB,
+    LOAD_STATEMENTS,
+    REDSHIFT,
+    TargetTable,
+    column_additions,
+    columns_fit_in_load,
+    parse_projection,
+)
 from tests.lambda_functions.warehouse_load.test_load_values import _plan, wide_projection
 
 ROLE = "arn:aws:iam::123456789012:role/lakehouse-copy"
@@ -135,19 +143,62 @@ def test_configuration_refuses_a_redshift_projection_that_can_never_load():
         LakehouseSettings.from_env(env)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "design: every projected column the table lacks is one ALTER TABLE ADD COLUMN inside the "
-        "load's single batch_execute_statement (Redshift adds one column per ALTER TABLE; a batch "
-        "holds at most 40 statements), so the first Redshift load of a projection of more than 30 "
-        "columns (issue 11's own 280-column example) raises PlanError on every run"
-    ),
-)
+def test_the_load_plan_has_load_statements_besides_its_columns():
+    """``columns_fit_in_load`` counts on it."""
+    for dialect in (REDSHIFT, DUCKDB):
+        assert len(_plan(dialect, parse_projection({"a": "INTEGER"}))) == LOAD_STATEMENTS
+
+
 def test_the_first_redshift_load_of_a_280_column_projection_fits_the_data_api():
+    """Redshift adds one column per ALTER TABLE and a Data API batch holds 1 to 40 statements: the
+    280 additions run ahead of the load in batches of at most 40, the first clearing the control
+    row, and the load itself (a full reload) fits one batch."""
     projection = parse_projection(wide_projection(280))
-    plan = _plan(REDSHIFT, projection, add_columns=projection, full=True)
-    assert 1 <= len(plan) <= 40
+    assert not columns_fit_in_load(REDSHIFT, len(projection))
+    batches = column_additions(REDSHIFT, TargetTable.named(REDSHIFT, "analytics", "o"), projection)
+    assert all(1 <= len(batch) <= 40 for batch in batches)
+    assert batches[0][0].label == "delete_control"
+    added = [s.label for batch in batches for s in batch if s.label.startswith("add_column:")]
+    assert added == [f"add_column:{c.column}" for c in projection]
+    assert 1 <= len(_plan(REDSHIFT, projection, full=True)) <= 40
+
+
+def test_columns_beyond_one_transaction_are_added_ahead_and_every_row_is_filled(
+    tmp_path, monkeypatch
+):
+    """The same rule on DuckDB with a 14-statement limit (4 columns fit in the load): 9 new
+    columns are added ahead, and every row gets its values, also when the run stops between the
+    column transactions and the load (the cleared control row makes the retry a full reload)."""
+    from lambda_functions.warehouse_load import load_changes
+    from lambda_functions.warehouse_load.duckdb_warehouse import DuckDBWarehouse
+    from tests.lambda_functions.warehouse_load.test_duckdb_load import A, B, Pipeline, doc
+
+    pipeline = Pipeline(tmp_path)
+    pipeline.change(
+        (A, "snapshot", 1, doc(**{f"f{n}": n for n in range(9)})), (B, "snapshot", 1, doc(f0=7))
+    )
+    load_changes(pipeline.request())  # loaded, no projection
+    monkeypatch.setattr(type(DUCKDB), "max_batch_statements", LOAD_STATEMENTS + 4)
+    projection = {f"f{n}": "INTEGER" for n in range(9)}
+
+    class StopsBeforeTheLoad(DuckDBWarehouse):
+        def run_transaction(self, statements, *, name):
+            if name.startswith("lakehouse-load"):
+                raise RuntimeError("the run stopped here")
+            return super().run_transaction(statements, name=name)
+
+    with pytest.raises(RuntimeError, match="stopped here"):
+        load_changes(
+            pipeline.request(projection=projection),
+            warehouse=StopsBeforeTheLoad(pipeline.warehouse),
+        )
+    assert pipeline.control_row() is None  # cleared with the first column transaction
+
+    result = load_changes(pipeline.request(projection=projection))
+
+    assert result.full_reload and result.reconciliation.matches
+    filled = pipeline.sql('SELECT "_id", "f0", "f8" FROM "analytics"."orders" ORDER BY "_id"')
+    assert filled == sorted([(A, 0, 8), (B, 7, None)])
 
 
 # -- commit-time failures: only Redshift's error 1023 is a serialization conflict ------------------

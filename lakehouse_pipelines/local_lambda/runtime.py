@@ -68,6 +68,12 @@ TASK_ROOT = str(Path(lambda_functions.__file__).resolve().parent.parent)  # /var
 RUNTIME_DIR = str(Path(__file__).resolve().parent)  # /var/runtime in AWS: worker.py's home
 RUNTIME_API = "127.0.0.1:9001"  # as in AWS; nothing listens there locally (pipes, not HTTP)
 _LAMBDA_PATH = "/usr/local/bin:/usr/bin/:/bin:/opt/bin"  # PATH in AWS (after /var/lang/bin)
+_LD_LIBRARY_PATH = os.pathsep.join(  # AWS's, with this Python's lib for /var/lang/lib
+    (
+        *(f"{sys.base_prefix}/lib", "/lib64", "/usr/lib64", RUNTIME_DIR, f"{RUNTIME_DIR}/lib"),
+        *(TASK_ROOT, f"{TASK_ROOT}/lib", "/opt/lib"),
+    )
+)
 _FUNCTION_NAME = re.compile(
     r"(arn:aws[a-zA-Z-]*:lambda:(?P<region>[a-z0-9-]+):)?"
     r"((?P<account>\d{12}):function:)?(?P<name>[a-zA-Z0-9\-_.]+)(:(?P<qualifier>\$LATEST|[a-zA-Z0-9\-_]+))?"
@@ -578,7 +584,9 @@ class LocalLambdaRuntime:
         for name, configured in self._configured.items():
             reserved = sorted(_RESERVED_ENV.intersection(configured) - set(environment))
             if reserved:
-                raise ValueError(f"function {name} is configured with reserved variables {reserved}")
+                raise ValueError(
+                    f"function {name} is configured with reserved variables {reserved}"
+                )
         if max_concurrency is not None and max_concurrency < 0:
             raise ValueError(f"max_concurrency must be None or >= 0, got {max_concurrency}")
         self._functions = dict(functions)
@@ -735,10 +743,7 @@ class LocalLambdaRuntime:
             # unreserved variables Lambda sets, which the function's configuration may override
             "LANG": "en_US.UTF-8",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{_LAMBDA_PATH}",
-            "LD_LIBRARY_PATH": os.pathsep.join(
-                (f"{sys.base_prefix}/lib", "/lib64", "/usr/lib64", RUNTIME_DIR)
-                + (f"{RUNTIME_DIR}/lib", TASK_ROOT, f"{TASK_ROOT}/lib", "/opt/lib")
-            ),
+            "LD_LIBRARY_PATH": _LD_LIBRARY_PATH,
             **{k: v for k, v in configured.items() if k not in CREDENTIAL_ENV},
             **credentials,
             # reserved: set by Lambda for each function

@@ -548,7 +548,8 @@ class LocalLambdaRuntime:
       Nothing else of this process's environment reaches the handler: a handler that reads a
       variable its function is not configured with fails here as it fails in AWS.
     Not emulated: versions and aliases (only ``$LATEST``), async retries and destinations,
-    CPU scaling with memory, /tmp size, and ``context.identity`` contents.
+    CPU scaling with memory, /tmp size, ``context.identity`` contents, the working directory
+    (this process's, not ``LAMBDA_TASK_ROOT``) and X-Ray (no ``AWS_XRAY_*`` variables).
     """
 
     exceptions = LocalLambdaExceptions
@@ -577,10 +578,16 @@ class LocalLambdaRuntime:
         variables = dict(variables or {})
         # each function's configured environment, as its deployment gives it (ValueError if a
         # variable its spec lists has no value here)
-        self._configured = {
-            name: {**function_environment(spec, variables), **environment}
-            for name, spec in functions.items()
-        }
+        try:
+            self._configured = {
+                name: {**function_environment(spec, variables), **environment}
+                for name, spec in functions.items()
+            }
+        except ValueError as e:
+            raise ValueError(
+                f"{e}; pass their values as variables= (for the registry's functions: "
+                "lakehouse_pipelines.resources.local_function_values(settings))"
+            ) from None
         for name, configured in self._configured.items():
             reserved = sorted(_RESERVED_ENV.intersection(configured) - set(environment))
             if reserved:

@@ -9,13 +9,21 @@ write Pipes messages, put metrics in the pipeline's namespace, read the Document
     python -m lakehouse_pipelines.deploy_template > deploy/template.yaml
 """
 
+import copy
 from typing import Any
 
 import yaml
 
-from lambda_functions.registry import FUNCTIONS, FunctionSpec
+from lambda_functions.registry import FUNCTIONS, FunctionSpec, function_environment
 
 DEFAULT_RESERVED_CONCURRENCY = 8  # keep the Dagster pool (deploy/dagster.yaml) below this
+
+# The deployed value of every variable a FunctionSpec may list in ``environment`` (the local
+# runtime takes the same names' values from the settings: resources.local_function_values).
+VARIABLE_VALUES: dict[str, Any] = {
+    "LAKEHOUSE_METRICS_NAMESPACE": {"Ref": "MetricsNamespace"},
+    "LAKEHOUSE_LAKE_URI": {"Fn::Sub": "s3://${LakeBucketName}/${LakePrefix}"},
+}
 
 
 def _logical_id(spec: FunctionSpec) -> str:
@@ -144,7 +152,7 @@ def render_template() -> dict[str, Any]:
                 "ReservedConcurrentExecutions": {"Ref": "ReservedConcurrency"},
                 "Role": {"Fn::GetAtt": ["FunctionRole", "Arn"]},
                 "Environment": {
-                    "Variables": {"LAKEHOUSE_METRICS_NAMESPACE": {"Ref": "MetricsNamespace"}}
+                    "Variables": copy.deepcopy(function_environment(spec, VARIABLE_VALUES))
                 },
             },
         }

@@ -69,7 +69,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 
 from lambda_functions.contracts import MergeRequest
 from lambda_functions.lake import BatchManifest, ObjectStore, RawZone, open_store
-from lambda_functions.lake.raw_zone import BATCH_SCHEMA, CorruptBatchError
+from lambda_functions.lake.raw_zone import BATCH_SCHEMA, RESNAPSHOT_HOW_TO, CorruptBatchError
 from lambda_functions.merge import copy_on_write
 from lambda_functions.merge.copy_on_write import VersionTakenError
 from lambda_functions.merge.key_candidates import resolve_key_candidates
@@ -171,6 +171,25 @@ class LakeTableMissingError(RuntimeError):
     """There is no lake table yet (the merge stage has not run for this collection)."""
 
 
+def _no_table_error(zone: RawZone, uri: str, superseded: list[int]) -> LakeTableMissingError:
+    """Why a merge ends without a table, and the fix (a success here would report version -1
+    with 0 rows, and its check and freshness would pass on a table that is not there)."""
+    if superseded:  # max_batches ran out before the reset marker that supersedes them
+        return LakeTableMissingError(
+            f"{zone.namespace}: there is no lake table at {uri} yet: batches "
+            f"{superseded[0]}..{superseded[-1]} were superseded by a reset marker that this "
+            "run's max_batches did not reach. Fix: run the merge again (raise max_batches)"
+        )
+    found = "its raw zone has no published batch"
+    return LakeTableMissingError(
+        f"{zone.namespace}: there is no lake table at {uri} and {found}, so there is nothing "
+        "to build it from (the lake directory or bucket prefix was removed, or capture has "
+        "not run for this collection). Fix: materialize cdc_raw_batches for this collection "
+        "(a capture that finds no raw zone starts a new snapshot at batch 1), then lake_table; "
+        "if the raw zone is there but damaged: " + RESNAPSHOT_HOW_TO
+    )
+
+
 def lake_table_location(store: ObjectStore, database: str, collection: str) -> tuple[str, dict]:
     return store.delta_location(lake_table_key(database, collection))
 
@@ -208,6 +227,9 @@ def merge_batches(
     Raises:
         CorruptBatchError: a pending batch's data does not match its manifest; the message names
             the batch, the file and the fix (a re-snapshot, whose reset marker supersedes it).
+        LakeTableMissingError: there is no lake table and no batch to build it from (the lake,
+            or its raw zone, was removed, or capture never ran); the message names the fix. A
+            table removed while its raw zone remains is rebuilt from batch 1 instead.
     """
     started = time.monotonic()
     say = on_progress or (lambda _message: None)
@@ -245,6 +267,8 @@ def merge_batches(
         done, table, files = _commit_segment(zone, where, table, files, segment, say)
         totals.add(done)
         budget -= len(segment)
+    if table is None:  # nothing to build it from: never report a table that is not there
+        raise _no_table_error(zone, uri, superseded)
     tombstones = tombstone_count(table) if table is not None else 0
     return MergeResult(
         namespace=zone.namespace,

@@ -62,11 +62,12 @@ from lambda_functions.cdc_capture.change_source import ChangeSource
 from lambda_functions.cdc_capture.errors import (
     CaptureError,
     ChangeStreamsDisabledError,
+    CollectionNotFoundError,
     ResumeTokenExpiredError,
 )
 from lambda_functions.cdc_capture.extended_json import decode_document, encode_value
 from lambda_functions.cdc_capture.positions import event_position, token_position
-from lambda_functions.contracts import CaptureRequest
+from lambda_functions.contracts import CaptureRequest, closest_names
 from lambda_functions.lake.raw_zone import (
     BATCH_SCHEMA,
     DAMAGED_BATCH_FIX,
@@ -367,6 +368,7 @@ class _CaptureRun:
 
     def _start_snapshot(self) -> dict[str, Any]:
         """Record the stream position before reading any document (nothing can fall between)."""
+        self._require_collection()
         with self._source_errors(None):
             token = self.source.current_position(self.request.database, self.request.collection)
         now = time.time()
@@ -379,6 +381,30 @@ class _CaptureRun:
             "last_id": None,
             "rows": 0,
         }
+
+    def _require_collection(self) -> None:
+        """A snapshot of a collection the source does not have would publish an empty table
+        under a misspelt name: fail naming the closest existing collections instead. Sources
+        that cannot list their collections are trusted."""
+        list_names = getattr(self.source, "list_collection_names", None)
+        if list_names is None:
+            return
+        database, collection = self.request.database, self.request.collection
+        with self._source_errors(None):
+            existing = list(list_names(database))
+        if collection in existing:
+            return
+        close = closest_names(collection, existing)
+        hint = (
+            f"Did you mean {' or '.join(f'{database}.{name}' for name in close)}? " if close else ""
+        )
+        listing = ", ".join(existing[:20]) + (" ..." if len(existing) > 20 else "")
+        raise CollectionNotFoundError(
+            f"{self.zone.namespace}: the source has no collection {collection!r} in database "
+            f"{database!r} (it has: {listing or 'none'}). {hint}Fix the name in "
+            "LAKEHOUSE_COLLECTIONS (and remove the partition in the Dagster UI), or, if the "
+            "collection is still to be created, capture again once it exists"
+        )
 
     def _snapshot_chunk(
         self, checkpoint: Checkpoint, state: dict[str, Any]

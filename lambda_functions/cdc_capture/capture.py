@@ -81,6 +81,7 @@ from lambda_functions.lake.raw_zone import (
 )
 from lambda_functions.lake.store import ObjectStore
 from lambda_functions.pipes import typed
+from lambda_functions.waits import REPORT_EVERY_S, WaitReport
 
 # Stop reading with at least this share of the function's time left (and never less than 5 s):
 # publishing the batch and reporting to Dagster must fit in what remains.
@@ -308,6 +309,7 @@ class _CaptureRun:
             max(DEADLINE_RESERVE_MIN_S, DEADLINE_RESERVE_FRACTION * deadline()) if deadline else 0.0
         )
         self.on_progress = on_progress or (lambda message: None)
+        self.report_every_s = REPORT_EVERY_S  # a long snapshot read says how far it got
         self.started = time.monotonic()
         self.manifests: list[BatchManifest] = []
         self.skipped: Counter[str] = Counter()
@@ -416,6 +418,11 @@ class _CaptureRun:
         time_ms = (pos >> 32) * 1000 or int(state.get("start_time", time.time()) * 1000)
         start_id = decode_document(state["last_id"]) if state["last_id"] is not None else None
         last_id, complete = start_id, False
+        reading = WaitReport(
+            f"the snapshot of {self.zone.namespace} (batch {checkpoint.batch + 1})",
+            self.on_progress,
+            every_s=self.report_every_s,
+        )
         while not complete and rows.seen < request.max_rows and rows.bytes < request.max_bytes:
             wanted = min(SNAPSHOT_PAGE_ROWS, request.max_rows - rows.seen)
             with self._source_errors(None):
@@ -428,6 +435,10 @@ class _CaptureRun:
             if page_last_id is not None:
                 last_id = page_last_id
             complete = taken == len(page) and len(page) < wanted  # a short page: the end
+            reading.still(
+                f"{state['rows'] + rows.seen:,} documents read, {rows.bytes / 1e6:,.1f} MB in "
+                f"this batch of at most {request.max_rows:,} rows"
+            )
             if not complete and self._out_of_time():
                 break
         if not complete and last_id == start_id:

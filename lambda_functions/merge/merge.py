@@ -171,9 +171,19 @@ class LakeTableMissingError(RuntimeError):
     """There is no lake table yet (the merge stage has not run for this collection)."""
 
 
-def _no_table_error(zone: RawZone, uri: str, superseded: list[int]) -> LakeTableMissingError:
-    """Why a merge ends without a table, and the fix (a success here would report version -1
-    with 0 rows, and its check and freshness would pass on a table that is not there)."""
+def _no_table_error(
+    zone: RawZone, uri: str, superseded: list[int], first_batch: int | None = None
+) -> LakeTableMissingError:
+    """Why a merge cannot build the table, and the fix (a success here would report version -1
+    with 0 rows, or a table missing the removed batches' rows, and its check and freshness
+    would pass). ``first_batch``: the raw zone's first batch, when it is not batch 1."""
+    if first_batch is not None:
+        return LakeTableMissingError(
+            f"{zone.namespace}: there is no lake table at {uri}, and its raw zone starts at "
+            f"batch {first_batch}, not at a snapshot: batches before it were removed, so a "
+            "table built from it would miss their documents. Fix: re-snapshot the collection "
+            "(a new table generation): " + RESNAPSHOT_HOW_TO
+        )
     if superseded:  # max_batches ran out before the reset marker that supersedes them
         return LakeTableMissingError(
             f"{zone.namespace}: there is no lake table at {uri} yet: batches "
@@ -261,6 +271,8 @@ def merge_batches(
             superseded += skipped
             budget -= len(skipped)
             manifests = manifests[len(skipped) :]
+        if table is None and manifests[0].batch > 1 and not _starts_generation(manifests[0]):
+            raise _no_table_error(zone, uri, superseded, first_batch=manifests[0].batch)
         segment = _next_segment(manifests, max_rows_per_commit)
         numbers = [m.batch for m in segment]
         say(f"{zone.namespace}: applying batches {numbers[0]}..{numbers[-1]} on top of {applied}")

@@ -41,3 +41,14 @@ def test_a_removed_table_is_rebuilt_from_its_raw_zone(lake):
     rebuilt = merge_batches(request)
     assert rebuilt.version is not None and rebuilt.batches_applied == [1, 2]
     assert rebuilt.table_rows == 1 and rebuilt.last_applied_batch == 2
+
+
+def test_a_table_gone_with_its_first_batches_is_not_rebuilt_from_the_rest(lake):
+    zone, request = lake
+    for n in (1, 2, 3):
+        publish(zone, [(key(JAN, n), "insert", n, '{"a": 1}')])
+    merge_batches(request)
+    shutil.rmtree(Path(request.lake_uri) / "tables")
+    zone.store.delete(zone.manifest_key(1))  # batch 1 (the snapshot) is gone too
+    with pytest.raises(LakeTableMissingError, match=r"starts at batch 2, not at a snapshot"):
+        merge_batches(request)

@@ -93,12 +93,15 @@ def staging_key(target: TargetTable, version: int) -> str:
     return f"_staging/{target.schema}/{target.table}/{version}/part.parquet"
 
 
-def open_warehouse(request: LoadRequest, store: ObjectStore) -> Warehouse:
-    """The warehouse the request names. Imports stay local: each path needs only its own."""
+def open_warehouse(
+    request: LoadRequest, store: ObjectStore, on_progress: Callable[[str], None] | None = None
+) -> Warehouse:
+    """The warehouse the request names. Imports stay local: each path needs only its own.
+    ``on_progress`` hears about long waits (the DuckDB file lock, a Data API statement)."""
     if request.warehouse_kind == "duckdb":
         from lambda_functions.warehouse_load.duckdb_warehouse import DuckDBWarehouse
 
-        return DuckDBWarehouse(request.warehouse_location)
+        return DuckDBWarehouse(request.warehouse_location, on_progress=on_progress)
     from lambda_functions.warehouse_load.redshift import (
         RedshiftConnection,
         RedshiftDataApiClient,
@@ -113,7 +116,10 @@ def open_warehouse(request: LoadRequest, store: ObjectStore) -> Warehouse:
         secret_arn=request.redshift_secret_arn,
     )
     client = RedshiftDataApiClient(
-        connection, timeout_s=request.redshift_timeout_s, secrets=(request.redshift_iam_role,)
+        connection,
+        timeout_s=request.redshift_timeout_s,
+        secrets=(request.redshift_iam_role,),
+        on_progress=on_progress,
     )
     return RedshiftWarehouse(client, store, request.redshift_iam_role)
 
@@ -133,7 +139,7 @@ def load_changes(
     projection = parse_projection(request.projection)
     store = store or open_store(request.lake_uri)
     uri, options = lake_table_location(store, request.database, request.collection)
-    warehouse = warehouse or open_warehouse(request, store)
+    warehouse = warehouse or open_warehouse(request, store, say)
     dialect = warehouse.dialect
     target = TargetTable.named(dialect, request.target_schema, request.table_name)
     with warehouse.session():

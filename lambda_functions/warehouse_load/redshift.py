@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lambda_functions.lake import ObjectStore, S3ObjectStore
+from lambda_functions.waits import REPORT_EVERY_S, WaitReport
 from lambda_functions.warehouse_load.sql_plan import (
     REDSHIFT,
     Dialect,
@@ -151,6 +152,8 @@ class RedshiftDataApiClient:
         secrets: Sequence[str] = (),
         max_attempts: int = 4,
         first_retry_s: float = 2.0,
+        on_progress: Callable[[str], None] | None = None,
+        report_every_s: float = REPORT_EVERY_S,
     ):
         if client is None:
             import boto3
@@ -167,6 +170,8 @@ class RedshiftDataApiClient:
         self.secrets = tuple(secrets)
         self.max_attempts = max_attempts
         self.first_retry_s = first_retry_s
+        self.on_progress = on_progress  # where a long poll is reported, every report_every_s
+        self.report_every_s = report_every_s
 
     def run_batch(self, statements: Sequence[Statement], *, name: str) -> dict[str, int]:
         """Run ``statements`` as one transaction; return rows affected by label (``ResultRows``).
@@ -256,11 +261,23 @@ class RedshiftDataApiClient:
         """Poll until the statement ends; raise with the failing sub-statement if it did not finish."""
         deadline = self.clock() + self.timeout_s
         delay = self.first_poll_s
+        report = WaitReport(
+            f"Redshift statement {statement_id} ({name})",
+            self.on_progress,
+            every_s=self.report_every_s,
+            clock=self.clock,
+        )
         while True:
             described = self.client.describe_statement(Id=statement_id)
             status = described["Status"]
             if status == "FINISHED":
+                report.done("FINISHED")
                 return described
+            if status in RUNNING:
+                report.still(
+                    f"status {status}, timeout {self.timeout_s:.0f} s; if it waits on a lock, "
+                    "STV_LOCKS shows the holder"
+                )
             if status in ("FAILED", "ABORTED"):
                 raise self._failure(described, statements, name)
             if status not in RUNNING:

@@ -476,6 +476,13 @@ def _trace_root() -> str:
     return f"1-{int(time.time()):08x}-{secrets.token_hex(12)}"
 
 
+def configured_region(environ: Mapping[str, str] | None = None) -> str:
+    """The region this process is configured for (``AWS_REGION``, then ``AWS_DEFAULT_REGION``,
+    as botocore reads them), else ``us-east-1``: what workers get as their ``AWS_REGION``."""
+    environ = os.environ if environ is None else environ
+    return environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
 class LocalLambdaRuntime:
     """A stand-in for ``boto3.client("lambda")`` that runs ``functions`` in local processes.
 
@@ -492,7 +499,8 @@ class LocalLambdaRuntime:
     up to ``max_concurrency`` per function (then ``TooManyRequestsException``; Event invocations
     wait for capacity instead, as Lambda's async queue does). Workers get
     ``os.environ`` + ``environment`` + Lambda's reserved variables, and this process's
-    ``sys.path`` so they import the same code. ``close()`` (or leaving the ``with`` block) waits
+    ``sys.path`` so they import the same code; their ``AWS_REGION`` is ``region`` (default: this
+    process's ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, else ``us-east-1``). ``close()`` (or leaving the ``with`` block) waits
     for Event invocations and ends all workers; workers also exit when this process goes away.
     Not emulated: versions and aliases (only ``$LATEST``), async retries and destinations,
     CPU scaling with memory, /tmp size, and ``context.identity`` contents.
@@ -505,12 +513,13 @@ class LocalLambdaRuntime:
         functions: Mapping[str, FunctionSpec] = FUNCTIONS,
         *,
         environment: Mapping[str, str] | None = None,
-        region: str = "us-east-1",
+        region: str | None = None,
         account_id: str = "000000000000",
         log_dir: str | Path | None = None,
         max_concurrency: int | None = None,
     ) -> None:
         environment = dict(environment or {})
+        region = region or configured_region()
         same_region = {
             k for k in ("AWS_REGION", "AWS_DEFAULT_REGION") if environment.get(k) == region
         }

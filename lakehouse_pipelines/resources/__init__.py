@@ -30,7 +30,9 @@ def build_resources(settings: LakehouseSettings) -> dict[str, Any]:
     else:
         from lakehouse_pipelines.local_lambda import LocalLambdaRuntime
 
-        runtime = LocalLambdaRuntime(log_dir=settings.root / "lambda-logs")
+        runtime = LocalLambdaRuntime(
+            log_dir=settings.root / "lambda-logs", region=settings.aws_region or None
+        )  # workers get the configured region, as functions deployed there would
         lambda_pipes = LambdaPipes.local(
             runtime, price_per_gb_second=settings.lambda_price_per_gb_second
         )  # local functions keep their registry names, no prefix

@@ -201,12 +201,6 @@ class LambdaPipes:
             context.log.removeFilter(quiet)
             if client.log_tail:
                 print(client.log_tail, flush=True)  # lands in the step's captured stdout
-            if getattr(reader, "cleanup_error", ""):
-                context.log.warning(
-                    f"Pipes messages of {name} were read but not deleted ({reader.cleanup_error}); "
-                    "grant s3:DeleteObject on the _dagster_pipes/ prefix (the bucket's lifecycle "
-                    "rule expires them meanwhile)."
-                )
         reported = invocation.get_materialize_result()
         return MaterializeResult(
             asset_key=reported.asset_key,

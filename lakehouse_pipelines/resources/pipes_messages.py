@@ -11,18 +11,21 @@ chunk per pass, and, when nothing was readable, waits ``WAIT_FOR_LOGS_AFTER_EXEC
 loop: it polls every ``interval`` seconds while the function runs, reads every chunk present on
 each pass, and drains the rest the moment the synchronous invoke has returned (the writer uploads
 its last chunk before the handler returns, and S3 reads after writes are strongly consistent, so
-nothing is missed and nothing is waited for). Messages live under ``PIPES_MESSAGE_PREFIX`` and the
-chunks read are deleted when the session closes; the deployment template's lifecycle rule expires
-anything a crash leaves there.
+nothing is missed and nothing is waited for). Messages live under ``PIPES_MESSAGE_PREFIX``; the
+chunks read are deleted right after the session closes, in a background thread so that the step
+does not wait for it, and the deployment template's lifecycle rule expires anything a crash
+leaves there.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,6 +39,10 @@ PIPES_MESSAGE_PREFIX = "_dagster_pipes"
 # Seconds between reads while a function runs (messages then show up in the UI as they come).
 POLL_INTERVAL_S = 0.5
 _MISSING_KEY_CODES = {"NoSuchKey", "404"}
+# Deletes run here, off the step's path. Its threads are not daemons: the interpreter finishes the
+# pending deletes before the process exits (a killed process leaves them to the lifecycle rule).
+_CLEANUP = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pipes-message-cleanup")
+logger = logging.getLogger(__name__)
 
 
 class PipesMessagesUnreadableError(RuntimeError):
@@ -70,6 +77,7 @@ class S3PipesMessageReader(PipesS3MessageReader):
         self.chunks_read = 0
         self.chunks_deleted = 0
         self.cleanup_error = ""  # why read chunks could not be deleted (the lifecycle rule will)
+        self.cleanup: Future[None] | None = None  # the deletion of the chunks read, once started
         self._refused = threading.Event()
         self._error: BaseException | None = None
 
@@ -99,7 +107,8 @@ class S3PipesMessageReader(PipesS3MessageReader):
             finally:
                 invoked.set()
                 thread.join()
-                self._delete_chunks(params)
+                if self.chunks_read:
+                    self.cleanup = _CLEANUP.submit(self._delete_chunks, params)
             if self._error is not None:
                 raise self._error
 
@@ -122,7 +131,12 @@ class S3PipesMessageReader(PipesS3MessageReader):
                 returned = invoked.wait(self.interval)
                 if returned and self._refused.is_set():
                     return
-                while (chunk := self.download_messages_chunk(index, params)) is not None:
+                # Read every chunk present; stop at the first missing one, or right after the
+                # chunk holding the "closed" message (the writer's last: no request for the next).
+                while not handler.received_closed_message:
+                    chunk = self.download_messages_chunk(index, params)
+                    if chunk is None:
+                        break
                     index += 1
                     for line in chunk.split("\n"):
                         _handle_line(handler, line)
@@ -148,11 +162,22 @@ class S3PipesMessageReader(PipesS3MessageReader):
                 )
             except ClientError as error:
                 self.cleanup_error = str(error)
+            else:
+                failed = response.get("Errors", [])
+                if failed:
+                    self.cleanup_error = f"{failed[0].get('Code')}: {failed[0].get('Message')}"
+                self.chunks_deleted += len(batch) - len(failed)
+            if self.cleanup_error:
+                logger.warning(
+                    "Pipes messages under s3://%s/%s/ were read but not deleted (%s); grant "
+                    "s3:DeleteObject on the %s/ prefix (the bucket's lifecycle rule expires them "
+                    "meanwhile).",
+                    self.bucket,
+                    params["key_prefix"],
+                    self.cleanup_error,
+                    self.prefix,
+                )
                 return
-            failed = response.get("Errors", [])
-            if failed:
-                self.cleanup_error = f"{failed[0].get('Code')}: {failed[0].get('Message')}"
-            self.chunks_deleted += len(batch) - len(failed)
 
     def no_messages_debug_text(self) -> str:
         return (

@@ -154,6 +154,7 @@ def test_aws_path_delivers_messages_through_s3_and_removes_them(aws_env, moto_en
     assert materialization_metadata(result)["answer"] == 42
     (reader,) = readers
     assert reader.chunks_read >= 1  # it really went via S3 ...
+    reader.cleanup.result()  # deleted off the step's path: wait for it here
     assert reader.chunks_deleted == reader.chunks_read  # ... and nothing was left there
     assert s3.list_objects_v2(Bucket="pipes-messages")["KeyCount"] == 0
 
@@ -175,7 +176,9 @@ def test_s3_messages_live_under_their_own_prefix(aws_env, moto_endpoint):
         lambda_pipes = LambdaPipes.aws(
             pipes_bucket="pipes-prefix", lambda_client=aws_like_lambda, s3_client=s3
         )
+        readers = recording_readers(lambda_pipes)
         assert run_probe(NOISY, lambda_pipes).success
+    readers[0].cleanup.result()
     assert keys_seen and all(
         key.startswith(f"{PIPES_MESSAGE_PREFIX}/") and key.endswith(".json") for key in keys_seen
     )

@@ -227,7 +227,8 @@ def render_template() -> dict[str, Any]:
             "FunctionRoleArn": {"Value": {"Fn::GetAtt": ["FunctionRole", "Arn"]}},
             "PipesBucketName": {
                 "Description": "set LAKEHOUSE_PIPES_BUCKET to this; the orchestrator needs "
-                f"s3:GetObject and s3:DeleteObject on {PIPES_MESSAGE_PREFIX}/* in it",
+                f"s3:GetObject and s3:DeleteObject on {PIPES_MESSAGE_PREFIX}/* in it and "
+                "s3:ListBucket on it",
                 "Value": {"Ref": "PipesMessagesBucket"},
             },
         },

@@ -206,6 +206,8 @@ def _unreadable_hint(bucket: str, error: ClientError) -> str:
     if code in ("AccessDenied", "403"):
         return (
             f"reading Pipes messages from s3://{bucket}/{PIPES_MESSAGE_PREFIX}/ was denied: grant "
-            "the orchestrator s3:GetObject and s3:DeleteObject on that prefix"
+            "the orchestrator s3:GetObject and s3:DeleteObject on that prefix and s3:ListBucket "
+            "on the bucket (without ListBucket, S3 answers 403 instead of 404 for a message not "
+            "written yet)"
         )
     return f"reading Pipes messages from s3://{bucket} failed: {error}"

@@ -17,7 +17,12 @@ from urllib.parse import urlparse
 
 from dagster._utils.schedules import is_valid_cron_string
 
-from lambda_functions.contracts import SOURCE_AUDIT_BUCKETS, validate_name
+from lambda_functions.contracts import (
+    SOURCE_AUDIT_BUCKETS,
+    fold_identifier,
+    validate_name,
+    warehouse_name_problem,
+)
 
 
 class SettingsError(ValueError):
@@ -77,8 +82,18 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
     "LAKEHOUSE_WAREHOUSE_TABLE_NAMES": (
         "collection",
         "collection",
-        "warehouse table per collection: `collection` (`<schema>.<collection>`; two databases "
-        "with the same collection name are refused at registration) or `database_collection`",
+        "warehouse table per collection: `collection` (`<schema>.<collection>`) or "
+        "`database_collection` (`<schema>.<database>_<collection>`); names are compared in lower "
+        "case (Redshift folds identifiers, DuckDB ignores case) and may be at most 127 bytes "
+        "(Redshift): a collection whose table another one already has, or whose name is too "
+        "long, is not registered; the sensor's warning names it with the fix",
+    ),
+    "LAKEHOUSE_WAREHOUSE_TABLE_OVERRIDES": (
+        "{}",
+        "{}",
+        'JSON object: collection -> warehouse table, e.g. `{"shop.Orders": "orders_upper"}`, '
+        "for a collection whose derived table name is taken or too long; checked at startup "
+        "(plain names up to 127 bytes, no two tables equal in lower case)",
     ),
     "LAKEHOUSE_REDSHIFT_DATABASE": ("", "", "redshift: database to load into"),
     "LAKEHOUSE_REDSHIFT_WORKGROUP": ("", "", "redshift: Serverless workgroup name (or a cluster)"),
@@ -262,6 +277,7 @@ class LakehouseSettings:
     dashboard_name: str
     warehouse_projection: Mapping[str, str]
     warehouse_table_names: str
+    warehouse_table_overrides: Mapping[str, str]
     redshift_database: str
     redshift_workgroup: str
     redshift_cluster: str
@@ -363,6 +379,10 @@ class LakehouseSettings:
                 f"LAKEHOUSE_AUDIT_BUCKETS_PER_RUN must be 1 to {SOURCE_AUDIT_BUCKETS} (the "
                 "share of keys one source audit compares is this / 64)"
             )
+        warehouse_schema = get("LAKEHOUSE_WAREHOUSE_SCHEMA")
+        schema_problem = warehouse_name_problem(warehouse_schema, "warehouse schema")
+        if schema_problem:
+            raise SettingsError(f"LAKEHOUSE_WAREHOUSE_SCHEMA: {schema_problem}")
         freshness_warn = typed("LAKEHOUSE_FRESHNESS_WARN_MINUTES", _float)
         freshness_fail = typed("LAKEHOUSE_FRESHNESS_FAIL_MINUTES", _float)
         if freshness_warn >= freshness_fail:
@@ -380,7 +400,7 @@ class LakehouseSettings:
             demo_changes=typed("LAKEHOUSE_DEMO_CHANGES", _int),
             warehouse_kind=choice("LAKEHOUSE_WAREHOUSE", "duckdb", "redshift"),
             duckdb_path=under_root(get("LAKEHOUSE_DUCKDB_PATH")),
-            warehouse_schema=get("LAKEHOUSE_WAREHOUSE_SCHEMA"),
+            warehouse_schema=warehouse_schema,
             capture_cron=get("LAKEHOUSE_CAPTURE_CRON"),
             merge_cron=get("LAKEHOUSE_MERGE_CRON"),
             load_cron=get("LAKEHOUSE_LOAD_CRON"),
@@ -401,10 +421,14 @@ class LakehouseSettings:
             queue_stuck_seconds=typed("LAKEHOUSE_QUEUE_STUCK_SECONDS", _float),
             max_failure_rate=typed("LAKEHOUSE_MAX_FAILURE_RATE", _float),
             dashboard_name=get("LAKEHOUSE_DASHBOARD_NAME"),
-            warehouse_projection=_projection(get("LAKEHOUSE_WAREHOUSE_PROJECTION")),
+            warehouse_projection=_projection(
+                get("LAKEHOUSE_WAREHOUSE_PROJECTION"),
+                choice("LAKEHOUSE_WAREHOUSE", "duckdb", "redshift"),
+            ),
             warehouse_table_names=choice(
                 "LAKEHOUSE_WAREHOUSE_TABLE_NAMES", "collection", "database_collection"
             ),
+            warehouse_table_overrides=_table_overrides(get("LAKEHOUSE_WAREHOUSE_TABLE_OVERRIDES")),
             redshift_database=get("LAKEHOUSE_REDSHIFT_DATABASE"),
             redshift_workgroup=get("LAKEHOUSE_REDSHIFT_WORKGROUP"),
             redshift_cluster=get("LAKEHOUSE_REDSHIFT_CLUSTER"),
@@ -441,9 +465,17 @@ def split_namespace(namespace: str, variable: str = "collection") -> tuple[str, 
 
 
 def warehouse_table_name(settings: LakehouseSettings, namespace: str) -> str:
-    """The warehouse table a collection loads into (``LAKEHOUSE_WAREHOUSE_TABLE_NAMES``)."""
+    """The warehouse table a collection loads into: its ``LAKEHOUSE_WAREHOUSE_TABLE_OVERRIDES``
+    entry, else the name ``LAKEHOUSE_WAREHOUSE_TABLE_NAMES`` derives. Not checked against the
+    warehouse's rules here: ``lakehouse_pipelines.warehouse_names`` does that, per collection."""
+    override = settings.warehouse_table_overrides.get(namespace)
+    return override or derived_table_name(namespace, settings.warehouse_table_names)
+
+
+def derived_table_name(namespace: str, naming: str) -> str:
+    """The table ``naming`` (a ``LAKEHOUSE_WAREHOUSE_TABLE_NAMES`` mode) derives for a collection."""
     database, collection = split_namespace(namespace)
-    if settings.warehouse_table_names == "database_collection":
+    if naming == "database_collection":
         return f"{database}_{collection}"
     return collection
 
@@ -463,9 +495,16 @@ def _collections(value: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _projection(value: str) -> dict[str, str]:
-    """LAKEHOUSE_WAREHOUSE_PROJECTION: a JSON object of field -> SQL type, checked now."""
-    from lambda_functions.warehouse_load.sql_plan import PlanError, parse_projection
+def _projection(value: str, warehouse: str = "duckdb") -> dict[str, str]:
+    """LAKEHOUSE_WAREHOUSE_PROJECTION: a JSON object of field -> SQL type, checked now, also
+    against ``warehouse``'s table and request limits (with the longest table names: a projection
+    accepted here fits every collection's load)."""
+    from lambda_functions.warehouse_load.sql_plan import (
+        REDSHIFT,
+        PlanError,
+        check_projection_limits,
+        parse_projection,
+    )
 
     try:
         projection = json.loads(value)
@@ -479,10 +518,46 @@ def _projection(value: str) -> dict[str, str]:
             '{"status": "VARCHAR(32)", "total": "DECIMAL(18,2)"}'
         )
     try:
-        parse_projection(projection)
+        columns = parse_projection(projection)
+        if warehouse == "redshift":
+            check_projection_limits(REDSHIFT, columns)
     except PlanError as error:
         raise SettingsError(f"LAKEHOUSE_WAREHOUSE_PROJECTION: {error}") from None
     return projection
+
+
+def _table_overrides(value: str) -> dict[str, str]:
+    """LAKEHOUSE_WAREHOUSE_TABLE_OVERRIDES: a JSON object of collection -> warehouse table, each
+    checked now (a valid collection, a table name Redshift and DuckDB accept, no two tables that
+    the warehouses would read as one)."""
+    variable = "LAKEHOUSE_WAREHOUSE_TABLE_OVERRIDES"
+    try:
+        overrides = json.loads(value)
+    except ValueError:
+        overrides = None
+    if not isinstance(overrides, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in overrides.items()
+    ):
+        raise SettingsError(
+            f"{variable} must be a JSON object of collection -> warehouse table, e.g. "
+            '{"shop.Orders": "orders_upper"}'
+        )
+    folded: dict[str, str] = {}
+    for namespace, table in overrides.items():
+        _database, collection = split_namespace(namespace, variable)
+        if collection == "*":
+            raise SettingsError(f"{variable}: name one collection, not a pattern ({namespace!r})")
+        problem = warehouse_name_problem(table)
+        if problem:
+            raise SettingsError(f"{variable}: {namespace}: {problem}")
+        other = folded.setdefault(fold_identifier(table), namespace)
+        if other != namespace:
+            raise SettingsError(
+                f"{variable}: {other} and {namespace} would both load into warehouse table "
+                f"{fold_identifier(table)!r} (Redshift folds names to lower case, DuckDB ignores "
+                "case); give each its own table"
+            )
+    return overrides
 
 
 def _delimiter(value: str, name: str) -> str:

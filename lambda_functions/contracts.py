@@ -49,6 +49,57 @@ def name_problem(value: Any) -> str | None:
     return "; ".join(problems)
 
 
+# Warehouse identifiers (schemas, tables, columns). Redshift: 1 to 127 bytes of UTF-8, and ASCII
+# letters fold to lower case, quoted or not, unless enable_case_sensitive_identifier is on (AWS,
+# "Names and identifiers"). DuckDB keeps the case it was given but resolves names without case,
+# quoted or not, and has no length limit. So one rule serves both: at most 127 bytes, and two
+# names are the same table or column when their lower-case forms are equal.
+WAREHOUSE_IDENTIFIER_BYTES = 127
+_WAREHOUSE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+# Tables the load itself keeps in every warehouse schema (see warehouse_load.sql_plan).
+RESERVED_TABLES = frozenset(("_lakehouse_loads", "_lakehouse_stage", "_lakehouse_set_aside"))
+
+
+def fold_identifier(name: str) -> str:
+    """The name a warehouse resolves ``name`` to: Redshift lower-cases ASCII letters and DuckDB
+    compares without case, so two names are one table (or column) when these are equal."""
+    return name.lower()
+
+
+def warehouse_name_problem(value: Any, what: str = "warehouse table") -> str | None:
+    """What keeps ``value`` from being a warehouse schema or table name (``None`` when it is
+    one): the product's plain-name pattern, Redshift's 127-byte limit, the load's own tables.
+    ``what`` ("warehouse table" or "warehouse schema") names the value in the message."""
+    if not isinstance(value, str):
+        return f"{what} name {value!r} is a {type(value).__name__}, not a string"
+    if not _WAREHOUSE_NAME.match(value):
+        return (
+            f"{what} name {value!r} is not a plain name: use letters, digits, '_' or '-', "
+            "starting with a letter or '_'"
+        )
+    size = len(value.encode("utf-8"))
+    if size > WAREHOUSE_IDENTIFIER_BYTES:
+        return (
+            f"{what} name {value!r} is {size} bytes long; Redshift allows at most "
+            f"{WAREHOUSE_IDENTIFIER_BYTES} bytes for an identifier"
+        )
+    if what == "warehouse table" and fold_identifier(value) in RESERVED_TABLES:
+        return (
+            f"{what} name {value!r} is the load's own control/staging table "
+            f"({', '.join(sorted(RESERVED_TABLES))})"
+        )
+    return None
+
+
+def validate_warehouse_name(value: str, what: str) -> str:
+    """A warehouse schema or table name (``what``: "warehouse table" or "warehouse schema"),
+    checked; ``InvalidRequestError`` says what is wrong (see ``warehouse_name_problem``)."""
+    problem = warehouse_name_problem(value, what)
+    if problem:
+        raise InvalidRequestError(problem)
+    return value
+
+
 def validate_name(value: str, what: str) -> str:
     """Database, collection and table names become paths and SQL identifiers: keep them plain."""
     if not isinstance(value, str) or not _NAME.match(value):
@@ -263,11 +314,13 @@ class LoadRequest(CollectionRequest):
             raise InvalidRequestError(
                 f"warehouse_kind {self.warehouse_kind!r} is unknown: use 'duckdb' or 'redshift'"
             )
-        validate_name(self.target_schema, "target_schema")
-        validate_name(self.table_name, "target_table")
+        validate_warehouse_name(self.target_schema, "warehouse schema")
+        validate_warehouse_name(self.table_name, "warehouse table")
         from lambda_functions.warehouse_load.sql_plan import (
+            REDSHIFT,
             PlanError,
             UnsafeSqlValueError,
+            check_projection_limits,
             checked_iam_role,
             parse_projection,
         )
@@ -275,7 +328,11 @@ class LoadRequest(CollectionRequest):
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.projection.items()):
             raise InvalidRequestError("projection must map field names to SQL type names")
         try:
-            parse_projection(self.projection)
+            projection = parse_projection(self.projection)
+            if self.warehouse_kind == "redshift":
+                check_projection_limits(
+                    REDSHIFT, projection, schema=self.target_schema, table=self.table_name
+                )
         except PlanError as error:
             raise InvalidRequestError(str(error)) from None
         if self.warehouse_kind == "redshift":

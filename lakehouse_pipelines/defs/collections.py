@@ -17,6 +17,7 @@ plus ``LambdaPipes.run_partitions``), and every step that invokes Lambda holds a
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from dagster import (
@@ -54,12 +55,9 @@ from dagster._core.storage.tags import (
 from dagster._utils.warnings import disable_dagster_warnings
 
 from lakehouse_pipelines.resources import LambdaPipes
-from lakehouse_pipelines.settings import (
-    LakehouseSettings,
-    split_namespace,
-    warehouse_table_name,
-)
-from lambda_functions.contracts import CollectionRequest, validate_name
+from lakehouse_pipelines.settings import LakehouseSettings, split_namespace
+from lakehouse_pipelines.warehouse_names import assign_warehouse_tables
+from lambda_functions.contracts import CollectionRequest, name_problem, validate_name
 from lambda_functions.lake import list_namespaces, open_store
 from lambda_functions.registry import FunctionSpec
 
@@ -102,10 +100,23 @@ def invoke_per_collection(
     spec: FunctionSpec,
     request_for: Callable[[str], CollectionRequest],
 ) -> MaterializeResult:
-    """Invoke ``spec`` once per collection the step covers (fanned out, bounded)."""
-    requests = {key: request_for(key) for key in context.partition_keys}
+    """Invoke ``spec`` once per collection the step covers (fanned out, bounded).
+
+    Each request is built and validated on its own: a collection whose request cannot be built
+    (a bad partition key, a refused warehouse table, a misconfiguration that only it hits) is
+    a failed partition named with its reason, and the other collections are still invoked."""
+    requests: dict[str, CollectionRequest] = {}
+    unbuilt: dict[str, Exception] = {}
+    for key in context.partition_keys:
+        try:
+            request = request_for(key)
+            request.validate()
+        except Exception as error:
+            unbuilt[key] = error
+            continue
+        requests[key] = request
     return lambda_pipes.run_partitions(
-        context, spec, requests, max_concurrency=settings.fanout_concurrency
+        context, spec, requests, max_concurrency=settings.fanout_concurrency, unbuilt=unbuilt
     )
 
 
@@ -151,9 +162,21 @@ def _plain(name: str) -> bool:
     return True
 
 
-def discover_collections(settings: LakehouseSettings) -> list[str]:
-    """Every collection to keep, sorted: configured, listed from the source, found in the lake."""
+@dataclass(frozen=True)
+class Discovery:
+    """What discovery found, and what it could not use (each with its reason and fix)."""
+
+    collections: list[str] = field(default_factory=list)  # sorted
+    problems: list[str] = field(default_factory=list)
+
+
+def discover(settings: LakehouseSettings) -> Discovery:
+    """Every collection to keep, sorted: configured, listed from the source, found in the lake.
+
+    A pattern whose listing fails, or a raw-zone folder that is not a valid collection name, is
+    a problem of its own: the rest is still discovered (and registered)."""
     found: set[str] = set()
+    problems: list[str] = []
     for pattern in settings.collections:
         database, collection = split_namespace(pattern)
         if collection != "*":
@@ -163,14 +186,33 @@ def discover_collections(settings: LakehouseSettings) -> list[str]:
             found.update(
                 f"{database}.{name}" for name in list_source_collections(settings, database)
             )
-        except Exception as error:  # fails the sensor tick / register run with this message
-            raise DiscoveryError(
+        except Exception as error:
+            problems.append(
                 f"listing the collections of {database!r} for LAKEHOUSE_COLLECTIONS pattern "
                 f"{pattern!r} failed: {error}. Check the source connection settings, or list "
                 "the collections by name."
-            ) from error
-    found.update(list_namespaces(open_store(settings.lake_uri)))
-    return sorted(found)
+            )
+    for namespace in list_namespaces(open_store(settings.lake_uri)):
+        database, _, collection = namespace.partition(".")
+        problem = name_problem(database) or name_problem(collection)
+        if problem:
+            problems.append(
+                f"raw-zone folder raw/{database}/{collection}/ is not registered: "
+                f"{'database' if name_problem(database) else 'collection'} name "
+                f"{(database if name_problem(database) else collection)!r} is not usable "
+                f"({problem}). Move its batches under a plain name (letters, digits, '_' or '-')"
+            )
+            continue
+        found.add(namespace)
+    return Discovery(sorted(found), problems)
+
+
+def discover_collections(settings: LakehouseSettings) -> list[str]:
+    """``discover``'s collections; raises ``DiscoveryError`` with every problem if any."""
+    discovery = discover(settings)
+    if discovery.problems:
+        raise DiscoveryError(" ".join(discovery.problems))
+    return discovery.collections
 
 
 def registered_collections(instance: DagsterInstance) -> list[str]:
@@ -215,25 +257,26 @@ def collections_schedule(
 def _new_collections(
     instance: DagsterInstance, settings: LakehouseSettings
 ) -> tuple[list[str], list[str]]:
-    """Collections to register, and those withheld because their warehouse table name is taken
-    (with the message saying why and how to fix it)."""
+    """Collections to register, and what was withheld, each with its reason and fix: a
+    collection whose warehouse table is taken (names compared as the warehouses fold them) or
+    is not a name the warehouse accepts, a pattern whose listing failed, a raw-zone folder that
+    is not a collection name. None of them keeps the others from being registered."""
     known = registered_collections(instance)
-    tables = {warehouse_table_name(settings, key): key for key in known}
-    new, withheld = [], []
-    for key in discover_collections(settings):
-        if key in known:
-            continue
-        table = warehouse_table_name(settings, key)
-        if table in tables:
-            withheld.append(
-                f"{key} is not registered: it would load into the warehouse table {table!r} of "
-                f"{tables[table]}. Set LAKEHOUSE_WAREHOUSE_TABLE_NAMES=database_collection "
-                "(tables named <database>_<collection>) or leave one of them out."
-            )
-            continue
-        tables[table] = key
-        new.append(key)
-    return new, withheld
+    discovery = discover(settings)
+    # Registered collections keep their tables; among new ones that would share a table, the
+    # one named in lower case (as the warehouse will show the table), else the first by name.
+    candidates = sorted(
+        (key for key in discovery.collections if key not in known),
+        key=lambda key: (key != key.lower(), key),
+    )
+    assigned = assign_warehouse_tables(settings, [*known, *candidates])
+    new = sorted(key for key in candidates if key in assigned.tables)
+    withheld = [
+        f"{key} is not registered: {assigned.refused[key]}"
+        for key in candidates
+        if key in assigned.refused
+    ]
+    return new, [*discovery.problems, *withheld]
 
 
 @sensor(
@@ -249,7 +292,7 @@ def collections_sensor(
 ) -> SensorResult | SkipReason:
     new, withheld = _new_collections(context.instance, lakehouse)
     for reason in withheld:
-        context.log.error(reason)
+        context.log.warning(reason)
     if not new:
         return SkipReason("; ".join(withheld) or "no new collection")
     context.log.info(f"registering {len(new)} collections: {', '.join(new)}")
@@ -264,7 +307,7 @@ def discover_and_register(
 ) -> None:
     new, withheld = _new_collections(context.instance, lakehouse)
     for reason in withheld:
-        context.log.error(reason)
+        context.log.warning(reason)
     if new:
         context.instance.add_dynamic_partitions(COLLECTIONS.name, new)
     registered = registered_collections(context.instance)

@@ -221,6 +221,7 @@ class LambdaPipes:
         requests: Mapping[str, CollectionRequest],
         *,
         max_concurrency: int,
+        unbuilt: Mapping[str, BaseException] | None = None,
     ) -> MaterializeResult:
         """Hopper fan-out: one invocation per partition, at most ``max_concurrency`` at once.
 
@@ -231,13 +232,22 @@ class LambdaPipes:
         If any invocation fails, the others still finish (their work is committed and idempotent)
         and the step then fails naming every failed partition. A run for a single partition
         invokes once and records the function's materialization and checks as reported.
+
+        ``unbuilt`` maps the partitions whose request could not be built to the error: they are
+        failed partitions like those whose invocation failed, and the others are still invoked.
         """
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
-        if len(requests) == 1 and context.has_partition_key:
+        unbuilt = dict(unbuilt or {})
+        if len(requests) + len(unbuilt) == 1 and context.has_partition_key:
+            if unbuilt:
+                raise next(iter(unbuilt.values()))
             return self.run(context, spec, next(iter(requests.values())))
         results: dict[str, MaterializeResult] = {}
         failures: dict[str, BaseException] = {}
+        for key, error in sorted(unbuilt.items()):
+            failures[key] = error
+            context.log.error(f"partition {key}: not invoked, its request failed: {error}")
         with ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="lambda") as pool:
             futures = {
                 pool.submit(self.run, context, spec, request): key
@@ -255,9 +265,10 @@ class LambdaPipes:
         if failures:
             raise Failure(
                 description=(
-                    f"{len(failures)} of {len(requests)} partitions failed: "
+                    f"{len(failures)} of {len(requests) + len(unbuilt)} partitions failed: "
                     + "; ".join(
-                        f"{k}: {str(e).splitlines()[0]}" for k, e in sorted(failures.items())
+                        f"{k}: {(str(e).splitlines() or [type(e).__name__])[0]}"
+                        for k, e in sorted(failures.items())
                     )
                     + ". Partitions that succeeded are committed; re-run the failed ones."
                 ),

@@ -34,6 +34,8 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
                 on_progress=pipes.log.info,
             )
         metadata = result.metadata(request.sample_keys)
+        for line in result.findings(request.sample_keys):
+            pipes.log.warning(line)
         pipes.report_asset_materialization(metadata=metadata)
         pipes.report_asset_check(
             check_name=CHECK_NAME,

@@ -321,7 +321,7 @@ class _CaptureRun:
     # -- the run ---------------------------------------------------------------------------------
     def execute(self, *, reset: bool) -> CaptureResult:
         try:
-            checkpoint = self.zone.read_checkpoint()
+            checkpoint = self.zone.read_checkpoint(on_repair=self.on_progress)
         except CorruptManifestError as damage:
             if not reset:
                 raise

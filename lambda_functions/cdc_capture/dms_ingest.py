@@ -174,7 +174,7 @@ def _ingest_pending(
 ) -> None:
     """One attempt: from the newest batch's bookmark, publish the pending files. Only what
     was published reaches ``result`` (files when the batch finishing them is published)."""
-    checkpoint = zone.read_checkpoint()
+    checkpoint = zone.read_checkpoint(on_repair=say)
     bookmark = _read_bookmark(zone, checkpoint)
     files = _pending(source, bookmark)
     new_loads = [f for f in files if f.kind == "load"]

@@ -78,6 +78,7 @@ from lambda_functions.cdc_capture.change_source import ChangeSource
 from lambda_functions.cdc_capture.extended_json import encode_document
 from lambda_functions.contracts import SOURCE_AUDIT_BUCKETS, SourceAuditRequest
 from lambda_functions.lake import ObjectStore, RawZone, open_store
+from lambda_functions.lake.raw_zone import RESNAPSHOT_HOW_TO
 from lambda_functions.lake.record_key import (
     InvalidRecordKeyError,
     key_value,
@@ -107,6 +108,17 @@ NOT_AUDITED_REASONS = {
     "over_budget": "the sampled buckets hold more than max_rows documents or the scan ran out of "
     "time: lower buckets_per_run (LAKEHOUSE_AUDIT_BUCKETS_PER_RUN)",
 }
+
+
+def bucket_ranges(buckets: Iterable[int]) -> str:
+    """Bucket numbers as ranges, e.g. ``0-15, 32-47`` (``-`` when there are none)."""
+    ranges: list[list[int]] = []
+    for bucket in sorted(buckets):
+        if ranges and bucket == ranges[-1][1] + 1:
+            ranges[-1][1] = bucket
+        else:
+            ranges.append([bucket, bucket])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges) or "-"
 
 
 def audit_bucket(key: str) -> int:
@@ -174,6 +186,25 @@ class SourceAuditResult:
         """ERROR for differences found, WARN when the run could not audit."""
         return "WARN" if not self.audited else "ERROR"
 
+    def findings(self, sample_keys: int) -> list[str]:
+        """One line per kind of difference, naming up to ``sample_keys`` keys, then the fix; or
+        why the run could not audit. Empty when the audit passed."""
+        if not self.audited:
+            return [f"{self.namespace}: not audited: {self.reason}"]
+        lines = [
+            f"{self.namespace}: {len(keys)} {kind}: {', '.join(keys[:sample_keys])}"
+            + (" ..." if len(keys) > sample_keys else "")
+            for kind, keys in (
+                ("keys missing from the lake", self.missing),
+                ("keys in the lake but not in the source", self.extra),
+                ("keys whose lake document differs from the source", self.different),
+            )
+            if keys
+        ]
+        if lines:
+            lines.append(f"{self.namespace}: to load the collection anew: {RESNAPSHOT_HOW_TO}")
+        return lines
+
     def metadata(self, sample_keys: int) -> dict[str, dict[str, Any]]:
         """Check metadata in the typed form ``dagster_pipes`` accepts."""
         differing = [f.bucket for f in self.bucket_figures if not f.matches]
@@ -183,7 +214,7 @@ class SourceAuditResult:
             "lake_version": typed(-1 if self.lake_version is None else self.lake_version, "int"),
             "lake_batch": typed(-1 if self.lake_batch is None else self.lake_batch, "int"),
             "buckets_compared": typed(len(self.buckets) if self.audited else 0, "int"),
-            "buckets": typed(list(self.buckets), "json"),
+            "buckets": typed(bucket_ranges(self.buckets), "text"),
             "buckets_differing": typed(differing, "json"),
             "sampled_rate": typed(self.sampled_rate, "float"),
             "source_count": typed(self.source_count, "int"),
@@ -316,7 +347,8 @@ class _AuditRun:
         request, ns = self.request, self.request.namespace
         table, token = self._pinned_lake()
         self.log(
-            f"{ns}: auditing buckets {sorted(self.buckets)} ({base['sampled_rate']:.1%} of keys) "
+            f"{ns}: auditing buckets {bucket_ranges(self.buckets)} ({base['sampled_rate']:.1%} of "
+            "keys) "
             f"against lake version {self.lake_version} (raw batch {self.lake_batch})"
         )
         source = self._scan_source()

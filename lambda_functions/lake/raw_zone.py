@@ -35,7 +35,7 @@ import contextlib
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -315,13 +315,16 @@ class RawZone:
             key=key,
         )
 
-    def read_checkpoint(self) -> Checkpoint:
+    def read_checkpoint(self, on_repair: Callable[[str], None] | None = None) -> Checkpoint:
         """The newest published batch and its state.
 
         Reads the checkpoint file, then rolls forward over manifests published after it (a run
         that died between manifest and checkpoint, or a concurrent writer). The file is only a
         cache: when it is missing, not JSON or of the wrong shape, the newest manifest in the
         listing is taken instead (one listing call) and the file is rewritten.
+
+        Args:
+            on_repair: told, in one line, when a damaged checkpoint file was rebuilt.
 
         Raises:
             CorruptManifestError: the manifest read (the newest, or one rolled over) is damaged;
@@ -330,6 +333,11 @@ class RawZone:
         """
         cached = self._cached_checkpoint()
         checkpoint = cached if cached is not None else self._newest_published()
+        if cached is None and checkpoint.batch > 0 and self.store.exists(self.checkpoint_key):
+            (on_repair or (lambda _line: None))(
+                f"{self.namespace}: {self.checkpoint_key} was damaged (not the JSON of a "
+                f"checkpoint); rebuilt from the newest manifest, batch {checkpoint.batch}"
+            )
         rolled = checkpoint
         while self.store.exists(self.manifest_key(rolled.batch + 1)):
             manifest = self.read_manifest(rolled.batch + 1)

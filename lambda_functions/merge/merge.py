@@ -116,14 +116,9 @@ MAX_ROWS_PER_COMMIT = 1_000_000
 # little of it is read (benchmarks/merge.py: 16 s pruned vs 8 s streamed for a batch touching
 # every file of a 2M-row table).
 PRUNED_MERGE_MAX_FRACTION = 0.25
+
+
 # How to start a new table generation when a batch cannot be read (same as capture's advice).
-RESNAPSHOT_FIX = (
-    "re-snapshot the collection: materialize cdc_raw_batches for this partition with run config "
-    '{"ops": {"cdc_raw_batches": {"config": {"reset": true}}}}, then materialize lake_table '
-    "again: the reset marker supersedes the damaged batch, and the merge skips it unread"
-)
-
-
 class _LostRace(Exception):
     """Another writer committed first (the table is reloaded and the batches re-planned)."""
 
@@ -659,17 +654,18 @@ def _read_changes(zone: RawZone, manifests: list[BatchManifest], typed: TypedCol
 
 
 def _read_batch(zone: RawZone, manifest: BatchManifest) -> pa.Table:
-    """The batch's rows, or a ``CorruptBatchError`` naming the batch, its file and the fix."""
+    """The batch's rows. A damaged batch raises ``CorruptBatchError``: the raw zone's message
+    names the batch, the file, what is wrong and the fix (``DAMAGED_BATCH_FIX``); this adds what
+    the merge does meanwhile."""
     try:
         return zone.read_batch(manifest)
     except CorruptBatchError as error:
-        named = [f.key for f in manifest.files if f.key in str(error)]
-        files = ", ".join(named or [f.key for f in manifest.files]) or "(no data file)"
         raise CorruptBatchError(
-            f"{zone.namespace}: raw batch {manifest.batch} is damaged and cannot be merged "
-            f"({error}); file: {files}. The table stays at its last batch until this is fixed. "
-            f"Fix: {RESNAPSHOT_FIX}."
-        ) from error
+            f"{error}. Until then the lake table stays at its last applied batch; after the "
+            "reset, materialize lake_table again",
+            batch=error.batch,
+            key=error.key,
+        ) from None
 
 
 def _tombstones_in(rows: pa.Table) -> int:
@@ -763,7 +759,7 @@ def _merge_into(
     if source.num_rows == 0:
         _record_only(table, commit)
         return None
-    values = {name: f"s.{name}" for name in source.column_names}
+    values = {delta_column(name): f"s.{delta_column(name)}" for name in source.column_names}
     newer = "s._pos >= t._pos"
     buckets = ", ".join(_sql_string(b) for b in pc.unique(source.column("_bucket")).to_pylist())
     version = table.version()
@@ -790,6 +786,13 @@ def _merge_into(
         return None
     changed = metrics.get("num_target_rows_inserted", 0) + metrics.get("num_target_rows_updated", 0)
     return table.version() if changed else None
+
+
+def delta_column(name: str) -> str:
+    """``name`` as a quoted identifier in delta-rs SQL (backticks, a backtick doubled): typed
+    columns may have any name Delta accepts (``order-id``, ``first name``, ``1st``, ``a.b``),
+    which unquoted would parse as an expression, a number or a struct field."""
+    return "`" + name.replace("`", "``") + "`"
 
 
 def _sql_string(value: str) -> str:

@@ -9,8 +9,17 @@ The merge carries them into the lake table:
   is lost, and the merge does not stop;
 - a column the table has but a batch lacks is null in that batch's rows (an update that drops a
   field clears its typed column too);
-- a name that collides with a core lake column, or a type Delta cannot hold here (nested, null-only
-  in a new column), is ignored and reported.
+- a name that collides with a core lake column or with a column the change data feed adds
+  (``_change_type``, ``_commit_version``, ``_commit_timestamp``), or a type Delta cannot hold here (nested, null-only
+  in a new column), is ignored and reported;
+- names are compared as Delta compares them, without case: Delta requires column names unique
+  regardless of case (delta-rs refuses the commit: "Duplicate field name (case-insensitive)"), so
+  ``Total`` beside ``total`` (in the table or the batches) would fail every merge of the
+  collection. The column admitted first keeps the name; the other is ignored and reported, and
+  its values stay in ``doc``.
+
+Any name Delta accepts is kept as it is (``order-id``, ``first name``, ``1st``, ``a.b``): the merge
+quotes every column in the SQL it gives delta-rs (see ``merge.delta_column``).
 
 Types are normalised so that small differences between batches do not count as changes: every
 integer becomes int64, every float float64, strings and binaries their plain Arrow type,
@@ -26,6 +35,18 @@ import pyarrow as pa
 from lambda_functions.merge.layout import TABLE_SCHEMA
 
 CORE_COLUMNS = frozenset(TABLE_SCHEMA.names)
+
+
+def fold_column(name: str) -> str:
+    """The name Delta compares: column names are unique regardless of case."""
+    return name.lower()
+
+
+_FOLDED_CORE = {fold_column(name): name for name in CORE_COLUMNS}
+# The columns Delta's change data feed adds to every change row (Delta protocol, "Change Data
+# Files"; the feed is on for lake tables and the warehouse load reads it): a table column of one
+# of these names makes every feed read fail ("duplicate qualified field name") and the MERGE too.
+CDF_COLUMNS = frozenset(("_change_type", "_commit_version", "_commit_timestamp"))
 
 
 @dataclass
@@ -44,13 +65,29 @@ class TypedColumns:
 
     def admit(self, batch: int, extras: pa.Table) -> None:
         """Learn the typed columns of one batch (before ``conform`` is called on any batch)."""
+        folded = {fold_column(name): name for name in self.types}
         for name in extras.column_names:
             if name in self.types:
                 continue
-            if name in CORE_COLUMNS:
+            if fold_column(name) in _FOLDED_CORE:
+                core = _FOLDED_CORE[fold_column(name)]
                 self.notes.append(
                     f"batch {batch}: column {name!r} has the name of a lake column; ignored "
                     "(the value stays in doc)"
+                    + (f"; Delta compares names without case, so it is {core!r}" * (name != core))
+                )
+                continue
+            if fold_column(name) in CDF_COLUMNS:
+                self.notes.append(
+                    f"batch {batch}: column {name!r} has the name of a column Delta's change "
+                    "data feed adds to every change row; ignored (the value stays in doc)"
+                )
+                continue
+            if fold_column(name) in folded:
+                self.notes.append(
+                    f"batch {batch}: column {name!r} differs only in case from the column "
+                    f"{folded[fold_column(name)]!r} (Delta column names are unique regardless "
+                    "of case); ignored (the value stays in doc)"
                 )
                 continue
             published = extras.schema.field(name).type
@@ -63,6 +100,7 @@ class TypedColumns:
                     )
                 continue
             self.types[name] = kind
+            folded[fold_column(name)] = name
             self.new.append(name)
             self.notes.append(f"batch {batch}: added column {name!r} ({kind})")
 

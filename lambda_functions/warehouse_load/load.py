@@ -34,6 +34,7 @@ from lambda_functions.warehouse_load.sql_plan import (
     StageSource,
     Statement,
     TargetTable,
+    check_column_types,
     columns_query,
     ensure_tables,
     load_transaction,
@@ -137,7 +138,9 @@ def load_changes(
         warehouse.run_transaction(ensure_tables(dialect, target), name=f"lakehouse-ensure {target}")
         rows = warehouse.query(loaded_state_query(dialect, target))
         state = LoadedState(rows[0][0], int(rows[0][1])) if rows else None
-        existing = {str(row[0]).lower() for row in warehouse.query(columns_query(dialect, target))}
+        catalog = warehouse.query(columns_query(dialect, target))
+        check_column_types(target, projection, catalog)
+        existing = {str(row[0]).lower() for row in catalog}
         add = [c for c in projection if c.column not in existing]
         undeclared = sorted(existing - set(BASE_COLUMNS) - {c.column for c in projection})
         if undeclared:

@@ -79,9 +79,11 @@ class RedshiftSerializationError(RedshiftStatementError):
 
 def is_serialization_error(error: str) -> bool:
     """Redshift reports 1023 as "ERROR: 1023 DETAIL: Serializable isolation violation on table
-    ..." ("Fixing serializable isolation errors", Redshift Database Developer Guide)."""
+    ..." ("Fixing serializable isolation errors", Redshift Database Developer Guide). Only that
+    code counts: a 1023 elsewhere in an error (a query id, a pid, a position in Redshift's
+    "query: / process:" detail lines) belongs to a terminal failure, which is not retried."""
     text = error.lower()
-    return "serializable isolation violation" in text or bool(re.search(r"\b1023\b", text))
+    return "serializable isolation violation" in text or bool(re.search(r"\berror:\s*1023\b", text))
 
 
 class RedshiftTimeoutError(TimeoutError):

@@ -147,9 +147,15 @@ def raw_batches_sensor(
     cursor: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
     store = open_store(lakehouse.lake_uri)
     requests = []
+    problems = []
     for namespace in registered_collections(context.instance):
         last_seen = cursor.get(namespace, 0)
-        new = RawZone(store, *split_namespace(namespace)).batch_numbers(after=last_seen)
+        try:  # one collection that cannot be read (a bad key, a listing error) skips only itself
+            new = RawZone(store, *split_namespace(namespace)).batch_numbers(after=last_seen)
+        except Exception as error:
+            problems.append(f"{namespace}: its raw batches could not be listed: {error}")
+            context.log.warning(f"raw_batches_sensor skipped {problems[-1]}")
+            continue
         if not new:
             continue
         requests.append(
@@ -161,7 +167,9 @@ def raw_batches_sensor(
         )
         cursor[namespace] = new[-1]
     if not requests:
-        return SkipReason("no new raw batch in any registered collection")
+        return SkipReason(
+            "; ".join(problems) if problems else "no new raw batch in any registered collection"
+        )
     return SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
 
 

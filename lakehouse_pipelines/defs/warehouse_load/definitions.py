@@ -14,12 +14,14 @@ from lakehouse_pipelines.defs.collections import (
     collection_asset,
     collections_schedule,
     invoke_per_collection,
+    registered_collections,
     request_fields,
 )
 from lakehouse_pipelines.defs.merge.definitions import LAKE_TABLE_KEY
 from lakehouse_pipelines.defs.policies import with_freshness
 from lakehouse_pipelines.resources import LambdaPipes
-from lakehouse_pipelines.settings import LakehouseSettings, warehouse_table_name
+from lakehouse_pipelines.settings import LakehouseSettings
+from lakehouse_pipelines.warehouse_names import WarehouseTables, assign_warehouse_tables
 from lambda_functions.contracts import InvalidRequestError, LoadRequest
 from lambda_functions.registry import WAREHOUSE_LOAD
 
@@ -52,20 +54,40 @@ def warehouse_table(
     lakehouse: ResourceParam[LakehouseSettings],
     lambda_pipes: ResourceParam[LambdaPipes],
 ) -> MaterializeResult:
+    # Tables are handed out in registration order, as at registration: a collection registered
+    # before names were compared folded, whose table another one already has, fails alone.
+    registered = registered_collections(context.instance)
+    tables = assign_warehouse_tables(
+        lakehouse, [*registered, *(k for k in context.partition_keys if k not in registered)]
+    )
     return invoke_per_collection(
-        context, lambda_pipes, lakehouse, WAREHOUSE_LOAD, lambda key: load_request(lakehouse, key)
+        context,
+        lambda_pipes,
+        lakehouse,
+        WAREHOUSE_LOAD,
+        lambda key: load_request(lakehouse, key, tables),
     )
 
 
-def load_request(lakehouse: LakehouseSettings, namespace: str) -> LoadRequest:
+def load_request(
+    lakehouse: LakehouseSettings, namespace: str, tables: WarehouseTables | None = None
+) -> LoadRequest:
     """The load request from the settings, checked here so a misconfigured Redshift connection or
-    projection fails in Dagster with the variable to set, before a Lambda is invoked."""
+    projection, or a warehouse table the collection cannot have (see
+    ``lakehouse_pipelines.warehouse_names``), fails in Dagster with the fix, before a Lambda
+    is invoked. ``tables`` is the assignment over every registered collection (default: this
+    collection alone)."""
+    tables = tables or assign_warehouse_tables(lakehouse, [namespace])
+    if namespace not in tables.tables:
+        raise Failure(
+            description=f"warehouse load of {namespace} refused: {tables.refused[namespace]}"
+        )
     request = LoadRequest(
         **request_fields(lakehouse, namespace),
         warehouse_kind=lakehouse.warehouse_kind,
         warehouse_location=lakehouse.duckdb_path,
         target_schema=lakehouse.warehouse_schema,
-        target_table=warehouse_table_name(lakehouse, namespace),
+        target_table=tables.tables[namespace],
         projection=dict(lakehouse.warehouse_projection),
         redshift_database=lakehouse.redshift_database,
         redshift_workgroup=lakehouse.redshift_workgroup,

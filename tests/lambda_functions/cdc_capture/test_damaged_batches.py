@@ -60,10 +60,12 @@ def test_a_damaged_checkpoint_is_rebuilt_from_the_newest_manifest(
 ):
     three_batches.run(5)
     lake.put(zone(lake).checkpoint_key, garbage)
+    said: list[str] = []
 
-    result = capture_changes(make_request(max_rows=8), source=source)
+    result = capture_changes(make_request(max_rows=8), source=source, on_progress=said.append)
 
     assert result.batches == (4,)  # numbering continues after the newest manifest
+    assert any("_checkpoint.json was damaged" in line and "batch 3" in line for line in said)
     assert zone(lake).read_checkpoint().batch == 4
     assert reconstruct(lake) == source_state(source)
 

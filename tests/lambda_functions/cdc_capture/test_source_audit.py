@@ -119,6 +119,9 @@ def test_a_row_deleted_from_the_lake_is_named_missing(pipeline):
     assert [f.bucket for f in differing] == [audit_bucket(key)]
     assert differing[0].source_count == differing[0].lake_count + 1
     assert key in result.metadata(sample_keys=5)["missing_keys"]["raw_value"]
+    findings = result.findings(sample_keys=5)  # the run's log lines: the key, then the fix
+    assert f"1 keys missing from the lake: {key}" in findings[0]
+    assert '{"reset": true}' in findings[-1]
 
 
 def test_a_changed_lake_document_is_named_different(pipeline):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -128,3 +129,83 @@ def test_column_named_like_a_lake_column_is_ignored_and_reported(lake):
     assert column_values(result.table_uri, "_pos") == {key(JAN, 1): 1}
     (note,) = result.schema_changes
     assert "'_pos' has the name of a lake column; ignored" in note
+
+
+# Delta requires column names unique regardless of case (delta-rs: "Duplicate field name
+# (case-insensitive)"), so a second spelling of a column is ignored, never a failed merge.
+CASE_PAIRS = {
+    "in_one_batch": [
+        [pa.field("total", pa.int64()), pa.field("Total", pa.int64())],
+    ],
+    "table_then_batch": [
+        [pa.field("total", pa.int64())],
+        [pa.field("Total", pa.int64())],
+    ],
+    "core_column": [
+        [pa.field("DOC", pa.string()), pa.field("_ID", pa.string())],
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASE_PAIRS))
+def test_columns_differing_only_in_case_are_one_delta_column(lake, case):
+    zone, request = lake
+    a = key(JAN, 1)
+    for pos, fields in enumerate(CASE_PAIRS[case], start=1):
+        row = {"_id": a, "op": "insert" if pos == 1 else "update", "pos": pos}
+        row["doc"] = json.dumps({f.name: pos for f in fields})
+        row.update({f.name: (pos if pa.types.is_integer(f.type) else "x") for f in fields})
+        publish_typed(zone, [row, {**row, "_id": key(JAN, 9 + pos)}], pa.schema(fields))
+        result = merge_batches(request)
+        assert result.batches_applied == [pos]
+    names = DeltaTable(result.table_uri).schema().to_arrow().names
+    folded = [n.lower() for n in names]
+    assert len(folded) == len(set(folded)), names
+    docs = stored_docs(result.table_uri)
+    assert json.loads(docs[a]) == json.loads(row["doc"])  # every spelling kept in doc
+    if case == "core_column":
+        assert "DOC" not in names and "_ID" not in names
+        assert column_values(result.table_uri, "_id")[a] == a
+    else:
+        assert "Total" not in names
+        assert column_values(result.table_uri, "total")[a] == (
+            1 if case == "in_one_batch" else None
+        )
+
+
+def test_a_case_variant_is_reported_with_the_column_it_collides_with(lake):
+    zone, request = lake
+    fields = [pa.field("total", pa.int64()), pa.field("Total", pa.int64())]
+    publish_typed(
+        zone,
+        [{"_id": key(JAN, 1), "op": "insert", "pos": 1, "doc": "{}", "total": 1, "Total": 2}],
+        pa.schema(fields),
+    )
+    notes = merge_batches(request).schema_changes
+    assert any("'Total' differs only in case from the column 'total'" in n for n in notes), notes
+
+
+@pytest.mark.parametrize("name", ["order-id", "first name", "1st", "a.b", "x`y", "select"])
+def test_a_column_with_any_delta_name_merges_on_keys_in_an_existing_partition(lake, name):
+    """A batch adding the column updates a key stored in an existing partition (delta-rs MERGE,
+    the path that evolves the schema), then a later batch takes the Arrow rewrite."""
+    zone, request = lake
+    a, b = key(JAN, 1), key(JAN, 2)
+    publish_typed(zone, [{"_id": a, "op": "insert", "pos": 1, "doc": "{}"}], pa.schema([]))
+    merge_batches(request)
+    column = pa.schema([pa.field(name, pa.int64())])
+    publish_typed(
+        zone,
+        [
+            {"_id": a, "op": "update", "pos": 2, "doc": "{}", name: 7},
+            {"_id": b, "op": "insert", "pos": 2, "doc": "{}", name: 8},
+        ],
+        column,
+    )
+    result = merge_batches(request)
+    assert (result.merge_path, result.batches_applied) == ("merge", [2])
+    assert column_values(result.table_uri, name) == {a: 7, b: 8}
+    publish_typed(zone, [{"_id": a, "op": "update", "pos": 3, "doc": "{}", name: 9}], column)
+    result = merge_batches(request)
+    assert result.batches_applied == [3]
+    assert column_values(result.table_uri, name) == {a: 9, b: 8}

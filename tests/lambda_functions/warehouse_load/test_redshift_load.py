@@ -181,7 +181,7 @@ def test_incremental_load_is_one_batch_transaction_with_exactly_these_statements
         stubber,
         "state-1",
         'SELECT "lake_table_id", "lake_version" FROM "analytics"."_lakehouse_loads" '
-        'WHERE "table_name" = :table_name',
+        'WHERE LOWER("table_name") = :table_name',
         "loaded_state",
         "token-2",
         [[text(table_id), long(0)]],
@@ -190,8 +190,9 @@ def test_incremental_load_is_one_batch_transaction_with_exactly_these_statements
     expect_query(
         stubber,
         "columns-1",
-        "SELECT column_name FROM information_schema.columns "
-        "WHERE table_schema = :schema_name AND table_name = :table_name",
+        "SELECT column_name, data_type, character_maximum_length, numeric_precision, "
+        "numeric_scale FROM information_schema.columns "
+        "WHERE LOWER(table_schema) = :schema_name AND LOWER(table_name) = :table_name",
         "target_columns",
         "token-3",
         [[text(c)] for c in [*BASE_COLUMNS, "status", "total"]],
@@ -200,7 +201,7 @@ def test_incremental_load_is_one_batch_transaction_with_exactly_these_statements
     stage = '"_lakehouse_stage"'
     expected_transaction = [
         'SELECT CAST(CASE WHEN (SELECT COUNT(*) FROM "analytics"."_lakehouse_loads" '
-        f"WHERE \"table_name\" = 'orders' AND \"lake_table_id\" = '{table_id}' AND "
+        f"WHERE LOWER(\"table_name\") = 'orders' AND \"lake_table_id\" = '{table_id}' AND "
         "\"lake_version\" = 0) = 1 THEN '0' ELSE 'lakehouse load of analytics.orders stopped: "
         "the control row changed since this load was planned (another load committed first); "
         "nothing was applied, re-run the load' END AS INTEGER)",
@@ -227,7 +228,7 @@ def test_incremental_load_is_one_batch_transaction_with_exactly_these_statements
         'FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY "_id" ORDER BY "_pos" DESC) AS "_rank" '
         f'FROM {stage}) AS s WHERE s."_rank" = 1 AND NOT s."_deleted" '
         'AND s."_set_aside" IS NOT NULL',
-        'DELETE FROM "analytics"."_lakehouse_loads" WHERE "table_name" = \'orders\'',
+        'DELETE FROM "analytics"."_lakehouse_loads" WHERE LOWER("table_name") = \'orders\'',
         'INSERT INTO "analytics"."_lakehouse_loads" ("table_name", "lake_table_id", '
         f"\"lake_version\", \"loaded_at\") VALUES ('orders', '{table_id}', 1, GETDATE())",
         f"DROP TABLE {stage}",

@@ -24,8 +24,11 @@ class ObjectExistsError(FileExistsError):
     """``put_if_absent`` found the key already written (another writer, or an earlier attempt)."""
 
 
-class LakeBucketMissingError(FileNotFoundError):
-    """The lake's S3 bucket does not exist; the message names the setting and the command."""
+class LakeBucketMissingError(RuntimeError):
+    """The lake's S3 bucket does not exist; the message names the setting and the command.
+
+    Not a ``FileNotFoundError``: callers that read a missing object as "nothing yet" must not
+    read a missing bucket that way."""
 
 
 class ObjectStore(ABC):

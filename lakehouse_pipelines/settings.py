@@ -170,7 +170,9 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
     "LAKEHOUSE_PIPES_BUCKET": (
         "",
         "<bucket of LAKEHOUSE_LAKE_URI>",
-        "aws: S3 bucket the Lambdas write Pipes messages to",
+        "aws: S3 bucket the Lambdas write Pipes messages to (under `_dagster_pipes/`, deleted once "
+        "read; `deploy/template.yaml` creates one whose lifecycle rule expires leftovers: its "
+        "output `PipesBucketName`)",
     ),
     "LAKEHOUSE_METRICS_NAMESPACE": (
         "Lakehouse/Pipelines",

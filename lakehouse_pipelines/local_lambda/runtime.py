@@ -507,6 +507,13 @@ def _trace_root() -> str:
     return f"1-{int(time.time()):08x}-{secrets.token_hex(12)}"
 
 
+def configured_region(environ: Mapping[str, str] | None = None) -> str:
+    """The region this process is configured for (``AWS_REGION``, then ``AWS_DEFAULT_REGION``,
+    as botocore reads them), else ``us-east-1``: what workers get as their ``AWS_REGION``."""
+    environ = os.environ if environ is None else environ
+    return environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
 class LocalLambdaRuntime:
     """A stand-in for ``boto3.client("lambda")`` that runs ``functions`` in local processes.
 
@@ -547,6 +554,9 @@ class LocalLambdaRuntime:
       when set (there is no role to assume; this keeps moto-backed and real-AWS runs working).
       Nothing else of this process's environment reaches the handler: a handler that reads a
       variable its function is not configured with fails here as it fails in AWS.
+
+    Workers' ``AWS_REGION`` is ``region`` (default: this process's ``AWS_REGION`` /
+    ``AWS_DEFAULT_REGION``, else ``us-east-1``), as functions deployed in that region see it.
     Not emulated: versions and aliases (only ``$LATEST``), async retries and destinations,
     CPU scaling with memory, /tmp size, ``context.identity`` contents, the working directory
     (this process's, not ``LAMBDA_TASK_ROOT``) and X-Ray (no ``AWS_XRAY_*`` variables).
@@ -560,12 +570,13 @@ class LocalLambdaRuntime:
         *,
         environment: Mapping[str, str] | None = None,
         variables: Mapping[str, str] | None = None,
-        region: str = "us-east-1",
+        region: str | None = None,
         account_id: str = "000000000000",
         log_dir: str | Path | None = None,
         max_concurrency: int | None = None,
     ) -> None:
         environment = dict(environment or {})
+        region = region or configured_region()
         same_region = {
             k for k in ("AWS_REGION", "AWS_DEFAULT_REGION") if environment.get(k) == region
         }

@@ -41,7 +41,9 @@ def build_resources(settings: LakehouseSettings) -> dict[str, Any]:
         from lakehouse_pipelines.local_lambda import LocalLambdaRuntime
 
         runtime = LocalLambdaRuntime(
-            log_dir=settings.root / "lambda-logs", variables=local_function_values(settings)
+            log_dir=settings.root / "lambda-logs",
+            variables=local_function_values(settings),
+            region=settings.aws_region or None,  # as functions deployed in that region see it
         )
         lambda_pipes = LambdaPipes.local(
             runtime, price_per_gb_second=settings.lambda_price_per_gb_second

@@ -46,3 +46,14 @@ def per_collection(event, context):
             metadata={"collection": {"raw_value": collection, "type": "text"}}
         )
         pipes.report_asset_check(check_name="probe_check", passed=collection != "c13")
+
+
+def region(event, context):
+    """Reports the region its environment says it runs in."""
+    import os
+
+    with open_pipes(event) as pipes:
+        pipes.report_asset_materialization(
+            metadata={"region": {"raw_value": os.environ["AWS_REGION"], "type": "text"}}
+        )
+        pipes.report_asset_check(check_name="probe_check", passed=True)

@@ -382,6 +382,12 @@ class _FunctionPool:
         with self._changed:
             self._busy.add(worker)
 
+    def discard(self, worker: _Worker) -> None:
+        """Stop a busy worker that was lost, keeping its invocation's slot."""
+        with self._changed:
+            self._busy.discard(worker)
+        worker.stop()
+
     def release(self, worker: _Worker | None, reusable: bool) -> None:
         """Give back the slot; keep the worker warm if it is ``reusable``, else stop it."""
         with self._changed:
@@ -743,6 +749,11 @@ class LocalLambdaRuntime:
                 worker = self._start_worker(request.spec)
                 pool.track(worker)
             outcome = _Invocation(request, worker, cold=cold)
+            if outcome.lost_before_start:  # Lambda runs it in a new environment instead
+                pool.discard(worker)  # the slot stays this invocation's
+                worker, cold = self._start_worker(request.spec), True
+                pool.track(worker)
+                outcome = _Invocation(request, worker, cold=True)
             reusable = outcome.worker_reusable
         finally:
             pool.release(worker, reusable)
@@ -833,6 +844,7 @@ class _Invocation:
         self.body = b""
         self.payload = b""
         self.worker_reusable = False
+        self.lost_before_start = False  # a warm worker found dead when handed the request
         try:
             self._run()
         except BaseException:
@@ -871,6 +883,10 @@ class _Invocation:
         )
         if sent:
             reply = worker.wait(started + self.timeout_s, self.memory_limit_kb)
+        elif not self.cold:  # it died idle after the liveness check: the caller starts a cold one
+            logger.info("a warm %s worker had exited (%s): cold start", worker.name, worker.reap())
+            self.lost_before_start = True
+            return
         else:
             reply = _Reply("exit", exit_detail=worker.reap())
         self.duration_ms = (time.monotonic() - started) * 1000

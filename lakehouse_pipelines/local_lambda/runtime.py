@@ -318,7 +318,12 @@ class _Worker:
 
     def alive(self) -> bool:
         """The process is still running (checked without reaping it)."""
-        return self.process.returncode is None and not self._exited()
+        if self.process.returncode is not None or self._exited():
+            return False
+        try:  # the kernel's view too: a process killed a moment ago may not be waitable yet
+            return self._ps.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+        except psutil.Error:
+            return False
 
     def _exited(self) -> bool:
         try:  # WNOWAIT: leave the zombie, so its process group id cannot be reused before killpg

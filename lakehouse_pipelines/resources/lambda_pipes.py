@@ -65,6 +65,24 @@ def lambda_report_metadata(log_tail: str, price_per_gb_second: float) -> dict[st
     }
 
 
+class _SingleWriterTempFileReader(PipesTempFileMessageReader):
+    """dagster's temp-file reader, saying it has one writer (the function) without going through
+    the base class's ``@preview`` property: dagster reads ``expected_writer_count`` on every
+    session, and the inherited one emits a PreviewWarning per invocation."""
+
+    @property
+    def expected_writer_count(self) -> int:
+        return 1
+
+
+class _SingleWriterS3Reader(PipesS3MessageReader):
+    """dagster-aws's S3 reader with ``expected_writer_count`` = 1 (see above)."""
+
+    @property
+    def expected_writer_count(self) -> int:
+        return 1
+
+
 class _TailingLambdaClient:
     """Wraps a Lambda client: asks for the log tail and keeps the last response, its request id
     and decoded log tail for diagnostics."""
@@ -105,7 +123,7 @@ class LambdaPipes:
         """Use the local Lambda runtime; messages travel through a temporary file."""
         return cls(
             lambda_client=runtime,
-            message_reader_factory=PipesTempFileMessageReader,
+            message_reader_factory=_SingleWriterTempFileReader,
             **options,
         )
 
@@ -128,7 +146,7 @@ class LambdaPipes:
         s3_client = s3_client or boto3.client("s3", region_name=region or None)
         return cls(
             lambda_client=lambda_client,
-            message_reader_factory=lambda: PipesS3MessageReader(
+            message_reader_factory=lambda: _SingleWriterS3Reader(
                 bucket=pipes_bucket, client=s3_client, interval=2
             ),
             **options,

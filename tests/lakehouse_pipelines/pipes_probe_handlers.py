@@ -45,4 +45,8 @@ def per_collection(event, context):
         pipes.report_asset_materialization(
             metadata={"collection": {"raw_value": collection, "type": "text"}}
         )
-        pipes.report_asset_check(check_name="probe_check", passed=collection != "c13")
+        pipes.report_asset_check(
+            check_name="probe_check",
+            passed=collection != "c13",
+            metadata={"figure": {"raw_value": int(collection[1:]), "type": "int"}},
+        )

@@ -1,0 +1,105 @@
+"""The quick-start command (``lakehouse-run``) and the one code location name."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from lakehouse_pipelines import quickstart
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_code_location_has_one_name_under_dg_dagster_dev_workspace_and_dagster_cloud():
+    """Sensor cursors are keyed by location name: dg would otherwise name it after the
+    checkout's directory."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    dg = pyproject["tool"]["dg"]
+    assert dg["directory_type"] == "project"
+    assert dg["project"]["root_module"] == "lakehouse_pipelines"
+    assert dg["project"]["code_location_target_module"] == "lakehouse_pipelines.definitions"
+    workspace = yaml.safe_load((ROOT / "workspace.yaml").read_text())
+    cloud = yaml.safe_load((ROOT / "dagster_cloud.yaml").read_text())
+    names = {
+        dg["project"]["code_location_name"],
+        pyproject["tool"]["dagster"]["code_location_name"],
+        *(entry["python_module"]["location_name"] for entry in workspace["load_from"]),
+        *(location["location_name"] for location in cloud["locations"]),
+    }
+    assert names == {"lakehouse_pipelines"}
+    assert any(d.startswith("dagster-dg-cli") for d in pyproject["project"]["dependencies"])
+    assert pyproject["project"]["scripts"]["lakehouse-run"] == "lakehouse_pipelines.quickstart:main"
+
+
+def test_dagster_home_is_created_with_the_instance_settings_when_unset(tmp_path):
+    home, note = quickstart.dagster_home({}, tmp_path)
+    assert home == tmp_path / ".dagster_home"
+    assert (home / "dagster.yaml").read_text() == (ROOT / "deploy" / "dagster.yaml").read_text()
+    assert "DAGSTER_HOME" in note and str(home) in note
+    # a second run keeps the (possibly edited) settings and still names the directory
+    (home / "dagster.yaml").write_text("# edited\n")
+    again, note = quickstart.dagster_home({}, tmp_path)
+    assert again == home and (home / "dagster.yaml").read_text() == "# edited\n"
+    assert str(home) in note
+
+
+def test_a_set_dagster_home_is_used_as_is(tmp_path):
+    home, note = quickstart.dagster_home({"DAGSTER_HOME": str(tmp_path / "mine")}, tmp_path)
+    assert home == tmp_path / "mine" and note is None
+    assert not (tmp_path / ".dagster_home").exists()
+
+
+def test_every_asset_over_the_registered_collections_in_one_run():
+    assert quickstart.launch_args(["shop.orders"])[-2:] == ["--partition", "shop.orders"]
+    args = quickstart.launch_args(["shop.customers", "shop.orders", "shop.products"])
+    assert args[-2:] == ["--partition-range", "shop.customers...shop.products"]
+    assets = args[args.index("--assets") + 1].split(",")
+    assert "*" not in args[args.index("--assets") + 1]  # a `*` selection warns (BetaWarning)
+    assert assets[:2] == ["cdc_raw_batches", "lake_table"] and "warehouse_table" in assets
+
+
+def test_asset_keys_listed_are_the_code_locations_assets():
+    from lakehouse_pipelines.definitions import defs
+
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert set(quickstart.ASSETS) == keys
+
+
+def test_summary_table_shows_batch_rows_version_and_load_reason():
+    rows = [
+        {
+            "collection": "shop.customers",
+            "batch": 2,
+            "rows": "insert=3 update=5",
+            "lake_version": 1,
+            "warehouse_rows": 505,
+            "load_reason": "incremental",
+        },
+        {
+            "collection": "shop.orders",
+            "batch": 12,
+            "rows": "-",
+            "lake_version": 10,
+            "warehouse_rows": 529,
+            "load_reason": "first load",
+        },
+    ]
+    lines = quickstart.format_table(rows).splitlines()
+    assert lines[0].split() == list(rows[0])
+    assert set(lines[1].replace(" ", "")) == {"-"}
+    assert lines[2].split()[:3] == ["shop.customers", "2", "insert=3"]
+    assert lines[2].split()[-1] == "incremental" and lines[3].split()[-2:] == ["first", "load"]
+    # columns line up
+    assert lines[2].index("incremental") == lines[3].index("first load")
+
+
+def test_step_lines_are_shortened_to_step_and_message():
+    line = (
+        "2026-12-01 00:15:49 +0000 - dagster - DEBUG - __ASSET_JOB - 42fa - 4919 - lake_table"
+        ' - STEP_SUCCESS - Finished execution of step "lake_table" in 1.61s.\n'
+    )
+    assert (
+        quickstart._short(line) == 'lake_table: Finished execution of step "lake_table" in 1.61s.'
+    )

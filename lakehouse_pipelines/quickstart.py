@@ -2,8 +2,8 @@
 
 Registers the collections (``register_collections``), then materializes every asset for every
 registered collection in one run (``dg launch`` over the collections' partition range, so each step
-fans out to one Lambda invocation per collection), and prints one line per finished step and a
-table of what each collection got: raw batch, rows by operation, lake table version, warehouse load
+fans out to one Lambda invocation per collection), and prints a line as each step starts, the
+steps' durations and outcomes, and a table of what each collection got: raw batch, rows by operation, lake table version, warehouse load
 reason. The runs' full output (Dagster's event log, the Lambda START/END/REPORT and EMF lines) goes
 to ``<LAKEHOUSE_ROOT>/runs/<time>.log``; the same is in the Dagster UI (``dg dev``) and, per function,
 in ``<LAKEHOUSE_ROOT>/lambda-logs/<fn>.log``.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,10 @@ ASSETS = (
     "warehouse_table",
     "pipeline_metrics",
 )
-_SHOWN_EVENTS = ("STEP_SUCCESS", "STEP_FAILURE", "RUN_FAILURE")
+# Echoed live. A step's last lines (STEP_SUCCESS) can miss the terminal: dagster mirrors a step's
+# captured output with `tail -F` and stops it when the step ends; the outcomes come from the
+# instance at the end instead.
+_SHOWN_EVENTS = ("STEP_START", "STEP_FAILURE", "RUN_FAILURE")
 _INSTANCE_YAML = Path(__file__).resolve().parent.parent / "deploy" / "dagster.yaml"
 
 
@@ -67,8 +71,12 @@ def _dg() -> str:
     return str(local) if local.exists() else (shutil.which("dg") or "dg")
 
 
-def _run(args: list[str], env: Mapping[str, str], log: Any, *, echo: bool) -> int:
-    """Run ``dg`` with its output appended to ``log``; echo the step outcomes in short."""
+_RUN_START = re.compile(r" - (?P<run_id>[0-9a-f]{8}-[0-9a-f-]{27}) - \d+ - RUN_START - ")
+
+
+def _run(args: list[str], env: Mapping[str, str], log: Any, *, echo: bool) -> tuple[int, str]:
+    """Run ``dg`` with its output appended to ``log``; echo the steps' starts in short. Returns
+    the exit code and the id of the run it started (a sensor's run may start meanwhile)."""
     log.write(f"\n$ dg {' '.join(args)}\n")
     log.flush()
     process = subprocess.Popen(
@@ -80,11 +88,15 @@ def _run(args: list[str], env: Mapping[str, str], log: Any, *, echo: bool) -> in
         errors="replace",
     )
     assert process.stdout is not None
+    run_id = ""
     for line in process.stdout:
         log.write(line)
+        started = None if run_id else _RUN_START.search(line)
+        if started:
+            run_id = started["run_id"]
         if echo and any(f" - {event} - " in line for event in _SHOWN_EVENTS):
             print("  " + _short(line), flush=True)
-    return process.wait()
+    return process.wait(), run_id
 
 
 def _short(line: str) -> str:
@@ -165,11 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_path = root / "runs" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
-    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+    from dagster import DagsterInstance, DagsterRunStatus
 
     with open(log_path, "a", encoding="utf-8") as log, DagsterInstance.get() as instance:
         print(f"Registering collections ... (full output: {log_path})", flush=True)
-        if _run(["launch", "--job", REGISTER_JOB], env, log, echo=True) != 0:
+        if _run(["launch", "--job", REGISTER_JOB], env, log, echo=True)[0] != 0:
             print(f"register_collections failed; see {log_path}", file=sys.stderr)
             return 1
         registered = list(instance.get_dynamic_partitions(PARTITIONS))
@@ -190,9 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         first, last = registered.index(partitions[0]), registered.index(partitions[-1])
         partitions = registered[first : last + 1]
         print(f"Running every stage for {', '.join(partitions)} ...", flush=True)
-        code = _run(launch_args(partitions), env, log, echo=True)
-        records = instance.get_run_records(RunsFilter(), limit=1)
-        run = records[0].dagster_run if records else None
+        code, run_id = _run(launch_args(partitions), env, log, echo=True)
+        run = instance.get_run_by_id(run_id) if run_id else None
         if code != 0 or run is None or run.status != DagsterRunStatus.SUCCESS:
             print(f"The run failed; see {log_path} or the run in `dg dev`.", file=sys.stderr)
             return 1

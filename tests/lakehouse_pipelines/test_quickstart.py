@@ -98,8 +98,14 @@ def test_summary_table_shows_batch_rows_version_and_load_reason():
 def test_step_lines_are_shortened_to_step_and_message():
     line = (
         "2026-12-01 00:15:49 +0000 - dagster - DEBUG - __ASSET_JOB - 42fa - 4919 - lake_table"
-        ' - STEP_SUCCESS - Finished execution of step "lake_table" in 1.61s.\n'
+        ' - STEP_START - Started execution of step "lake_table".\n'
     )
-    assert (
-        quickstart._short(line) == 'lake_table: Finished execution of step "lake_table" in 1.61s.'
+    assert quickstart._short(line) == 'lake_table: Started execution of step "lake_table".'
+
+
+def test_the_run_is_found_by_the_id_its_launch_printed():
+    line = (
+        "2026-12-01 00:15:39 +0000 - dagster - DEBUG - __ASSET_JOB - "
+        "42fabe12-f841-456a-8a16-6979e5824c4d - 3986 - RUN_START - Started execution of run\n"
     )
+    assert quickstart._RUN_START.search(line)["run_id"] == "42fabe12-f841-456a-8a16-6979e5824c4d"

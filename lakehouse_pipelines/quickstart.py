@@ -3,8 +3,8 @@
 Registers the collections (``register_collections``), then materializes every asset for every
 registered collection in one run (``dg launch`` over the collections' partition range, so each step
 fans out to one Lambda invocation per collection), and prints a line as each step starts, the
-steps' durations and outcomes, and a table of what each collection got: raw batch, rows by operation, lake table version, warehouse load
-reason. The runs' full output (Dagster's event log, the Lambda START/END/REPORT and EMF lines) goes
+steps' durations and outcomes, and a table of what each collection got: raw batch, rows by
+operation, lake table version, warehouse load reason. The runs' full output (Dagster's event log, the Lambda START/END/REPORT and EMF lines) goes
 to ``<LAKEHOUSE_ROOT>/runs/<time>.log``; the same is in the Dagster UI (``dg dev``) and, per function,
 in ``<LAKEHOUSE_ROOT>/lambda-logs/<fn>.log``.
 
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,17 @@ def _dg() -> str:
 _RUN_START = re.compile(r" - (?P<run_id>[0-9a-f]{8}-[0-9a-f-]{27}) - \d+ - RUN_START - ")
 
 
-def _run(args: list[str], env: Mapping[str, str], log: Any, *, echo: bool) -> tuple[int, str]:
-    """Run ``dg`` with its output appended to ``log``; echo the steps' starts in short. Returns
-    the exit code and the id of the run it started (a sensor's run may start meanwhile)."""
+@dataclass(frozen=True)
+class Launched:
+    """A finished ``dg launch``: its exit code and the id of the run it started ("" if none).
+    The id comes from the launch's own output: a sensor's run may start meanwhile."""
+
+    exit_code: int
+    run_id: str
+
+
+def _run(args: list[str], env: Mapping[str, str], log: Any, *, echo: bool) -> Launched:
+    """Run ``dg`` with its output appended to ``log``; echo the steps' starts in short."""
     log.write(f"\n$ dg {' '.join(args)}\n")
     log.flush()
     process = subprocess.Popen(
@@ -96,7 +105,7 @@ def _run(args: list[str], env: Mapping[str, str], log: Any, *, echo: bool) -> tu
             run_id = started["run_id"]
         if echo and any(f" - {event} - " in line for event in _SHOWN_EVENTS):
             print("  " + _short(line), flush=True)
-    return process.wait(), run_id
+    return Launched(process.wait(), run_id)
 
 
 def _short(line: str) -> str:
@@ -110,8 +119,25 @@ def _short(line: str) -> str:
     return line.strip()[:200]
 
 
-def collection_figures(instance: Any, run_id: str, partitions: Sequence[str]) -> list[dict]:
-    """Per collection, the figures this run's materializations recorded."""
+@dataclass(frozen=True)
+class CollectionFigures:
+    """One row of the summary: what one run did for one collection ("-" where the run recorded
+    no materialization of that stage for it)."""
+
+    collection: str
+    batch: str
+    rows: str  # rows of the raw batch by operation, e.g. "delete=3 insert=5"
+    lake_version: str
+    warehouse_rows: str
+    load_reason: str  # "first load", "incremental", ...
+
+
+def collection_figures(
+    instance: Any, run_id: str, partitions: Sequence[str]
+) -> list[CollectionFigures]:
+    """Per collection, the figures run ``run_id``'s materializations recorded (from their
+    metadata: cdc_raw_batches ``batch``/``rows_by_op``, lake_table ``table_version``,
+    warehouse_table ``dagster/row_count``/``load_reason``)."""
     from dagster import AssetKey, AssetRecordsFilter
 
     def latest(asset: str, partition: str) -> Mapping[str, Any]:
@@ -131,23 +157,24 @@ def collection_figures(instance: Any, run_id: str, partitions: Sequence[str]) ->
         )
         ops = raw.get("rows_by_op") or {}
         rows.append(
-            {
-                "collection": partition,
-                "batch": raw.get("batch", "-"),
-                "rows": " ".join(f"{op}={n}" for op, n in sorted(ops.items())) or "-",
-                "lake_version": lake.get("table_version", "-"),
-                "warehouse_rows": warehouse.get("dagster/row_count", "-"),
-                "load_reason": warehouse.get("load_reason", "-"),
-            }
+            CollectionFigures(
+                collection=partition,
+                batch=str(raw.get("batch", "-")),
+                rows=" ".join(f"{op}={n}" for op, n in sorted(ops.items())) or "-",
+                lake_version=str(lake.get("table_version", "-")),
+                warehouse_rows=str(warehouse.get("dagster/row_count", "-")),
+                load_reason=str(warehouse.get("load_reason", "-")),
+            )
         )
     return rows
 
 
-def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+def format_table(rows: Sequence[CollectionFigures]) -> str:
+    """A plain-text table, one line per collection, columns aligned."""
     if not rows:
         return ""
-    headers = list(rows[0])
-    cells = [headers, *([str(row[h]) for h in headers] for row in rows)]
+    headers = [f.name for f in fields(CollectionFigures)]
+    cells = [headers, *([str(value) for value in astuple(row)] for row in rows)]
     widths = [max(len(line[i]) for line in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -155,6 +182,15 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``lakehouse-run`` command.
+
+    Args:
+        argv: command-line arguments (default ``sys.argv[1:]``): ``--collection DB.COLL``, repeatable.
+
+    Returns:
+        The exit code: 0 when the run succeeded, 1 when registration or the run failed (the
+        message names the log file), 2 for a ``--collection`` that is not registered.
+    """
     parser = argparse.ArgumentParser(
         prog="lakehouse-run",
         description="Register the collections and run every stage for all of them (or --collection).",
@@ -181,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with open(log_path, "a", encoding="utf-8") as log, DagsterInstance.get() as instance:
         print(f"Registering collections ... (full output: {log_path})", flush=True)
-        if _run(["launch", "--job", REGISTER_JOB], env, log, echo=True)[0] != 0:
+        if _run(["launch", "--job", REGISTER_JOB], env, log, echo=True).exit_code != 0:
             print(f"register_collections failed; see {log_path}", file=sys.stderr)
             return 1
         registered = list(instance.get_dynamic_partitions(PARTITIONS))
@@ -202,9 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         first, last = registered.index(partitions[0]), registered.index(partitions[-1])
         partitions = registered[first : last + 1]
         print(f"Running every stage for {', '.join(partitions)} ...", flush=True)
-        code, run_id = _run(launch_args(partitions), env, log, echo=True)
-        run = instance.get_run_by_id(run_id) if run_id else None
-        if code != 0 or run is None or run.status != DagsterRunStatus.SUCCESS:
+        launched = _run(launch_args(partitions), env, log, echo=True)
+        run = instance.get_run_by_id(launched.run_id) if launched.run_id else None
+        if launched.exit_code != 0 or run is None or run.status != DagsterRunStatus.SUCCESS:
             print(f"The run failed; see {log_path} or the run in `dg dev`.", file=sys.stderr)
             return 1
         steps = sorted(instance.get_run_step_stats(run.run_id), key=lambda s: s.start_time or 0)

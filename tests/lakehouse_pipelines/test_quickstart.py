@@ -69,25 +69,20 @@ def test_asset_keys_listed_are_the_code_locations_assets():
 
 def test_summary_table_shows_batch_rows_version_and_load_reason():
     rows = [
-        {
-            "collection": "shop.customers",
-            "batch": 2,
-            "rows": "insert=3 update=5",
-            "lake_version": 1,
-            "warehouse_rows": 505,
-            "load_reason": "incremental",
-        },
-        {
-            "collection": "shop.orders",
-            "batch": 12,
-            "rows": "-",
-            "lake_version": 10,
-            "warehouse_rows": 529,
-            "load_reason": "first load",
-        },
+        quickstart.CollectionFigures(
+            "shop.customers", "2", "insert=3 update=5", "1", "505", "incremental"
+        ),
+        quickstart.CollectionFigures("shop.orders", "12", "-", "10", "529", "first load"),
     ]
     lines = quickstart.format_table(rows).splitlines()
-    assert lines[0].split() == list(rows[0])
+    assert lines[0].split() == [
+        "collection",
+        "batch",
+        "rows",
+        "lake_version",
+        "warehouse_rows",
+        "load_reason",
+    ]
     assert set(lines[1].replace(" ", "")) == {"-"}
     assert lines[2].split()[:3] == ["shop.customers", "2", "insert=3"]
     assert lines[2].split()[-1] == "incremental" and lines[3].split()[-2:] == ["first", "load"]
@@ -109,3 +104,40 @@ def test_the_run_is_found_by_the_id_its_launch_printed():
         "42fabe12-f841-456a-8a16-6979e5824c4d - 3986 - RUN_START - Started execution of run\n"
     )
     assert quickstart._RUN_START.search(line)["run_id"] == "42fabe12-f841-456a-8a16-6979e5824c4d"
+
+
+def test_figures_are_read_from_the_runs_materializations_per_collection():
+    from dagster import (
+        DagsterInstance,
+        MaterializeResult,
+        StaticPartitionsDefinition,
+        asset,
+        materialize,
+    )
+
+    collections = StaticPartitionsDefinition(["shop.customers", "shop.orders"])
+    figures = {
+        "cdc_raw_batches": {"batch": 2, "rows_by_op": {"update": 5, "insert": 3}},
+        "lake_table": {"table_version": 1},
+        "warehouse_table": {"dagster/row_count": 505, "load_reason": "incremental"},
+    }
+
+    def stage(name):
+        @asset(name=name, partitions_def=collections)
+        def _stage(context):
+            return MaterializeResult(metadata=figures[name])
+
+        return _stage
+
+    instance = DagsterInstance.ephemeral()
+    result = materialize(
+        [stage(name) for name in figures], instance=instance, partition_key="shop.orders"
+    )
+    (orders, customers) = quickstart.collection_figures(
+        instance, result.run_id, ["shop.orders", "shop.customers"]
+    )
+    assert orders == quickstart.CollectionFigures(
+        "shop.orders", "2", "insert=3 update=5", "1", "505", "incremental"
+    )
+    # a collection the run did not materialize shows dashes, not an older run's figures
+    assert customers == quickstart.CollectionFigures("shop.customers", *["-"] * 5)

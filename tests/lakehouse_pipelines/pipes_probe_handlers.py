@@ -48,5 +48,5 @@ def per_collection(event, context):
         pipes.report_asset_check(
             check_name="probe_check",
             passed=collection != "c13",
-            metadata={"figure": {"raw_value": int(collection[1:]), "type": "int"}},
+            metadata={"figure": {"raw_value": len(collection), "type": "int"}},
         )

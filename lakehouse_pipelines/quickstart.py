@@ -137,18 +137,19 @@ def collection_figures(
 ) -> list[CollectionFigures]:
     """Per collection, the figures run ``run_id``'s materializations recorded (from their
     metadata: cdc_raw_batches ``batch``/``rows_by_op``, lake_table ``table_version``,
-    warehouse_table ``dagster/row_count``/``load_reason``)."""
-    from dagster import AssetKey, AssetRecordsFilter
+    warehouse_table ``dagster/row_count``/``load_reason``). Read from the run's own events, not
+    from the latest materialization: a sensor's run may have materialized a stage since."""
+    from dagster import DagsterEventType
+
+    recorded: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for record in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
+        materialization = record.asset_materialization
+        if materialization is not None and materialization.partition is not None:
+            key = (materialization.asset_key.to_user_string(), materialization.partition)
+            recorded[key] = {k: v.value for k, v in materialization.metadata.items()}
 
     def latest(asset: str, partition: str) -> Mapping[str, Any]:
-        records = instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]),
-            limit=1,
-            ascending=False,
-        ).records
-        if not records or records[0].run_id != run_id or not records[0].asset_materialization:
-            return {}
-        return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+        return recorded.get((asset, partition), {})
 
     rows = []
     for partition in partitions:

@@ -106,7 +106,7 @@ def test_the_run_is_found_by_the_id_its_launch_printed():
     assert quickstart._RUN_START.search(line)["run_id"] == "42fabe12-f841-456a-8a16-6979e5824c4d"
 
 
-def test_figures_are_read_from_the_runs_materializations_per_collection():
+def test_figures_are_this_runs_own_per_collection_even_after_a_later_run():
     from dagster import (
         DagsterInstance,
         MaterializeResult,
@@ -133,6 +133,9 @@ def test_figures_are_read_from_the_runs_materializations_per_collection():
     result = materialize(
         [stage(name) for name in figures], instance=instance, partition_key="shop.orders"
     )
+    # a later run (a sensor's merge, say) materializes lake_table again with other figures
+    figures["lake_table"] = {"table_version": 7}
+    materialize([stage("lake_table")], instance=instance, partition_key="shop.orders")
     (orders, customers) = quickstart.collection_figures(
         instance, result.run_id, ["shop.orders", "shop.customers"]
     )

@@ -6,16 +6,64 @@ are the ones the local runtime and ``LambdaPipes`` use. All functions ship as on
 ``ImageConfig.Command``. The role grants only what the handlers do: read/write the lake prefix,
 write Pipes messages, put metrics in the pipeline's namespace, read the DocumentDB secret.
 
+Pipes messages get their own bucket (output ``PipesBucketName``: set ``LAKEHOUSE_PIPES_BUCKET`` to
+it). The orchestrator deletes each invocation's messages once read; the bucket's lifecycle rule
+expires whatever a crash leaves under ``_dagster_pipes/`` after ``PIPES_MESSAGE_EXPIRY_DAYS``.
+
     python -m lakehouse_pipelines.deploy_template > deploy/template.yaml
 """
 
+import copy
 from typing import Any
 
 import yaml
 
-from lambda_functions.registry import FUNCTIONS, FunctionSpec
+from lakehouse_pipelines.resources.pipes_messages import PIPES_MESSAGE_PREFIX
+from lambda_functions.registry import FUNCTIONS, FunctionSpec, function_environment
 
 DEFAULT_RESERVED_CONCURRENCY = 8  # keep the Dagster pool (deploy/dagster.yaml) below this
+# Days after which S3 expires Pipes message objects the orchestrator did not delete (the smallest
+# lifecycle expiration S3 accepts is one day).
+PIPES_MESSAGE_EXPIRY_DAYS = 1
+
+
+def pipes_messages_bucket() -> dict[str, Any]:
+    """The Pipes messages bucket: private, encrypted, messages expired by a lifecycle rule."""
+    return {
+        "Type": "AWS::S3::Bucket",
+        "Properties": {
+            "BucketEncryption": {
+                "ServerSideEncryptionConfiguration": [
+                    {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+                ]
+            },
+            "PublicAccessBlockConfiguration": {
+                "BlockPublicAcls": True,
+                "BlockPublicPolicy": True,
+                "IgnorePublicAcls": True,
+                "RestrictPublicBuckets": True,
+            },
+            "LifecycleConfiguration": {
+                "Rules": [
+                    {
+                        "Id": "ExpirePipesMessages",
+                        "Status": "Enabled",
+                        "Prefix": f"{PIPES_MESSAGE_PREFIX}/",
+                        "ExpirationInDays": PIPES_MESSAGE_EXPIRY_DAYS,
+                        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+                    }
+                ]
+            },
+        },
+    }
+
+
+# The deployed value of every variable a FunctionSpec may list in ``environment`` (the local
+# runtime takes the same names' values from the settings: resources.local_function_values).
+VARIABLE_VALUES: dict[str, Any] = {
+    "LAKEHOUSE_METRICS_NAMESPACE": {"Ref": "MetricsNamespace"},
+    "LAKEHOUSE_LAKE_URI": {"Fn::Sub": "s3://${LakeBucketName}/${LakePrefix}"},
+}
 
 
 def _logical_id(spec: FunctionSpec) -> str:
@@ -25,8 +73,11 @@ def _logical_id(spec: FunctionSpec) -> str:
 def render_template() -> dict[str, Any]:
     lake_arn = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${LakeBucketName}"}
     lake_objects = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${LakeBucketName}/${LakePrefix}*"}
-    pipes_objects = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${PipesBucketName}/*"}
+    pipes_objects = {
+        "Fn::Sub": f"arn:${{AWS::Partition}}:s3:::${{PipesMessagesBucket}}/{PIPES_MESSAGE_PREFIX}/*"
+    }
     resources: dict[str, Any] = {
+        "PipesMessagesBucket": pipes_messages_bucket(),
         "FunctionRole": {
             "Type": "AWS::IAM::Role",
             "Properties": {
@@ -128,7 +179,7 @@ def render_template() -> dict[str, Any]:
                     }
                 ],
             },
-        }
+        },
     }
     for spec in FUNCTIONS.values():
         resources[_logical_id(spec)] = {
@@ -144,7 +195,7 @@ def render_template() -> dict[str, Any]:
                 "ReservedConcurrentExecutions": {"Ref": "ReservedConcurrency"},
                 "Role": {"Fn::GetAtt": ["FunctionRole", "Arn"]},
                 "Environment": {
-                    "Variables": {"LAKEHOUSE_METRICS_NAMESPACE": {"Ref": "MetricsNamespace"}}
+                    "Variables": copy.deepcopy(function_environment(spec, VARIABLE_VALUES))
                 },
             },
         }
@@ -160,10 +211,6 @@ def render_template() -> dict[str, Any]:
             },
             "LakeBucketName": {"Type": "String"},
             "LakePrefix": {"Type": "String", "Default": "lake/"},
-            "PipesBucketName": {
-                "Type": "String",
-                "Description": "bucket for Pipes messages (LAKEHOUSE_PIPES_BUCKET)",
-            },
             "MetricsNamespace": {"Type": "String", "Default": "Lakehouse/Pipelines"},
             "DocumentDbSecretArn": {
                 "Type": "String",
@@ -187,6 +234,12 @@ def render_template() -> dict[str, Any]:
         "Resources": resources,
         "Outputs": {
             "FunctionRoleArn": {"Value": {"Fn::GetAtt": ["FunctionRole", "Arn"]}},
+            "PipesBucketName": {
+                "Description": "set LAKEHOUSE_PIPES_BUCKET to this; the orchestrator needs "
+                f"s3:GetObject and s3:DeleteObject on {PIPES_MESSAGE_PREFIX}/* in it and "
+                "s3:ListBucket on it",
+                "Value": {"Ref": "PipesMessagesBucket"},
+            },
         },
     }
 

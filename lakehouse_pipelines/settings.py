@@ -170,7 +170,9 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
     "LAKEHOUSE_PIPES_BUCKET": (
         "",
         "<bucket of LAKEHOUSE_LAKE_URI>",
-        "aws: S3 bucket the Lambdas write Pipes messages to",
+        "aws: S3 bucket the Lambdas write Pipes messages to (under `_dagster_pipes/`, deleted once "
+        "read; `deploy/template.yaml` creates one whose lifecycle rule expires leftovers: its "
+        "output `PipesBucketName`)",
     ),
     "LAKEHOUSE_METRICS_NAMESPACE": (
         "Lakehouse/Pipelines",
@@ -297,10 +299,30 @@ class LakehouseSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LakehouseSettings:
+        """Read and check every variable.
+
+        Raises:
+            SettingsError: naming *every* wrong or missing variable with its fix, one per line
+                (not only the first), so one round of corrections is enough.
+        """
         environ = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        def attempt(read: Callable[[], Any], fallback: Any) -> Any:
+            """``read()``, or ``fallback`` with its problem recorded (reported all at once)."""
+            try:
+                return read()
+            except SettingsError as error:
+                problems.append(str(error))
+                return fallback
+
+        def problem(message: str) -> None:
+            problems.append(message)
+
         env = environ.get("LAKEHOUSE_ENV", "local").strip().lower() or "local"
         if env not in ("local", "aws"):
-            raise SettingsError(f"LAKEHOUSE_ENV={env!r}: use 'local' or 'aws'")
+            problem(f"LAKEHOUSE_ENV={env!r}: use 'local' or 'aws'")
+            env = "local"
         column = 0 if env == "local" else 1
 
         def get(name: str) -> str:
@@ -309,18 +331,19 @@ class LakehouseSettings:
                 return value.strip()
             default = VARIABLES[name][column]
             if default is None:
-                raise SettingsError(
-                    f"{name} is required when LAKEHOUSE_ENV={env} ({VARIABLES[name][2]})"
-                )
+                problem(f"{name} is required when LAKEHOUSE_ENV={env} ({VARIABLES[name][2]})")
+                return ""
             return default
 
-        def typed(name: str, convert: Callable[[str, str], Any]) -> Any:
-            return convert(get(name), name)
+        def typed(name: str, convert: Callable[[str, str], Any], fallback: Any = 0) -> Any:
+            value = get(name)
+            return attempt(lambda: convert(value, name), fallback) if value else fallback
 
         def choice(name: str, *options: str) -> str:
             value = get(name)
             if value not in options:
-                raise SettingsError(f"{name}={value!r}: use " + " or ".join(map(repr, options)))
+                problem(f"{name}={value!r}: use " + " or ".join(map(repr, options)))
+                return options[0]
             return value
 
         root = Path(get("LAKEHOUSE_ROOT")).expanduser().resolve()
@@ -329,20 +352,23 @@ class LakehouseSettings:
             return value.replace("<LAKEHOUSE_ROOT>", str(root))
 
         lake_uri = under_root(get("LAKEHOUSE_LAKE_URI"))
-        collections = _collections(get("LAKEHOUSE_COLLECTIONS"))
-        fanout = typed("LAKEHOUSE_FANOUT_CONCURRENCY", _int)
+        collections_value = get("LAKEHOUSE_COLLECTIONS")
+        collections = (
+            attempt(lambda: _collections(collections_value), ()) if collections_value else ()
+        )
+        fanout = typed("LAKEHOUSE_FANOUT_CONCURRENCY", _int, 1)
         if fanout < 1:
-            raise SettingsError("LAKEHOUSE_FANOUT_CONCURRENCY must be 1 or more")
-        retention = typed("LAKEHOUSE_VACUUM_RETENTION_HOURS", _int)
+            problem("LAKEHOUSE_FANOUT_CONCURRENCY must be 1 or more")
+        retention = typed("LAKEHOUSE_VACUUM_RETENTION_HOURS", _int, 168)
         if retention < 1:
             # A merge in flight still references files it read; vacuum must never reach them.
-            raise SettingsError(
+            problem(
                 "LAKEHOUSE_VACUUM_RETENTION_HOURS must be at least 1 (a merge runs for up to 15 "
                 "minutes and its files must outlive it; 168 keeps a week of time travel)"
             )
-        tombstone_retention = typed("LAKEHOUSE_TOMBSTONE_RETENTION_HOURS", _int)
+        tombstone_retention = typed("LAKEHOUSE_TOMBSTONE_RETENTION_HOURS", _int, 168)
         if tombstone_retention < 1:
-            raise SettingsError(
+            problem(
                 "LAKEHOUSE_TOMBSTONE_RETENTION_HOURS must be at least 1 (168, DocumentDB's "
                 "longest change-stream retention, keeps late changes from resurrecting deletes)"
             )
@@ -350,13 +376,11 @@ class LakehouseSettings:
         if pipes_bucket.startswith("<"):
             parsed = urlparse(lake_uri)
             if parsed.scheme != "s3":
-                raise SettingsError(
-                    "LAKEHOUSE_PIPES_BUCKET is required when the lake is not on S3 in aws mode"
-                )
+                problem("LAKEHOUSE_PIPES_BUCKET is required when the lake is not on S3 in aws mode")
             pipes_bucket = parsed.netloc
         namespace_metrics = get("LAKEHOUSE_METRICS_NAMESPACE")
         if namespace_metrics.startswith("AWS/"):
-            raise SettingsError("LAKEHOUSE_METRICS_NAMESPACE must not start with 'AWS/' (reserved)")
+            problem("LAKEHOUSE_METRICS_NAMESPACE must not start with 'AWS/' (reserved)")
         for cron_variable in (
             "LAKEHOUSE_CAPTURE_CRON",
             "LAKEHOUSE_MERGE_CRON",
@@ -367,27 +391,28 @@ class LakehouseSettings:
         ):
             cron = get(cron_variable)
             if cron and not is_valid_cron_string(cron):
-                raise SettingsError(
+                problem(
                     f"{cron_variable}={cron!r} is not a cron string (e.g. '*/15 * * * *'), "
                     "or leave it empty for no schedule"
                 )
-        audit_buckets = typed("LAKEHOUSE_AUDIT_BUCKETS_PER_RUN", _int)
+        audit_buckets = typed("LAKEHOUSE_AUDIT_BUCKETS_PER_RUN", _int, 1)
         if not 1 <= audit_buckets <= SOURCE_AUDIT_BUCKETS:
-            raise SettingsError(
+            problem(
                 f"LAKEHOUSE_AUDIT_BUCKETS_PER_RUN must be 1 to {SOURCE_AUDIT_BUCKETS} (the "
                 "share of keys one source audit compares is this / 64)"
             )
         warehouse_schema = get("LAKEHOUSE_WAREHOUSE_SCHEMA")
         schema_problem = warehouse_name_problem(warehouse_schema, "warehouse schema")
         if schema_problem:
-            raise SettingsError(f"LAKEHOUSE_WAREHOUSE_SCHEMA: {schema_problem}")
-        freshness_warn = typed("LAKEHOUSE_FRESHNESS_WARN_MINUTES", _float)
-        freshness_fail = typed("LAKEHOUSE_FRESHNESS_FAIL_MINUTES", _float)
+            problem(f"LAKEHOUSE_WAREHOUSE_SCHEMA: {schema_problem}")
+        freshness_warn = typed("LAKEHOUSE_FRESHNESS_WARN_MINUTES", _float, 0.0)
+        freshness_fail = typed("LAKEHOUSE_FRESHNESS_FAIL_MINUTES", _float, 1.0)
         if freshness_warn >= freshness_fail:
-            raise SettingsError(
+            problem(
                 "LAKEHOUSE_FRESHNESS_WARN_MINUTES must be below LAKEHOUSE_FRESHNESS_FAIL_MINUTES"
             )
-        return cls(
+        warehouse_kind = choice("LAKEHOUSE_WAREHOUSE", "duckdb", "redshift")
+        settings = cls(
             env=env,
             root=root,
             lake_uri=lake_uri,
@@ -396,7 +421,7 @@ class LakehouseSettings:
             source_kind=choice("LAKEHOUSE_SOURCE", "embedded", "documentdb"),
             source_location=under_root(get("LAKEHOUSE_SOURCE_LOCATION")),
             demo_changes=typed("LAKEHOUSE_DEMO_CHANGES", _int),
-            warehouse_kind=choice("LAKEHOUSE_WAREHOUSE", "duckdb", "redshift"),
+            warehouse_kind=warehouse_kind,
             duckdb_path=under_root(get("LAKEHOUSE_DUCKDB_PATH")),
             warehouse_schema=warehouse_schema,
             capture_cron=get("LAKEHOUSE_CAPTURE_CRON"),
@@ -419,11 +444,16 @@ class LakehouseSettings:
             queue_stuck_seconds=typed("LAKEHOUSE_QUEUE_STUCK_SECONDS", _float),
             max_failure_rate=typed("LAKEHOUSE_MAX_FAILURE_RATE", _float),
             dashboard_name=get("LAKEHOUSE_DASHBOARD_NAME"),
-            warehouse_projection=_projection(get("LAKEHOUSE_WAREHOUSE_PROJECTION")),
+            warehouse_projection=attempt(
+                lambda: _projection(get("LAKEHOUSE_WAREHOUSE_PROJECTION"), warehouse_kind),
+                {},
+            ),
             warehouse_table_names=choice(
                 "LAKEHOUSE_WAREHOUSE_TABLE_NAMES", "collection", "database_collection"
             ),
-            warehouse_table_overrides=_table_overrides(get("LAKEHOUSE_WAREHOUSE_TABLE_OVERRIDES")),
+            warehouse_table_overrides=attempt(
+                lambda: _table_overrides(get("LAKEHOUSE_WAREHOUSE_TABLE_OVERRIDES")), {}
+            ),
             redshift_database=get("LAKEHOUSE_REDSHIFT_DATABASE"),
             redshift_workgroup=get("LAKEHOUSE_REDSHIFT_WORKGROUP"),
             redshift_cluster=get("LAKEHOUSE_REDSHIFT_CLUSTER"),
@@ -439,8 +469,16 @@ class LakehouseSettings:
             change_stream_retention_seconds=typed(
                 "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS", _int
             ),
-            dms_csv_delimiter=typed("LAKEHOUSE_DMS_CSV_DELIMITER", _delimiter),
+            dms_csv_delimiter=typed("LAKEHOUSE_DMS_CSV_DELIMITER", _delimiter, ","),
         )
+        if len(problems) == 1:
+            raise SettingsError(problems[0])
+        if problems:
+            raise SettingsError(
+                f"{len(problems)} settings are wrong; fix them all before starting again:\n"
+                + "\n".join(f"- {message}" for message in problems)
+            )
+        return settings
 
 
 def split_namespace(namespace: str, variable: str = "collection") -> tuple[str, str]:
@@ -490,9 +528,16 @@ def _collections(value: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _projection(value: str) -> dict[str, str]:
-    """LAKEHOUSE_WAREHOUSE_PROJECTION: a JSON object of field -> SQL type, checked now."""
-    from lambda_functions.warehouse_load.sql_plan import PlanError, parse_projection
+def _projection(value: str, warehouse: str = "duckdb") -> dict[str, str]:
+    """LAKEHOUSE_WAREHOUSE_PROJECTION: a JSON object of field -> SQL type, checked now, also
+    against ``warehouse``'s table and request limits (with the longest table names: a projection
+    accepted here fits every collection's load)."""
+    from lambda_functions.warehouse_load.sql_plan import (
+        REDSHIFT,
+        PlanError,
+        check_projection_limits,
+        parse_projection,
+    )
 
     try:
         projection = json.loads(value)
@@ -506,7 +551,9 @@ def _projection(value: str) -> dict[str, str]:
             '{"status": "VARCHAR(32)", "total": "DECIMAL(18,2)"}'
         )
     try:
-        parse_projection(projection)
+        columns = parse_projection(projection)
+        if warehouse == "redshift":
+            check_projection_limits(REDSHIFT, columns)
     except PlanError as error:
         raise SettingsError(f"LAKEHOUSE_WAREHOUSE_PROJECTION: {error}") from None
     return projection

@@ -9,6 +9,7 @@ Secrets never travel in events: requests name where credentials live, never the 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -98,6 +99,20 @@ def validate_warehouse_name(value: str, what: str) -> str:
     if problem:
         raise InvalidRequestError(problem)
     return value
+
+
+def closest_names(name: str, existing: list[str] | tuple[str, ...], limit: int = 3) -> list[str]:
+    """The names of ``existing`` closest to ``name`` (a likely typo's intended name), best first.
+
+    Args:
+        name: the name that was not found, e.g. ``"ordrs"``.
+        existing: the names that exist.
+        limit: at most this many suggestions.
+
+    Returns:
+        Up to ``limit`` names (``difflib`` ratio 0.6 or more); empty when none is close.
+    """
+    return difflib.get_close_matches(name, list(existing), n=limit, cutoff=0.6)
 
 
 def validate_name(value: str, what: str) -> str:
@@ -317,8 +332,10 @@ class LoadRequest(CollectionRequest):
         validate_warehouse_name(self.target_schema, "warehouse schema")
         validate_warehouse_name(self.table_name, "warehouse table")
         from lambda_functions.warehouse_load.sql_plan import (
+            REDSHIFT,
             PlanError,
             UnsafeSqlValueError,
+            check_projection_limits,
             checked_iam_role,
             parse_projection,
         )
@@ -326,7 +343,11 @@ class LoadRequest(CollectionRequest):
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.projection.items()):
             raise InvalidRequestError("projection must map field names to SQL type names")
         try:
-            parse_projection(self.projection)
+            projection = parse_projection(self.projection)
+            if self.warehouse_kind == "redshift":
+                check_projection_limits(
+                    REDSHIFT, projection, schema=self.target_schema, table=self.table_name
+                )
         except PlanError as error:
             raise InvalidRequestError(str(error)) from None
         if self.warehouse_kind == "redshift":

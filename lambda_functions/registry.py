@@ -1,12 +1,20 @@
-"""The one list of Lambda functions: name, handler, timeout and memory.
+"""The one list of Lambda functions: name, handler, timeout, memory and configured variables.
 
 The AWS deployment (template in ``deploy/``) and the local Lambda runtime both read these
-specs, so a function is called by the same name everywhere.
+specs, so a function is called by the same name everywhere and its handler sees the same
+configured environment variables (``function_environment``) in both.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
+
+V = TypeVar("V")
+
+# Configured on every deployed function (the handlers' EMF metrics read it).
+COMMON_ENVIRONMENT: tuple[str, ...] = ("LAKEHOUSE_METRICS_NAMESPACE",)
 
 
 @dataclass(frozen=True)
@@ -18,6 +26,23 @@ class FunctionSpec:
     timeout_s: int = 900
     memory_mb: int = 1024
     description: str = ""
+    # The names of the function's configured environment variables (its Environment.Variables);
+    # each deployment supplies their values: see ``function_environment``.
+    environment: tuple[str, ...] = ()
+
+
+def function_environment(spec: FunctionSpec, values: Mapping[str, V]) -> dict[str, V]:
+    """The function's ``Environment.Variables``: each variable ``spec.environment`` names, with
+    its value from ``values`` (a CloudFormation expression in the deploy template, the local
+    settings' value in the local runtime). A variable the deployment cannot supply is an error,
+    never silently left out."""
+    missing = [name for name in spec.environment if name not in values]
+    if missing:
+        raise ValueError(
+            f"function {spec.name} is configured with {missing}, but this deployment supplies "
+            f"no value for them (it supplies {sorted(values)})"
+        )
+    return {name: values[name] for name in spec.environment}
 
 
 CDC_CAPTURE = FunctionSpec(
@@ -25,6 +50,7 @@ CDC_CAPTURE = FunctionSpec(
     handler="lambda_functions.cdc_capture.handler.handler",
     timeout_s=900,
     memory_mb=1024,
+    environment=COMMON_ENVIRONMENT,
     description="Captures DocumentDB changes into the S3 raw zone as atomic batches.",
 )
 MERGE = FunctionSpec(
@@ -32,6 +58,7 @@ MERGE = FunctionSpec(
     handler="lambda_functions.merge.handler.handler",
     timeout_s=900,
     memory_mb=3008,
+    environment=COMMON_ENVIRONMENT,
     description="Upserts pending raw batches into the Delta lake table (latest change wins).",
 )
 LAKE_MAINTENANCE = FunctionSpec(
@@ -39,6 +66,7 @@ LAKE_MAINTENANCE = FunctionSpec(
     handler="lambda_functions.merge.maintenance_handler.handler",
     timeout_s=900,
     memory_mb=3008,
+    environment=COMMON_ENVIRONMENT,
     description="Compacts the lake table's cold partitions (z-order by _id) and vacuums "
     "unreferenced files.",
 )
@@ -47,6 +75,7 @@ WAREHOUSE_LOAD = FunctionSpec(
     handler="lambda_functions.warehouse_load.handler.handler",
     timeout_s=900,
     memory_mb=2048,
+    environment=COMMON_ENVIRONMENT,
     description="Loads the lake table's changes into the warehouse in one transaction.",
 )
 
@@ -55,6 +84,7 @@ DMS_INGEST = FunctionSpec(
     handler="lambda_functions.cdc_capture.dms_handler.handler",
     timeout_s=900,
     memory_mb=2048,
+    environment=COMMON_ENVIRONMENT,
     description="Ingests AWS DMS output files (full load + CDC) into the S3 raw zone as batches.",
 )
 MQ_INGEST = FunctionSpec(
@@ -62,6 +92,8 @@ MQ_INGEST = FunctionSpec(
     handler="lambda_functions.cdc_capture.mq_handler.handler",
     timeout_s=300,
     memory_mb=1024,
+    # an event-source mapping invokes it with the broker's messages: its lake comes from here
+    environment=(*COMMON_ENVIRONMENT, "LAKEHOUSE_LAKE_URI"),
     description="Amazon MQ / SQS event source: change-event messages into the raw zone.",
 )
 SOURCE_AUDIT = FunctionSpec(
@@ -69,6 +101,7 @@ SOURCE_AUDIT = FunctionSpec(
     handler="lambda_functions.cdc_capture.audit_handler.handler",
     timeout_s=900,
     memory_mb=2048,
+    environment=COMMON_ENVIRONMENT,
     description="Audits a collection: the source (read from a secondary) against its lake "
     "table, by key-hash bucket.",
 )

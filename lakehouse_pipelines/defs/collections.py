@@ -57,7 +57,12 @@ from dagster._utils.warnings import disable_dagster_warnings
 from lakehouse_pipelines.resources import LambdaPipes
 from lakehouse_pipelines.settings import LakehouseSettings, split_namespace
 from lakehouse_pipelines.warehouse_names import assign_warehouse_tables
-from lambda_functions.contracts import CollectionRequest, name_problem, validate_name
+from lambda_functions.contracts import (
+    CollectionRequest,
+    closest_names,
+    name_problem,
+    validate_name,
+)
 from lambda_functions.lake import list_namespaces, open_store
 from lambda_functions.registry import FunctionSpec
 
@@ -125,12 +130,17 @@ class DiscoveryError(RuntimeError):
 
 
 def list_source_collections(settings: LakehouseSettings, database: str) -> list[str]:
-    """The collections the source has in ``database`` (for ``database.*`` patterns)."""
+    """The collections the source has in ``database`` (for ``database.*`` patterns, and to
+    catch a misspelt name). The embedded source also counts the demo collections, which its
+    demo workload creates on their first capture."""
     if settings.source_kind == "embedded":
+        from lambda_functions.cdc_capture.demo_workload import DEMO_COLLECTIONS
         from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
 
         with EmbeddedChangeStreamSource(settings.source_location) as source:
-            return source.list_collection_names(database)
+            names = set(source.list_collection_names(database))
+        demo = {ns.split(".", 1)[1] for ns in DEMO_COLLECTIONS if ns.startswith(f"{database}.")}
+        return sorted(names | demo)
     from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource
     from lambda_functions.contracts import CaptureRequest
 
@@ -168,6 +178,9 @@ class Discovery:
 
     collections: list[str] = field(default_factory=list)  # sorted
     problems: list[str] = field(default_factory=list)
+    # Configured names the source does not have (registered all the same: capture then fails
+    # for them naming the closest names), each with the closest existing names.
+    unknown: list[str] = field(default_factory=list)
 
 
 def discover(settings: LakehouseSettings) -> Discovery:
@@ -177,10 +190,12 @@ def discover(settings: LakehouseSettings) -> Discovery:
     a problem of its own: the rest is still discovered (and registered)."""
     found: set[str] = set()
     problems: list[str] = []
+    named: list[str] = []
     for pattern in settings.collections:
         database, collection = split_namespace(pattern)
         if collection != "*":
             found.add(pattern)
+            named.append(pattern)
             continue
         try:
             found.update(
@@ -192,7 +207,8 @@ def discover(settings: LakehouseSettings) -> Discovery:
                 f"{pattern!r} failed: {error}. Check the source connection settings, or list "
                 "the collections by name."
             )
-    for namespace in list_namespaces(open_store(settings.lake_uri)):
+    raw_zone = list_namespaces(open_store(settings.lake_uri))
+    for namespace in raw_zone:
         database, _, collection = namespace.partition(".")
         problem = name_problem(database) or name_problem(collection)
         if problem:
@@ -204,7 +220,38 @@ def discover(settings: LakehouseSettings) -> Discovery:
             )
             continue
         found.add(namespace)
-    return Discovery(sorted(found), problems)
+    unknown = _not_in_source(settings, [ns for ns in named if ns not in raw_zone])
+    return Discovery(sorted(found), problems, unknown)
+
+
+def _not_in_source(settings: LakehouseSettings, namespaces: list[str]) -> list[str]:
+    """A warning for each configured collection the source does not list, naming the closest
+    names it has (a typo such as ``shop.ordrs``). Collections that already have raw-zone
+    batches (DMS, MQ) are not asked about; a listing that fails warns nothing (the capture of
+    the collection will say what is wrong)."""
+    warnings = []
+    listed: dict[str, list[str] | None] = {}
+    for namespace in namespaces:
+        database, collection = split_namespace(namespace)
+        if database not in listed:
+            try:
+                listed[database] = list_source_collections(settings, database)
+            except Exception:
+                listed[database] = None
+        existing = listed[database]
+        if existing is None or collection in existing:
+            continue
+        close = [f"{database}.{name}" for name in closest_names(collection, existing)]
+        warnings.append(
+            f"LAKEHOUSE_COLLECTIONS names {namespace}, which the source does not have "
+            + (
+                f"(closest: {', '.join(close)})"
+                if close
+                else f"(database {database!r} has: {', '.join(existing) or 'no collection'})"
+            )
+            + "; its capture will fail until the name is fixed or the collection exists"
+        )
+    return warnings
 
 
 def discover_collections(settings: LakehouseSettings) -> list[str]:
@@ -256,8 +303,10 @@ def collections_schedule(
 
 def _new_collections(
     instance: DagsterInstance, settings: LakehouseSettings
-) -> tuple[list[str], list[str]]:
-    """Collections to register, and what was withheld, each with its reason and fix: a
+) -> tuple[list[str], list[str], list[str]]:
+    """Collections to register, what was withheld, and configured names the source does not
+    have (registered, with a warning naming the closest names). Withheld, each with its reason
+    and fix: a
     collection whose warehouse table is taken (names compared as the warehouses fold them) or
     is not a name the warehouse accepts, a pattern whose listing failed, a raw-zone folder that
     is not a collection name. None of them keeps the others from being registered."""
@@ -276,7 +325,7 @@ def _new_collections(
         for key in candidates
         if key in assigned.refused
     ]
-    return new, [*discovery.problems, *withheld]
+    return new, [*discovery.problems, *withheld], discovery.unknown
 
 
 @sensor(
@@ -290,8 +339,8 @@ def _new_collections(
 def collections_sensor(
     context: SensorEvaluationContext, lakehouse: ResourceParam[LakehouseSettings]
 ) -> SensorResult | SkipReason:
-    new, withheld = _new_collections(context.instance, lakehouse)
-    for reason in withheld:
+    new, withheld, unknown = _new_collections(context.instance, lakehouse)
+    for reason in [*withheld, *unknown]:
         context.log.warning(reason)
     if not new:
         return SkipReason("; ".join(withheld) or "no new collection")
@@ -305,8 +354,8 @@ def collections_sensor(
 def discover_and_register(
     context: OpExecutionContext, lakehouse: ResourceParam[LakehouseSettings]
 ) -> None:
-    new, withheld = _new_collections(context.instance, lakehouse)
-    for reason in withheld:
+    new, withheld, unknown = _new_collections(context.instance, lakehouse)
+    for reason in [*withheld, *unknown]:
         context.log.warning(reason)
     if new:
         context.instance.add_dynamic_partitions(COLLECTIONS.name, new)
@@ -316,6 +365,7 @@ def discover_and_register(
         {
             "new_collections": MetadataValue.json(new),
             "withheld": MetadataValue.json(withheld),
+            "not_in_source": MetadataValue.json(unknown),
             "collections": MetadataValue.json(registered),
             "collection_count": MetadataValue.int(len(registered)),
         }

@@ -42,7 +42,8 @@ from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 from botocore.validate import validate_parameters
 
-from lambda_functions.registry import FUNCTIONS, FunctionSpec
+import lambda_functions
+from lambda_functions.registry import FUNCTIONS, FunctionSpec, function_environment
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +53,27 @@ RESPONSE_PAYLOAD_LIMIT = 6_291_556  # bytes, what Lambda lets a function return
 LOG_TAIL_BYTES = 4096  # LogResult size
 MEMORY_POLL_S = 0.025
 WORKER_SCRIPT = str(Path(__file__).with_name("worker.py"))
-_RESERVED_ENV = {  # set by the runtime for each function, as Lambda does
-    *("_HANDLER", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EXECUTION_ENV"),
+# Lambda's "defined runtime environment variables". The reserved ones cannot be configured on a
+# function; the runtime sets them for each function, as Lambda does (_X_AMZN_TRACE_ID per
+# invocation, in the worker). The credentials are reserved too, but ``environment`` may set
+# them: they stand in for the execution role's.
+_RESERVED_ENV = {
+    *("_HANDLER", "_X_AMZN_TRACE_ID", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EXECUTION_ENV"),
     *("AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION"),
     *("AWS_LAMBDA_INITIALIZATION_TYPE", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME"),
+    *("AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR", "TZ"),
 }
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+TASK_ROOT = str(Path(lambda_functions.__file__).resolve().parent.parent)  # /var/task in AWS
+RUNTIME_DIR = str(Path(__file__).resolve().parent)  # /var/runtime in AWS: worker.py's home
+RUNTIME_API = "127.0.0.1:9001"  # as in AWS; nothing listens there locally (pipes, not HTTP)
+_LAMBDA_PATH = "/usr/local/bin:/usr/bin/:/bin:/opt/bin"  # PATH in AWS (after /var/lang/bin)
+_LD_LIBRARY_PATH = os.pathsep.join(  # AWS's, with this Python's lib for /var/lang/lib
+    (
+        *(f"{sys.base_prefix}/lib", "/lib64", "/usr/lib64", RUNTIME_DIR, f"{RUNTIME_DIR}/lib"),
+        *(TASK_ROOT, f"{TASK_ROOT}/lib", "/opt/lib"),
+    )
+)
 _FUNCTION_NAME = re.compile(
     r"(arn:aws[a-zA-Z-]*:lambda:(?P<region>[a-z0-9-]+):)?"
     r"((?P<account>\d{12}):function:)?(?P<name>[a-zA-Z0-9\-_.]+)(:(?P<qualifier>\$LATEST|[a-zA-Z0-9\-_]+))?"
@@ -174,6 +191,7 @@ class _Worker:
     """
 
     def __init__(self, spec: FunctionSpec, env: dict[str, str]) -> None:
+        self.name = spec.name
         # The log: an unlinked temporary file (nothing to clean up), the worker's fd 1 and 2,
         # O_APPEND so its child processes append too; read here with pread at our own offset.
         self._log_fd, path = tempfile.mkstemp(prefix=f"local-lambda-{spec.name}-", suffix=".log")
@@ -298,6 +316,10 @@ class _Worker:
             return f"exit status {code}"
         return f"signal: {(signal.strsignal(-code) or str(-code)).lower()}"
 
+    def alive(self) -> bool:
+        """The process is still running (checked without reaping it)."""
+        return self.process.returncode is None and not self._exited()
+
     def _exited(self) -> bool:
         try:  # WNOWAIT: leave the zombie, so its process group id cannot be reused before killpg
             flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
@@ -330,7 +352,8 @@ class _FunctionPool:
         self._closed = False
 
     def acquire(self, wait_for_capacity: bool) -> _Worker | None:
-        """Reserve one concurrency slot; return the most recently used idle worker, if any.
+        """Reserve one concurrency slot; return the most recently used idle worker that is still
+        alive, if any (idle workers found dead are discarded, so the caller starts a cold one).
 
         At the concurrency limit, raise ``TooManyRequestsException`` (or wait, for Event)."""
         with self._changed:
@@ -342,14 +365,28 @@ class _FunctionPool:
             if self._closed:
                 raise RuntimeError("LocalLambdaRuntime is closed; create a new one to invoke")
             self._in_flight += 1
-            worker = self._idle.pop() if self._idle else None
+            worker, dead = None, []
+            while self._idle and worker is None:
+                worker = self._idle.pop()
+                if not worker.alive():  # died while idle: Lambda would start a new environment
+                    dead.append(worker)
+                    worker = None
             if worker is not None:
                 self._busy.add(worker)
-            return worker
+        for corpse in dead:
+            logger.info("an idle %s worker had exited (%s): cold start", corpse.name, corpse.reap())
+            corpse.stop()
+        return worker
 
     def track(self, worker: _Worker) -> None:
         with self._changed:
             self._busy.add(worker)
+
+    def discard(self, worker: _Worker) -> None:
+        """Stop a busy worker that was lost, keeping its invocation's slot."""
+        with self._changed:
+            self._busy.discard(worker)
+        worker.stop()
 
     def release(self, worker: _Worker | None, reusable: bool) -> None:
         """Give back the slot; keep the worker warm if it is ``reusable``, else stop it."""
@@ -476,6 +513,13 @@ def _trace_root() -> str:
     return f"1-{int(time.time()):08x}-{secrets.token_hex(12)}"
 
 
+def configured_region(environ: Mapping[str, str] | None = None) -> str:
+    """The region this process is configured for (``AWS_REGION``, then ``AWS_DEFAULT_REGION``,
+    as botocore reads them), else ``us-east-1``: what workers get as their ``AWS_REGION``."""
+    environ = os.environ if environ is None else environ
+    return environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
 class LocalLambdaRuntime:
     """A stand-in for ``boto3.client("lambda")`` that runs ``functions`` in local processes.
 
@@ -490,12 +534,38 @@ class LocalLambdaRuntime:
 
     ``invoke`` is thread-safe; concurrent invocations of a function run in separate workers,
     up to ``max_concurrency`` per function (then ``TooManyRequestsException``; Event invocations
-    wait for capacity instead, as Lambda's async queue does). Workers get
-    ``os.environ`` + ``environment`` + Lambda's reserved variables, and this process's
-    ``sys.path`` so they import the same code. ``close()`` (or leaving the ``with`` block) waits
-    for Event invocations and ends all workers; workers also exit when this process goes away.
+    wait for capacity instead, as Lambda's async queue does). ``close()`` (or leaving the ``with``
+    block) waits for Event invocations and ends all workers; workers also exit when this process
+    goes away. An idle worker that died is noticed before it is handed out and replaced by a
+    cold start, as Lambda replaces a lost execution environment.
+
+    The handler's environment is built as Lambda builds it, never from this process's:
+
+    - the function's configured variables: the ones its ``FunctionSpec.environment`` lists, with
+      their values from ``variables`` (``function_environment``, which also renders the deploy
+      template), plus ``environment``, variables this local deployment sets on every function
+      (e.g. ``AWS_ENDPOINT_URL`` of a test's moto server);
+    - the variables Lambda defines: ``_HANDLER``, ``AWS_REGION``/``AWS_DEFAULT_REGION``,
+      ``AWS_EXECUTION_ENV``, ``AWS_LAMBDA_FUNCTION_NAME``/``_MEMORY_SIZE``/``_VERSION``,
+      ``AWS_LAMBDA_INITIALIZATION_TYPE``, ``AWS_LAMBDA_LOG_GROUP_NAME`` (``/aws/lambda/<name>``)
+      and ``_LOG_STREAM_NAME``, ``AWS_LAMBDA_RUNTIME_API``, ``TZ=:UTC``, ``_X_AMZN_TRACE_ID``
+      (per invocation), and the overridable ``LANG``, ``PATH``, ``LD_LIBRARY_PATH``. Paths are
+      local stand-ins: ``LAMBDA_TASK_ROOT`` (``/var/task``) is the project directory,
+      ``LAMBDA_RUNTIME_DIR`` (``/var/runtime``) this package, ``PATH`` starts with this
+      Python's directory (``/var/lang/bin``), and ``PYTHONPATH`` is this process's ``sys.path``
+      so the worker imports the same code;
+    - credentials: Lambda injects the execution role's ``AWS_ACCESS_KEY_ID``,
+      ``AWS_SECRET_ACCESS_KEY`` and ``AWS_SESSION_TOKEN``. Locally they come from
+      ``environment`` if it sets any of them, else from this process's environment, each only
+      when set (there is no role to assume; this keeps moto-backed and real-AWS runs working).
+      Nothing else of this process's environment reaches the handler: a handler that reads a
+      variable its function is not configured with fails here as it fails in AWS.
+
+    Workers' ``AWS_REGION`` is ``region`` (default: this process's ``AWS_REGION`` /
+    ``AWS_DEFAULT_REGION``, else ``us-east-1``), as functions deployed in that region see it.
     Not emulated: versions and aliases (only ``$LATEST``), async retries and destinations,
-    CPU scaling with memory, /tmp size, and ``context.identity`` contents.
+    CPU scaling with memory, /tmp size, ``context.identity`` contents, the working directory
+    (this process's, not ``LAMBDA_TASK_ROOT``) and X-Ray (no ``AWS_XRAY_*`` variables).
     """
 
     exceptions = LocalLambdaExceptions
@@ -505,12 +575,14 @@ class LocalLambdaRuntime:
         functions: Mapping[str, FunctionSpec] = FUNCTIONS,
         *,
         environment: Mapping[str, str] | None = None,
-        region: str = "us-east-1",
+        variables: Mapping[str, str] | None = None,
+        region: str | None = None,
         account_id: str = "000000000000",
         log_dir: str | Path | None = None,
         max_concurrency: int | None = None,
     ) -> None:
         environment = dict(environment or {})
+        region = region or configured_region()
         same_region = {
             k for k in ("AWS_REGION", "AWS_DEFAULT_REGION") if environment.get(k) == region
         }
@@ -520,10 +592,28 @@ class LocalLambdaRuntime:
                 f"environment sets {reserved}, which Lambda reserves and this runtime sets for each "
                 "function; remove them from environment (pass region= to choose AWS_REGION)"
             )
+        variables = dict(variables or {})
+        # each function's configured environment, as its deployment gives it (ValueError if a
+        # variable its spec lists has no value here)
+        try:
+            self._configured = {
+                name: {**function_environment(spec, variables), **environment}
+                for name, spec in functions.items()
+            }
+        except ValueError as e:
+            raise ValueError(
+                f"{e}; pass their values as variables= (for the registry's functions: "
+                "lakehouse_pipelines.resources.local_function_values(settings))"
+            ) from None
+        for name, configured in self._configured.items():
+            reserved = sorted(_RESERVED_ENV.intersection(configured) - set(environment))
+            if reserved:
+                raise ValueError(
+                    f"function {name} is configured with reserved variables {reserved}"
+                )
         if max_concurrency is not None and max_concurrency < 0:
             raise ValueError(f"max_concurrency must be None or >= 0, got {max_concurrency}")
         self._functions = dict(functions)
-        self._environment = environment
         self.region, self.account_id = region, account_id
         self._log_dir = Path(log_dir) if log_dir is not None else None
         if self._log_dir is not None:
@@ -659,6 +749,11 @@ class LocalLambdaRuntime:
                 worker = self._start_worker(request.spec)
                 pool.track(worker)
             outcome = _Invocation(request, worker, cold=cold)
+            if outcome.lost_before_start:  # Lambda runs it in a new environment instead
+                pool.discard(worker)  # the slot stays this invocation's
+                worker, cold = self._start_worker(request.spec), True
+                pool.track(worker)
+                outcome = _Invocation(request, worker, cold=True)
             reusable = outcome.worker_reusable
         finally:
             pool.release(worker, reusable)
@@ -669,9 +764,18 @@ class LocalLambdaRuntime:
         stream = f"{now:%Y/%m/%d}/[$LATEST]{uuid.uuid4().hex}"
         python = f"{sys.version_info.major}.{sys.version_info.minor}"
         paths = dict.fromkeys(p or os.getcwd() for p in sys.path)  # the same code as this process
+        configured = self._configured[spec.name]
+        # the execution role's credentials: configured ones, else the caller's (only those set)
+        source = configured if any(k in configured for k in CREDENTIAL_ENV) else os.environ
+        credentials = {k: source[k] for k in CREDENTIAL_ENV if source.get(k)}
         env = {
-            **os.environ,
-            **self._environment,
+            # unreserved variables Lambda sets, which the function's configuration may override
+            "LANG": "en_US.UTF-8",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{_LAMBDA_PATH}",
+            "LD_LIBRARY_PATH": _LD_LIBRARY_PATH,
+            **{k: v for k, v in configured.items() if k not in CREDENTIAL_ENV},
+            **credentials,
+            # reserved: set by Lambda for each function
             "AWS_LAMBDA_FUNCTION_NAME": spec.name,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
@@ -682,6 +786,9 @@ class LocalLambdaRuntime:
             "AWS_REGION": self.region,
             "AWS_DEFAULT_REGION": self.region,
             "TZ": ":UTC",
+            "AWS_LAMBDA_RUNTIME_API": RUNTIME_API,
+            "LAMBDA_TASK_ROOT": TASK_ROOT,
+            "LAMBDA_RUNTIME_DIR": RUNTIME_DIR,
             "_HANDLER": spec.handler,
             "_LOCAL_LAMBDA_PARENT_PID": str(os.getpid()),
             "PYTHONPATH": os.pathsep.join(paths),
@@ -737,6 +844,7 @@ class _Invocation:
         self.body = b""
         self.payload = b""
         self.worker_reusable = False
+        self.lost_before_start = False  # a warm worker found dead when handed the request
         try:
             self._run()
         except BaseException:
@@ -775,6 +883,10 @@ class _Invocation:
         )
         if sent:
             reply = worker.wait(started + self.timeout_s, self.memory_limit_kb)
+        elif not self.cold:  # it died idle after the liveness check: the caller starts a cold one
+            logger.info("a warm %s worker had exited (%s): cold start", worker.name, worker.reap())
+            self.lost_before_start = True
+            return
         else:
             reply = _Reply("exit", exit_detail=worker.reap())
         self.duration_ms = (time.monotonic() - started) * 1000

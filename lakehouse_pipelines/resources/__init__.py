@@ -15,6 +15,16 @@ from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.lake import open_store
 
 
+def local_function_values(settings: LakehouseSettings) -> dict[str, str]:
+    """The local deployment's value of every variable a ``FunctionSpec`` may list in its
+    ``environment`` (the deploy template's ``VARIABLE_VALUES`` give the AWS ones): the local
+    runtime hands each function exactly the variables its spec lists, with these values."""
+    return {
+        "LAKEHOUSE_METRICS_NAMESPACE": settings.metrics_namespace,
+        "LAKEHOUSE_LAKE_URI": settings.lake_uri,
+    }
+
+
 def build_resources(settings: LakehouseSettings) -> dict[str, Any]:
     """Resources for ``settings``: the same keys in both environments, different implementations."""
     if settings.is_aws:
@@ -30,7 +40,11 @@ def build_resources(settings: LakehouseSettings) -> dict[str, Any]:
     else:
         from lakehouse_pipelines.local_lambda import LocalLambdaRuntime
 
-        runtime = LocalLambdaRuntime(log_dir=settings.root / "lambda-logs")
+        runtime = LocalLambdaRuntime(
+            log_dir=settings.root / "lambda-logs",
+            variables=local_function_values(settings),
+            region=settings.aws_region or None,  # as functions deployed in that region see it
+        )
         lambda_pipes = LambdaPipes.local(
             runtime, price_per_gb_second=settings.lambda_price_per_gb_second
         )  # local functions keep their registry names, no prefix
@@ -45,4 +59,5 @@ __all__ = [
     "Metric",
     "MetricsSink",
     "build_resources",
+    "local_function_values",
 ]

@@ -6,6 +6,10 @@ What this adds to a bare ``PipesLambdaClient`` (see DESIGN.md, "The Lambda contr
 - in AWS, a boto3 Lambda client whose read timeout exceeds the longest function timeout and which
   never retries (a retried synchronous invoke would run the function again);
 - one ``PipesLambdaClient`` per invocation (the client keeps per-session state: not thread-safe);
+- an invoke the Lambda service refuses (no such function, access denied, throttled) ends the step
+  at once with the fix: the function never ran, so the reader does not wait for messages and
+  Pipes' "did not receive any messages" warning, which would point at the handler, is dropped;
+- missing region or credentials reported naming the setting to change;
 - the function's log tail forwarded to the step's output, and a function error or timeout raised
   as a ``dagster.Failure`` that carries the Lambda error type, message, stack trace and log tail.
 """
@@ -15,11 +19,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import re
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
+from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
 from dagster import (
     AssetCheckResult,
     Failure,
@@ -28,8 +35,9 @@ from dagster import (
     PipesMessageReader,
     PipesTempFileMessageReader,
 )
-from dagster_aws.pipes import PipesLambdaClient, PipesS3MessageReader
+from dagster_aws.pipes import PipesLambdaClient
 
+from lakehouse_pipelines.resources.pipes_messages import S3PipesMessageReader
 from lambda_functions.contracts import CollectionRequest
 from lambda_functions.registry import FUNCTIONS, FunctionSpec
 
@@ -75,27 +83,45 @@ class _SingleWriterTempFileReader(PipesTempFileMessageReader):
         return 1
 
 
-class _SingleWriterS3Reader(PipesS3MessageReader):
-    """dagster-aws's S3 reader with ``expected_writer_count`` = 1 (see above)."""
-
-    @property
-    def expected_writer_count(self) -> int:
-        return 1
+# Invoke errors with which the Lambda service refuses to run the function at all
+# (https://docs.aws.amazon.com/lambda/latest/api/API_Invoke.html#API_Invoke_Errors), and the fix.
+REFUSED_INVOKE_HINTS = {
+    "ResourceNotFoundException": "Deploy it (sam deploy -t deploy/template.yaml, see deploy/) "
+    "or check LAKEHOUSE_FUNCTION_PREFIX and AWS_REGION.",
+    "AccessDeniedException": "Grant the orchestrator's role lambda:InvokeFunction on the "
+    "function (or check AWS_PROFILE / the credentials in use).",
+    "TooManyRequestsException": "Lambda throttled the invoke: lower LAKEHOUSE_FANOUT_CONCURRENCY "
+    "or the lakehouse_lambda pool's slots (deploy/dagster.yaml) below the function's reserved "
+    "concurrency, or raise that (ReservedConcurrentExecutions in deploy/template.yaml); then "
+    "re-run the step.",
+}
+# Dagster's warning when a session saw no message; after a refused invoke it is expected, and it
+# would wrongly point at the handler.
+_NO_MESSAGES_WARNING = "[pipes] did not receive any messages"
 
 
 class _TailingLambdaClient:
     """Wraps a Lambda client: asks for the log tail and keeps the last response, its request id
-    and decoded log tail for diagnostics."""
+    and decoded log tail for diagnostics. When the service refuses the invoke it records the
+    error and tells the message reader there is nothing to read."""
 
-    def __init__(self, client: Any):
+    def __init__(self, client: Any, message_reader: Any = None):
         self._client = client
+        self._message_reader = message_reader
         self.response: dict[str, Any] | None = None
+        self.refusal: ClientError | None = None
         self.request_id = ""
         self.log_tail = ""
 
     def invoke(self, **kwargs: Any) -> dict[str, Any]:
         kwargs.setdefault("LogType", "Tail")
-        self.response = response = self._client.invoke(**kwargs)
+        try:
+            self.response = response = self._client.invoke(**kwargs)
+        except ClientError as error:
+            self.refusal = error
+            if hasattr(self._message_reader, "invocation_refused"):
+                self._message_reader.invocation_refused()
+            raise
         self.request_id = response.get("ResponseMetadata", {}).get("RequestId", "")
         if "LogResult" in response:
             self.log_tail = base64.b64decode(response["LogResult"]).decode("utf-8", "replace")
@@ -140,14 +166,17 @@ class LambdaPipes:
         """Use AWS Lambda; messages travel through ``pipes_bucket`` in S3."""
         import boto3
 
-        lambda_client = lambda_client or boto3.client(
-            "lambda", region_name=region or None, config=lambda_client_config()
-        )
-        s3_client = s3_client or boto3.client("s3", region_name=region or None)
+        try:
+            lambda_client = lambda_client or boto3.client(
+                "lambda", region_name=region or None, config=lambda_client_config()
+            )
+            s3_client = s3_client or boto3.client("s3", region_name=region or None)
+        except NoRegionError:
+            raise MissingAwsSettingError(NO_REGION_HINT) from None
         return cls(
             lambda_client=lambda_client,
-            message_reader_factory=lambda: _SingleWriterS3Reader(
-                bucket=pipes_bucket, client=s3_client, interval=2
+            message_reader_factory=lambda: S3PipesMessageReader(
+                bucket=pipes_bucket, client=s3_client
             ),
             **options,
         )
@@ -161,24 +190,25 @@ class LambdaPipes:
         """Invoke ``spec`` synchronously with ``request`` and return the materialization it
         reported (with its asset check results), plus the invocation's Lambda figures.
         Raise ``Failure`` if the function fails."""
-        client = _TailingLambdaClient(self.lambda_client)
-        pipes = PipesLambdaClient(client=client, message_reader=self._message_reader_factory())
+        reader = self._message_reader_factory()
+        client = _TailingLambdaClient(self.lambda_client, reader)
+        pipes = PipesLambdaClient(client=client, message_reader=reader)
         name = self.function_name(spec)
         context.log.info(f"Invoking Lambda function {name} for {request.namespace}")
+        quiet = _DropNoMessagesWarningAfterRefusal(client)
+        context.log.addFilter(quiet)
         try:
             invocation = pipes.run(function_name=name, event=request.to_event(), context=context)
         except Exception as error:
             if client.response and "FunctionError" in client.response:
                 raise _function_failure(name, client, error) from None
-            if type(error).__name__ == "ResourceNotFoundException":
-                raise Failure(
-                    description=(
-                        f"Lambda function {name!r} does not exist. Deploy it (see deploy/) or "
-                        "check LAKEHOUSE_FUNCTION_PREFIX and AWS_REGION."
-                    ),
-                ) from error
+            if client.refusal is not None:
+                raise _refused_failure(name, client.refusal) from None
+            if isinstance(error, NoCredentialsError):
+                raise Failure(description=NO_CREDENTIALS_HINT) from None
             raise
         finally:
+            context.log.removeFilter(quiet)
             if client.log_tail:
                 print(client.log_tail, flush=True)  # lands in the step's captured stdout
         reported = invocation.get_materialize_result()
@@ -309,6 +339,57 @@ def _with_collection_figures(
     check: AssetCheckResult, checks: Mapping[str, AssetCheckResult]
 ) -> AssetCheckResult:
     return check._replace(metadata={**(check.metadata or {}), **collection_figures(checks)})
+
+
+class MissingAwsSettingError(ValueError):
+    """AWS cannot be reached as configured; the message names the setting to change."""
+
+
+NO_REGION_HINT = (
+    "No AWS region is configured: set AWS_REGION to the region of the Lambda functions, the lake "
+    "bucket and CloudWatch (e.g. AWS_REGION=eu-west-1), or set region in the AWS profile "
+    "(aws configure set region eu-west-1)."
+)
+NO_CREDENTIALS_HINT = (
+    "No AWS credentials were found: run `aws configure` (or `aws sso login --profile <name>` and "
+    "set AWS_PROFILE), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; on AWS compute, attach "
+    "a role to it."
+)
+
+
+class _DropNoMessagesWarningAfterRefusal(logging.Filter):
+    """Drops Dagster's "no messages" warning for this invocation (this thread) once the service
+    refused the invoke: nothing ran, so the warning is expected and points at the wrong cause."""
+
+    def __init__(self, client: _TailingLambdaClient):
+        super().__init__()
+        self._client = client
+        self._thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            self._client.refusal is not None
+            and threading.get_ident() == self._thread
+            and _NO_MESSAGES_WARNING in str(record.msg)
+        )
+
+
+def _refused_failure(name: str, error: ClientError) -> Failure:
+    code = error.response.get("Error", {}).get("Code", "ClientError")
+    message = error.response.get("Error", {}).get("Message", str(error))
+    if code == "ResourceNotFoundException":
+        lead = f"Lambda function {name!r} does not exist ({message})."
+    else:
+        lead = f"Lambda refused to invoke {name!r}: {code}: {message}."
+    hint = REFUSED_INVOKE_HINTS.get(code, "The function did not run; fix the cause and re-run.")
+    return Failure(
+        description=f"{lead} {hint}",
+        metadata={
+            "function_name": MetadataValue.text(name),
+            "error_code": MetadataValue.text(code),
+            "error_message": MetadataValue.text(message),
+        },
+    )
 
 
 def _function_failure(name: str, client: _TailingLambdaClient, error: Exception) -> Failure:

@@ -109,8 +109,18 @@ class CloudWatchMetrics(MetricsSink):
 
         if namespace.startswith("AWS/"):
             raise ValueError("CloudWatch namespaces starting with 'AWS/' are reserved")
+        from botocore.exceptions import NoRegionError
+
+        from lakehouse_pipelines.resources.lambda_pipes import (
+            NO_REGION_HINT,
+            MissingAwsSettingError,
+        )
+
         self.namespace = namespace
-        self.client = client or boto3.client("cloudwatch", region_name=region or None)
+        try:
+            self.client = client or boto3.client("cloudwatch", region_name=region or None)
+        except NoRegionError:
+            raise MissingAwsSettingError(NO_REGION_HINT) from None
 
     @property
     def location(self) -> str:

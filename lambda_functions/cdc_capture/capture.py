@@ -62,11 +62,12 @@ from lambda_functions.cdc_capture.change_source import ChangeSource
 from lambda_functions.cdc_capture.errors import (
     CaptureError,
     ChangeStreamsDisabledError,
+    CollectionNotFoundError,
     ResumeTokenExpiredError,
 )
 from lambda_functions.cdc_capture.extended_json import decode_document, encode_value
 from lambda_functions.cdc_capture.positions import event_position, token_position
-from lambda_functions.contracts import CaptureRequest
+from lambda_functions.contracts import CaptureRequest, closest_names
 from lambda_functions.lake.raw_zone import (
     BATCH_SCHEMA,
     DAMAGED_BATCH_FIX,
@@ -80,6 +81,7 @@ from lambda_functions.lake.raw_zone import (
 )
 from lambda_functions.lake.store import ObjectStore
 from lambda_functions.pipes import typed
+from lambda_functions.waits import REPORT_EVERY_S, WaitReport
 
 # Stop reading with at least this share of the function's time left (and never less than 5 s):
 # publishing the batch and reporting to Dagster must fit in what remains.
@@ -307,6 +309,7 @@ class _CaptureRun:
             max(DEADLINE_RESERVE_MIN_S, DEADLINE_RESERVE_FRACTION * deadline()) if deadline else 0.0
         )
         self.on_progress = on_progress or (lambda message: None)
+        self.report_every_s = REPORT_EVERY_S  # a long snapshot read says how far it got
         self.started = time.monotonic()
         self.manifests: list[BatchManifest] = []
         self.skipped: Counter[str] = Counter()
@@ -367,6 +370,7 @@ class _CaptureRun:
 
     def _start_snapshot(self) -> dict[str, Any]:
         """Record the stream position before reading any document (nothing can fall between)."""
+        self._require_collection()
         with self._source_errors(None):
             token = self.source.current_position(self.request.database, self.request.collection)
         now = time.time()
@@ -380,6 +384,30 @@ class _CaptureRun:
             "rows": 0,
         }
 
+    def _require_collection(self) -> None:
+        """A snapshot of a collection the source does not have would publish an empty table
+        under a misspelt name: fail naming the closest existing collections instead. Sources
+        that cannot list their collections are trusted."""
+        list_names = getattr(self.source, "list_collection_names", None)
+        if list_names is None:
+            return
+        database, collection = self.request.database, self.request.collection
+        with self._source_errors(None):
+            existing = list(list_names(database))
+        if collection in existing:
+            return
+        close = closest_names(collection, existing)
+        hint = (
+            f"Did you mean {' or '.join(f'{database}.{name}' for name in close)}? " if close else ""
+        )
+        listing = ", ".join(existing[:20]) + (" ..." if len(existing) > 20 else "")
+        raise CollectionNotFoundError(
+            f"{self.zone.namespace}: the source has no collection {collection!r} in database "
+            f"{database!r} (it has: {listing or 'none'}). {hint}Fix the name in "
+            "LAKEHOUSE_COLLECTIONS (and remove the partition in the Dagster UI), or, if the "
+            "collection is still to be created, capture again once it exists"
+        )
+
     def _snapshot_chunk(
         self, checkpoint: Checkpoint, state: dict[str, Any]
     ) -> tuple[Checkpoint, dict[str, Any]]:
@@ -390,6 +418,11 @@ class _CaptureRun:
         time_ms = (pos >> 32) * 1000 or int(state.get("start_time", time.time()) * 1000)
         start_id = decode_document(state["last_id"]) if state["last_id"] is not None else None
         last_id, complete = start_id, False
+        reading = WaitReport(
+            f"the snapshot of {self.zone.namespace} (batch {checkpoint.batch + 1})",
+            self.on_progress,
+            every_s=self.report_every_s,
+        )
         while not complete and rows.seen < request.max_rows and rows.bytes < request.max_bytes:
             wanted = min(SNAPSHOT_PAGE_ROWS, request.max_rows - rows.seen)
             with self._source_errors(None):
@@ -402,6 +435,10 @@ class _CaptureRun:
             if page_last_id is not None:
                 last_id = page_last_id
             complete = taken == len(page) and len(page) < wanted  # a short page: the end
+            reading.still(
+                f"{state['rows'] + rows.seen:,} documents read, {rows.bytes / 1e6:,.1f} MB in "
+                f"this batch of at most {request.max_rows:,} rows"
+            )
             if not complete and self._out_of_time():
                 break
         if not complete and last_id == start_id:

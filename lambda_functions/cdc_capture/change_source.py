@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from lambda_functions.cdc_capture.demo_workload import DemoWorkload
+from lambda_functions.cdc_capture.demo_workload import DEMO_COLLECTIONS, DemoWorkload
 from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource
 from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.contracts import CaptureRequest, InvalidRequestError, SourceRequest
@@ -66,7 +66,8 @@ def open_source(request: SourceRequest, *, read_preference: str | None = None) -
 
     For ``embedded``, ``source_location`` is the store file and, for a capture request,
     ``demo_changes > 0`` first lets the demo workload (the "application") make that many changes,
-    so each capture has something new. For ``documentdb``, a pymongo client
+    so each capture has something new; only for the demo collections (``DEMO_COLLECTIONS``), so
+    any other name must exist in the store. For ``documentdb``, a pymongo client
     (``DocumentDBChangeSource``): TLS on by default, credentials from Secrets Manager
     (``secret_arn``) or the environment variable named by ``source_location``.
 
@@ -84,7 +85,11 @@ def open_source(request: SourceRequest, *, read_preference: str | None = None) -
             )
         source = EmbeddedChangeStreamSource(request.source_location)
         try:
-            if isinstance(request, CaptureRequest) and request.demo_changes > 0:
+            if (
+                isinstance(request, CaptureRequest)
+                and request.demo_changes > 0
+                and request.namespace in DEMO_COLLECTIONS
+            ):
                 workload = DemoWorkload(source, request.database, request.collection)
                 workload.run(request.demo_changes)
         except BaseException:

@@ -30,6 +30,11 @@ from bson import Binary, Decimal128, Int64, ObjectId
 from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture.positions import from_millis
 
+# The collections the demo workload plays the application of (the default LAKEHOUSE_COLLECTIONS).
+# Capture lets it invent documents for these only: any other name must exist in the source, so a
+# typo such as ``shop.ordrs`` fails capture instead of growing a collection of its own.
+DEMO_COLLECTIONS = ("shop.customers", "shop.orders")
+
 STATUS_FLOW = {"pending": "paid", "paid": "shipped", "shipped": "delivered"}
 FIRST_NAMES = ("Ana", "Bruno", "Chen", "Dana", "Emil", "Fatima", "Goran", "Hana", "Ines", "Jonas")
 LAST_NAMES = ("Silva", "Keller", "Wang", "Novak", "Haddad", "Rossi", "Sato", "Berg", "Moreau")

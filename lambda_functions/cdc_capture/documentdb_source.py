@@ -195,6 +195,12 @@ class DocumentDBChangeSource:
         return cls(client, secrets=secrets)
 
     # -- ChangeSource ----------------------------------------------------------------------------
+    def list_collection_names(self, database: str) -> list[str]:
+        """The database's collections (``listCollections``), system collections left out."""
+        with self._errors():
+            names = self.client[database].list_collection_names()
+        return sorted(name for name in names if not name.startswith("system."))
+
     def current_position(self, database: str, collection: str) -> dict[str, Any]:
         """A stream position taken now: a resume token, or the cluster time as
         ``{"startAtOperationTime": {"t", "i"}}`` when the server gives no token."""

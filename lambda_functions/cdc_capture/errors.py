@@ -21,3 +21,8 @@ class ConcurrentCaptureError(CaptureError):
 
 class SourceConnectionError(CaptureError):
     """The source database cannot be reached or authenticated against (credentials masked)."""
+
+
+class CollectionNotFoundError(CaptureError):
+    """The source has no such collection (often a typo in LAKEHOUSE_COLLECTIONS); the message
+    lists the closest existing names."""

@@ -2,6 +2,7 @@
 
 from lambda_functions.lake.raw_zone import BatchManifest, Checkpoint, RawZone, list_namespaces
 from lambda_functions.lake.store import (
+    LakeBucketMissingError,
     LocalObjectStore,
     ObjectExistsError,
     ObjectStore,
@@ -12,6 +13,7 @@ from lambda_functions.lake.store import (
 __all__ = [
     "BatchManifest",
     "Checkpoint",
+    "LakeBucketMissingError",
     "LocalObjectStore",
     "ObjectExistsError",
     "ObjectStore",

@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -21,6 +22,13 @@ from urllib.parse import urlparse
 
 class ObjectExistsError(FileExistsError):
     """``put_if_absent`` found the key already written (another writer, or an earlier attempt)."""
+
+
+class LakeBucketMissingError(RuntimeError):
+    """The lake's S3 bucket does not exist; the message names the setting and the command.
+
+    Not a ``FileNotFoundError``: callers that read a missing object as "nothing yet" must not
+    read a missing bucket that way."""
 
 
 class ObjectStore(ABC):
@@ -139,16 +147,35 @@ class S3ObjectStore(ObjectStore):
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    @contextmanager
+    def _bucket_must_exist(self) -> Iterator[None]:
+        """Turn S3's ``NoSuchBucket`` into an error that says which setting and how to fix it."""
+        from botocore.exceptions import ClientError
+
+        try:
+            yield
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "NoSuchBucket":
+                raise
+            region = self.client.meta.region_name or "<region>"
+            raise LakeBucketMissingError(
+                f"the lake bucket {self.bucket!r} does not exist in {region}: create it (aws s3 "
+                f"mb s3://{self.bucket} --region {region}) or set LAKEHOUSE_LAKE_URI to "
+                "s3://<existing-bucket>/<prefix> (and AWS_REGION to the bucket's region)"
+            ) from error
+
     def put(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        with self._bucket_must_exist():
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
-            )
+            with self._bucket_must_exist():
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
+                )
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code")
             if code in ("PreconditionFailed", "ConditionalRequestConflict"):
@@ -159,7 +186,9 @@ class S3ObjectStore(ObjectStore):
         from botocore.exceptions import ClientError
 
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            with self._bucket_must_exist():
+                response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+                return response["Body"].read()
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise FileNotFoundError(f"{self.uri}/{key}") from None
@@ -169,7 +198,8 @@ class S3ObjectStore(ObjectStore):
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            with self._bucket_must_exist():
+                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
@@ -179,21 +209,24 @@ class S3ObjectStore(ObjectStore):
     def list(self, prefix: str) -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")
         strip = len(self.prefix) + 1 if self.prefix else 0
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-            for item in page.get("Contents", []):
-                yield item["Key"][strip:]
+        with self._bucket_must_exist():
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                for item in page.get("Contents", []):
+                    yield item["Key"][strip:]
 
     def list_folders(self, prefix: str) -> list[str]:
         paginator = self.client.get_paginator("list_objects_v2")
         base = self._key(prefix)
         names = []
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=base, Delimiter="/"):
-            for common in page.get("CommonPrefixes", []):
-                names.append(common["Prefix"][len(base) :].rstrip("/"))
+        with self._bucket_must_exist():
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base, Delimiter="/"):
+                for common in page.get("CommonPrefixes", []):
+                    names.append(common["Prefix"][len(base) :].rstrip("/"))
         return sorted(names)
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        with self._bucket_must_exist():
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def delta_location(self, key: str) -> tuple[str, dict[str, str]]:
         options: dict[str, str] = {}

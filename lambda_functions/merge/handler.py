@@ -70,7 +70,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         emit_stage_metrics("merge", request.namespace, metadata)
         pipes.report_asset_check(
             check_name="no_duplicate_keys",
-            passed=result.duplicate_keys == 0,
+            passed=result.duplicate_keys == 0 and result.version is not None,
             metadata={
                 "duplicate_keys": {"raw_value": result.duplicate_keys, "type": "int"},
                 "partitions_checked": {"raw_value": len(result.buckets_touched), "type": "int"},

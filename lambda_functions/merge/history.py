@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
+from lambda_functions.lake.change_feed import feed_is_gone, read_failure
 from lambda_functions.merge.layout import live_changes, live_rows
 
 _BEFORE = ("delete", "update_preimage")  # the state before a version
@@ -63,7 +64,9 @@ def changes_between(
     key gone by then, its last stored row with ``_deleted`` true.
 
     Raises ``VersionNotAvailableError`` when the feed for those versions was vacuumed: the
-    caller must then read the whole table (``read_version``) instead.
+    caller must then read the whole table (``read_version``) instead. Raises
+    ``ChangeFeedReadError`` (an ``OSError``) when the read failed otherwise (network, timeout,
+    access): the feed may be intact, so the caller should retry, not read everything.
     """
     table = DeltaTable(uri, storage_options=options)
     to_version = table.version() if to_version is None else to_version
@@ -75,7 +78,9 @@ def changes_between(
         feed = pa.RecordBatchReader.from_stream(
             table.load_cdf(starting_version=since_version + 1, ending_version=to_version)
         ).read_all()
-    except Exception as error:  # delta-rs raises generic errors for missing change files
+    except Exception as error:  # delta-rs raises one generic error type for every failure
+        if not feed_is_gone(error):
+            raise read_failure(uri, since_version + 1, to_version, error) from error
         raise VersionNotAvailableError(
             f"the change feed of {uri} for versions {since_version + 1}..{to_version} is not "
             f"available ({error}); read the whole table with read_version instead"

@@ -69,7 +69,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 
 from lambda_functions.contracts import MergeRequest
 from lambda_functions.lake import BatchManifest, ObjectStore, RawZone, open_store
-from lambda_functions.lake.raw_zone import BATCH_SCHEMA, CorruptBatchError
+from lambda_functions.lake.raw_zone import BATCH_SCHEMA, RESNAPSHOT_HOW_TO, CorruptBatchError
 from lambda_functions.merge import copy_on_write
 from lambda_functions.merge.copy_on_write import VersionTakenError
 from lambda_functions.merge.key_candidates import resolve_key_candidates
@@ -171,6 +171,35 @@ class LakeTableMissingError(RuntimeError):
     """There is no lake table yet (the merge stage has not run for this collection)."""
 
 
+def _no_table_error(
+    zone: RawZone, uri: str, superseded: list[int], first_batch: int | None = None
+) -> LakeTableMissingError:
+    """Why a merge cannot build the table, and the fix (a success here would report version -1
+    with 0 rows, or a table missing the removed batches' rows, and its check and freshness
+    would pass). ``first_batch``: the raw zone's first batch, when it is not batch 1."""
+    if first_batch is not None:
+        return LakeTableMissingError(
+            f"{zone.namespace}: there is no lake table at {uri}, and its raw zone starts at "
+            f"batch {first_batch}, not at a snapshot: batches before it were removed, so a "
+            "table built from it would miss their documents. Fix: re-snapshot the collection "
+            "(a new table generation): " + RESNAPSHOT_HOW_TO
+        )
+    if superseded:  # max_batches ran out before the reset marker that supersedes them
+        return LakeTableMissingError(
+            f"{zone.namespace}: there is no lake table at {uri} yet: batches "
+            f"{superseded[0]}..{superseded[-1]} were superseded by a reset marker that this "
+            "run's max_batches did not reach. Fix: run the merge again (raise max_batches)"
+        )
+    found = "its raw zone has no published batch"
+    return LakeTableMissingError(
+        f"{zone.namespace}: there is no lake table at {uri} and {found}, so there is nothing "
+        "to build it from (the lake directory or bucket prefix was removed, or capture has "
+        "not run for this collection). Fix: materialize cdc_raw_batches for this collection "
+        "(a capture that finds no raw zone starts a new snapshot at batch 1), then lake_table; "
+        "if the raw zone is there but damaged: " + RESNAPSHOT_HOW_TO
+    )
+
+
 def lake_table_location(store: ObjectStore, database: str, collection: str) -> tuple[str, dict]:
     return store.delta_location(lake_table_key(database, collection))
 
@@ -208,6 +237,9 @@ def merge_batches(
     Raises:
         CorruptBatchError: a pending batch's data does not match its manifest; the message names
             the batch, the file and the fix (a re-snapshot, whose reset marker supersedes it).
+        LakeTableMissingError: there is no lake table and no batch to build it from (the lake,
+            or its raw zone, was removed, or capture never ran); the message names the fix. A
+            table removed while its raw zone remains is rebuilt from batch 1 instead.
     """
     started = time.monotonic()
     say = on_progress or (lambda _message: None)
@@ -239,12 +271,16 @@ def merge_batches(
             superseded += skipped
             budget -= len(skipped)
             manifests = manifests[len(skipped) :]
+        if table is None and manifests[0].batch > 1 and not _starts_generation(manifests[0]):
+            raise _no_table_error(zone, uri, superseded, first_batch=manifests[0].batch)
         segment = _next_segment(manifests, max_rows_per_commit)
         numbers = [m.batch for m in segment]
         say(f"{zone.namespace}: applying batches {numbers[0]}..{numbers[-1]} on top of {applied}")
         done, table, files = _commit_segment(zone, where, table, files, segment, say)
         totals.add(done)
         budget -= len(segment)
+    if table is None:  # nothing to build it from: never report a table that is not there
+        raise _no_table_error(zone, uri, superseded)
     tombstones = tombstone_count(table) if table is not None else 0
     return MergeResult(
         namespace=zone.namespace,

@@ -9,7 +9,8 @@ The merge carries them into the lake table:
   is lost, and the merge does not stop;
 - a column the table has but a batch lacks is null in that batch's rows (an update that drops a
   field clears its typed column too);
-- a name that collides with a core lake column, or a type Delta cannot hold here (nested, null-only
+- a name that collides with a core lake column or with a column the change data feed adds
+  (``_change_type``, ``_commit_version``, ``_commit_timestamp``), or a type Delta cannot hold here (nested, null-only
   in a new column), is ignored and reported;
 - names are compared as Delta compares them, without case: Delta requires column names unique
   regardless of case (delta-rs refuses the commit: "Duplicate field name (case-insensitive)"), so
@@ -42,6 +43,10 @@ def fold_column(name: str) -> str:
 
 
 _FOLDED_CORE = {fold_column(name): name for name in CORE_COLUMNS}
+# The columns Delta's change data feed adds to every change row (Delta protocol, "Change Data
+# Files"; the feed is on for lake tables and the warehouse load reads it): a table column of one
+# of these names makes every feed read fail ("duplicate qualified field name") and the MERGE too.
+CDF_COLUMNS = frozenset(("_change_type", "_commit_version", "_commit_timestamp"))
 
 
 @dataclass
@@ -70,6 +75,12 @@ class TypedColumns:
                     f"batch {batch}: column {name!r} has the name of a lake column; ignored "
                     "(the value stays in doc)"
                     + (f"; Delta compares names without case, so it is {core!r}" * (name != core))
+                )
+                continue
+            if fold_column(name) in CDF_COLUMNS:
+                self.notes.append(
+                    f"batch {batch}: column {name!r} has the name of a column Delta's change "
+                    "data feed adds to every change row; ignored (the value stays in doc)"
                 )
                 continue
             if fold_column(name) in folded:

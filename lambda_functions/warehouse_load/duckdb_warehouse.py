@@ -9,14 +9,17 @@ as it was (DuckDB's WAL holds only committed transactions), and a Python error r
 from __future__ import annotations
 
 import contextlib
+import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
+from lambda_functions.waits import REPORT_EVERY_S, WaitReport
 from lambda_functions.warehouse_load.sql_plan import (
     DUCKDB,
     Dialect,
@@ -31,18 +34,60 @@ STAGE_RELATION = "_lakehouse_stage_rows"
 LOCK_WAIT_S = 300.0
 
 
-def connect_waiting(path: str, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
-    """Open ``path``, waiting (with backoff) while another process holds the file's lock."""
-    deadline = time.monotonic() + wait_s
+def connect_waiting(
+    path: str,
+    wait_s: float = LOCK_WAIT_S,
+    *,
+    on_progress: Callable[[str], None] | None = None,
+    report_every_s: float = REPORT_EVERY_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> duckdb.DuckDBPyConnection:
+    """Open ``path``, waiting (with backoff) while another process holds the file's lock.
+
+    A wait is reported through ``on_progress`` every ``report_every_s`` seconds: how long so far
+    and who holds the lock (the process DuckDB names: its program and PID, with the command
+    line when it runs on this machine), then how long it took.
+
+    Raises:
+        duckdb.IOException: the lock is still held after ``wait_s`` seconds (or another IO
+            error); the message names the holder.
+    """
+    report = WaitReport(
+        f"the DuckDB file lock on {path}", on_progress, every_s=report_every_s, clock=clock
+    )
+    deadline = clock() + wait_s
     delay = 0.05
     while True:
         try:
-            return duckdb.connect(path)
+            connection = duckdb.connect(path)
         except duckdb.IOException as error:
-            if "lock" not in str(error).lower() or time.monotonic() + delay > deadline:
+            if "lock" not in str(error).lower() or clock() + delay > deadline:
                 raise
-        time.sleep(delay)
+            report.still(lock_holder(str(error)))
+        else:
+            report.done("acquired")
+            return connection
+        sleep(delay)
         delay = min(delay * 2, 1.0)
+
+
+_HOLDER = re.compile(r"lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
+
+
+def lock_holder(message: str) -> str:
+    """``held by PID 123 (<command line or program>)`` from DuckDB's lock error, or the
+    error itself when it does not name the holder."""
+    found = _HOLDER.search(message)
+    if not found:
+        return message
+    pid, program = found["pid"], found["program"]
+    with contextlib.suppress(OSError):  # the holder's command line, when it runs here
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        command = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+        if command:
+            program = command if len(command) <= 160 else command[:157] + "..."
+    return f"held by PID {pid} ({program})"
 
 
 class DuckDBWarehouse:
@@ -50,18 +95,19 @@ class DuckDBWarehouse:
 
     dialect: Dialect = DUCKDB
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, on_progress: Callable[[str], None] | None = None):
         if not path:
             raise ValueError(
                 "warehouse_location must name the DuckDB database file (LAKEHOUSE_DUCKDB_PATH)"
             )
         self.path = path
+        self.on_progress = on_progress  # where a wait for the file lock is reported
         self._db: duckdb.DuckDBPyConnection | None = None
 
     @contextmanager
     def session(self) -> Iterator[None]:
         # Open per load and close at once: DuckDB locks the file for the process that has it open.
-        self._db = connect_waiting(self.path)
+        self._db = connect_waiting(self.path, on_progress=self.on_progress)
         # Projected timestamps written without an offset are UTC (see sql_plan), whatever the
         # machine's zone; casts to TIMESTAMPTZ read the session's.
         self._db.execute("SET TimeZone = 'UTC'")

@@ -3,7 +3,9 @@
 Reads the Delta change data feed between two versions and reduces it to one row per key (its
 state at the newer version, or a delete). Falls back to a full read, and says so, when there is no
 previous load, when the table was re-created (a new table id, e.g. a re-snapshot) or when the feed
-for the needed versions is no longer available (vacuumed): a partial feed is never loaded.
+for the needed versions is no longer available (vacuumed): a partial feed is never loaded. A
+feed read that fails otherwise (network, timeout, access) raises ``ChangeFeedReadError`` with the
+cause: the load fails and is retried, rather than quietly rereading the whole table.
 
 Tombstones (rows of deleted documents kept by the merge, ``_op = 'delete'``) never reach the
 warehouse: the full read keeps live rows only, and the feed is read as live-row changes
@@ -18,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
+from lambda_functions.lake.change_feed import feed_is_gone, read_failure
 from lambda_functions.lake.record_key import REKEYED_AT_APP
 from lambda_functions.merge.layout import live_changes, live_rows
 
@@ -74,9 +77,9 @@ def read_lake_changes(
             table.load_cdf(starting_version=since_version + 1, ending_version=version)
         ).read_all()
         feed = live_changes(_plain_types(feed))
-    except Exception as error:  # delta-rs raises generic errors for missing CDF files
-        if not _feed_is_gone(error):
-            raise
+    except Exception as error:  # delta-rs raises one generic error type for every failure
+        if not feed_is_gone(error):  # a failed or stalled read: fail with the cause, no reload
+            raise read_failure(table.table_uri, since_version + 1, version, error) from error
         return _full(table, table_id, version, f"change feed unavailable ({error}); full reload")
     feed = feed.filter(pc.not_equal(feed.column("_change_type"), "update_preimage"))
     # One row per key: its last change. Within one commit a key changes at most once.
@@ -87,17 +90,6 @@ def read_lake_changes(
         feed = feed.filter(pa.concat_arrays([last, pa.array([True])]))
     deleted = pc.equal(feed.column("_change_type"), "delete")
     return LakeChanges(table_id, version, _stage(feed, deleted), False, "incremental")
-
-
-# How delta-rs reports change data files or commits that are no longer there (vacuumed, or log
-# entries cleaned up). Anything else (a network error, a timeout) is raised, not turned into a
-# full reload: the load fails and is retried, rather than quietly rereading the whole table.
-_FEED_GONE = ("not found", "no such file", "nosuchkey", "does not exist", "found gap")
-
-
-def _feed_is_gone(error: Exception) -> bool:
-    text = str(error).lower()
-    return any(sign in text for sign in _FEED_GONE)
 
 
 def _plain_types(feed: pa.Table) -> pa.Table:

@@ -34,6 +34,9 @@ from lambda_functions.warehouse_load.sql_plan import (
     StageSource,
     Statement,
     TargetTable,
+    check_column_types,
+    column_additions,
+    columns_fit_in_load,
     columns_query,
     ensure_tables,
     load_transaction,
@@ -90,12 +93,15 @@ def staging_key(target: TargetTable, version: int) -> str:
     return f"_staging/{target.schema}/{target.table}/{version}/part.parquet"
 
 
-def open_warehouse(request: LoadRequest, store: ObjectStore) -> Warehouse:
-    """The warehouse the request names. Imports stay local: each path needs only its own."""
+def open_warehouse(
+    request: LoadRequest, store: ObjectStore, on_progress: Callable[[str], None] | None = None
+) -> Warehouse:
+    """The warehouse the request names. Imports stay local: each path needs only its own.
+    ``on_progress`` hears about long waits (the DuckDB file lock, a Data API statement)."""
     if request.warehouse_kind == "duckdb":
         from lambda_functions.warehouse_load.duckdb_warehouse import DuckDBWarehouse
 
-        return DuckDBWarehouse(request.warehouse_location)
+        return DuckDBWarehouse(request.warehouse_location, on_progress=on_progress)
     from lambda_functions.warehouse_load.redshift import (
         RedshiftConnection,
         RedshiftDataApiClient,
@@ -110,7 +116,10 @@ def open_warehouse(request: LoadRequest, store: ObjectStore) -> Warehouse:
         secret_arn=request.redshift_secret_arn,
     )
     client = RedshiftDataApiClient(
-        connection, timeout_s=request.redshift_timeout_s, secrets=(request.redshift_iam_role,)
+        connection,
+        timeout_s=request.redshift_timeout_s,
+        secrets=(request.redshift_iam_role,),
+        on_progress=on_progress,
     )
     return RedshiftWarehouse(client, store, request.redshift_iam_role)
 
@@ -130,14 +139,16 @@ def load_changes(
     projection = parse_projection(request.projection)
     store = store or open_store(request.lake_uri)
     uri, options = lake_table_location(store, request.database, request.collection)
-    warehouse = warehouse or open_warehouse(request, store)
+    warehouse = warehouse or open_warehouse(request, store, say)
     dialect = warehouse.dialect
     target = TargetTable.named(dialect, request.target_schema, request.table_name)
     with warehouse.session():
         warehouse.run_transaction(ensure_tables(dialect, target), name=f"lakehouse-ensure {target}")
         rows = warehouse.query(loaded_state_query(dialect, target))
         state = LoadedState(rows[0][0], int(rows[0][1])) if rows else None
-        existing = {str(row[0]).lower() for row in warehouse.query(columns_query(dialect, target))}
+        catalog = warehouse.query(columns_query(dialect, target))
+        check_column_types(target, projection, catalog)
+        existing = {str(row[0]).lower() for row in catalog}
         add = [c for c in projection if c.column not in existing]
         undeclared = sorted(existing - set(BASE_COLUMNS) - {c.column for c in projection})
         if undeclared:
@@ -145,6 +156,17 @@ def load_changes(
                 f"{target}: columns {', '.join(undeclared)} are no longer projected; they are "
                 "kept (never dropped) and left NULL in rows loaded from now on"
             )
+        added_ahead: list[ProjectedColumn] = []
+        if add and not columns_fit_in_load(dialect, len(add)):
+            batches = column_additions(dialect, target, add)
+            for number, batch in enumerate(batches, 1):
+                warehouse.run_transaction(batch, name=f"lakehouse-columns {target} {number}")
+            say(
+                f"{target}: {len(add)} projected columns added ahead of the load in "
+                f"{len(batches)} transactions (more than one transaction holds); the control "
+                "row was cleared, so this load reloads every row to fill them"
+            )
+            added_ahead, add, state = add, [], None
         full_reason = None
         if request.force_full_reload:
             full_reason = "full reload requested"
@@ -217,7 +239,7 @@ def load_changes(
         rows_deleted=max(affected.get("delete_changed", 0), 0),
         rows_inserted=max(affected.get("insert_upserts", 0), 0),
         projected_columns=[c.column for c in projection],
-        columns_added=[c.column for c in add],
+        columns_added=[c.column for c in added_ahead + add],
         undeclared_columns=undeclared,
         documents_set_aside=set_aside,
         reconciliation=reconciliation,

@@ -23,6 +23,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lambda_functions.warehouse_load.set_aside import warehouse_key
 from lambda_functions.warehouse_load.sql_plan import (
     DUCKDB,
     Dialect,
@@ -152,7 +153,14 @@ def reconcile(
     lake_rows = lake.num_rows
     if set_aside:
         aside = pa.array(sorted({str(row[0]) for row in set_aside}), pa.string())
-        lake = lake.filter(pc.invert(pc.is_in(lake.column("_id"), value_set=aside)))
+        keys = lake.column("_id")
+        limit = warehouse.dialect.max_key_bytes
+        if limit and pc.any(pc.greater(pc.binary_length(keys), limit)).as_py():
+            # Keys over the limit are recorded by their stand-in (``set_aside.warehouse_key``).
+            keys = pa.array(
+                [warehouse_key(k, warehouse.dialect) for k in keys.to_pylist()], pa.string()
+            )
+        lake = lake.filter(pc.invert(pc.is_in(keys, value_set=aside)))
     ours, duplicates = _buckets(warehouse, target)
     with _lake_side(lake) as side:
         theirs, _ = _buckets(side, side.table)

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lambda_functions.lake import ObjectStore, S3ObjectStore
+from lambda_functions.waits import REPORT_EVERY_S, WaitReport
 from lambda_functions.warehouse_load.sql_plan import (
     REDSHIFT,
     Dialect,
@@ -79,9 +80,11 @@ class RedshiftSerializationError(RedshiftStatementError):
 
 def is_serialization_error(error: str) -> bool:
     """Redshift reports 1023 as "ERROR: 1023 DETAIL: Serializable isolation violation on table
-    ..." ("Fixing serializable isolation errors", Redshift Database Developer Guide)."""
+    ..." ("Fixing serializable isolation errors", Redshift Database Developer Guide). Only that
+    code counts: a 1023 elsewhere in an error (a query id, a pid, a position in Redshift's
+    "query: / process:" detail lines) belongs to a terminal failure, which is not retried."""
     text = error.lower()
-    return "serializable isolation violation" in text or bool(re.search(r"\b1023\b", text))
+    return "serializable isolation violation" in text or bool(re.search(r"\berror:\s*1023\b", text))
 
 
 class RedshiftTimeoutError(TimeoutError):
@@ -149,6 +152,8 @@ class RedshiftDataApiClient:
         secrets: Sequence[str] = (),
         max_attempts: int = 4,
         first_retry_s: float = 2.0,
+        on_progress: Callable[[str], None] | None = None,
+        report_every_s: float = REPORT_EVERY_S,
     ):
         if client is None:
             import boto3
@@ -165,6 +170,8 @@ class RedshiftDataApiClient:
         self.secrets = tuple(secrets)
         self.max_attempts = max_attempts
         self.first_retry_s = first_retry_s
+        self.on_progress = on_progress  # where a long poll is reported, every report_every_s
+        self.report_every_s = report_every_s
 
     def run_batch(self, statements: Sequence[Statement], *, name: str) -> dict[str, int]:
         """Run ``statements`` as one transaction; return rows affected by label (``ResultRows``).
@@ -254,11 +261,23 @@ class RedshiftDataApiClient:
         """Poll until the statement ends; raise with the failing sub-statement if it did not finish."""
         deadline = self.clock() + self.timeout_s
         delay = self.first_poll_s
+        report = WaitReport(
+            f"Redshift statement {statement_id} ({name})",
+            self.on_progress,
+            every_s=self.report_every_s,
+            clock=self.clock,
+        )
         while True:
             described = self.client.describe_statement(Id=statement_id)
             status = described["Status"]
             if status == "FINISHED":
+                report.done("FINISHED")
                 return described
+            if status in RUNNING:
+                report.still(
+                    f"status {status}, timeout {self.timeout_s:.0f} s; if it waits on a lock, "
+                    "STV_LOCKS shows the holder"
+                )
             if status in ("FAILED", "ABORTED"):
                 raise self._failure(described, statements, name)
             if status not in RUNNING:

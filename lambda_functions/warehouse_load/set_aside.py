@@ -12,6 +12,7 @@ normally and removes the record).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -21,13 +22,29 @@ import pyarrow.compute as pc
 
 from lambda_functions.warehouse_load.sql_plan import Dialect
 
+# A key over the warehouse's key limit cannot be staged either (Redshift's COPY refuses a value
+# longer than the stage's VARCHAR(65535) and fails the whole load): its row carries this stand-in
+# instead. Record key texts are 24 hex digits or JSON (``lake.record_key``): never '#...'.
+STAND_IN_PREFIX = "#sha256:"
+
+
+def warehouse_key(key: str, dialect: Dialect) -> str:
+    """``key`` as the warehouse stores it: itself, or a stand-in when over ``max_key_bytes``
+    (only set-aside rows have one; reconciliation maps lake keys the same way)."""
+    data = key.encode("utf-8", "surrogatepass")
+    if dialect.max_key_bytes and len(data) > dialect.max_key_bytes:
+        return STAND_IN_PREFIX + hashlib.sha256(data).hexdigest()
+    return key
+
 
 def mark_set_aside(rows: pa.Table, dialect: Dialect) -> pa.Table:
     """``rows`` (``lake_changes.STAGE_SCHEMA``) with ``_set_aside`` (the reason, or null) and
-    ``_doc_bytes`` appended, and ``doc`` emptied where a limit of ``dialect`` is exceeded."""
+    ``_doc_bytes`` appended, and ``doc`` emptied where a limit of ``dialect`` is exceeded (and
+    ``_id`` replaced by ``warehouse_key``'s stand-in where the key itself is over the limit)."""
     doc = rows.column("doc")
     sizes = pc.binary_length(doc)
     reasons: list[str | None] = [None] * rows.num_rows
+    stand_ins: dict[int, str] = {}
     limit = dialect.max_document_bytes
     strings = dialect.max_string_bytes
     keys = dialect.max_key_bytes
@@ -38,7 +55,19 @@ def mark_set_aside(rows: pa.Table, dialect: Dialect) -> pa.Table:
         key_sizes = pc.binary_length(rows.column("_id"))
         suspect = pc.or_(pc.greater(pc.fill_null(sizes, 0), floor), pc.greater(key_sizes, floor))
         for index in pc.indices_nonzero(suspect).to_pylist():
-            reasons[index] = _reason(rows.column("_id")[index].as_py(), doc[index].as_py(), dialect)
+            key = rows.column("_id")[index].as_py()
+            reasons[index] = _reason(key, doc[index].as_py(), dialect)
+            if warehouse_key(key, dialect) != key:
+                stand_ins[index] = warehouse_key(key, dialect)
+    if stand_ins:
+        keys = rows.column("_id").to_pylist()
+        for index, stand_in in stand_ins.items():
+            keys[index] = stand_in
+        rows = rows.set_column(
+            rows.schema.get_field_index("_id"),
+            rows.schema.field("_id"),
+            pa.array(keys, pa.string()),
+        )
     marked = pa.array(reasons, pa.string())
     kept = pc.if_else(pc.is_null(marked), doc, pa.scalar(None, doc.type))
     return pa.table(

@@ -220,6 +220,10 @@ SUPPORTED_TYPES = (
 #   family                  accepted JSON values                               column value
 #   VARCHAR                 "text" | {"$oid": h} | anything else               text, h, its JSON
 #   SMALLINT/INTEGER/BIGINT 5 | {"$numberInt"} | {"$numberLong"}                the integer
+#                           | {"$numberDouble": "5.0"} | {"$numberDecimal"}    (numbers compare by
+#                                                                              value in MongoDB;
+#                                                                              drivers store 5 as
+#                                                                              a double)
 #   DECIMAL                 {"$numberDecimal"} | {"$numberDouble"} | ints | 5   the number
 #   REAL/DOUBLE PRECISION   {"$numberDouble"} | {"$numberDecimal"} | ints | 5   the number
 #   BOOLEAN                 true | false                                       the boolean
@@ -234,15 +238,23 @@ SUPPORTED_TYPES = (
 # as UTC and ignores offsets in text, "Datetime types", so the conversion must happen before);
 # DATE = the UTC calendar date of the instant, as for a ``$date``, which has no other time zone.
 #
+# Text follows RFC 3339 too, whose 'T' and 'z' may be lower case ("2024-03-01t12:00:00z", section
+# 5.6), which DuckDB's cast does not read: they are upper-cased first.
+#
+# VARCHAR(n) holds n BYTES of UTF-8 on Redshift ("Character types"), and DuckDB does not enforce
+# n at all: a longer value fails the stage here, naming the column, on both warehouses alike
+# (Redshift's COPY would refuse it; DuckDB would have loaded it whole).
+#
 # A missing field, JSON null and "" load as NULL. A present value that does not convert to the
 # declared type FAILS the load with DuckDB's cast error before anything is committed (a silent
 # NULL would hide bad data): fix the projection's type or the data, then re-run.
 _NUMBER_WRAPPERS = ("$numberInt", "$numberLong")
+_INTEGER_WRAPPERS = (*_NUMBER_WRAPPERS, "$numberDouble", "$numberDecimal")
 _WRAPPERS: dict[str, tuple[str, ...]] = {
     "text": ("$oid",),
-    "smallint": _NUMBER_WRAPPERS,
-    "integer": _NUMBER_WRAPPERS,
-    "bigint": _NUMBER_WRAPPERS,
+    "smallint": _INTEGER_WRAPPERS,
+    "integer": _INTEGER_WRAPPERS,
+    "bigint": _INTEGER_WRAPPERS,
     "decimal": ("$numberDecimal", "$numberDouble", *_NUMBER_WRAPPERS),
     "real": ("$numberDouble", "$numberDecimal", *_NUMBER_WRAPPERS),
     "double": ("$numberDouble", "$numberDecimal", *_NUMBER_WRAPPERS),
@@ -421,13 +433,95 @@ def loaded_state_query(dialect: Dialect, target: TargetTable) -> Statement:
 
 
 def columns_query(dialect: Dialect, target: TargetTable) -> Statement:
+    """The target's columns: name, then (for ``table_column_type``) data type, character length,
+    numeric precision and scale, as ``information_schema.columns`` reports them."""
     return Statement(
         "target_columns",
-        "SELECT column_name FROM information_schema.columns "
+        "SELECT column_name, data_type, character_maximum_length, numeric_precision, "
+        "numeric_scale FROM information_schema.columns "
         f"WHERE LOWER(table_schema) = {dialect.param('schema_name')} "
         f"AND LOWER(table_name) = {dialect.param('table_name')}",
         {"schema_name": target.schema, "table_name": target.table},
     )
+
+
+_CATALOG_TYPES = {
+    "SMALLINT": "SMALLINT",
+    "INTEGER": "INTEGER",
+    "BIGINT": "BIGINT",
+    "REAL": "REAL",
+    "FLOAT": "REAL",  # DuckDB's name for REAL
+    "DOUBLE PRECISION": "DOUBLE PRECISION",
+    "DOUBLE": "DOUBLE PRECISION",
+    "BOOLEAN": "BOOLEAN",
+    "DATE": "DATE",
+    "TIMESTAMP": "TIMESTAMP",
+    "TIMESTAMP WITHOUT TIME ZONE": "TIMESTAMP",
+    "TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ",
+}
+_INTEGER_WIDTHS = {"SMALLINT": 1, "INTEGER": 2, "BIGINT": 3}
+
+
+def table_column_type(row: Sequence[object]) -> str | None:
+    """A ``columns_query`` row's type in this module's names ("VARCHAR(8)", "DECIMAL(18,2)",
+    "TIMESTAMPTZ"; "VARCHAR" when the warehouse keeps no length, as DuckDB), or None when the
+    row carries no type or one no projection declares."""
+    if len(row) < 5 or row[1] is None:
+        return None
+    data_type, length, precision, scale = (str(row[1]).upper(), *row[2:5])
+    base = data_type.split("(")[0].strip()
+    if base in ("CHARACTER VARYING", "VARCHAR"):
+        return f"VARCHAR({int(str(length))})" if length not in (None, "") else "VARCHAR"
+    if base in ("NUMERIC", "DECIMAL"):
+        return f"DECIMAL({int(str(precision))},{int(str(scale or 0))})"
+    return _CATALOG_TYPES.get(base)
+
+
+def holds(table_type: str, column: ProjectedColumn) -> bool:
+    """Whether a table column of ``table_type`` holds every value the load stages for
+    ``column`` (the stage computes values of the declared type)."""
+    declared = column.sql_type
+    if table_type == declared:
+        return True
+    if column.family == "text":
+        if table_type == "VARCHAR":  # DuckDB: no length
+            return True
+        return table_type.startswith("VARCHAR(") and int(table_type[8:-1]) >= int(declared[8:-1])
+    if declared in _INTEGER_WIDTHS and table_type in _INTEGER_WIDTHS:
+        return _INTEGER_WIDTHS[declared] <= _INTEGER_WIDTHS[table_type]
+    if column.family == "decimal" and table_type.startswith("DECIMAL("):
+        p, s = map(int, declared[8:-1].split(","))
+        tp, ts = map(int, table_type[8:-1].split(","))
+        return p - s <= tp - ts and s <= ts
+    return declared == "REAL" and table_type == "DOUBLE PRECISION"
+
+
+def check_column_types(
+    target: TargetTable, projection: Sequence[ProjectedColumn], rows: Sequence[Sequence[object]]
+) -> None:
+    """Refuse, naming the fix, a projection whose declared type the table's existing column
+    cannot hold: the load never alters a column, so every load would fail on the first value
+    of the new type (a cast error, or Redshift's "value too long")."""
+    types = {str(row[0]).lower(): table_column_type(row) for row in rows}
+    for column in projection:
+        table_type = types.get(column.column)
+        if table_type is None or holds(table_type, column):
+            continue
+        name = quote_identifier(column.column)
+        widen = (
+            f" (on Redshift a VARCHAR can be lengthened in place: ALTER TABLE "
+            f"{target.qualified} ALTER COLUMN {name} TYPE {column.sql_type}, outside a "
+            "transaction)"
+            if column.family == "text" and table_type.startswith("VARCHAR(")
+            else ""
+        )
+        raise PlanError(
+            f"projected column {column.column!r} of {target} is {table_type} but "
+            f"LAKEHOUSE_WAREHOUSE_PROJECTION declares {column.sql_type}, which it cannot hold; "
+            "the load never alters a column. Declare the table's type again, or change the "
+            f"column yourself{widen}, or drop it (ALTER TABLE {target.qualified} DROP COLUMN "
+            f"{name}): the next load adds it with the declared type and reloads every row"
+        )
 
 
 def load_transaction(
@@ -465,14 +559,7 @@ def load_transaction(
             f"CREATE TEMP TABLE {staged} ({', '.join(stage_columns)}){d.stage_options}",
         ),
         d.load_stage(staged, source, projection),
-        *(
-            Statement(
-                f"add_column:{c.column}",
-                f"ALTER TABLE {target.qualified} ADD COLUMN {quote_identifier(c.column)} "
-                f"{c.sql_type}",
-            )
-            for c in add_columns
-        ),
+        *(_add_column(target, c) for c in add_columns),
     ]
     if full:
         statements += [
@@ -568,6 +655,43 @@ def _guard(target: TargetTable, expected: LoadedState | None) -> Statement:
     )
 
 
+# Statements of ``load_transaction`` besides its ADD COLUMNs (a test holds it to the plan).
+LOAD_STATEMENTS = 10
+
+
+def columns_fit_in_load(dialect: Dialect, count: int) -> bool:
+    """Whether ``count`` ADD COLUMNs fit in the load's one transaction (``max_batch_statements``:
+    40 for the Data API's ``batch_execute_statement``)."""
+    limit = dialect.max_batch_statements
+    return not limit or LOAD_STATEMENTS + count <= limit
+
+
+def column_additions(
+    dialect: Dialect, target: TargetTable, columns: Sequence[ProjectedColumn]
+) -> list[list[Statement]]:
+    """ADD COLUMN for projected columns too many for the load's transaction, as transactions of at
+    most ``max_batch_statements`` to run before it (Redshift adds one column per ALTER TABLE).
+
+    The first transaction deletes the control row before anything else, so the load that follows
+    is a full reload, and so is any retry if the run stops between these transactions and the
+    load: no row is left with NULL in a new column while the control row says it is loaded.
+    """
+    statements = [
+        Statement("delete_control", f"DELETE FROM {target.control} WHERE {_control_row(target)}"),
+        *(_add_column(target, c) for c in columns),
+    ]
+    size = dialect.max_batch_statements or len(statements)
+    return [statements[i : i + size] for i in range(0, len(statements), size)]
+
+
+def _add_column(target: TargetTable, column: ProjectedColumn) -> Statement:
+    return Statement(
+        f"add_column:{column.column}",
+        f"ALTER TABLE {target.qualified} ADD COLUMN {quote_identifier(column.column)} "
+        f"{column.sql_type}",
+    )
+
+
 def _control_row(target: TargetTable) -> str:
     """The control row of ``target``, matched by folded name: a row written with another case
     (DuckDB kept the case it was given before names were folded) is the same table's row."""
@@ -603,12 +727,36 @@ def _staged_value(column: ProjectedColumn, document: str) -> str:
         return (
             f"CASE WHEN {millis} IS NOT NULL THEN CAST({millis} AS BIGINT) * 1000 "
             f"WHEN json_type({document}, {at('$date')}) = 'VARCHAR' "
-            f"THEN epoch_us(CAST({text('$date')} AS TIMESTAMPTZ)) "
-            f"ELSE epoch_us(CAST({text()} AS TIMESTAMPTZ)) END"
+            f"THEN epoch_us(CAST({_rfc3339_upper(text('$date'))} AS TIMESTAMPTZ)) "
+            f"ELSE epoch_us(CAST({_rfc3339_upper(text())} AS TIMESTAMPTZ)) END"
         )
     candidates = [text(wrapper) for wrapper in _WRAPPERS[column.family]] + [text()]
     value = candidates[0] if len(candidates) == 1 else f"COALESCE({', '.join(candidates)})"
+    if column.family == "text":
+        limit = int(column.sql_type[len("VARCHAR(") : -1])
+        message = sql_string(
+            f"projected column {column.column!r} is {column.sql_type}, which holds {limit} bytes "
+            "of UTF-8 on Redshift, but a value of "
+        )
+        tail = sql_string(
+            " bytes does not fit: declare a larger VARCHAR in LAKEHOUSE_WAREHOUSE_PROJECTION "
+            "(at most 65535) or leave the field out (it stays in the doc column)"
+        )
+        return (
+            f"CASE WHEN strlen({value}) > {limit} "
+            f"THEN error({message} || CAST(strlen({value}) AS VARCHAR) || {tail}) "
+            f"ELSE CAST({value} AS {column.sql_type}) END"
+        )
     return f"CAST({value} AS {column.sql_type})"
+
+
+def _rfc3339_upper(text: str) -> str:
+    """DuckDB SQL: ``text`` with RFC 3339's lower-case 't' separator and 'z' zone upper-cased
+    (DuckDB-only SQL, never sent to Redshift, so the regex's backslash is read as written)."""
+    return (
+        f"regexp_replace(regexp_replace({text}, '^([0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}})t', '\\1T'), "
+        "'z$', 'Z')"
+    )
 
 
 def projected_value(dialect: Dialect, column: ProjectedColumn, staged: str) -> str:
@@ -646,6 +794,53 @@ def check_statement_sizes(dialect: Dialect, statements: Sequence[Statement]) -> 
                 f"accepts at most {limit} bytes per statement; project fewer columns or use "
                 "shorter column names"
             )
+
+
+# The longest names a load can have (Redshift's 127 bytes), for checks made before the table is
+# known (configuration): a projection that fits with these fits with any table.
+_LONGEST_NAME = "t" * MAX_IDENTIFIER_BYTES
+_CHECK_TABLE_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def check_projection_limits(
+    dialect: Dialect,
+    projection: Sequence[ProjectedColumn],
+    *,
+    schema: str = _LONGEST_NAME,
+    table: str = _LONGEST_NAME,
+) -> None:
+    """Refuse, with ``PlanError``, a projection that no load into ``schema.table`` could carry:
+    more columns than the warehouse's table limit, or a steady-state load statement over the
+    warehouse API's size limit. Called at configuration (settings, worst-case names) and when a
+    load request is validated (its names), so it never first fails at every load."""
+    columns = len(BASE_COLUMNS) + len(projection)
+    if dialect.max_table_columns and columns > dialect.max_table_columns:
+        raise PlanError(
+            f"the projection has {len(projection)} columns, which with the load's "
+            f"{len(BASE_COLUMNS)} own columns makes {columns}; {dialect.name} tables hold at most "
+            f"{dialect.max_table_columns} columns: project at most "
+            f"{dialect.max_table_columns - len(BASE_COLUMNS)} fields"
+        )
+    if not dialect.max_statement_bytes:
+        return
+    source = StageSource(
+        relation="_lakehouse_stage_rows",
+        s3_uri="s3://" + "b" * 63 + "/" + "k" * 900,
+        iam_role=f"arn:aws:iam::123456789012:role/{'r' * 64}",
+    )
+    check_statement_sizes(
+        dialect,
+        load_transaction(
+            dialect,
+            TargetTable.named(dialect, schema, table),
+            source=source,
+            full=False,
+            expected=LoadedState(_CHECK_TABLE_ID, 2**62),
+            table_id=_CHECK_TABLE_ID,
+            version=2**62,
+            projection=projection,
+        ),
+    )
 
 
 # -- reconciliation ----------------------------------------------------------------------------
@@ -705,6 +900,7 @@ class Dialect:
     now: ClassVar[str]
     max_batch_statements: ClassVar[int | None] = None
     max_statement_bytes: ClassVar[int | None] = None
+    max_table_columns: ClassVar[int | None] = None
 
     def param(self, name: str) -> str:
         raise NotImplementedError
@@ -794,6 +990,8 @@ class RedshiftDialect(Dialect):
     # The Data API refuses a query string over 100 KB ("Cannot process query string larger than
     # 100kB"); kept under 100,000 bytes per statement.
     max_statement_bytes = 100_000
+    # "Quotas and limits in Amazon Redshift": at most 1,600 columns in a table.
+    max_table_columns = 1600
 
     def param(self, name: str) -> str:
         return f":{name}"

@@ -50,3 +50,14 @@ def per_collection(event, context):
             passed=collection != "c13",
             metadata={"figure": {"raw_value": len(collection), "type": "int"}},
         )
+
+
+def region(event, context):
+    """Reports the region its environment says it runs in."""
+    import os
+
+    with open_pipes(event) as pipes:
+        pipes.report_asset_materialization(
+            metadata={"region": {"raw_value": os.environ["AWS_REGION"], "type": "text"}}
+        )
+        pipes.report_asset_check(check_name="probe_check", passed=True)

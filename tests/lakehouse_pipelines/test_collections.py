@@ -19,6 +19,7 @@ from lakehouse_pipelines.definitions import build_definitions
 from lakehouse_pipelines.defs.collections import (
     DiscoveryError,
     collections_sensor,
+    discover,
     discover_collections,
     registered_collections,
 )
@@ -87,6 +88,30 @@ def test_the_register_job_registers_what_the_sensor_would(tmp_path):
     assert job.execute_in_process(instance=instance).success
     assert job.execute_in_process(instance=instance).success  # again: nothing added twice
     assert registered_collections(instance) == ["shop.customers", "shop.orders"]
+
+
+def test_a_misspelt_collection_is_reported_at_registration_with_the_closest_names(tmp_path):
+    """Issue 12: LAKEHOUSE_COLLECTIONS=shop.ordrs was accepted silently."""
+    settings = settings_for(tmp_path, "shop.orders,shop.ordrs,shop.customers")
+    assert discover(settings).unknown == [
+        "LAKEHOUSE_COLLECTIONS names shop.ordrs, which the source does not have (closest: "
+        "shop.orders); its capture will fail until the name is fixed or the collection exists"
+    ]
+    defs = build_definitions(settings)
+    result = defs.resolve_job_def("register_collections").execute_in_process(
+        instance=DagsterInstance.ephemeral()
+    )
+    assert result.success  # registered all the same: its capture fails, naming the fix
+    (output,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    (reported,) = output.event_specific_data.metadata["not_in_source"].value
+    assert "shop.ordrs" in reported and "closest: shop.orders" in reported
+
+
+def test_a_collection_the_source_has_raises_no_warning(tmp_path):
+    settings = settings_for(tmp_path, "shop.orders,crm.leads")
+    with EmbeddedChangeStreamSource(settings.source_location) as source:
+        DemoWorkload(source, "crm", "leads", initial_documents=2).run(0)
+    assert discover(settings).unknown == []
 
 
 def test_a_schedule_tick_is_one_run_over_every_registered_collection(tmp_path):

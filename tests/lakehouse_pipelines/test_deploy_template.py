@@ -4,6 +4,7 @@ import yaml
 from cfnlint.api import lint_all
 
 from lakehouse_pipelines.deploy_template import DEFAULT_RESERVED_CONCURRENCY, render_yaml
+from lakehouse_pipelines.resources.pipes_messages import PIPES_MESSAGE_PREFIX
 from lambda_functions.registry import FUNCTIONS
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -38,3 +39,25 @@ def test_template_passes_cfn_lint_without_errors_or_warnings():
 def test_dagster_pool_stays_below_reserved_concurrency():
     instance_settings = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
     assert instance_settings["concurrency"]["pools"]["default_limit"] < DEFAULT_RESERVED_CONCURRENCY
+
+
+def test_pipes_messages_expire_under_the_prefix_the_reader_uses():
+    """Messages a crash leaves behind are expired by S3 (the reader deletes the others)."""
+    template = yaml.safe_load(render_yaml())
+    bucket = template["Resources"]["PipesMessagesBucket"]
+    assert bucket["Type"] == "AWS::S3::Bucket"
+    (rule,) = bucket["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert rule["Status"] == "Enabled"
+    assert rule["Prefix"] == f"{PIPES_MESSAGE_PREFIX}/"
+    assert rule["ExpirationInDays"] >= 1  # S3's smallest expiration is one day
+    assert template["Outputs"]["PipesBucketName"]["Value"] == {"Ref": "PipesMessagesBucket"}
+
+
+def test_functions_may_write_pipes_messages_only_under_their_prefix():
+    template = yaml.safe_load(render_yaml())
+    statements = template["Resources"]["FunctionRole"]["Properties"]["Policies"][0][
+        "PolicyDocument"
+    ]["Statement"]
+    pipes = [s for s in statements if any("PipesMessagesBucket" in str(r) for r in s["Resource"])]
+    assert [s["Action"] for s in pipes] == [["s3:PutObject"]]
+    assert pipes[0]["Resource"][0]["Fn::Sub"].endswith(f"/{PIPES_MESSAGE_PREFIX}/*")

@@ -15,6 +15,7 @@ from lakehouse_pipelines.defs.metrics.definitions import pipeline_metrics
 from lakehouse_pipelines.defs.warehouse_load.definitions import warehouse_table
 from lakehouse_pipelines.resources import build_resources
 from lakehouse_pipelines.settings import LakehouseSettings
+from lambda_functions.cdc_capture.demo_workload import DemoWorkload
 from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
 from tests.lakehouse_pipelines.collection_runs import materialize_collections, metadata_by_asset
 from tests.lakehouse_pipelines.test_lambda_fan_out import CountingClient
@@ -33,6 +34,11 @@ def test_one_backfill_run_materializes_20_collections_with_bounded_invocations(t
             "LAKEHOUSE_FANOUT_CONCURRENCY": str(FANOUT),
         }
     )
+    # The demo workload invents documents for the demo collections only: these 20 are created
+    # as an application would (seeded, change streams on) before the backfill captures them.
+    with EmbeddedChangeStreamSource(settings.source_location) as source:
+        for namespace in COLLECTIONS:
+            DemoWorkload(source, *namespace.split("."), initial_documents=20).run(0)
     keys = discover_collections(settings)
     assert keys == COLLECTIONS
     resources = build_resources(settings)

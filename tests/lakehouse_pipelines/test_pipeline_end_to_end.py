@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -158,3 +159,19 @@ def test_maintenance_runs_in_lambda_and_leaves_the_incremental_load_intact(setti
     assert after["warehouse_table"]["load_reason"] == "incremental"
     assert after["lake_table"]["table_version"] == done["table_version"] + 1
     assert warehouse_documents(settings) == source_documents(settings)
+
+
+def test_a_merge_that_finds_the_lake_removed_fails_and_records_nothing(settings):
+    """Issue 12: with the lake removed mid-run the merge step succeeded with table_version -1
+    and 0 rows, its check green; now the step fails naming the fix, records no
+    materialization and no passing check, and the load is not run."""
+    instance = DagsterInstance.ephemeral()
+    run_pipeline(settings, instance)
+    shutil.rmtree(Path(settings.lake_uri))
+    result = materialize_collections([lake_table, warehouse_table], settings, instance, ORDERS)
+    assert not result.success
+    assert not result.asset_materializations_for_node("lake_table")
+    assert not [c for c in result.get_asset_check_evaluations() if c.passed]
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "there is no lake table" in str(failure.event_specific_data.error)
+    assert "materialize cdc_raw_batches" in str(failure.event_specific_data.error)

@@ -76,3 +76,28 @@ def test_the_dms_request_carries_the_endpoint_csv_delimiter(tmp_path):
     request = dms_request(semicolon, "shop.orders", "s3://dms/shop/orders")
     assert (request.csv_delimiter, request.dms_uri) == (";", "s3://dms/shop/orders")
     assert dms_request(tab, "shop.orders", "s3://dms/shop/orders").csv_delimiter == "\t"
+
+
+def test_every_bad_setting_is_reported_at_once_not_only_the_first():
+    with pytest.raises(SettingsError) as raised:
+        LakehouseSettings.from_env(
+            {
+                "LAKEHOUSE_COLLECTIONS": "orders",
+                "LAKEHOUSE_FANOUT_CONCURRENCY": "0",
+                "LAKEHOUSE_DEMO_CHANGES": "many",
+                "LAKEHOUSE_MAINTENANCE_CRON": "daily",
+                "LAKEHOUSE_WAREHOUSE": "snowflake",
+                "LAKEHOUSE_WAREHOUSE_PROJECTION": "not json",
+            }
+        )
+    message = str(raised.value)
+    assert message.startswith("6 settings are wrong")
+    for variable in (
+        "LAKEHOUSE_COLLECTIONS",
+        "LAKEHOUSE_FANOUT_CONCURRENCY",
+        "LAKEHOUSE_DEMO_CHANGES",
+        "LAKEHOUSE_MAINTENANCE_CRON",
+        "LAKEHOUSE_WAREHOUSE",
+        "LAKEHOUSE_WAREHOUSE_PROJECTION",
+    ):
+        assert f"- {variable}" in message, variable

@@ -2,21 +2,31 @@
 table's maintenance (compaction of cold partitions, vacuum) on its own schedule."""
 
 import json
+from dataclasses import asdict, dataclass, replace
 
 from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
     Config,
+    DagsterInstance,
+    DagsterRunStatus,
     DefaultSensorStatus,
     Definitions,
     MaterializeResult,
     ResourceParam,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     define_asset_job,
     sensor,
+)
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
 )
 from pydantic import Field
 
@@ -32,7 +42,8 @@ from lakehouse_pipelines.defs.policies import with_freshness
 from lakehouse_pipelines.resources import LambdaPipes
 from lakehouse_pipelines.settings import LakehouseSettings, split_namespace
 from lambda_functions.contracts import CompactRequest, MergeRequest
-from lambda_functions.lake import RawZone, open_store
+from lambda_functions.lake import open_store
+from lambda_functions.lake.progress import LakeProgress, read_lake_progress
 from lambda_functions.registry import LAKE_MAINTENANCE, MERGE
 
 LAKE_TABLE_KEY = "lake_table"
@@ -132,45 +143,137 @@ merge_job = define_asset_job(
 maintenance_job = define_asset_job("lake_maintenance_job", selection=[MAINTENANCE_KEY])
 
 
+# Runs that may still apply a collection's batches: the sensor waits for them instead of
+# requesting a run that would find nothing left to apply.
+_UNFINISHED = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+
+
+def collections_being_merged(instance: DagsterInstance, registered: list[str]) -> set[str]:
+    """Collections an unfinished run will merge (its selection holds ``lake_table``): a UI
+    "Materialize all", a schedule, or a run this sensor requested earlier. A range run covers
+    the registered collections from its first to its last partition."""
+    covered: set[str] = set()
+    for run in instance.get_runs(filters=RunsFilter(statuses=_UNFINISHED)):
+        if run.asset_selection is not None and AssetKey(LAKE_TABLE_KEY) not in run.asset_selection:
+            continue
+        if run.asset_selection is None and run.job_name != merge_job.name:
+            continue
+        tags = run.tags
+        if PARTITION_NAME_TAG in tags:
+            covered.add(tags[PARTITION_NAME_TAG])
+        elif ASSET_PARTITION_RANGE_START_TAG in tags and ASSET_PARTITION_RANGE_END_TAG in tags:
+            first, last = tags[ASSET_PARTITION_RANGE_START_TAG], tags[ASSET_PARTITION_RANGE_END_TAG]
+            if first in registered and last in registered:
+                covered.update(registered[registered.index(first) : registered.index(last) + 1])
+    return covered
+
+
+@dataclass(frozen=True)
+class _Handed:
+    """The sensor's cursor for one collection: the newest batch handed to a run, for which raw
+    zone and which lake table, and how many times the pair was found reset (keeps run keys
+    unique when the same batch numbers come back)."""
+
+    batch: int = 0
+    raw: str | None = None
+    table: str | None = None
+    resets: int = 0
+
+    @classmethod
+    def parse(cls, value: object) -> "_Handed":
+        if isinstance(value, int):  # cursor written before raw-zone identities: no identity
+            return cls(batch=value)
+        if isinstance(value, dict):
+            return cls(
+                batch=int(value.get("batch", 0)),
+                raw=value.get("raw"),
+                table=value.get("table"),
+                resets=int(value.get("resets", 0)),
+            )
+        return cls()
+
+    def still_valid_for(self, progress: LakeProgress) -> bool:
+        """The batch handed belongs to this raw zone and this lake table. A new raw zone (the
+        lake removed: numbering restarts at 1) or a table removed or re-created makes the mark
+        meaningless; a table created since (by the run handed the batch) does not."""
+        if self.raw is not None and self.raw != progress.raw_identity:
+            return False
+        return self.table is None or self.table == progress.table_id
+
+
 @sensor(
     job=merge_job,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Starts a merge (and load) run for each collection with new raw batches.",
+    description=(
+        "Starts a merge (and load) run for each collection whose lake table is behind its raw "
+        "zone (a batch published that the table has not applied)."
+    ),
 )
 def raw_batches_sensor(
     context: SensorEvaluationContext, lakehouse: ResourceParam[LakehouseSettings]
-) -> SensorResult | SkipReason:
-    """The cursor holds, per collection, the newest batch already handed to a run: a batch is
-    never handed twice, and none is skipped (a merge applies *every* batch newer than the
-    table's last one, so a run that fails is caught up by the next)."""
-    cursor: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
+) -> SensorResult:
+    """Requests a run for a collection only when its lake table is behind its raw zone: the raw
+    zone's newest batch is above the batch the table records as applied (its Delta app
+    transaction), so batches a UI or scheduled run already merged cause no follow-up run, and a
+    collection an unfinished run is merging waits for it.
+
+    The cursor holds, per collection, the newest batch already handed to a run, with the raw
+    zone's identity and the lake table's id: a batch is never handed twice to the same table,
+    a run that fails is caught up by the next batch (a merge applies *every* batch newer than
+    the table's last one), and a new raw zone (numbering restarted at 1 after the lake was
+    removed) or a removed table makes the mark void instead of stalling the collection."""
+    cursor: dict[str, object] = json.loads(context.cursor) if context.cursor else {}
     store = open_store(lakehouse.lake_uri)
+    registered = registered_collections(context.instance)
+    busy = collections_being_merged(context.instance, registered)
     requests = []
-    problems = []
-    for namespace in registered_collections(context.instance):
-        last_seen = cursor.get(namespace, 0)
+    notes = []
+    for namespace in registered:
+        if namespace in busy:
+            notes.append(f"{namespace}: a run merging it is unfinished")
+            continue
         try:  # one collection that cannot be read (a bad key, a listing error) skips only itself
-            new = RawZone(store, *split_namespace(namespace)).batch_numbers(after=last_seen)
+            progress = read_lake_progress(store, *split_namespace(namespace))
         except Exception as error:
-            problems.append(f"{namespace}: its raw batches could not be listed: {error}")
-            context.log.warning(f"raw_batches_sensor skipped {problems[-1]}")
+            notes.append(f"{namespace}: its raw batches could not be listed: {error}")
+            context.log.warning(f"raw_batches_sensor skipped {notes[-1]}")
             continue
-        if not new:
+        handed = _Handed.parse(cursor.get(namespace))
+        if not handed.still_valid_for(progress):
+            context.log.info(
+                f"{namespace}: the raw zone or lake table was reset (raw {handed.raw} -> "
+                f"{progress.raw_identity}, table {handed.table} -> {progress.table_id}); "
+                f"following the new one from batch {progress.applied + 1}"
+            )
+            handed = _Handed(resets=handed.resets + 1)
+        if not progress.behind or progress.newest_batch <= handed.batch:
+            cursor[namespace] = asdict(
+                replace(handed, raw=progress.raw_identity, table=progress.table_id)
+            )
             continue
+        first, last = progress.pending or (0, 0)
+        generation = f"r{handed.resets}:" if handed.resets else ""
         requests.append(
             RunRequest(
-                run_key=f"{namespace}:{new[0]}-{new[-1]}",
+                run_key=f"{namespace}:{generation}{first}-{last}",
                 partition_key=namespace,
-                tags={"lakehouse/batches": f"{new[0]}-{new[-1]}"},
+                tags={"lakehouse/batches": f"{first}-{last}"},
             )
         )
-        cursor[namespace] = new[-1]
-    if not requests:
-        return SkipReason(
-            "; ".join(problems) if problems else "no new raw batch in any registered collection"
+        cursor[namespace] = asdict(
+            replace(handed, batch=last, raw=progress.raw_identity, table=progress.table_id)
         )
-    return SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
+    new_cursor = json.dumps(cursor, sort_keys=True)
+    if not requests:
+        reason = "; ".join(notes) if notes else "every lake table is up to date with its raw zone"
+        return SensorResult(skip_reason=SkipReason(reason), cursor=new_cursor)
+    return SensorResult(run_requests=requests, cursor=new_cursor)
 
 
 def build_defs(settings: LakehouseSettings) -> Definitions:

@@ -62,7 +62,8 @@ def collect_metrics(instance: DagsterInstance, settings: LakehouseSettings) -> l
 
 def publish(metrics: list[Metric], sink: MetricsSink, settings: LakehouseSettings) -> str:
     sink.publish(metrics)
-    body = dashboard_body(settings.metrics_namespace, settings.aws_region or "us-east-1", metrics)
+    # from the catalogue, not from ``metrics``: a partial publish must not shrink the dashboard
+    body = dashboard_body(settings.metrics_namespace, settings.aws_region or "us-east-1")
     return sink.publish_dashboard(settings.dashboard_name, body)
 
 

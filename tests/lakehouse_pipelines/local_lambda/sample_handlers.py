@@ -92,3 +92,13 @@ def loaded_modules(event: Any, context: Any) -> list[str]:
 def write_file(event: Any, context: Any) -> None:
     time.sleep(0.2)
     Path(event["path"]).write_text(context.aws_request_id)
+
+
+def environment(event: Any, context: Any) -> dict[str, str]:
+    """The whole environment the handler sees."""
+    return {**os.environ, "pid": str(os.getpid())}
+
+
+def read_setting(event: Any, context: Any) -> str:
+    """Depends on a variable: works only where the function is configured with it."""
+    return os.environ["LAKEHOUSE_SETTING_FOR_TEST"]

@@ -12,19 +12,24 @@ from dagster._core.remote_origin import (
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from lakehouse_pipelines.defs.metrics.collect import (
+    STAGE_FIGURES,
     labels,
     pool_metrics,
     queue_metrics,
     run_window_metrics,
 )
-from lakehouse_pipelines.defs.metrics.dashboard import dashboard_body
+from lakehouse_pipelines.defs.metrics.dashboard import METRIC_CATALOGUE, dashboard_body
+from lakehouse_pipelines.defs.metrics.definitions import publish
 from lakehouse_pipelines.resources.metrics_sink import (
     MAX_METRICS_PER_CALL,
     MAX_VALUES_PER_METRIC,
     CloudWatchMetrics,
     Metric,
+    MetricsSink,
 )
+from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.emf import MAX_METRICS_PER_LINE, emf_lines
+from tests.lakehouse_pipelines.metrics.dashboard_body_rules import dashboard_body_errors
 
 
 @asset
@@ -132,28 +137,118 @@ def test_aws_namespace_is_refused():
         CloudWatchMetrics("AWS/Lambda", client=object())
 
 
-def test_dashboard_covers_every_published_metric_and_is_accepted(aws_env):
-    metrics = [
-        Metric("QueuedRuns", 1, "Count"),
-        Metric("Rows", 5, "Count", {"Stage": "merge", "Collection": "shop.orders"}),
-        Metric("Rows", 7, "Count", {"Stage": "load", "Collection": "shop.orders"}),
-        Metric("LambdaDuration", 12.5, "Milliseconds", {"Stage": "load"}),
+def test_dashboard_body_follows_cloudwatchs_documented_structure():
+    body = dashboard_body("Lakehouse/Pipelines", "eu-west-1")
+    assert dashboard_body_errors(body) == []
+
+
+INVALID_BODIES = {
+    "no widgets": {"dashboards": []},
+    "wider than the grid": {
+        "widgets": [{"type": "text", "x": 20, "width": 8, "properties": {"markdown": "x"}}]
+    },
+    "metric widget without region": {
+        "widgets": [{"type": "metric", "properties": {"metrics": [["Ns", "M"]]}}]
+    },
+    "period not a multiple of 60": {
+        "widgets": [
+            {
+                "type": "metric",
+                "properties": {"region": "us-east-1", "period": 45, "metrics": [["Ns", "M"]]},
+            }
+        ]
+    },
+    "expression id with a capital": {
+        "widgets": [
+            {
+                "type": "metric",
+                "properties": {
+                    "region": "us-east-1",
+                    "metrics": [[{"expression": "SEARCH('{Ns} M', 'Sum', 60)", "id": "E1"}]],
+                },
+            }
+        ]
+    },
+    "unknown widget type": {"widgets": [{"type": "graph", "properties": {}}]},
+    "dimension without a value": {
+        "widgets": [
+            {
+                "type": "metric",
+                "properties": {"region": "us-east-1", "metrics": [["Ns", "M", "Stage"]]},
+            }
+        ]
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID_BODIES))
+def test_the_documented_rules_reject_what_cloudwatch_rejects(case):
+    """The checker is a judge (moto is not: it stores any JSON body)."""
+    assert dashboard_body_errors(json.dumps(INVALID_BODIES[case]))
+
+
+def test_dashboard_shows_every_catalogued_metric_with_its_dimensions():
+    widgets = json.loads(dashboard_body("Lakehouse/Test", "us-east-1"))["widgets"]
+    by_title = {w["properties"].get("title"): w["properties"] for w in widgets[1:]}
+    for metric in METRIC_CATALOGUE:
+        (line,) = by_title[metric.name]["metrics"]
+        if metric.dimensions:
+            schema = ",".join(['"Lakehouse/Test"', *metric.dimensions])
+            assert f'{{{schema}}} MetricName="{metric.name}"' in line[0]["expression"]
+        else:
+            assert line == ["Lakehouse/Test", metric.name]
+        assert by_title[metric.name]["stat"] == metric.stat
+
+
+def test_every_metric_the_collectors_publish_is_in_the_catalogue(instance):
+    materialize([fine], instance=instance)
+    add_run(instance, DagsterRunStatus.QUEUED)
+    instance.event_log_storage.set_concurrency_slots("lakehouse_lambda", 2)
+    now = time.time()
+    published = [
+        *queue_metrics(instance, now),
+        *run_window_metrics(instance, now, window_s=3600),
+        *pool_metrics(instance),
+        Metric("DaemonHeartbeatAge", 3.0, "Seconds", {"Daemon": "SENSOR"}),
+        *(
+            Metric(name, 1.0, unit, {"Stage": "merge", "Collection": "shop.orders"})
+            for name, unit in STAGE_FIGURES.values()
+        ),
     ]
-    body = dashboard_body("Lakehouse/Test", "us-east-1", metrics)
-    widgets = json.loads(body)["widgets"]
-    plotted = [tuple(line) for w in widgets for line in w["properties"]["metrics"]]
-    for m in metrics:
-        expected = (
-            "Lakehouse/Test",
-            m.name,
-            *[x for kv in sorted(m.dimensions.items()) for x in kv],
-        )
-        assert expected in plotted
-    client = boto3.client("cloudwatch")
-    client.put_dashboard(DashboardName="lakehouse", DashboardBody=body)
-    assert json.loads(
-        client.get_dashboard(DashboardName="lakehouse")["DashboardBody"]
-    ) == json.loads(body)
+    catalogue = {m.name: m for m in METRIC_CATALOGUE}
+    for metric in published:
+        assert metric.name in catalogue, metric.name
+        assert tuple(sorted(metric.dimensions)) == catalogue[metric.name].dimensions
+        assert metric.unit == catalogue[metric.name].unit
+
+
+class DashboardRecordingSink(MetricsSink):
+    """A fake sink that keeps the dashboard bodies it was given."""
+
+    def __init__(self):
+        self.bodies: list[str] = []
+
+    @property
+    def location(self) -> str:
+        return "memory"
+
+    def publish(self, metrics):
+        return len(metrics)
+
+    def publish_dashboard(self, name, body):
+        self.bodies.append(body)
+        return name
+
+
+def test_a_partial_publish_keeps_the_whole_dashboard(tmp_path):
+    settings = LakehouseSettings.from_env({"LAKEHOUSE_ROOT": str(tmp_path)})
+    full = [Metric(m.name, 1.0, m.unit, {d: "x" for d in m.dimensions}) for m in METRIC_CATALOGUE]
+    sink = DashboardRecordingSink()
+    publish(full, sink, settings)
+    publish(full[:3], sink, settings)  # e.g. a publish that only had the queue figures
+    assert sink.bodies[0] == sink.bodies[1]
+    titles = {w["properties"].get("title") for w in json.loads(sink.bodies[1])["widgets"]}
+    assert {m.name for m in METRIC_CATALOGUE} <= titles
 
 
 def test_emf_lines_follow_the_embedded_metric_format():

@@ -470,3 +470,21 @@ def test_open_source_names_what_is_missing(make_request, monkeypatch):
         open_source(make_request(source_kind="documentdb", source_location="DOCDB_URI_FOR_TEST"))
     with pytest.raises(InvalidRequestError, match="source_location"):
         open_source(make_request(source_location=""))
+
+
+def test_a_long_snapshot_read_reports_how_far_it_got_at_a_steady_interval(
+    source, lake, make_request, monkeypatch
+):
+    """Issue 12: reading a long snapshot logged nothing until its batch was published."""
+    import lambda_functions.cdc_capture.capture as capture_module
+
+    monkeypatch.setattr(capture_module, "SNAPSHOT_PAGE_ROWS", 50)
+    monkeypatch.setattr(capture_module, "REPORT_EVERY_S", 0.0)  # a line per page, for the test
+    DemoWorkload(source, initial_documents=200).run(0)
+    lines: list[str] = []
+    capture_changes(make_request(), source=source, on_progress=lines.append)
+    waiting = [line for line in lines if line.startswith("waiting for the snapshot")]
+    assert len(waiting) >= 4
+    assert waiting[0].startswith("waiting for the snapshot of shop.orders (batch 1): ")
+    assert "50 documents read" in waiting[0] and "200 documents read" in waiting[3]
+    assert "s so far" in waiting[0]

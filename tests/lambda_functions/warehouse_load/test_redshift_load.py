@@ -190,7 +190,8 @@ def test_incremental_load_is_one_batch_transaction_with_exactly_these_statements
     expect_query(
         stubber,
         "columns-1",
-        "SELECT column_name FROM information_schema.columns "
+        "SELECT column_name, data_type, character_maximum_length, numeric_precision, "
+        "numeric_scale FROM information_schema.columns "
         "WHERE LOWER(table_schema) = :schema_name AND LOWER(table_name) = :table_name",
         "target_columns",
         "token-3",
@@ -484,3 +485,36 @@ def test_staged_parquet_keeps_the_stage_columns_in_copy_order(staging):
     written = pq.read_table(io.BytesIO(staging.get("_staging/a/b/7/part.parquet")))
     # COPY ... FORMAT AS PARQUET matches columns by position: the staging table's order.
     assert written.schema.names == [*STAGE_COLUMNS]
+
+
+def test_a_long_poll_reports_what_it_waits_for_at_a_steady_interval(data_api):
+    """Issue 12: long waits had no log line. A 60 s poll says every 10 s what it waits for (the
+    statement, its status) and how long so far, then how it ended."""
+    client, stubber = data_api
+    clock, lines = FakeClock(), []
+    stubber.add_response("batch_execute_statement", {"Id": "slow"})
+    for _ in range(16):  # 0.25 + 0.5 + 1 + 2 + 4 + 11 x 5 = 62.75 s of polling
+        stubber.add_response("describe_statement", {"Id": "slow", "Status": "STARTED"})
+    stubber.add_response("describe_statement", finished("slow"))
+    api = api_client(client, clock)
+    api.timeout_s, api.on_progress = 600, lines.append
+    api.run_batch(PLAN, name="load")
+    waiting = [line for line in lines if line.startswith("waiting for")]
+    assert len(waiting) == 5  # at 12.75, 22.75, ... 52.75 s: every 10 s while STARTED
+    assert waiting[0].startswith("waiting for Redshift statement slow (load): 13 s so far")
+    assert "status STARTED" in waiting[0] and "STV_LOCKS" in waiting[0]
+    seconds = [int(line.split(": ")[1].split(" s so far")[0]) for line in waiting]
+    assert seconds == [13, 23, 33, 43, 53]
+    assert lines[-1] == "Redshift statement slow (load): FINISHED after 62.8 s"
+
+
+def test_a_quick_statement_logs_no_wait(data_api):
+    client, stubber = data_api
+    lines: list[str] = []
+    stubber.add_response("batch_execute_statement", {"Id": "quick"})
+    stubber.add_response("describe_statement", {"Id": "quick", "Status": "STARTED"})
+    stubber.add_response("describe_statement", finished("quick"))
+    api = api_client(client, FakeClock())
+    api.on_progress = lines.append
+    api.run_batch(PLAN, name="load")
+    assert lines == []

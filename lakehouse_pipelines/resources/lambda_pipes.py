@@ -73,6 +73,16 @@ def lambda_report_metadata(log_tail: str, price_per_gb_second: float) -> dict[st
     }
 
 
+class _SingleWriterTempFileReader(PipesTempFileMessageReader):
+    """dagster's temp-file reader, saying it has one writer (the function) without going through
+    the base class's ``@preview`` property: dagster reads ``expected_writer_count`` on every
+    session, and the inherited one emits a PreviewWarning per invocation."""
+
+    @property
+    def expected_writer_count(self) -> int:
+        return 1
+
+
 # Invoke errors with which the Lambda service refuses to run the function at all
 # (https://docs.aws.amazon.com/lambda/latest/api/API_Invoke.html#API_Invoke_Errors), and the fix.
 REFUSED_INVOKE_HINTS = {
@@ -139,7 +149,7 @@ class LambdaPipes:
         """Use the local Lambda runtime; messages travel through a temporary file."""
         return cls(
             lambda_client=runtime,
-            message_reader_factory=PipesTempFileMessageReader,
+            message_reader_factory=_SingleWriterTempFileReader,
             **options,
         )
 
@@ -242,7 +252,14 @@ class LambdaPipes:
         if len(requests) + len(unbuilt) == 1 and context.has_partition_key:
             if unbuilt:
                 raise next(iter(unbuilt.values()))
-            return self.run(context, spec, next(iter(requests.values())))
+            ((key, request),) = requests.items()
+            result = self.run(context, spec, request)
+            return result._replace(
+                check_results=[
+                    _with_collection_figures(check, {key: check})
+                    for check in result.check_results or []
+                ]
+            )
         results: dict[str, MaterializeResult] = {}
         failures: dict[str, BaseException] = {}
         for key, error in sorted(unbuilt.items()):
@@ -295,10 +312,33 @@ def _combine_checks(results: Mapping[str, MaterializeResult]) -> list[AssetCheck
                 metadata={
                     "partitions_checked": MetadataValue.int(len(checks)),
                     "failed_partitions": MetadataValue.json(failed),
+                    **collection_figures(checks),
                 },
             )
         )
     return combined
+
+
+def collection_figures(checks: Mapping[str, AssetCheckResult]) -> dict[str, Any]:
+    """Each collection's numeric check figures under ``<collection>/<name>``.
+
+    Asset checks are not partitioned, so the UI plots a check's metadata as one series over
+    time; a figure keyed by collection is one series per collection there, where a bare key
+    would join the collections' values (one run's shop.orders lag, the next run's
+    shop.customers lag) into one line."""
+    figures: dict[str, Any] = {}
+    for key, check in sorted(checks.items()):
+        for name, value in (check.metadata or {}).items():
+            raw = getattr(value, "value", value)
+            if isinstance(raw, int | float) and not isinstance(raw, bool):
+                figures[f"{key}/{name}"] = value
+    return figures
+
+
+def _with_collection_figures(
+    check: AssetCheckResult, checks: Mapping[str, AssetCheckResult]
+) -> AssetCheckResult:
+    return check._replace(metadata={**(check.metadata or {}), **collection_figures(checks)})
 
 
 class MissingAwsSettingError(ValueError):

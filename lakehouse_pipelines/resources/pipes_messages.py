@@ -81,6 +81,12 @@ class S3PipesMessageReader(PipesS3MessageReader):
         self._refused = threading.Event()
         self._error: BaseException | None = None
 
+    @property
+    def expected_writer_count(self) -> int:
+        """One writer, the function. Defined here because dagster reads this on every session
+        and the inherited property is ``@preview``: it would warn once per invocation."""
+        return 1
+
     def invocation_refused(self) -> None:
         """The Lambda service refused the invoke (no such function, access denied, throttled):
         the function never ran, so there is nothing to wait for or read."""

@@ -45,7 +45,11 @@ def per_collection(event, context):
         pipes.report_asset_materialization(
             metadata={"collection": {"raw_value": collection, "type": "text"}}
         )
-        pipes.report_asset_check(check_name="probe_check", passed=collection != "c13")
+        pipes.report_asset_check(
+            check_name="probe_check",
+            passed=collection != "c13",
+            metadata={"figure": {"raw_value": len(collection), "type": "int"}},
+        )
 
 
 def region(event, context):

@@ -83,4 +83,9 @@ def test_one_run_materializes_every_partition_with_bounded_concurrency():
     (check,) = result.get_asset_check_evaluations()
     assert not check.passed
     assert check.metadata["failed_partitions"].value == ["c13"]
+    # numeric check figures keyed by collection: one plot series per collection in the UI
+    assert {k: v.value for k, v in check.metadata.items() if k.endswith("/figure")} == {
+        f"{key}/figure": len(key) for key in KEYS
+    }
+    assert "figure" not in check.metadata
     assert instance.get_materialized_partitions(AssetKey("probe")) == set(KEYS)

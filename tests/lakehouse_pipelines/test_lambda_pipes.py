@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import boto3
 import pytest
@@ -364,3 +365,18 @@ def test_report_line_becomes_duration_memory_and_cost_metadata():
     assert metadata["lambda/init_duration_ms"].value == 250.5
     expected = 1.501 * 2 * 0.0000166667 + 0.0000002
     assert metadata["lambda/estimated_cost_usd"].value == pytest.approx(expected)
+
+
+def test_an_invocation_emits_no_dagster_preview_beta_or_supersession_warning(runtime):
+    """dagster reads ``expected_writer_count`` (a @preview property) of the message reader on
+    every Pipes session; our readers define it themselves, so no PreviewWarning per invocation."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_probe(NOISY, LambdaPipes.local(runtime))
+    assert result.success
+    names = {"PreviewWarning", "BetaWarning", "SupersessionWarning"}
+    assert [
+        str(w.message)
+        for w in caught
+        if type(w.category).__name__ in names or w.category.__name__ in names
+    ] == []

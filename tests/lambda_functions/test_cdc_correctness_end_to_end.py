@@ -13,13 +13,13 @@ from __future__ import annotations
 import threading
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import duckdb
-from bson import Binary, Int64, ObjectId, Timestamp, json_util
+from bson import Binary, Int64, ObjectId
 from bson.datetime_ms import DatetimeMS
-from bson.json_util import CANONICAL_JSON_OPTIONS
 from deltalake import DeltaTable
 
 from lambda_functions.cdc_capture import EmbeddedChangeStreamSource, capture_changes
@@ -36,6 +36,7 @@ from lambda_functions.lake import open_store
 from lambda_functions.lake.record_key import record_key
 from lambda_functions.merge import lake_table_location, merge_batches
 from lambda_functions.warehouse_load.load import load_changes
+from tests.lambda_functions.change_events import change_event, sqs_event
 
 DB = "shop"
 HEX = "65a1b2c3d4e5f60718293a4b"
@@ -136,32 +137,7 @@ def test_captured_collection_with_mixed_ids_and_a_poison_page_ends_equal_everywh
 
 
 # -- the message path ------------------------------------------------------------------------------
-def event(op: str, _id: Any, t: int, doc: dict | None = None) -> dict:
-    change = {
-        "_id": {"_data": f"82{t:08X}00000001"},
-        "operationType": op,
-        "clusterTime": Timestamp(t, 1),
-        "ns": {"db": DB, "coll": "events"},
-    }
-    if op != "drop":
-        change["documentKey"] = {"_id": _id}
-    if doc is not None:
-        change["fullDocument"] = doc
-    return change
-
-
-def sqs(events: list[dict]) -> dict:
-    return {
-        "Records": [
-            {
-                "messageId": str(uuid.uuid4()),
-                "body": json_util.dumps(e, json_options=CANONICAL_JSON_OPTIONS),
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:111122223333:shop-events",
-            }
-            for e in events
-        ]
-    }
+event = partial(change_event, coll="events")  # shop.events, fed only by the relay
 
 
 def state_in_cluster_time_order(events: list[dict]) -> dict[str, str]:
@@ -200,7 +176,10 @@ def test_out_of_order_messages_from_concurrent_ingests_end_in_mongodb_order(tmp_
     for round_events in (early[:4], early[4:], late):
         halves = [round_events[0::2], round_events[1::2]]
         threads = [
-            threading.Thread(target=ingest_messages, args=(parse_event(sqs(h))[1], store))
+            threading.Thread(
+                target=ingest_messages,
+                args=(parse_event(sqs_event(*h, queue="shop-events"))[1], store),
+            )
             for h in halves
         ]
         for thread in threads:

@@ -20,6 +20,7 @@ from lambda_functions.contracts import DmsIngestRequest, MergeRequest
 from lambda_functions.lake import open_store
 from lambda_functions.lake.record_key import record_key
 from lambda_functions.merge.merge import lake_table_location, merge_batches
+from tests.lambda_functions.change_events import change_event, sqs_event
 from tests.lambda_functions.merge.tables import stored_docs, tombstones
 
 DB, COLL = "shop", "orders"
@@ -60,33 +61,6 @@ def test_dms_key_only_delete_hits_an_older_insert_of_the_same_commit_delivered_a
     assert result.table_rows == 0
 
 
-def relayed(op: str, _id, t: int, doc: dict | None = None) -> dict:
-    """An SQS event whose body is the change event a relay forwards (MongoDB's shape)."""
-    import uuid
-
-    from bson import Timestamp
-
-    event = {
-        "_id": {"_data": f"82{t:08X}00000001"},
-        "operationType": op,
-        "clusterTime": Timestamp(t, 1),
-        "ns": {"db": DB, "coll": COLL},
-        "documentKey": {"_id": _id},
-    }
-    if doc is not None:
-        event["fullDocument"] = doc
-    return {
-        "Records": [
-            {
-                "messageId": str(uuid.uuid4()),
-                "body": ext(event),
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:111122223333:shop-orders",
-            }
-        ]
-    }
-
-
 def test_reset_keeps_refusing_changes_older_than_its_snapshot(tmp_path):
     """K is inserted at T0, updated at T0+100 and deleted at T0+200 (merged: a tombstone). The
     operator resets capture at T0+300 (the documented recovery): a new snapshot, taken after
@@ -125,7 +99,9 @@ def test_reset_keeps_refusing_changes_older_than_its_snapshot(tmp_path):
         merge_batches(merge)
         expected = {record_key(d["_id"]) for d in source.documents(DB, COLL)}
 
-    _, messages = parse_event(relayed("update", k, t0 + 100, {"_id": k, "v": 1}))
+    _, messages = parse_event(
+        sqs_event(change_event("update", k, t0 + 100, {"_id": k, "v": 1}, db=DB, coll=COLL))
+    )
     ingest_messages(messages, open_store(lake))
     merge_batches(merge)
 

@@ -33,6 +33,7 @@ from lambda_functions.lake.record_key import RECORD_KEY_APP, REKEYED_AT_APP, rec
 from lambda_functions.merge.layout import PARTITION_BY, TABLE_CONFIGURATION, key_buckets
 from lambda_functions.merge.merge import lake_table_location, merge_batches
 from lambda_functions.warehouse_load.lake_changes import read_lake_changes
+from tests.lambda_functions.change_events import change_event, sqs_event
 from tests.lambda_functions.merge.tables import APP, stored_docs
 
 DB, COLL = "shop", "orders"
@@ -62,35 +63,6 @@ def lake_docs(tmp_path: Path) -> dict[str, dict]:
 
 def ext(value) -> str:
     return json_util.dumps(value, json_options=CANONICAL_JSON_OPTIONS)
-
-
-def sqs_event(*events: dict) -> dict:
-    return {
-        "Records": [
-            {
-                "messageId": str(uuid.uuid4()),
-                "body": ext(event),
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:111122223333:shop-orders",
-            }
-            for event in events
-        ]
-    }
-
-
-def change(op: str, _id, t: int, doc: dict | None = None) -> dict:
-    from bson import Timestamp
-
-    event = {
-        "_id": {"_data": f"82{t:08X}00000001"},
-        "operationType": op,
-        "clusterTime": Timestamp(t, 1),
-        "ns": {"db": DB, "coll": COLL},
-        "documentKey": {"_id": _id},
-    }
-    if doc is not None:
-        event["fullDocument"] = doc
-    return event
 
 
 # -- snapshot and change stream --------------------------------------------------------------------
@@ -125,11 +97,11 @@ def test_messages_with_numerically_equal_ids_of_other_types_change_one_document(
     """A relay may render the same _id as int32, int64 or double: MongoDB's equality joins them."""
     store = open_store(str(tmp_path / "lake"))
     events = [
-        change("insert", 1, 100, {"_id": 1, "v": "a"}),
-        change("insert", ObjectId(HEX), 101, {"_id": ObjectId(HEX), "v": "oid"}),
-        change("insert", HEX, 102, {"_id": HEX, "v": "str"}),
-        change("update", Int64(1), 103, {"_id": Int64(1), "v": "b"}),
-        change("delete", HEX, 104),
+        change_event("insert", 1, 100, {"_id": 1, "v": "a"}),
+        change_event("insert", ObjectId(HEX), 101, {"_id": ObjectId(HEX), "v": "oid"}),
+        change_event("insert", HEX, 102, {"_id": HEX, "v": "str"}),
+        change_event("update", Int64(1), 103, {"_id": Int64(1), "v": "b"}),
+        change_event("delete", HEX, 104),
     ]
     _, messages = parse_event(sqs_event(*events))
     ingest_messages(messages, store)
@@ -140,7 +112,7 @@ def test_messages_with_numerically_equal_ids_of_other_types_change_one_document(
     assert docs[record_key(1.0)]["v"] == "b"
     assert docs[HEX]["v"] == "oid"
 
-    _, messages = parse_event(sqs_event(change("delete", 1.0, 105)))
+    _, messages = parse_event(sqs_event(change_event("delete", 1.0, 105)))
     ingest_messages(messages, store)
     merge(tmp_path)
     assert set(lake_docs(tmp_path)) == {HEX}

@@ -30,13 +30,16 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.moto_process import moto_server_process  # noqa: E402  (moto in its own process)
 
 HANDLER_MODULE = Path(__file__).stem  # workers import this file (its directory is on sys.path)
 
@@ -73,41 +76,6 @@ def noop_stock(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return {}
 
 
-# --- moto in its own process ---
-
-_MOTO_CHILD = """
-import sys
-from moto.server import ThreadedMotoServer
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-host, port = server.get_host_and_port()
-print(f"http://{host}:{port}", flush=True)
-sys.stdin.read()  # until the parent closes our stdin
-server.stop()
-"""
-
-
-@contextmanager
-def moto_server_process() -> Iterator[str]:
-    """Yield the endpoint of a moto server running in a child process."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", _MOTO_CHILD],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        yield child.stdout.readline().strip()
-    finally:
-        assert child.stdin is not None
-        child.stdin.close()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-
-
 # --- measurement ---
 
 
@@ -116,7 +84,8 @@ def main() -> None:
     parser.add_argument("--invocations", type=int, default=10, help="timed invocations per path")
     args = parser.parse_args()
 
-    with moto_server_process() as endpoint:
+    with moto_server_process() as moto:
+        endpoint = moto.endpoint
         aws_env = {
             "AWS_ACCESS_KEY_ID": "bench",
             "AWS_SECRET_ACCESS_KEY": "bench",

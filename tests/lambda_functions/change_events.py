@@ -40,3 +40,16 @@ def sqs_event(*events: dict[str, Any], queue: str = "shop-orders") -> dict[str, 
             for event in events
         ]
     }
+
+
+def relayed_message(n: int, op: str, t: int, key: str | None = None, *, ns: dict[str, str]) -> Any:
+    """Message ``m-<n>`` of an SQS relay carrying one change event at cluster time ``(t, 1)``
+    (an insert of ``{"_id": key, "n": n}`` when ``key`` is given)."""
+    from lambda_functions.cdc_capture.extended_json import encode_document
+    from lambda_functions.cdc_capture.mq_ingest import Message
+
+    body: dict[str, Any] = {"_id": {"_data": f"token-{n}"}, "operationType": op, "ns": ns}
+    body["clusterTime"] = Timestamp(t, 1)
+    if key is not None:
+        body |= {"documentKey": {"_id": key}, "fullDocument": {"_id": key, "n": n}}
+    return Message(f"m-{n}", "aws:sqs", "shop-orders", encode_document(body).encode())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from lambda_functions.lake.store import LocalObjectStore
 from lambda_functions.merge.layout import live_rows
 from lambda_functions.merge.merge import lake_table_location, merge_batches
 from tests.lambda_functions.cdc_capture.conftest import batch_rows
+from tests.lambda_functions.change_events import relayed_message
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DB, COLL = "shop", "orders"
@@ -255,16 +257,10 @@ def test_a_relayed_drop_event_carries_its_position_and_the_merge_keeps_newer_row
     """A drop relayed through a queue marks its batch ``dropped`` with the drop's clusterTime
     (``drop_pos``). SQS standard queues deliver in best-effort order, so a document inserted
     into the re-created collection can be merged before the drop: it must survive the drop."""
-    from bson import Timestamp
 
     ns = {"db": DB, "coll": COLL}
 
-    def event(n: int, op: str, t: int, key: str | None = None) -> Message:
-        body: dict = {"_id": {"_data": f"token-{n}"}, "operationType": op, "ns": ns}
-        body["clusterTime"] = Timestamp(t, 1)
-        if key is not None:
-            body |= {"documentKey": {"_id": key}, "fullDocument": {"_id": key, "n": n}}
-        return Message(f"m-{n}", "aws:sqs", "shop-orders", encode_document(body).encode())
+    event = partial(relayed_message, ns=ns)
 
     lake = tmp_path / "lake"
     store = LocalObjectStore(lake)

@@ -11,6 +11,8 @@ Expected values come from the sources' documented semantics, never from the code
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 from bson import json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
@@ -20,7 +22,7 @@ from lambda_functions.contracts import DmsIngestRequest, MergeRequest
 from lambda_functions.lake import open_store
 from lambda_functions.lake.record_key import record_key
 from lambda_functions.merge.merge import lake_table_location, merge_batches
-from tests.lambda_functions.change_events import change_event, sqs_event
+from tests.lambda_functions.change_events import change_event, relayed_message, sqs_event
 from tests.lambda_functions.merge.tables import stored_docs, tombstones
 
 DB, COLL = "shop", "orders"
@@ -116,19 +118,12 @@ def test_a_newer_insert_delivered_just_before_a_late_drop_in_one_queue_batch_sur
     the insert at 200, so the document exists. The rows read before the drop message were
     published in the drop's marker batch, which the merge applies as a drop only: the insert
     was lost."""
-    from bson import Timestamp
 
-    from lambda_functions.cdc_capture.extended_json import encode_document
-    from lambda_functions.cdc_capture.mq_ingest import Message, ingest_messages
+    from lambda_functions.cdc_capture.mq_ingest import ingest_messages
 
     ns = {"db": DB, "coll": COLL}
 
-    def event(n: int, op: str, t: int, key: str | None = None) -> Message:
-        body: dict = {"_id": {"_data": f"token-{n}"}, "operationType": op, "ns": ns}
-        body["clusterTime"] = Timestamp(t, 1)
-        if key is not None:
-            body |= {"documentKey": {"_id": key}, "fullDocument": {"_id": key, "n": n}}
-        return Message(f"m-{n}", "aws:sqs", "shop-orders", encode_document(body).encode())
+    event = partial(relayed_message, ns=ns)
 
     lake = str(tmp_path / "lake")
     store = open_store(lake)

@@ -154,3 +154,41 @@ def typed(value: Any, kind: str) -> dict[str, Any]:
     """A metadata value in the typed form ``dagster_pipes`` reports: ``kind`` is "int",
     "float", "bool", "text", "json", ..."""
     return {"raw_value": value, "type": kind}
+
+
+def typed_metadata(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Metadata in the typed form ``dagster_pipes`` reports, each kind taken from the value.
+
+    Args:
+        values: metadata name -> plain value. ``bool`` -> "bool", ``int`` -> "int", ``float``
+            -> "float", ``str`` -> "text", ``None`` -> "null", a mapping or a list/tuple ->
+            "json"; a value already in typed form (``typed(...)``, e.g. a "url" or "md") is kept.
+
+    Returns:
+        name -> ``{"raw_value": value, "type": kind}`` (``dagster_pipes.PipesMetadataValue``).
+
+    Raises:
+        TypeError: a value of any other type (convert it first: metadata crosses a JSON channel).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        if isinstance(value, Mapping) and set(value) == {"raw_value", "type"}:
+            out[name] = dict(value)
+        elif isinstance(value, bool):
+            out[name] = typed(value, "bool")
+        elif isinstance(value, int):
+            out[name] = typed(value, "int")
+        elif isinstance(value, float):
+            out[name] = typed(value, "float")
+        elif isinstance(value, str):
+            out[name] = typed(value, "text")
+        elif value is None:
+            out[name] = typed(None, "null")
+        elif isinstance(value, Mapping | list | tuple):
+            out[name] = typed(value if not isinstance(value, tuple) else list(value), "json")
+        else:
+            raise TypeError(
+                f"metadata {name!r}: {type(value).__name__} has no Pipes metadata type; "
+                "convert it to int, float, bool, str, a list or a mapping"
+            )
+    return out

@@ -134,8 +134,8 @@ def list_source_collections(settings: LakehouseSettings, database: str) -> list[
     catch a misspelt name). The embedded source also counts the demo collections, which its
     demo workload creates on their first capture."""
     if settings.source_kind == "embedded":
-        from lambda_functions.cdc_capture.demo_workload import DEMO_COLLECTIONS
-        from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
+        from lakehouse_local.demo_workload import DEMO_COLLECTIONS
+        from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 
         with EmbeddedChangeStreamSource(settings.source_location) as source:
             names = set(source.list_collection_names(database))

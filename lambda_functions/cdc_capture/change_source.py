@@ -2,9 +2,11 @@
 
 ``ChangeSource`` is the part of a pymongo ``Collection`` that capture uses, keyed by database and
 collection: the current stream position, the documents in ``_id`` order, and a change stream
-resumed after a token. The embedded source implements it locally; a pymongo-backed source for
-DocumentDB implements the same three calls (and raises pymongo's ``OperationFailure``, which capture
-translates into errors that say what to do): ``DocumentDBChangeSource``.
+resumed after a token. The embedded source (``lakehouse_local.embedded_source``, a local stand-in
+that is not in the Lambda image) implements it locally; a pymongo-backed source for DocumentDB
+implements the same three calls (and raises pymongo's ``OperationFailure``, which capture translates
+into errors that say what to do): ``DocumentDBChangeSource``. This module is the one place in
+``lambda_functions`` that imports ``lakehouse_local``, lazily, for ``source_kind == "embedded"`` only.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from lambda_functions.cdc_capture.demo_workload import DEMO_COLLECTIONS, DemoWorkload
 from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource
-from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.contracts import CaptureRequest, InvalidRequestError, SourceRequest
+from lambda_functions.errors import TerminalError
+
+
+class EmbeddedSourceUnavailableError(TerminalError, ImportError):
+    """A request names ``source_kind`` ``"embedded"`` where the local stand-ins are not installed
+    (the Lambda image ships ``lambda_functions`` only); the message names the fix."""
 
 
 class ChangeStreamCursor(Protocol):
@@ -71,11 +77,22 @@ def open_source(request: SourceRequest, *, read_preference: str | None = None) -
     (``DocumentDBChangeSource``): TLS on by default, credentials from Secrets Manager
     (``secret_arn``) or the environment variable named by ``source_location``.
 
+    The embedded source and the demo workload live in ``lakehouse_local`` (local stand-ins, never
+    shipped to AWS) and are imported here, on first use of ``source_kind == "embedded"`` only.
+
     Args:
         request: the capture or audit request naming the source.
         read_preference: documentdb only: a MongoDB read preference mode for every read of this
             client (the audit passes ``"secondaryPreferred"`` so it does not load the primary);
             ``None`` keeps the driver's default (primary), which is what capture uses.
+
+    Returns:
+        An open ``ChangeSource``; the caller closes it (it is also a context manager).
+
+    Raises:
+        InvalidRequestError: ``embedded`` without a ``source_location`` (terminal).
+        EmbeddedSourceUnavailableError: ``embedded`` where ``lakehouse_local`` cannot be imported,
+            e.g. in the Lambda image (terminal: use ``source_kind`` ``"documentdb"`` on AWS).
     """
     if request.source_kind == "embedded":
         if not request.source_location:
@@ -83,6 +100,16 @@ def open_source(request: SourceRequest, *, read_preference: str | None = None) -
                 "source_location must be the path of the embedded store file for "
                 "source_kind 'embedded'"
             )
+        try:  # lazily: the Lambda image leaves the local stand-ins out
+            from lakehouse_local.demo_workload import DEMO_COLLECTIONS, DemoWorkload
+            from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
+        except ImportError as e:
+            raise EmbeddedSourceUnavailableError(
+                "source_kind 'embedded' needs the local stand-ins (lakehouse_local), which are not "
+                f"installed here ({e}); the embedded source is for local runs and tests only: on "
+                "AWS set source_kind 'documentdb' (LAKEHOUSE_SOURCE=documentdb) with "
+                "source_location / secret_arn naming the cluster's credentials"
+            ) from e
         source = EmbeddedChangeStreamSource(request.source_location)
         try:
             if (

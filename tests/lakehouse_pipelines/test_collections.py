@@ -15,6 +15,8 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
+from lakehouse_local.demo_workload import DemoWorkload
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lakehouse_pipelines.definitions import build_definitions
 from lakehouse_pipelines.defs.collections import (
     DiscoveryError,
@@ -25,8 +27,6 @@ from lakehouse_pipelines.defs.collections import (
 )
 from lakehouse_pipelines.defs.warehouse_load.definitions import load_request
 from lakehouse_pipelines.settings import LakehouseSettings
-from lambda_functions.cdc_capture.demo_workload import DemoWorkload
-from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.lake import RawZone, open_store
 from tests.lambda_functions.cdc_capture.mock_documentdb import embedded_backed_server
 from tests.lambda_functions.raw_batches import JAN, key, publish

@@ -17,6 +17,7 @@ from dagster import (
     materialize,
 )
 
+from lakehouse_local.lambda_runtime import LocalLambdaRuntime
 from lakehouse_pipelines.defs.collections import (
     collections_sensor,
     discover,
@@ -25,7 +26,6 @@ from lakehouse_pipelines.defs.collections import (
     request_fields,
 )
 from lakehouse_pipelines.defs.merge.definitions import raw_batches_sensor
-from lakehouse_pipelines.local_lambda import LocalLambdaRuntime
 from lakehouse_pipelines.resources.lambda_pipes import LambdaPipes
 from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.contracts import MergeRequest

@@ -20,7 +20,7 @@ import pytest
 from botocore.exceptions import ClientError, ParamValidationError
 from botocore.response import StreamingBody
 
-from lakehouse_pipelines.local_lambda import LocalLambdaRuntime, ResourceNotFoundException
+from lakehouse_local.lambda_runtime import LocalLambdaRuntime, ResourceNotFoundException
 from lambda_functions.registry import FunctionSpec
 
 HERE = Path(__file__).parent
@@ -454,7 +454,7 @@ def test_workers_exit_when_the_runtime_process_dies(tmp_path: Path) -> None:
         f"""
         import json, os, sys
         sys.path.insert(0, {str(HERE)!r})
-        from lakehouse_pipelines.local_lambda import LocalLambdaRuntime
+        from lakehouse_local.lambda_runtime import LocalLambdaRuntime
         from lambda_functions.registry import FunctionSpec
         runtime = LocalLambdaRuntime({{"echo": FunctionSpec("echo", "sample_handlers.echo")}})
         response = runtime.invoke(FunctionName="echo", Payload=b"{{}}")

@@ -1,6 +1,6 @@
 """A local AWS Lambda runtime: ``LocalLambdaRuntime`` stands in for ``boto3.client("lambda")``."""
 
-from lakehouse_pipelines.local_lambda.runtime import (
+from lakehouse_local.lambda_runtime.runtime import (
     InvocationRecord,
     LocalLambdaRuntime,
     RequestEntityTooLargeException,

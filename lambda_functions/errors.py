@@ -46,7 +46,10 @@ class TransientError(LakehouseError):
 TRANSIENT_ERROR_TYPES: frozenset[str] = frozenset()
 TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
     {
+        "EmbeddedSourceLimitError",
         "EmbeddedSourceUnavailableError",
+        "LocalRuntimeClosedError",
+        "LocalRuntimeConfigurationError",
     }
 )
 

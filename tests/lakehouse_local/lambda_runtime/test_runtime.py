@@ -214,6 +214,14 @@ def test_log_captures_file_descriptor_output_and_child_processes(
     assert (tmp_path / "logs" / "output.log").read_text().count("START RequestId") == 2
 
 
+def test_the_log_directory_is_created_at_the_first_log_not_when_the_runtime_is_built(
+    runtime: LocalLambdaRuntime, tmp_path: Path
+) -> None:
+    assert not (tmp_path / "logs").exists()  # importing the definitions builds a runtime
+    invoke(runtime, "echo", {"a": 1})
+    assert (tmp_path / "logs" / "echo.log").read_text() == runtime.last_log("echo")
+
+
 def test_handler_exception_is_unhandled_function_error_and_worker_stays_warm(
     runtime: LocalLambdaRuntime,
 ) -> None:

@@ -1,9 +1,8 @@
 """The boto3-Lambda-client-shaped surface of the local runtime: the service errors ``invoke`` raises
-(``runtime.exceptions``), the request checks Lambda makes before running a function (parameter
-model, function name, invocation type, payload size and JSON, client context) and the response
-dict with its streaming ``Payload``; also the runtime's own configuration and closed errors.
-Source of truth: Lambda API Reference, "Invoke" (request
-parameters, response elements, errors) and botocore's ``lambda`` service model.
+(``runtime.exceptions``), the checks Lambda makes before running a function (parameter model, name,
+invocation type, payload size and JSON, client context), the response dict with its streaming
+``Payload``, and the runtime's own configuration and closed errors. Source of truth: AWS Lambda API
+Reference, "Invoke" (request parameters, response elements, errors); botocore's ``lambda`` model.
 """
 
 from __future__ import annotations
@@ -119,7 +118,8 @@ def invoke_input_shape() -> Any:
 
 
 def enum_value(value: str, field: str, allowed: tuple[str, ...]) -> str:
-    """``value`` if it is one of ``allowed``, else Lambda's ``ValidationException`` for ``field``."""
+    """``value`` if it is one of ``allowed``, else Lambda's ``ValidationException`` naming
+    ``field``."""
     if value not in allowed:
         raise ValidationException.create(
             f"1 validation error detected: Value '{value}' at '{field}' failed to satisfy "

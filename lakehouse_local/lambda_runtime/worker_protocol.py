@@ -1,9 +1,8 @@
-"""What the runtime and a worker (``worker.py``) exchange, and how one invocation runs over it.
-
-Two pipes, one JSON object per line: the worker sends ``ready`` (or ``init_error``) once, then
-answers each ``invoke`` command with a ``result`` (``worker.py`` documents the fields).
-``Invocation`` drives one request through that exchange and turns a missing answer (timeout,
-out-of-memory kill, exit) into the error payload Lambda reports.
+"""What the runtime and a worker (``worker.py``) exchange over two pipes, one JSON object a line:
+the worker sends ``{"type": "ready"}`` or ``{"type": "init_error", "error"}`` once (then exits);
+the runtime sends ``{"type": "invoke", "request_id", "payload", "deadline_ms", ...}``; the worker
+answers ``{"type": "result", "ok", "payload_b64", "max_rss_kb"}``. ``Invocation`` runs one request
+through it and turns a missing answer (timeout, out-of-memory kill, exit) into Lambda's error.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ resumed after a token. The embedded source (``lakehouse_local.embedded_source``,
 that is not in the Lambda image) implements it locally; a pymongo-backed source for DocumentDB
 implements the same three calls (and raises pymongo's ``OperationFailure``, which capture translates
 into errors that say what to do): ``DocumentDBChangeSource``. This module is the one place in
-``lambda_functions`` that imports ``lakehouse_local``, lazily, for ``source_kind == "embedded"`` only.
+``lambda_functions`` that imports ``lakehouse_local``: lazily, for ``source_kind`` embedded only.
 """
 
 from __future__ import annotations

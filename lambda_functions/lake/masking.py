@@ -1,0 +1,418 @@
+"""PII masking at the edge: named fields are dropped or replaced by a keyed hash before any record
+is written to the raw zone, so clear values never reach the lake, the warehouse or a dead letter.
+
+Rules are per collection (``database.collection``), set in ``LAKEHOUSE_MASKING`` as JSON::
+
+    {"shop.customers": {"drop": ["ssn", "card.number"], "hash": ["email", "addresses.phone"]}}
+
+A path is MongoDB's dotted notation (MongoDB Manual, "Dot Notation"; "Query an Array of Embedded
+Documents"; "Project Fields to Return from Query"): each component names a field of an embedded
+document; where it meets an array it applies to every element, arrays nested in arrays included
+(like ``$project``/``$unset`` exclusion, stricter than query matching: over-masking beats a leak).
+A path that is missing, or that meets a scalar before its end, masks nothing. ``drop`` removes the
+field; ``hash`` replaces its whole value, whatever its type, by ``hash_value``'s string.
+``_id`` (and anything under it) cannot be masked: it is the record key, and hashing it would
+change the identity the merge upserts by; such rules are refused.
+
+Hash format: ``"hmac-sha256:" + 64 lowercase hex`` = HMAC-SHA256 (RFC 2104; FIPS 180-4) under the
+masking key, over ``b"bson-v1\\x00" + BSON({"v": value})`` (BSON spec 1.1). BSON tags every value
+with its type, so the string ``"1"``, the Int32 ``1``, the Int64 ``1`` and the double ``1.0`` hash
+differently, and equal values hash equally in every run and process (field order inside an
+embedded document is part of its value, as in MongoDB). A string that is not valid UTF-8 (decoded
+with ``surrogateescape``) is hashed over its original bytes, under the tag ``bson-v1-bytes``.
+
+The key: ``LAKEHOUSE_MASKING_KEY_SECRET_ARN`` (AWS: the secret's SecretString, or a JSON object's
+``"key"``, or its SecretBinary; AWS Secrets Manager API Reference, "GetSecretValue"), else
+``LAKEHOUSE_MASKING_KEY`` (local: the text itself). At least 32 bytes (RFC 2104 section 3: not
+shorter than the hash output). ``MaskingKey.key_id`` and ``rules_fingerprint`` let a manifest
+record which key and rules produced a batch; a new fingerprint can start a new table generation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import bson
+from bson.binary import Binary
+from bson.errors import InvalidDocument, InvalidStringData
+
+from lambda_functions.errors import TerminalError, TransientError
+
+RULES_VARIABLE = "LAKEHOUSE_MASKING"
+KEY_VARIABLE = "LAKEHOUSE_MASKING_KEY"
+KEY_SECRET_ARN_VARIABLE = "LAKEHOUSE_MASKING_KEY_SECRET_ARN"
+HASH_PREFIX = "hmac-sha256:"
+MIN_KEY_BYTES = 32
+_ENCODING_TAG = b"bson-v1\x00"
+_BYTES_ENCODING_TAG = b"bson-v1-bytes\x00"
+_SURROGATE_SUBTYPE = 0x80  # a user-defined BSON binary subtype: a string's original bytes
+_THROTTLING_CODES = frozenset(
+    {"ThrottlingException", "InternalServiceError", "RequestLimitExceeded"}
+)
+_CACHED_KEYS: dict[str, MaskingKey] = {}  # secret ARN -> key, for the life of the process
+_GENERATE = "generate one with: python -c 'import secrets; print(secrets.token_hex(32))'"
+
+
+class MaskingRulesError(TerminalError, ValueError):
+    """The masking rules (``LAKEHOUSE_MASKING``) are malformed; the message names the fix."""
+
+
+class MaskingKeyError(TerminalError, RuntimeError):
+    """The masking key is missing, too short or unreadable (permissions, a wrong ARN)."""
+
+
+class MaskingKeyUnavailableError(TransientError, RuntimeError):
+    """Secrets Manager throttled or failed the key read; the same read may succeed later."""
+
+
+@dataclass(frozen=True)
+class MaskingRules:
+    """The dotted paths of one collection to drop and to hash, normalised (sorted, no repeats).
+
+    Raises:
+        MaskingRulesError: a path is empty, has an empty, ``$``-prefixed or numeric component,
+            names ``_id``, is in both lists, or lies under another path of the rules.
+    """
+
+    drop: tuple[str, ...] = ()
+    hash: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("drop", "hash"):
+            paths = getattr(self, name)
+            if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
+                raise MaskingRulesError(f'"{name}" must be a list of dotted paths, got {paths!r}')
+            for path in paths:
+                _check_path(path)
+            object.__setattr__(self, name, tuple(sorted(set(paths))))
+        actions = [(p, "drop") for p in self.drop] + [(p, "hash") for p in self.hash]
+        for path, action in actions:
+            for other, other_action in actions:
+                if path == other and action != other_action:
+                    raise MaskingRulesError(f"{path!r} is both dropped and hashed: keep one")
+                if other.startswith(path + "."):
+                    raise MaskingRulesError(
+                        f"{other!r} ({other_action}) lies under {path!r} ({action}), which "
+                        f"already masks it: list only {path!r}"
+                    )
+
+    def __bool__(self) -> bool:
+        return bool(self.drop or self.hash)
+
+
+@dataclass(frozen=True)
+class MaskingKey:
+    """The HMAC key; ``key_id`` (first 8 hex of its SHA-256) names it without revealing it."""
+
+    secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.secret) < MIN_KEY_BYTES:
+            raise MaskingKeyError(
+                f"the masking key has {len(self.secret)} bytes; RFC 2104 wants at least "
+                f"{MIN_KEY_BYTES} for HMAC-SHA256: {_GENERATE}"
+            )
+
+    @property
+    def key_id(self) -> str:
+        return hashlib.sha256(self.secret).hexdigest()[:8]
+
+
+def _check_path(path: str) -> None:
+    parts = path.split(".")
+    problem = (
+        "is empty or has an empty component"
+        if not all(parts)
+        else "has a component starting with '$' (an operator, not a field)"
+        if any(p.startswith("$") for p in parts)
+        else "has a numeric component: rules apply to every array element, leave the index out"
+        if any(p.isdigit() for p in parts)
+        else "names _id, the record key: hashing or dropping it would change which record a "
+        "change applies to; mask the fields that hold the personal data instead"
+        if parts[0] == "_id"
+        else None
+    )
+    if problem:
+        raise MaskingRulesError(f"masking path {path!r} {problem}")
+
+
+def parse_masking_rules(text: str | None) -> dict[str, MaskingRules]:
+    """The rules of ``LAKEHOUSE_MASKING``, by collection.
+
+    Args:
+        text: JSON ``{"<database>.<collection>": {"drop": [path...], "hash": [path...]}}``;
+            empty or ``None`` means no masking.
+
+    Returns:
+        ``{namespace: MaskingRules}`` for every collection the text names.
+
+    Raises:
+        MaskingRulesError: the text is not such JSON, a namespace is not ``database.collection``,
+            a rule has a key other than ``drop``/``hash``, or a path is refused (``MaskingRules``).
+    """
+    if not text or not text.strip():
+        return {}
+    example = '{"shop.customers": {"drop": ["ssn"], "hash": ["email"]}}'
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise MaskingRulesError(f"{RULES_VARIABLE} is not JSON ({error}); e.g. {example}") from None
+    if not isinstance(settings, dict):
+        raise MaskingRulesError(f"{RULES_VARIABLE} must be a JSON object, e.g. {example}")
+    rules: dict[str, MaskingRules] = {}
+    for namespace, spec in settings.items():
+        database, _, collection = namespace.partition(".")
+        if not database or not collection:
+            raise MaskingRulesError(
+                f"{RULES_VARIABLE}: {namespace!r} is not 'database.collection', e.g. {example}"
+            )
+        if not isinstance(spec, dict) or set(spec) - {"drop", "hash"}:
+            raise MaskingRulesError(
+                f"{RULES_VARIABLE}[{namespace!r}] must be an object with only 'drop' and/or "
+                f"'hash' lists of dotted paths, got {spec!r}"
+            )
+        try:
+            rules[namespace] = MaskingRules(
+                tuple(spec.get("drop", ())), tuple(spec.get("hash", ()))
+            )
+        except MaskingRulesError as error:
+            raise MaskingRulesError(f"{RULES_VARIABLE}[{namespace!r}]: {error}") from None
+        except TypeError:
+            raise MaskingRulesError(
+                f"{RULES_VARIABLE}[{namespace!r}]: 'drop' and 'hash' must be lists of strings"
+            ) from None
+    return rules
+
+
+def load_masking_key(
+    environ: Mapping[str, str] | None = None, *, client: Any = None
+) -> MaskingKey | None:
+    """The masking key of this deployment, or ``None`` when none is configured.
+
+    The secret named by ``LAKEHOUSE_MASKING_KEY_SECRET_ARN`` is read once per process (AWS
+    Secrets Manager API Reference, "GetSecretValue": SecretString or SecretBinary) and cached
+    by ARN; a rotated key applies to new execution environments, and changes ``key_id``.
+
+    Args:
+        environ: the settings (default ``os.environ``).
+        client: a boto3 ``secretsmanager`` client (default: a new one).
+
+    Returns:
+        The key from the secret, else from ``LAKEHOUSE_MASKING_KEY``, else ``None``.
+
+    Raises:
+        MaskingKeyError: the secret cannot be read (access denied, not found) or is empty, or
+            the key is shorter than 32 bytes.
+        MaskingKeyUnavailableError: Secrets Manager throttled or failed the request.
+    """
+    environ = os.environ if environ is None else environ
+    arn = environ.get(KEY_SECRET_ARN_VARIABLE)
+    if arn:
+        if arn not in _CACHED_KEYS:
+            _CACHED_KEYS[arn] = MaskingKey(_read_secret(arn, client))
+        return _CACHED_KEYS[arn]
+    text = environ.get(KEY_VARIABLE)
+    return MaskingKey(text.encode("utf-8")) if text else None
+
+
+def _read_secret(arn: str, client: Any) -> bytes:
+    if client is None:
+        import boto3
+
+        client = boto3.client("secretsmanager")
+    try:
+        value = client.get_secret_value(SecretId=arn)
+    except Exception as error:  # botocore ClientError, no credentials, no network
+        code = getattr(error, "response", {}).get("Error", {}).get("Code")
+        kind = MaskingKeyUnavailableError if code in _THROTTLING_CODES else MaskingKeyError
+        raise kind(
+            f"cannot read the masking key secret {arn}: {type(error).__name__}: {error}; grant "
+            "the function secretsmanager:GetSecretValue on it (and kms:Decrypt for a customer key)"
+        ) from None
+    if value.get("SecretBinary"):
+        return bytes(value["SecretBinary"])
+    text = value.get("SecretString") or ""
+    try:
+        stored = json.loads(text)
+    except json.JSONDecodeError:
+        stored = None
+    if isinstance(stored, dict):
+        text = stored.get("key") if isinstance(stored.get("key"), str) else ""
+    if not text:
+        raise MaskingKeyError(
+            f"the masking key secret {arn} holds no key: store the key as its SecretString, or "
+            f'as {{"key": "..."}}; {_GENERATE}'
+        )
+    return text.encode("utf-8")
+
+
+def rules_fingerprint(rules: MaskingRules, key: MaskingKey | None) -> str:
+    """A stable name of what masking does to a collection: the same rules and key (when the
+    rules hash anything) give the same fingerprint in every process; any change gives another.
+
+    Returns:
+        16 lowercase hex of SHA-256 over the normalised rules, the hash format and ``key_id``.
+
+    Raises:
+        MaskingKeyError: the rules hash fields and ``key`` is ``None``.
+    """
+    key_id = _require_key(rules, key).key_id if rules.hash else None
+    spec = {"drop": rules.drop, "hash": rules.hash, "format": "hmac-sha256/bson-v1", "key": key_id}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def hash_value(value: Any, key: MaskingKey) -> str:
+    """``"hmac-sha256:<64 hex>"`` of a BSON value (see the module docstring): deterministic for
+    a key, type-tagged, and not reversible without the key (RFC 2104)."""
+    try:
+        message = _ENCODING_TAG + bson.encode({"v": value})
+    except (InvalidDocument, InvalidStringData, UnicodeEncodeError):
+        message = _BYTES_ENCODING_TAG + bson.encode({"v": _original_bytes(value)})
+    return HASH_PREFIX + hmac.new(key.secret, message, hashlib.sha256).hexdigest()
+
+
+def _original_bytes(value: Any) -> Any:
+    """``value`` with each ``surrogateescape`` string as a Binary of its original bytes."""
+    if isinstance(value, str):
+        return Binary(value.encode("utf-8", "surrogateescape"), _SURROGATE_SUBTYPE)
+    if isinstance(value, Mapping):
+        return {k: _original_bytes(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_original_bytes(v) for v in value]
+    return value
+
+
+def mask_document(
+    document: Mapping[str, Any], rules: MaskingRules, key: MaskingKey | None
+) -> Mapping[str, Any]:
+    """``document`` with the rules' paths dropped or hashed (see the module docstring).
+
+    Args:
+        document: a document as the driver decodes it (``dict``, ``RawBSONDocument``...).
+        rules: the collection's rules.
+        key: the masking key; may be ``None`` when the rules hash nothing.
+
+    Returns:
+        A new mapping when a path was found; ``document`` itself when nothing was masked (so a
+        raw BSON document keeps its fast path). The input is never modified; the result shares
+        the subdocuments it did not change with it.
+
+    Raises:
+        MaskingKeyError: the rules hash fields and ``key`` is ``None``.
+    """
+    if rules.hash:
+        _require_key(rules, key)
+    for path in rules.drop:
+        document = _apply(document, path.split("."), None)
+    for path in rules.hash:
+        document = _apply(document, path.split("."), key)
+    return document
+
+
+def mask_change_event(
+    event: Mapping[str, Any], rules: MaskingRules, key: MaskingKey | None
+) -> Mapping[str, Any]:
+    """A change event (MongoDB Manual, "Change Events") with its documents masked.
+
+    ``fullDocument`` and ``fullDocumentBeforeChange`` are masked like ``mask_document``;
+    ``documentKey`` too (its ``_id`` is never masked; a sharded collection adds its shard key
+    fields, which may be personal data); ``updateDescription.updatedFields`` as
+    ``mask_updated_fields``. ``removedFields``, ``truncatedArrays`` and ``disambiguatedPaths`` hold
+    field names only and are kept, as is everything else (``ns``, ``clusterTime``, the token).
+
+    Returns:
+        A new mapping when something was masked, else ``event`` itself; never modifies ``event``.
+
+    Raises:
+        MaskingKeyError: the rules hash fields and ``key`` is ``None``.
+    """
+    masked = dict(event)
+    for name in ("fullDocument", "fullDocumentBeforeChange", "documentKey"):
+        if isinstance(event.get(name), Mapping):
+            masked[name] = mask_document(event[name], rules, key)
+    description = event.get("updateDescription")
+    if isinstance(description, Mapping) and isinstance(description.get("updatedFields"), Mapping):
+        fields = mask_updated_fields(description["updatedFields"], rules, key)
+        if fields is not description["updatedFields"]:
+            masked["updateDescription"] = {**description, "updatedFields": fields}
+    return event if all(masked[name] is event[name] for name in masked) else masked
+
+
+def mask_updated_fields(
+    updated: Mapping[str, Any], rules: MaskingRules, key: MaskingKey | None
+) -> Mapping[str, Any]:
+    """``updateDescription.updatedFields`` (dotted keys, as the server reports them) masked.
+
+    Numeric components of a key are array indexes (``"addresses.0.phone"``) and are skipped when
+    matched against rule paths (which have none). A key at a rule path is dropped or its value
+    hashed, as in a full document; a key above it (``"card"`` or ``"addresses.0"``) has the rest
+    of the path applied to its value; a key strictly under a hashed path (``"card.number.last4"``
+    under ``hash: ["card.number"]``) is dropped, since its hash could not equal the field's hash;
+    the event's ``fullDocument`` (``updateLookup``) carries the field's masked value.
+
+    Returns:
+        A new mapping when something was masked, else ``updated`` itself.
+
+    Raises:
+        MaskingKeyError: the rules hash fields and ``key`` is ``None``.
+    """
+    if rules.hash:
+        _require_key(rules, key)
+    masked: dict[str, Any] = {}
+    for name, value in updated.items():
+        parts = [p for p in name.split(".") if not p.isdigit()]
+        for path, action_key in [(p, None) for p in rules.drop] + [(p, key) for p in rules.hash]:
+            rule = path.split(".")
+            if parts[: len(rule)] == rule:  # at or under the rule's path
+                value = hash_value(value, action_key) if parts == rule and action_key else _DROP
+                break
+            if rule[: len(parts)] == parts:  # above it: mask inside the value
+                value = _apply_to_value(value, rule[len(parts) :], action_key)
+        if value is not _DROP:
+            masked[name] = value
+    unchanged = len(masked) == len(updated) and all(masked[k] is updated[k] for k in masked)
+    return updated if unchanged else masked
+
+
+_DROP = object()
+
+
+def _apply(document: Mapping[str, Any], parts: list[str], key: MaskingKey | None) -> Any:
+    """Mask ``parts`` in an embedded document: drop when ``key`` is ``None``, else hash."""
+    name = parts[0]
+    if name not in document:
+        return document
+    if len(parts) == 1:
+        masked = dict(document)  # a field keeps its place when its value is replaced
+        if key is None:
+            del masked[name]
+        else:
+            masked[name] = hash_value(document[name], key)
+        return masked
+    inner = _apply_to_value(document[name], parts[1:], key)
+    return document if inner is document[name] else {**document, name: inner}
+
+
+def _apply_to_value(value: Any, parts: list[str], key: MaskingKey | None) -> Any:
+    """Mask ``parts`` in a value: a document, or every element of an array (nested too)."""
+    if isinstance(value, Mapping):
+        return _apply(value, parts, key)
+    if isinstance(value, list | tuple):
+        items = [_apply_to_value(item, parts, key) for item in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    return value
+
+
+def _require_key(rules: MaskingRules, key: MaskingKey | None) -> MaskingKey:
+    if key is None:
+        raise MaskingKeyError(
+            f"masking rules hash {list(rules.hash)} but no masking key is configured: set "
+            f"{KEY_SECRET_ARN_VARIABLE} (AWS) or {KEY_VARIABLE} (local); {_GENERATE}"
+        )
+    return key

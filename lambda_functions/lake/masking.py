@@ -21,10 +21,7 @@ differently, and equal values hash equally in every run and process (field order
 embedded document is part of its value, as in MongoDB). A string that is not valid UTF-8 (decoded
 with ``surrogateescape``) is hashed over its original bytes, under the tag ``bson-v1-bytes``.
 
-The key: ``LAKEHOUSE_MASKING_KEY_SECRET_ARN`` (AWS: the secret's SecretString, or a JSON object's
-``"key"``, or its SecretBinary; AWS Secrets Manager API Reference, "GetSecretValue"), else
-``LAKEHOUSE_MASKING_KEY`` (local: the text itself). At least 32 bytes (RFC 2104 section 3: not
-shorter than the hash output). ``MaskingKey.key_id`` and ``rules_fingerprint`` let a manifest
+The key (``lake.masking_key``): ``MaskingKey.key_id`` and ``rules_fingerprint`` let a manifest
 record which key and rules produced a batch; a new fingerprint can start a new table generation.
 """
 
@@ -35,40 +32,31 @@ import hmac
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import bson
 from bson.binary import Binary
 from bson.errors import InvalidDocument, InvalidStringData
 
-from lambda_functions.errors import TerminalError, TransientError
+from lambda_functions.errors import TerminalError
+from lambda_functions.lake.masking_key import (
+    GENERATE_KEY_HINT,
+    KEY_SECRET_ARN_VARIABLE,
+    KEY_VARIABLE,
+    MaskingKey,
+    MaskingKeyError,
+)
 
 RULES_VARIABLE = "LAKEHOUSE_MASKING"
-KEY_VARIABLE = "LAKEHOUSE_MASKING_KEY"
-KEY_SECRET_ARN_VARIABLE = "LAKEHOUSE_MASKING_KEY_SECRET_ARN"
 HASH_PREFIX = "hmac-sha256:"
-MIN_KEY_BYTES = 32
 _ENCODING_TAG = b"bson-v1\x00"
 _BYTES_ENCODING_TAG = b"bson-v1-bytes\x00"
 _SURROGATE_SUBTYPE = 0x80  # a user-defined BSON binary subtype: a string's original bytes
-_THROTTLING_CODES = frozenset(
-    {"ThrottlingException", "InternalServiceError", "RequestLimitExceeded"}
-)
-_CACHED_KEYS: dict[str, MaskingKey] = {}  # secret ARN -> key, for the life of the process
-_GENERATE = "generate one with: python -c 'import secrets; print(secrets.token_hex(32))'"
 
 
 class MaskingRulesError(TerminalError, ValueError):
     """The masking rules (``LAKEHOUSE_MASKING``) are malformed; the message names the fix."""
-
-
-class MaskingKeyError(TerminalError, RuntimeError):
-    """The masking key is missing, too short or unreadable (permissions, a wrong ARN)."""
-
-
-class MaskingKeyUnavailableError(TransientError, RuntimeError):
-    """Secrets Manager throttled or failed the key read; the same read may succeed later."""
 
 
 @dataclass(frozen=True)
@@ -104,24 +92,6 @@ class MaskingRules:
 
     def __bool__(self) -> bool:
         return bool(self.drop or self.hash)
-
-
-@dataclass(frozen=True)
-class MaskingKey:
-    """The HMAC key; ``key_id`` (first 8 hex of its SHA-256) names it without revealing it."""
-
-    secret: bytes = field(repr=False)
-
-    def __post_init__(self) -> None:
-        if len(self.secret) < MIN_KEY_BYTES:
-            raise MaskingKeyError(
-                f"the masking key has {len(self.secret)} bytes; RFC 2104 wants at least "
-                f"{MIN_KEY_BYTES} for HMAC-SHA256: {_GENERATE}"
-            )
-
-    @property
-    def key_id(self) -> str:
-        return hashlib.sha256(self.secret).hexdigest()[:8]
 
 
 def _check_path(path: str) -> None:
@@ -190,66 +160,16 @@ def parse_masking_rules(text: str | None) -> dict[str, MaskingRules]:
     return rules
 
 
-def load_masking_key(
-    environ: Mapping[str, str] | None = None, *, client: Any = None
-) -> MaskingKey | None:
-    """The masking key of this deployment, or ``None`` when none is configured.
-
-    The secret named by ``LAKEHOUSE_MASKING_KEY_SECRET_ARN`` is read once per process (AWS
-    Secrets Manager API Reference, "GetSecretValue": SecretString or SecretBinary) and cached
-    by ARN; a rotated key applies to new execution environments, and changes ``key_id``.
-
-    Args:
-        environ: the settings (default ``os.environ``).
-        client: a boto3 ``secretsmanager`` client (default: a new one).
-
-    Returns:
-        The key from the secret, else from ``LAKEHOUSE_MASKING_KEY``, else ``None``.
+def collection_rules(namespace: str, environ: Mapping[str, str] | None = None) -> MaskingRules:
+    """The rules of one collection (``database.collection``) from ``LAKEHOUSE_MASKING`` in
+    ``environ`` (default ``os.environ``); empty rules (falsy) when it names no rules for it.
 
     Raises:
-        MaskingKeyError: the secret cannot be read (access denied, not found) or is empty, or
-            the key is shorter than 32 bytes.
-        MaskingKeyUnavailableError: Secrets Manager throttled or failed the request.
+        MaskingRulesError: the setting is malformed (``parse_masking_rules``), whichever
+            collection it is about: a bad setting fails every collection the same way.
     """
     environ = os.environ if environ is None else environ
-    arn = environ.get(KEY_SECRET_ARN_VARIABLE)
-    if arn:
-        if arn not in _CACHED_KEYS:
-            _CACHED_KEYS[arn] = MaskingKey(_read_secret(arn, client))
-        return _CACHED_KEYS[arn]
-    text = environ.get(KEY_VARIABLE)
-    return MaskingKey(text.encode("utf-8")) if text else None
-
-
-def _read_secret(arn: str, client: Any) -> bytes:
-    if client is None:
-        import boto3
-
-        client = boto3.client("secretsmanager")
-    try:
-        value = client.get_secret_value(SecretId=arn)
-    except Exception as error:  # botocore ClientError, no credentials, no network
-        code = getattr(error, "response", {}).get("Error", {}).get("Code")
-        kind = MaskingKeyUnavailableError if code in _THROTTLING_CODES else MaskingKeyError
-        raise kind(
-            f"cannot read the masking key secret {arn}: {type(error).__name__}: {error}; grant "
-            "the function secretsmanager:GetSecretValue on it (and kms:Decrypt for a customer key)"
-        ) from None
-    if value.get("SecretBinary"):
-        return bytes(value["SecretBinary"])
-    text = value.get("SecretString") or ""
-    try:
-        stored = json.loads(text)
-    except json.JSONDecodeError:
-        stored = None
-    if isinstance(stored, dict):
-        text = stored.get("key") if isinstance(stored.get("key"), str) else ""
-    if not text:
-        raise MaskingKeyError(
-            f"the masking key secret {arn} holds no key: store the key as its SecretString, or "
-            f'as {{"key": "..."}}; {_GENERATE}'
-        )
-    return text.encode("utf-8")
+    return parse_masking_rules(environ.get(RULES_VARIABLE)).get(namespace, MaskingRules())
 
 
 def rules_fingerprint(rules: MaskingRules, key: MaskingKey | None) -> str:
@@ -366,14 +286,14 @@ def mask_updated_fields(
         _require_key(rules, key)
     masked: dict[str, Any] = {}
     for name, value in updated.items():
-        parts = [p for p in name.split(".") if not p.isdigit()]
         for path, action_key in [(p, None) for p in rules.drop] + [(p, key) for p in rules.hash]:
             rule = path.split(".")
-            if parts[: len(rule)] == rule:  # at or under the rule's path
-                value = hash_value(value, action_key) if parts == rule and action_key else _DROP
+            place = _place(name.split("."), rule)
+            if place in ("at", "under"):
+                value = hash_value(value, action_key) if place == "at" and action_key else _DROP
                 break
-            if rule[: len(parts)] == parts:  # above it: mask inside the value
-                value = _apply_to_value(value, rule[len(parts) :], action_key)
+            if place == "above":  # mask inside the value
+                value = _apply_to_value(value, rule[len(_fields(name)) :], action_key)
         if value is not _DROP:
             masked[name] = value
     unchanged = len(masked) == len(updated) and all(masked[k] is updated[k] for k in masked)
@@ -381,6 +301,22 @@ def mask_updated_fields(
 
 
 _DROP = object()
+
+
+def _fields(name: str) -> list[str]:
+    """The field names of an update key: its array indexes left out."""
+    return [p for p in name.split(".") if not p.isdigit()]
+
+
+def _place(components: list[str], rule: list[str]) -> str | None:
+    """Where an update key (its components, indexes included) lies relative to a rule path:
+    ``"at"`` it, ``"under"`` it (``a.b.c`` or an element ``a.b.1`` of ``a.b``), ``"above"`` it
+    (``a``, ``a.0``), or ``None``."""
+    fields = [(i, p) for i, p in enumerate(components) if not p.isdigit()]
+    names = [p for _, p in fields]
+    if names[: len(rule)] == rule:
+        return "at" if fields[len(rule) - 1][0] == len(components) - 1 else "under"
+    return "above" if rule[: len(names)] == names else None
 
 
 def _apply(document: Mapping[str, Any], parts: list[str], key: MaskingKey | None) -> Any:
@@ -413,6 +349,6 @@ def _require_key(rules: MaskingRules, key: MaskingKey | None) -> MaskingKey:
     if key is None:
         raise MaskingKeyError(
             f"masking rules hash {list(rules.hash)} but no masking key is configured: set "
-            f"{KEY_SECRET_ARN_VARIABLE} (AWS) or {KEY_VARIABLE} (local); {_GENERATE}"
+            f"{KEY_SECRET_ARN_VARIABLE} (AWS) or {KEY_VARIABLE} (local); {GENERATE_KEY_HINT}"
         )
     return key

@@ -147,16 +147,16 @@ def parse_masking_rules(text: str | None) -> dict[str, MaskingRules]:
                 f"{RULES_VARIABLE}[{namespace!r}] must be an object with only 'drop' and/or "
                 f"'hash' lists of dotted paths, got {spec!r}"
             )
-        try:
-            rules[namespace] = MaskingRules(
-                tuple(spec.get("drop", ())), tuple(spec.get("hash", ()))
+        lists = [spec.get(name, []) for name in ("drop", "hash")]
+        if not all(isinstance(paths, list) for paths in lists):
+            raise MaskingRulesError(
+                f'{RULES_VARIABLE}[{namespace!r}]: "drop" and "hash" must be lists of dotted '
+                f"paths, got {spec!r}"
             )
+        try:
+            rules[namespace] = MaskingRules(*(tuple(paths) for paths in lists))
         except MaskingRulesError as error:
             raise MaskingRulesError(f"{RULES_VARIABLE}[{namespace!r}]: {error}") from None
-        except TypeError:
-            raise MaskingRulesError(
-                f"{RULES_VARIABLE}[{namespace!r}]: 'drop' and 'hash' must be lists of strings"
-            ) from None
     return rules
 
 

@@ -5,24 +5,19 @@ Rules are per collection (``database.collection``), set in ``LAKEHOUSE_MASKING``
 
     {"shop.customers": {"drop": ["ssn", "card.number"], "hash": ["email", "addresses.phone"]}}
 
-A path is MongoDB's dotted notation (MongoDB Manual, "Dot Notation"; "Query an Array of Embedded
-Documents"; "Project Fields to Return from Query"): each component names a field of an embedded
-document; where it meets an array it applies to every element, arrays nested in arrays included
-(like ``$project``/``$unset`` exclusion, stricter than query matching: over-masking beats a leak).
-A path that is missing, or that meets a scalar before its end, masks nothing. ``drop`` removes the
-field; ``hash`` replaces its whole value, whatever its type, by ``hash_value``'s string.
-``_id`` (and anything under it) cannot be masked: it is the record key, and hashing it would
-change the identity the merge upserts by; such rules are refused.
+A path is MongoDB's dotted notation (MongoDB Manual, "Dot Notation", "Query an Array of Embedded
+Documents", "Project Fields to Return from Query"): where it meets an array it applies to every
+element, arrays in arrays included (like ``$project`` exclusion; over-masking beats a leak); a
+missing path masks nothing. ``drop`` removes the field; ``hash`` replaces its whole value, whatever
+its type, by ``hash_value``'s string. ``_id`` and its subfields are refused: ``_id`` is the record
+key, and masking it would change the identity the merge upserts by.
 
-Hash format: ``"hmac-sha256:" + 64 lowercase hex`` = HMAC-SHA256 (RFC 2104; FIPS 180-4) under the
-masking key, over ``b"bson-v1\\x00" + BSON({"v": value})`` (BSON spec 1.1). BSON tags every value
-with its type, so the string ``"1"``, the Int32 ``1``, the Int64 ``1`` and the double ``1.0`` hash
-differently, and equal values hash equally in every run and process (field order inside an
-embedded document is part of its value, as in MongoDB). A string that is not valid UTF-8 (decoded
-with ``surrogateescape``) is hashed over its original bytes, under the tag ``bson-v1-bytes``.
-
-The key (``lake.masking_key``): ``MaskingKey.key_id`` and ``rules_fingerprint`` let a manifest
-record which key and rules produced a batch; a new fingerprint can start a new table generation.
+Hash format: ``"hmac-sha256:" + 64 lowercase hex``, HMAC-SHA256 (RFC 2104) under the masking key
+(``lake.masking_key``) of ``b"bson-v1\x00" + BSON({"v": value})`` (BSON spec 1.1): type-tagged,
+so ``"1"``, Int32 ``1``, Int64 ``1`` and ``1.0`` differ, and equal values hash equally in every
+process (field order in an embedded document counts, as in MongoDB). A string that is not UTF-8
+(``surrogateescape``) is hashed over its original bytes, under the tag ``bson-v1-bytes``.
+``key_id`` and ``rules_fingerprint`` let a manifest name the key and rules of a batch.
 """
 
 from __future__ import annotations
@@ -96,20 +91,16 @@ class MaskingRules:
 
 def _check_path(path: str) -> None:
     parts = path.split(".")
-    problem = (
-        "is empty or has an empty component"
-        if not all(parts)
-        else "has a component starting with '$' (an operator, not a field)"
-        if any(p.startswith("$") for p in parts)
-        else "has a numeric component: rules apply to every array element, leave the index out"
-        if any(p.isdigit() for p in parts)
-        else "names _id, the record key: hashing or dropping it would change which record a "
-        "change applies to; mask the fields that hold the personal data instead"
-        if parts[0] == "_id"
-        else None
-    )
-    if problem:
-        raise MaskingRulesError(f"masking path {path!r} {problem}")
+    index = "has a numeric component: leave the index out (rules apply to every element)"
+    record_key = "names _id, the record key: masking it would change which record a change is for"
+    for refused, problem in (
+        (not all(parts), "is empty or has an empty component"),
+        (any(p.startswith("$") for p in parts), "has a component starting with '$' (an operator)"),
+        (any(p.isdigit() for p in parts), index),
+        (parts[0] == "_id", record_key + "; mask the fields that hold the personal data instead"),
+    ):
+        if refused:
+            raise MaskingRulesError(f"masking path {path!r} {problem}")
 
 
 def parse_masking_rules(text: str | None) -> dict[str, MaskingRules]:
@@ -142,16 +133,11 @@ def parse_masking_rules(text: str | None) -> dict[str, MaskingRules]:
             raise MaskingRulesError(
                 f"{RULES_VARIABLE}: {namespace!r} is not 'database.collection', e.g. {example}"
             )
-        if not isinstance(spec, dict) or set(spec) - {"drop", "hash"}:
+        lists = [spec.get(name, []) for name in ("drop", "hash")] if isinstance(spec, dict) else []
+        if not lists or set(spec) - {"drop", "hash"} or not all(isinstance(v, list) for v in lists):
             raise MaskingRulesError(
                 f"{RULES_VARIABLE}[{namespace!r}] must be an object with only 'drop' and/or "
                 f"'hash' lists of dotted paths, got {spec!r}"
-            )
-        lists = [spec.get(name, []) for name in ("drop", "hash")]
-        if not all(isinstance(paths, list) for paths in lists):
-            raise MaskingRulesError(
-                f'{RULES_VARIABLE}[{namespace!r}]: "drop" and "hash" must be lists of dotted '
-                f"paths, got {spec!r}"
             )
         try:
             rules[namespace] = MaskingRules(*(tuple(paths) for paths in lists))
@@ -165,8 +151,7 @@ def collection_rules(namespace: str, environ: Mapping[str, str] | None = None) -
     ``environ`` (default ``os.environ``); empty rules (falsy) when it names no rules for it.
 
     Raises:
-        MaskingRulesError: the setting is malformed (``parse_masking_rules``), whichever
-            collection it is about: a bad setting fails every collection the same way.
+        MaskingRulesError: the setting is malformed, for every collection alike.
     """
     environ = os.environ if environ is None else environ
     return parse_masking_rules(environ.get(RULES_VARIABLE)).get(namespace, MaskingRules())
@@ -188,8 +173,16 @@ def rules_fingerprint(rules: MaskingRules, key: MaskingKey | None) -> str:
 
 
 def hash_value(value: Any, key: MaskingKey) -> str:
-    """``"hmac-sha256:<64 hex>"`` of a BSON value (see the module docstring): deterministic for
-    a key, type-tagged, and not reversible without the key (RFC 2104)."""
+    """The keyed hash that replaces a masked value (format: the module docstring).
+
+    Args:
+        value: any BSON value (a string, number, document, array, ``None``...).
+        key: the masking key.
+
+    Returns:
+        ``"hmac-sha256:<64 lowercase hex>"``: the same for equal values of the same BSON type
+        under one key, in every process; not reversible without the key (RFC 2104).
+    """
     try:
         message = _ENCODING_TAG + bson.encode({"v": value})
     except (InvalidDocument, InvalidStringData, UnicodeEncodeError):
@@ -246,6 +239,10 @@ def mask_change_event(
     ``mask_updated_fields``. ``removedFields``, ``truncatedArrays`` and ``disambiguatedPaths`` hold
     field names only and are kept, as is everything else (``ns``, ``clusterTime``, the token).
 
+    Args:
+        event: a change event as the driver or a relay decodes it; rules and key as in
+            ``mask_document``.
+
     Returns:
         A new mapping when something was masked, else ``event`` itself; never modifies ``event``.
 
@@ -269,12 +266,14 @@ def mask_updated_fields(
 ) -> Mapping[str, Any]:
     """``updateDescription.updatedFields`` (dotted keys, as the server reports them) masked.
 
-    Numeric components of a key are array indexes (``"addresses.0.phone"``) and are skipped when
-    matched against rule paths (which have none). A key at a rule path is dropped or its value
-    hashed, as in a full document; a key above it (``"card"`` or ``"addresses.0"``) has the rest
-    of the path applied to its value; a key strictly under a hashed path (``"card.number.last4"``
-    under ``hash: ["card.number"]``) is dropped, since its hash could not equal the field's hash;
-    the event's ``fullDocument`` (``updateLookup``) carries the field's masked value.
+    Numeric components of a key are array indexes (``"addresses.0.phone"``), skipped when matched
+    against rule paths. A key at a rule path is dropped or hashed as in a full document; a key
+    above it (``"card"``, ``"addresses.0"``) has the rest of the path applied to its value; a key
+    under it (``"card.number.last4"``, an element ``"addresses.0.phone.1"``) is dropped: its hash
+    could not equal the field's. ``fullDocument`` (``updateLookup``) has the masked field.
+
+    Args:
+        updated: ``{dotted key: new value}``; rules and key as in ``mask_document``.
 
     Returns:
         A new mapping when something was masked, else ``updated`` itself.
@@ -293,7 +292,8 @@ def mask_updated_fields(
                 value = hash_value(value, action_key) if place == "at" and action_key else _DROP
                 break
             if place == "above":  # mask inside the value
-                value = _apply_to_value(value, rule[len(_fields(name)) :], action_key)
+                depth = sum(not p.isdigit() for p in name.split("."))
+                value = _apply_to_value(value, rule[depth:], action_key)
         if value is not _DROP:
             masked[name] = value
     unchanged = len(masked) == len(updated) and all(masked[k] is updated[k] for k in masked)
@@ -301,11 +301,6 @@ def mask_updated_fields(
 
 
 _DROP = object()
-
-
-def _fields(name: str) -> list[str]:
-    """The field names of an update key: its array indexes left out."""
-    return [p for p in name.split(".") if not p.isdigit()]
 
 
 def _place(components: list[str], rule: list[str]) -> str | None:

@@ -251,7 +251,7 @@ def test_rules_are_parsed_per_collection_and_normalised():
         ('["ssn"]', "must be a JSON object"),
         ('{"customers": {"drop": ["ssn"]}}', "is not 'database.collection'"),
         ('{"shop.c": {"mask": ["ssn"]}}', "only 'drop' and/or 'hash'"),
-        ('{"shop.c": {"drop": "ssn"}}', "must be lists of dotted paths"),
+        ('{"shop.c": {"drop": "ssn"}}', "'hash' lists of dotted paths"),
         ('{"shop.c": {"drop": [1]}}', "must be a list of dotted paths"),
         ('{"shop.c": {"drop": ["a..b"]}}', "empty component"),
         ('{"shop.c": {"drop": ["$set"]}}', "starting with '\\$'"),

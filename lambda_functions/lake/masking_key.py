@@ -94,10 +94,12 @@ def _read_secret(arn: str, client: Any) -> bytes:
         value = client.get_secret_value(SecretId=arn)
     except Exception as error:  # botocore ClientError, no credentials, no network
         code = getattr(error, "response", {}).get("Error", {}).get("Code")
-        kind = MaskingKeyUnavailableError if code in _THROTTLING_CODES else MaskingKeyError
-        raise kind(
-            f"cannot read the masking key secret {arn}: {type(error).__name__}: {error}; grant "
-            "the function secretsmanager:GetSecretValue on it (and kms:Decrypt for a customer key)"
+        reason = f"cannot read the masking key secret {arn}: {type(error).__name__}: {error}"
+        if code in _THROTTLING_CODES:
+            raise MaskingKeyUnavailableError(f"{reason}; a later attempt may succeed") from None
+        raise MaskingKeyError(
+            f"{reason}; check the ARN and grant the function secretsmanager:GetSecretValue on "
+            "it (and kms:Decrypt for a customer managed key)"
         ) from None
     if value.get("SecretBinary"):
         return bytes(value["SecretBinary"])

@@ -52,6 +52,7 @@ TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
     {
         "MaskingKeyError",
         "MaskingRulesError",
+        "UnappliableUpdateError",
     }
 )
 

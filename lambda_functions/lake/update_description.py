@@ -20,14 +20,17 @@ The semantics are MongoDB's own:
 - ``removedFields`` follow ``$unset`` (MongoDB Manual, "$unset"): removing an array element sets it
   to null, keeping the array's size and positions; removing a path that does not resolve in the
   stored document (absent, or through a scalar) does nothing.
-- ``truncatedArrays`` come from pipeline-style updates ("Change Events", ``truncatedArrays``).
-  They are applied first, then removals, then updates, the order in which the server's
-  ``document_diff_applier.cpp`` (``applyDiffToArray``) builds the post-image: it keeps only the
-  pre-image elements below ``newSize`` and applies the element updates in the same pass, and
-  ``change_stream_document_diff_parser.cpp`` reports that array diff as one ``truncatedArrays``
-  entry plus ``updatedFields`` entries for indices below ``newSize``. A document diff never names
-  a field both removed and updated ("duplicate field name in diff"), so removals and updates
-  commute.
+- ``truncatedArrays`` (pipeline-style updates) are applied first, then removals, then updates:
+  the server's ``change_stream_document_diff_parser.cpp`` reports one array diff as a
+  ``truncatedArrays`` entry plus ``updatedFields`` for its changed indices, and
+  ``document_diff_applier.cpp`` (``applyDiffToArray``) keeps only the elements below ``newSize``
+  while applying those updates. A diff never names a field both removed and updated ("duplicate
+  field name in diff"), so removals and updates commute.
+- Without ``disambiguatedPaths`` a path is split on dots, and a component's kind follows the
+  stored document, as ``$set`` resolves it on the server's copy. A split path that could also run
+  through a stored field whose name has a dot is refused; a field with a dot in its name that the
+  event *creates* cannot be told from nested fields without ``disambiguatedPaths`` (sent from
+  MongoDB 6.1 with ``showExpandedEvents``): it is applied as nested fields.
 - BSON documents are ordered: a field that exists keeps its position, a new field goes to the end
   of its embedded document (as ``$set`` does, and as the diff applier's insert section does).
 
@@ -37,7 +40,7 @@ documents, ``list`` arrays) and are otherwise treated opaquely.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from lambda_functions.errors import TerminalError
@@ -46,6 +49,7 @@ from lambda_functions.errors import TerminalError
 MAX_ARRAY_PADDING = 1_500_000
 
 PathComponent = str | int
+_ABSENT = object()  # a path's end that the stored document does not have
 
 
 class UnappliableUpdateError(TerminalError, ValueError):
@@ -96,17 +100,18 @@ def apply_update_description(
             scalar or null, a non-index component on an array, a disambiguated component whose
             kind disagrees with the document, an index needing more than 1,500,000 nulls of
             padding, a truncated array that is absent, not an array or shorter than ``newSize``;
-            or the description is malformed. (A removed path never raises: ``$unset``.) Nothing
-            is applied partially: the input is untouched.
+            a path without ``disambiguatedPaths`` that could also name a stored field whose name
+            has a dot; or a malformed description. (A removed path that does not resolve is
+            ignored, as by ``$unset``.) Nothing is applied partially: the input is untouched.
 
     MongoDB Manual: "Change Events" (update event, ``updateDescription``), "$set", "$unset",
     "Array Update Operators"; server: ``change_stream_document_diff_parser.cpp``,
     ``document_diff_applier.cpp``.
     """
-    updated = _mapping(update_description.get("updatedFields"), "updatedFields")
-    removed = _sequence(update_description.get("removedFields"), "removedFields")
-    truncated = _sequence(update_description.get("truncatedArrays"), "truncatedArrays")
-    disambiguated = _mapping(update_description.get("disambiguatedPaths"), "disambiguatedPaths")
+    updated = _member(update_description, "updatedFields", Mapping)
+    removed = _member(update_description, "removedFields", list | tuple)
+    truncated = _member(update_description, "truncatedArrays", list | tuple)
+    disambiguated = _member(update_description, "disambiguatedPaths", Mapping)
 
     result = _copy(document)
     for entry in truncated:
@@ -118,29 +123,22 @@ def apply_update_description(
         new_size = entry.get("newSize")
         if isinstance(new_size, bool) or not isinstance(new_size, int) or new_size < 0:
             raise UnappliableUpdateError(path, f"newSize {new_size!r} is not an integer >= 0")
-        _truncate(result, path, _components(path, disambiguated), int(new_size))
+        _truncate(result, path, _components(result, path, disambiguated), int(new_size))
     for path in removed:
         if not isinstance(path, str):
             raise UnappliableUpdateError("removedFields", f"entry {path!r} is not a dotted path")
-        _unset(result, path, _components(path, disambiguated))
+        _unset(result, path, _components(result, path, disambiguated))
     for path, value in updated.items():
-        _set(result, path, _components(path, disambiguated), _copy(value))
+        _set(result, path, _components(result, path, disambiguated), _copy(value))
     return result
 
 
-def _mapping(value: Any, key: str) -> Mapping[str, Any]:
+def _member(update_description: Mapping[str, Any], key: str, kind: Any) -> Any:
+    value = update_description.get(key)
     if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise UnappliableUpdateError(key, f"expected a document, got {type(value).__name__}")
-    return value
-
-
-def _sequence(value: Any, key: str) -> Sequence[Any]:
-    if value is None:
-        return ()
-    if not isinstance(value, list | tuple):
-        raise UnappliableUpdateError(key, f"expected an array, got {type(value).__name__}")
+        return {} if kind is Mapping else ()
+    if not isinstance(value, kind):
+        raise UnappliableUpdateError(key, f"unexpected {type(value).__name__} {value!r}")
     return value
 
 
@@ -153,12 +151,14 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def _components(path: str, disambiguated: Mapping[str, Any]) -> tuple[PathComponent, ...]:
+def _components(
+    document: dict[str, Any], path: str, disambiguated: Mapping[str, Any]
+) -> tuple[PathComponent, ...]:
     """The path's components: typed ones from ``disambiguatedPaths``, else the dotted split.
 
-    A split component is a ``str`` whose meaning follows the parent it meets (index in an array,
-    field name in a document); a disambiguated ``str`` is always a field name and a disambiguated
-    ``int`` always an array index. The two kinds are told apart by ``_Split``.
+    A split component (``_Split``) means what the parent it meets makes it (an index in an
+    array, a field name in a document), as for ``$set``; a disambiguated ``str`` is always a field
+    name and an ``int`` always an array index.
     """
     if path in disambiguated:
         parts = disambiguated[path]
@@ -171,10 +171,32 @@ def _components(path: str, disambiguated: Mapping[str, Any]) -> tuple[PathCompon
                 )
             if isinstance(part, int) and part < 0:
                 raise UnappliableUpdateError(path, f"negative array index {part}")
-        return tuple(part if isinstance(part, str) else int(part) for part in parts)
+        return tuple(str(part) if isinstance(part, str) else int(part) for part in parts)
     if not path or "" in path.split("."):
         raise UnappliableUpdateError(path, "the path has an empty component")
-    return tuple(_Split(part) for part in path.split("."))
+    split = tuple(_Split(part) for part in path.split("."))
+    _refuse_dotted_names(document, path, split)
+    return split
+
+
+def _refuse_dotted_names(document: dict[str, Any], path: str, parts: tuple[str, ...]) -> None:
+    """Refuse a split path that could also run through a stored field whose name has a dot."""
+    node: Any = document
+    for depth, part in enumerate(parts):
+        if isinstance(node, dict):
+            rest = ".".join(parts[depth:])
+            for key in node:
+                if "." in key and (rest == key or rest.startswith(key + ".")):
+                    raise UnappliableUpdateError(
+                        path,
+                        f"the stored document has a field named {key!r}, so the path is "
+                        "ambiguous without disambiguatedPaths (MongoDB 6.1+, showExpandedEvents)",
+                    )
+            node = node.get(part)
+        elif isinstance(node, list) and _is_canonical_index(part) and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return
 
 
 class _Split(str):
@@ -205,18 +227,18 @@ def _index(part: PathComponent, path: str) -> int:
 
 
 def _step(node: Any, part: PathComponent, path: str, *, create: bool) -> Any:
-    """The child of ``node`` at ``part``; ``None`` if absent (created as ``{}`` when ``create``)."""
+    """The child of ``node`` at ``part``; ``_ABSENT`` if absent (``{}`` created if ``create``)."""
     if isinstance(node, dict):
         key = _field_name(part, path)
         if key not in node:
             if not create:
-                return None
+                return _ABSENT
             node[key] = {}
         return node[key]
     index = _index(part, path)
     if index >= len(node):
         if not create:
-            return None
+            return _ABSENT
         _pad(node, index + 1, path)
         node[index] = {}
     return node[index]
@@ -237,7 +259,7 @@ def _parent(
     node: Any = document
     for depth, part in enumerate(parts[:-1]):
         child = _step(node, part, path, create=create)
-        if child is None and not create and not _holds(node, part):
+        if child is _ABSENT:
             return None
         if not isinstance(child, dict | list):
             where = ".".join(str(p) for p in parts[: depth + 1])
@@ -246,12 +268,6 @@ def _parent(
             )
         node = child
     return node
-
-
-def _holds(node: dict[str, Any] | list[Any], part: PathComponent) -> bool:
-    if isinstance(node, dict):
-        return str(part) in node
-    return int(part) < len(node)
 
 
 def _set(document: dict[str, Any], path: str, parts: tuple[PathComponent, ...], value: Any) -> None:
@@ -286,11 +302,10 @@ def _truncate(
     document: dict[str, Any], path: str, parts: tuple[PathComponent, ...], new_size: int
 ) -> None:
     parent = _parent(document, path, parts, create=False)
-    array = None if parent is None else _step(parent, parts[-1], path, create=False)
+    array = _ABSENT if parent is None else _step(parent, parts[-1], path, create=False)
     if not isinstance(array, list):
-        raise UnappliableUpdateError(
-            path, f"truncatedArrays names it, but the stored value is {type(array).__name__}"
-        )
+        stored = "absent" if array is _ABSENT else type(array).__name__
+        raise UnappliableUpdateError(path, f"truncatedArrays names it, but it is {stored}")
     if len(array) < new_size:
         raise UnappliableUpdateError(
             path, f"the stored array has {len(array)} elements, fewer than newSize {new_size}"

@@ -189,7 +189,7 @@ def test_truncation_is_applied_before_updates() -> None:
 @pytest.mark.parametrize(
     ("document", "reason"),
     [
-        ({"_id": 1}, "NoneType"),
+        ({"_id": 1}, "absent"),
         ({"_id": 1, "arr": "text"}, "str"),
         ({"_id": 1, "arr": {"0": 1}}, "dict"),
         ({"_id": 1, "arr": [1]}, "fewer than newSize 2"),
@@ -235,10 +235,15 @@ def test_field_containing_a_dot_is_one_component() -> None:
     document = {"_id": 1, "x": {"a.b": 1, "c": 2}}
     result = apply(document, updatedFields={"x.a.b": 3}, disambiguatedPaths={"x.a.b": ["x", "a.b"]})
     assert ordered(result) == ordered({"_id": 1, "x": {"a.b": 3, "c": 2}})
-    # Without disambiguatedPaths the same dotted path is three field names, as $set reads it.
-    assert apply(document, updatedFields={"x.a.b": 3}) == {
+    # Without disambiguatedPaths the same dotted path could be x -> a -> b as well: not guessed.
+    with pytest.raises(UnappliableUpdateError, match=r"field named 'a\.b'"):
+        apply(document, updatedFields={"x.a.b": 3})
+    with pytest.raises(UnappliableUpdateError, match="ambiguous"):
+        apply(document, removedFields=["x.a.b.c"])
+    # Where no stored field has a dot in its name, a dotted path is field names, as $set reads it.
+    assert apply({"_id": 1, "x": {"c": 2}}, updatedFields={"x.a.b": 3}) == {
         "_id": 1,
-        "x": {"a.b": 1, "c": 2, "a": {"b": 3}},
+        "x": {"c": 2, "a": {"b": 3}},
     }
 
 

@@ -1,22 +1,18 @@
 """Apply a change stream update event's ``updateDescription`` to the stored copy of a document.
 
-An ``update`` change event without ``fullDocument`` carries only what changed (MongoDB Manual,
-"Change Events" > "update Event", ``updateDescription``): ``updatedFields`` (dotted path -> new
-value), ``removedFields`` (dotted paths), ``truncatedArrays`` (``{"field": path, "newSize": n}``)
-and, from MongoDB 6.1 (``showExpandedEvents``; always from 8.2), ``disambiguatedPaths`` (dotted
-path -> its components: strings for field names, integers for array indices) for every path whose
-dotted form is ambiguous: a field name containing a dot, or a numeric field name below the top
-level, which could also read as an array index.
+An ``update`` event carries what changed (MongoDB Manual, "Change Events" > "update Event"):
+``updatedFields`` (dotted path -> value), ``removedFields``, ``truncatedArrays`` and, from 6.1
+with ``showExpandedEvents`` (always from 8.2), ``disambiguatedPaths``: the components (``str``
+field names, ``int`` array indices) of each ambiguous path, one through a field name containing a
+dot or a numeric field name below the top level.
 
 The semantics are MongoDB's own:
 
 - ``updatedFields`` follow ``$set`` (MongoDB Manual, "$set"): missing embedded documents on the
-  path are created (as documents, even for a numeric component); a numeric component is an array
-  index when its parent is an array, padding the array with nulls up to the index (at most
-  1,500,000 nulls, the server's ``pathsupport::kMaxPaddingAllowed``), and a field name when its
-  parent is a document. A path through a scalar (including null) cannot be set: the server
-  refuses it ("Cannot create field 'b' in element {a: 1}", PathNotViable), so here the event does
-  not fit the stored copy and ``UnappliableUpdateError`` says so.
+  path are created (documents, even for a numeric component); a numeric component indexes an
+  array parent, padding it with nulls (at most 1,500,000: ``pathsupport::kMaxPaddingAllowed``),
+  and names a field of a document parent. A path through a scalar or null cannot be set (the
+  server: "Cannot create field 'b' in element {a: 1}"): the event does not fit the stored copy.
 - ``removedFields`` follow ``$unset`` (MongoDB Manual, "$unset"): removing an array element sets it
   to null, keeping the array's size and positions; removing a path that does not resolve in the
   stored document (absent, or through a scalar) does nothing.
@@ -31,11 +27,10 @@ The semantics are MongoDB's own:
   through a stored field whose name has a dot is refused; a field with a dot in its name that the
   event *creates* cannot be told from nested fields without ``disambiguatedPaths`` (sent from
   MongoDB 6.1 with ``showExpandedEvents``): it is applied as nested fields.
-- BSON documents are ordered: a field that exists keeps its position, a new field goes to the end
-  of its embedded document (as ``$set`` does, and as the diff applier's insert section does).
+- BSON documents are ordered: an existing field keeps its position, a new one goes last in its
+  embedded document (``$set``; the diff applier's insert section).
 
-Values are BSON-decoded Python values (``bson`` types, ``dict``/``SON``/``RawBSONDocument``
-documents, ``list`` arrays) and are otherwise treated opaquely.
+Values are BSON-decoded (``bson`` types; ``dict``/``SON``/``RawBSONDocument``; ``list``), opaque.
 """
 
 from __future__ import annotations
@@ -89,11 +84,9 @@ def apply_update_description(
             Every key is optional; an absent key changes nothing.
 
     Returns:
-        A new ``dict`` (embedded documents as new ``dict``s, arrays as new ``list``s; other values
-        are the same objects as in the inputs). Field order is the input's, with new fields
-        appended to their embedded document. Idempotent: applying the event again to its result
-        returns an equal document (``$set``/``$unset`` are; a truncation to ``newSize`` of an
-        array that already has ``newSize`` elements changes nothing).
+        A new ``dict`` (documents and arrays rebuilt as ``dict``/``list``, other values shared
+        with the inputs), in the input's field order with new fields last in their document.
+        Idempotent: applying the event again to its result returns an equal document.
 
     Raises:
         UnappliableUpdateError: the event does not fit the document: an updated path through a
@@ -115,14 +108,10 @@ def apply_update_description(
 
     result = _copy(document)
     for entry in truncated:
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("field"), str):
-            raise UnappliableUpdateError(
-                "truncatedArrays", f"entry {entry!r} is not {{'field': path, 'newSize': n}}"
-            )
-        path = entry["field"]
-        new_size = entry.get("newSize")
-        if isinstance(new_size, bool) or not isinstance(new_size, int) or new_size < 0:
-            raise UnappliableUpdateError(path, f"newSize {new_size!r} is not an integer >= 0")
+        ok = isinstance(entry, Mapping)
+        path, new_size = (entry.get("field"), entry.get("newSize")) if ok else (None, None)
+        if not isinstance(path, str) or isinstance(new_size, str) or not _is_component(new_size):
+            raise UnappliableUpdateError("truncatedArrays", f"{entry!r} is not {{field, newSize}}")
         _truncate(result, path, _components(result, path, disambiguated), int(new_size))
     for path in removed:
         if not isinstance(path, str):
@@ -154,23 +143,14 @@ def _copy(value: Any) -> Any:
 def _components(
     document: dict[str, Any], path: str, disambiguated: Mapping[str, Any]
 ) -> tuple[PathComponent, ...]:
-    """The path's components: typed ones from ``disambiguatedPaths``, else the dotted split.
-
-    A split component (``_Split``) means what the parent it meets makes it (an index in an
-    array, a field name in a document), as for ``$set``; a disambiguated ``str`` is always a field
-    name and an ``int`` always an array index.
-    """
+    """Typed components from ``disambiguatedPaths`` (``str`` a field, ``int`` an index), else the
+    dotted split, whose ``_Split`` parts index an array parent and name a document parent's field."""
     if path in disambiguated:
         parts = disambiguated[path]
-        if not isinstance(parts, list | tuple) or not parts:
-            raise UnappliableUpdateError(path, f"disambiguatedPaths entry {parts!r} is not a list")
-        for part in parts:
-            if isinstance(part, bool) or not isinstance(part, str | int):
-                raise UnappliableUpdateError(
-                    path, f"disambiguatedPaths component {part!r} is neither a name nor an index"
-                )
-            if isinstance(part, int) and part < 0:
-                raise UnappliableUpdateError(path, f"negative array index {part}")
+        if not isinstance(parts, list | tuple) or not parts or not all(map(_is_component, parts)):
+            raise UnappliableUpdateError(
+                path, f"disambiguatedPaths entry {parts!r} is not a list of names and indices"
+            )
         return tuple(str(part) if isinstance(part, str) else int(part) for part in parts)
     if not path or "" in path.split("."):
         raise UnappliableUpdateError(path, "the path has an empty component")
@@ -197,6 +177,10 @@ def _refuse_dotted_names(document: dict[str, Any], path: str, parts: tuple[str, 
             node = node[int(part)]
         else:
             return
+
+
+def _is_component(part: Any) -> bool:
+    return isinstance(part, str) or (type(part) is not bool and isinstance(part, int) and part >= 0)
 
 
 class _Split(str):
@@ -245,6 +229,7 @@ def _step(node: Any, part: PathComponent, path: str, *, create: bool) -> Any:
 
 
 def _pad(array: list[Any], size: int, path: str) -> None:
+    """Extend ``array`` with nulls to ``size`` elements (no change if it has as many)."""
     if size - len(array) > MAX_ARRAY_PADDING:
         raise UnappliableUpdateError(
             path, f"setting index {size - 1} would pad the array with more than 1500000 nulls"
@@ -275,16 +260,14 @@ def _set(document: dict[str, Any], path: str, parts: tuple[PathComponent, ...], 
     last = parts[-1]
     if isinstance(parent, list):
         index = _index(last, path)
-        if index >= len(parent):
-            _pad(parent, index + 1, path)
+        _pad(parent, index + 1, path)  # nothing to pad when the index exists
         parent[index] = value
     elif parent is not None:  # always: missing containers were created on the way
         parent[_field_name(last, path)] = value
 
 
 def _unset(document: dict[str, Any], path: str, parts: tuple[PathComponent, ...]) -> None:
-    """``$unset``: a path that does not resolve in this document (absent, through a scalar, a
-    name on an array, an index on a document) removes nothing."""
+    """``$unset``: a path that does not resolve (absent, through a scalar...) removes nothing."""
     try:
         parent = _parent(document, path, parts, create=False)
         last = parts[-1]

@@ -25,8 +25,10 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+import bson
 import pytest
 from bson import Decimal128, Int64, ObjectId
+from bson.raw_bson import RawBSONDocument
 from bson.son import SON
 
 from lambda_functions.errors import TERMINAL_ERROR_TYPES, TerminalError, error_kind
@@ -111,6 +113,13 @@ def test_values_are_kept_opaque() -> None:
     assert result["_id"] is oid
     assert result["total"] is amount
     assert result["lines"]["count"] is count
+
+
+def test_raw_bson_input_is_read_as_documents_and_arrays() -> None:
+    raw = RawBSONDocument(bson.encode({"_id": 1, "a": {"b": [1, 2]}}))
+    assert ordered(apply(raw, updatedFields={"a.b.1": 3, "a.c": 4})) == ordered(
+        {"_id": 1, "a": {"b": [1, 3], "c": 4}}
+    )
 
 
 def test_input_is_not_mutated_and_result_shares_no_containers() -> None:

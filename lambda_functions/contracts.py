@@ -331,7 +331,7 @@ class LoadRequest(CollectionRequest):
             )
         validate_warehouse_name(self.target_schema, "warehouse schema")
         validate_warehouse_name(self.table_name, "warehouse table")
-        from lambda_functions.warehouse_load.sql_plan import (
+        from lambda_functions.warehouse_sql import (
             REDSHIFT,
             PlanError,
             UnsafeSqlValueError,

@@ -1,4 +1,4 @@
-"""The embedded warehouse: DuckDB runs the plan from ``sql_plan`` in one BEGIN..COMMIT.
+"""The embedded warehouse: DuckDB runs the plan from ``lambda_functions.warehouse_sql`` in one BEGIN..COMMIT.
 
 Staging is an Arrow table registered with the connection (DuckDB cannot read ``s3://`` here and
 needs no file): the plan's ``load_stage`` copies it into the temporary staging table inside the
@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from lambda_functions.waits import REPORT_EVERY_S, WaitReport
-from lambda_functions.warehouse_load.sql_plan import (
+from lambda_functions.warehouse_sql import (
     DUCKDB,
     Dialect,
     ProjectedColumn,
@@ -108,7 +108,7 @@ class DuckDBWarehouse:
     def session(self) -> Iterator[None]:
         # Open per load and close at once: DuckDB locks the file for the process that has it open.
         self._db = connect_waiting(self.path, on_progress=self.on_progress)
-        # Projected timestamps written without an offset are UTC (see sql_plan), whatever the
+        # Projected timestamps written without an offset are UTC (see lambda_functions.warehouse_sql), whatever the
         # machine's zone; casts to TIMESTAMPTZ read the session's.
         self._db.execute("SET TimeZone = 'UTC'")
         try:

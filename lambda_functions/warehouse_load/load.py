@@ -1,7 +1,7 @@
 """Load the lake table's changes since the last loaded version into the warehouse.
 
 Incremental by default (Delta change data feed), full when it must be (see ``lake_changes``) or
-when the projection gained columns (so every row gets them). The SQL comes from ``sql_plan`` and is
+when the projection gained columns (so every row gets them). The SQL comes from ``lambda_functions.warehouse_sql`` and is
 the same logical plan on DuckDB and Redshift; only the executor differs. The loaded version is
 recorded in the warehouse in the same transaction as the data, and the transaction first checks
 that the control row is still the one the load was planned from, so a re-run after a failure at
@@ -26,7 +26,7 @@ from lambda_functions.merge.merge import LakeTableMissingError, lake_table_locat
 from lambda_functions.warehouse_load.lake_changes import lake_keys, read_lake_changes
 from lambda_functions.warehouse_load.reconcile import Reconciliation, reconcile
 from lambda_functions.warehouse_load.set_aside import mark_set_aside
-from lambda_functions.warehouse_load.sql_plan import (
+from lambda_functions.warehouse_sql import (
     BASE_COLUMNS,
     Dialect,
     LoadedState,

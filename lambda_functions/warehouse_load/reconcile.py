@@ -4,7 +4,7 @@ The key set is compared by hashed buckets so that Redshift never has to ship its
 warehouse answers one GROUP BY (256 buckets by the first byte of md5(``_id``): rows, distinct keys
 and the sum of a 32-bit slice of md5(``_id:_pos``)), and the lake side answers the very same query
 (DuckDB dialect) over the lake's Arrow rows, in process. MD5 of the UTF-8 text is the same function
-in DuckDB, Redshift and Python (``sql_plan.key_bucket``/``version_hash``, checked by the tests);
+in DuckDB, Redshift and Python (``warehouse_sql.key_bucket``/``version_hash``, checked by the tests);
 DuckDB does it vectorized, about six times faster than a Python loop on 2M keys. Including ``_pos``
 means a row holding an older version of a document is caught, not only a missing or extra key.
 When buckets differ, the rows of a few of them are read back on both sides to name the missing,
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambda_functions.warehouse_load.set_aside import warehouse_key
-from lambda_functions.warehouse_load.sql_plan import (
+from lambda_functions.warehouse_sql import (
     DUCKDB,
     Dialect,
     Statement,

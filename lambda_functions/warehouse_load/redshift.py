@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from lambda_functions.lake import ObjectStore, S3ObjectStore
 from lambda_functions.waits import REPORT_EVERY_S, WaitReport
-from lambda_functions.warehouse_load.sql_plan import (
+from lambda_functions.warehouse_sql import (
     REDSHIFT,
     Dialect,
     ProjectedColumn,
@@ -193,7 +193,7 @@ class RedshiftDataApiClient:
             )
         if any(s.parameters for s in statements):
             raise ValueError(
-                "statements of a batch carry no parameters (see sql_plan): render checked literals"
+                "statements of a batch carry no parameters (see lambda_functions.warehouse_sql): render checked literals"
             )
         _check_sizes(statements)
         delay = self.first_retry_s
@@ -371,7 +371,7 @@ class RedshiftDataApiClient:
 
 
 def _check_sizes(statements: Sequence[Statement]) -> None:
-    """The Data API refuses a query string over 100 KB: never send one (sql_plan keeps the load's
+    """The Data API refuses a query string over 100 KB: never send one (warehouse_sql keeps the load's
     statements under ``REDSHIFT.max_statement_bytes`` by construction; this is the last line)."""
     limit = REDSHIFT.max_statement_bytes or 0
     for statement in statements:

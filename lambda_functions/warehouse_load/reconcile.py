@@ -148,8 +148,23 @@ def reconcile(
     lake: pa.Table,
     set_aside: Sequence[tuple[Any, ...]] = (),
 ) -> Reconciliation:
-    """Compare ``target`` with the lake rows (``_id``, ``_pos``) at the loaded version, leaving
-    out the keys recorded as set aside (``(key, pos, reason)`` rows of ``set_aside_query``)."""
+    """Compare ``target`` with the lake rows at the loaded version, by key-hash bucket.
+
+    Read-only on both sides; one GROUP BY on the warehouse (256 buckets), the same query on the
+    lake rows in process, then the rows of at most a few differing buckets to name keys.
+
+    Args:
+        warehouse: an executor able to run reads (``query``) with its ``dialect``.
+        target: the loaded table.
+        lake: the lake rows at the loaded version: an Arrow table with ``_id`` (record key
+            text) and ``_pos`` (change position, int64), one row per live key.
+        set_aside: ``(key, pos, reason)`` rows of ``set_aside_query``: keys the warehouse cannot
+            hold, left out of the comparison and counted instead.
+
+    Returns:
+        A ``Reconciliation``: ``matches`` when the warehouse holds every lake row except those
+        set aside, each once at its lake position, and nothing else.
+    """
     lake_rows = lake.num_rows
     if set_aside:
         aside = pa.array(sorted({str(row[0]) for row in set_aside}), pa.string())

@@ -37,18 +37,21 @@ def sql_string(value: str) -> str:
 
 
 def sql_integer(value: int) -> str:
+    """An integer literal; ``UnsafeSqlValueError`` for anything else (``bool`` included)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise UnsafeSqlValueError(f"expected an integer, got {value!r}")
     return str(value)
 
 
 def checked_table_id(value: str) -> str:
+    """``value`` if it is a UUID (a Delta table id), else ``UnsafeSqlValueError``."""
     if not _TABLE_ID.match(value or ""):
         raise UnsafeSqlValueError(f"lake table id {value!r} is not a UUID")
     return value
 
 
 def checked_s3_uri(value: str) -> str:
+    """``value`` if it is a plain ``s3://bucket/key``, else ``UnsafeSqlValueError``."""
     if not _S3_URI.match(value or ""):
         raise UnsafeSqlValueError(
             f"staging URI {value!r} is not a plain s3://bucket/key (letters, digits, '_.=+/-')"
@@ -57,7 +60,9 @@ def checked_s3_uri(value: str) -> str:
 
 
 def checked_iam_role(value: str) -> str:
-    """One IAM role ARN, or a comma-separated chain of them (Redshift role chaining)."""
+    """``value`` if it is one IAM role ARN, or a comma-separated chain of them (Redshift role
+    chaining, "Authorization parameters" of COPY), else ``UnsafeSqlValueError`` naming the
+    setting (``LAKEHOUSE_REDSHIFT_IAM_ROLE``)."""
     parts = (value or "").split(",")
     if not all(_IAM_ROLE.match(part) for part in parts):
         raise UnsafeSqlValueError(

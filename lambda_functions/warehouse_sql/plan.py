@@ -67,6 +67,7 @@ def ensure_tables(dialect: Dialect, target: TargetTable) -> list[Statement]:
 
 
 def loaded_state_query(dialect: Dialect, target: TargetTable) -> Statement:
+    """The control row of ``target``: at most one ``(lake_table_id, lake_version)`` row."""
     return Statement(
         "loaded_state",
         f'SELECT "lake_table_id", "lake_version" FROM {target.control} '
@@ -87,7 +88,32 @@ def load_transaction(
     projection: Sequence[ProjectedColumn],
     add_columns: Sequence[ProjectedColumn] = (),
 ) -> list[Statement]:
-    """The statements of one load, to run as one transaction, in order (see the module doc)."""
+    """The statements of one load, to run as ONE transaction, in order (see the package doc).
+
+    Atomic and idempotent when run as one transaction: the first statement (``guard``) fails
+    the transaction unless the control row still holds ``expected``; the last ones replace the
+    control row with ``table_id``/``version``; so a re-run after any failure applies the same
+    changes once, and a stale or replayed plan commits nothing. On Redshift the list is one
+    Data API ``BatchExecuteStatement`` (at most 40 statements, each under 100 KB).
+
+    Args:
+        dialect: the warehouse's dialect.
+        target: the loaded table.
+        source: where the staged rows come from (a DuckDB relation, or S3 Parquet + IAM role).
+        full: reload every row (delete all) instead of the staged keys only.
+        expected: the control row the plan was made from; None when there was none.
+        table_id: the Delta table's id (a UUID) recorded in the control row.
+        version: the lake table version being loaded (recorded as ``_lake_version``).
+        projection: every projected column, in declaration order.
+        add_columns: the projected columns the table lacks, added inside this transaction.
+
+    Returns:
+        ``LOAD_STATEMENTS + len(add_columns)`` statements.
+
+    Raises:
+        PlanError: more statements than the dialect's batch holds, or a statement over its size.
+        UnsafeSqlValueError: a value that fails its pattern (table id, URI, role).
+    """
     d = dialect
     checked_table_id(table_id)
     staged = target.stage
@@ -250,7 +276,11 @@ def _control_row(target: TargetTable) -> str:
 
 
 def check_statement_sizes(dialect: Dialect, statements: Sequence[Statement]) -> None:
-    """Refuse a plan holding a statement the warehouse's API would reject for its size."""
+    """Refuse a plan holding a statement the warehouse's API would reject for its size.
+
+    Raises:
+        PlanError: a statement's SQL is over ``dialect.max_statement_bytes`` (UTF-8 bytes).
+    """
     limit = dialect.max_statement_bytes
     if not limit:
         return
@@ -277,10 +307,22 @@ def check_projection_limits(
     schema: str = _LONGEST_NAME,
     table: str = _LONGEST_NAME,
 ) -> None:
-    """Refuse, with ``PlanError``, a projection that no load into ``schema.table`` could carry:
-    more columns than the warehouse's table limit, or a steady-state load statement over the
-    warehouse API's size limit. Called at configuration (settings, worst-case names) and when a
-    load request is validated (its names), so it never first fails at every load."""
+    """Refuse a projection that no load into ``schema.table`` could carry.
+
+    Called at configuration (settings, worst-case names) and when a load request is validated
+    (its names), so it never first fails at every load. It renders the steady-state load plan
+    with worst-case values (longest S3 URI, role, versions) and measures it.
+
+    Args:
+        dialect: the warehouse (``REDSHIFT`` has limits; ``DUCKDB`` none).
+        projection: the parsed projection.
+        schema, table: the target's names; default: the longest a name can be (127 bytes).
+
+    Raises:
+        PlanError: more columns than the warehouse's table limit (Redshift: 1,600 including the
+            load's own), or a load statement over its API's size limit (Redshift Data API:
+            100 KB per statement); the message says how many fields fit.
+    """
     columns = len(BASE_COLUMNS) + len(projection)
     if dialect.max_table_columns and columns > dialect.max_table_columns:
         raise PlanError(

@@ -46,12 +46,25 @@ class ProjectedColumn:
 
 
 def parse_projection(declared: Mapping[str, str]) -> tuple[ProjectedColumn, ...]:
-    """``{"status": "VARCHAR(32)", "customer.address.city": "VARCHAR(64)"}`` → columns ``status``
-    and ``customer_address_city``, in declaration order. Raises ``PlanError`` naming the entry.
+    """The projection a declaration describes.
 
     Column names are folded to lower case (Redshift folds identifiers, DuckDB resolves them
     without case), so two fields that differ only in case, or whose paths join to the same
-    name, would be one column: refused here, at configuration, rather than at every load."""
+    name, would be one column: refused here, at configuration, rather than at every load.
+
+    Args:
+        declared: field path -> SQL type, e.g. ``{"status": "VARCHAR(32)",
+            "customer.address.city": "VARCHAR(64)"}``; a path has 1 to 3 names; types are
+            ``SUPPORTED_TYPES`` (Redshift's names and DuckDB's aliases, any case).
+
+    Returns:
+        One ``ProjectedColumn`` per entry, in declaration order (here ``status`` and
+        ``customer_address_city``).
+
+    Raises:
+        PlanError: naming the entry: a bad path, a reserved or over-long column name, two
+            entries folding to one column, or an unsupported type or size.
+    """
     columns: list[ProjectedColumn] = []
     seen: dict[str, str] = {}
     for raw_path, raw_type in declared.items():

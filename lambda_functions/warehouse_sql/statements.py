@@ -29,10 +29,12 @@ class Statement:
     secrets: tuple[str, ...] = ()
 
     def display(self) -> str:
+        """The SQL with ``secrets`` shown as ``***``."""
         return redact(self.sql, self.secrets)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every non-empty secret replaced by ``***``."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
@@ -51,6 +53,8 @@ class StageSource:
 
 @dataclass(frozen=True)
 class LoadedState:
+    """The control row: the lake table (``table_id``, a UUID) and version last loaded."""
+
     table_id: str
     version: int
 

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from lambda_functions.warehouse_sql.errors import PlanError
 from lambda_functions.warehouse_sql.literals import checked_iam_role, checked_s3_uri, sql_string
+from lambda_functions.warehouse_sql.names import fold_identifier
 from lambda_functions.warehouse_sql.projection import ProjectedColumn
 from lambda_functions.warehouse_sql.staging import stage_query
 from lambda_functions.warehouse_sql.statements import StageSource, Statement
@@ -42,7 +43,7 @@ class Dialect:
         # Redshift lower-cases identifiers, quoted or not (unless enable_case_sensitive_identifier
         # is on); DuckDB keeps their case but resolves them without it. Both use the folded name
         # for catalog lookups and the control row, so one table is always one name.
-        return identifier.lower()
+        return fold_identifier(identifier)
 
     def json_parse(self, expression: str) -> str:
         raise NotImplementedError

@@ -46,13 +46,20 @@ class TransientError(LakehouseError):
 TRANSIENT_ERROR_TYPES: frozenset[str] = frozenset(
     {
         "MaskingKeyUnavailableError",
+        "RedshiftSerializationError",
+        "RedshiftTimeoutError",
     }
 )
 TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
     {
+        "InvalidRecordKeyError",
+        "InvalidRequestError",
         "MaskingKeyError",
         "MaskingRulesError",
+        "PlanError",
+        "RedshiftStatementError",
         "UnappliableUpdateError",
+        "UnsafeSqlValueError",
     }
 )
 

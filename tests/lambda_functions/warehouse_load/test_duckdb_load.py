@@ -22,7 +22,7 @@ from lambda_functions.merge.layout import live_rows
 from lambda_functions.warehouse_load import load_changes
 from lambda_functions.warehouse_load.duckdb_warehouse import DuckDBWarehouse
 from lambda_functions.warehouse_load.reconcile import lake_buckets
-from lambda_functions.warehouse_load.sql_plan import (
+from lambda_functions.warehouse_sql import (
     DUCKDB,
     TargetTable,
     bucket_rows_query,

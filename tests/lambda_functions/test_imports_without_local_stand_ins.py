@@ -81,3 +81,14 @@ def test_only_change_source_imports_the_local_stand_ins() -> None:
             if any(m.split(".")[0] == "lakehouse_local" for m in modules):
                 importers.add(path.relative_to(root).as_posix())
     assert importers == {"cdc_capture/change_source.py"}
+
+
+def test_the_lambda_image_copies_the_data_plane_and_not_the_stand_ins() -> None:
+    dockerfile = Path(lambda_functions.__file__).parents[1] / "deploy" / "Dockerfile"
+    copied = [
+        line.split()[1]
+        for line in dockerfile.read_text().splitlines()
+        if line.startswith(("COPY ", "ADD "))
+    ]
+    assert "lambda_functions" in copied
+    assert not [source for source in copied if source in (".", "lakehouse_local")]

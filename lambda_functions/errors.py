@@ -50,8 +50,10 @@ TRANSIENT_ERROR_TYPES: frozenset[str] = frozenset(
 )
 TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
     {
+        "EcsTaskRequestError",
         "MaskingKeyError",
         "MaskingRulesError",
+        "RouteEstimateError",
     }
 )
 

@@ -232,8 +232,8 @@ class EcsPipes:
 
         Returns:
             The materialization the handler reported (metadata, data version, check results),
-            plus ``route`` (``"ecs"``), ``route_reason``, ``ecs/task_arn`` and
-            ``ecs/task_url`` (the console URL ``PipesECSClient`` reports).
+            plus ``route`` (``"ecs"``), ``route_reason``, ``ecs/task_arn`` and ``AWS ECS Task
+            URL`` (the task's console URL, as ``PipesECSClient`` reports it).
 
         Raises:
             EcsSettingsError: cluster, task definition or subnets are not configured, or
@@ -277,8 +277,7 @@ class EcsPipes:
             if ecs.task:
                 raise _task_failure(function_name, ecs.task, self.settings, error) from None
             raise
-        reported = invocation.get_materialize_result()
-        task_url = invocation.metadata.get("AWS ECS Task URL")
+        reported = invocation.get_materialize_result()  # with PipesECSClient's task URL
         return MaterializeResult(
             asset_key=reported.asset_key,
             metadata={
@@ -286,7 +285,6 @@ class EcsPipes:
                 "route": MetadataValue.text("ecs"),
                 "route_reason": MetadataValue.text(route_reason or "ECS route requested"),
                 "ecs/task_arn": MetadataValue.text(ecs.task.get("taskArn", "")),
-                **({"ecs/task_url": task_url} if task_url is not None else {}),
             },
             check_results=reported.check_results,
             data_version=reported.data_version,

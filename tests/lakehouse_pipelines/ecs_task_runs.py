@@ -123,7 +123,8 @@ class StubbedEcsRoute:
         self.logs_stub = Stubber(self.logs)
         self._task_ids: list[str] = []
         self._interrupt = False
-        # first, before Stubber's own wildcard handler answers the call
+        # before Stubber checks the call (before-parameter-build) and answers it (before-call)
+        self.ecs.meta.events.register_first("provide-client-params.*.*", self._on_params)
         self.ecs.meta.events.register_first("before-call.*.*", self._on_call)
         self.ecs_stub.activate()
         self.logs_stub.activate()
@@ -191,12 +192,14 @@ class StubbedEcsRoute:
                 },
             )
 
-    def _on_call(self, event_name: str, params: dict[str, Any], **_: Any) -> None:
-        if event_name == "before-call.ecs.RunTask":
-            self._run_the_task(params)
-        elif event_name == "before-call.ecs.DescribeTasks" and self._interrupt:
+    def _on_params(self, event_name: str, **_: Any) -> None:
+        if event_name == "provide-client-params.ecs.DescribeTasks" and self._interrupt:
             # the Dagster run is terminated while the step waits for the task
             raise DagsterExecutionInterruptedError()
+
+    def _on_call(self, event_name: str, params: dict[str, Any], **_: Any) -> None:
+        if event_name == "before-call.ecs.RunTask":  # validated against the service model
+            self._run_the_task(params)
 
     def _run_the_task(self, params: dict[str, Any]) -> None:
         """RunTask passed validation: run the task's command with its container overrides."""

@@ -87,7 +87,10 @@ def choose_route(
     Raises:
         RouteEstimateError: an estimate is negative or not a number.
     """
-    for name, value in (("estimated_bytes", estimated_bytes), ("estimated_seconds", estimated_seconds)):
+    for name, value in (
+        ("estimated_bytes", estimated_bytes),
+        ("estimated_seconds", estimated_seconds),
+    ):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int | float) or value < 0
         ):
@@ -108,4 +111,6 @@ def choose_route(
             f"estimated duration {estimated_seconds:,.0f} s x {SAFETY_FACTOR} exceeds "
             f"{function_spec.name}'s {timeout_s} s timeout",
         )
-    return RouteChoice("lambda", f"fits {function_spec.name} ({function_spec.memory_mb} MB, {timeout_s} s)")
+    return RouteChoice(
+        "lambda", f"fits {function_spec.name} ({function_spec.memory_mb} MB, {timeout_s} s)"
+    )

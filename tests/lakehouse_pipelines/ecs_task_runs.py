@@ -205,7 +205,9 @@ class StubbedEcsRoute:
         """RunTask passed validation: run the task's command with its container overrides."""
         body = json.loads(params["body"])
         self.overrides.append(body["overrides"])
-        (container,) = [c for c in body["overrides"]["containerOverrides"] if c["name"] == CONTAINER]
+        (container,) = [
+            c for c in body["overrides"]["containerOverrides"] if c["name"] == CONTAINER
+        ]
         run = run_task_locally({v["name"]: v["value"] for v in container["environment"]})
         self.runs.append(run)
         task_id = self._task_ids[-1]

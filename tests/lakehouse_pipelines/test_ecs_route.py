@@ -47,7 +47,9 @@ def lake_table_on_ecs(
 ) -> MaterializeResult:
     """``lake_table``'s merge, routed as the route chooser says (here: always ECS)."""
     (key,) = context.partition_keys
-    choice = choose_route(MERGE, None, None, configured_for_ecs(key, ecs_pipes.settings.collections))
+    choice = choose_route(
+        MERGE, None, None, configured_for_ecs(key, ecs_pipes.settings.collections)
+    )
     assert choice.route == "ecs"
     request = MergeRequest(**request_fields(lakehouse, key))
     return ecs_pipes.run(context, MERGE.name, request, route_reason=choice.reason)
@@ -76,7 +78,9 @@ def copy_of(lake: Path, to: Path) -> LakehouseSettings:
 def test_merge_on_ecs_reports_the_same_metadata_as_on_lambda(captured_lake, tmp_path):
     on_lambda = copy_of(captured_lake, tmp_path / "lambda")
     on_ecs = copy_of(captured_lake, tmp_path / "ecs")
-    by_lambda = materialize_collections([lake_table], on_lambda, DagsterInstance.ephemeral(), ORDERS)
+    by_lambda = materialize_collections(
+        [lake_table], on_lambda, DagsterInstance.ephemeral(), ORDERS
+    )
     route = StubbedEcsRoute()
     route.expect_task("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
     by_ecs = materialize_collections(
@@ -109,8 +113,9 @@ def test_merge_on_ecs_reports_the_same_metadata_as_on_lambda(captured_lake, tmp_
     assert ecs_meta["route"] == "ecs"
     assert "LAKEHOUSE_ECS_COLLECTIONS" in ecs_meta["route_reason"]
     assert ecs_meta["ecs/task_arn"].endswith("/0f1e2d3c4b5a69788796a5b4c3d2e1f0")
-    assert "ecs/v2/clusters/lakehouse/tasks/0f1e2d3c4b5a69788796a5b4c3d2e1f0" in (
-        ecs_meta["AWS ECS Task URL"]
+    assert (
+        "ecs/v2/clusters/lakehouse/tasks/0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+        in (ecs_meta["AWS ECS Task URL"])
     )
     lambda_checks = {c.check_name: c for c in by_lambda.get_asset_check_evaluations()}
     ecs_checks = {c.check_name: c for c in by_ecs.get_asset_check_evaluations()}

@@ -158,9 +158,15 @@ def ecs_resources(metrics_environment: dict[str, Any]) -> dict[str, Any]:
                         "Essential": True,
                         "EntryPoint": TASK_COMMAND[:1],
                         "Command": TASK_COMMAND[1:],
+                        # Lambda sets AWS_REGION for its functions; a task gets it here
                         "Environment": [
                             {"Name": name, "Value": value}
-                            for name, value in sorted(metrics_environment.items())
+                            for name, value in sorted(
+                                {
+                                    **metrics_environment,
+                                    "AWS_REGION": {"Ref": "AWS::Region"},
+                                }.items()
+                            )
                         ],
                         "LogConfiguration": {
                             "LogDriver": "awslogs",

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from botocore.stub import ANY
 from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
@@ -16,7 +17,12 @@ from dagster import (
 from lakehouse_pipelines.defs.cdc_capture.definitions import CAPTURE_KEY, cdc_raw_batches
 from lakehouse_pipelines.defs.collections import collection_asset, request_fields
 from lakehouse_pipelines.defs.merge.definitions import LAKE_TABLE_KEY, lake_table
-from lakehouse_pipelines.resources.ecs_pipes import EcsPipes, EcsRouteSettings, EcsSettingsError
+from lakehouse_pipelines.resources.ecs_pipes import (
+    EcsPipes,
+    EcsRouteSettings,
+    EcsSettingsError,
+    TaskMessagesReader,
+)
 from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.contracts import MergeRequest
 from lambda_functions.registry import MERGE
@@ -224,3 +230,26 @@ def test_settings_from_env():
         "LAKEHOUSE_ECS_TASK_DEFINITION",
         "LAKEHOUSE_ECS_SUBNETS",
     ]
+
+
+def test_reader_pages_through_the_task_log_and_adds_no_log_tailer():
+    route = StubbedEcsRoute()
+    reader = TaskMessagesReader(route.logs, interval=1)
+    reader.on_launched({"extras": {"log_group": LOG_GROUP, "log_stream": "ecs/lakehouse-task/t1"}})
+    where = {"logGroupName": LOG_GROUP, "logStreamName": "ecs/lakehouse-task/t1", "startTime": ANY}
+    route.logs_stub.add_response(
+        "get_log_events",
+        {
+            "events": [{"timestamp": 1, "message": '{"__dagster_pipes_version": "0.1"}'}],
+            "nextForwardToken": "f/1",
+        },
+        where,
+    )
+    route.logs_stub.add_response(
+        "get_log_events", {"events": [], "nextForwardToken": "f/1"}, {**where, "nextToken": "f/1"}
+    )
+    assert reader.download_messages(None, {}) == ("f/1", '{"__dagster_pipes_version": "0.1"}')
+    assert reader.download_messages("f/1", {}) is None  # nothing new yet
+    reader.add_log_reader(object())
+    assert reader.log_readers == {}
+    route.assert_all_calls_made()

@@ -17,8 +17,8 @@ needs care in two cases, both handled here:
   exactly the rows changed between the two versions.
 
 Compaction commits (``dataChange=false``) add nothing to the feed, nor does tombstone expiry.
-Tombstones (rows of deleted documents, see ``layout``) are never returned: ``read_version``
-returns live rows, and the feed is read through ``layout.live_changes``.
+Tombstones (rows of deleted documents, see ``lake.table_layout``) are never returned: ``read_version``
+returns live rows, and the feed is read through ``table_layout.live_changes``.
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
+from lambda_functions.errors import TerminalError
 from lambda_functions.lake.change_feed import feed_is_gone, read_failure
-from lambda_functions.merge.layout import live_changes, live_rows
+from lambda_functions.lake.table_layout import live_changes, live_rows
 
 _BEFORE = ("delete", "update_preimage")  # the state before a version
 _IDENTITY = ("_pos", "_batch", "_seq")  # a stored row's identity: which change wrote it
 
 
-class VersionNotAvailableError(RuntimeError):
+class VersionNotAvailableError(TerminalError, RuntimeError):
     """The version asked for is no longer retained (vacuumed or its log expired)."""
 
 

@@ -3,7 +3,7 @@
 Merges are copy-on-write and write a few files per touched partition each time, so partitions
 that stopped changing end up with many small, unsorted files. ``compact_table``:
 
-- first expires **tombstones** (rows of deleted documents, see ``layout``) whose delete happened
+- first expires **tombstones** (rows of deleted documents, see ``lake.table_layout``) whose delete happened
   more than ``tombstone_retention_hours`` ago, by the delete's ``_event_time`` (the source's
   clock, which is what a change stream's retention is measured in: no change older than the
   retention can still be read from the stream, so none can still arrive from it). Only files
@@ -49,14 +49,15 @@ from deltalake.exceptions import CommitFailedError
 
 from lambda_functions.contracts import CompactRequest
 from lambda_functions.lake import ObjectStore, open_store
-from lambda_functions.merge import copy_on_write
-from lambda_functions.merge.layout import LIVE_ROWS, TOMBSTONE_OP, WRITER_PROPERTIES
-from lambda_functions.merge.merge import (
+from lambda_functions.lake.lake_table import (
     LakeTableMissingError,
     lake_table_key,
     lake_table_location,
     open_table,
 )
+from lambda_functions.lake.table_layout import LIVE_ROWS, TOMBSTONE_OP, WRITER_PROPERTIES
+from lambda_functions.merge import copy_on_write
+from lambda_functions.merge.copy_on_write import ConcurrentWriteError
 from lambda_functions.merge.table_files import TableFiles, tombstone_count
 
 # Delta's default for delta.deletedFileRetentionDuration; vacuum refuses shorter unless told.
@@ -199,7 +200,7 @@ def _expire_tombstones(
         )
         return int(metrics.get("num_deleted_rows", 0))
     except (CommitFailedError, copy_on_write.VersionTakenError):
-        raise RuntimeError(
+        raise ConcurrentWriteError(
             f"{request.namespace}: a merge committed while tombstones were being expired; "
             "nothing was changed. Re-run the maintenance under the merge's concurrency key."
         ) from None
@@ -253,7 +254,7 @@ def _compact(
                 commit_properties=commit,
             )
     except CommitFailedError:
-        raise RuntimeError(
+        raise ConcurrentWriteError(
             f"{request.namespace}: a merge rewrote files of the partitions being compacted; "
             "nothing was changed. Re-run the maintenance, and run it under the merge's "
             "concurrency key so the two do not overlap."

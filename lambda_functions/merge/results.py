@@ -123,8 +123,11 @@ class MergeResult(MergeCounts):
     """What ``merge_batches`` did (the counters of ``MergeCounts``, summed over its commits) and
     the table's state after it.
 
-    Counts are rows or files; ``bytes_*`` are bytes; ``duration_s`` is seconds of wall time.
-    ``buckets_touched`` is sorted and without repeats.
+    Counts are rows or files; ``bytes_*`` are bytes; ``duration_s`` is seconds of wall time;
+    positions (``drop_floor``) are the source's change-stream positions. ``buckets_touched`` is
+    sorted and without repeats. A run with nothing pending (e.g. a replay) has zero counters and
+    ``merge_path`` "none"; ``version`` and ``last_applied_batch`` then repeat the table's state.
+    ``as_metadata()`` gives the handler's Dagster metadata (``dagster/row_count`` = live rows).
     """
 
     namespace: str = field(metadata=_as({}))  # "database.collection"

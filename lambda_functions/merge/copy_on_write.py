@@ -41,7 +41,7 @@ import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
@@ -91,15 +91,8 @@ class Rewritten:
     changes: list[dict[str, Any]] = field(default_factory=list)  # Delta ``cdc`` actions
 
     def absorb(self, other: Rewritten) -> None:
-        self.inserted += other.inserted
-        self.updated += other.updated
-        self.deleted += other.deleted
-        self.duplicate_keys += other.duplicate_keys
-        self.tombstones_written += other.tombstones_written
-        self.rows_changed += other.rows_changed
-        self.removed += other.removed
-        self.added += other.added
-        self.changes += other.changes
+        for f in fields(self):  # every field is a count or a list: both add up with +
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 def supports(table: DeltaTable) -> bool:

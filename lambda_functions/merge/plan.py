@@ -45,6 +45,7 @@ def last_applied(table: DeltaTable | None, app: str) -> int:
 
 
 def files_of(table: DeltaTable | None) -> TableFiles:
+    """The data files of ``table`` (none when there is no table yet)."""
     return TableFiles.of(table) if table is not None else TableFiles({})
 
 
@@ -118,7 +119,10 @@ class SegmentChanges:
 
 
 def read_segment(
-    zone: RawZone, table: DeltaTable | None, segment: list[BatchManifest], say: Callable
+    zone: RawZone,
+    table: DeltaTable | None,
+    segment: list[BatchManifest],
+    say: Callable[[str], None],
 ) -> SegmentChanges:
     """Read the segment's batches (``read_changes``) and resolve its key-only deletes against
     the table's live keys (``key_candidates``); each ambiguous delete is said."""

@@ -45,21 +45,26 @@ class TransientError(LakehouseError):
 # else). Each stage adds its classes here when it defines them.
 TRANSIENT_ERROR_TYPES: frozenset[str] = frozenset(
     {
+        "ConcurrentWriteError",
         "MaskingKeyUnavailableError",
         "RedshiftSerializationError",
         "RedshiftTimeoutError",
+        "VersionTakenError",
     }
 )
 TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
     {
         "InvalidRecordKeyError",
         "InvalidRequestError",
+        "LakeTableMissingError",
         "MaskingKeyError",
         "MaskingRulesError",
         "PlanError",
         "RedshiftStatementError",
         "UnappliableUpdateError",
         "UnsafeSqlValueError",
+        "UnsupportedTableLocationError",
+        "VersionNotAvailableError",
     }
 )
 

@@ -52,6 +52,8 @@ TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
     {
         "MaskingKeyError",
         "MaskingRulesError",
+        "OversizedChangeEventError",
+        "SplitEventError",
     }
 )
 

@@ -43,8 +43,30 @@ class TransientError(LakehouseError):
 # The contract's list of error names by kind (a test checks that it matches the classes: every
 # ``TransientError``/``TerminalError`` subclass of every stage is listed under its kind, and nothing
 # else). Each stage adds its classes here when it defines them.
-TRANSIENT_ERROR_TYPES: frozenset[str] = frozenset()
-TERMINAL_ERROR_TYPES: frozenset[str] = frozenset()
+TRANSIENT_ERROR_TYPES: frozenset[str] = frozenset(
+    {
+        "ConcurrentCaptureError",
+        "SourceUnreachableError",
+    }
+)
+TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
+    {
+        "CaptureStateError",
+        "ChangeStreamsDisabledError",
+        "CollectionNotFoundError",
+        "CommitPositionRangeError",
+        "CorruptBatchError",
+        "CorruptManifestError",
+        "InvalidExtendedJSONError",
+        "LakeBucketMissingError",
+        "LakeURIError",
+        "Malformed",
+        "ResumeTokenExpiredError",
+        "SnapshotStalledError",
+        "SourceConfigurationError",
+        "UnsupportedSourceError",
+    }
+)
 
 # Throttling and service faults Lambda itself reports (Lambda API Reference, "Invoke", Errors):
 # raised by boto3's Lambda client before the function runs, so a retry may go through.

@@ -19,6 +19,7 @@ from bson.errors import InvalidBSON, InvalidDocument
 from bson.raw_bson import RawBSONDocument
 
 from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
+from lambda_functions.errors import TerminalError
 from lambda_functions.cdc_capture.extended_json import (
     RAW_DOCUMENT_OPTIONS,
     encode_document,
@@ -43,8 +44,10 @@ DATA_OPS = frozenset({"insert", "update", "replace", "delete"})  # change events
 END_OPS = frozenset({"drop", "dropDatabase", "rename", "invalidate"})
 
 
-class Malformed(ValueError):
-    """An input that cannot become a row: it goes to the dead-letter object."""
+class Malformed(TerminalError, ValueError):
+    """An input that cannot become a row: it goes to the dead-letter object. Terminal (the same
+    input is malformed every time); capture catches it and quarantines the input, so it only
+    escapes as a bug."""
 
 
 class BatchRows:

@@ -43,6 +43,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lambda_functions.errors import TerminalError
 from lambda_functions.lake.record_key import RECORD_KEY_FORMAT
 from lambda_functions.lake.store import ObjectExistsError, ObjectStore, new_file_name, open_store
 
@@ -82,7 +83,7 @@ DAMAGED_BATCH_FIX = (
 )
 
 
-class CorruptBatchError(RuntimeError):
+class CorruptBatchError(TerminalError, RuntimeError):
     """A batch's data does not match its manifest (missing file, wrong size, checksum or row
     count), or its manifest cannot be read. ``batch`` and ``key`` name the damage when known;
     the message quotes the fix (``DAMAGED_BATCH_FIX``)."""

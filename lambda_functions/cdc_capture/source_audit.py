@@ -73,9 +73,10 @@ from deltalake import DeltaTable
 from pymongo.errors import OperationFailure
 
 from lambda_functions.cdc_capture.batches import END_OPS
-from lambda_functions.cdc_capture.capture import EXPIRED_CODES, loaded_token
+from lambda_functions.cdc_capture.capture_state import loaded_token
 from lambda_functions.cdc_capture.change_source import ChangeSource
 from lambda_functions.cdc_capture.extended_json import encode_document
+from lambda_functions.cdc_capture.stream import EXPIRED_CODES
 from lambda_functions.contracts import SOURCE_AUDIT_BUCKETS, SourceAuditRequest
 from lambda_functions.lake import ObjectStore, RawZone, open_store
 from lambda_functions.lake.raw_zone import RESNAPSHOT_HOW_TO

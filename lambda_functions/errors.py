@@ -46,7 +46,12 @@ class TransientError(LakehouseError):
 TRANSIENT_ERROR_TYPES: frozenset[str] = frozenset(
     {
         "ConcurrentCaptureError",
+        "ConcurrentWriteError",
+        "MaskingKeyUnavailableError",
+        "RedshiftSerializationError",
+        "RedshiftTimeoutError",
         "SourceUnreachableError",
+        "VersionTakenError",
     }
 )
 TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
@@ -58,13 +63,24 @@ TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
         "CorruptBatchError",
         "CorruptManifestError",
         "InvalidExtendedJSONError",
+        "InvalidRecordKeyError",
+        "InvalidRequestError",
         "LakeBucketMissingError",
+        "LakeTableMissingError",
         "LakeURIError",
         "Malformed",
+        "MaskingKeyError",
+        "MaskingRulesError",
+        "PlanError",
+        "RedshiftStatementError",
         "ResumeTokenExpiredError",
         "SnapshotStalledError",
         "SourceConfigurationError",
+        "UnappliableUpdateError",
+        "UnsafeSqlValueError",
         "UnsupportedSourceError",
+        "UnsupportedTableLocationError",
+        "VersionNotAvailableError",
     }
 )
 

@@ -88,14 +88,14 @@ from lambda_functions.cdc_capture.extended_json import encode_document
 from lambda_functions.cdc_capture.stream import EXPIRED_CODES
 from lambda_functions.contracts import SOURCE_AUDIT_BUCKETS, SourceAuditRequest
 from lambda_functions.lake import ObjectStore, RawZone, open_store
+from lambda_functions.lake.lake_table import app_id, lake_table_location, open_table
 from lambda_functions.lake.record_key import (
     InvalidRecordKeyError,
     key_value,
     raw_record_key,
     record_key,
 )
-from lambda_functions.merge.layout import live_rows
-from lambda_functions.merge.merge import app_id, lake_table_location, open_table
+from lambda_functions.lake.table_layout import live_rows
 
 __all__ = ["READ_PREFERENCE", "SourceAuditResult", "audit_bucket", "audit_source", "row_hash"]
 

@@ -45,15 +45,46 @@ class TransientError(LakehouseError):
 # else). Each stage adds its classes here when it defines them.
 TRANSIENT_ERROR_TYPES: frozenset[str] = frozenset(
     {
+        "ConcurrentCaptureError",
+        "ConcurrentWriteError",
         "MaskingKeyUnavailableError",
+        "RedshiftSerializationError",
+        "RedshiftTimeoutError",
+        "SourceUnreachableError",
+        "VersionTakenError",
     }
 )
 TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
     {
+        "CaptureStateError",
+        "ChangeStreamsDisabledError",
+        "CollectionNotFoundError",
+        "CommitPositionRangeError",
+        "CorruptBatchError",
+        "CorruptManifestError",
         "EcsTaskRequestError",
+        "InvalidExtendedJSONError",
+        "InvalidRecordKeyError",
+        "InvalidRequestError",
+        "LakeBucketMissingError",
+        "LakeTableMissingError",
+        "LakeURIError",
+        "Malformed",
         "MaskingKeyError",
         "MaskingRulesError",
+        "OversizedChangeEventError",
+        "PlanError",
+        "RedshiftStatementError",
+        "ResumeTokenExpiredError",
         "RouteEstimateError",
+        "SnapshotStalledError",
+        "SourceConfigurationError",
+        "SplitEventError",
+        "UnappliableUpdateError",
+        "UnsafeSqlValueError",
+        "UnsupportedSourceError",
+        "UnsupportedTableLocationError",
+        "VersionNotAvailableError",
     }
 )
 

@@ -1,13 +1,7 @@
 """Change capture: DocumentDB (or the embedded stand-in) change streams, AWS DMS output files and
 MQ/SQS messages into raw-zone batches of one format."""
 
-from lambda_functions.cdc_capture.capture import (
-    BatchVerification,
-    CaptureResult,
-    SnapshotProgress,
-    capture_changes,
-    verify_batches,
-)
+from lambda_functions.cdc_capture.capture import CaptureResult, capture_changes
 from lambda_functions.cdc_capture.change_source import (
     ChangeSource,
     ChangeStreamCursor,
@@ -27,6 +21,8 @@ from lambda_functions.cdc_capture.errors import (
     SourceConnectionError,
 )
 from lambda_functions.cdc_capture.positions import token_position
+from lambda_functions.cdc_capture.snapshot import SnapshotProgress
+from lambda_functions.cdc_capture.verify import BatchVerification, verify_batches
 
 __all__ = [
     "BatchVerification",

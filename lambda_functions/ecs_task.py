@@ -40,9 +40,9 @@ from dagster_pipes import (
     PipesMappingParamsLoader,
 )
 
-from lambda_functions.contracts import closest_names
 from lambda_functions.errors import TerminalError
 from lambda_functions.registry import FUNCTIONS, FunctionSpec
+from lambda_functions.request_fields import closest_names
 
 # Seconds a handler that works to a deadline (capture: it stops at a batch boundary before the
 # deadline and resumes on the next run) may run as a task. Lambda gives it at most 900 s; a task

@@ -17,16 +17,17 @@ from dagster import (
 from lakehouse_pipelines.defs.cdc_capture.definitions import CAPTURE_KEY, cdc_raw_batches
 from lakehouse_pipelines.defs.collections import collection_asset, request_fields
 from lakehouse_pipelines.defs.merge.definitions import LAKE_TABLE_KEY, lake_table
+from lakehouse_pipelines.resources import build_resources
 from lakehouse_pipelines.resources.ecs_pipes import (
     EcsPipes,
     EcsRouteSettings,
     EcsSettingsError,
     TaskMessagesReader,
 )
+from lakehouse_pipelines.resources.routes import RoutedRunner
 from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.contracts import MergeRequest
 from lambda_functions.registry import MERGE
-from lambda_functions.routing import choose_route, configured_for_ecs
 from tests.lakehouse_pipelines.collection_runs import materialize_collections, metadata_by_asset
 from tests.lakehouse_pipelines.ecs_task_runs import (
     CLUSTER,
@@ -46,19 +47,20 @@ TIMINGS = {"duration_seconds"}
     group_name="lakehouse",
     check_specs=[AssetCheckSpec("no_duplicate_keys", asset=LAKE_TABLE_KEY)],
 )
-def lake_table_on_ecs(
+def lake_table_routed(
     context: AssetExecutionContext,
     lakehouse: ResourceParam[LakehouseSettings],
-    ecs_pipes: ResourceParam[EcsPipes],
+    routes: ResourceParam[RoutedRunner],
 ) -> MaterializeResult:
-    """``lake_table``'s merge, routed as the route chooser says (here: always ECS)."""
+    """``lake_table``'s merge on the route ``RoutedRunner`` chooses per collection."""
     (key,) = context.partition_keys
-    choice = choose_route(
-        MERGE, None, None, configured_for_ecs(key, ecs_pipes.settings.collections)
-    )
-    assert choice.route == "ecs"
-    request = MergeRequest(**request_fields(lakehouse, key))
-    return ecs_pipes.run(context, MERGE.name, request, route_reason=choice.reason)
+    return routes(context, MERGE, MergeRequest(**request_fields(lakehouse, key)))
+
+
+def routed(settings: LakehouseSettings, route: StubbedEcsRoute) -> dict:
+    """Resources for ``lake_table_routed``: the local Lambda runtime and the Stubbed ECS route."""
+    lambda_pipes = build_resources(settings)["lambda_pipes"]
+    return {"lakehouse": settings, "routes": RoutedRunner(lambda_pipes, route.pipes)}
 
 
 def lake_settings(root: Path) -> LakehouseSettings:
@@ -89,13 +91,13 @@ def test_merge_on_ecs_reports_the_same_metadata_as_on_lambda(captured_lake, tmp_
     )
     route = StubbedEcsRoute()
     route.expect_task("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
-    by_ecs = materialize_collections(
-        [lake_table_on_ecs],
-        on_ecs,
-        DagsterInstance.ephemeral(),
-        ORDERS,
-        resources={"lakehouse": on_ecs, "ecs_pipes": route.pipes},
-    )
+    resources = routed(on_ecs, route)
+    try:
+        by_ecs = materialize_collections(
+            [lake_table_routed], on_ecs, DagsterInstance.ephemeral(), ORDERS, resources=resources
+        )
+    finally:
+        resources["routes"].lambda_pipes.lambda_client.close()
     assert by_lambda.success and by_ecs.success
     route.assert_all_calls_made()
     (run,) = route.runs
@@ -141,11 +143,11 @@ def test_task_gets_the_pipes_bootstrap_and_request_in_its_container_overrides(
     route.expect_task("1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d")
     instance = DagsterInstance.ephemeral()
     result = materialize_collections(
-        [lake_table_on_ecs],
+        [lake_table_routed],
         settings,
         instance,
         ORDERS,
-        resources={"lakehouse": settings, "ecs_pipes": route.pipes},
+        resources={"lakehouse": settings, "routes": RoutedRunner(None, route.pipes)},
     )
     assert result.success
     (overrides,) = route.overrides
@@ -165,11 +167,11 @@ def test_interrupted_step_stops_the_task(captured_lake, tmp_path):
     route = StubbedEcsRoute()
     route.expect_task("2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e", interrupt_wait=True)
     result = materialize_collections(
-        [lake_table_on_ecs],
+        [lake_table_routed],
         settings,
         DagsterInstance.ephemeral(),
         ORDERS,
-        resources={"lakehouse": settings, "ecs_pipes": route.pipes},
+        resources={"lakehouse": settings, "routes": RoutedRunner(None, route.pipes)},
     )
     assert not result.success
     route.assert_all_calls_made()  # StopTask was called, with the cluster and the task ARN
@@ -253,3 +255,32 @@ def test_reader_pages_through_the_task_log_and_adds_no_log_tailer():
     reader.add_log_reader(object())
     assert reader.log_readers == {}
     route.assert_all_calls_made()
+
+
+def test_collection_not_configured_for_ecs_stays_on_lambda_and_says_so(captured_lake, tmp_path):
+    settings = copy_of(captured_lake, tmp_path / "lambda")
+    route = StubbedEcsRoute(settings=route_settings(collections=frozenset({"shop.customers"})))
+    resources = routed(settings, route)
+    try:
+        result = materialize_collections(
+            [lake_table_routed], settings, DagsterInstance.ephemeral(), ORDERS, resources=resources
+        )
+    finally:
+        resources["routes"].lambda_pipes.lambda_client.close()
+    assert result.success
+    metadata = metadata_by_asset(result)[LAKE_TABLE_KEY]
+    assert metadata["route"] == "lambda" and "lakehouse-merge" in metadata["route_reason"]
+    assert "lambda/request_id" in metadata and "ecs/task_arn" not in metadata
+    route.assert_all_calls_made()  # ECS was not called
+
+
+def test_estimate_beyond_the_function_sends_the_request_to_ecs_only_if_configured():
+    request = MergeRequest(lake_uri="/tmp/lake", database="shop", collection="orders")
+    huge = RoutedRunner(
+        None, StubbedEcsRoute(settings=route_settings(collections=frozenset())).pipes
+    )
+    huge.estimate = lambda spec, request: (20 * 2**30, None)
+    assert huge.choose(MERGE, request).route == "ecs"
+    huge.ecs_pipes = None
+    route, reason = huge.choose(MERGE, request)
+    assert route == "lambda" and "no ECS route is configured" in reason

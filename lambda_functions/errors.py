@@ -45,25 +45,50 @@ class TransientError(LakehouseError):
 # else). Each stage adds its classes here when it defines them.
 TRANSIENT_ERROR_TYPES: frozenset[str] = frozenset(
     {
+        "ConcurrentCaptureError",
+        "ConcurrentWriteError",
         "MaskingKeyUnavailableError",
         "RedshiftSerializationError",
         "RedshiftTimeoutError",
+        "SourceUnreachableError",
+        "VersionTakenError",
     }
 )
 TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
     {
+        "CaptureStateError",
+        "ChangeStreamsDisabledError",
+        "CollectionNotFoundError",
+        "CommitPositionRangeError",
+        "CorruptBatchError",
+        "CorruptManifestError",
+        "EcsTaskRequestError",
         "EmbeddedSourceLimitError",
         "EmbeddedSourceUnavailableError",
+        "InvalidExtendedJSONError",
         "InvalidRecordKeyError",
         "InvalidRequestError",
+        "LakeBucketMissingError",
+        "LakeTableMissingError",
+        "LakeURIError",
         "LocalRuntimeClosedError",
         "LocalRuntimeConfigurationError",
+        "Malformed",
         "MaskingKeyError",
         "MaskingRulesError",
+        "OversizedChangeEventError",
         "PlanError",
         "RedshiftStatementError",
+        "ResumeTokenExpiredError",
+        "RouteEstimateError",
+        "SnapshotStalledError",
+        "SourceConfigurationError",
+        "SplitEventError",
         "UnappliableUpdateError",
         "UnsafeSqlValueError",
+        "UnsupportedSourceError",
+        "UnsupportedTableLocationError",
+        "VersionNotAvailableError",
     }
 )
 

@@ -2,13 +2,7 @@
 raw-zone batches of one format. The embedded stand-in for DocumentDB and the demo workload live in
 ``lakehouse_local`` (not shipped to AWS); ``open_source`` imports them for ``source_kind`` embedded."""
 
-from lambda_functions.cdc_capture.capture import (
-    BatchVerification,
-    CaptureResult,
-    SnapshotProgress,
-    capture_changes,
-    verify_batches,
-)
+from lambda_functions.cdc_capture.capture import CaptureResult, capture_changes
 from lambda_functions.cdc_capture.change_source import (
     ChangeSource,
     ChangeStreamCursor,
@@ -24,6 +18,8 @@ from lambda_functions.cdc_capture.errors import (
     SourceConnectionError,
 )
 from lambda_functions.cdc_capture.positions import token_position
+from lambda_functions.cdc_capture.snapshot import SnapshotProgress
+from lambda_functions.cdc_capture.verify import BatchVerification, verify_batches
 
 __all__ = [
     "BatchVerification",

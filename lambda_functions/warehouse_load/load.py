@@ -22,7 +22,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from lambda_functions.contracts import LoadRequest
 from lambda_functions.lake import ObjectStore, open_store
-from lambda_functions.merge.merge import LakeTableMissingError, lake_table_location
+from lambda_functions.lake.lake_table import LakeTableMissingError, lake_table_location
 from lambda_functions.warehouse_load.lake_changes import lake_keys, read_lake_changes
 from lambda_functions.warehouse_load.reconcile import Reconciliation, reconcile
 from lambda_functions.warehouse_load.set_aside import mark_set_aside

@@ -1,0 +1,153 @@
+"""Benchmark: what adopting aws-lambda-powertools would cost each Lambda (issue 14, item 8).
+
+Weighs Powertools for AWS Lambda (Python) v3 against the code we hand-write for the same jobs:
+``lambda_functions.emf`` (CloudWatch Embedded Metric Format lines) and the SQS partial-batch
+response of ``lambda_functions.cdc_capture.mq_handler``. Two figures:
+
+- **cold import time**: each import runs in a fresh interpreter (``python -c``), timed inside the
+  process with ``time.perf_counter`` around the ``import`` alone (interpreter start excluded),
+  ``--runs`` times; the median is reported. Powertools is timed twice: alone, and on top of the
+  handler modules already imported (the figure a handler would actually pay: modules both share,
+  e.g. ``json``, ``jmespath`` or ``typing_extensions``, are then free).
+- **installed size**: bytes of every file under the ``site-packages`` entries a throwaway venv's
+  ``pip install aws-lambda-powertools`` added (the package and its dependencies), and the same
+  with the ``[all]`` extras, if such a venv is given.
+
+Powertools lives in throwaway venvs, never in the project's: make them first.
+
+    python3 -m venv /tmp/pt-venv && /tmp/pt-venv/bin/pip install 'aws-lambda-powertools==3.*'
+    python3 -m venv /tmp/pt-venv-all && /tmp/pt-venv-all/bin/pip install \
+        'aws-lambda-powertools[all]==3.*'
+    PYTHONPATH=. .venv/bin/python benchmarks/powertools_cost.py \
+        --powertools-venv /tmp/pt-venv --powertools-all-venv /tmp/pt-venv-all
+
+Prints a human table, then one JSON line with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OURS = {
+    "lambda_functions.emf": "import lambda_functions.emf",
+    "mq_handler": "import lambda_functions.cdc_capture.mq_handler",
+    "dms_handler": "import lambda_functions.cdc_capture.dms_handler",
+}
+THEIRS = {
+    "powertools.metrics": "import aws_lambda_powertools.metrics",
+    "powertools.utilities.batch": "import aws_lambda_powertools.utilities.batch",
+    "powertools metrics+batch": (
+        "import aws_lambda_powertools.metrics, aws_lambda_powertools.utilities.batch"
+    ),
+}
+HANDLERS = (
+    "import lambda_functions.cdc_capture.mq_handler, lambda_functions.cdc_capture.dms_handler"
+)
+# Packages the base venv has before any install (pip and setuptools come with ``venv``).
+VENV_BASELINE = ("pip", "setuptools", "_distutils_hack", "distutils-precedence.pth", "__pycache__")
+
+
+def import_ms(
+    statement: str, *, python: str, path: list[str], before: str = "", runs: int
+) -> float:
+    """Median milliseconds of ``statement`` in ``runs`` fresh interpreters (after ``before``)."""
+    program = (
+        f"{before}\nimport time\nt=time.perf_counter()\n{statement}\n"
+        "print((time.perf_counter()-t)*1000)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONDONTWRITEBYTECODE": "1"}
+    samples = []
+    for _ in range(runs):
+        out = subprocess.run(
+            [python, "-c", program], capture_output=True, text=True, env=env, check=True
+        )
+        samples.append(float(out.stdout.strip().splitlines()[-1]))
+    return statistics.median(samples)
+
+
+def site_packages(venv: Path) -> Path:
+    (found,) = venv.glob("lib/python*/site-packages")
+    return found
+
+
+def added_bytes(venv: Path) -> int:
+    """Bytes of every file a venv holds beyond what ``python -m venv`` put there."""
+    total = 0
+    for entry in site_packages(venv).iterdir():
+        if entry.name.startswith(VENV_BASELINE):
+            continue
+        files = [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file()]
+        total += sum(p.stat().st_size for p in files)
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--powertools-venv", type=Path, required=True)
+    parser.add_argument("--powertools-all-venv", type=Path)
+    parser.add_argument("--runs", type=int, default=11)
+    args = parser.parse_args()
+
+    ours_path = [str(ROOT)]
+    # Powertools on the project's interpreter, after the project's own site-packages: what a
+    # Lambda image with both would import.
+    both_path = [
+        str(ROOT),
+        sysconfig.get_paths()["purelib"],
+        str(site_packages(args.powertools_venv)),
+    ]
+    figures: dict[str, float] = {}
+    for name, statement in OURS.items():
+        figures[f"{name}_import_ms"] = import_ms(
+            statement, python=sys.executable, path=ours_path, runs=args.runs
+        )
+    for name, statement in THEIRS.items():
+        key = name.replace(" ", "_").replace("+", "_and_").replace(".", "_")
+        figures[f"{key}_import_ms"] = import_ms(
+            statement, python=str(args.powertools_venv / "bin" / "python"), path=[], runs=args.runs
+        )
+        figures[f"{key}_after_handlers_import_ms"] = import_ms(
+            statement, python=sys.executable, path=both_path, before=HANDLERS, runs=args.runs
+        )
+    figures["powertools_installed_bytes"] = added_bytes(args.powertools_venv)
+    if args.powertools_all_venv is not None:
+        figures["powertools_all_extras_installed_bytes"] = added_bytes(args.powertools_all_venv)
+
+    width = max(len(k) for k in figures)
+    print(f"{'figure':<{width}}  value")
+    for key, value in figures.items():
+        shown = f"{value / 1e6:.1f} MB" if key.endswith("_bytes") else f"{value:.1f} ms"
+        print(f"{key:<{width}}  {shown}")
+    version = subprocess.run(
+        [
+            str(args.powertools_venv / "bin" / "python"),
+            "-c",
+            "from aws_lambda_powertools.shared.version import VERSION; print(VERSION)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    print(
+        json.dumps(
+            {
+                "benchmark": "powertools_cost",
+                "runs": args.runs,
+                "powertools": version,
+                "cpus": os.cpu_count(),
+                **{k: round(v, 1) if isinstance(v, float) else v for k, v in figures.items()},
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

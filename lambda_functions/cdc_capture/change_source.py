@@ -99,3 +99,11 @@ def open_source(request: SourceRequest, *, read_preference: str | None = None) -
     if read_preference is None:
         return DocumentDBChangeSource.open(request)
     return DocumentDBChangeSource.open(request, readPreference=read_preference)
+
+
+def demo_collection_names(database: str) -> list[str]:
+    """The demo collections of ``database`` (sorted, without the database): the embedded source
+    lists them before their first capture, since the demo workload creates them then."""
+    from lambda_functions.cdc_capture.demo_workload import DEMO_COLLECTIONS
+
+    return sorted(ns.split(".", 1)[1] for ns in DEMO_COLLECTIONS if ns.startswith(f"{database}."))

@@ -15,17 +15,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from dagster._utils.schedules import is_valid_cron_string
-
+from lakehouse_pipelines.dagster_internals import is_valid_cron_string
 from lambda_functions.contracts import (
     SOURCE_AUDIT_BUCKETS,
     fold_identifier,
     validate_name,
     warehouse_name_problem,
 )
+from lambda_functions.errors import TerminalError
 
 
-class SettingsError(ValueError):
+class SettingsError(TerminalError, ValueError):
     """A configuration variable is missing or wrong; the message names it and the fix."""
 
 

@@ -44,7 +44,14 @@ class TransientError(LakehouseError):
 # ``TransientError``/``TerminalError`` subclass of every stage is listed under its kind, and nothing
 # else). Each stage adds its classes here when it defines them.
 TRANSIENT_ERROR_TYPES: frozenset[str] = frozenset()
-TERMINAL_ERROR_TYPES: frozenset[str] = frozenset()
+TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
+    {
+        "DiscoveryError",
+        "MissingAwsSettingError",
+        "PipesMessagesUnreadableError",
+        "SettingsError",
+    }
+)
 
 # Throttling and service faults Lambda itself reports (Lambda API Reference, "Invoke", Errors):
 # raised by boto3's Lambda client before the function runs, so a retry may go through.

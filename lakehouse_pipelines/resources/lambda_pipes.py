@@ -39,6 +39,13 @@ from dagster_aws.pipes import PipesLambdaClient
 
 from lakehouse_pipelines.resources.pipes_messages import S3PipesMessageReader
 from lambda_functions.contracts import CollectionRequest
+from lambda_functions.errors import (
+    ErrorKind,
+    LakehouseError,
+    TerminalError,
+    TransientError,
+    error_kind,
+)
 from lambda_functions.registry import FUNCTIONS, FunctionSpec
 
 # Seconds the orchestrator waits beyond the function timeout before giving up on the HTTP call.
@@ -95,6 +102,17 @@ REFUSED_INVOKE_HINTS = {
     "concurrency, or raise that (ReservedConcurrentExecutions in deploy/template.yaml); then "
     "re-run the step.",
 }
+# Refusals a retry cannot fix (the function is missing, the caller lacks permission, the request
+# is malformed or too large); throttling and service faults are transient (errors.error_kind).
+REFUSED_INVOKE_TERMINAL = frozenset(
+    {
+        "AccessDeniedException",
+        "InvalidParameterValueException",
+        "InvalidRequestContentException",
+        "RequestTooLargeException",
+        "ResourceNotFoundException",
+    }
+)
 # Dagster's warning when a session saw no message; after a refused invoke it is expected, and it
 # would wrongly point at the handler.
 _NO_MESSAGES_WARNING = "[pipes] did not receive any messages"
@@ -182,7 +200,59 @@ class LambdaPipes:
         )
 
     def function_name(self, spec: FunctionSpec) -> str:
+        """The deployed name of ``spec``: ``function_prefix`` + the registry name."""
         return f"{self.function_prefix}{spec.name}"
+
+    def call(self, spec: FunctionSpec, event: Mapping[str, Any]) -> Any:
+        """Invoke ``spec`` synchronously without Pipes and return what the function returned.
+
+        For functions that answer a question instead of materializing an asset (collection
+        discovery, invoked from a sensor): one ``RequestResponse`` invoke (Lambda API Reference,
+        "Invoke"), never retried here.
+
+        Args:
+            spec: the function to invoke (its deployed name gets ``function_prefix``).
+            event: the JSON-serializable event, e.g. a contract request's ``to_event()``.
+
+        Returns:
+            The function's JSON-decoded return value (``None`` for an empty payload).
+
+        Raises:
+            FunctionCallError: Lambda refused the invoke (``error_type`` is the API error code,
+                e.g. ``ResourceNotFoundException``) or the function raised (``error_type`` is the
+                payload's ``errorType``); the message names the function, cause and fix.
+            MissingAwsSettingError: no AWS credentials were found.
+        """
+        name = self.function_name(spec)
+        try:
+            response = self.lambda_client.invoke(
+                FunctionName=name,
+                InvocationType="RequestResponse",
+                Payload=json.dumps(dict(event)).encode(),
+            )
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "ClientError")
+            message = error.response.get("Error", {}).get("Message", str(error))
+            hint = REFUSED_INVOKE_HINTS.get(code, "The function did not run; fix the cause.")
+            raise FunctionCallError(name, code, f"{message}. {hint}") from None
+        except NoCredentialsError:
+            raise MissingAwsSettingError(NO_CREDENTIALS_HINT) from None
+        body = response["Payload"].read()
+        payload = json.loads(body) if body else None
+        if "FunctionError" in response:
+            details = payload if isinstance(payload, dict) else {}
+            raise FunctionCallError(
+                name,
+                str(details.get("errorType", response["FunctionError"])),
+                str(details.get("errorMessage", body[:1000])),
+            )
+        return payload
+
+    def close(self) -> None:
+        """Release the Lambda client (ends the local runtime's workers); idempotent."""
+        close = getattr(self.lambda_client, "close", None)
+        if callable(close):
+            close()
 
     def run(
         self, context: Any, spec: FunctionSpec, request: CollectionRequest
@@ -205,7 +275,9 @@ class LambdaPipes:
             if client.refusal is not None:
                 raise _refused_failure(name, client.refusal) from None
             if isinstance(error, NoCredentialsError):
-                raise Failure(description=NO_CREDENTIALS_HINT) from None
+                raise _kind_failure(NO_CREDENTIALS_HINT, "terminal") from None
+            if isinstance(error, TerminalError):  # e.g. the message bucket cannot be read
+                raise _kind_failure(f"{type(error).__name__}: {error}", "terminal") from error
             raise
         finally:
             context.log.removeFilter(quiet)
@@ -251,7 +323,11 @@ class LambdaPipes:
         unbuilt = dict(unbuilt or {})
         if len(requests) + len(unbuilt) == 1 and context.has_partition_key:
             if unbuilt:
-                raise next(iter(unbuilt.values()))
+                ((key, error),) = unbuilt.items()
+                raise _kind_failure(
+                    f"partition {key}: not invoked, its request failed: {error}",
+                    _unbuilt_kind(error),
+                ) from error
             ((key, request),) = requests.items()
             result = self.run(context, spec, request)
             return result._replace(
@@ -280,6 +356,11 @@ class LambdaPipes:
         for key, result in sorted(results.items()):
             context.add_asset_metadata(dict(result.metadata or {}), partition_key=key)
         if failures:
+            kinds = {
+                key: _unbuilt_kind(error) if key in unbuilt else failure_kind(error)
+                for key, error in failures.items()
+            }
+            retry = "terminal" not in kinds.values()
             raise Failure(
                 description=(
                     f"{len(failures)} of {len(requests) + len(unbuilt)} partitions failed: "
@@ -287,9 +368,20 @@ class LambdaPipes:
                         f"{k}: {(str(e).splitlines() or [type(e).__name__])[0]}"
                         for k, e in sorted(failures.items())
                     )
-                    + ". Partitions that succeeded are committed; re-run the failed ones."
+                    + ". Partitions that succeeded are committed; "
+                    + (
+                        "every failure may clear by itself, so the step is retried (its retry "
+                        "policy) before it fails."
+                        if retry
+                        else "a failure that retrying cannot fix (terminal) is among them: fix "
+                        "it, then re-run the failed ones."
+                    )
                 ),
-                metadata={"failed_partitions": MetadataValue.json(sorted(failures))},
+                metadata={
+                    "failed_partitions": MetadataValue.json(sorted(failures)),
+                    "error_kinds": MetadataValue.json(dict(sorted(kinds.items()))),
+                },
+                allow_retries=retry,
             )
         return MaterializeResult(check_results=_combine_checks(results))
 
@@ -341,8 +433,21 @@ def _with_collection_figures(
     return check._replace(metadata={**(check.metadata or {}), **collection_figures(checks)})
 
 
-class MissingAwsSettingError(ValueError):
+class MissingAwsSettingError(TerminalError, ValueError):
     """AWS cannot be reached as configured; the message names the setting to change."""
+
+
+class FunctionCallError(LakehouseError, RuntimeError):
+    """A plain invoke (``LambdaPipes.call``) failed: Lambda refused it or the function raised.
+
+    ``error_type`` is the Lambda API error code or the function error's ``errorType``; ``kind``
+    is its ``lambda_functions.errors.error_kind`` (transient, terminal or unknown)."""
+
+    def __init__(self, function_name: str, error_type: str, message: str):
+        super().__init__(f"Lambda function {function_name} failed with {error_type}: {message}")
+        self.function_name = function_name
+        self.error_type = error_type
+        self.kind = error_kind(error_type)
 
 
 NO_REGION_HINT = (
@@ -382,9 +487,11 @@ def _refused_failure(name: str, error: ClientError) -> Failure:
     else:
         lead = f"Lambda refused to invoke {name!r}: {code}: {message}."
     hint = REFUSED_INVOKE_HINTS.get(code, "The function did not run; fix the cause and re-run.")
-    return Failure(
-        description=f"{lead} {hint}",
-        metadata={
+    kind: ErrorKind = "terminal" if code in REFUSED_INVOKE_TERMINAL else error_kind(code)
+    return _kind_failure(
+        f"{lead} {hint}",
+        kind,
+        {
             "function_name": MetadataValue.text(name),
             "error_code": MetadataValue.text(code),
             "error_message": MetadataValue.text(message),
@@ -408,9 +515,10 @@ def _function_failure(name: str, client: _TailingLambdaClient, error: Exception)
         "lambda_functions/registry.py, or lower the batch size.",
     }.get(error_type, "Nothing was committed by the failed step; fix the cause and re-run.")
     stack = "".join(payload.get("stackTrace", []))
-    return Failure(
-        description=f"Lambda function {name} failed with {error_type}: {message}\n{hint}",
-        metadata={
+    return _kind_failure(
+        f"Lambda function {name} failed with {error_type}: {message}\n{hint}",
+        error_kind(error_type),
+        {
             "function_name": MetadataValue.text(name),
             "request_id": MetadataValue.text(client.request_id),
             "error_type": MetadataValue.text(error_type),
@@ -419,6 +527,38 @@ def _function_failure(name: str, client: _TailingLambdaClient, error: Exception)
             "log_tail": MetadataValue.md(f"```\n{client.log_tail[-3000:]}\n```"),
         },
     )
+
+
+def _kind_failure(
+    description: str, kind: ErrorKind, metadata: Mapping[str, Any] | None = None
+) -> Failure:
+    """A step failure of ``kind``: never retried when terminal, else left to the retry policy."""
+    return Failure(
+        description=description,
+        metadata={**(metadata or {}), "error_kind": MetadataValue.text(kind)},
+        allow_retries=kind != "terminal",
+    )
+
+
+def failure_kind(error: BaseException) -> ErrorKind:
+    """The kind of a failed invocation: the ``error_kind`` a ``Failure`` of this module carries,
+    the kind of a ``LakehouseError``, else ``"unknown"``."""
+    if isinstance(error, Failure):
+        recorded = getattr((error.metadata or {}).get("error_kind"), "value", None)
+        if recorded in ("terminal", "transient"):
+            return recorded
+        return "terminal" if not error.allow_retries else "unknown"
+    if isinstance(error, TransientError):
+        return "transient"
+    if isinstance(error, TerminalError):
+        return "terminal"
+    return "unknown"
+
+
+def _unbuilt_kind(error: BaseException) -> ErrorKind:
+    """A request that could not be built fails the same way on every retry (a bad partition
+    key, a refused table name), unless its error says it is transient."""
+    return "transient" if isinstance(error, TransientError) else "terminal"
 
 
 def lambda_client_config() -> Any:

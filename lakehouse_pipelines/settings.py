@@ -102,11 +102,22 @@ class LakehouseSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LakehouseSettings:
-        """Read and check every variable.
+        """Read and check every variable (``VARIABLES``), once, when the code location loads.
+
+        Args:
+            environ: the variables to read; ``None`` reads ``os.environ``. Unset variables take
+                the default of the environment ``LAKEHOUSE_ENV`` names (``local`` or ``aws``).
+
+        Returns:
+            The settings, typed (durations in the unit their variable names: seconds, minutes,
+            hours; prices in USD) and cross-checked (e.g. the freshness windows, the audit
+            buckets, the warehouse schema and table names against Redshift's and DuckDB's
+            identifier rules). Pure: nothing is created or contacted (no AWS call).
 
         Raises:
             SettingsError: naming *every* wrong or missing variable with its fix, one per line
-                (not only the first), so one round of corrections is enough.
+                (not only the first), so one round of corrections is enough. Terminal: the same
+                environment fails the same way.
         """
         environ = os.environ if environ is None else environ
         problems: list[str] = []

@@ -55,7 +55,7 @@ from lakehouse_pipelines.dagster_internals import (
 )
 from lakehouse_pipelines.defs.policies import LAMBDA_RETRY_POLICY
 from lakehouse_pipelines.resources import LambdaPipes, build_resources
-from lakehouse_pipelines.resources.lambda_pipes import FunctionCallError
+from lakehouse_pipelines.resources.lambda_failures import FunctionCallError
 from lakehouse_pipelines.settings import LakehouseSettings, split_namespace
 from lakehouse_pipelines.warehouse_names import assign_warehouse_tables
 from lambda_functions.contracts import (

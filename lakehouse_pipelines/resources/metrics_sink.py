@@ -111,7 +111,7 @@ class CloudWatchMetrics(MetricsSink):
             raise ValueError("CloudWatch namespaces starting with 'AWS/' are reserved")
         from botocore.exceptions import NoRegionError
 
-        from lakehouse_pipelines.resources.lambda_pipes import (
+        from lakehouse_pipelines.resources.lambda_failures import (
             NO_REGION_HINT,
             MissingAwsSettingError,
         )

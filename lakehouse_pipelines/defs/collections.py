@@ -55,7 +55,10 @@ from lakehouse_pipelines.dagster_internals import (
 )
 from lakehouse_pipelines.defs.policies import LAMBDA_RETRY_POLICY
 from lakehouse_pipelines.resources import LambdaPipes, build_resources
-from lakehouse_pipelines.resources.lambda_failures import FunctionCallError
+from lakehouse_pipelines.resources.lambda_failures import (
+    REFUSED_INVOKE_HINTS,
+    FunctionCallError,
+)
 from lakehouse_pipelines.settings import LakehouseSettings, split_namespace
 from lakehouse_pipelines.warehouse_names import assign_warehouse_tables
 from lambda_functions.contracts import (
@@ -170,10 +173,14 @@ def list_source_collections(
     try:
         reply = lambda_pipes.call(COLLECTION_DISCOVERY, request.to_event())
     except FunctionCallError as error:
-        raise DiscoveryError(
-            f"{error} (fix the source settings LAKEHOUSE_SOURCE / LAKEHOUSE_SOURCE_LOCATION / "
-            f"LAKEHOUSE_DOCUMENTDB_SECRET_ARN, or deploy {error.function_name})"
-        ) from None
+        fix = (
+            "the function did not run (see the fix above)"
+            if error.error_type in REFUSED_INVOKE_HINTS
+            else "the function could not list the source: check LAKEHOUSE_SOURCE, "
+            "LAKEHOUSE_DOCUMENTDB_SECRET_ARN, or the URI variable LAKEHOUSE_SOURCE_LOCATION "
+            "names (configured on the function, not on the code location)"
+        )
+        raise DiscoveryError(f"{error} ({fix})") from None
     collections = reply.get("collections") if isinstance(reply, dict) else None
     if not isinstance(collections, list):
         raise DiscoveryError(

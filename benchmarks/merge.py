@@ -60,14 +60,13 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from lambda_functions.contracts import MergeRequest  # noqa: E402
 from lambda_functions.lake import RawZone, open_store  # noqa: E402
+from lambda_functions.lake.lake_table import app_id, lake_table_location  # noqa: E402
 from lambda_functions.lake.raw_zone import BATCH_SCHEMA, Checkpoint  # noqa: E402
-from lambda_functions.merge.merge import (  # noqa: E402
+from lambda_functions.lake.table_layout import (  # noqa: E402
     TABLE_CONFIGURATION,
     TABLE_SCHEMA,
     WRITER_PROPERTIES,
-    app_id,
     key_buckets,
-    lake_table_location,
 )
 from lambda_functions.merge.rekey import record_key_transactions  # noqa: E402
 

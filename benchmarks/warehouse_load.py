@@ -47,8 +47,8 @@ from deltalake import CommitProperties, write_deltalake  # noqa: E402
 from lambda_functions.contracts import LoadRequest, MergeRequest  # noqa: E402
 from lambda_functions.lake import Checkpoint, RawZone, open_store  # noqa: E402
 from lambda_functions.lake.raw_zone import BATCH_SCHEMA  # noqa: E402
+from lambda_functions.lake.table_layout import TABLE_CONFIGURATION, TABLE_SCHEMA  # noqa: E402
 from lambda_functions.merge import lake_table_location, merge_batches  # noqa: E402
-from lambda_functions.merge.merge import TABLE_CONFIGURATION, TABLE_SCHEMA  # noqa: E402
 from lambda_functions.merge.rekey import record_key_transactions  # noqa: E402
 from lambda_functions.warehouse_load import load_changes  # noqa: E402
 

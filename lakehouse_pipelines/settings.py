@@ -315,7 +315,7 @@ def _projection(value: str, warehouse: str = "duckdb") -> dict[str, str]:
     """LAKEHOUSE_WAREHOUSE_PROJECTION: a JSON object of field -> SQL type, checked now, also
     against ``warehouse``'s table and request limits (with the longest table names: a projection
     accepted here fits every collection's load)."""
-    from lambda_functions.warehouse_load.sql_plan import (
+    from lambda_functions.warehouse_sql import (
         REDSHIFT,
         PlanError,
         check_projection_limits,

@@ -4,136 +4,99 @@ Each request is a frozen dataclass with a ``schema_version``. The orchestrator b
 ``to_event()``; the handler rebuilds it with ``from_event()``, which rejects unknown versions and
 missing or mistyped fields with a message naming the field, so a bad event fails before any work.
 Secrets never travel in events: requests name where credentials live, never the credentials.
+
+The contract sits under every stage and imports none: what it checks about a load (the warehouse
+naming rules, the projection and the Redshift limits its worst-case statement must fit) comes from
+``lambda_functions.warehouse_sql``, the pure SQL plan the ``warehouse_load`` stage executes. An
+event is the ``Payload`` of a Lambda ``Invoke`` (AWS Lambda API Reference, "Invoke"): a JSON
+object of at most 6 MB, so requests carry names and numbers, never data. The field rules
+(names, warehouse names, the Redshift connection) are ``lambda_functions.request_fields``'s and
+are part of this module's surface too (``__all__``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
+from lambda_functions.request_fields import (
+    InvalidRequestError,
+    check_redshift_connection,
+    closest_names,
+    fold_identifier,
+    name_problem,
+    validate_name,
+    validate_warehouse_name,
+    warehouse_name_problem,
+)
+from lambda_functions.warehouse_sql import (
+    REDSHIFT,
+    PlanError,
+    UnsafeSqlValueError,
+    check_projection_limits,
+    checked_iam_role,
+    parse_projection,
+)
+
 SCHEMA_VERSION = 1
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
-
-
-class InvalidRequestError(ValueError):
-    """The event does not describe a valid request; the message says which field and why."""
-
-
-def name_problem(value: Any) -> str | None:
-    """What keeps ``value`` from being a database/collection name here (``None`` when it is
-    one), in words: MongoDB allows names this product cannot turn into lake paths and SQL
-    identifiers (dots, as in GridFS's ``fs.files``; ``$``; spaces; more than 63 characters)."""
-    if not isinstance(value, str):
-        return f"it is a {type(value).__name__}, not a string"
-    if _NAME.match(value):
-        return None
-    problems = []
-    if len(value) > 63:
-        problems.append(f"it is {len(value)} characters long (at most 63)")
-    if not value:
-        problems.append("it is empty")
-    elif not (value[0].isascii() and (value[0].isalpha() or value[0] == "_")):
-        problems.append(f"it starts with {value[0]!r} (a letter or '_' is needed)")
-    odd = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in "_-"))})
-    named = {".": "dots", "$": "'$'", " ": "spaces"}
-    if odd:
-        problems.append(
-            "it contains "
-            + ", ".join(named.get(c, repr(c)) for c in odd)
-            + (" (e.g. GridFS's fs.files and fs.chunks)" if "." in odd else "")
-        )
-    return "; ".join(problems)
-
-
-# Warehouse identifiers (schemas, tables, columns). Redshift: 1 to 127 bytes of UTF-8, and ASCII
-# letters fold to lower case, quoted or not, unless enable_case_sensitive_identifier is on (AWS,
-# "Names and identifiers"). DuckDB keeps the case it was given but resolves names without case,
-# quoted or not, and has no length limit. So one rule serves both: at most 127 bytes, and two
-# names are the same table or column when their lower-case forms are equal.
-WAREHOUSE_IDENTIFIER_BYTES = 127
-_WAREHOUSE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-# Tables the load itself keeps in every warehouse schema (see warehouse_load.sql_plan).
-RESERVED_TABLES = frozenset(("_lakehouse_loads", "_lakehouse_stage", "_lakehouse_set_aside"))
-
-
-def fold_identifier(name: str) -> str:
-    """The name a warehouse resolves ``name`` to: Redshift lower-cases ASCII letters and DuckDB
-    compares without case, so two names are one table (or column) when these are equal."""
-    return name.lower()
-
-
-def warehouse_name_problem(value: Any, what: str = "warehouse table") -> str | None:
-    """What keeps ``value`` from being a warehouse schema or table name (``None`` when it is
-    one): the product's plain-name pattern, Redshift's 127-byte limit, the load's own tables.
-    ``what`` ("warehouse table" or "warehouse schema") names the value in the message."""
-    if not isinstance(value, str):
-        return f"{what} name {value!r} is a {type(value).__name__}, not a string"
-    if not _WAREHOUSE_NAME.match(value):
-        return (
-            f"{what} name {value!r} is not a plain name: use letters, digits, '_' or '-', "
-            "starting with a letter or '_'"
-        )
-    size = len(value.encode("utf-8"))
-    if size > WAREHOUSE_IDENTIFIER_BYTES:
-        return (
-            f"{what} name {value!r} is {size} bytes long; Redshift allows at most "
-            f"{WAREHOUSE_IDENTIFIER_BYTES} bytes for an identifier"
-        )
-    if what == "warehouse table" and fold_identifier(value) in RESERVED_TABLES:
-        return (
-            f"{what} name {value!r} is the load's own control/staging table "
-            f"({', '.join(sorted(RESERVED_TABLES))})"
-        )
-    return None
-
-
-def validate_warehouse_name(value: str, what: str) -> str:
-    """A warehouse schema or table name (``what``: "warehouse table" or "warehouse schema"),
-    checked; ``InvalidRequestError`` says what is wrong (see ``warehouse_name_problem``)."""
-    problem = warehouse_name_problem(value, what)
-    if problem:
-        raise InvalidRequestError(problem)
-    return value
-
-
-def closest_names(name: str, existing: list[str] | tuple[str, ...], limit: int = 3) -> list[str]:
-    """The names of ``existing`` closest to ``name`` (a likely typo's intended name), best first.
-
-    Args:
-        name: the name that was not found, e.g. ``"ordrs"``.
-        existing: the names that exist.
-        limit: at most this many suggestions.
-
-    Returns:
-        Up to ``limit`` names (``difflib`` ratio 0.6 or more); empty when none is close.
-    """
-    return difflib.get_close_matches(name, list(existing), n=limit, cutoff=0.6)
-
-
-def validate_name(value: str, what: str) -> str:
-    """Database, collection and table names become paths and SQL identifiers: keep them plain."""
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise InvalidRequestError(
-            f"{what} {value!r} is not a valid name: use letters, digits, '_' or '-', "
-            "starting with a letter or '_', at most 63 characters"
-        )
-    return value
+# Part of this module's public surface (the contract's field rules, used by every stage and by
+# the Dagster side as ``lambda_functions.contracts.<name>``); defined in ``request_fields``.
+__all__ = [
+    "SCHEMA_VERSION",
+    "SOURCE_AUDIT_BUCKETS",
+    "CaptureRequest",
+    "CollectionRequest",
+    "CompactRequest",
+    "DmsIngestRequest",
+    "InvalidRequestError",
+    "LoadRequest",
+    "MergeRequest",
+    "SourceAuditRequest",
+    "SourceRequest",
+    "check_redshift_connection",
+    "closest_names",
+    "fold_identifier",
+    "name_problem",
+    "validate_name",
+    "validate_warehouse_name",
+    "warehouse_name_problem",
+]
 
 
 @dataclasses.dataclass(frozen=True)
 class _Request:
+    """A request of one kind (``kind``, the event's ``request`` field), at ``SCHEMA_VERSION``."""
+
     kind: ClassVar[str]
 
     def to_event(self) -> dict[str, Any]:
+        """The event to invoke the function with.
+
+        Returns:
+            A JSON-ready dict: ``request`` (the kind), ``schema_version`` and every field by
+            name. ``from_event(to_event())`` gives an equal request.
+        """
         return {"request": self.kind, "schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> Self:
+        """The request an event describes, checked field by field, then ``validate``-d.
+
+        Args:
+            event: the invoke payload (a JSON object), Pipes keys already removed; fields
+                missing from it take their defaults, unknown keys are ignored.
+
+        Returns:
+            The request.
+
+        Raises:
+            InvalidRequestError: not an object; another request kind; a ``schema_version``
+                other than ``SCHEMA_VERSION`` (deploy matching versions); a required field
+                missing; a field of the wrong type; or whatever ``validate`` refuses.
+        """
         if not isinstance(event, Mapping):
             raise InvalidRequestError(
                 f"the event must be a JSON object, got {type(event).__name__}"
@@ -165,7 +128,11 @@ class _Request:
         return request
 
     def validate(self) -> None:
-        """Semantic checks beyond types; subclasses extend."""
+        """Semantic checks beyond types; subclasses extend. Pure: reads no service.
+
+        Raises:
+            InvalidRequestError: a field value the stage cannot use; the message names it.
+        """
 
 
 def _check_type(name: str, value: Any, hint: Any) -> Any:
@@ -184,7 +151,13 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class CollectionRequest(_Request):
-    """Fields every stage needs: where the lake is and which collection."""
+    """Fields every stage needs: where the lake is and which collection.
+
+    Attributes:
+        lake_uri: the lake's root: ``s3://bucket/prefix``, ``file://`` URI or a directory path.
+        database: the source database name (``validate_name``).
+        collection: the source collection name (``validate_name``).
+    """
 
     lake_uri: str
     database: str
@@ -198,21 +171,30 @@ class CollectionRequest(_Request):
 
     @property
     def namespace(self) -> str:
+        """``database.collection``, MongoDB's namespace of the collection."""
         return f"{self.database}.{self.collection}"
 
 
 @dataclasses.dataclass(frozen=True)
 class SourceRequest(CollectionRequest):
-    """Fields of a request that reads the source collection: which source and how to reach it."""
+    """Fields of a request that reads the source collection: which source and how to reach it.
 
-    source_kind: str = "embedded"  # "embedded" | "documentdb"
-    # embedded: path of the store file; documentdb: name of the env var holding the URI
+    Attributes:
+        source_kind: ``"embedded"`` (the local stand-in) or ``"documentdb"``.
+        source_location: embedded: path of the store file; documentdb: the NAME of the
+            environment variable holding the connection URI (never the URI itself).
+        secret_arn: documentdb: ARN of a Secrets Manager secret ``{username, password, host,
+            port, ...}`` (Amazon DocumentDB Developer Guide, "Password management with Secrets
+            Manager"); used instead of the URI variable when set.
+        tls: documentdb: TLS is on unless explicitly turned off.
+        tls_ca_file: documentdb: CA bundle path (e.g. ``global-bundle.pem``); "" = system CAs.
+    """
+
+    source_kind: str = "embedded"
     source_location: str = ""
-    # documentdb: ARN of a Secrets Manager secret {username, password, host, port, ...}; used
-    # instead of the URI variable when set. The ARN names the secret, it is not the secret.
     secret_arn: str = ""
-    tls: bool = True  # documentdb: TLS is on unless explicitly turned off
-    tls_ca_file: str = ""  # documentdb: CA bundle path (e.g. global-bundle.pem); "" = system CAs
+    tls: bool = True
+    tls_ca_file: str = ""
 
     def validate(self) -> None:
         super().validate()
@@ -234,18 +216,29 @@ class SourceRequest(CollectionRequest):
 
 @dataclasses.dataclass(frozen=True)
 class CaptureRequest(SourceRequest):
-    """Capture the changes since the last checkpoint into one raw batch."""
+    """Capture the changes since the last checkpoint into one raw batch (request ``cdc_capture``).
+
+    Attributes:
+        demo_changes: embedded only: changes the demo workload makes before capturing.
+        max_rows: at most this many change events per batch.
+        max_bytes: canonical JSON bytes per batch; a batch's peak memory is ~4x this (Python
+            strings, the Arrow copy, the Parquet buffer), so 64 MiB keeps a 1 GB Lambda well
+            clear (``benchmarks/cdc_capture``).
+        reset: publish a "dropped" marker batch, then take a new snapshot.
+        auto_resnapshot: on an expired resume token, re-snapshot instead of failing.
+        max_cdc_lag_seconds: the ``cdc_lag`` check fails above this lag, in seconds.
+        stream_retention_seconds: the change-stream log's retention, in seconds (DocumentDB's
+            ``change_stream_log_retention_duration``, 3 h by default).
+    """
 
     kind: ClassVar[str] = "cdc_capture"
-    demo_changes: int = 0  # embedded only: changes the demo workload makes before capturing
+    demo_changes: int = 0
     max_rows: int = 100_000
-    # Canonical JSON bytes per batch; a batch's peak memory is ~4x this (Python strings, the Arrow
-    # copy, the Parquet buffer), so 64 MiB keeps a 1 GB Lambda well clear (benchmarks/cdc_capture)
     max_bytes: int = 64 * 1024 * 1024
-    reset: bool = False  # publish a "dropped" marker batch, then take a new snapshot
-    auto_resnapshot: bool = False  # on an expired resume token, re-snapshot instead of failing
-    max_cdc_lag_seconds: float = 900.0  # the cdc_lag check fails above this
-    stream_retention_seconds: int = 3 * 3600  # change-stream log retention (DocumentDB: 3 h)
+    reset: bool = False
+    auto_resnapshot: bool = False
+    max_cdc_lag_seconds: float = 900.0
+    stream_retention_seconds: int = 3 * 3600
 
     def validate(self) -> None:
         super().validate()
@@ -268,15 +261,23 @@ class SourceAuditRequest(SourceRequest):
     A run audits ``buckets_per_run`` of the ``SOURCE_AUDIT_BUCKETS`` key-hash buckets (all of them
     by default), continuing where the previous run stopped, so a big collection is covered over
     ``SOURCE_AUDIT_BUCKETS / buckets_per_run`` runs at a bounded cost each.
+
+    Attributes:
+        buckets_per_run: buckets audited per run, 1 to 64 (sampled share = buckets_per_run / 64).
+        max_rows: audited documents per side above which the run stops, unaudited.
+        page_rows: source documents per read.
+        max_in_flight: change events after the lake's position the audit will read.
+        recheck_delay_s: pause before re-reading the keys that differ, in seconds.
+        sample_keys: keys named per kind of difference.
     """
 
     kind: ClassVar[str] = "source_audit"
-    buckets_per_run: int = SOURCE_AUDIT_BUCKETS  # sampled rate = buckets_per_run / 64
-    max_rows: int = 2_000_000  # audited documents per side above which the run stops, unaudited
-    page_rows: int = 1_000  # source documents per read
-    max_in_flight: int = 200_000  # change events after the lake's position it will read
-    recheck_delay_s: float = 2.0  # pause before re-reading the keys that differ
-    sample_keys: int = 10  # keys named per kind of difference
+    buckets_per_run: int = SOURCE_AUDIT_BUCKETS
+    max_rows: int = 2_000_000
+    page_rows: int = 1_000
+    max_in_flight: int = 200_000
+    recheck_delay_s: float = 2.0
+    sample_keys: int = 10
 
     def validate(self) -> None:
         super().validate()
@@ -293,7 +294,11 @@ class SourceAuditRequest(SourceRequest):
 
 @dataclasses.dataclass(frozen=True)
 class MergeRequest(CollectionRequest):
-    """Apply every raw batch not yet in the lake table, in batch order, as one atomic commit."""
+    """Apply every raw batch not yet in the lake table, in batch order, as one atomic commit.
+
+    Attributes:
+        max_batches: at most this many raw batches per merge (the rest wait for the next one).
+    """
 
     kind: ClassVar[str] = "merge"
     max_batches: int = 1000
@@ -301,29 +306,51 @@ class MergeRequest(CollectionRequest):
 
 @dataclasses.dataclass(frozen=True)
 class LoadRequest(CollectionRequest):
-    """Load the lake table's changes since the last loaded version into the warehouse."""
+    """Load the lake table's changes since the last loaded version into the warehouse.
+
+    Attributes:
+        warehouse_kind: ``"duckdb"`` (embedded) or ``"redshift"`` (through the Data API).
+        warehouse_location: duckdb: the database file's path.
+        target_schema: the warehouse schema (``validate_warehouse_name``).
+        target_table: the warehouse table; "" = the collection name (``table_name``).
+        projection: document fields loaded as typed columns beside the full document, field
+            path -> SQL type, e.g. ``{"status": "VARCHAR(32)", "total": "DECIMAL(18,2)"}``
+            (``warehouse_sql.parse_projection``).
+        force_full_reload: reload every row instead of the changes since the loaded version.
+        redshift_database, redshift_workgroup, redshift_cluster, redshift_db_user,
+        redshift_secret_arn: where statements run and as whom (``check_redshift_connection``);
+            names of where credentials live, never credentials.
+        redshift_iam_role: the IAM role ARN (or a comma-separated role chain) COPY reads the
+            staged Parquet with.
+        redshift_timeout_s: seconds per Data API statement before it is cancelled.
+    """
 
     kind: ClassVar[str] = "warehouse_load"
-    warehouse_kind: str = "duckdb"  # "duckdb" | "redshift"
-    warehouse_location: str = ""  # duckdb: database file path
+    warehouse_kind: str = "duckdb"
+    warehouse_location: str = ""
     target_schema: str = "analytics"
-    target_table: str = ""  # defaults to the collection name
-    # Document fields loaded as typed columns beside the full document, e.g.
-    # {"status": "VARCHAR(32)", "total": "DECIMAL(18,2)"} (see warehouse_load.sql_plan).
+    target_table: str = ""
     projection: dict[str, str] = dataclasses.field(default_factory=dict)
     force_full_reload: bool = False
-    # redshift: where statements run (a Serverless workgroup, or a cluster with a database user
-    # or a Secrets Manager secret ARN: a name of where credentials live, never credentials) and
-    # the IAM role COPY reads the staged Parquet with.
     redshift_database: str = ""
     redshift_workgroup: str = ""
     redshift_cluster: str = ""
     redshift_db_user: str = ""
     redshift_secret_arn: str = ""
     redshift_iam_role: str = ""
-    redshift_timeout_s: int = 600  # per Data API statement; cancelled after this
+    redshift_timeout_s: int = 600
 
     def validate(self) -> None:
+        """Check names, projection and, for Redshift, connection, lake and role, before any work.
+
+        A Redshift projection is also held to the warehouse's limits with this request's names:
+        at most 1,600 columns per table ("Quotas and limits in Amazon Redshift") and every load
+        statement under the Data API's 100 KB query limit; so a projection that could never load
+        fails here, not at every load.
+
+        Raises:
+            InvalidRequestError: the first problem found, naming the field or setting to fix.
+        """
         super().validate()
         if self.warehouse_kind not in ("duckdb", "redshift"):
             raise InvalidRequestError(
@@ -331,15 +358,6 @@ class LoadRequest(CollectionRequest):
             )
         validate_warehouse_name(self.target_schema, "warehouse schema")
         validate_warehouse_name(self.table_name, "warehouse table")
-        from lambda_functions.warehouse_load.sql_plan import (
-            REDSHIFT,
-            PlanError,
-            UnsafeSqlValueError,
-            check_projection_limits,
-            checked_iam_role,
-            parse_projection,
-        )
-
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.projection.items()):
             raise InvalidRequestError("projection must map field names to SQL type names")
         try:
@@ -356,20 +374,13 @@ class LoadRequest(CollectionRequest):
                     "Redshift COPY reads the staged rows from S3: set LAKEHOUSE_LAKE_URI to "
                     "s3://bucket/prefix (a bucket in the cluster's region)"
                 )
-            if not self.redshift_database:
-                raise InvalidRequestError(
-                    "redshift_database is required: set LAKEHOUSE_REDSHIFT_DATABASE"
-                )
-            if bool(self.redshift_workgroup) == bool(self.redshift_cluster):
-                raise InvalidRequestError(
-                    "name exactly one of redshift_workgroup (LAKEHOUSE_REDSHIFT_WORKGROUP, "
-                    "Serverless) or redshift_cluster (LAKEHOUSE_REDSHIFT_CLUSTER, provisioned)"
-                )
-            if self.redshift_cluster and not (self.redshift_db_user or self.redshift_secret_arn):
-                raise InvalidRequestError(
-                    "a provisioned cluster needs LAKEHOUSE_REDSHIFT_DB_USER (temporary "
-                    "credentials) or LAKEHOUSE_REDSHIFT_SECRET_ARN (Secrets Manager)"
-                )
+            check_redshift_connection(
+                database=self.redshift_database,
+                workgroup=self.redshift_workgroup,
+                cluster=self.redshift_cluster,
+                db_user=self.redshift_db_user,
+                secret_arn=self.redshift_secret_arn,
+            )
             try:
                 checked_iam_role(self.redshift_iam_role)
             except UnsafeSqlValueError as error:
@@ -379,18 +390,26 @@ class LoadRequest(CollectionRequest):
 
     @property
     def table_name(self) -> str:
+        """The warehouse table: ``target_table``, or the collection's name when it is ""."""
         return self.target_table or self.collection
 
 
 @dataclasses.dataclass(frozen=True)
 class DmsIngestRequest(CollectionRequest):
-    """Ingest the AWS DMS output files not ingested yet (one collection folder) into raw batches."""
+    """Ingest the AWS DMS output files not ingested yet (one collection folder) into raw batches.
+
+    Attributes:
+        dms_uri: the collection's DMS folder, ``s3://bucket/<folder>/<db>/<coll>`` or a path.
+        max_rows: at most this many rows per raw batch.
+        max_bytes: at most this many bytes of input per raw batch.
+        csv_delimiter: the S3 target endpoint's ``CsvDelimiter``, one character (DMS default
+            ","; AWS DMS User Guide, "Endpoint settings when using Amazon S3 as a target").
+    """
 
     kind: ClassVar[str] = "dms_ingest"
-    dms_uri: str = ""  # the collection's DMS folder: s3://bucket/<folder>/<db>/<coll> or a path
+    dms_uri: str = ""
     max_rows: int = 100_000
     max_bytes: int = 256 * 1024 * 1024
-    # The S3 target endpoint's CsvDelimiter (DMS default ","), one character.
     csv_delimiter: str = ","
 
     def validate(self) -> None:
@@ -411,23 +430,31 @@ class DmsIngestRequest(CollectionRequest):
 
 @dataclasses.dataclass(frozen=True)
 class CompactRequest(CollectionRequest):
-    """Maintain the lake table: compact its cold partitions, then vacuum unreferenced files."""
+    """Maintain the lake table: compact its cold partitions, then vacuum unreferenced files.
+
+    Attributes:
+        cold_after_hours: a partition is cold when none of its files was written in this many
+            hours; hot partitions are left to the merges (compacting them would only conflict
+            with the next merge).
+        z_order: sort cold partitions by ``_id`` (restores file pruning), else bin-pack.
+        vacuum: delete files the table no longer references, after compacting.
+        vacuum_retention_hours: files removed longer ago than this are deleted: time travel and
+            the change feed reach back this far. Below 168 h (Delta's default), the load may
+            lose the feed it needs (it then reloads in full).
+        tombstone_retention_hours: tombstones (rows of deleted documents that refuse older
+            changes delivered late) whose delete is older than this (by its event time) are
+            removed. At least the longest delay any input can have: DocumentDB keeps a change
+            stream at most 7 days (168 h).
+        dry_run: report what would be compacted and deleted, change nothing.
+    """
 
     kind: ClassVar[str] = "lake_maintenance"
-    # A partition is cold when none of its files was written in this many hours; hot partitions
-    # are left to the merges (compacting them would only conflict with the next merge).
     cold_after_hours: int = 72
-    z_order: bool = True  # sort cold partitions by _id (restores file pruning), else bin-pack
+    z_order: bool = True
     vacuum: bool = True
-    # Files removed longer ago than this are deleted: time travel and the change feed reach back
-    # this far. Below 168 h (Delta's default), the load may lose the feed it needs (it then
-    # reloads in full).
     vacuum_retention_hours: int = 168
-    # Tombstones (rows of deleted documents that refuse older changes delivered late) whose
-    # delete is older than this (by its event time) are removed. At least the longest delay any
-    # input can have: DocumentDB keeps a change stream at most 7 days (168 h).
     tombstone_retention_hours: int = 168
-    dry_run: bool = False  # report what would be compacted and deleted, change nothing
+    dry_run: bool = False
 
     def validate(self) -> None:
         super().validate()

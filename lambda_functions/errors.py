@@ -43,13 +43,34 @@ class TransientError(LakehouseError):
 # The contract's list of error names by kind (a test checks that it matches the classes: every
 # ``TransientError``/``TerminalError`` subclass of every stage is listed under its kind, and nothing
 # else). Each stage adds its classes here when it defines them.
-TRANSIENT_ERROR_TYPES: frozenset[str] = frozenset()
+TRANSIENT_ERROR_TYPES: frozenset[str] = frozenset(
+    {
+        "ConcurrentWriteError",
+        "MaskingKeyUnavailableError",
+        "RedshiftSerializationError",
+        "RedshiftTimeoutError",
+        "VersionTakenError",
+    }
+)
 TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
     {
         "DiscoveryError",
+        "InvalidRecordKeyError",
+        "InvalidRequestError",
+        "LakeTableMissingError",
+        "MaskingKeyError",
+        "MaskingRulesError",
         "MissingAwsSettingError",
+        "OversizedChangeEventError",
         "PipesMessagesUnreadableError",
+        "PlanError",
+        "RedshiftStatementError",
         "SettingsError",
+        "SplitEventError",
+        "UnappliableUpdateError",
+        "UnsafeSqlValueError",
+        "UnsupportedTableLocationError",
+        "VersionNotAvailableError",
     }
 )
 

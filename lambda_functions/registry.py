@@ -19,23 +19,45 @@ COMMON_ENVIRONMENT: tuple[str, ...] = ("LAKEHOUSE_METRICS_NAMESPACE",)
 
 @dataclass(frozen=True)
 class FunctionSpec:
-    """How a function is deployed: the same fields a Lambda function configuration has."""
+    """How a function is deployed: the same fields a Lambda function configuration has
+    (AWS Lambda API Reference, "CreateFunction": FunctionName, Handler, Timeout, MemorySize,
+    Description, Environment).
+
+    Attributes:
+        name: the function's name, the same in AWS and in the local Lambda runtime.
+        handler: ``"package.module.attribute"``, as in Lambda's Handler setting.
+        timeout_s: seconds an invocation may run (Lambda allows 1 to 900).
+        memory_mb: memory in MB (Lambda allows 128 to 10,240; CPU grows with it).
+        description: one line shown in the console and the deploy template.
+        environment: the names of the function's configured environment variables (its
+            ``Environment.Variables``); each deployment supplies their values
+            (``function_environment``).
+    """
 
     name: str
-    handler: str  # "package.module.attribute", as in Lambda's Handler setting
+    handler: str
     timeout_s: int = 900
     memory_mb: int = 1024
     description: str = ""
-    # The names of the function's configured environment variables (its Environment.Variables);
-    # each deployment supplies their values: see ``function_environment``.
     environment: tuple[str, ...] = ()
 
 
 def function_environment(spec: FunctionSpec, values: Mapping[str, V]) -> dict[str, V]:
     """The function's ``Environment.Variables``: each variable ``spec.environment`` names, with
-    its value from ``values`` (a CloudFormation expression in the deploy template, the local
-    settings' value in the local runtime). A variable the deployment cannot supply is an error,
-    never silently left out."""
+    its value from ``values``.
+
+    Args:
+        spec: the function.
+        values: variable name -> value the deployment supplies (a CloudFormation expression in
+            the deploy template, the local settings' value in the local runtime); extra names
+            are ignored.
+
+    Returns:
+        ``{name: value}`` for exactly the variables ``spec.environment`` names, in its order.
+
+    Raises:
+        ValueError: a variable the deployment cannot supply (never silently left out).
+    """
     missing = [name for name in spec.environment if name not in values]
     if missing:
         raise ValueError(

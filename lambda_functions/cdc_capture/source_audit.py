@@ -78,6 +78,7 @@ from lambda_functions.cdc_capture.change_source import ChangeSource
 from lambda_functions.cdc_capture.extended_json import encode_document
 from lambda_functions.contracts import SOURCE_AUDIT_BUCKETS, SourceAuditRequest
 from lambda_functions.lake import ObjectStore, RawZone, open_store
+from lambda_functions.lake.lake_table import app_id, lake_table_location, open_table
 from lambda_functions.lake.raw_zone import RESNAPSHOT_HOW_TO
 from lambda_functions.lake.record_key import (
     InvalidRecordKeyError,
@@ -85,8 +86,7 @@ from lambda_functions.lake.record_key import (
     raw_record_key,
     record_key,
 )
-from lambda_functions.merge.layout import live_rows
-from lambda_functions.merge.merge import app_id, lake_table_location, open_table
+from lambda_functions.lake.table_layout import live_rows
 from lambda_functions.pipes import typed
 
 __all__ = ["SourceAuditResult", "audit_bucket", "audit_source", "row_hash"]

@@ -72,6 +72,8 @@ from bson import (
 from bson.datetime_ms import DatetimeMS
 from bson.json_util import CANONICAL_JSON_OPTIONS, DatetimeConversion
 
+from lambda_functions.errors import TerminalError
+
 __all__ = [
     "KEY_CANDIDATES",
     "RECORD_KEY_APP",
@@ -108,9 +110,10 @@ _KEY_OPTIONS = CANONICAL_JSON_OPTIONS.with_options(
 )
 
 
-class InvalidRecordKeyError(ValueError):
+class InvalidRecordKeyError(TerminalError, ValueError):
     """A value that cannot be a MongoDB ``_id`` (an array, a regex or undefined at the top level,
-    or a string that is not valid Unicode); the message names the value's type."""
+    or a string that is not valid Unicode); the message names the value's type. Terminal: the
+    same value fails the same way however often it is retried."""
 
 
 def record_key(value: Any) -> str:

@@ -6,7 +6,7 @@ fall in, applies the changes with the merge's rules (a change wins if its ``_pos
 stored one, a tombstone's included; a delete replaces the row with a tombstone; a stale event is
 ignored), and writes:
 
-- the partition's new data files (Parquet settings of ``layout``, sorted as read, inserts last);
+- the partition's new data files (Parquet settings of ``lake.table_layout``, sorted as read, inserts last);
 - a change data file with exactly the live rows that changed: ``insert``, ``delete``,
   ``update_preimage`` and ``update_postimage``, as a Delta MERGE writes them, so the warehouse
   load reads only the changed rows. Tombstones never appear in it: a live row turned into a
@@ -41,7 +41,7 @@ import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
@@ -53,16 +53,27 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
+from lambda_functions.errors import TerminalError, TransientError
 from lambda_functions.lake import ObjectExistsError, ObjectStore
-from lambda_functions.merge.layout import TABLE_CONFIGURATION, TARGET_FILE_SIZE, is_tombstone
+from lambda_functions.lake.table_layout import TABLE_CONFIGURATION, TARGET_FILE_SIZE, is_tombstone
 from lambda_functions.merge.table_files import TableFiles
 
 ENGINE = "lakehouse-merge (Arrow copy-on-write)"
 CHECKPOINT_INTERVAL = 100  # Delta's default delta.checkpointInterval
 
 
-class VersionTakenError(RuntimeError):
-    """Another writer committed the version this commit was planned for; nothing was changed."""
+class VersionTakenError(TransientError, RuntimeError):
+    """Another writer committed the version this commit was planned for; nothing was changed
+    (the merge reloads the table and retries)."""
+
+
+class ConcurrentWriteError(TransientError, RuntimeError):
+    """Another writer kept winning the commit race on the lake table; nothing was changed.
+    Retry, with one writer per table (the Dagster concurrency key)."""
+
+
+class UnsupportedTableLocationError(TerminalError, ValueError):
+    """The lake table is neither on a local path nor on ``s3://``."""
 
 
 @dataclass
@@ -80,15 +91,8 @@ class Rewritten:
     changes: list[dict[str, Any]] = field(default_factory=list)  # Delta ``cdc`` actions
 
     def absorb(self, other: Rewritten) -> None:
-        self.inserted += other.inserted
-        self.updated += other.updated
-        self.deleted += other.deleted
-        self.duplicate_keys += other.duplicate_keys
-        self.tombstones_written += other.tombstones_written
-        self.rows_changed += other.rows_changed
-        self.removed += other.removed
-        self.added += other.added
-        self.changes += other.changes
+        for f in fields(self):  # every field is a count or a list: both add up with +
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 def supports(table: DeltaTable) -> bool:
@@ -466,4 +470,6 @@ def pyarrow_filesystem(table_uri: str, options: dict[str, str]) -> tuple[pafs.Fi
         return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}{parsed.path}".rstrip("/")
     if parsed.scheme in ("file", ""):
         return pafs.LocalFileSystem(), (parsed.path if parsed.scheme else table_uri).rstrip("/")
-    raise ValueError(f"{table_uri}: the lake table must be on a local path or s3://")
+    raise UnsupportedTableLocationError(
+        f"{table_uri}: the lake table must be on a local path or s3://"
+    )

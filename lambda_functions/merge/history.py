@@ -17,8 +17,8 @@ needs care in two cases, both handled here:
   exactly the rows changed between the two versions.
 
 Compaction commits (``dataChange=false``) add nothing to the feed, nor does tombstone expiry.
-Tombstones (rows of deleted documents, see ``layout``) are never returned: ``read_version``
-returns live rows, and the feed is read through ``layout.live_changes``.
+Tombstones (rows of deleted documents, see ``lake.table_layout``) are never returned: ``read_version``
+returns live rows, and the feed is read through ``table_layout.live_changes``.
 """
 
 from __future__ import annotations
@@ -27,21 +27,38 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
+from lambda_functions.errors import TerminalError
 from lambda_functions.lake.change_feed import feed_is_gone, read_failure
-from lambda_functions.merge.layout import live_changes, live_rows
+from lambda_functions.lake.table_layout import live_changes, live_rows
 
 _BEFORE = ("delete", "update_preimage")  # the state before a version
 _IDENTITY = ("_pos", "_batch", "_seq")  # a stored row's identity: which change wrote it
 
 
-class VersionNotAvailableError(RuntimeError):
+class VersionNotAvailableError(TerminalError, RuntimeError):
     """The version asked for is no longer retained (vacuumed or its log expired)."""
 
 
 def read_version(
     uri: str, options: dict[str, str], version: int, columns: list[str] | None = None
 ) -> pa.Table:
-    """Every live row of the table as it was at ``version`` (tombstones left out)."""
+    """Every live row of the table as it was at ``version`` (tombstones left out): Delta time
+    travel (delta-rs ``DeltaTable(uri, version=...)``).
+
+    Args:
+        uri: the lake table's location (``lake_table_location``).
+        options: delta-rs storage options for it.
+        version: a table version (0-based Delta log entry number).
+        columns: the columns to return, in this order; default all of them.
+
+    Returns:
+        An Arrow table of the live rows at ``version``, strings as plain ``string`` (not
+        ``string_view``); row order is not defined.
+
+    Raises:
+        VersionNotAvailableError: the version is no longer retained (its log or files were
+            removed by log retention or vacuum); terminal: read a newer version.
+    """
     try:
         table = DeltaTable(uri, version=version, storage_options=options)
         wanted = None if columns is None else list(dict.fromkeys([*columns, "_op"]))
@@ -59,14 +76,27 @@ def read_version(
 def changes_between(
     uri: str, options: dict[str, str], since_version: int, to_version: int | None = None
 ) -> pa.Table:
-    """Keys changed after ``since_version`` up to ``to_version`` (default: the latest): one row
-    each with the table's columns and ``_deleted``: the key's row at ``to_version``, or, for a
-    key gone by then, its last stored row with ``_deleted`` true.
+    """Keys changed after ``since_version`` up to ``to_version`` (default: the latest), from
+    the Delta change data feed (Delta protocol, "Change Data Files"; delta-rs
+    ``DeltaTable.load_cdf``), reduced to one row per key (see the module docstring).
 
-    Raises ``VersionNotAvailableError`` when the feed for those versions was vacuumed: the
-    caller must then read the whole table (``read_version``) instead. Raises
-    ``ChangeFeedReadError`` (an ``OSError``) when the read failed otherwise (network, timeout,
-    access): the feed may be intact, so the caller should retry, not read everything.
+    Args:
+        uri: the lake table's location (``lake_table_location``).
+        options: delta-rs storage options for it.
+        since_version: the version the caller already has (exclusive).
+        to_version: the version to read up to (inclusive); default the latest.
+
+    Returns:
+        An Arrow table with the table's columns and ``_deleted`` (bool): for each key whose
+        state differs between the two versions, its row at ``to_version``, or, for a key gone
+        by then, its last stored row with ``_deleted`` true. Tombstones are never returned.
+        Empty when ``to_version <= since_version``. Row order is by ``_id``.
+
+    Raises:
+        VersionNotAvailableError: the feed for those versions was vacuumed: the caller must
+            then read the whole table (``read_version``) instead.
+        ChangeFeedReadError: (an ``OSError``) the read failed otherwise (network, timeout,
+            access): the feed may be intact, so the caller should retry, not read everything.
     """
     table = DeltaTable(uri, storage_options=options)
     to_version = table.version() if to_version is None else to_version

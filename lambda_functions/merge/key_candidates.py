@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambda_functions.lake.record_key import KEY_CANDIDATES
-from lambda_functions.merge.layout import key_bucket
+from lambda_functions.lake.table_layout import key_bucket
 
 __all__ = ["CandidateResolution", "resolve_key_candidates"]
 

@@ -3,8 +3,8 @@
 Merges are copy-on-write and write a few files per touched partition each time, so partitions
 that stopped changing end up with many small, unsorted files. ``compact_table``:
 
-- first expires **tombstones** (rows of deleted documents, see ``layout``) whose delete happened
-  more than ``tombstone_retention_hours`` ago, by the delete's ``_event_time`` (the source's
+- first expires **tombstones** (rows of deleted documents, see ``lake.table_layout``) whose
+  delete happened more than ``tombstone_retention_hours`` ago, by the delete's ``_event_time`` (the source's
   clock, which is what a change stream's retention is measured in: no change older than the
   retention can still be read from the stream, so none can still arrive from it). Only files
   whose statistics show a tombstone old enough are read (``min(_op) = 'delete'`` and
@@ -49,14 +49,15 @@ from deltalake.exceptions import CommitFailedError
 
 from lambda_functions.contracts import CompactRequest
 from lambda_functions.lake import ObjectStore, open_store
-from lambda_functions.merge import copy_on_write
-from lambda_functions.merge.layout import LIVE_ROWS, TOMBSTONE_OP, WRITER_PROPERTIES
-from lambda_functions.merge.merge import (
+from lambda_functions.lake.lake_table import (
     LakeTableMissingError,
     lake_table_key,
     lake_table_location,
     open_table,
 )
+from lambda_functions.lake.table_layout import LIVE_ROWS, TOMBSTONE_OP, WRITER_PROPERTIES
+from lambda_functions.merge import copy_on_write
+from lambda_functions.merge.copy_on_write import ConcurrentWriteError
 from lambda_functions.merge.table_files import TableFiles, tombstone_count
 
 # Delta's default for delta.deletedFileRetentionDuration; vacuum refuses shorter unless told.
@@ -65,6 +66,10 @@ DEFAULT_RETENTION_HOURS = 168
 
 @dataclass(frozen=True)
 class MaintenanceResult:
+    """What ``compact_table`` did: table versions before and after, files and bytes compacted,
+    written and vacuumed (counts of files, sizes in bytes), tombstones expired and left, and the
+    wall time in seconds. On a dry run, what it would have done (nothing expired)."""
+
     namespace: str
     table_uri: str
     version_before: int
@@ -90,7 +95,31 @@ def compact_table(
     on_progress: Callable[[str], None] | None = None,
     now_ms: int | None = None,
 ) -> MaintenanceResult:
-    """Compact the cold partitions of the collection's lake table, then vacuum it."""
+    """Expire old tombstones, compact the cold partitions of the collection's lake table, then
+    vacuum it (see the module docstring).
+
+    Guarantees: tombstone expiry and compaction are each one atomic Delta commit that changes
+    no live row (compaction is ``dataChange=false``: Delta protocol, "Add File and Remove File";
+    delta-rs ``DeltaTable.optimize.z_order``/``compact``) and keeps the merge's app
+    transactions, so re-running after a failure is safe. Vacuum (delta-rs ``DeltaTable.vacuum``,
+    ``full=True``) deletes only files no version within ``vacuum_retention_hours`` references.
+
+    Args:
+        request: the collection, the lake, and the policy: ``cold_after_hours``, ``z_order``,
+            ``vacuum``, ``vacuum_retention_hours``, ``tombstone_retention_hours`` (hours), and
+            ``dry_run`` (report, change nothing).
+        store: the lake's object store; default ``open_store(request.lake_uri)``.
+        on_progress: called with one line of text per step.
+        now_ms: the current time in epoch milliseconds (tests pin it); default the clock.
+
+    Returns:
+        A ``MaintenanceResult``.
+
+    Raises:
+        LakeTableMissingError: the collection has no lake table yet (run the merge first).
+        ConcurrentWriteError: a merge committed to the same files meanwhile; nothing was
+            changed (transient: re-run under the merge's concurrency key).
+    """
     started = time.monotonic()
     say = on_progress or (lambda _message: None)
     store = store or open_store(request.lake_uri)
@@ -199,7 +228,7 @@ def _expire_tombstones(
         )
         return int(metrics.get("num_deleted_rows", 0))
     except (CommitFailedError, copy_on_write.VersionTakenError):
-        raise RuntimeError(
+        raise ConcurrentWriteError(
             f"{request.namespace}: a merge committed while tombstones were being expired; "
             "nothing was changed. Re-run the maintenance under the merge's concurrency key."
         ) from None
@@ -253,7 +282,7 @@ def _compact(
                 commit_properties=commit,
             )
     except CommitFailedError:
-        raise RuntimeError(
+        raise ConcurrentWriteError(
             f"{request.namespace}: a merge rewrote files of the partitions being compacted; "
             "nothing was changed. Re-run the maintenance, and run it under the merge's "
             "concurrency key so the two do not overlap."

@@ -37,7 +37,12 @@ from lambda_functions.lake.record_key import (
     record_key,
     v1_key_value,
 )
-from lambda_functions.merge.layout import PARTITION_BY, WRITER_PROPERTIES, key_buckets, precombine
+from lambda_functions.lake.table_layout import (
+    PARTITION_BY,
+    WRITER_PROPERTIES,
+    key_buckets,
+    precombine,
+)
 
 __all__ = [
     "RekeyResult",

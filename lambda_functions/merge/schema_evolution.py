@@ -19,7 +19,7 @@ The merge carries them into the lake table:
   its values stay in ``doc``.
 
 Any name Delta accepts is kept as it is (``order-id``, ``first name``, ``1st``, ``a.b``): the merge
-quotes every column in the SQL it gives delta-rs (see ``merge.delta_column``).
+quotes every column in the SQL it gives delta-rs (see ``apply.delta_column``).
 
 Types are normalised so that small differences between batches do not count as changes: every
 integer becomes int64, every float float64, strings and binaries their plain Arrow type,
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from lambda_functions.merge.layout import TABLE_SCHEMA
+from lambda_functions.lake.table_layout import TABLE_SCHEMA
 
 CORE_COLUMNS = frozenset(TABLE_SCHEMA.names)
 

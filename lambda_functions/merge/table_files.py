@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
-from lambda_functions.merge.layout import TOMBSTONE_OP
+from lambda_functions.lake.table_layout import TOMBSTONE_OP
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def _key_ranges(changes: pa.Table) -> dict[str, tuple[str, str]]:
 
 
 def tombstone_count(table: DeltaTable) -> int:
-    """Tombstones in ``table`` (see ``layout``). ``'delete'`` is the smallest ``_op``, so the
+    """Tombstones in ``table`` (see ``lake.table_layout``). ``'delete'`` is the smallest ``_op``, so the
     files' ``_op`` statistics answer for files with none (min above it) or only tombstones (max
     equal to it); only files that mix both have their ``_op`` column read (a small,
     dictionary-encoded column chunk each)."""

@@ -1,4 +1,4 @@
-"""The embedded warehouse: DuckDB runs the plan from ``sql_plan`` in one BEGIN..COMMIT.
+"""The embedded warehouse: DuckDB runs the plan from ``lambda_functions.warehouse_sql`` in one BEGIN..COMMIT.
 
 Staging is an Arrow table registered with the connection (DuckDB cannot read ``s3://`` here and
 needs no file): the plan's ``load_stage`` copies it into the temporary staging table inside the
@@ -19,8 +19,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from lambda_functions.contracts import InvalidRequestError
 from lambda_functions.waits import REPORT_EVERY_S, WaitReport
-from lambda_functions.warehouse_load.sql_plan import (
+from lambda_functions.warehouse_sql import (
     DUCKDB,
     Dialect,
     ProjectedColumn,
@@ -97,7 +98,7 @@ class DuckDBWarehouse:
 
     def __init__(self, path: str, on_progress: Callable[[str], None] | None = None):
         if not path:
-            raise ValueError(
+            raise InvalidRequestError(
                 "warehouse_location must name the DuckDB database file (LAKEHOUSE_DUCKDB_PATH)"
             )
         self.path = path
@@ -108,8 +109,8 @@ class DuckDBWarehouse:
     def session(self) -> Iterator[None]:
         # Open per load and close at once: DuckDB locks the file for the process that has it open.
         self._db = connect_waiting(self.path, on_progress=self.on_progress)
-        # Projected timestamps written without an offset are UTC (see sql_plan), whatever the
-        # machine's zone; casts to TIMESTAMPTZ read the session's.
+        # Projected timestamps written without an offset are UTC (see warehouse_sql.staging),
+        # whatever the machine's zone; casts to TIMESTAMPTZ read the session's.
         self._db.execute("SET TimeZone = 'UTC'")
         try:
             yield

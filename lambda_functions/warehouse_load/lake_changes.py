@@ -22,7 +22,7 @@ from deltalake import DeltaTable
 
 from lambda_functions.lake.change_feed import feed_is_gone, read_failure
 from lambda_functions.lake.record_key import REKEYED_AT_APP
-from lambda_functions.merge.layout import live_changes, live_rows
+from lambda_functions.lake.table_layout import live_changes, live_rows
 
 # Columns handed to the warehouse, in order.
 STAGE_SCHEMA = pa.schema(

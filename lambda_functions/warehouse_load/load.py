@@ -1,8 +1,8 @@
 """Load the lake table's changes since the last loaded version into the warehouse.
 
 Incremental by default (Delta change data feed), full when it must be (see ``lake_changes``) or
-when the projection gained columns (so every row gets them). The SQL comes from ``sql_plan`` and is
-the same logical plan on DuckDB and Redshift; only the executor differs. The loaded version is
+when the projection gained columns (so every row gets them). The SQL comes from
+``lambda_functions.warehouse_sql`` and is the same logical plan on DuckDB and Redshift; only the executor differs. The loaded version is
 recorded in the warehouse in the same transaction as the data, and the transaction first checks
 that the control row is still the one the load was planned from, so a re-run after a failure at
 any point loads the same changes once, and a replayed or stale load commits nothing.
@@ -22,11 +22,11 @@ from deltalake.exceptions import TableNotFoundError
 
 from lambda_functions.contracts import LoadRequest
 from lambda_functions.lake import ObjectStore, open_store
-from lambda_functions.merge.merge import LakeTableMissingError, lake_table_location
+from lambda_functions.lake.lake_table import LakeTableMissingError, lake_table_location
 from lambda_functions.warehouse_load.lake_changes import lake_keys, read_lake_changes
 from lambda_functions.warehouse_load.reconcile import Reconciliation, reconcile
 from lambda_functions.warehouse_load.set_aside import mark_set_aside
-from lambda_functions.warehouse_load.sql_plan import (
+from lambda_functions.warehouse_sql import (
     BASE_COLUMNS,
     Dialect,
     LoadedState,
@@ -66,6 +66,25 @@ class Warehouse(Protocol):
 
 @dataclass(frozen=True)
 class LoadResult:
+    """What one load did (reported to Dagster as the materialization's metadata).
+
+    Attributes:
+        target: ``schema.table``, folded as the warehouse resolves it.
+        warehouse_kind: ``"duckdb"`` or ``"redshift"``.
+        lake_version: the lake table version now recorded as loaded.
+        previous_version: the version loaded before, None on a first load or a reload from 0.
+        full_reload: every row was reloaded (first load, lost change feed, new columns, asked).
+        reason: why this load was incremental or full, in words.
+        rows_staged: change rows staged (latest change per key); deletes included.
+        rows_deleted / rows_inserted: rows the transaction's DELETE / INSERT affected
+            (Redshift's ``ResultRows``; 0 when nothing was staged).
+        projected_columns / columns_added / undeclared_columns: column names, in order.
+        documents_set_aside: staged documents over the warehouse's limits, recorded, not loaded.
+        reconciliation: the comparison with the lake at ``lake_version`` (None if not asked).
+        duration_s: wall-clock seconds of the whole load.
+        statements: labels of the load transaction's statements, in order.
+    """
+
     target: str
     warehouse_kind: str
     lake_version: int
@@ -97,7 +116,21 @@ def open_warehouse(
     request: LoadRequest, store: ObjectStore, on_progress: Callable[[str], None] | None = None
 ) -> Warehouse:
     """The warehouse the request names. Imports stay local: each path needs only its own.
-    ``on_progress`` hears about long waits (the DuckDB file lock, a Data API statement)."""
+
+    Args:
+        request: a validated load request (``warehouse_kind`` and its connection fields).
+        store: the lake's object store (Redshift stages its COPY input there: S3 only).
+        on_progress: hears about long waits (the DuckDB file lock, a Data API statement).
+
+    Returns:
+        A ``DuckDBWarehouse`` on ``warehouse_location``, or a ``RedshiftWarehouse`` through the
+        Redshift Data API.
+
+    Raises:
+        InvalidRequestError: no DuckDB file; an incomplete Redshift connection
+            (``check_redshift_connection``); a lake that is not on S3 for Redshift.
+        UnsafeSqlValueError: the IAM role is not a role ARN.
+    """
     if request.warehouse_kind == "duckdb":
         from lambda_functions.warehouse_load.duckdb_warehouse import DuckDBWarehouse
 
@@ -133,7 +166,41 @@ def load_changes(
     check: bool = True,
 ) -> LoadResult:
     """Apply the lake table's changes since the loaded version in one warehouse transaction, then
-    (``check``) reconcile the warehouse with the lake at the loaded version."""
+    (``check``) reconcile the warehouse with the lake at the loaded version.
+
+    Incremental from the last loaded lake version (the control row ``_lakehouse_loads``): the
+    Delta change data feed since it, latest change per key; full when there is no loaded
+    version, the lake table was replaced, the feed is gone (vacuumed), the projection gained
+    columns, or ``force_full_reload``. The delete of changed keys, the insert of their latest
+    versions and the control row's update run as ONE transaction (one Redshift Data API
+    ``BatchExecuteStatement``, which runs its SQL statements as a single transaction; DuckDB
+    BEGIN..COMMIT), guarded by the control row the plan was made from. Hence:
+    atomic (a failure leaves the previous data and control row), idempotent (re-running after
+    any failure loads the same changes once; re-running after success loads nothing) and safe
+    against a concurrent or stale load (it commits nothing). Redshift reads the staged rows with
+    ``COPY ... FORMAT AS PARQUET`` from S3 under the lake (Amazon Redshift Database Developer
+    Guide, "COPY from columnar data formats") using the request's IAM role; the staging object
+    is deleted after success and kept after a failure for diagnosis.
+
+    Args:
+        request: the load request (validated by ``LoadRequest.from_event``/``validate``).
+        store: the lake's object store; default: opened from ``request.lake_uri``.
+        warehouse: the executor; default: ``open_warehouse(request, store, on_progress)``.
+        on_progress: receives progress lines (versions, keys to apply, long waits).
+        check: reconcile after loading (a read-only comparison by key-hash bucket).
+
+    Returns:
+        A ``LoadResult``; ``reconciliation`` is set when ``check``.
+
+    Raises:
+        LakeTableMissingError: no lake table yet (materialize the merge stage first).
+        PlanError: the projection does not fit the table's existing columns or the warehouse's
+            limits (the message names the fix); nothing was run.
+        RedshiftStatementError / RedshiftSerializationError / RedshiftTimeoutError: Redshift
+            failed, kept conflicting or timed out; nothing of the load was committed.
+        duckdb.Error: DuckDB failed (e.g. a value that does not cast to its declared type);
+            nothing was committed.
+    """
     started = time.monotonic()
     say = on_progress or (lambda _message: None)
     projection = parse_projection(request.projection)

@@ -4,7 +4,7 @@ The key set is compared by hashed buckets so that Redshift never has to ship its
 warehouse answers one GROUP BY (256 buckets by the first byte of md5(``_id``): rows, distinct keys
 and the sum of a 32-bit slice of md5(``_id:_pos``)), and the lake side answers the very same query
 (DuckDB dialect) over the lake's Arrow rows, in process. MD5 of the UTF-8 text is the same function
-in DuckDB, Redshift and Python (``sql_plan.key_bucket``/``version_hash``, checked by the tests);
+in DuckDB, Redshift and Python (``warehouse_sql.key_bucket``/``version_hash``, checked by the tests);
 DuckDB does it vectorized, about six times faster than a Python loop on 2M keys. Including ``_pos``
 means a row holding an older version of a document is caught, not only a missing or extra key.
 When buckets differ, the rows of a few of them are read back on both sides to name the missing,
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambda_functions.warehouse_load.set_aside import warehouse_key
-from lambda_functions.warehouse_load.sql_plan import (
+from lambda_functions.warehouse_sql import (
     DUCKDB,
     Dialect,
     Statement,
@@ -148,8 +148,23 @@ def reconcile(
     lake: pa.Table,
     set_aside: Sequence[tuple[Any, ...]] = (),
 ) -> Reconciliation:
-    """Compare ``target`` with the lake rows (``_id``, ``_pos``) at the loaded version, leaving
-    out the keys recorded as set aside (``(key, pos, reason)`` rows of ``set_aside_query``)."""
+    """Compare ``target`` with the lake rows at the loaded version, by key-hash bucket.
+
+    Read-only on both sides; one GROUP BY on the warehouse (256 buckets), the same query on the
+    lake rows in process, then the rows of at most a few differing buckets to name keys.
+
+    Args:
+        warehouse: an executor able to run reads (``query``) with its ``dialect``.
+        target: the loaded table.
+        lake: the lake rows at the loaded version: an Arrow table with ``_id`` (record key
+            text) and ``_pos`` (change position, int64), one row per live key.
+        set_aside: ``(key, pos, reason)`` rows of ``set_aside_query``: keys the warehouse cannot
+            hold, left out of the comparison and counted instead.
+
+    Returns:
+        A ``Reconciliation``: ``matches`` when the warehouse holds every lake row except those
+        set aside, each once at its lake position, and nothing else.
+    """
     lake_rows = lake.num_rows
     if set_aside:
         aside = pa.array(sorted({str(row[0]) for row in set_aside}), pa.string())

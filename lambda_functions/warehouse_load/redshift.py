@@ -27,11 +27,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lambda_functions.contracts import InvalidRequestError, check_redshift_connection
+from lambda_functions.errors import TerminalError, TransientError
 from lambda_functions.lake import ObjectStore, S3ObjectStore
 from lambda_functions.waits import REPORT_EVERY_S, WaitReport
-from lambda_functions.warehouse_load.sql_plan import (
+from lambda_functions.warehouse_sql import (
     REDSHIFT,
     Dialect,
+    PlanError,
     ProjectedColumn,
     StageSource,
     Statement,
@@ -43,10 +46,12 @@ from lambda_functions.warehouse_load.sql_plan import (
 RUNNING = ("SUBMITTED", "PICKED", "STARTED")
 
 
-class RedshiftStatementError(RuntimeError):
+class RedshiftStatementFailure(RuntimeError):
     """Redshift failed or aborted a statement; nothing of its transaction was committed.
 
-    Terminal unless ``transient``: re-running the same statements would fail the same way."""
+    The base of the two kinds ``_failure`` tells apart by Redshift's error: a known transient
+    code (serialization conflict, 1023) is a ``RedshiftSerializationError``, anything else a
+    ``RedshiftStatementError``. ``transient`` says which, for callers holding the base."""
 
     transient: bool = False
 
@@ -70,7 +75,13 @@ class RedshiftStatementError(RuntimeError):
         self.error = error
 
 
-class RedshiftSerializationError(RedshiftStatementError):
+class RedshiftStatementError(RedshiftStatementFailure, TerminalError):
+    """Redshift failed or aborted a statement for a reason other than a known transient code:
+    re-running the same statements would fail the same way; the message names the statement,
+    its SQL (the IAM role shown as ``***``) and Redshift's error."""
+
+
+class RedshiftSerializationError(RedshiftStatementFailure, TransientError):
     """Serializable isolation violation (Redshift error 1023): a concurrent transaction wrote the
     same table (e.g. two loads updating the shared control table) and Redshift aborted this one
     at a statement or at COMMIT. Nothing was committed; running the batch again is the fix."""
@@ -87,8 +98,9 @@ def is_serialization_error(error: str) -> bool:
     return "serializable isolation violation" in text or bool(re.search(r"\berror:\s*1023\b", text))
 
 
-class RedshiftTimeoutError(TimeoutError):
-    """The statement did not finish before the deadline and was cancelled."""
+class RedshiftTimeoutError(TransientError, TimeoutError):
+    """The statement did not finish before the deadline and was cancelled (a cancelled batch
+    commits nothing). Transient: a lock or a busy workgroup may clear; re-run the load."""
 
 
 @dataclass(frozen=True)
@@ -103,18 +115,13 @@ class RedshiftConnection:
     secret_arn: str = ""
 
     def __post_init__(self) -> None:
-        if not self.database:
-            raise ValueError("Redshift needs a database name: set LAKEHOUSE_REDSHIFT_DATABASE")
-        if bool(self.workgroup) == bool(self.cluster):
-            raise ValueError(
-                "name exactly one of a Serverless workgroup (LAKEHOUSE_REDSHIFT_WORKGROUP) or a "
-                "provisioned cluster (LAKEHOUSE_REDSHIFT_CLUSTER)"
-            )
-        if self.cluster and not (self.db_user or self.secret_arn):
-            raise ValueError(
-                "a provisioned cluster needs LAKEHOUSE_REDSHIFT_DB_USER (temporary credentials) "
-                "or LAKEHOUSE_REDSHIFT_SECRET_ARN (Secrets Manager)"
-            )
+        check_redshift_connection(
+            database=self.database,
+            workgroup=self.workgroup,
+            cluster=self.cluster,
+            db_user=self.db_user,
+            secret_arn=self.secret_arn,
+        )
 
     def api_arguments(self) -> dict[str, str]:
         arguments = {"Database": self.database}
@@ -181,26 +188,26 @@ class RedshiftDataApiClient:
         failure is raised at once. Each attempt is a new submission with a new ClientToken.
 
         Raises:
-            ValueError: the batch breaks a Data API request limit (checked before sending).
+            PlanError: the batch breaks a Data API request limit (checked before sending).
             RedshiftStatementError: Redshift failed or aborted the batch (``transient`` says
                 whether a retry could succeed).
             RedshiftTimeoutError: the batch ran past ``timeout_s`` and was cancelled.
         """
         limit = REDSHIFT.max_batch_statements
         if not 1 <= len(statements) <= limit:
-            raise ValueError(
+            raise PlanError(
                 f"batch_execute_statement takes 1 to {limit} statements, got {len(statements)}"
             )
         if any(s.parameters for s in statements):
-            raise ValueError(
-                "statements of a batch carry no parameters (see sql_plan): render checked literals"
+            raise PlanError(
+                "statements of a batch carry no parameters (see lambda_functions.warehouse_sql): render checked literals"
             )
         _check_sizes(statements)
         delay = self.first_retry_s
         for attempt in range(1, self.max_attempts + 1):
             try:
                 return self._run_batch_once(statements, name=name)
-            except RedshiftStatementError as error:
+            except RedshiftStatementFailure as error:
                 if not error.transient or attempt == self.max_attempts:
                     if error.transient:
                         error.args = (
@@ -301,7 +308,7 @@ class RedshiftDataApiClient:
 
     def _failure(
         self, described: dict, statements: Sequence[Statement], name: str
-    ) -> RedshiftStatementError:
+    ) -> RedshiftStatementFailure:
         statement_id, status = described["Id"], described["Status"]
         subs = described.get("SubStatements") or []
         secrets = (*self.secrets, *(s for st in statements for s in st.secrets))
@@ -371,13 +378,13 @@ class RedshiftDataApiClient:
 
 
 def _check_sizes(statements: Sequence[Statement]) -> None:
-    """The Data API refuses a query string over 100 KB: never send one (sql_plan keeps the load's
+    """The Data API refuses a query string over 100 KB: never send one (warehouse_sql keeps the load's
     statements under ``REDSHIFT.max_statement_bytes`` by construction; this is the last line)."""
     limit = REDSHIFT.max_statement_bytes or 0
     for statement in statements:
         size = len(statement.sql.encode())
         if size > limit:
-            raise ValueError(
+            raise PlanError(
                 f"statement {statement.label} is {size} bytes; the Redshift Data API accepts at "
                 f"most {limit} per statement"
             )
@@ -410,7 +417,7 @@ class RedshiftWarehouse:
 
     def __init__(self, client: RedshiftDataApiClient, store: ObjectStore, iam_role: str):
         if not isinstance(store, S3ObjectStore):
-            raise ValueError(
+            raise InvalidRequestError(
                 f"Redshift COPY reads from S3, but the lake is {store.uri}: set "
                 "LAKEHOUSE_LAKE_URI to s3://bucket/prefix (in the cluster's region)"
             )

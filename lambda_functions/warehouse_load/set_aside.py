@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lambda_functions.warehouse_load.sql_plan import Dialect
+from lambda_functions.warehouse_sql import Dialect
 
 # A key over the warehouse's key limit cannot be staged either (Redshift's COPY refuses a value
 # longer than the stage's VARCHAR(65535) and fails the whole load): its row carries this stand-in

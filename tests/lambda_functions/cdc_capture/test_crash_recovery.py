@@ -21,8 +21,8 @@ from lambda_functions.cdc_capture import DemoWorkload, EmbeddedChangeStreamSourc
 from lambda_functions.contracts import CaptureRequest, MergeRequest
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.store import LocalObjectStore
-from lambda_functions.merge.layout import live_rows
-from lambda_functions.merge.merge import lake_table_location, merge_batches
+from lambda_functions.lake.table_layout import live_rows
+from lambda_functions.merge import lake_table_location, merge_batches
 from tests.lambda_functions.cdc_capture.conftest import (
     HookedStore,
     InjectedCrash,

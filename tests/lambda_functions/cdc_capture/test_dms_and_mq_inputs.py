@@ -28,8 +28,8 @@ from lambda_functions.contracts import DmsIngestRequest, MergeRequest
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.record_key import record_key
 from lambda_functions.lake.store import LocalObjectStore
-from lambda_functions.merge.layout import live_rows
-from lambda_functions.merge.merge import lake_table_location, merge_batches
+from lambda_functions.lake.table_layout import live_rows
+from lambda_functions.merge import lake_table_location, merge_batches
 from tests.lambda_functions.cdc_capture.conftest import batch_rows
 from tests.lambda_functions.change_events import relayed_message
 

@@ -25,8 +25,8 @@ from lambda_functions.contracts import (
 )
 from lambda_functions.lake import open_store
 from lambda_functions.lake.record_key import record_key
+from lambda_functions.lake.table_layout import key_bucket
 from lambda_functions.merge import lake_table_location, merge_batches
-from lambda_functions.merge.layout import key_bucket
 
 DB, COLL = "shop", "orders"
 

@@ -22,10 +22,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import lambda_functions.merge.apply as apply_module
 import lambda_functions.merge.copy_on_write as copy_on_write
-import lambda_functions.merge.merge as merge_module
+import lambda_functions.merge.plan as plan_module
 from lambda_functions.contracts import MergeRequest
-from lambda_functions.merge import merge_batches
+from lambda_functions.lake import open_store
+from lambda_functions.merge import lake_table_location, merge_batches
 
 
 def die() -> None:
@@ -37,13 +39,11 @@ def data_files(root: str) -> set[Path]:
 
 
 def main(lake_uri: str, step: str, path: str = "") -> None:
-    table_root = merge_module.lake_table_location(
-        merge_module.open_store(lake_uri), "shop", "orders"
-    )[0]
+    table_root = lake_table_location(open_store(lake_uri), "shop", "orders")[0]
     existing = data_files(table_root) if step == "data_files" else set()
     if path == "merge":  # the delta-rs MERGE path instead of the Arrow rewrite
         copy_on_write.supports = lambda _table: False
-    read, apply = merge_module._read_changes, merge_module._apply
+    read, apply = plan_module.read_changes, apply_module.apply_plan
 
     def read_then_die(*args: Any, **kwargs: Any) -> Any:
         read(*args, **kwargs)
@@ -62,11 +62,11 @@ def main(lake_uri: str, step: str, path: str = "") -> None:
         die()
 
     if step == "read":
-        merge_module._read_changes = read_then_die
+        plan_module.read_changes = read_then_die
     elif step == "commit":
-        merge_module._apply = die_before
+        apply_module.apply_plan = die_before
     elif step == "after_commit":
-        merge_module._apply = apply_then_die
+        apply_module.apply_plan = apply_then_die
     elif step == "data_files":
         copy_on_write.commit_entry = die_before_the_log_entry
     elif step != "none":

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 from deltalake import DeltaTable
 
 from lambda_functions.lake import open_store
-from lambda_functions.merge.layout import is_tombstone, live_rows
+from lambda_functions.lake.table_layout import is_tombstone, live_rows
 
 # The app id under which the merge records the batches it applied to shop.orders's table.
 APP = "lakehouse-merge:shop.orders"

@@ -21,7 +21,7 @@ from lambda_functions.cdc_capture.dms_ingest import ingest_dms_files
 from lambda_functions.contracts import DmsIngestRequest, MergeRequest
 from lambda_functions.lake import open_store
 from lambda_functions.lake.record_key import record_key
-from lambda_functions.merge.merge import lake_table_location, merge_batches
+from lambda_functions.merge import lake_table_location, merge_batches
 from tests.lambda_functions.change_events import change_event, relayed_message, sqs_event
 from tests.lambda_functions.merge.tables import stored_docs, tombstones
 

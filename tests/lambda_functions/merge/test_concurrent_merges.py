@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from deltalake import DeltaTable
 
+import lambda_functions.merge.apply as apply_module
 import lambda_functions.merge.copy_on_write as copy_on_write
-import lambda_functions.merge.merge as merge_module
 from lambda_functions.contracts import MergeRequest
 from lambda_functions.lake import ObjectStore, RawZone, open_store
 from lambda_functions.merge import MergeResult, lake_table_location, merge_batches
@@ -77,7 +77,7 @@ def lake_request(uri: str) -> MergeRequest:
 def commit_together(monkeypatch: pytest.MonkeyPatch, merges: int) -> None:
     """Every merge reads the table and plans before any commits: a commit race, every time."""
     barrier = threading.Barrier(merges, timeout=60)
-    apply = merge_module._apply
+    apply = apply_module.apply_plan
     first_attempt = threading.local()
 
     def synchronized(*args: Any, **kwargs: Any) -> Any:
@@ -86,7 +86,7 @@ def commit_together(monkeypatch: pytest.MonkeyPatch, merges: int) -> None:
             barrier.wait()
         return apply(*args, **kwargs)
 
-    monkeypatch.setattr(merge_module, "_apply", synchronized)
+    monkeypatch.setattr(apply_module, "apply_plan", synchronized)
 
 
 def race(lake: Lake, merges: int = 2) -> list[MergeResult]:

@@ -8,9 +8,9 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 import lambda_functions.merge.copy_on_write as copy_on_write
+from lambda_functions.lake.table_layout import TABLE_SCHEMA, is_tombstone, live_changes
 from lambda_functions.merge import changes_between, compact_table, merge_batches, read_version
 from lambda_functions.merge.history import VersionNotAvailableError
-from lambda_functions.merge.layout import TABLE_SCHEMA, is_tombstone, live_changes
 from tests.lambda_functions.merge.events import compact_request
 from tests.lambda_functions.raw_batches import JAN, JUN, key, publish
 

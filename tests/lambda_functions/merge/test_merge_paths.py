@@ -15,9 +15,9 @@ from deltalake import DeltaTable, write_deltalake
 import lambda_functions.merge.copy_on_write as copy_on_write
 from lambda_functions.contracts import MergeRequest
 from lambda_functions.lake import RawZone, open_store
+from lambda_functions.lake.table_layout import TABLE_SCHEMA
 from lambda_functions.merge import merge_batches
 from lambda_functions.merge.handler import handler
-from lambda_functions.merge.layout import TABLE_SCHEMA
 from lambda_functions.merge.table_files import TableFiles
 from tests.lambda_functions.emf_checks import numeric_metadata, stage_metrics
 from tests.lambda_functions.merge.events import pipes_event

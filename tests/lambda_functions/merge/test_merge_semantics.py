@@ -1,8 +1,8 @@
 import pytest
 from deltalake import DeltaTable
 
+from lambda_functions.lake.table_layout import key_bucket, precombine
 from lambda_functions.merge import merge_batches
-from lambda_functions.merge.merge import key_bucket, precombine
 from tests.lambda_functions.merge.tables import stored_docs
 from tests.lambda_functions.raw_batches import JAN, JUN, key, publish
 
@@ -69,12 +69,12 @@ def test_merge_that_dies_before_commit_leaves_the_previous_version(lake, monkeyp
     before = merge_batches(request)
     publish(zone, [(a, "update", 11, '{"v":2}')])
 
-    import lambda_functions.merge.merge as merge_module
+    import lambda_functions.merge.apply as apply_module
 
     def crash(*args, **kwargs):
         raise RuntimeError("killed before commit")
 
-    monkeypatch.setattr(merge_module, "_apply", crash)
+    monkeypatch.setattr(apply_module, "apply_plan", crash)
     with pytest.raises(RuntimeError, match="killed"):
         merge_batches(request)
     table = DeltaTable(before.table_uri)
@@ -89,7 +89,7 @@ def test_merge_that_dies_before_commit_leaves_the_previous_version(lake, monkeyp
 def test_precombine_breaks_ties_on_batch_then_seq():
     import pyarrow as pa
 
-    from lambda_functions.merge.merge import TABLE_SCHEMA
+    from lambda_functions.lake.table_layout import TABLE_SCHEMA
 
     t = pa.table(
         {

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lambda_functions.lake.lake_table import LakeTableMissingError
 from lambda_functions.merge import merge_batches
-from lambda_functions.merge.merge import LakeTableMissingError
 from tests.lambda_functions.raw_batches import JAN, key, publish
 
 

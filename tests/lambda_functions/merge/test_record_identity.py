@@ -30,8 +30,8 @@ from lambda_functions.cdc_capture.mq_ingest import ingest_messages, parse_event
 from lambda_functions.contracts import CaptureRequest, DmsIngestRequest, MergeRequest
 from lambda_functions.lake import RawZone, open_store
 from lambda_functions.lake.record_key import RECORD_KEY_APP, REKEYED_AT_APP, record_key
-from lambda_functions.merge.layout import PARTITION_BY, TABLE_CONFIGURATION, key_buckets
-from lambda_functions.merge.merge import lake_table_location, merge_batches
+from lambda_functions.lake.table_layout import PARTITION_BY, TABLE_CONFIGURATION, key_buckets
+from lambda_functions.merge import lake_table_location, merge_batches
 from lambda_functions.warehouse_load.lake_changes import read_lake_changes
 from tests.lambda_functions.change_events import change_event, sqs_event
 from tests.lambda_functions.merge.tables import APP, stored_docs
@@ -192,7 +192,7 @@ def v1_key(value) -> str:
 def test_a_table_written_with_the_old_key_form_is_rekeyed_once(tmp_path):
     import pyarrow as pa
 
-    from lambda_functions.merge.layout import TABLE_SCHEMA
+    from lambda_functions.lake.table_layout import TABLE_SCHEMA
 
     store = open_store(str(tmp_path / "lake"))
     uri, options = lake_table_location(store, DB, COLL)

@@ -23,8 +23,8 @@ from deltalake import DeltaTable
 
 import lambda_functions.merge.copy_on_write as copy_on_write
 from lambda_functions.lake.raw_zone import CorruptBatchError
+from lambda_functions.lake.table_layout import is_tombstone, live_changes
 from lambda_functions.merge import changes_between, compact_table, merge_batches
-from lambda_functions.merge.layout import is_tombstone, live_changes
 from tests.lambda_functions.merge.events import compact_request
 from tests.lambda_functions.merge.tables import stored_docs, tombstones
 from tests.lambda_functions.raw_batches import JAN, JUN, key, publish

@@ -25,7 +25,7 @@ from lambda_functions.contracts import InvalidRequestError, LoadRequest
 from lambda_functions.warehouse_load.lake_changes import STAGE_SCHEMA
 from lambda_functions.warehouse_load.redshift import project_rows
 from lambda_functions.warehouse_load.set_aside import mark_set_aside
-from lambda_functions.warehouse_load.sql_plan import (
+from lambda_functions.warehouse_sql import (
     DUCKDB,
     LOAD_STATEMENTS,
     REDSHIFT,
@@ -313,7 +313,7 @@ def test_a_changed_projection_type_is_refused_with_the_fix_not_failed_at_every_l
     """The load adds missing columns but never alters one: a declared type the existing column
     cannot hold used to fail every load with a cast error (here: 'paid' into INTEGER)."""
     from lambda_functions.warehouse_load import load_changes
-    from lambda_functions.warehouse_load.sql_plan import PlanError
+    from lambda_functions.warehouse_sql import PlanError
     from tests.lambda_functions.raw_batches import JAN, key
     from tests.lambda_functions.warehouse_load.test_load_values import Lake
 
@@ -333,7 +333,7 @@ def test_a_changed_projection_type_is_refused_with_the_fix_not_failed_at_every_l
 
 
 def test_redshift_catalog_types_are_compared_with_the_declared_ones():
-    from lambda_functions.warehouse_load.sql_plan import PlanError, TargetTable, check_column_types
+    from lambda_functions.warehouse_sql import PlanError, TargetTable, check_column_types
 
     target = TargetTable.named(REDSHIFT, "analytics", "orders")
     # information_schema.columns on Redshift (PostgreSQL names, lengths in their own columns)
@@ -395,7 +395,7 @@ def test_a_key_over_the_limit_is_accounted_for_by_reconciliation_and_forgotten_o
     tmp_path, monkeypatch
 ):
     from lambda_functions.warehouse_load import load_changes
-    from lambda_functions.warehouse_load.sql_plan import DuckDBDialect
+    from lambda_functions.warehouse_sql import DuckDBDialect
     from tests.lambda_functions.raw_batches import JAN, key
     from tests.lambda_functions.warehouse_load.test_load_values import Lake
 

@@ -17,12 +17,12 @@ from deltalake import DeltaTable
 
 from lambda_functions.contracts import LoadRequest, MergeRequest
 from lambda_functions.lake import RawZone, open_store
+from lambda_functions.lake.table_layout import live_rows
 from lambda_functions.merge import lake_table_location, merge_batches
-from lambda_functions.merge.layout import live_rows
 from lambda_functions.warehouse_load import load_changes
 from lambda_functions.warehouse_load.duckdb_warehouse import DuckDBWarehouse
 from lambda_functions.warehouse_load.reconcile import lake_buckets
-from lambda_functions.warehouse_load.sql_plan import (
+from lambda_functions.warehouse_sql import (
     DUCKDB,
     TargetTable,
     bucket_rows_query,

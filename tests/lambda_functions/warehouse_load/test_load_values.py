@@ -40,7 +40,7 @@ from lambda_functions.warehouse_load.redshift import (
     project_rows,
 )
 from lambda_functions.warehouse_load.set_aside import mark_set_aside
-from lambda_functions.warehouse_load.sql_plan import (
+from lambda_functions.warehouse_sql import (
     DUCKDB,
     REDSHIFT,
     DuckDBDialect,
@@ -315,7 +315,7 @@ def test_a_280_column_projection_sends_every_statement_under_the_data_api_limits
 
 
 def test_a_statement_over_the_data_api_size_limit_is_refused_before_sending(aws_env):
-    from lambda_functions.warehouse_load.sql_plan import PlanError
+    from lambda_functions.warehouse_sql import PlanError
 
     with pytest.raises(PlanError, match=r"insert_upserts of this load is \d+ bytes .* 100000"):
         _plan(REDSHIFT, parse_projection(wide_projection(1200)))

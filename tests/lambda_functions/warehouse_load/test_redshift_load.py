@@ -15,8 +15,8 @@ from deltalake import DeltaTable
 
 from lambda_functions.contracts import LoadRequest, MergeRequest
 from lambda_functions.lake import RawZone, S3ObjectStore, open_store
+from lambda_functions.lake.table_layout import live_rows
 from lambda_functions.merge import lake_table_location, merge_batches
-from lambda_functions.merge.layout import live_rows
 from lambda_functions.warehouse_load import load_changes
 from lambda_functions.warehouse_load.reconcile import lake_buckets
 from lambda_functions.warehouse_load.redshift import (
@@ -26,7 +26,7 @@ from lambda_functions.warehouse_load.redshift import (
     RedshiftTimeoutError,
     RedshiftWarehouse,
 )
-from lambda_functions.warehouse_load.sql_plan import (
+from lambda_functions.warehouse_sql import (
     REDSHIFT,
     StageSource,
     Statement,
@@ -476,7 +476,7 @@ def test_statements_with_parameters_are_never_sent_in_a_batch(data_api):
 def test_staged_parquet_keeps_the_stage_columns_in_copy_order(staging):
     from lambda_functions.warehouse_load.lake_changes import STAGE_SCHEMA
     from lambda_functions.warehouse_load.set_aside import mark_set_aside
-    from lambda_functions.warehouse_load.sql_plan import STAGE_COLUMNS
+    from lambda_functions.warehouse_sql import STAGE_COLUMNS
 
     warehouse = RedshiftWarehouse(object(), staging, ROLE)  # type: ignore[arg-type]
     rows = mark_set_aside(STAGE_SCHEMA.empty_table(), REDSHIFT)

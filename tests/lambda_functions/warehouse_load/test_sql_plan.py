@@ -7,7 +7,7 @@ import sqlglot
 from sqlglot import exp
 
 from lambda_functions.contracts import InvalidRequestError, LoadRequest
-from lambda_functions.warehouse_load.sql_plan import (
+from lambda_functions.warehouse_sql import (
     DUCKDB,
     REDSHIFT,
     Dialect,

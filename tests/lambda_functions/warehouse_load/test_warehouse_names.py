@@ -16,7 +16,7 @@ from lambda_functions.contracts import InvalidRequestError, LoadRequest, MergeRe
 from lambda_functions.lake import RawZone, open_store
 from lambda_functions.merge import merge_batches
 from lambda_functions.warehouse_load import load_changes
-from lambda_functions.warehouse_load.sql_plan import (
+from lambda_functions.warehouse_sql import (
     DUCKDB,
     REDSHIFT,
     LoadedState,

@@ -1,5 +1,8 @@
 """How the lake table is laid out: columns, partition bucket of a key, table and writer settings.
 
+Shared by every stage that writes or reads the lake table (merge, warehouse load, source audit),
+so none of them imports another stage for it.
+
 - **Partition ``_bucket``** is derived from the key alone: the month of an ObjectId's timestamp
   (which never changes for a document and is known for delete events too), else one of 16 hash
   buckets. A key therefore lives in exactly one partition forever, which is what lets a merge read

@@ -1,0 +1,94 @@
+"""Where a collection's lake table lives, how to open it, and how its merges are recorded.
+
+Shared by every stage that reads the lake table (merge, warehouse load, source audit): the
+table's key in the lake's object store, its delta-rs location, the Delta app transaction id
+under which the merge records its last applied batch, and the error when there is no table yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from lambda_functions.errors import TerminalError
+from lambda_functions.lake.store import ObjectStore
+
+__all__ = [
+    "LakeTableMissingError",
+    "TableLocation",
+    "app_id",
+    "lake_table_key",
+    "lake_table_location",
+    "open_table",
+]
+
+
+class LakeTableMissingError(TerminalError, RuntimeError):
+    """There is no lake table yet (the merge stage has not run for this collection)."""
+
+
+def lake_table_key(database: str, collection: str) -> str:
+    """Where the collection's lake table lives in the lake's object store.
+
+    Returns:
+        The key prefix ``tables/<database>/<collection>``: the Delta table's root (its
+        ``_delta_log/`` and data files are below it).
+    """
+    return f"tables/{database}/{collection}"
+
+
+def lake_table_location(store: ObjectStore, database: str, collection: str) -> tuple[str, dict]:
+    """The collection's lake table as delta-rs addresses it.
+
+    Args:
+        store: the lake's object store (a directory or an S3 bucket prefix).
+        database: the source database name.
+        collection: the source collection name.
+
+    Returns:
+        ``(table_uri, storage_options)``: a local path or ``s3://bucket/prefix/tables/<db>/<coll>``,
+        and the delta-rs storage options for it (``ObjectStore.delta_location``). The table
+        need not exist.
+    """
+    return store.delta_location(lake_table_key(database, collection))
+
+
+@dataclass(frozen=True)
+class TableLocation:
+    """Where a collection's lake table is: its key in the lake's object store (for reading its
+    log and files directly) and its URI and storage options (for delta-rs)."""
+
+    store: ObjectStore
+    key: str
+    uri: str
+    options: dict
+
+    @classmethod
+    def of(cls, store: ObjectStore, database: str, collection: str) -> TableLocation:
+        key = lake_table_key(database, collection)
+        return cls(store, key, *store.delta_location(key))
+
+
+def app_id(namespace: str) -> str:
+    """The Delta app transaction id (``txn`` action, Delta protocol "Transaction Identifiers")
+    whose version is the last raw batch the merge applied to the ``database.collection``
+    ``namespace``'s table."""
+    return f"lakehouse-merge:{namespace}"
+
+
+def open_table(uri: str, options: dict) -> DeltaTable | None:
+    """The Delta table at ``uri`` as of its latest version, or None if there is none yet.
+
+    Args:
+        uri: the table's location (``lake_table_location``).
+        options: delta-rs storage options for it.
+
+    Returns:
+        The ``deltalake.DeltaTable`` at its latest version; None when no Delta log is there.
+    """
+    try:
+        return DeltaTable(uri, storage_options=options)
+    except TableNotFoundError:
+        return None

@@ -100,24 +100,15 @@ def open_source(request: SourceRequest, *, read_preference: str | None = None) -
                 "source_location must be the path of the embedded store file for "
                 "source_kind 'embedded'"
             )
-        try:  # lazily: the Lambda image leaves the local stand-ins out
-            from lakehouse_local.demo_workload import DEMO_COLLECTIONS, DemoWorkload
-            from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
-        except ImportError as e:
-            raise EmbeddedSourceUnavailableError(
-                "source_kind 'embedded' needs the local stand-ins (lakehouse_local), which are not "
-                f"installed here ({e}); the embedded source is for local runs and tests only: on "
-                "AWS set source_kind 'documentdb' (LAKEHOUSE_SOURCE=documentdb) with "
-                "source_location / secret_arn naming the cluster's credentials"
-            ) from e
-        source = EmbeddedChangeStreamSource(request.source_location)
+        demo_collections, demo_workload, embedded_source = _local_stand_ins()
+        source = embedded_source(request.source_location)
         try:
             if (
                 isinstance(request, CaptureRequest)
                 and request.demo_changes > 0
-                and request.namespace in DEMO_COLLECTIONS
+                and request.namespace in demo_collections
             ):
-                workload = DemoWorkload(source, request.database, request.collection)
+                workload = demo_workload(source, request.database, request.collection)
                 workload.run(request.demo_changes)
         except BaseException:
             source.close()
@@ -126,3 +117,30 @@ def open_source(request: SourceRequest, *, read_preference: str | None = None) -
     if read_preference is None:
         return DocumentDBChangeSource.open(request)
     return DocumentDBChangeSource.open(request, readPreference=read_preference)
+
+
+def demo_collection_names(database: str) -> list[str]:
+    """The demo collections of ``database`` (sorted, without the database): the embedded source
+    lists them before their first capture, since the demo workload creates them then."""
+    demo_collections = _local_stand_ins()[0]
+    return sorted(ns.split(".", 1)[1] for ns in demo_collections if ns.startswith(f"{database}."))
+
+
+def _local_stand_ins() -> tuple[Any, Any, Any]:
+    """``(DEMO_COLLECTIONS, DemoWorkload, EmbeddedChangeStreamSource)``, imported lazily: the
+    Lambda image leaves the local stand-ins (``lakehouse_local``) out.
+
+    Raises:
+        EmbeddedSourceUnavailableError: ``lakehouse_local`` cannot be imported (e.g. on AWS).
+    """
+    try:
+        from lakehouse_local.demo_workload import DEMO_COLLECTIONS, DemoWorkload
+        from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
+    except ImportError as e:
+        raise EmbeddedSourceUnavailableError(
+            "source_kind 'embedded' needs the local stand-ins (lakehouse_local), which are not "
+            f"installed here ({e}); the embedded source is for local runs and tests only: on "
+            "AWS set source_kind 'documentdb' (LAKEHOUSE_SOURCE=documentdb) with "
+            "source_location / secret_arn naming the cluster's credentials"
+        ) from e
+    return DEMO_COLLECTIONS, DemoWorkload, EmbeddedChangeStreamSource

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 from dagster import DagsterInstance, build_schedule_context, instance_for_test
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
 from deltalake import DeltaTable
 
 from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
+from lakehouse_pipelines.dagster_internals import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 from lakehouse_pipelines.definitions import build_definitions
 from lakehouse_pipelines.defs.cdc_capture.definitions import (
     LAKE_MATCHES_SOURCE,

@@ -36,8 +36,10 @@ from lambda_functions.warehouse_sql import (
     REDSHIFT,
     PlanError,
     UnsafeSqlValueError,
+    check_history_projection,
     check_projection_limits,
     checked_iam_role,
+    history_table_name,
     parse_projection,
 )
 
@@ -323,6 +325,8 @@ class LoadRequest(CollectionRequest):
         redshift_iam_role: the IAM role ARN (or a comma-separated role chain) COPY reads the
             staged Parquet with.
         redshift_timeout_s: seconds per Data API statement before it is cancelled.
+        history: also keep ``<table>_history``, every version (SCD type 2) of each document
+            (``warehouse_sql.history``), in the same transaction as the table.
     """
 
     kind: ClassVar[str] = "warehouse_load"
@@ -339,6 +343,7 @@ class LoadRequest(CollectionRequest):
     redshift_secret_arn: str = ""
     redshift_iam_role: str = ""
     redshift_timeout_s: int = 600
+    history: bool = False
 
     def validate(self) -> None:
         """Check names, projection and, for Redshift, connection, lake and role, before any work.
@@ -362,9 +367,16 @@ class LoadRequest(CollectionRequest):
             raise InvalidRequestError("projection must map field names to SQL type names")
         try:
             projection = parse_projection(self.projection)
+            if self.history:
+                history_table_name(self.table_name)
+                check_history_projection(projection)
             if self.warehouse_kind == "redshift":
                 check_projection_limits(
-                    REDSHIFT, projection, schema=self.target_schema, table=self.table_name
+                    REDSHIFT,
+                    projection,
+                    schema=self.target_schema,
+                    table=self.table_name,
+                    history=self.history,
                 )
         except PlanError as error:
             raise InvalidRequestError(str(error)) from None

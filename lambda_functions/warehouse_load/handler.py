@@ -50,6 +50,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 "undeclared_columns": result.undeclared_columns,
                 "documents_set_aside": check.documents_set_aside,
                 "transaction": result.statements,
+                "history_table": result.history_table,
+                "history_rows_inserted": result.history_rows_inserted,
+                "history_rows_closed": result.history_rows_closed,
                 "duration_seconds": round(float(result.duration_s), 3),
             }
         )

@@ -13,10 +13,7 @@ warehouse: the full read keeps live rows only, and the feed is read as live-row 
 
 For a collection that keeps history (``warehouse_sql.history``), ``every_version`` keeps every
 lake commit's change of a key instead of the last one only, each with the commit version that
-wrote it (``_commit_version``); a delete then carries the delete's own position and time (those
-of the tombstone its commit wrote; the commit's timestamp when there is none), ``_op = 'delete'``
-and no document. One merge commit precombines its batch to one change per key, so this is one
-version per key per merge commit.
+wrote it (``_commit_version``; ``lake_versions`` has the rules, deletes included).
 """
 
 from __future__ import annotations
@@ -29,7 +26,8 @@ from deltalake import DeltaTable
 
 from lambda_functions.lake.change_feed import feed_is_gone, read_failure
 from lambda_functions.lake.record_key import REKEYED_AT_APP
-from lambda_functions.lake.table_layout import is_tombstone, live_changes, live_rows
+from lambda_functions.lake.table_layout import live_changes, live_rows
+from lambda_functions.warehouse_load.lake_versions import commit_versions
 
 # Columns handed to the warehouse, in order.
 STAGE_SCHEMA = pa.schema(
@@ -40,16 +38,17 @@ STAGE_SCHEMA = pa.schema(
         pa.field("_pos", pa.int64()),
         pa.field("_event_time", pa.timestamp("us", tz="UTC")),
         pa.field("_deleted", pa.bool_(), nullable=False),
-        pa.field("_commit_version", pa.int64()),
     ]
 )
+# With history kept (``every_version``): also the lake version that wrote each change.
+HISTORY_STAGE_SCHEMA = STAGE_SCHEMA.append(pa.field("_commit_version", pa.int64()))
 
 
 @dataclass(frozen=True)
 class LakeChanges:
     table_id: str
     to_version: int
-    rows: pa.Table  # STAGE_SCHEMA, one row per key (per key and commit with every_version)
+    rows: pa.Table  # STAGE_SCHEMA, one row per key; every_version: HISTORY_STAGE_SCHEMA, per commit
     full: bool
     reason: str  # why a full read was chosen, or "incremental"
 
@@ -68,33 +67,47 @@ def read_lake_changes(
     table_id = table.metadata().id
     version = table.version()
     if since_version is None:
-        return _full(table, table_id, version, "first load")
+        return _full(table, table_id, version, "first load", every_version)
     if full_reason:
-        return _full(table, table_id, version, full_reason)
+        return _full(table, table_id, version, full_reason, every_version)
     if since_table_id != table_id:
-        return _full(table, table_id, version, "lake table was re-created (new table id)")
+        return _full(
+            table, table_id, version, "lake table was re-created (new table id)", every_version
+        )
     rekeyed_at = table.transaction_version(REKEYED_AT_APP)
     if rekeyed_at is not None and since_version < rekeyed_at <= version:
         # That commit deleted and inserted the same key texts: its feed cannot be reduced to
         # one change per key.
-        return _full(table, table_id, version, f"record keys re-encoded at version {rekeyed_at}")
+        return _full(
+            table,
+            table_id,
+            version,
+            f"record keys re-encoded at version {rekeyed_at}",
+            every_version,
+        )
     if since_version >= version:
-        empty = STAGE_SCHEMA.empty_table()
+        empty = (HISTORY_STAGE_SCHEMA if every_version else STAGE_SCHEMA).empty_table()
         return LakeChanges(table_id, version, empty, False, "up to date")
     try:
         feed = pa.RecordBatchReader.from_stream(
             table.load_cdf(starting_version=since_version + 1, ending_version=version)
         ).read_all()
-        raw = _plain_types(feed)
-        feed = live_changes(raw)
+        feed = live_changes(_plain_types(feed))
     except Exception as error:  # delta-rs raises one generic error type for every failure
         if not feed_is_gone(error):  # a failed or stalled read: fail with the cause, no reload
             raise read_failure(table.table_uri, since_version + 1, version, error) from error
-        return _full(table, table_id, version, f"change feed unavailable ({error}); full reload")
+        return _full(
+            table,
+            table_id,
+            version,
+            f"change feed unavailable ({error}); full reload",
+            every_version,
+        )
     feed = feed.filter(pc.not_equal(feed.column("_change_type"), "update_preimage"))
     if every_version:
-        rows = _every_version(raw, feed)
-        return LakeChanges(table_id, version, rows, False, "incremental")
+        rows = commit_versions(table, feed)
+        staged = _stage(rows, rows.column("_deleted"), rows.column("_commit_version"))
+        return LakeChanges(table_id, version, staged, False, "incremental")
     # One row per key: its last change. Within one commit a key changes at most once.
     feed = feed.sort_by([("_id", "ascending"), ("_commit_version", "ascending")])
     ids = feed.column("_id").combine_chunks()
@@ -105,59 +118,6 @@ def read_lake_changes(
     return LakeChanges(table_id, version, _stage(feed, deleted), False, "incremental")
 
 
-def _every_version(raw: pa.Table, feed: pa.Table) -> pa.Table:
-    """``feed`` (live-row changes, pre-images dropped) as staged rows, one per key and commit.
-
-    A delete of a live row is its pre-image renamed (``live_changes``); its own position and
-    time are those of the tombstone the same commit wrote for the key (the merge's deletes),
-    else the commit's timestamp. Were a key both deleted and inserted in one commit (a commit
-    without change files, described by its files), the insert is the state after it."""
-    kinds = raw.column("_change_type")
-    written = pc.and_(is_tombstone(raw), pc.is_in(kinds, pa.array(["insert", "update_postimage"])))
-    tombstones = (
-        raw.filter(written)
-        .select(["_commit_version", "_id", "_pos", "_event_time"])
-        .rename_columns(["_commit_version", "_id", "_delete_pos", "_delete_time"])
-    )
-    deleted = pc.equal(feed.column("_change_type"), "delete")
-    feed = feed.append_column("_deleted", deleted).join(
-        tombstones, ["_commit_version", "_id"], join_type="left outer"
-    )
-    deleted = feed.column("_deleted")
-    when = pc.coalesce(
-        feed.column("_delete_time").cast(pa.timestamp("us", tz="UTC")),
-        feed.column("_commit_timestamp").cast(pa.timestamp("us", tz="UTC")),
-    )
-    changed = {
-        "_pos": pc.if_else(
-            deleted,
-            pc.coalesce(feed.column("_delete_pos"), feed.column("_pos")),
-            feed.column("_pos"),
-        ),
-        "_event_time": pc.if_else(
-            deleted, when, feed.column("_event_time").cast(pa.timestamp("us", tz="UTC"))
-        ),
-        "_op": pc.if_else(deleted, pa.scalar("delete"), feed.column("_op")),
-        "doc": pc.if_else(deleted, pa.scalar(None, pa.string()), feed.column("doc")),
-    }
-    for name, values in changed.items():
-        feed = feed.set_column(feed.schema.get_field_index(name), name, values)
-    # One row per key and commit (a non-delete last), in key and commit order.
-    feed = feed.append_column("_live", pc.cast(pc.invert(deleted), pa.int8()))
-    feed = feed.sort_by(
-        [("_id", "ascending"), ("_commit_version", "ascending"), ("_live", "ascending")]
-    )
-    ids = feed.column("_id").combine_chunks()
-    commits = feed.column("_commit_version").combine_chunks()
-    if len(ids):
-        last = pc.or_(
-            pc.not_equal(ids.slice(0, len(ids) - 1), ids.slice(1)),
-            pc.not_equal(commits.slice(0, len(ids) - 1), commits.slice(1)),
-        )
-        feed = feed.filter(pa.concat_arrays([last, pa.array([True])]))
-    return _stage(feed, feed.column("_deleted"))
-
-
 def _plain_types(feed: pa.Table) -> pa.Table:
     """delta-rs returns ``string_view`` columns; the compute kernels used here want ``string``."""
     fields = [
@@ -166,12 +126,15 @@ def _plain_types(feed: pa.Table) -> pa.Table:
     return feed.cast(pa.schema(fields))
 
 
-def _full(table: DeltaTable, table_id: str, version: int, reason: str) -> LakeChanges:
+def _full(
+    table: DeltaTable, table_id: str, version: int, reason: str, every_version: bool
+) -> LakeChanges:
     rows = live_rows(
         _plain_types(table.to_pyarrow_table(columns=["_id", "doc", "_op", "_pos", "_event_time"]))
     )
     deleted = pa.repeat(pa.scalar(False), rows.num_rows)
-    commits = pa.repeat(pa.scalar(version, pa.int64()), rows.num_rows)
+    # A full read knows a row's state at ``version``, not the commit that wrote it.
+    commits = pa.repeat(pa.scalar(version, pa.int64()), rows.num_rows) if every_version else None
     return LakeChanges(table_id, version, _stage(rows, deleted, commits), True, reason)
 
 
@@ -180,8 +143,8 @@ def _stage(
     deleted: pa.Array | pa.ChunkedArray,
     commits: pa.Array | pa.ChunkedArray | None = None,
 ) -> pa.Table:
-    """``rows`` as ``STAGE_SCHEMA``; ``commits``: the commit version of each row (default: the
-    feed's ``_commit_version``)."""
+    """``rows`` as ``STAGE_SCHEMA``, or with ``commits`` (the lake version that wrote each row)
+    as ``HISTORY_STAGE_SCHEMA``."""
     return pa.table(
         {
             "_id": rows.column("_id"),
@@ -190,9 +153,9 @@ def _stage(
             "_pos": rows.column("_pos"),
             "_event_time": rows.column("_event_time").cast(pa.timestamp("us", tz="UTC")),
             "_deleted": deleted,
-            "_commit_version": rows.column("_commit_version") if commits is None else commits,
+            **({} if commits is None else {"_commit_version": commits}),
         },
-        schema=STAGE_SCHEMA,
+        schema=STAGE_SCHEMA if commits is None else HISTORY_STAGE_SCHEMA,
     )
 
 

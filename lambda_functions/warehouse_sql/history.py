@@ -71,7 +71,7 @@ from lambda_functions.warehouse_sql.statements import Statement, TargetTable
 
 # Columns the history statements compute next to the staged ones: no projected column may
 # take these names when history is kept.
-_WORK_COLUMNS = ("_valid_to", "_first_new", "_last_new")
+_WORK_COLUMNS = ("_commit_version", "_valid_to", "_first_new", "_last_new")
 HISTORY_RESERVED_COLUMNS = frozenset((*HISTORY_COLUMNS, *_WORK_COLUMNS))
 # Statements ``history_statements`` adds to the load at most (a full reload's three).
 HISTORY_STATEMENTS = 3

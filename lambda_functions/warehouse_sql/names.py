@@ -29,18 +29,9 @@ LOAD_TABLES = frozenset((CONTROL_TABLE, STAGE_TABLE, SET_ASIDE_TABLE))
 BASE_COLUMNS = ("_id", "doc", "_op", "_pos", "_event_time", "_lake_version", "_loaded_at")
 # The staged rows, in this order (Redshift's Parquet COPY matches columns by position), followed
 # by the projected columns, already computed (see ``stage_query``).
-# ``_commit_version`` is the lake version that wrote the change (history rows keep it).
-STAGE_COLUMNS = (
-    "_id",
-    "doc",
-    "_op",
-    "_pos",
-    "_event_time",
-    "_deleted",
-    "_set_aside",
-    "_doc_bytes",
-    "_commit_version",
-)
+STAGE_COLUMNS = ("_id", "doc", "_op", "_pos", "_event_time", "_deleted", "_set_aside", "_doc_bytes")
+# With history kept, the staged rows also carry the lake version that wrote each change.
+HISTORY_STAGE_COLUMNS = (*STAGE_COLUMNS, "_commit_version")
 # Redshift's system columns (PostgreSQL's), which no user column may be named ("Names and
 # identifiers"): an ADD COLUMN "xmin" would fail every load.
 SYSTEM_COLUMNS = ("oid", "tableoid", "xmin", "cmin", "xmax", "cmax", "ctid")

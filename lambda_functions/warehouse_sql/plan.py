@@ -145,7 +145,7 @@ def load_transaction(
         '"_deleted" BOOLEAN NOT NULL',
         '"_set_aside" VARCHAR(256)',
         '"_doc_bytes" BIGINT',
-        '"_commit_version" BIGINT',
+        *(['"_commit_version" BIGINT'] if history else []),
         *(f"{quote_identifier(c.column)} {staged_type(c)}" for c in projection),
     ]
     statements = [
@@ -154,7 +154,7 @@ def load_transaction(
             "create_stage",
             f"CREATE TEMP TABLE {staged} ({', '.join(stage_columns)}){d.stage_options}",
         ),
-        d.load_stage(staged, source, projection),
+        d.load_stage(staged, source, projection, history=history is not None),
         *(_add_column(target, c) for c in add_columns),
     ]
     if history:
@@ -192,9 +192,10 @@ def load_transaction(
         d.now,
         *(projected_value(d, c, f"s.{quote_identifier(c.column)}") for c in projection),
     ]
+    # With history the stage holds every commit's version of a key: the latest is the last commit.
+    newest = '"_commit_version" DESC, "_pos" DESC' if history else '"_pos" DESC'
     latest = (
-        f'(SELECT *, ROW_NUMBER() OVER (PARTITION BY "_id" ORDER BY "_commit_version" DESC, '
-        f'"_pos" DESC) AS "_rank" '
+        f'(SELECT *, ROW_NUMBER() OVER (PARTITION BY "_id" ORDER BY {newest}) AS "_rank" '
         f'FROM {staged}) AS s WHERE s."_rank" = 1 AND NOT s."_deleted"'
     )
     statements += [

@@ -229,7 +229,7 @@ class RedshiftDataApiClient:
         described = self.wait(response["Id"], statements, name=name)
         affected: dict[str, int] = {}
         for statement, sub in zip(statements, described.get("SubStatements", []), strict=False):
-            if statement.sql.startswith(("INSERT", "DELETE")):
+            if statement.sql.startswith(("INSERT", "DELETE", "UPDATE")):
                 affected[statement.label] = int(sub.get("ResultRows", -1))
         return affected
 

@@ -3,23 +3,31 @@ transaction as the current-state table, idempotent, on DuckDB end to end and as 
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import itertools
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 import sqlglot
+from deltalake import DeltaTable
 from sqlglot import exp
 
 from lambda_functions.contracts import InvalidRequestError, LoadRequest, MergeRequest
 from lambda_functions.lake import RawZone, open_store
-from lambda_functions.merge import merge_batches
+from lambda_functions.lake.table_layout import live_rows
+from lambda_functions.merge import lake_table_location, merge_batches
 from lambda_functions.warehouse_load import load_changes
 from lambda_functions.warehouse_load.duckdb_warehouse import DuckDBWarehouse
+from lambda_functions.warehouse_load.reconcile import lake_buckets
+from lambda_functions.warehouse_load.redshift import RedshiftWarehouse
 from lambda_functions.warehouse_sql import (
     DUCKDB,
+    HISTORY_STAGE_COLUMNS,
     HISTORY_STATEMENTS,
     LOAD_STATEMENTS,
     REDSHIFT,
@@ -29,13 +37,25 @@ from lambda_functions.warehouse_sql import (
     TargetTable,
     check_projection_limits,
     columns_fit_in_load,
+    columns_query,
     ensure_tables,
     history_table_name,
     history_target,
     load_transaction,
     parse_projection,
+    reconciliation_query,
 )
 from tests.lambda_functions.raw_batches import JAN, JUN, key, publish
+from tests.lambda_functions.warehouse_load.test_redshift_load import (  # noqa: F401 (fixtures)
+    FakeClock,
+    api_client,
+    data_api,
+    expect_query,
+    finished,
+    long,
+    staging,
+    text,
+)
 
 A, B, C = key(JAN, 1), key(JAN, 2), key(JUN, 3)
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
@@ -372,3 +392,151 @@ def test_redshift_history_statements_close_with_update_from_and_stay_under_the_l
     assert columns_fit_in_load(REDSHIFT, 40 - LOAD_STATEMENTS - HISTORY_STATEMENTS, history=True)
     assert not columns_fit_in_load(REDSHIFT, 28, history=True)
     assert columns_fit_in_load(REDSHIFT, 28)
+
+
+# --- Redshift through the Data API (botocore's Stubber, as test_redshift_load) -------------------
+
+
+def test_redshift_incremental_history_load_is_one_batch_with_the_history_statements(
+    tmp_path,
+    staging,  # noqa: F811 (the fixture, imported above)
+    data_api,  # noqa: F811
+):
+    pipeline = Pipeline(tmp_path)
+    pipeline.change(0, (A, "insert", 1, doc(v=1)), (B, "insert", 1, doc(v=10)))
+    pipeline.change(5, (A, "update", 2, doc(v=2)))
+    pipeline.change(7, (A, "update", 3, doc(v=3)), (B, "delete", 3, None))
+    uri, options = lake_table_location(open_store(pipeline.lake), "shop", "orders")
+    table = DeltaTable(uri, storage_options=options)
+    table_id = table.metadata().id
+    client, stubber = data_api
+    staged_at_copy: list[list[dict]] = []
+    batches: list[list[str]] = []
+
+    def capture(params, **kwargs):
+        batches.append(params["Sqls"])
+        if params["Sqls"][0].startswith("SELECT CAST"):  # the load transaction
+            data = staging.get("_staging/analytics/orders/2/part.parquet")
+            staged_at_copy.append(pq.read_table(io.BytesIO(data)).to_pylist())
+
+    client.meta.events.register(
+        "provide-client-params.redshift-data.BatchExecuteStatement", capture
+    )
+    target = TargetTable.named(REDSHIFT, "analytics", "orders")
+    history = history_target(REDSHIFT, target)
+    stubber.add_response("batch_execute_statement", {"Id": "ensure-1"})
+    stubber.add_response("describe_statement", finished("ensure-1"), {"Id": "ensure-1"})
+    expect_query(
+        stubber,
+        "state-1",
+        'SELECT "lake_table_id", "lake_version" FROM "analytics"."_lakehouse_loads" '
+        'WHERE LOWER("table_name") = :table_name',
+        "loaded_state",
+        "token-2",
+        [[text(table_id), long(0)]],
+        parameters={"table_name": "orders"},
+    )
+    for n, (where, columns) in enumerate(
+        [
+            (target, ["_id", "doc", "_op", "_pos", "_event_time", "_lake_version", "_loaded_at"]),
+            (
+                history,
+                [
+                    "_id",
+                    "doc",
+                    "_op",
+                    "_pos",
+                    "valid_from",
+                    "valid_to",
+                    "is_current",
+                    "_lake_version",
+                    "_loaded_at",
+                ],
+            ),
+        ],
+        start=3,
+    ):
+        query = columns_query(REDSHIFT, where)
+        expect_query(
+            stubber,
+            f"columns-{n}",
+            query.sql,
+            "target_columns",
+            f"token-{n}",
+            [[text(c), text("integer" if c == "v" else "character varying")] for c in columns]
+            + [[text("v"), text("integer")]],
+            parameters=dict(query.parameters),
+        )
+    expect_query(
+        stubber,
+        "seeded-1",
+        'SELECT "_id" FROM "analytics"."orders_history" LIMIT 1',
+        "history_rows",
+        "token-5",
+        [[text(A)]],
+    )
+    stubber.add_response("batch_execute_statement", {"Id": "load-1", "Status": "SUBMITTED"})
+    rows_affected = [1, 0, 4, 2, 0, 1, 0, 2, 3, 1, 1, 0]  # close_history 2, insert_history 3
+    stubber.add_response(
+        "describe_statement",
+        finished(
+            "load-1",
+            SubStatements=[
+                {"Id": f"load-1:{n}", "Status": "FINISHED", "ResultRows": rows}
+                for n, rows in enumerate(rows_affected, start=1)
+            ],
+        ),
+        {"Id": "load-1"},
+    )
+    lake_rows = live_rows(table.to_pyarrow_table(columns=["_id", "_pos", "_op"]))
+    buckets = [
+        [long(b), long(rows), long(rows), text(str(hashes))]
+        for b, (rows, hashes) in sorted(lake_buckets(lake_rows).items())
+    ]
+    expect_query(
+        stubber,
+        "aside-1",
+        'SELECT "_id", "_pos", "reason" FROM "analytics"."_lakehouse_set_aside" '
+        'WHERE "table_name" = :table_name',
+        "set_aside_keys",
+        "token-7",
+        [],
+        parameters={"table_name": "orders"},
+    )
+    expect_query(
+        stubber,
+        "reconcile-1",
+        reconciliation_query(REDSHIFT, target).sql,
+        "reconcile_buckets",
+        "token-8",
+        buckets,
+    )
+    request = LoadRequest(
+        lake_uri="s3://lake-bucket/prod",
+        database="shop",
+        collection="orders",
+        warehouse_kind="redshift",
+        projection={"v": "INTEGER"},
+        history=True,
+    )
+    warehouse = RedshiftWarehouse(api_client(client, FakeClock()), staging, ROLE)
+    result = load_changes(dataclasses.replace(request, lake_uri=pipeline.lake), warehouse=warehouse)
+
+    assert (result.history_rows_inserted, result.history_rows_closed) == (3, 2)
+    ensure, load = batches
+    assert ensure[-1].startswith('CREATE TABLE IF NOT EXISTS "analytics"."orders_history" (')
+    assert len(load) == LOAD_STATEMENTS + 2
+    for sql in load:
+        (parsed,) = sqlglot.parse(sql, read="redshift")
+        assert not isinstance(parsed, exp.Command), sql
+    assert load[7].startswith(
+        'UPDATE "analytics"."orders_history" SET "valid_to" = v."_event_time"'
+    )
+    assert load[8].startswith('INSERT INTO "analytics"."orders_history" ("_id", "doc", "_op"')
+    (staged,) = staged_at_copy  # every version of the window, in the stage's column order
+    assert [(r["_id"], r["_op"], r["_pos"], r["_commit_version"]) for r in staged] == [
+        (A, "update", 2, 1),
+        (A, "update", 3, 2),
+        (B, "delete", 3, 2),
+    ]
+    assert list(staged[0]) == [*HISTORY_STAGE_COLUMNS, "v"]

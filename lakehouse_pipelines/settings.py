@@ -95,6 +95,13 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "for a collection whose derived table name is taken or too long; checked at startup "
         "(plain names up to 127 bytes, no two tables equal in lower case)",
     ),
+    "LAKEHOUSE_HISTORY_COLLECTIONS": (
+        "",
+        "",
+        "comma list of `database.collection` (`shop.*`, or `*` for all) whose warehouse load also "
+        "keeps `<table>_history`: every version with `valid_from`/`valid_to`/`is_current` (SCD "
+        "type 2), in the same transaction",
+    ),
     "LAKEHOUSE_REDSHIFT_DATABASE": ("", "", "redshift: database to load into"),
     "LAKEHOUSE_REDSHIFT_WORKGROUP": ("", "", "redshift: Serverless workgroup name (or a cluster)"),
     "LAKEHOUSE_REDSHIFT_CLUSTER": ("", "", "redshift: provisioned cluster identifier"),
@@ -292,10 +299,17 @@ class LakehouseSettings:
     max_cdc_lag_seconds: float
     change_stream_retention_seconds: int
     dms_csv_delimiter: str
+    history_collections: frozenset[str] = frozenset()
 
     @property
     def is_aws(self) -> bool:
         return self.env == "aws"
+
+    def keeps_history(self, namespace: str) -> bool:
+        """Whether ``database.collection``'s load keeps a history table
+        (``LAKEHOUSE_HISTORY_COLLECTIONS``: the name, ``database.*`` or ``*``)."""
+        database = namespace.partition(".")[0]
+        return bool({"*", f"{database}.*", namespace} & self.history_collections)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LakehouseSettings:
@@ -470,6 +484,9 @@ class LakehouseSettings:
                 "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS", _int
             ),
             dms_csv_delimiter=typed("LAKEHOUSE_DMS_CSV_DELIMITER", _delimiter, ","),
+            history_collections=attempt(
+                lambda: _history_collections(get("LAKEHOUSE_HISTORY_COLLECTIONS")), frozenset()
+            ),
         )
         if len(problems) == 1:
             raise SettingsError(problems[0])
@@ -591,6 +608,15 @@ def _table_overrides(value: str) -> dict[str, str]:
                 "case); give each its own table"
             )
     return overrides
+
+
+def _history_collections(value: str) -> frozenset[str]:
+    """LAKEHOUSE_HISTORY_COLLECTIONS: ``*`` or a comma list of ``database.collection`` (a
+    collection may be ``*``), each checked now."""
+    names = frozenset(item.strip() for item in value.split(",") if item.strip())
+    for namespace in names - {"*"}:
+        split_namespace(namespace, "LAKEHOUSE_HISTORY_COLLECTIONS")
+    return names
 
 
 def _delimiter(value: str, name: str) -> str:

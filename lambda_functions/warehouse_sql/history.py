@@ -49,7 +49,9 @@ kept: history is never truncated, the first load seeds one current row per live 
 reload after missed changes closes what changed. A crash before COMMIT leaves both tables as
 they were (same transaction). On Redshift the statements are plain UPDATE ... FROM and INSERT ...
 SELECT with window functions (no MERGE: its single unconditional WHEN MATCHED cannot close and
-insert), the same logical plan as DuckDB.
+insert), the same logical plan as DuckDB. Redshift's UPDATE ("UPDATE", Amazon Redshift Database
+Developer Guide) allows the target table inside a subquery but no outer join in FROM, hence
+NOT EXISTS rather than an anti-join, and no alias on the target (it is named in full).
 """
 
 from __future__ import annotations

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from dagster_pipes import encode_param
 
 from lambda_functions.contracts import LoadRequest, MergeRequest
 from lambda_functions.lake import RawZone, open_store
 from lambda_functions.merge import merge_batches
 from lambda_functions.warehouse_load import load_changes
 from lambda_functions.warehouse_load.duckdb_warehouse import DuckDBWarehouse
+from lambda_functions.warehouse_load.handler import handler
 from tests.lambda_functions.raw_batches import JAN, JUN, key, publish
 
 A, B, C = key(JAN, 1), key(JAN, 2), key(JUN, 3)
@@ -255,3 +257,47 @@ def test_a_projected_column_added_later_is_added_to_the_history_table_too(pipeli
     assert "add_history_column:w" in result.statements
     rows = pipeline.sql('SELECT "_pos", "w" FROM "analytics"."orders_history" ORDER BY "_pos"')
     assert rows == [(1, None), (2, 6)]  # versions loaded before the column keep NULL
+
+
+def pipes_event(request: LoadRequest, messages: Path) -> dict:
+    """The request plus the two Pipes bootstrap keys PipesLambdaClient adds."""
+    asset = "warehouse_table"
+    context = {
+        "asset_keys": [asset],
+        "code_version_by_asset_key": {asset: None},
+        "provenance_by_asset_key": {asset: None},
+        "partition_key": "shop.orders",
+        "partition_key_range": None,
+        "partition_time_window": None,
+        "run_id": "run-1",
+        "job_name": "warehouse_load_job",
+        "retry_number": 0,
+        "extras": {},
+    }
+    return {
+        **request.to_event(),
+        "DAGSTER_PIPES_CONTEXT": encode_param({"data": context}),
+        "DAGSTER_PIPES_MESSAGES": encode_param({"path": str(messages)}),
+    }
+
+
+def test_the_handler_reports_history_figures_only_for_collections_that_keep_history(
+    pipeline, tmp_path
+):
+    pipeline.change(0, (A, "insert", 1, doc(v=1)), (B, "insert", 1, doc(v=10)))
+    handler(pipes_event(pipeline.request(history=False), tmp_path / "off.jsonl"), None)
+    pipeline.change(5, (A, "update", 2, doc(v=2)))
+    handler(pipes_event(pipeline.request(), tmp_path / "on.jsonl"), None)
+
+    def metadata(path: Path) -> dict:
+        for line in path.read_text().splitlines():
+            message = json.loads(line)
+            if message["method"] == "report_asset_materialization":
+                return message["params"]["metadata"]
+        raise AssertionError("no materialization reported")
+
+    assert not any(name.startswith("history") for name in metadata(tmp_path / "off.jsonl"))
+    on = metadata(tmp_path / "on.jsonl")  # turned on: seeded by a full reload (2 keys)
+    assert on["history_table"] == {"raw_value": "analytics.orders_history", "type": "text"}
+    assert on["history_rows_inserted"] == {"raw_value": 2, "type": "int"}
+    assert on["history_rows_closed"] == {"raw_value": 0, "type": "int"}

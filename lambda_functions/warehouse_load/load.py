@@ -77,7 +77,8 @@ class LoadResult:
         previous_version: the version loaded before, None on a first load or a reload from 0.
         full_reload: every row was reloaded (first load, lost change feed, new columns, asked).
         reason: why this load was incremental or full, in words.
-        rows_staged: change rows staged (latest change per key); deletes included.
+        rows_staged: change rows staged (latest change per key; with history, one per key per
+            lake commit); deletes included.
         rows_deleted / rows_inserted: rows the transaction's DELETE / INSERT affected
             (Redshift's ``ResultRows``; 0 when nothing was staged).
         projected_columns / columns_added / undeclared_columns: column names, in order.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 from bson.datetime_ms import DatetimeMS
@@ -28,6 +28,7 @@ from lambda_functions.cdc_capture.extended_json import (
     relaxed_json,
 )
 from lambda_functions.cdc_capture.positions import cluster_position, commit_position, millis
+from lambda_functions.errors import TerminalError
 from lambda_functions.lake.raw_zone import (
     BATCH_SCHEMA,
     BatchManifest,
@@ -43,8 +44,21 @@ DATA_OPS = frozenset({"insert", "update", "replace", "delete"})  # change events
 END_OPS = frozenset({"drop", "dropDatabase", "rename", "invalidate"})
 
 
-class Malformed(ValueError):
-    """An input that cannot become a row: it goes to the dead-letter object."""
+class Malformed(TerminalError, ValueError):
+    """An input that cannot become a row: it goes to the dead-letter object. Terminal (the same
+    input is malformed every time); capture catches it and quarantines the input, so it only
+    escapes as a bug."""
+
+
+class ChangeRow(NamedTuple):
+    """One row of a raw batch made from a change event (``event_row``), in ``BATCH_SCHEMA``'s
+    column order (``seq`` is given when the batch is published)."""
+
+    record_key: str  # the ``_id`` column: canonical string form of ``documentKey._id``
+    op: str  # "insert" | "update" | "replace" | "delete"
+    pos: int  # stream position: cluster time ``t << 32 | i`` (or the commit position)
+    event_time_ms: int  # wall time of the change, epoch milliseconds
+    doc: str | None  # canonical extended JSON of the full document; None for a delete
 
 
 class BatchRows:
@@ -177,11 +191,22 @@ def document_json(document: Any) -> tuple[str, str]:
         raise Malformed(f"document cannot be encoded: {error}") from error
 
 
-def event_row(event: Mapping[str, Any]) -> tuple[str, str, int, int, str | None] | None:
-    """The row of a data-change event; ``None`` for an update whose document is gone (the
-    server's ``updateLookup`` found nothing: its delete follows in the stream). Anything wrong
-    with the event (a key or document that cannot be stored, a missing field) is ``Malformed``,
-    never another exception, so the stream moves past it."""
+def event_row(event: Mapping[str, Any]) -> ChangeRow | None:
+    """The row of a data-change event.
+
+    Args:
+        event: a change event (insert, update, replace or delete) in the change-stream shape:
+            ``operationType``, ``documentKey._id``, ``clusterTime`` (or ``wallTime``) and, except
+            for deletes, ``fullDocument``.
+
+    Returns:
+        A ``ChangeRow`` (``rows.add(*row)`` takes it); ``None`` for an update whose document is
+        gone (the server's ``updateLookup`` found nothing: its delete follows in the stream).
+
+    Raises:
+        Malformed: anything wrong with the event (a key or document that cannot be stored, a
+            missing field), never another exception, so the stream moves past it.
+    """
     try:
         return _event_row(event)
     except Malformed:
@@ -193,7 +218,7 @@ def event_row(event: Mapping[str, Any]) -> tuple[str, str, int, int, str | None]
         ) from error
 
 
-def _event_row(event: Mapping[str, Any]) -> tuple[str, str, int, int, str | None] | None:
+def _event_row(event: Mapping[str, Any]) -> ChangeRow | None:
     op = event["operationType"]
     key = event.get("documentKey")
     if not isinstance(key, Mapping) or "_id" not in key:
@@ -220,14 +245,14 @@ def _event_row(event: Mapping[str, Any]) -> tuple[str, str, int, int, str | None
         reason = not_utf8_reason(bad) if bad else str(error)
         raise Malformed(f"documentKey._id cannot be a record key: {reason}") from error
     if op == "delete":
-        return _id, op, pos, time_ms, None
+        return ChangeRow(_id, op, pos, time_ms, None)
     document = event.get("fullDocument")
     if document is None:
         if op == "update":
             return None
         raise Malformed(f"{op} event has no fullDocument")
     _, doc = document_json(document)
-    return _id, op, pos, time_ms, doc
+    return ChangeRow(_id, op, pos, time_ms, doc)
 
 
 def publish(

@@ -138,13 +138,37 @@ def ingest_dms_files(
 ) -> DmsIngestResult:
     """Publish the rows of DMS files not ingested yet, in order; see the module docstring.
 
+    Reads what AWS DMS wrote with an S3 target endpoint in document mode (AWS DMS User Guide,
+    "Using Amazon S3 as a target for AWS Database Migration Service" and "Using Amazon
+    DocumentDB as a source for AWS DMS": ``_id``/``_doc`` columns, ``Op``, ``TimestampColumnName``).
+
     Safe to run concurrently for one collection (a sensor and a manual run): when another
     ingest publishes the next batch number first, this one drops what it had not published
     and starts again on top of that batch (whose bookmark already covers the other ingest's
     files), up to ``MAX_PUBLISH_ATTEMPTS`` times. Every file's rows land in exactly one batch.
 
+    Args:
+        request: the collection (``database``, ``collection``, ``lake_uri``), the DMS folder
+            (``dms_uri``), ``csv_delimiter`` and the per-batch limits.
+        store: the lake's object store (default: opened from ``request.lake_uri``).
+        dms_store: the store DMS writes to (default: opened from ``request.dms_uri``).
+        deadline: returns the seconds the caller has left (a Lambda's remaining time); no new
+            file is started when little time remains, the rest waits for the next run.
+        on_progress: told one line per published batch and at the end.
+
+    Returns:
+        A ``DmsIngestResult``: files ingested, batches published (ascending), rows by op, dead
+        letters, whether DMS reloaded the table, files still pending, lag and duration (seconds).
+
+    Guarantees:
+        Atomic, resumable batches: data and the bookmark first, the manifest last (an exclusive
+        create), the checkpoint after it; a crash republishes nothing twice and skips no file
+        (full-load files first, then CDC files in name order).
+
     Raises:
-        ConcurrentCaptureError: another ingest won the race ``MAX_PUBLISH_ATTEMPTS`` times.
+        ConcurrentCaptureError: another ingest won the race ``MAX_PUBLISH_ATTEMPTS`` times
+            (transient: retry).
+        LakeBucketMissingError: the lake's (or the DMS) bucket does not exist (terminal).
     """
     started = time.monotonic()
     say = on_progress or (lambda _message: None)

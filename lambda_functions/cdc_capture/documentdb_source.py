@@ -55,7 +55,11 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
-from lambda_functions.cdc_capture.errors import CaptureError, SourceConnectionError
+from lambda_functions.cdc_capture.errors import (
+    SourceConfigurationError,
+    SourceUnreachableError,
+    UnsupportedSourceError,
+)
 from lambda_functions.cdc_capture.extended_json import RAW_DOCUMENT_OPTIONS, raw_bson_document
 from lambda_functions.cdc_capture.positions import (
     OPERATION_TIME_KEY,
@@ -116,7 +120,7 @@ def connection_target(
         secret = _read_secret(request.secret_arn, secrets_client)
         missing = [k for k in ("username", "password", "host") if not secret.get(k)]
         if missing:
-            raise SourceConnectionError(
+            raise SourceConfigurationError(
                 f"the secret {request.secret_arn} lacks {missing}: a DocumentDB secret holds "
                 "JSON with username, password, host and port (the shape Secrets Manager's "
                 "DocumentDB rotation uses)"
@@ -133,7 +137,7 @@ def connection_target(
     name = request.source_location
     uri = environ.get(name, "")
     if not uri:
-        raise SourceConnectionError(
+        raise SourceConfigurationError(
             f"the environment variable {name} (named by source_location) is not set: set it to "
             "the DocumentDB connection URI, e.g. mongodb://<user>:<password>@<cluster endpoint>"
             ":27017/?replicaSet=rs0&retryWrites=false, or use secret_arn (Secrets Manager)"
@@ -188,7 +192,7 @@ class DocumentDBChangeSource:
             else:
                 client = MongoClient(**target, **options)
         except PyMongoError as error:
-            raise SourceConnectionError(
+            raise SourceConfigurationError(
                 "cannot configure the DocumentDB client: "
                 f"{mask_credentials(str(error), secrets)}; check the connection URI or secret"
             ) from None
@@ -218,7 +222,7 @@ class DocumentDBChangeSource:
             return dict(token)
         if isinstance(at, Timestamp):
             return operation_time_position(at.time, at.inc)
-        raise CaptureError(
+        raise UnsupportedSourceError(
             f"{database}.{collection}: the server returned neither a postBatchResumeToken nor "
             "an operationTime when a change stream was opened, so no position can be recorded "
             "before the snapshot; DocumentDB 4.0 or newer (or MongoDB 4.0+) is required"
@@ -330,7 +334,8 @@ class _MaskedStream:
 
 class _MaskedErrors:
     """Let ``OperationFailure`` through for capture to explain (masked if it quotes a secret);
-    turn connection, TLS and authentication failures into ``SourceConnectionError`` with the fix."""
+    turn connection, TLS and authentication failures into ``SourceConfigurationError`` (terminal)
+    or ``SourceUnreachableError`` (transient) with the fix."""
 
     def __init__(self, secrets: tuple[str, ...]):
         self.secrets = secrets
@@ -344,14 +349,14 @@ class _MaskedErrors:
         message = mask_credentials(str(error), self.secrets)
         if isinstance(error, OperationFailure):
             if error.code in AUTH_FAILED_CODES:
-                raise SourceConnectionError(
+                raise SourceConfigurationError(
                     f"DocumentDB refused the credentials: {message}; check the username and "
                     "password in the secret (or URI) and that the user exists on the cluster"
                 ) from None
             if message != str(error):
                 raise OperationFailure(message, error.code, error.details) from None
             return False
-        raise SourceConnectionError(
+        raise SourceUnreachableError(
             f"cannot reach DocumentDB: {message}. Check that the function runs in the cluster's "
             "VPC with a security group allowing port 27017, that TLS is on with the Amazon RDS "
             "CA bundle (tls_ca_file, e.g. global-bundle.pem), and the host name in the URI/secret"
@@ -366,7 +371,7 @@ def _read_secret(arn: str, client: Any) -> dict[str, Any]:
     try:
         value = client.get_secret_value(SecretId=arn)
     except Exception as error:  # botocore ClientError, no credentials, no network
-        raise SourceConnectionError(
+        raise SourceConfigurationError(
             f"cannot read the secret {arn}: {type(error).__name__}: {error}; grant the function "
             "secretsmanager:GetSecretValue on it (and kms:Decrypt for a customer key)"
         ) from None
@@ -375,7 +380,7 @@ def _read_secret(arn: str, client: Any) -> dict[str, Any]:
     except json.JSONDecodeError:
         secret = None
     if not isinstance(secret, dict):
-        raise SourceConnectionError(
+        raise SourceConfigurationError(
             f"the secret {arn} is not a JSON object; store DocumentDB credentials as "
             '{"username": ..., "password": ..., "host": ..., "port": 27017}'
         )

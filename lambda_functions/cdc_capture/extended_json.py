@@ -44,6 +44,8 @@ from bson.errors import InvalidBSON, InvalidDocument
 from bson.json_util import CANONICAL_JSON_OPTIONS, RELAXED_JSON_OPTIONS
 from bson.raw_bson import RawBSONDocument
 
+from lambda_functions.errors import TerminalError
+
 # Decoding gives timezone-aware UTC datetimes (as pymongo with tz_aware=True, tzinfo=UTC), and
 # DatetimeMS for dates outside years 1-9999; encoding is the same canonical text for aware and
 # naive (UTC) datetimes.
@@ -61,7 +63,7 @@ RAW_DOCUMENT_OPTIONS = CodecOptions(
 _CANONICAL = bsonjs.CANONICAL
 
 
-class InvalidExtendedJSONError(ValueError):
+class InvalidExtendedJSONError(TerminalError, ValueError):
     """JSON whose type wrapper (``{"$oid": …}``, ``{"$date": …}``, …) is not valid extended JSON;
     the message quotes the wrapper."""
 

@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from contextlib import closing
 from typing import Any
 
-from lambda_functions.cdc_capture.capture import CaptureResult, capture_changes, verify_batches
+from lambda_functions.cdc_capture.capture import CaptureResult, capture_changes
 from lambda_functions.cdc_capture.change_source import open_source
+from lambda_functions.cdc_capture.verify import verify_batches
 from lambda_functions.contracts import CaptureRequest
 from lambda_functions.emf import emit_stage_metrics
-from lambda_functions.pipes import open_pipes, without_pipes_keys
+from lambda_functions.pipes import open_pipes, typed_metadata, without_pipes_keys
 
 LAG_CHECK = "cdc_lag"
 
@@ -63,9 +64,13 @@ def lag_within_bound(result: CaptureResult, request: CaptureRequest) -> bool:
 
 
 def lag_metadata(result: CaptureResult, request: CaptureRequest) -> dict[str, dict[str, Any]]:
-    return {
-        "cdc_lag_seconds": {"raw_value": round(result.cdc_lag_seconds, 3), "type": "float"},
-        "max_cdc_lag_seconds": {"raw_value": request.max_cdc_lag_seconds, "type": "float"},
-        "phase": {"raw_value": result.phase, "type": "text"},
-        "stopped_by": {"raw_value": result.stopped_by, "type": "text"},
-    }
+    """The lag check's metadata: the lag and its bound in seconds, the phase and why reading
+    stopped, in the typed form ``dagster_pipes`` accepts."""
+    return typed_metadata(
+        {
+            "cdc_lag_seconds": float(round(result.cdc_lag_seconds, 3)),
+            "max_cdc_lag_seconds": float(request.max_cdc_lag_seconds),
+            "phase": result.phase,
+            "stopped_by": result.stopped_by,
+        }
+    )

@@ -107,7 +107,22 @@ class MessageIngestResult:
 
 
 def parse_event(event: Mapping[str, Any]) -> tuple[str, list[Message]]:
-    """The event source and its messages, for ``aws:amq``, ``aws:rmq`` and ``aws:sqs`` events."""
+    """The event source and its messages, for ``aws:amq``, ``aws:rmq`` and ``aws:sqs`` events.
+
+    Event shapes: AWS Lambda Developer Guide, "Using Lambda with Amazon MQ" (``messages``,
+    ``rmqMessagesByQueue``, base64 ``data``) and "Using Lambda with Amazon SQS" (``Records``).
+
+    Args:
+        event: the Lambda event as delivered by the event source mapping.
+
+    Returns:
+        ``(event source, messages)``: ``"aws:amq"`` | ``"aws:rmq"`` | ``"aws:sqs"`` and one
+        ``Message`` per record, in delivery order; a record whose body cannot be read still
+        becomes a ``Message`` with its ``problem`` set (it is dead-lettered, not dropped).
+
+    Raises:
+        ValueError: the event is none of these shapes.
+    """
     if event.get("eventSource") == "aws:amq" or "messages" in event:
         return "aws:amq", [_amq_message(m) for m in event.get("messages", [])]
     if event.get("eventSource") == "aws:rmq" or "rmqMessagesByQueue" in event:
@@ -132,8 +147,25 @@ def ingest_messages(
 ) -> MessageIngestResult:
     """Publish the change events of ``messages`` as batches, one or more per collection.
 
-    Each message id is published at most once: a copy delivered again in the same event, or
-    already in the collection's ledger, is skipped and counted in ``duplicates``.
+    A message carries change events in the change-stream shape (canonical extended JSON, one
+    event or an array; MongoDB manual, "Change Events"), routed by their ``ns``. Each message id
+    is published at most once: a copy delivered again in the same event, or already in the
+    collection's ledger, is skipped and counted in ``duplicates``.
+
+    Args:
+        messages: the messages of one Lambda event (``parse_event``).
+        store: the lake's object store.
+        default_namespace: ``"database.collection"`` for events without ``ns``.
+
+    Returns:
+        A ``MessageIngestResult``: counts of messages, rows, duplicates and dead letters, the
+        batches published by namespace, and ``failed_message_ids`` (the malformed messages,
+        which the SQS handler reports as batch item failures).
+
+    Guarantees:
+        Atomic batches: data and the ledger of message ids first, the manifest last (an
+        exclusive create), the checkpoint after it. A message is in exactly one batch or a
+        dead-letter object, never dropped silently; events keep their order within a message.
 
     Raises:
         ConcurrentCaptureError: other invocations published first ``MAX_PUBLISH_ATTEMPTS``

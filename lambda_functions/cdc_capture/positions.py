@@ -21,6 +21,14 @@ from typing import Any
 
 from bson.datetime_ms import DatetimeMS
 
+from lambda_functions.errors import TerminalError
+
+
+class CommitPositionRangeError(TerminalError, ValueError):
+    """A commit time outside 1970-2038 cannot be a stream position (``pos`` is a non-negative
+    int64 of seconds << 32); the input carrying it is a dead letter."""
+
+
 # A source that can only tell a cluster time (no resume token) returns this position shape:
 # ``{"startAtOperationTime": {"t": seconds, "i": increment}}``.
 OPERATION_TIME_KEY = "startAtOperationTime"
@@ -55,7 +63,9 @@ def commit_position(moment: datetime | DatetimeMS) -> int:
             moment = moment.replace(tzinfo=UTC)
         seconds, micro = divmod((moment - _EPOCH) // timedelta(microseconds=1), 1_000_000)
     if not 0 <= seconds < 2**31:  # the pos must stay a non-negative int64
-        raise ValueError(f"{moment!r} is outside the range of commit positions (1970-2038)")
+        raise CommitPositionRangeError(
+            f"{moment!r} is outside the range of commit positions (1970-2038)"
+        )
     return (seconds << 32) | (micro << 12)
 
 

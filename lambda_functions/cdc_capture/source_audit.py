@@ -59,11 +59,8 @@ run reports *not audited* with the reason instead of guessing.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow.compute as pc
@@ -72,14 +69,26 @@ from bson.raw_bson import RawBSONDocument
 from deltalake import DeltaTable
 from pymongo.errors import OperationFailure
 
+from lambda_functions.cdc_capture.audit_buckets import (
+    AUDITED,
+    NOT_AUDITED_REASONS,
+    AuditCursor,
+    SampledSide,
+    SourceAuditResult,
+    audit_bucket,
+    bucket_figures,
+    bucket_ranges,
+    differences,
+    row_hash,
+)
 from lambda_functions.cdc_capture.batches import END_OPS
-from lambda_functions.cdc_capture.capture import EXPIRED_CODES, loaded_token
+from lambda_functions.cdc_capture.capture_state import loaded_token
 from lambda_functions.cdc_capture.change_source import ChangeSource
 from lambda_functions.cdc_capture.extended_json import encode_document
+from lambda_functions.cdc_capture.stream import EXPIRED_CODES
 from lambda_functions.contracts import SOURCE_AUDIT_BUCKETS, SourceAuditRequest
 from lambda_functions.lake import ObjectStore, RawZone, open_store
 from lambda_functions.lake.lake_table import app_id, lake_table_location, open_table
-from lambda_functions.lake.raw_zone import RESNAPSHOT_HOW_TO
 from lambda_functions.lake.record_key import (
     InvalidRecordKeyError,
     key_value,
@@ -87,152 +96,11 @@ from lambda_functions.lake.record_key import (
     record_key,
 )
 from lambda_functions.lake.table_layout import live_rows
-from lambda_functions.pipes import typed
 
-__all__ = ["SourceAuditResult", "audit_bucket", "audit_source", "row_hash"]
+__all__ = ["READ_PREFERENCE", "SourceAuditResult", "audit_bucket", "audit_source", "row_hash"]
 
 READ_PREFERENCE = "secondaryPreferred"  # the audit reads from a replica when there is one
 STREAM_BATCH_SIZE = 1_000
-_MASK = (1 << 64) - 1
-
-# Outcomes: "audited" compared the sampled buckets; every other status says why it could not.
-AUDITED = "audited"
-NOT_AUDITED_REASONS = {
-    "no_lake_table": "the collection has no lake table yet (no merge has run)",
-    "snapshot_in_progress": "the lake holds a snapshot still being loaded",
-    "no_stream_position": "the lake's last batch came from an input without a change-stream "
-    "position (DMS or MQ), so there is no point in the source to compare at",
-    "lake_lagging": "the change stream no longer reaches back to the lake's position, or holds "
-    "more events after it than max_in_flight: run capture and merge, then audit again",
-    "collection_dropped": "the collection was dropped or renamed after the lake's position",
-    "over_budget": "the sampled buckets hold more than max_rows documents or the scan ran out of "
-    "time: lower buckets_per_run (LAKEHOUSE_AUDIT_BUCKETS_PER_RUN)",
-}
-
-
-def bucket_ranges(buckets: Iterable[int]) -> str:
-    """Bucket numbers as ranges, e.g. ``0-15, 32-47`` (``-`` when there are none)."""
-    ranges: list[list[int]] = []
-    for bucket in sorted(buckets):
-        if ranges and bucket == ranges[-1][1] + 1:
-            ranges[-1][1] = bucket
-        else:
-            ranges.append([bucket, bucket])
-    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges) or "-"
-
-
-def audit_bucket(key: str) -> int:
-    """The audit bucket of a record key: ``blake2b(key) mod SOURCE_AUDIT_BUCKETS``."""
-    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % SOURCE_AUDIT_BUCKETS
-
-
-def row_hash(key: str, doc: str) -> int:
-    """64-bit hash of one (record key, canonical document) pair."""
-    data = key.encode("utf-8", "surrogatepass") + b"\x00" + doc.encode("utf-8", "surrogatepass")
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
-
-
-@dataclass(frozen=True)
-class BucketFigures:
-    """One audited bucket on both sides: counts and digests, in-flight keys left out."""
-
-    bucket: int
-    source_count: int
-    lake_count: int
-    source_digest: str
-    lake_digest: str
-
-    @property
-    def matches(self) -> bool:
-        return (self.source_count, self.source_digest) == (self.lake_count, self.lake_digest)
-
-
-@dataclass(frozen=True)
-class SourceAuditResult:
-    """What one audit run compared and found; ``passed`` only when it audited and found nothing."""
-
-    namespace: str
-    status: str  # AUDITED or a key of NOT_AUDITED_REASONS
-    reason: str = ""
-    lake_version: int | None = None
-    lake_batch: int | None = None  # the last raw batch the pinned lake version holds
-    buckets: tuple[int, ...] = ()
-    sampled_rate: float = 0.0
-    source_count: int = 0  # sampled source documents
-    lake_count: int = 0  # sampled lake rows (tombstones excluded)
-    source_scanned: int = 0  # every source document read (sampled or not)
-    in_flight: int = 0  # sampled keys changed after the lake's position: left out
-    resolved_on_recheck: int = 0  # differences gone when re-read
-    unencodable: int = 0  # source documents capture quarantines (not comparable)
-    missing: tuple[str, ...] = ()  # every persisting key of each kind (samples are cut later)
-    extra: tuple[str, ...] = ()
-    different: tuple[str, ...] = ()
-    bucket_figures: tuple[BucketFigures, ...] = ()
-    next_bucket: int = 0  # where the next run starts
-    pass_complete: bool = False  # this run finished a pass over all buckets
-    duration_s: float = 0.0
-
-    @property
-    def audited(self) -> bool:
-        return self.status == AUDITED
-
-    @property
-    def passed(self) -> bool:
-        return self.audited and not (self.missing or self.extra or self.different)
-
-    @property
-    def severity(self) -> str:
-        """ERROR for differences found, WARN when the run could not audit."""
-        return "WARN" if not self.audited else "ERROR"
-
-    def findings(self, sample_keys: int) -> list[str]:
-        """One line per kind of difference, naming up to ``sample_keys`` keys, then the fix; or
-        why the run could not audit. Empty when the audit passed."""
-        if not self.audited:
-            return [f"{self.namespace}: not audited: {self.reason}"]
-        lines = [
-            f"{self.namespace}: {len(keys)} {kind}: {', '.join(keys[:sample_keys])}"
-            + (" ..." if len(keys) > sample_keys else "")
-            for kind, keys in (
-                ("keys missing from the lake", self.missing),
-                ("keys in the lake but not in the source", self.extra),
-                ("keys whose lake document differs from the source", self.different),
-            )
-            if keys
-        ]
-        if lines:
-            lines.append(f"{self.namespace}: to load the collection anew: {RESNAPSHOT_HOW_TO}")
-        return lines
-
-    def metadata(self, sample_keys: int) -> dict[str, dict[str, Any]]:
-        """Check metadata in the typed form ``dagster_pipes`` accepts."""
-        differing = [f.bucket for f in self.bucket_figures if not f.matches]
-        return {
-            "status": typed(self.status, "text"),
-            "reason": typed(self.reason or "-", "text"),
-            "lake_version": typed(-1 if self.lake_version is None else self.lake_version, "int"),
-            "lake_batch": typed(-1 if self.lake_batch is None else self.lake_batch, "int"),
-            "buckets_compared": typed(len(self.buckets) if self.audited else 0, "int"),
-            "buckets": typed(bucket_ranges(self.buckets), "text"),
-            "buckets_differing": typed(differing, "json"),
-            "sampled_rate": typed(self.sampled_rate, "float"),
-            "source_count": typed(self.source_count, "int"),
-            "lake_count": typed(self.lake_count, "int"),
-            "source_scanned": typed(self.source_scanned, "int"),
-            "in_flight": typed(self.in_flight, "int"),
-            "resolved_on_recheck": typed(self.resolved_on_recheck, "int"),
-            "unencodable": typed(self.unencodable, "int"),
-            "missing_count": typed(len(self.missing), "int"),
-            "extra_count": typed(len(self.extra), "int"),
-            "different_count": typed(len(self.different), "int"),
-            "missing_keys": typed(list(self.missing[:sample_keys]), "json"),
-            "extra_keys": typed(list(self.extra[:sample_keys]), "json"),
-            "different_keys": typed(list(self.different[:sample_keys]), "json"),
-            "next_bucket": typed(self.next_bucket, "int"),
-            "pass_complete": typed(self.pass_complete, "bool"),
-            "duration_seconds": typed(round(self.duration_s, 3), "float"),
-        }
 
 
 class _NotAudited(Exception):
@@ -240,14 +108,6 @@ class _NotAudited(Exception):
         super().__init__(status)
         self.status = status
         self.detail = detail
-
-
-@dataclass
-class _Side:
-    """One side's sampled rows: key -> row hash, by bucket."""
-
-    hashes: dict[str, int] = field(default_factory=dict)
-    buckets: dict[str, int] = field(default_factory=dict)
 
 
 def audit_source(
@@ -275,11 +135,20 @@ def audit_source(
     Returns:
         A ``SourceAuditResult``: ``passed`` when the sampled buckets match; the missing, extra and
         different keys otherwise; ``status`` says why a run could not audit. Only an audited run
-        advances the bucket cursor.
+        advances the bucket cursor (``audit/<db>/<coll>/_cursor.json``); nothing else is
+        written, so a run that fails is simply repeated.
+
+    Raises:
+        SourceConnectionError: the source cannot be reached (``SourceUnreachableError``,
+            transient) or is configured wrongly (``SourceConfigurationError``, terminal).
+        pymongo.errors.OperationFailure: the source refused a read or the change stream for
+            another reason than a purged history (which is reported as ``lake_lagging``; MongoDB
+            manual, "Change Streams"; Amazon DocumentDB Developer Guide, "Using change streams
+            with Amazon DocumentDB").
     """
     started = time.monotonic()
     store = store or open_store(request.lake_uri)
-    cursor = _Cursor(store, request.database, request.collection)
+    cursor = AuditCursor(store, request.database, request.collection)
     start = cursor.read()
     buckets = tuple((start + i) % SOURCE_AUDIT_BUCKETS for i in range(request.buckets_per_run))
     base = {
@@ -355,7 +224,7 @@ class _AuditRun:
         lake = self._read_lake(table)
         self.stream = self._open_stream(token)
         self._drain()
-        suspects = _differences(source, lake, self.in_flight)
+        suspects = differences(source, lake, self.in_flight)
         resolved = 0
         if any(suspects.values()):
             count = sum(map(len, suspects.values()))
@@ -363,10 +232,10 @@ class _AuditRun:
             sleep(request.recheck_delay_s)
             self._drain()
             self._recheck(source, [k for keys in suspects.values() for k in keys])
-            after = _differences(source, lake, self.in_flight)
+            after = differences(source, lake, self.in_flight)
             resolved = count - sum(map(len, after.values()))
             suspects = after
-        figures = tuple(_bucket_figures(sorted(self.buckets), source, lake, self.in_flight))
+        figures = tuple(bucket_figures(sorted(self.buckets), source, lake, self.in_flight))
         sampled_in_flight = self.in_flight & (set(source.hashes) | set(lake.hashes))
         self.log(
             f"{ns}: {len(source.hashes)} source / {len(lake.hashes)} lake documents compared, "
@@ -415,9 +284,9 @@ class _AuditRun:
             raise _NotAudited("no_stream_position", f"phase {phase!r}")
         return table, loaded_token(state["resume_token"])
 
-    def _read_lake(self, table: DeltaTable) -> _Side:
+    def _read_lake(self, table: DeltaTable) -> SampledSide:
         """The sampled lake rows, one ``_bucket`` partition at a time (tombstones left out)."""
-        lake = _Side()
+        lake = SampledSide()
         for partition in sorted(p["_bucket"] for p in table.partitions()):
             dataset = table.to_pyarrow_dataset(file_pruning_predicate=[("_bucket", "=", partition)])
             rows = live_rows(
@@ -441,9 +310,9 @@ class _AuditRun:
         return lake
 
     # -- the source ------------------------------------------------------------------------------
-    def _scan_source(self) -> _Side:
+    def _scan_source(self) -> SampledSide:
         """Every source document in ``_id`` order; the sampled ones encoded and hashed."""
-        request, side = self.request, _Side()
+        request, side = self.request, SampledSide()
         after: Any = None
         while True:
             if self.deadline is not None and self.deadline() <= self.reserve:
@@ -462,7 +331,7 @@ class _AuditRun:
                 return side
             after = page[-1]["_id"]
 
-    def _admit(self, side: _Side, document: Mapping[str, Any]) -> None:
+    def _admit(self, side: SampledSide, document: Mapping[str, Any]) -> None:
         """Hash a sampled document; any other is only counted (a raw document whose ``_id``
         leads it is not even decoded: its key is read from the bytes)."""
         key = raw_record_key(document.raw) if isinstance(document, RawBSONDocument) else None
@@ -483,7 +352,7 @@ class _AuditRun:
         side.buckets[key] = bucket
         self.source_ids[key] = document["_id"]
 
-    def _recheck(self, source: _Side, keys: Iterable[str]) -> None:
+    def _recheck(self, source: SampledSide, keys: Iterable[str]) -> None:
         """Re-read ``keys`` from the source by ``_id`` and replace their source view."""
         ids = {}
         for key in keys:
@@ -541,47 +410,3 @@ class _AuditRun:
         if error.code in EXPIRED_CODES or code_name in ("CappedPositionLost",):
             return _NotAudited("lake_lagging", f"the stream's history was purged: {error}")
         return error
-
-
-def _differences(source: _Side, lake: _Side, in_flight: set[str]) -> dict[str, set[str]]:
-    source_keys = set(source.hashes) - in_flight
-    lake_keys = set(lake.hashes) - in_flight
-    both = source_keys & lake_keys
-    return {
-        "missing": source_keys - lake_keys,
-        "extra": lake_keys - source_keys,
-        "different": {k for k in both if source.hashes[k] != lake.hashes[k]},
-    }
-
-
-def _bucket_figures(
-    buckets: list[int], source: _Side, lake: _Side, in_flight: set[str]
-) -> Iterable[BucketFigures]:
-    totals = {b: [0, 0, 0, 0] for b in buckets}  # source count, source sum, lake count, lake sum
-    for side, offset in ((source, 0), (lake, 2)):
-        for key, value in side.hashes.items():
-            if key in in_flight:
-                continue
-            entry = totals[side.buckets[key]]
-            entry[offset] += 1
-            entry[offset + 1] = (entry[offset + 1] + (value & _MASK)) & _MASK
-    for bucket, (sc, ss, lc, ls) in totals.items():
-        yield BucketFigures(bucket, sc, lc, f"{ss:016x}", f"{ls:016x}")
-
-
-class _Cursor:
-    """The bucket the next audit of a collection starts at, kept in the lake's object store."""
-
-    def __init__(self, store: ObjectStore, database: str, collection: str):
-        self.store = store
-        self.key = f"audit/{database}/{collection}/_cursor.json"
-
-    def read(self) -> int:
-        try:
-            value = json.loads(self.store.get(self.key))["next_bucket"]
-        except FileNotFoundError:
-            return 0
-        return int(value) % SOURCE_AUDIT_BUCKETS
-
-    def write(self, next_bucket: int) -> None:
-        self.store.put(self.key, json.dumps({"next_bucket": next_bucket}).encode())

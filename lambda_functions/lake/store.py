@@ -19,12 +19,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lambda_functions.errors import TerminalError
+
 
 class ObjectExistsError(FileExistsError):
-    """``put_if_absent`` found the key already written (another writer, or an earlier attempt)."""
+    """``put_if_absent`` found the key already written (another writer, or an earlier attempt).
+
+    A signal between the store and its callers, not a product error (no kind): the raw zone turns
+    a lost claim into ``ConcurrentCaptureError`` or compares the object it found."""
 
 
-class LakeBucketMissingError(RuntimeError):
+class LakeURIError(TerminalError, ValueError):
+    """A lake URI or object key the store cannot use (no bucket, an unsupported scheme, a key
+    that escapes the lake root); the message shows the accepted form."""
+
+
+class LakeBucketMissingError(TerminalError, RuntimeError):
     """The lake's S3 bucket does not exist; the message names the setting and the command.
 
     Not a ``FileNotFoundError``: callers that read a missing object as "nothing yet" must not
@@ -73,7 +83,7 @@ class LocalObjectStore(ObjectStore):
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if self.root not in path.parents and path != self.root:
-            raise ValueError(f"key {key!r} escapes the lake root {self.root}")
+            raise LakeURIError(f"key {key!r} escapes the lake root {self.root}")
         return path
 
     def _write_aside(self, path: Path, data: bytes) -> str:
@@ -245,13 +255,13 @@ def open_store(lake_uri: str, s3_client: Any = None) -> ObjectStore:
     parsed = urlparse(lake_uri)
     if parsed.scheme == "s3":
         if not parsed.netloc:
-            raise ValueError(f"lake URI {lake_uri!r} has no bucket: use s3://bucket/prefix")
+            raise LakeURIError(f"lake URI {lake_uri!r} has no bucket: use s3://bucket/prefix")
         return S3ObjectStore(parsed.netloc, parsed.path, client=s3_client)
     if parsed.scheme == "file":
         return LocalObjectStore(parsed.path)
     if parsed.scheme in ("", None) or len(parsed.scheme) == 1:  # plain path (or a drive letter)
         return LocalObjectStore(lake_uri)
-    raise ValueError(f"lake URI {lake_uri!r}: only s3:// URIs and local paths are supported")
+    raise LakeURIError(f"lake URI {lake_uri!r}: only s3:// URIs and local paths are supported")
 
 
 def new_file_name(suffix: str) -> str:

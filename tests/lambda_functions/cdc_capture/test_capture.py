@@ -11,11 +11,11 @@ import pytest
 from bson import Binary, Decimal128, Int64, ObjectId
 from pymongo.errors import OperationFailure
 
+from lakehouse_local.demo_workload import DemoWorkload
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture import (
     ChangeStreamsDisabledError,
     ConcurrentCaptureError,
-    DemoWorkload,
-    EmbeddedChangeStreamSource,
     ResumeTokenExpiredError,
     capture_changes,
     open_source,
@@ -477,8 +477,9 @@ def test_a_long_snapshot_read_reports_how_far_it_got_at_a_steady_interval(
 ):
     """Issue 12: reading a long snapshot logged nothing until its batch was published."""
     import lambda_functions.cdc_capture.capture as capture_module
+    import lambda_functions.cdc_capture.snapshot as snapshot_module
 
-    monkeypatch.setattr(capture_module, "SNAPSHOT_PAGE_ROWS", 50)
+    monkeypatch.setattr(snapshot_module, "SNAPSHOT_PAGE_ROWS", 50)
     monkeypatch.setattr(capture_module, "REPORT_EVERY_S", 0.0)  # a line per page, for the test
     DemoWorkload(source, initial_documents=200).run(0)
     lines: list[str] = []

@@ -1,0 +1,225 @@
+"""The stream phase of capture: change events after the saved resume token, into one batch.
+
+The stream is opened with ``resumeAfter`` and ``fullDocument: updateLookup`` (MongoDB manual,
+"Change Streams" and "Resume a Change Stream"; Amazon DocumentDB Developer Guide, "Using change
+streams with Amazon DocumentDB"), read until drained, ``max_rows``/``max_bytes`` or the deadline,
+and published with the token of the last event it covers. Source failures become errors that say
+what to do (change streams disabled, resume token expired).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from pymongo.errors import OperationFailure
+
+from lambda_functions.cdc_capture.batches import DATA_OPS, END_OPS, BatchRows, Malformed, event_row
+from lambda_functions.cdc_capture.capture_state import (
+    CaptureState,
+    SnapshotState,
+    StreamState,
+    loaded_token,
+    storable_token,
+)
+from lambda_functions.cdc_capture.errors import ChangeStreamsDisabledError, ResumeTokenExpiredError
+from lambda_functions.cdc_capture.positions import event_position, token_position
+from lambda_functions.lake.raw_zone import RESNAPSHOT_HOW_TO
+
+if TYPE_CHECKING:
+    from lambda_functions.cdc_capture.change_source import ChangeSource
+    from lambda_functions.contracts import CaptureRequest
+    from lambda_functions.lake.raw_zone import Checkpoint, RawZone
+
+STREAM_BATCH_SIZE = 1_000  # events per getMore (bounded by max_rows)
+
+# The server's answer when the resume token is older than the change-stream history: MongoDB's
+# ChangeStreamHistoryLost (286) and CappedPositionLost (136), which DocumentDB also uses.
+EXPIRED_CODES = frozenset({136, 286})
+EXPIRED_CODE_NAMES = frozenset({"CappedPositionLost", "ChangeStreamHistoryLost"})
+
+__all__ = [
+    "EXPIRED_CODES",
+    "EXPIRED_CODE_NAMES",
+    "STREAM_BATCH_SIZE",
+    "StreamSteps",
+    "change_streams_disabled",
+]
+
+
+class StreamSteps:
+    """The stream steps of a capture run (a mixin of ``capture._CaptureRun``, which holds the
+    run's request, source, zone and counters and publishes the batches)."""
+
+    request: CaptureRequest
+    source: ChangeSource
+    zone: RawZone
+    on_progress: Callable[[str], None]
+    skipped: Counter[str]
+    stopped_by: str
+    dropped: bool
+    idle_token_advanced: bool
+    last_event_ms: int | None
+
+    if TYPE_CHECKING:
+
+        def _out_of_time(self) -> bool: ...
+        def _start_snapshot(self) -> SnapshotState: ...
+        def _publish(
+            self,
+            rows: BatchRows,
+            checkpoint: Checkpoint,
+            state: CaptureState,
+            extra: dict[str, Any],
+        ) -> Checkpoint: ...
+
+    def _stream_batch(
+        self, checkpoint: Checkpoint, state: StreamState
+    ) -> tuple[Checkpoint, CaptureState]:
+        """Read the stream after the saved token into one batch (see the module docstring)."""
+        request, rows = self.request, BatchRows()
+        token = loaded_token(state.resume_token)
+        last_token: Mapping[str, Any] | None = None
+        idle_token: Mapping[str, Any] | None = None
+        end_op: str | None = None
+        drop_pos: int | None = None
+        with self._source_errors(token):
+            cursor = self.source.watch(
+                request.database,
+                request.collection,
+                resume_after=token,
+                full_document="updateLookup",
+                batch_size=min(STREAM_BATCH_SIZE, request.max_rows),
+            )
+            try:
+                while True:
+                    if rows.seen >= request.max_rows:
+                        self.stopped_by = "max_rows"
+                        break
+                    if rows.bytes >= request.max_bytes:
+                        self.stopped_by = "max_bytes"
+                        break
+                    if self._out_of_time():
+                        break
+                    event = cursor.try_next()
+                    if event is None:
+                        self.stopped_by = "drained"
+                        if last_token is None:
+                            idle_token = getattr(cursor, "resume_token", None)
+                        break
+                    op = event.get("operationType")
+                    if isinstance(event.get("_id"), Mapping):
+                        last_token = event["_id"]
+                    if op in END_OPS:
+                        end_op, drop_pos = op, event_position(event)
+                        break
+                    self._add_event(rows, event, op)
+            finally:
+                cursor.close()
+        extra: dict[str, Any] = {"skipped": dict(self.skipped)} if self.skipped else {}
+        new_state: CaptureState
+        if end_op is not None:
+            self.dropped, self.stopped_by = True, "dropped"
+            new_state = self._start_snapshot()
+            extra |= {"dropped": True, "end_event": end_op}
+            if drop_pos is not None:  # the merge drops by position: rows older than the drop
+                extra |= {"drop_pos": drop_pos}
+            self.on_progress(
+                f"{self.zone.namespace}: the stream ended with a {end_op} event; "
+                "the next run takes a new snapshot"
+            )
+        elif last_token is not None:
+            token_time = self.last_event_ms / 1000 if self.last_event_ms else time.time()
+            new_state = StreamState(resume_token=storable_token(last_token), token_time=token_time)
+        elif idle_token is not None and self._idle_token_is_due(state, token, idle_token):
+            new_state = StreamState(resume_token=storable_token(idle_token), token_time=time.time())
+            extra |= {"idle_token_advance": True}
+            self.idle_token_advanced = True
+        else:
+            new_state = state
+        if not rows.seen and new_state.to_json() == checkpoint.state:
+            return checkpoint, new_state  # nothing new: no batch, checkpoint unchanged
+        checkpoint = self._publish(rows, checkpoint, new_state, extra)
+        self.on_progress(
+            f"{self.zone.namespace}: stream batch {checkpoint.batch}: {len(rows.ids)} rows, "
+            f"stopped by {self.stopped_by}"
+        )
+        return checkpoint, new_state
+
+    def _idle_token_is_due(
+        self, state: StreamState, saved: Mapping[str, Any], fresher: Mapping[str, Any]
+    ) -> bool:
+        """A quiet collection's token is re-saved once it is older than half the retention."""
+        if dict(fresher) == dict(saved):
+            return False
+        saved_pos = token_position(saved)
+        saved_time = (state.token_time if saved_pos is None else (saved_pos >> 32)) or time.time()
+        return time.time() - saved_time > self.request.stream_retention_seconds / 2
+
+    def _add_event(self, rows: BatchRows, event: Mapping[str, Any], op: Any) -> None:
+        if op not in DATA_OPS:
+            self.skipped[f"ignored_{op}"] += 1  # e.g. createIndexes with expanded events
+            return
+        try:
+            row = event_row(event)
+        except Malformed as problem:
+            rows.quarantine(str(problem), event)
+            return
+        if row is None:
+            self.skipped["update_of_deleted_document"] += 1
+            return
+        rows.add(*row)
+        self.last_event_ms = row.event_time_ms
+
+    # -- source errors ---------------------------------------------------------------------------
+    @contextmanager
+    def _source_errors(self, token: Mapping[str, Any] | None) -> Iterator[None]:
+        """Turn the source's ``OperationFailure`` into an error that says what to do."""
+        try:
+            yield
+        except OperationFailure as error:
+            raise self._explain(error, token) from error
+
+    def _explain(self, error: OperationFailure, token: Mapping[str, Any] | None) -> Exception:
+        ns, db, coll = self.zone.namespace, self.request.database, self.request.collection
+        if change_streams_disabled(error):
+            return ChangeStreamsDisabledError(
+                f"change streams are not enabled on {ns}; run db.adminCommand({{modifyChangeStreams: "
+                f"1, database: '{db}', collection: '{coll}', enable: true}}) as an admin user, then "
+                "capture again (the first capture takes a snapshot). With the embedded source, "
+                "run the demo workload (demo_changes > 0) or call enable_change_streams. "
+                f"Server said: {error}"
+            )
+        code_name = (error.details or {}).get("codeName")
+        if error.code in EXPIRED_CODES or code_name in EXPIRED_CODE_NAMES:
+            pos = token_position(token)
+            age = (
+                f" (the token is {time.time() - (pos >> 32):,.0f} s old)" if pos is not None else ""
+            )
+            return ResumeTokenExpiredError(
+                f"cannot resume change capture of {ns}: the change stream no longer holds the "
+                f"saved resume token{age}; changes after it were purged, so some may have been "
+                f"missed. Fix: re-snapshot the collection: {RESNAPSHOT_HOW_TO}. A re-snapshot "
+                "publishes a batch marked dropped (the merge starts a new table generation) and "
+                "loads the collection again, losing and duplicating nothing. To prevent it, "
+                "capture more often than the change stream log retention or increase the cluster "
+                "parameter change_stream_log_retention_duration (DocumentDB default 3 hours, at "
+                f"most 7 days). Server said: {error}"
+            )
+        return error
+
+
+def change_streams_disabled(error: OperationFailure) -> bool:
+    """Whether the server refused a change stream because it is not enabled on the collection.
+
+    DocumentDB has no documented error code for this; it answers ``watch()`` on a collection
+    without change streams with an ``OperationFailure`` whose message says change streams are
+    not enabled (observed wordings vary, e.g. "Change stream is not enabled for this
+    collection"), so the message is matched: "change stream" with "not enabled" or "disabled",
+    case-insensitive. Checked before the expired-token codes because the code is not reliable.
+    """
+    message = str(error).lower().replace("changestream", "change stream")
+    return "change stream" in message and ("not enabled" in message or "disabled" in message)

@@ -1,0 +1,165 @@
+"""The raw zone's batch format: the columns of a batch (``BATCH_SCHEMA``), the manifest that
+publishes it (``BatchManifest``: data files with row counts and SHA-256 checksums, the capture
+state after the batch), the checkpoint that caches the newest one, and the errors for damage
+(terminal: the fix is a re-snapshot, quoted in ``DAMAGED_BATCH_FIX``). ``raw_zone.RawZone``
+reads and writes them; their names are importable from ``lambda_functions.lake.raw_zone``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from lambda_functions.errors import TerminalError
+
+__all__ = [
+    "BATCH_SCHEMA",
+    "DAMAGED_BATCH_FIX",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "OPS",
+    "RESNAPSHOT_HOW_TO",
+    "BatchFile",
+    "BatchManifest",
+    "Checkpoint",
+    "CorruptBatchError",
+    "CorruptManifestError",
+]
+
+FORMAT = "lakehouse-raw-batch"
+FORMAT_VERSION = 1
+
+# Columns every batch has; capture may add typed top-level columns after these.
+OPS = ("snapshot", "insert", "update", "replace", "delete")
+BATCH_SCHEMA = pa.schema(
+    [
+        pa.field("_id", pa.string(), nullable=False),  # canonical string form of the key
+        pa.field("op", pa.string(), nullable=False),  # one of OPS
+        pa.field("pos", pa.int64(), nullable=False),  # stream position: clusterTime (t << 32 | i)
+        pa.field("seq", pa.int64(), nullable=False),  # order within the batch: ties on pos
+        pa.field("event_time", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("doc", pa.string()),  # canonical extended JSON of the document; null on delete
+    ]
+)
+
+
+# How to re-snapshot a collection from Dagster. Capture's expired-token error and every damaged-batch
+# error quote it word for word (defined here, in the shared ground, so the merge's errors can too).
+RESNAPSHOT_HOW_TO = (
+    "materialize the asset cdc_raw_batches with the run config "
+    '{"ops": {"cdc_raw_batches": {"config": {"reset": true}}}} (Dagster UI: the asset\'s '
+    "Materialize menu > Open launchpad), or set LAKEHOUSE_AUTO_RESNAPSHOT=true so capture does "
+    "it by itself; outside Dagster call capture_changes(..., reset=True)"
+)
+# The fix for a damaged batch: its rows cannot be trusted, so the collection is loaded anew.
+DAMAGED_BATCH_FIX = (
+    "re-snapshot the collection: "
+    + RESNAPSHOT_HOW_TO
+    + ". The reset publishes a batch marked dropped after the damaged one, then a new snapshot; "
+    "the merge starts a new table generation there and skips the batches it supersedes, so the "
+    "damaged batch is never read again. Do not delete or rewrite the damaged objects by hand: a "
+    "batch number that reappears would be taken for one already merged"
+)
+
+
+class CorruptBatchError(TerminalError, RuntimeError):
+    """A batch's data does not match its manifest (missing file, wrong size, checksum or row
+    count), or its manifest cannot be read. ``batch`` and ``key`` name the damage when known;
+    the message quotes the fix (``DAMAGED_BATCH_FIX``)."""
+
+    def __init__(self, message: str, *, batch: int | None = None, key: str | None = None):
+        super().__init__(message)
+        self.batch = batch
+        self.key = key
+
+
+class CorruptManifestError(CorruptBatchError):
+    """A published manifest is not a valid manifest (truncated, garbled or of another format).
+
+    Manifests are created atomically (``put_if_absent``), so this is real damage, never a write
+    in progress: the batch's contents are unknown and it is not skipped.
+    """
+
+
+@dataclass(frozen=True)
+class BatchFile:
+    """One Parquet data file of a batch: its key, row count, size in bytes and SHA-256 (hex)."""
+
+    key: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BatchManifest:
+    """What makes a batch exist: created once, exclusively (``put_if_absent``), after its data
+    files, at ``<prefix>/manifests/<batch>.json``. It lists the files, counts rows by op, the
+    ``pos`` range and newest event time, and holds the capture state after the batch (``state``,
+    a JSON object whose shape belongs to the input that wrote it) and free-form ``extra``
+    (``dropped``, ``quarantine_key``, ...)."""
+
+    namespace: str
+    batch: int
+    files: list[BatchFile]
+    rows: int
+    ops: dict[str, int]
+    min_pos: int | None
+    max_pos: int | None
+    max_event_time: str | None
+    state: dict[str, Any]  # capture state after this batch (resume token, snapshot progress)
+    created_at: str
+    quarantined: int = 0
+    # The record key format of the rows' ``_id`` (``record_key.RECORD_KEY_FORMAT``); manifests
+    # written before the field existed are format 1, which the merge re-keys when it reads them.
+    key_format: int = 1
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.bytes for f in self.files)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> BatchManifest:
+        """Parse a manifest.
+
+        Raises:
+            CorruptBatchError: ``data`` is not JSON, or not a manifest of this format and
+                version (the message says what is wrong, not where: ``RawZone.read_manifest``
+                adds the batch, the key and the fix).
+        """
+        try:
+            raw = json.loads(data)
+        except (UnicodeDecodeError, ValueError) as error:
+            raise CorruptBatchError(f"not JSON ({len(data)} bytes): {error}") from None
+        if not isinstance(raw, dict):
+            raise CorruptBatchError(f"a JSON {type(raw).__name__}, not a manifest object")
+        if raw.get("format") != FORMAT or raw.get("format_version") != FORMAT_VERSION:
+            raise CorruptBatchError(
+                f"not a {FORMAT} v{FORMAT_VERSION} manifest: {raw.get('format')!r} "
+                f"v{raw.get('format_version')!r}"
+            )
+        try:
+            raw["files"] = [BatchFile(**f) for f in raw["files"]]
+            manifest = cls(**raw)
+        except (KeyError, TypeError) as error:
+            raise CorruptBatchError(f"fields missing or unknown: {error}") from None
+        if not isinstance(manifest.batch, int) or not isinstance(manifest.state, dict):
+            raise CorruptBatchError("batch is not a number or state is not an object")
+        return manifest
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where capture resumes: the last published batch and the state stored with it."""
+
+    batch: int = 0
+    state: dict[str, Any] = field(default_factory=dict)

@@ -36,10 +36,9 @@ from lambda_functions.warehouse_sql import (
     REDSHIFT,
     PlanError,
     UnsafeSqlValueError,
-    check_history_projection,
+    check_history,
     check_projection_limits,
     checked_iam_role,
-    history_table_name,
     parse_projection,
 )
 
@@ -325,8 +324,7 @@ class LoadRequest(CollectionRequest):
         redshift_iam_role: the IAM role ARN (or a comma-separated role chain) COPY reads the
             staged Parquet with.
         redshift_timeout_s: seconds per Data API statement before it is cancelled.
-        history: also keep ``<table>_history``, every version (SCD type 2) of each document
-            (``warehouse_sql.history``), in the same transaction as the table.
+        history: also keep ``<table>_history``, every version of each document (SCD2).
     """
 
     kind: ClassVar[str] = "warehouse_load"
@@ -368,16 +366,10 @@ class LoadRequest(CollectionRequest):
         try:
             projection = parse_projection(self.projection)
             if self.history:
-                history_table_name(self.table_name)
-                check_history_projection(projection)
+                check_history(self.table_name, projection)
             if self.warehouse_kind == "redshift":
-                check_projection_limits(
-                    REDSHIFT,
-                    projection,
-                    schema=self.target_schema,
-                    table=self.table_name,
-                    history=self.history,
-                )
+                names = {"schema": self.target_schema, "table": self.table_name}
+                check_projection_limits(REDSHIFT, projection, **names, history=self.history)
         except PlanError as error:
             raise InvalidRequestError(str(error)) from None
         if self.warehouse_kind == "redshift":

@@ -68,7 +68,7 @@ from lambda_functions.warehouse_sql.errors import (
 from lambda_functions.warehouse_sql.history import (
     HISTORY_RESERVED_COLUMNS,
     HISTORY_STATEMENTS,
-    check_history_projection,
+    check_history,
     history_rows_query,
     history_table_name,
     history_target,
@@ -164,7 +164,7 @@ __all__ = [
     "UnsafeSqlValueError",
     "bucket_rows_query",
     "check_column_types",
-    "check_history_projection",
+    "check_history",
     "check_projection_limits",
     "check_statement_sizes",
     "checked_iam_role",

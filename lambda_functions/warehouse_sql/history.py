@@ -104,13 +104,15 @@ def history_table_name(table: str) -> str:
     return name
 
 
-def check_history_projection(projection: Sequence[ProjectedColumn]) -> None:
-    """Refuse projected columns that would collide with the history table's own columns.
+def check_history(table: str, projection: Sequence[ProjectedColumn]) -> None:
+    """Refuse a history table that could not be loaded: its name (``history_table_name``) or
+    projected columns that would collide with its own columns.
 
     Raises:
-        PlanError: a projected column is named ``valid_from``, ``valid_to``, ``is_current`` or
-            another history column; the message names it and the fix.
+        PlanError: the name is over 127 bytes, or a projected column is named ``valid_from``,
+            ``valid_to``, ``is_current`` or another history column; the message names the fix.
     """
+    history_table_name(table)
     taken = sorted(c.column for c in projection if c.column in HISTORY_RESERVED_COLUMNS)
     if taken:
         raise PlanError(

@@ -26,6 +26,7 @@ from lakehouse_pipelines.settings_values import (
     parse_collections,
     parse_delimiter,
     parse_float,
+    parse_history_collections,
     parse_int,
     parse_table_overrides,
     split_namespace,
@@ -95,10 +96,17 @@ class LakehouseSettings:
     max_cdc_lag_seconds: float
     change_stream_retention_seconds: int
     dms_csv_delimiter: str
+    history_collections: frozenset[str] = frozenset()
 
     @property
     def is_aws(self) -> bool:
         return self.env == "aws"
+
+    def keeps_history(self, namespace: str) -> bool:
+        """Whether ``database.collection``'s load keeps a history table
+        (``LAKEHOUSE_HISTORY_COLLECTIONS``: the name, ``database.*`` or ``*``)."""
+        database = namespace.partition(".")[0]
+        return bool({"*", f"{database}.*", namespace} & self.history_collections)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LakehouseSettings:
@@ -284,6 +292,9 @@ class LakehouseSettings:
                 "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS", parse_int
             ),
             dms_csv_delimiter=typed("LAKEHOUSE_DMS_CSV_DELIMITER", parse_delimiter, ","),
+            history_collections=typed(
+                "LAKEHOUSE_HISTORY_COLLECTIONS", parse_history_collections, frozenset()
+            ),
         )
         if len(problems) == 1:
             raise SettingsError(problems[0])

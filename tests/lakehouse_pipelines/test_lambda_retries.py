@@ -12,8 +12,8 @@ from dagster import (
     asset,
     materialize,
 )
-from lakehouse_pipelines.local_lambda import LocalLambdaRuntime
 
+from lakehouse_local.lambda_runtime import LocalLambdaRuntime
 from lakehouse_pipelines.defs.cdc_capture.definitions import cdc_raw_batches
 from lakehouse_pipelines.defs.collections import collection_asset
 from lakehouse_pipelines.defs.policies import LAMBDA_RETRY_POLICY

@@ -1,9 +1,9 @@
 """Collection discovery in the data plane: the request, the listing and the handler."""
 
 import pytest
-from lambda_functions.cdc_capture.demo_workload import DEMO_COLLECTIONS, DemoWorkload
-from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
 
+from lakehouse_local.demo_workload import DEMO_COLLECTIONS, DemoWorkload
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture.discovery import list_collections
 from lambda_functions.cdc_capture.discovery_handler import handler
 from lambda_functions.contracts import DiscoveryRequest, InvalidRequestError

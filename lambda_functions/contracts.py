@@ -22,6 +22,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
+from lambda_functions.lake.masking import MaskingRules, MaskingRulesError
 from lambda_functions.request_fields import (
     InvalidRequestError,
     check_redshift_connection,
@@ -56,6 +57,7 @@ __all__ = [
     "MergeRequest",
     "SourceAuditRequest",
     "SourceRequest",
+    "check_masking",
     "check_redshift_connection",
     "closest_names",
     "fold_identifier",
@@ -229,6 +231,11 @@ class CaptureRequest(SourceRequest):
         max_cdc_lag_seconds: the ``cdc_lag`` check fails above this lag, in seconds.
         stream_retention_seconds: the change-stream log's retention, in seconds (DocumentDB's
             ``change_stream_log_retention_duration``, 3 h by default).
+        masking: this collection's PII masking rules, ``{"drop": [path...], "hash": [path...]}``
+            (dotted paths; ``lake.masking``), from ``LAKEHOUSE_MASKING``; ``{}`` masks nothing.
+        masking_key_secret_arn: the Secrets Manager secret holding the masking key (AWS); ""
+            = the function's ``LAKEHOUSE_MASKING_KEY_SECRET_ARN``, else its
+            ``LAKEHOUSE_MASKING_KEY`` (local). Names where the key lives, never the key.
     """
 
     kind: ClassVar[str] = "cdc_capture"
@@ -239,15 +246,36 @@ class CaptureRequest(SourceRequest):
     auto_resnapshot: bool = False
     max_cdc_lag_seconds: float = 900.0
     stream_retention_seconds: int = 3 * 3600
+    masking: dict[str, list] = dataclasses.field(default_factory=dict)
+    masking_key_secret_arn: str = ""
 
     def validate(self) -> None:
         super().validate()
+        check_masking(self.masking, self.namespace)
         if self.max_rows < 1 or self.max_bytes < 1:
             raise InvalidRequestError("max_rows and max_bytes must be positive")
         if self.stream_retention_seconds < 1 or self.max_cdc_lag_seconds <= 0:
             raise InvalidRequestError(
                 "stream_retention_seconds and max_cdc_lag_seconds must be positive"
             )
+
+
+def check_masking(masking: Mapping[str, Any], namespace: str) -> None:
+    """Check a request's masking rules (``{"drop": [...], "hash": [...]}``, ``lake.masking``).
+
+    Raises:
+        InvalidRequestError: a key other than ``drop``/``hash``, or a path ``MaskingRules``
+            refuses (the message names the fix).
+    """
+    unknown = sorted(set(masking) - {"drop", "hash"})
+    if unknown:
+        raise InvalidRequestError(
+            f"masking of {namespace} has {unknown}: only 'drop' and 'hash' lists of dotted paths"
+        )
+    try:
+        MaskingRules(*(tuple(masking.get(name, ())) for name in ("drop", "hash")))
+    except MaskingRulesError as error:
+        raise InvalidRequestError(f"masking of {namespace}: {error} (LAKEHOUSE_MASKING)") from None
 
 
 # The source audit hashes record keys into this many buckets (see cdc_capture.source_audit).
@@ -404,6 +432,7 @@ class DmsIngestRequest(CollectionRequest):
         max_bytes: at most this many bytes of input per raw batch.
         csv_delimiter: the S3 target endpoint's ``CsvDelimiter``, one character (DMS default
             ","; AWS DMS User Guide, "Endpoint settings when using Amazon S3 as a target").
+        masking, masking_key_secret_arn: PII masking, as in ``CaptureRequest``.
     """
 
     kind: ClassVar[str] = "dms_ingest"
@@ -411,9 +440,12 @@ class DmsIngestRequest(CollectionRequest):
     max_rows: int = 100_000
     max_bytes: int = 256 * 1024 * 1024
     csv_delimiter: str = ","
+    masking: dict[str, list] = dataclasses.field(default_factory=dict)
+    masking_key_secret_arn: str = ""
 
     def validate(self) -> None:
         super().validate()
+        check_masking(self.masking, self.namespace)
         if not self.dms_uri:
             raise InvalidRequestError(
                 "dms_uri must name the folder DMS writes this collection to, e.g. "

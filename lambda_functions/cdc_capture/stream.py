@@ -31,6 +31,7 @@ from lambda_functions.lake.raw_zone import RESNAPSHOT_HOW_TO
 
 if TYPE_CHECKING:
     from lambda_functions.cdc_capture.change_source import ChangeSource
+    from lambda_functions.cdc_capture.edge_masking import EdgeMasking
     from lambda_functions.contracts import CaptureRequest
     from lambda_functions.lake.raw_zone import Checkpoint, RawZone
 
@@ -63,6 +64,7 @@ class StreamSteps:
     dropped: bool
     idle_token_advanced: bool
     last_event_ms: int | None
+    masking: EdgeMasking
 
     if TYPE_CHECKING:
 
@@ -80,7 +82,7 @@ class StreamSteps:
         self, checkpoint: Checkpoint, state: StreamState
     ) -> tuple[Checkpoint, CaptureState]:
         """Read the stream after the saved token into one batch (see the module docstring)."""
-        request, rows = self.request, BatchRows()
+        request, rows = self.request, BatchRows(self.masking)
         token = loaded_token(state.resume_token)
         last_token: Mapping[str, Any] | None = None
         idle_token: Mapping[str, Any] | None = None
@@ -164,9 +166,9 @@ class StreamSteps:
             self.skipped[f"ignored_{op}"] += 1  # e.g. createIndexes with expanded events
             return
         try:
-            row = event_row(event)
+            row = event_row(rows.mask_event(event))  # masked before it becomes a row
         except Malformed as problem:
-            rows.quarantine(str(problem), event)
+            rows.quarantine(str(problem), event)  # masked or stripped (``BatchRows``)
             return
         if row is None:
             self.skipped["update_of_deleted_document"] += 1

@@ -231,6 +231,23 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "DMS ingestion: the S3 target endpoint's `CsvDelimiter` (one character, DMS default `,`; "
         "`\\t` for a tab)",
     ),
+    "LAKEHOUSE_MASKING": (
+        "",
+        "",
+        'PII masking rules per collection, JSON: {"shop.customers": {"drop": ["ssn"], "hash": '
+        '["email"]}} (dotted paths; README "PII masking"); a change starts a new generation',
+    ),
+    "LAKEHOUSE_MASKING_KEY_SECRET_ARN": (
+        "",
+        "",
+        "PII masking: Secrets Manager secret holding the HMAC key of hashed fields (AWS)",
+    ),
+    "LAKEHOUSE_MASKING_KEY": (
+        "",
+        "",
+        "PII masking: the HMAC key of hashed fields as text, at least 32 bytes (local only; on "
+        "AWS use `LAKEHOUSE_MASKING_KEY_SECRET_ARN`)",
+    ),
     "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS": (
         "10800",
         "10800",
@@ -292,6 +309,14 @@ class LakehouseSettings:
     max_cdc_lag_seconds: float
     change_stream_retention_seconds: int
     dms_csv_delimiter: str
+    # PII masking: namespace -> {"drop": [...], "hash": [...]} (LAKEHOUSE_MASKING), key source
+    masking: Mapping[str, Mapping[str, list[str]]] = field(default_factory=dict)
+    masking_key_secret_arn: str = ""
+    masking_key: str = field(default="", repr=False)
+
+    def masking_of(self, namespace: str) -> dict[str, list[str]]:
+        """The masking rules of one collection for its requests (``{}``: none)."""
+        return {name: list(paths) for name, paths in self.masking.get(namespace, {}).items()}
 
     @property
     def is_aws(self) -> bool:
@@ -470,6 +495,9 @@ class LakehouseSettings:
                 "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS", _int
             ),
             dms_csv_delimiter=typed("LAKEHOUSE_DMS_CSV_DELIMITER", _delimiter, ","),
+            masking=attempt(lambda: _masking(get("LAKEHOUSE_MASKING")), {}),
+            masking_key_secret_arn=get("LAKEHOUSE_MASKING_KEY_SECRET_ARN"),
+            masking_key=get("LAKEHOUSE_MASKING_KEY"),
         )
         if len(problems) == 1:
             raise SettingsError(problems[0])
@@ -526,6 +554,17 @@ def _collections(value: str) -> tuple[str, ...]:
             "comma-separated (or db.* for every collection of a database)"
         )
     return tuple(names)
+
+
+def _masking(value: str) -> dict[str, dict[str, list[str]]]:
+    """LAKEHOUSE_MASKING: the rules of each collection, checked now (``lake.masking``)."""
+    from lambda_functions.lake.masking import MaskingRulesError, parse_masking_rules
+
+    try:
+        rules = parse_masking_rules(value)
+    except MaskingRulesError as error:
+        raise SettingsError(str(error)) from None
+    return {ns: {"drop": list(r.drop), "hash": list(r.hash)} for ns, r in rules.items()}
 
 
 def _projection(value: str, warehouse: str = "duckdb") -> dict[str, str]:

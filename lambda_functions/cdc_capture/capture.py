@@ -369,14 +369,19 @@ class _CaptureRun(SnapshotSteps, StreamSteps):
         state: CaptureState,
         extra: dict[str, Any],
     ) -> Checkpoint:
-        stored = {k: v for k, v in state.to_json().items() if k != MASKING_STATE_KEY}
-        if self.masking.fingerprint is not None:
-            stored[MASKING_STATE_KEY] = self.masking.fingerprint
+        stored = self._stored_state(state)
         manifest = publish(
             self.zone, rows, checkpoint, stored, {**extra, "stopped_by": self.stopped_by}
         )
         self.manifests.append(manifest)
         return Checkpoint(batch=manifest.batch, state=stored)
+
+    def _stored_state(self, state: CaptureState) -> dict[str, Any]:
+        """The state as the manifest stores it: with the masking rules' fingerprint, if any."""
+        stored = {k: v for k, v in state.to_json().items() if k != MASKING_STATE_KEY}
+        if self.masking.fingerprint is not None:
+            stored[MASKING_STATE_KEY] = self.masking.fingerprint
+        return stored
 
     def _out_of_time(self) -> bool:
         if self.deadline is not None and self.deadline() <= self.reserve:

@@ -70,6 +70,7 @@ class StreamSteps:
 
         def _out_of_time(self) -> bool: ...
         def _start_snapshot(self) -> SnapshotState: ...
+        def _stored_state(self, state: CaptureState) -> dict[str, Any]: ...
         def _publish(
             self,
             rows: BatchRows,
@@ -142,7 +143,7 @@ class StreamSteps:
             self.idle_token_advanced = True
         else:
             new_state = state
-        if not rows.seen and new_state.to_json() == checkpoint.state:
+        if not rows.seen and self._stored_state(new_state) == checkpoint.state:
             return checkpoint, new_state  # nothing new: no batch, checkpoint unchanged
         checkpoint = self._publish(rows, checkpoint, new_state, extra)
         self.on_progress(

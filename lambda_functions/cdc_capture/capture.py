@@ -129,6 +129,8 @@ class CaptureResult:
         resnapshot_reason: ``"reset"`` | ``"resume_token_expired"`` |
             ``"masking_rules_changed"`` when this run started one.
         idle_token_advanced: an empty batch carried a fresher token (quiet collection).
+        masking_fingerprint: ``rules_fingerprint`` of the collection's masking rules (16 hex),
+            ``None`` without rules.
     """
 
     namespace: str
@@ -150,6 +152,7 @@ class CaptureResult:
     duration_seconds: float
     resnapshot_reason: str | None = None  # "reset" | "resume_token_expired" | "masking_..."
     idle_token_advanced: bool = False  # an empty batch carried a fresher token (quiet collection)
+    masking_fingerprint: str | None = None  # the masking rules' fingerprint; None: no rules
 
     def metadata(self) -> dict[str, dict[str, Any]]:
         """Materialization metadata in the typed form ``dagster_pipes`` accepts."""
@@ -180,6 +183,8 @@ class CaptureResult:
             values["snapshot_documents"] = self.snapshot.documents
         if self.resnapshot_reason is not None:
             values["resnapshot_reason"] = self.resnapshot_reason
+        if self.masking_fingerprint is not None:
+            values["masking_rules_fingerprint"] = self.masking_fingerprint
         return typed_metadata(values)
 
     def summary(self) -> dict[str, Any]:
@@ -441,4 +446,5 @@ class _CaptureRun(SnapshotSteps, StreamSteps):
             duration_seconds=time.monotonic() - self.started,
             resnapshot_reason=self.resnapshot_reason,
             idle_token_advanced=self.idle_token_advanced,
+            masking_fingerprint=self.masking.fingerprint,
         )

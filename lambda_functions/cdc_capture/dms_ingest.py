@@ -221,7 +221,8 @@ def _ingest_pending(
     was published reaches ``result`` (files when the batch finishing them is published)."""
     checkpoint = zone.read_checkpoint(on_repair=say)
     bookmark = _read_bookmark(zone, checkpoint)
-    read_before = _with_fingerprint(bookmark, EdgeMasking(zone.namespace)) != _empty_bookmark()
+    progress = {k: v for k, v in bookmark.items() if k != MASKING_BOOKMARK_KEY}
+    read_before = progress != _empty_bookmark()
     if bookmark.get(MASKING_BOOKMARK_KEY) != masking.fingerprint and read_before:
         say(f"{zone.namespace}: the masking rules changed: a new generation reads every file again")
         bookmark = _with_fingerprint(_empty_bookmark(), masking)

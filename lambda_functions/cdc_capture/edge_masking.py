@@ -26,6 +26,7 @@ request: it reads ``LAKEHOUSE_MASKING`` and the key settings from its own enviro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -47,7 +48,6 @@ from lambda_functions.lake.masking import (
 )
 from lambda_functions.lake.masking_key import (
     KEY_SECRET_ARN_VARIABLE,
-    KEY_VARIABLE,
     MaskingKey,
     load_masking_key,
 )
@@ -77,7 +77,7 @@ class EdgeMasking:
     """
 
     namespace: str
-    rules: MaskingRules = MaskingRules()
+    rules: MaskingRules = field(default_factory=MaskingRules)
     key: MaskingKey | None = field(default=None, repr=False)
 
     @property
@@ -205,10 +205,8 @@ def _leaves(value: Any) -> set[str]:
             stack.extend(item)
         elif item is not None and not isinstance(item, bool):
             found.update(form for form in (str(item), repr(item)) if len(form) > 1)
-            try:
+            with contextlib.suppress(TypeError, ValueError):
                 found.add(json.dumps(item))
-            except (TypeError, ValueError):
-                pass
     return found
 
 

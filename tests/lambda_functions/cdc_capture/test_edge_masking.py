@@ -95,7 +95,7 @@ def test_requests_carry_the_rules_and_refuse_bad_ones():
         request = kind(**fields, **extra, masking=rules, masking_key_secret_arn="arn:x")
         assert kind.from_event(request.to_event()) == request
         for bad in ({"drop": ["_id"]}, {"mask": ["ssn"]}, {"drop": ["a"], "hash": ["a"]}):
-            with pytest.raises(InvalidRequestError, match="masking of shop.customers"):
+            with pytest.raises(InvalidRequestError, match=r"masking of shop\.customers"):
                 kind.from_event({**request.to_event(), "masking": bad})
 
 

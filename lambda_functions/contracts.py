@@ -297,6 +297,8 @@ class SourceAuditRequest(SourceRequest):
         max_in_flight: change events after the lake's position the audit will read.
         recheck_delay_s: pause before re-reading the keys that differ, in seconds.
         sample_keys: keys named per kind of difference.
+        masking, masking_key_secret_arn: PII masking, as in ``CaptureRequest``: the audit
+            masks each source document as capture did before comparing it with the lake's.
     """
 
     kind: ClassVar[str] = "source_audit"
@@ -306,9 +308,12 @@ class SourceAuditRequest(SourceRequest):
     max_in_flight: int = 200_000
     recheck_delay_s: float = 2.0
     sample_keys: int = 10
+    masking: dict[str, list] = dataclasses.field(default_factory=dict)
+    masking_key_secret_arn: str = ""
 
     def validate(self) -> None:
         super().validate()
+        check_masking(self.masking, self.namespace)
         if not 1 <= self.buckets_per_run <= SOURCE_AUDIT_BUCKETS:
             raise InvalidRequestError(
                 f"buckets_per_run must be 1 to {SOURCE_AUDIT_BUCKETS} (the sampled share of "

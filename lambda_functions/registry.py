@@ -135,7 +135,7 @@ SOURCE_AUDIT = FunctionSpec(
     handler="lambda_functions.cdc_capture.audit_handler.handler",
     timeout_s=900,
     memory_mb=2048,
-    environment=COMMON_ENVIRONMENT,
+    environment=(*COMMON_ENVIRONMENT, *MASKING_KEY_ENVIRONMENT),
     description="Audits a collection: the source (read from a secondary) against its lake "
     "table, by key-hash bucket.",
 )

@@ -12,6 +12,7 @@ HMAC-SHA256 of the type-tagged BSON value, RFC 2104), not from the code under te
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -30,7 +31,14 @@ from lambda_functions.cdc_capture.edge_masking import MaskingByCollection
 from lambda_functions.cdc_capture.extended_json import decode_document
 from lambda_functions.cdc_capture.handler import handler
 from lambda_functions.cdc_capture.mq_ingest import ingest_messages, parse_event
-from lambda_functions.contracts import CaptureRequest, DmsIngestRequest, LoadRequest, MergeRequest
+from lambda_functions.cdc_capture.source_audit import audit_source
+from lambda_functions.contracts import (
+    CaptureRequest,
+    DmsIngestRequest,
+    LoadRequest,
+    MergeRequest,
+    SourceAuditRequest,
+)
 from lambda_functions.lake import open_store
 from lambda_functions.lake.masking import hash_value
 from lambda_functions.lake.masking_key import KEY_VARIABLE, MaskingKey
@@ -318,6 +326,14 @@ def test_a_rules_change_starts_a_new_generation_and_old_values_leave_the_table(h
         again = capture_changes(stricter, source=source)
     house.merge_and_load("customers")
 
+    shared = SourceAuditRequest.__dataclass_fields__
+    audit = SourceAuditRequest(
+        **{k: v for k, v in stricter.__dict__.items() if k in shared}, recheck_delay_s=0
+    )
+    with EmbeddedChangeStreamSource(source_file) as source:  # compares masked with masked
+        assert audit_source(audit, source=source, sleep=lambda _s: None).passed
+        unmasked = dataclasses.replace(audit, masking={})
+        assert not audit_source(unmasked, source=source, sleep=lambda _s: None).passed
     assert first.resnapshot_reason is None and first.batches == (1,)  # no empty batch after it
     assert changed.resnapshot_reason == "masking_rules_changed" and changed.dropped
     assert again.resnapshot_reason is None and again.batch is None  # the same rules: no change

@@ -152,6 +152,8 @@ def audit_request(lakehouse: LakehouseSettings, namespace: str) -> SourceAuditRe
         **request_fields(lakehouse, namespace),
         **source_fields(lakehouse),
         buckets_per_run=lakehouse.audit_buckets_per_run,
+        masking=lakehouse.masking_of(namespace),
+        masking_key_secret_arn=lakehouse.masking_key_secret_arn,
     )
 
 

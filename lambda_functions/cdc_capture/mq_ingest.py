@@ -37,7 +37,10 @@ Guarantees:
 - **PII masking** (``edge_masking``): the function's ``LAKEHOUSE_MASKING`` rules mask each event
   (``fullDocument``, ``fullDocumentBeforeChange``, ``documentKey``, ``updatedFields``) before it
   becomes a row; a dead letter keeps the message with its payload masked (stripped when it is
-  not JSON), and a message no collection takes keeps no payload while any rules are set.
+  not JSON), and a message no collection takes keeps no payload while any rules are set. Such
+  failed messages are *not* returned in ``batchItemFailures`` (``withheld_failures`` instead):
+  the queue's redrive policy would keep the message in clear in the queue's dead-letter queue,
+  while the masked dead letter in the lake is kept and counted.
   Messages cannot be read again: after a rules change, rows published earlier keep the old
   masking until the relay sends the collection again behind a ``drop`` event (README, "PII
   masking").
@@ -100,6 +103,8 @@ class MessageIngestResult:
     rows: int = 0
     quarantined: int = 0
     failed_message_ids: list[str] = field(default_factory=list)  # malformed (SQS reports them)
+    # malformed messages of masked collections: kept masked in the lake, not reported (masking)
+    withheld_failures: list[str] = field(default_factory=list)
 
     def response(self, event_source: str) -> dict[str, Any]:
         """The handler's return value: SQS partial failures, or a summary for MQ."""
@@ -170,8 +175,9 @@ def ingest_messages(
 
     Returns:
         A ``MessageIngestResult``: counts of messages, rows, duplicates and dead letters, the
-        batches published by namespace, and ``failed_message_ids`` (the malformed messages,
-        which the SQS handler reports as batch item failures).
+        batches published by namespace, ``withheld_failures`` (malformed messages of collections
+        with masking rules: dead-lettered masked in the lake only) and ``failed_message_ids``
+        (the other malformed messages, which the SQS handler reports as batch item failures).
 
     Guarantees:
         Atomic batches: data and the ledger of message ids first, the manifest last (an
@@ -201,7 +207,8 @@ def ingest_messages(
             reason = "; ".join(filter(None, parts))
             _quarantine_unrouted(store, message, reason, strip=masking.configured)
             result.quarantined += 1
-            result.failed_message_ids.append(message.message_id)
+            failed = result.withheld_failures if masking.configured else result.failed_message_ids
+            failed.append(message.message_id)
             continue
         by_namespace.setdefault(namespace, []).append((message, events, problem))
     for namespace, items in by_namespace.items():
@@ -254,7 +261,8 @@ def _publish_namespace(
     result.rows += progress.rows
     result.quarantined += progress.quarantined
     result.duplicates += outcome.duplicates
-    result.failed_message_ids.extend(
+    failed = result.withheld_failures if masking.active else result.failed_message_ids
+    failed.extend(
         [i for i, status in progress.published.items() if status == "quarantined"]
         + outcome.failed_duplicates
     )

@@ -267,6 +267,8 @@ def test_clear_values_appear_nowhere_on_any_input_path(house, tmp_path, caplog, 
     result = ingest_messages(messages, open_store(str(house.lake)), masking=masking)
     logging.getLogger("test.mq").info("mq result %s", result.response("aws:sqs"))
     assert result.quarantined == 3  # the bad event, the bad wrapper, the unroutable message
+    # not returned to SQS, whose redrive policy would keep them in clear in the queue's DLQ
+    assert result.failed_message_ids == [] and len(result.withheld_failures) == 3
     house.merge_and_load("mq_customers")
 
     # -- what was kept, masked as the rules say --------------------------------------------------

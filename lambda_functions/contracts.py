@@ -504,3 +504,29 @@ class CompactRequest(CollectionRequest):
                 "cold_after_hours, vacuum_retention_hours and tombstone_retention_hours must "
                 "be 0 or more"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscoveryRequest(SourceRequest):
+    """List the collections of one source database: the ``database.*`` patterns of
+    ``LAKEHOUSE_COLLECTIONS``, and the closest existing names for a misspelt collection.
+
+    Served by ``lakehouse-collection-discovery`` so the code location never holds the source's
+    credentials: like capture, the function reaches the source with ``secret_arn`` (Secrets
+    Manager) or the URI variable named by ``source_location``. ``collection`` is always ``"*"``
+    (the request covers the whole database). The function returns (no Pipes session) the JSON
+    object ``{"database": str, "collections": [str, ...]}`` (sorted); a failure is Lambda's
+    function-error payload (``errorType``/``errorMessage``).
+    """
+
+    kind: ClassVar[str] = "collection_discovery"
+    collection: str = "*"
+
+    def validate(self) -> None:
+        if self.collection != "*":
+            raise InvalidRequestError(
+                f"a collection_discovery request covers a whole database: collection must be "
+                f"'*', got {self.collection!r}"
+            )
+        # the lake, the database and the source fields are checked as for any source request
+        SourceRequest.validate(dataclasses.replace(self, collection="listing"))

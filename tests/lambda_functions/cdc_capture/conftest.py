@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lambda_functions.cdc_capture import EmbeddedChangeStreamSource
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture.extended_json import encode_document
 from lambda_functions.contracts import CaptureRequest
 from lambda_functions.lake.raw_zone import RawZone

@@ -11,11 +11,11 @@ import pytest
 from bson import Binary, Decimal128, Int64, ObjectId
 from pymongo.errors import OperationFailure
 
+from lakehouse_local.demo_workload import DemoWorkload
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture import (
     ChangeStreamsDisabledError,
     ConcurrentCaptureError,
-    DemoWorkload,
-    EmbeddedChangeStreamSource,
     ResumeTokenExpiredError,
     capture_changes,
     open_source,

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from lambda_functions.cdc_capture import DemoWorkload, capture_changes
+from lakehouse_local.demo_workload import DemoWorkload
+from lambda_functions.cdc_capture import capture_changes
 from lambda_functions.cdc_capture.dms_ingest import ingest_dms_files
 from lambda_functions.cdc_capture.extended_json import decode_document, encode_document
 from lambda_functions.cdc_capture.mq_handler import handler as mq_handler

@@ -21,10 +21,10 @@ from mockupdb import MockupDB, OpMsg, go
 from moto import mock_aws
 from pymongo import MongoClient
 
+from lakehouse_local.demo_workload import DemoWorkload
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture import (
     ChangeStreamsDisabledError,
-    DemoWorkload,
-    EmbeddedChangeStreamSource,
     ResumeTokenExpiredError,
     capture_changes,
     open_source,

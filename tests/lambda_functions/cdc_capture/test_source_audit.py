@@ -14,7 +14,9 @@ import pytest
 from bson import ObjectId
 from deltalake import DeltaTable, write_deltalake
 
-from lambda_functions.cdc_capture import DemoWorkload, EmbeddedChangeStreamSource, capture_changes
+from lakehouse_local.demo_workload import DemoWorkload
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
+from lambda_functions.cdc_capture import capture_changes
 from lambda_functions.cdc_capture.extended_json import encode_document
 from lambda_functions.cdc_capture.source_audit import audit_bucket, audit_source
 from lambda_functions.contracts import (

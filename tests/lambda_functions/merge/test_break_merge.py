@@ -72,8 +72,8 @@ def test_reset_keeps_refusing_changes_older_than_its_snapshot(tmp_path):
     dropped the tombstone and reset the drop floor to 0, so the late update brought K back."""
     from bson import ObjectId
 
+    from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
     from lambda_functions.cdc_capture.capture import capture_changes
-    from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
     from lambda_functions.cdc_capture.mq_ingest import ingest_messages, parse_event
     from lambda_functions.contracts import CaptureRequest
 

@@ -22,9 +22,9 @@ import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
-from lambda_functions.lake.masking import MaskingRules, MaskingRulesError
 from lambda_functions.request_fields import (
     InvalidRequestError,
+    check_masking,
     check_redshift_connection,
     closest_names,
     fold_identifier,
@@ -190,6 +190,12 @@ class SourceRequest(CollectionRequest):
             Manager"); used instead of the URI variable when set.
         tls: documentdb: TLS is on unless explicitly turned off.
         tls_ca_file: documentdb: CA bundle path (e.g. ``global-bundle.pem``); "" = system CAs.
+        masking: the collection's PII masking rules, ``{"drop": [path...], "hash": [path...]}``
+            (dotted paths, ``lake.masking``; from ``LAKEHOUSE_MASKING``): capture masks what it
+            reads with them, the audit compares with them; ``{}`` masks nothing.
+        masking_key_secret_arn: the Secrets Manager secret holding the masking key (AWS); ""
+            = the function's ``LAKEHOUSE_MASKING_KEY_SECRET_ARN``, else its
+            ``LAKEHOUSE_MASKING_KEY`` (local). Names where the key lives, never the key.
     """
 
     source_kind: str = "embedded"
@@ -197,9 +203,12 @@ class SourceRequest(CollectionRequest):
     secret_arn: str = ""
     tls: bool = True
     tls_ca_file: str = ""
+    masking: dict[str, list] = dataclasses.field(default_factory=dict)
+    masking_key_secret_arn: str = ""
 
     def validate(self) -> None:
         super().validate()
+        check_masking(self.masking, self.namespace)
         if self.source_kind not in ("embedded", "documentdb"):
             raise InvalidRequestError(
                 f"source_kind {self.source_kind!r} is unknown: use 'embedded' or 'documentdb'"
@@ -231,11 +240,6 @@ class CaptureRequest(SourceRequest):
         max_cdc_lag_seconds: the ``cdc_lag`` check fails above this lag, in seconds.
         stream_retention_seconds: the change-stream log's retention, in seconds (DocumentDB's
             ``change_stream_log_retention_duration``, 3 h by default).
-        masking: this collection's PII masking rules, ``{"drop": [path...], "hash": [path...]}``
-            (dotted paths; ``lake.masking``), from ``LAKEHOUSE_MASKING``; ``{}`` masks nothing.
-        masking_key_secret_arn: the Secrets Manager secret holding the masking key (AWS); ""
-            = the function's ``LAKEHOUSE_MASKING_KEY_SECRET_ARN``, else its
-            ``LAKEHOUSE_MASKING_KEY`` (local). Names where the key lives, never the key.
     """
 
     kind: ClassVar[str] = "cdc_capture"
@@ -246,36 +250,15 @@ class CaptureRequest(SourceRequest):
     auto_resnapshot: bool = False
     max_cdc_lag_seconds: float = 900.0
     stream_retention_seconds: int = 3 * 3600
-    masking: dict[str, list] = dataclasses.field(default_factory=dict)
-    masking_key_secret_arn: str = ""
 
     def validate(self) -> None:
         super().validate()
-        check_masking(self.masking, self.namespace)
         if self.max_rows < 1 or self.max_bytes < 1:
             raise InvalidRequestError("max_rows and max_bytes must be positive")
         if self.stream_retention_seconds < 1 or self.max_cdc_lag_seconds <= 0:
             raise InvalidRequestError(
                 "stream_retention_seconds and max_cdc_lag_seconds must be positive"
             )
-
-
-def check_masking(masking: Mapping[str, Any], namespace: str) -> None:
-    """Check a request's masking rules (``{"drop": [...], "hash": [...]}``, ``lake.masking``).
-
-    Raises:
-        InvalidRequestError: a key other than ``drop``/``hash``, or a path ``MaskingRules``
-            refuses (the message names the fix).
-    """
-    unknown = sorted(set(masking) - {"drop", "hash"})
-    if unknown:
-        raise InvalidRequestError(
-            f"masking of {namespace} has {unknown}: only 'drop' and 'hash' lists of dotted paths"
-        )
-    try:
-        MaskingRules(*(tuple(masking.get(name, ())) for name in ("drop", "hash")))
-    except MaskingRulesError as error:
-        raise InvalidRequestError(f"masking of {namespace}: {error} (LAKEHOUSE_MASKING)") from None
 
 
 # The source audit hashes record keys into this many buckets (see cdc_capture.source_audit).
@@ -297,8 +280,6 @@ class SourceAuditRequest(SourceRequest):
         max_in_flight: change events after the lake's position the audit will read.
         recheck_delay_s: pause before re-reading the keys that differ, in seconds.
         sample_keys: keys named per kind of difference.
-        masking, masking_key_secret_arn: PII masking, as in ``CaptureRequest``: the audit
-            masks each source document as capture did before comparing it with the lake's.
     """
 
     kind: ClassVar[str] = "source_audit"
@@ -308,12 +289,9 @@ class SourceAuditRequest(SourceRequest):
     max_in_flight: int = 200_000
     recheck_delay_s: float = 2.0
     sample_keys: int = 10
-    masking: dict[str, list] = dataclasses.field(default_factory=dict)
-    masking_key_secret_arn: str = ""
 
     def validate(self) -> None:
         super().validate()
-        check_masking(self.masking, self.namespace)
         if not 1 <= self.buckets_per_run <= SOURCE_AUDIT_BUCKETS:
             raise InvalidRequestError(
                 f"buckets_per_run must be 1 to {SOURCE_AUDIT_BUCKETS} (the sampled share of "
@@ -437,7 +415,7 @@ class DmsIngestRequest(CollectionRequest):
         max_bytes: at most this many bytes of input per raw batch.
         csv_delimiter: the S3 target endpoint's ``CsvDelimiter``, one character (DMS default
             ","; AWS DMS User Guide, "Endpoint settings when using Amazon S3 as a target").
-        masking, masking_key_secret_arn: PII masking, as in ``CaptureRequest``.
+        masking, masking_key_secret_arn: PII masking, as in ``SourceRequest``.
     """
 
     kind: ClassVar[str] = "dms_ingest"

@@ -33,12 +33,9 @@ is already there. A late CDC file (older name than files already ingested) is st
 while it is newer than the oldest remembered one. New full-load files after CDC has begun mean DMS
 reloaded the table: a batch marked ``dropped`` (a new table generation) comes first.
 
-PII masking (``request.masking``; ``edge_masking``): each ``_doc`` is masked after it is decoded,
-before it becomes a row; dead letters keep the row with its ``_doc`` masked (or stripped when it
-does not decode). The bookmark records the rules' fingerprint (``masking_fingerprint``); when
-the rules change, a batch marked ``dropped`` (a new table generation) comes first and every file
-still in the DMS folder is ingested again under the new rules (keep the full-load files: without
-them the new generation holds only what the remaining CDC files carry).
+PII masking (``request.masking``, ``edge_masking``): each ``_doc`` is masked once decoded, dead
+letters too. The bookmark keeps the rules' fingerprint; on a change, a ``dropped`` batch (a new
+generation) comes first and every file in the folder is read again (keep the full-load files).
 
 Limits: each file is read whole into memory: keep DMS's ``MaxFileSize`` (full load) and
 ``CdcMaxBatchInterval``/``CdcMinFileSize`` (CDC) well under the function's memory (e.g. 64 MB).

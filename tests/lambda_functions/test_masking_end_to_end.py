@@ -25,7 +25,8 @@ from bson import ObjectId
 from dagster_pipes import encode_param
 from deltalake import DeltaTable
 
-from lambda_functions.cdc_capture import EmbeddedChangeStreamSource, capture_changes
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
+from lambda_functions.cdc_capture import capture_changes
 from lambda_functions.cdc_capture.dms_ingest import ingest_dms_files
 from lambda_functions.cdc_capture.edge_masking import MaskingByCollection
 from lambda_functions.cdc_capture.extended_json import decode_document

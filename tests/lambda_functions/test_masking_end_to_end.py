@@ -11,10 +11,12 @@ HMAC-SHA256 of the type-tagged BSON value, RFC 2104), not from the code under te
 
 from __future__ import annotations
 
+import base64
 import csv
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from lambda_functions.cdc_capture.mq_ingest import ingest_messages, parse_event
 from lambda_functions.cdc_capture.source_audit import audit_source
 from lambda_functions.contracts import (
     CaptureRequest,
+    CompactRequest,
     DmsIngestRequest,
     LoadRequest,
     MergeRequest,
@@ -43,7 +46,7 @@ from lambda_functions.contracts import (
 from lambda_functions.lake import open_store
 from lambda_functions.lake.masking import hash_value
 from lambda_functions.lake.masking_key import KEY_VARIABLE, MaskingKey
-from lambda_functions.merge import lake_table_location, merge_batches
+from lambda_functions.merge import compact_table, lake_table_location, merge_batches
 from lambda_functions.warehouse_load.load import load_changes
 from tests.lambda_functions.change_events import change_event, sqs_event
 
@@ -140,14 +143,18 @@ class Lakehouse:
 
     def lake_leaks(self, needle: str) -> list[str]:
         """Files under the lake holding ``needle``: raw bytes of every file (raw zone, dead
-        letters, Delta log), and every value of every Parquet file read back (Parquet pages may
+        letters, Delta log), the exact BSON a dead letter keeps as base64, and every value of every Parquet file read back (Parquet pages may
         be compressed, so a byte scan alone could miss a value)."""
         leaks = []
         for path in self.lake.rglob("*"):
             if not path.is_file():
                 continue
-            if needle.encode() in path.read_bytes():
+            data = path.read_bytes()
+            if needle.encode() in data:
                 leaks.append(f"{path} (bytes)")
+            for encoded in re.findall(rb'"\$bsonBase64": "([A-Za-z0-9+/=]+)"', data):
+                if needle.encode() in base64.b64decode(encoded):  # a dead letter's exact BSON
+                    leaks.append(f"{path} ($bsonBase64)")
             if path.suffix == ".parquet":
                 text = json.dumps(pq.read_table(path).to_pylist(), default=str)
                 if needle in text:
@@ -291,6 +298,7 @@ def test_clear_values_appear_nowhere_on_any_input_path(house, tmp_path, caplog, 
     assert len(quarantine) >= 4  # capture, DMS, MQ (collection), MQ (unroutable)
     letters = [json.loads(line) for p in quarantine for line in p.read_text().splitlines()]
     assert any("<masked>" in letter["reason"] for letter in letters)  # DMS: the $oid quoted it
+    assert any("$bsonBase64" in json.dumps(letter) for letter in letters)  # scanned decoded
 
     # -- and the clear values nowhere -------------------------------------------------------------
     assert house.lake_leaks(CLEAR) == []
@@ -344,6 +352,26 @@ def test_a_rules_change_starts_a_new_generation_and_old_values_leave_the_table(h
         assert sorted(d["_id"] for d in docs) == [1, 2]
         assert all(set(d) == {"_id", "name", "email"} for d in docs)
         assert "-phone-" not in json.dumps(docs, default=str)
+    # Older Delta versions keep the old values for time travel until a vacuum removes them:
+    # README, "PII masking" (LAKEHOUSE_VACUUM_RETENTION_HOURS=0 purges them now).
+    table_dir = Path(lake_table_location(open_store(str(house.lake)), DB, "customers")[0])
+    data = [p for p in table_dir.rglob("*.parquet")]
+    assert any("-phone-" in json.dumps(pq.read_table(p).to_pylist(), default=str) for p in data)
+    compact_table(
+        CompactRequest(
+            lake_uri=str(house.lake),
+            database=DB,
+            collection="customers",
+            cold_after_hours=0,
+            z_order=False,
+            vacuum_retention_hours=0,
+            tombstone_retention_hours=0,
+        )
+    )
+    for path in (p for p in table_dir.rglob("*") if p.is_file()):
+        assert b"-phone-" not in path.read_bytes(), path
+        if path.suffix == ".parquet":
+            assert "-phone-" not in json.dumps(pq.read_table(path).to_pylist(), default=str)
     manifests = [
         json.loads(p.read_text())
         for p in sorted((house.lake / "raw/shop/customers/manifests").glob("*.json"))

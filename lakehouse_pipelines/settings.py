@@ -26,6 +26,7 @@ from lakehouse_pipelines.settings_values import (
     parse_collections,
     parse_delimiter,
     parse_float,
+    parse_history_collections,
     parse_int,
     parse_masking,
     parse_table_overrides,
@@ -96,6 +97,7 @@ class LakehouseSettings:
     max_cdc_lag_seconds: float
     change_stream_retention_seconds: int
     dms_csv_delimiter: str
+    history_collections: frozenset[str] = frozenset()
     # PII masking: namespace -> {"drop": [...], "hash": [...]} (LAKEHOUSE_MASKING), key source
     masking: Mapping[str, Mapping[str, list[str]]] = field(default_factory=dict)
     masking_key_secret_arn: str = ""
@@ -108,6 +110,12 @@ class LakehouseSettings:
     @property
     def is_aws(self) -> bool:
         return self.env == "aws"
+
+    def keeps_history(self, namespace: str) -> bool:
+        """Whether ``database.collection``'s load keeps a history table
+        (``LAKEHOUSE_HISTORY_COLLECTIONS``: the name, ``database.*`` or ``*``)."""
+        database = namespace.partition(".")[0]
+        return bool({"*", f"{database}.*", namespace} & self.history_collections)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LakehouseSettings:
@@ -293,6 +301,9 @@ class LakehouseSettings:
                 "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS", parse_int
             ),
             dms_csv_delimiter=typed("LAKEHOUSE_DMS_CSV_DELIMITER", parse_delimiter, ","),
+            history_collections=typed(
+                "LAKEHOUSE_HISTORY_COLLECTIONS", parse_history_collections, frozenset()
+            ),
             masking=typed("LAKEHOUSE_MASKING", parse_masking, {}),
             masking_key_secret_arn=get("LAKEHOUSE_MASKING_KEY_SECRET_ARN"),
             masking_key=get("LAKEHOUSE_MASKING_KEY"),

@@ -81,6 +81,15 @@ def parse_table_overrides(value: str) -> dict[str, str]:
     return overrides
 
 
+def parse_history_collections(value: str, name: str) -> frozenset[str]:
+    """``*`` or a comma list of ``database.collection`` (the collection may be ``*``), each
+    checked (LAKEHOUSE_HISTORY_COLLECTIONS)."""
+    names = frozenset(item.strip() for item in value.split(",") if item.strip())
+    for namespace in names - {"*"}:
+        split_namespace(namespace, name)
+    return names
+
+
 def parse_delimiter(value: str, name: str) -> str:
     """One CSV field delimiter; ``\\t`` (written as two characters) is a tab."""
     value = "\t" if value == "\\t" else value

@@ -72,6 +72,13 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "for a collection whose derived table name is taken or too long; checked at startup "
         "(plain names up to 127 bytes, no two tables equal in lower case)",
     ),
+    "LAKEHOUSE_HISTORY_COLLECTIONS": (
+        "",
+        "",
+        "comma list of `database.collection` (`shop.*`, or `*` for all) whose warehouse load also "
+        "keeps `<table>_history`: every version with `valid_from`/`valid_to`/`is_current` (SCD "
+        'type 2), in the same transaction (see "History tables")',
+    ),
     "LAKEHOUSE_REDSHIFT_DATABASE": ("", "", "redshift: database to load into"),
     "LAKEHOUSE_REDSHIFT_WORKGROUP": ("", "", "redshift: Serverless workgroup name (or a cluster)"),
     "LAKEHOUSE_REDSHIFT_CLUSTER": ("", "", "redshift: provisioned cluster identifier"),

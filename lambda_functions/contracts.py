@@ -37,6 +37,7 @@ from lambda_functions.warehouse_sql import (
     REDSHIFT,
     PlanError,
     UnsafeSqlValueError,
+    check_history,
     check_projection_limits,
     checked_iam_role,
     parse_projection,
@@ -334,6 +335,7 @@ class LoadRequest(CollectionRequest):
         redshift_iam_role: the IAM role ARN (or a comma-separated role chain) COPY reads the
             staged Parquet with.
         redshift_timeout_s: seconds per Data API statement before it is cancelled.
+        history: also keep ``<table>_history``, every version of each document (SCD2).
     """
 
     kind: ClassVar[str] = "warehouse_load"
@@ -350,6 +352,7 @@ class LoadRequest(CollectionRequest):
     redshift_secret_arn: str = ""
     redshift_iam_role: str = ""
     redshift_timeout_s: int = 600
+    history: bool = False
 
     def validate(self) -> None:
         """Check names, projection and, for Redshift, connection, lake and role, before any work.
@@ -373,10 +376,11 @@ class LoadRequest(CollectionRequest):
             raise InvalidRequestError("projection must map field names to SQL type names")
         try:
             projection = parse_projection(self.projection)
+            if self.history:
+                check_history(self.table_name, projection)
             if self.warehouse_kind == "redshift":
-                check_projection_limits(
-                    REDSHIFT, projection, schema=self.target_schema, table=self.table_name
-                )
+                names = {"schema": self.target_schema, "table": self.table_name}
+                check_projection_limits(REDSHIFT, projection, **names, history=self.history)
         except PlanError as error:
             raise InvalidRequestError(str(error)) from None
         if self.warehouse_kind == "redshift":

@@ -18,7 +18,8 @@ What dagster-aws's ``PipesECSClient`` gives the task (dagster-aws 0.29, ``pipes/
   these params, so the handlers need no change. Stdout is made line-buffered here so messages
   (and progress logs) reach CloudWatch while the task runs, not only when it exits.
 
-The process exits 0 when the handler returns and 1 when it raises (the error is also reported to
+The process exits 0 when the handler returns and, when it raises, with the exit code of the
+error's kind (65 terminal, 75 transient, 1 unplanned) (the error is also reported to
 Dagster through Pipes before); ``PipesECSClient`` fails the step on a non-zero exit code.
 """
 
@@ -40,7 +41,7 @@ from dagster_pipes import (
     PipesMappingParamsLoader,
 )
 
-from lambda_functions.errors import TerminalError
+from lambda_functions.errors import TerminalError, exit_code
 from lambda_functions.registry import FUNCTIONS, FunctionSpec
 from lambda_functions.request_fields import closest_names
 
@@ -166,13 +167,15 @@ def run_task(environ: Mapping[str, str]) -> Any:
 
 
 def main() -> int:
-    """Entry point of the ECS task: 0 when the handler returned, 1 when it raised."""
+    """Entry point of the ECS task: 0 when the handler returned; when it raised, the exit code
+    of the error's kind (``lambda_functions.errors.EXIT_CODES``: 65 terminal, 75 transient, 1
+    unplanned), so the orchestrator decides on a retry as it does for a Lambda error type."""
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     try:
         run_task(os.environ)
-    except Exception:  # reported through Pipes already when the session was open
+    except Exception as error:  # reported through Pipes already when the session was open
         traceback.print_exc()  # the task's log (CloudWatch) keeps the stack trace
-        return 1
+        return exit_code(error)
     return 0
 
 

@@ -29,8 +29,9 @@ from dagster import Failure, MaterializeResult, MetadataValue
 from dagster_aws.pipes import PipesCloudWatchMessageReader, PipesECSClient
 from dagster_aws.pipes.clients.utils import WaiterConfig
 
+from lakehouse_pipelines.resources.lambda_failures import kind_failure
 from lambda_functions.contracts import CollectionRequest
-from lambda_functions.errors import TerminalError, TransientError
+from lambda_functions.errors import ErrorKind, TerminalError, TransientError, exit_code_kind
 from lambda_functions.registry import FUNCTIONS
 from lambda_functions.routing import ecs_collections
 
@@ -270,9 +271,9 @@ class EcsPipes:
                 ),
             )
         except EcsTaskNotStartedError as error:
-            raise Failure(description=str(error)) from None
+            raise kind_failure(str(error), "transient") from None
         except ClientError as error:
-            raise Failure(description=_refused(error)) from None
+            raise kind_failure(_refused(error), _refusal_kind(error)) from None
         except RuntimeError as error:
             if ecs.task:
                 raise _task_failure(function_name, ecs.task, self.settings, error) from None
@@ -306,6 +307,17 @@ def _refused(error: ClientError) -> str:
     return f"ECS refused the task: {code}: {message}. Fix: {hint}."
 
 
+# ECS API errors (Amazon ECS API Reference, "Common Errors" and RunTask "Errors"): the first are
+# refusals a retry cannot change, the second may clear by themselves.
+_REFUSALS = {"ClusterNotFoundException", "AccessDeniedException", "InvalidParameterException"}
+_MAY_CLEAR = {"ThrottlingException", "ServerException", "ServiceUnavailableException"}
+
+
+def _refusal_kind(error: ClientError) -> ErrorKind:
+    code = error.response.get("Error", {}).get("Code", "")
+    return "terminal" if code in _REFUSALS else "transient" if code in _MAY_CLEAR else "unknown"
+
+
 def _task_failure(
     function_name: str, task: Mapping[str, Any], settings: EcsRouteSettings, error: Exception
 ) -> Failure:
@@ -313,15 +325,17 @@ def _task_failure(
     containers = {c.get("name"): c for c in task.get("containers", [])}
     container = containers.get(settings.container_name, {})
     stream = f"ecs/{settings.container_name}/{task_id}"
-    return Failure(
-        description=(
+    exit_code = container.get("exitCode")
+    return kind_failure(
+        (
             f"ECS task {task.get('taskArn', '')} of {function_name} failed: {error} "
             f"(stop code {task.get('stopCode', '?')}: {task.get('stoppedReason', '?')}; exit code "
             f"{container.get('exitCode', '?')}). The stack trace is in the task's log: "
             f"{settings.log_group or '<LAKEHOUSE_ECS_LOG_GROUP>'} / {stream}. Nothing was "
             "committed by a failed merge; fix the cause and re-run."
         ),
-        metadata={
+        exit_code_kind(exit_code if isinstance(exit_code, int) else None),
+        {
             "function_name": MetadataValue.text(function_name),
             "ecs/task_arn": MetadataValue.text(task.get("taskArn", "")),
             "ecs/stop_code": MetadataValue.text(str(task.get("stopCode", ""))),

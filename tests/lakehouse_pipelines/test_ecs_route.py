@@ -193,10 +193,11 @@ def test_task_that_exits_non_zero_fails_the_step_naming_its_log(tmp_path):
     )
     assert not result.success
     (run,) = route.runs
-    assert run.exit_code == 1 and "InvalidRequestError" in "\n".join(run.stderr)
+    # a terminal error exits with EX_DATAERR (65), and the step is not retried
+    assert run.exit_code == 65 and "InvalidRequestError" in "\n".join(run.stderr)
     (failure,) = result.get_step_failure_events()
     description = failure.step_failure_data.error.message
-    assert "exit code 1" in description and LOG_GROUP in description
+    assert "exit code 65" in description and LOG_GROUP in description
     route.assert_all_calls_made()
 
 

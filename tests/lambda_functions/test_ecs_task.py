@@ -58,5 +58,5 @@ def test_entry_point_exits_non_zero_when_started_outside_pipes():
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)},
         check=False,
     )
-    assert done.returncode == 1
+    assert done.returncode == 65  # EX_DATAERR: a terminal error (errors.EXIT_CODES)
     assert "EcsTaskRequestError" in done.stderr and "PipesECSClient" in done.stderr

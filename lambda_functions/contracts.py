@@ -58,7 +58,6 @@ __all__ = [
     "MergeRequest",
     "SourceAuditRequest",
     "SourceRequest",
-    "check_masking",
     "check_redshift_connection",
     "closest_names",
     "fold_identifier",
@@ -191,12 +190,10 @@ class SourceRequest(CollectionRequest):
             Manager"); used instead of the URI variable when set.
         tls: documentdb: TLS is on unless explicitly turned off.
         tls_ca_file: documentdb: CA bundle path (e.g. ``global-bundle.pem``); "" = system CAs.
-        masking: the collection's PII masking rules, ``{"drop": [path...], "hash": [path...]}``
-            (dotted paths, ``lake.masking``; from ``LAKEHOUSE_MASKING``): capture masks what it
-            reads with them, the audit compares with them; ``{}`` masks nothing.
-        masking_key_secret_arn: the Secrets Manager secret holding the masking key (AWS); ""
-            = the function's ``LAKEHOUSE_MASKING_KEY_SECRET_ARN``, else its
-            ``LAKEHOUSE_MASKING_KEY`` (local). Names where the key lives, never the key.
+        masking: PII masking rules, ``{"drop": [path...], "hash": [path...]}`` (``lake.masking``,
+            from ``LAKEHOUSE_MASKING``), applied to what is read; ``{}`` masks nothing.
+        masking_key_secret_arn: the secret holding the masking key; "" = the function's
+            ``LAKEHOUSE_MASKING_KEY_SECRET_ARN`` or ``LAKEHOUSE_MASKING_KEY`` (never the key).
     """
 
     source_kind: str = "embedded"

@@ -64,6 +64,11 @@ def pipes_messages_bucket() -> dict[str, Any]:
 VARIABLE_VALUES: dict[str, Any] = {
     "LAKEHOUSE_METRICS_NAMESPACE": {"Ref": "MetricsNamespace"},
     "LAKEHOUSE_LAKE_URI": {"Fn::Sub": "s3://${LakeBucketName}/${LakePrefix}"},
+    # PII masking: the rules (the MQ function's; the others get them in their requests) and
+    # the secret holding the HMAC key. The key itself is never a variable on AWS.
+    "LAKEHOUSE_MASKING": {"Ref": "MaskingRules"},
+    "LAKEHOUSE_MASKING_KEY_SECRET_ARN": {"Ref": "MaskingKeySecretArn"},
+    "LAKEHOUSE_MASKING_KEY": "",
 }
 
 
@@ -138,6 +143,14 @@ def render_template() -> dict[str, Any]:
                                     "Resource": [
                                         {"Ref": "DocumentDbSecretArn"},
                                         {"Ref": "RedshiftSecretArn"},
+                                        # the masking key (capture and ingest functions)
+                                        {
+                                            "Fn::If": [
+                                                "HasMaskingKey",
+                                                {"Ref": "MaskingKeySecretArn"},
+                                                {"Ref": "AWS::NoValue"},
+                                            ]
+                                        },
                                     ],
                                 },
                                 {
@@ -226,11 +239,26 @@ def render_template() -> dict[str, Any]:
                 "Description": "Secrets Manager secret for Redshift (provisioned clusters), "
                 "or the DocumentDB secret again if unused",
             },
+            "MaskingRules": {
+                "Type": "String",
+                "Default": "",
+                "Description": "LAKEHOUSE_MASKING for the MQ function: PII masking rules per "
+                "collection as JSON (README, PII masking)",
+            },
+            "MaskingKeySecretArn": {
+                "Type": "String",
+                "Default": "",
+                "Description": "Secrets Manager secret holding the PII masking HMAC key "
+                "(SecretString, at least 32 bytes); empty when no rule hashes a field",
+            },
             "ReservedConcurrency": {
                 "Type": "Number",
                 "Default": DEFAULT_RESERVED_CONCURRENCY,
                 "Description": "per function; keep the Dagster lakehouse_lambda pool below it",
             },
+        },
+        "Conditions": {
+            "HasMaskingKey": {"Fn::Not": [{"Fn::Equals": [{"Ref": "MaskingKeySecretArn"}, ""]}]}
         },
         "Resources": resources,
         "Outputs": {

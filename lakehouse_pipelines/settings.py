@@ -28,6 +28,7 @@ from lakehouse_pipelines.settings_values import (
     parse_float,
     parse_history_collections,
     parse_int,
+    parse_masking,
     parse_table_overrides,
     split_namespace,
 )
@@ -97,6 +98,14 @@ class LakehouseSettings:
     change_stream_retention_seconds: int
     dms_csv_delimiter: str
     history_collections: frozenset[str] = frozenset()
+    # PII masking: namespace -> {"drop": [...], "hash": [...]} (LAKEHOUSE_MASKING), key source
+    masking: Mapping[str, Mapping[str, list[str]]] = field(default_factory=dict)
+    masking_key_secret_arn: str = ""
+    masking_key: str = field(default="", repr=False)
+
+    def masking_of(self, namespace: str) -> dict[str, list[str]]:
+        """The masking rules of one collection for its requests (``{}``: none)."""
+        return {name: list(paths) for name, paths in self.masking.get(namespace, {}).items()}
 
     @property
     def is_aws(self) -> bool:
@@ -295,6 +304,9 @@ class LakehouseSettings:
             history_collections=typed(
                 "LAKEHOUSE_HISTORY_COLLECTIONS", parse_history_collections, frozenset()
             ),
+            masking=typed("LAKEHOUSE_MASKING", parse_masking, {}),
+            masking_key_secret_arn=get("LAKEHOUSE_MASKING_KEY_SECRET_ARN"),
+            masking_key=get("LAKEHOUSE_MASKING_KEY"),
         )
         if len(problems) == 1:
             raise SettingsError(problems[0])

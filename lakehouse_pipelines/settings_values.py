@@ -122,3 +122,21 @@ def parse_bool(value: str, name: str) -> bool:
     if lowered in ("false", "0", "no", "off"):
         return False
     raise SettingsError(f"{name}={value!r} must be true or false")
+
+
+def parse_masking(value: str, name: str) -> dict[str, dict[str, list[str]]]:
+    """LAKEHOUSE_MASKING: each collection's PII masking rules, checked now (``lake.masking``).
+
+    Returns:
+        ``{namespace: {"drop": [path...], "hash": [path...]}}``, normalised (sorted, no repeats).
+
+    Raises:
+        SettingsError: the JSON, a namespace or a path is refused (the message names the fix).
+    """
+    from lambda_functions.lake.masking import MaskingRulesError, parse_masking_rules
+
+    try:
+        rules = parse_masking_rules(value)
+    except MaskingRulesError as error:
+        raise SettingsError(str(error)) from None
+    return {ns: {"drop": list(r.drop), "hash": list(r.hash)} for ns, r in rules.items()}

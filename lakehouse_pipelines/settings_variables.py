@@ -215,6 +215,23 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "DMS ingestion: the S3 target endpoint's `CsvDelimiter` (one character, DMS default `,`; "
         "`\\t` for a tab)",
     ),
+    "LAKEHOUSE_MASKING": (
+        "",
+        "",
+        'PII masking rules per collection, JSON: {"shop.customers": {"drop": ["ssn"], "hash": '
+        '["email"]}} (dotted paths; README "PII masking"); a change starts a new generation',
+    ),
+    "LAKEHOUSE_MASKING_KEY_SECRET_ARN": (
+        "",
+        "",
+        "PII masking: Secrets Manager secret holding the HMAC key of hashed fields (AWS)",
+    ),
+    "LAKEHOUSE_MASKING_KEY": (
+        "",
+        "",
+        "PII masking: the HMAC key of hashed fields as text, at least 32 bytes (local only; on "
+        "AWS use `LAKEHOUSE_MASKING_KEY_SECRET_ARN`)",
+    ),
     "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS": (
         "10800",
         "10800",

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Self
 
 from lambda_functions.request_fields import (
     InvalidRequestError,
+    check_masking,
     check_redshift_connection,
     closest_names,
     fold_identifier,
@@ -189,6 +190,10 @@ class SourceRequest(CollectionRequest):
             Manager"); used instead of the URI variable when set.
         tls: documentdb: TLS is on unless explicitly turned off.
         tls_ca_file: documentdb: CA bundle path (e.g. ``global-bundle.pem``); "" = system CAs.
+        masking: PII masking rules, ``{"drop": [path...], "hash": [path...]}`` (``lake.masking``,
+            from ``LAKEHOUSE_MASKING``), applied to what is read; ``{}`` masks nothing.
+        masking_key_secret_arn: the secret holding the masking key; "" = the function's
+            ``LAKEHOUSE_MASKING_KEY_SECRET_ARN`` or ``LAKEHOUSE_MASKING_KEY`` (never the key).
     """
 
     source_kind: str = "embedded"
@@ -196,9 +201,12 @@ class SourceRequest(CollectionRequest):
     secret_arn: str = ""
     tls: bool = True
     tls_ca_file: str = ""
+    masking: dict[str, list] = dataclasses.field(default_factory=dict)
+    masking_key_secret_arn: str = ""
 
     def validate(self) -> None:
         super().validate()
+        check_masking(self.masking, self.namespace)
         if self.source_kind not in ("embedded", "documentdb"):
             raise InvalidRequestError(
                 f"source_kind {self.source_kind!r} is unknown: use 'embedded' or 'documentdb'"
@@ -408,6 +416,7 @@ class DmsIngestRequest(CollectionRequest):
         max_bytes: at most this many bytes of input per raw batch.
         csv_delimiter: the S3 target endpoint's ``CsvDelimiter``, one character (DMS default
             ","; AWS DMS User Guide, "Endpoint settings when using Amazon S3 as a target").
+        masking, masking_key_secret_arn: PII masking, as in ``SourceRequest``.
     """
 
     kind: ClassVar[str] = "dms_ingest"
@@ -415,9 +424,12 @@ class DmsIngestRequest(CollectionRequest):
     max_rows: int = 100_000
     max_bytes: int = 256 * 1024 * 1024
     csv_delimiter: str = ","
+    masking: dict[str, list] = dataclasses.field(default_factory=dict)
+    masking_key_secret_arn: str = ""
 
     def validate(self) -> None:
         super().validate()
+        check_masking(self.masking, self.namespace)
         if not self.dms_uri:
             raise InvalidRequestError(
                 "dms_uri must name the folder DMS writes this collection to, e.g. "

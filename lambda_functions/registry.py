@@ -15,6 +15,13 @@ V = TypeVar("V")
 
 # Configured on every deployed function (the handlers' EMF metrics read it).
 COMMON_ENVIRONMENT: tuple[str, ...] = ("LAKEHOUSE_METRICS_NAMESPACE",)
+# PII masking (cdc_capture.edge_masking): where the HMAC key of hashed fields lives, a Secrets
+# Manager secret (AWS) or the key itself (local only). The rules travel in the requests, except
+# for the MQ function, which an event source invokes: it reads LAKEHOUSE_MASKING too.
+MASKING_KEY_ENVIRONMENT: tuple[str, ...] = (
+    "LAKEHOUSE_MASKING_KEY",
+    "LAKEHOUSE_MASKING_KEY_SECRET_ARN",
+)
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ CDC_CAPTURE = FunctionSpec(
     handler="lambda_functions.cdc_capture.handler.handler",
     timeout_s=900,
     memory_mb=1024,
-    environment=COMMON_ENVIRONMENT,
+    environment=(*COMMON_ENVIRONMENT, *MASKING_KEY_ENVIRONMENT),
     description="Captures DocumentDB changes into the S3 raw zone as atomic batches.",
 )
 MERGE = FunctionSpec(
@@ -106,7 +113,7 @@ DMS_INGEST = FunctionSpec(
     handler="lambda_functions.cdc_capture.dms_handler.handler",
     timeout_s=900,
     memory_mb=2048,
-    environment=COMMON_ENVIRONMENT,
+    environment=(*COMMON_ENVIRONMENT, *MASKING_KEY_ENVIRONMENT),
     description="Ingests AWS DMS output files (full load + CDC) into the S3 raw zone as batches.",
 )
 MQ_INGEST = FunctionSpec(
@@ -115,7 +122,12 @@ MQ_INGEST = FunctionSpec(
     timeout_s=300,
     memory_mb=1024,
     # an event-source mapping invokes it with the broker's messages: its lake comes from here
-    environment=(*COMMON_ENVIRONMENT, "LAKEHOUSE_LAKE_URI"),
+    environment=(
+        *COMMON_ENVIRONMENT,
+        "LAKEHOUSE_LAKE_URI",
+        "LAKEHOUSE_MASKING",
+        *MASKING_KEY_ENVIRONMENT,
+    ),
     description="Amazon MQ / SQS event source: change-event messages into the raw zone.",
 )
 SOURCE_AUDIT = FunctionSpec(
@@ -123,7 +135,7 @@ SOURCE_AUDIT = FunctionSpec(
     handler="lambda_functions.cdc_capture.audit_handler.handler",
     timeout_s=900,
     memory_mb=2048,
-    environment=COMMON_ENVIRONMENT,
+    environment=(*COMMON_ENVIRONMENT, *MASKING_KEY_ENVIRONMENT),
     description="Audits a collection: the source (read from a secondary) against its lake "
     "table, by key-hash bucket.",
 )

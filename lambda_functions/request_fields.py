@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from lambda_functions.errors import TerminalError
+from lambda_functions.lake.masking import MaskingRules, MaskingRulesError
 from lambda_functions.warehouse_sql import LOAD_TABLES, MAX_IDENTIFIER_BYTES, fold_identifier
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
@@ -175,3 +177,21 @@ def check_redshift_connection(
             "a provisioned cluster needs LAKEHOUSE_REDSHIFT_DB_USER (temporary "
             "credentials) or LAKEHOUSE_REDSHIFT_SECRET_ARN (Secrets Manager)"
         )
+
+
+def check_masking(masking: Mapping[str, Any], namespace: str) -> None:
+    """Check a request's masking rules (``{"drop": [...], "hash": [...]}``, ``lake.masking``).
+
+    Raises:
+        InvalidRequestError: a key other than ``drop``/``hash``, or a path ``MaskingRules``
+            refuses (the message names the fix).
+    """
+    unknown = sorted(set(masking) - {"drop", "hash"})
+    if unknown:
+        raise InvalidRequestError(
+            f"masking of {namespace} has {unknown}: only 'drop' and 'hash' lists of dotted paths"
+        )
+    try:
+        MaskingRules(*(tuple(masking.get(name, ())) for name in ("drop", "hash")))
+    except MaskingRulesError as error:
+        raise InvalidRequestError(f"masking of {namespace}: {error} (LAKEHOUSE_MASKING)") from None

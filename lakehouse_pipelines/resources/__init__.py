@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from lakehouse_pipelines.resources.lambda_pipes import LambdaPipes
@@ -22,6 +23,9 @@ def local_function_values(settings: LakehouseSettings) -> dict[str, str]:
     return {
         "LAKEHOUSE_METRICS_NAMESPACE": settings.metrics_namespace,
         "LAKEHOUSE_LAKE_URI": settings.lake_uri,
+        "LAKEHOUSE_MASKING": json.dumps(settings.masking),
+        "LAKEHOUSE_MASKING_KEY": settings.masking_key,
+        "LAKEHOUSE_MASKING_KEY_SECRET_ARN": settings.masking_key_secret_arn,
     }
 
 

@@ -4,6 +4,10 @@ Rows carry the ordering position ``pos`` described in ``positions``.
 Nothing is dropped silently: an input that cannot become a row is a dead letter with its reason
 (``quarantine``), written beside the batch (at a key unique to the attempt, which the manifest
 names as ``quarantine_key``) and counted in its manifest.
+
+PII masking (``edge_masking``): a ``BatchRows`` made with a collection's ``EdgeMasking`` masks
+every document and event before it becomes a row (``mask_document``, ``mask_event``, snapshot
+pages) and every dead letter before it is kept; ``publish`` names the masking in the manifest.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from bson.datetime_ms import DatetimeMS
 from bson.errors import InvalidBSON, InvalidDocument
 from bson.raw_bson import RawBSONDocument
 
+from lambda_functions.cdc_capture.edge_masking import EdgeMasking
 from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
 from lambda_functions.cdc_capture.extended_json import (
     RAW_DOCUMENT_OPTIONS,
@@ -29,6 +34,7 @@ from lambda_functions.cdc_capture.extended_json import (
 )
 from lambda_functions.cdc_capture.positions import cluster_position, commit_position, millis
 from lambda_functions.errors import TerminalError
+from lambda_functions.lake.masking_key import MaskingKeyError
 from lambda_functions.lake.raw_zone import (
     BATCH_SCHEMA,
     BatchManifest,
@@ -62,9 +68,14 @@ class ChangeRow(NamedTuple):
 
 
 class BatchRows:
-    """Column lists for one batch, turned into a single Arrow table when published."""
+    """Column lists for one batch, turned into a single Arrow table when published.
 
-    def __init__(self) -> None:
+    Args:
+        masking: the collection's masking (``None`` or empty rules: nothing is masked).
+    """
+
+    def __init__(self, masking: EdgeMasking | None = None) -> None:
+        self.masking = masking if masking is not None and masking.active else None
         self.ids: list[str] = []
         self.ops: list[str] = []
         self.positions: list[int] = []
@@ -85,6 +96,40 @@ class BatchRows:
         self.times_ms.append(time_ms)
         self.docs.append(doc)
         self.bytes += len(_id) + (len(doc) if doc else 0) + ROW_OVERHEAD_BYTES
+
+    def mask_document(self, document: Any) -> Any:
+        """``document`` masked with the collection's rules (itself without rules or when it
+        is not a document).
+
+        Raises:
+            Malformed: the document cannot be read to mask it (it goes to the dead letters,
+                masked or stripped).
+            MaskingKeyError: the rules hash fields and no key is configured.
+        """
+        if self.masking is None or not isinstance(document, Mapping):
+            return document
+        try:
+            return self.masking.document(document)
+        except MaskingKeyError:
+            raise
+        except Exception as error:
+            raise Malformed(f"document cannot be read to mask it: {type(error).__name__}") from None
+
+    def mask_event(self, event: Any) -> Any:
+        """A change event masked with the collection's rules (``EdgeMasking.event``).
+
+        Raises:
+            Malformed: the event cannot be read to mask it.
+            MaskingKeyError: the rules hash fields and no key is configured.
+        """
+        if self.masking is None or not isinstance(event, Mapping):
+            return event
+        try:
+            return self.masking.event(event)
+        except MaskingKeyError:
+            raise
+        except Exception as error:
+            raise Malformed(f"event cannot be read to mask it: {type(error).__name__}") from None
 
     def add_snapshot_page(
         self, page: list[Any], pos: int, time_ms: int, max_bytes: int
@@ -108,6 +153,16 @@ class BatchRows:
         taken, size = 0, self.bytes
         for document in page:
             taken += 1
+            if self.masking is not None:  # decodes only what the rules name
+                try:
+                    document = self.mask_document(document)
+                except Malformed as problem:
+                    self.bytes = size
+                    self.quarantine(str(problem), document)
+                    size = self.bytes
+                    if size >= max_bytes:
+                        break
+                    continue
             key = raw_record_key(document.raw) if type(document) is RawBSONDocument else None
             if key is not None:
                 try:
@@ -142,6 +197,11 @@ class BatchRows:
         return taken, None
 
     def quarantine(self, reason: str, raw: Any) -> None:
+        """Keep ``raw`` as a dead letter with its reason; masked (or stripped) and with masked
+        values redacted from the reason when the collection has rules
+        (``EdgeMasking.dead_letter``)."""
+        if self.masking is not None:
+            reason, raw = self.masking.dead_letter(reason, raw)
         line = f'{{"reason": {json.dumps(reason)}, "raw": {relaxed_json(raw)}}}'
         self.dead_letters.append(line)
         self.bytes += len(line)
@@ -279,6 +339,8 @@ def publish(
     """
     batch = checkpoint.batch + 1
     side = dict(side_files or {})
+    if rows.masking is not None:
+        extra = {**extra, **rows.masking.manifest_fields()}
     if rows.dead_letters:
         key = zone.side_key("quarantine", batch, ".jsonl")
         side[key] = ("\n".join(rows.dead_letters) + "\n").encode()

@@ -30,6 +30,14 @@ Guarantees:
   (the merge clears the table) is published and a new snapshot follows, a new table generation
   with nothing lost and nothing duplicated.
 
+Masking rules (``request.masking``, PII masking at the edge: ``edge_masking``) mask every
+snapshot document and change event before it becomes a row or a dead letter. Their
+``rules_fingerprint`` is kept in the capture state (``masking_fingerprint``); when the rules (or
+the key of hashed fields) change, the run starts a new generation first, as a reset does
+(``resnapshot_reason: "masking_rules_changed"``): a ``dropped`` marker (the merge clears the
+table, so no row captured under the old rules stays current) and a new snapshot under the new
+rules. Older Delta versions keep the old values until vacuum (see the README, "PII masking").
+
 Why an empty batch rather than writing the token into ``_checkpoint.json`` alone: the raw zone's
 one invariant is that capture state lives in manifests and the checkpoint is only a cache of the
 newest one (``read_checkpoint`` rolls forward over manifests); an empty batch keeps that, is
@@ -60,6 +68,7 @@ from lambda_functions.cdc_capture.capture_state import (
     loaded_token,
 )
 from lambda_functions.cdc_capture.change_source import ChangeSource
+from lambda_functions.cdc_capture.edge_masking import EdgeMasking, masking_of_request
 from lambda_functions.cdc_capture.errors import ResumeTokenExpiredError
 from lambda_functions.cdc_capture.positions import token_position
 from lambda_functions.cdc_capture.snapshot import SnapshotProgress, SnapshotSteps
@@ -81,7 +90,11 @@ from lambda_functions.waits import REPORT_EVERY_S
 DEADLINE_RESERVE_FRACTION = 0.10
 DEADLINE_RESERVE_MIN_S = 5.0
 
+# The capture state's record of the masking rules its rows were captured under.
+MASKING_STATE_KEY = "masking_fingerprint"
+
 __all__ = [
+    "MASKING_STATE_KEY",
     "CaptureResult",
     "SnapshotProgress",
     "capture_changes",
@@ -113,8 +126,11 @@ class CaptureResult:
         snapshot: set while (and in the run when) a snapshot is taken.
         dropped: the collection was dropped/invalidated/reset: a new snapshot follows.
         duration_seconds: wall time of the run, in seconds.
-        resnapshot_reason: ``"reset"`` | ``"resume_token_expired"`` when this run started one.
+        resnapshot_reason: ``"reset"`` | ``"resume_token_expired"`` |
+            ``"masking_rules_changed"`` when this run started one.
         idle_token_advanced: an empty batch carried a fresher token (quiet collection).
+        masking_fingerprint: ``rules_fingerprint`` of the collection's masking rules (16 hex),
+            ``None`` without rules.
     """
 
     namespace: str
@@ -134,8 +150,9 @@ class CaptureResult:
     snapshot: SnapshotProgress | None  # set while (and in the run when) a snapshot is taken
     dropped: bool  # the collection was dropped/invalidated/reset: a new snapshot follows
     duration_seconds: float
-    resnapshot_reason: str | None = None  # "reset" | "resume_token_expired" when one started
+    resnapshot_reason: str | None = None  # "reset" | "resume_token_expired" | "masking_..."
     idle_token_advanced: bool = False  # an empty batch carried a fresher token (quiet collection)
+    masking_fingerprint: str | None = None  # the masking rules' fingerprint; None: no rules
 
     def metadata(self) -> dict[str, dict[str, Any]]:
         """Materialization metadata in the typed form ``dagster_pipes`` accepts."""
@@ -166,6 +183,8 @@ class CaptureResult:
             values["snapshot_documents"] = self.snapshot.documents
         if self.resnapshot_reason is not None:
             values["resnapshot_reason"] = self.resnapshot_reason
+        if self.masking_fingerprint is not None:
+            values["masking_rules_fingerprint"] = self.masking_fingerprint
         return typed_metadata(values)
 
     def summary(self) -> dict[str, Any]:
@@ -184,6 +203,7 @@ def capture_changes(
     on_progress: Callable[[str], None] | None = None,
     store: ObjectStore | None = None,
     reset: bool = False,
+    masking: EdgeMasking | None = None,
 ) -> CaptureResult:
     """Capture what changed in one collection since its last published batch.
 
@@ -206,6 +226,9 @@ def capture_changes(
         reset: start over with a new snapshot, first publishing an empty batch marked
             ``dropped`` so the merge clears the table (the recovery from
             ``ResumeTokenExpiredError``; ``request.auto_resnapshot`` does it by itself).
+        masking: the collection's masking (default: from ``request.masking`` and
+            ``request.masking_key_secret_arn`` / ``LAKEHOUSE_MASKING_KEY``); a fingerprint
+            other than the stored one starts a new generation (module docstring).
 
     Returns:
         A ``CaptureResult``: the batches published by this run and where capture stands.
@@ -221,6 +244,9 @@ def capture_changes(
             transient) or is configured wrongly (``SourceConfigurationError``, terminal).
         CorruptManifestError: the newest manifest is damaged (unless ``reset``).
         CaptureStateError: the newest batch is another input's (DMS files, MQ messages).
+        MaskingRulesError, MaskingKeyError: the masking rules are malformed, or they hash
+            fields and the key is missing or unreadable (terminal; nothing is read).
+        MaskingKeyUnavailableError: Secrets Manager throttled the key read (transient).
 
     Guarantees:
         Atomic batches: data files first, the manifest (an exclusive create) last, the checkpoint
@@ -230,7 +256,12 @@ def capture_changes(
         stream order (``pos``, then ``seq``).
     """
     zone = RawZone.for_request(request, store)
-    return _CaptureRun(request, source, zone, deadline, on_progress).execute(reset=reset)
+    if masking is None:
+        masking = masking_of_request(
+            zone.namespace, request.masking, key_secret_arn=request.masking_key_secret_arn
+        )
+    run = _CaptureRun(request, source, zone, deadline, on_progress, masking)
+    return run.execute(reset=reset)
 
 
 class _CaptureRun(SnapshotSteps, StreamSteps):
@@ -244,8 +275,10 @@ class _CaptureRun(SnapshotSteps, StreamSteps):
         zone: RawZone,
         deadline: Callable[[], float] | None,
         on_progress: Callable[[str], None] | None,
+        masking: EdgeMasking,
     ):
         self.request = request
+        self.masking = masking
         self.source = source
         self.zone = zone
         self.deadline = deadline
@@ -276,7 +309,15 @@ class _CaptureRun(SnapshotSteps, StreamSteps):
             self.on_progress(f"{damage}\nreset: publishing the marker after it")
             checkpoint = Checkpoint(batch=self.zone.newest_batch_number())
         state: CaptureState | None = None
-        if reset:
+        if not reset and checkpoint.state and self._masking_changed(checkpoint.state):
+            self.on_progress(
+                f"{self.zone.namespace}: the masking rules changed (fingerprint "
+                f"{checkpoint.state.get(MASKING_STATE_KEY)} -> {self.masking.fingerprint}): "
+                "starting a new generation (re-snapshot) so no value captured under the old "
+                "rules stays in the current table"
+            )
+            checkpoint, state = self._resnapshot(checkpoint, "masking_rules_changed")
+        elif reset:
             checkpoint, state = self._resnapshot(checkpoint, "reset")
         if state is None:
             state = (
@@ -317,6 +358,14 @@ class _CaptureRun(SnapshotSteps, StreamSteps):
             extra["generation_pos"] = state.start_pos
         return self._publish(BatchRows(), checkpoint, state, extra), state
 
+    def _masking_changed(self, stored: Mapping[str, Any]) -> bool:
+        """Whether the stored state was captured under other masking rules (a state without a
+        fingerprint was captured without rules). Only change-stream states are compared: a
+        state of another input is refused as before (``capture_state_from_json``)."""
+        if stored.get("phase") not in ("snapshot", "stream"):
+            return False
+        return stored.get(MASKING_STATE_KEY) != self.masking.fingerprint
+
     # -- publishing ------------------------------------------------------------------------------
     def _publish(
         self,
@@ -325,12 +374,19 @@ class _CaptureRun(SnapshotSteps, StreamSteps):
         state: CaptureState,
         extra: dict[str, Any],
     ) -> Checkpoint:
-        stored = state.to_json()
+        stored = self._stored_state(state)
         manifest = publish(
             self.zone, rows, checkpoint, stored, {**extra, "stopped_by": self.stopped_by}
         )
         self.manifests.append(manifest)
         return Checkpoint(batch=manifest.batch, state=stored)
+
+    def _stored_state(self, state: CaptureState) -> dict[str, Any]:
+        """The state as the manifest stores it: with the masking rules' fingerprint, if any."""
+        stored = {k: v for k, v in state.to_json().items() if k != MASKING_STATE_KEY}
+        if self.masking.fingerprint is not None:
+            stored[MASKING_STATE_KEY] = self.masking.fingerprint
+        return stored
 
     def _out_of_time(self) -> bool:
         if self.deadline is not None and self.deadline() <= self.reserve:
@@ -390,4 +446,5 @@ class _CaptureRun(SnapshotSteps, StreamSteps):
             duration_seconds=time.monotonic() - self.started,
             resnapshot_reason=self.resnapshot_reason,
             idle_token_advanced=self.idle_token_advanced,
+            masking_fingerprint=self.masking.fingerprint,
         )

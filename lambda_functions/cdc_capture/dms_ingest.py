@@ -33,6 +33,10 @@ is already there. A late CDC file (older name than files already ingested) is st
 while it is newer than the oldest remembered one. New full-load files after CDC has begun mean DMS
 reloaded the table: a batch marked ``dropped`` (a new table generation) comes first.
 
+PII masking (``request.masking``, ``edge_masking``): each ``_doc`` is masked once decoded, dead
+letters too. The bookmark keeps the rules' fingerprint; on a change, a ``dropped`` batch (a new
+generation) comes first and every file in the folder is read again (keep the full-load files).
+
 Limits: each file is read whole into memory: keep DMS's ``MaxFileSize`` (full load) and
 ``CdcMaxBatchInterval``/``CdcMinFileSize`` (CDC) well under the function's memory (e.g. 64 MB).
 A reload that rewrites ``LOAD`` files under the same names is not detected: use ``reset``.
@@ -61,6 +65,7 @@ from lambda_functions.cdc_capture.batches import (
     publish_with_ledger,
     read_ledger,
 )
+from lambda_functions.cdc_capture.edge_masking import EdgeMasking, masking_of_request
 from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
 from lambda_functions.cdc_capture.extended_json import decode_document
 from lambda_functions.cdc_capture.positions import commit_position, millis
@@ -71,6 +76,7 @@ from lambda_functions.lake.store import ObjectStore, open_store
 from lambda_functions.pipes import typed
 
 RECENT_CDC_FILES = 1_000
+MASKING_BOOKMARK_KEY = "masking_fingerprint"  # the rules the bookmarked files were read under
 MAX_CSV_FIELD_CHARS = 1 << 30  # a _doc field: MongoDB documents reach 16 MB of BSON
 MAX_PUBLISH_ATTEMPTS = 5  # rebuilds on top of a concurrent ingest that published first
 DEADLINE_RESERVE_S = 10.0  # stop taking new files with less time than this left
@@ -95,6 +101,7 @@ class DmsIngestResult:
     rows_by_op: Counter[str] = field(default_factory=Counter)
     quarantined: int = 0
     reloaded: bool = False
+    masking_rules_changed: bool = False  # a new generation: every file is read again
     pending_files: int = 0  # new files left for the next run (budget or deadline)
     max_event_time: datetime | None = None
     duration_seconds: float = 0.0
@@ -112,6 +119,7 @@ class DmsIngestResult:
             "rows_by_op": typed(dict(self.rows_by_op), "json"),
             "quarantined": typed(self.quarantined, "int"),
             "reloaded": typed(self.reloaded, "bool"),
+            "masking_rules_changed": typed(self.masking_rules_changed, "bool"),
             "pending_files": typed(self.pending_files, "int"),
             "cdc_lag_seconds": typed(round(lag, 3), "float"),
             "duration_seconds": typed(round(self.duration_seconds, 3), "float"),
@@ -135,6 +143,7 @@ def ingest_dms_files(
     dms_store: ObjectStore | None = None,
     deadline: Callable[[], float] | None = None,
     on_progress: Callable[[str], None] | None = None,
+    masking: EdgeMasking | None = None,
 ) -> DmsIngestResult:
     """Publish the rows of DMS files not ingested yet, in order; see the module docstring.
 
@@ -155,6 +164,8 @@ def ingest_dms_files(
         deadline: returns the seconds the caller has left (a Lambda's remaining time); no new
             file is started when little time remains, the rest waits for the next run.
         on_progress: told one line per published batch and at the end.
+        masking: the collection's masking (default: from ``request.masking`` and
+            ``request.masking_key_secret_arn`` / ``LAKEHOUSE_MASKING_KEY``).
 
     Returns:
         A ``DmsIngestResult``: files ingested, batches published (ascending), rows by op, dead
@@ -169,15 +180,21 @@ def ingest_dms_files(
         ConcurrentCaptureError: another ingest won the race ``MAX_PUBLISH_ATTEMPTS`` times
             (transient: retry).
         LakeBucketMissingError: the lake's (or the DMS) bucket does not exist (terminal).
+        MaskingRulesError, MaskingKeyError: the masking rules are malformed, or they hash
+            fields and the key is missing or unreadable (terminal; nothing is read).
     """
     started = time.monotonic()
     say = on_progress or (lambda _message: None)
     zone = RawZone.for_request(request, store)
+    if masking is None:
+        masking = masking_of_request(
+            zone.namespace, request.masking, key_secret_arn=request.masking_key_secret_arn
+        )
     source = dms_store or open_store(request.dms_uri)
     result = DmsIngestResult(zone.namespace)
     for attempt in range(1, MAX_PUBLISH_ATTEMPTS + 1):
         try:
-            _ingest_pending(request, zone, source, result, deadline, say)
+            _ingest_pending(request, zone, source, result, deadline, say, masking)
             break
         except ConcurrentCaptureError:
             if attempt == MAX_PUBLISH_ATTEMPTS:
@@ -195,19 +212,29 @@ def _ingest_pending(
     result: DmsIngestResult,
     deadline: Callable[[], float] | None,
     say: Callable[[str], None],
+    masking: EdgeMasking,
 ) -> None:
     """One attempt: from the newest batch's bookmark, publish the pending files. Only what
     was published reaches ``result`` (files when the batch finishing them is published)."""
     checkpoint = zone.read_checkpoint(on_repair=say)
     bookmark = _read_bookmark(zone, checkpoint)
+    progress = {k: v for k, v in bookmark.items() if k != MASKING_BOOKMARK_KEY}
+    read_before = progress != _empty_bookmark()
+    if bookmark.get(MASKING_BOOKMARK_KEY) != masking.fingerprint and read_before:
+        say(f"{zone.namespace}: the masking rules changed: a new generation reads every file again")
+        bookmark = _with_fingerprint(_empty_bookmark(), masking)
+        extra = {"dropped": True, "reason": "masking_rules_changed"}
+        checkpoint = _publish(zone, BatchRows(), checkpoint, bookmark, extra, result)
+        result.masking_rules_changed = True
     files = _pending(source, bookmark)
     new_loads = [f for f in files if f.kind == "load"]
     if new_loads and bookmark["cdc_started"]:
         say(f"{zone.namespace}: new full-load files after CDC began: DMS reloaded the table")
-        bookmark = _empty_bookmark()
+        bookmark = _with_fingerprint(_empty_bookmark(), masking)
         checkpoint = _publish(zone, BatchRows(), checkpoint, bookmark, {"dropped": True}, result)
         result.reloaded = True
-    rows = BatchRows()
+    bookmark = _with_fingerprint(bookmark, masking)
+    rows = BatchRows(masking)
     files_in_batch: list[str] = []
     result.pending_files = 0
 
@@ -218,7 +245,7 @@ def _ingest_pending(
         nonlocal checkpoint, rows, files_in_batch
         checkpoint = _publish(zone, rows, checkpoint, bookmark, {}, result)
         result.files.extend(files_in_batch)
-        rows, files_in_batch = BatchRows(), []
+        rows, files_in_batch = BatchRows(masking), []
 
     for position, dms_file in enumerate(files):
         if deadline is not None and deadline() < DEADLINE_RESERVE_S:
@@ -365,7 +392,7 @@ def _add_row(rows: BatchRows, dms_file: DmsFile, index: int, row: dict[str, Any]
             document = decode_document(text)
         except Exception as error:
             raise Malformed(f"_doc is not extended JSON: {error}") from error
-        key, doc = document_json(document)
+        key, doc = document_json(rows.mask_document(document))  # masked before it is a row
         rows.add(key, op, pos, time_ms, doc)
     except Malformed as problem:
         kept = {k: v for k, v in row.items() if v is not None and k != "_problem"}
@@ -427,6 +454,14 @@ def _empty_bookmark() -> dict[str, Any]:
         "cdc_started": False,
         "current": {"key": None, "rows_done": 0},
     }
+
+
+def _with_fingerprint(bookmark: dict[str, Any], masking: EdgeMasking) -> dict[str, Any]:
+    """The bookmark naming the masking its files are read under (no key: no rules)."""
+    bookmark = {k: v for k, v in bookmark.items() if k != MASKING_BOOKMARK_KEY}
+    if masking.fingerprint is not None:
+        bookmark[MASKING_BOOKMARK_KEY] = masking.fingerprint
+    return bookmark
 
 
 def _read_bookmark(zone: RawZone, checkpoint: Checkpoint) -> dict[str, Any]:

@@ -34,6 +34,16 @@ Guarantees:
   with the event's position (the merge removes the rows older than it): the rows read before
   it are published first, in a batch of their own, since a queue's best-effort order can put
   a newer change (into the re-created collection) in front of the drop.
+- **PII masking** (``edge_masking``): the function's ``LAKEHOUSE_MASKING`` rules mask each event
+  (``fullDocument``, ``fullDocumentBeforeChange``, ``documentKey``, ``updatedFields``) before it
+  becomes a row; a dead letter keeps the message with its payload masked (stripped when it is
+  not JSON), and a message no collection takes keeps no payload while any rules are set. Such
+  failed messages are *not* returned in ``batchItemFailures`` (``withheld_failures`` instead):
+  the queue's redrive policy would keep the message in clear in the queue's dead-letter queue,
+  while the masked dead letter in the lake is kept and counted.
+  Messages cannot be read again: after a rules change, rows published earlier keep the old
+  masking until the relay sends the collection again behind a ``drop`` event (README, "PII
+  masking").
 - Concurrent invocations are safe: if another invocation published the next batch first, this
   one drops its unpublished batch and rebuilds on top of the winner's (whose ledger tells which
   messages the winner took), up to ``MAX_PUBLISH_ATTEMPTS`` attempts; what this invocation
@@ -60,6 +70,7 @@ from lambda_functions.cdc_capture.batches import (
     publish_with_ledger,
     read_ledger,
 )
+from lambda_functions.cdc_capture.edge_masking import EdgeMasking, MaskingByCollection
 from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
 from lambda_functions.cdc_capture.extended_json import InvalidExtendedJSONError, decode_document
 from lambda_functions.cdc_capture.positions import event_position
@@ -92,6 +103,8 @@ class MessageIngestResult:
     rows: int = 0
     quarantined: int = 0
     failed_message_ids: list[str] = field(default_factory=list)  # malformed (SQS reports them)
+    # malformed messages of masked collections: kept masked in the lake, not reported (masking)
+    withheld_failures: list[str] = field(default_factory=list)
 
     def response(self, event_source: str) -> dict[str, Any]:
         """The handler's return value: SQS partial failures, or a summary for MQ."""
@@ -144,6 +157,7 @@ def ingest_messages(
     store: ObjectStore,
     *,
     default_namespace: str | None = None,
+    masking: MaskingByCollection | None = None,
 ) -> MessageIngestResult:
     """Publish the change events of ``messages`` as batches, one or more per collection.
 
@@ -156,11 +170,14 @@ def ingest_messages(
         messages: the messages of one Lambda event (``parse_event``).
         store: the lake's object store.
         default_namespace: ``"database.collection"`` for events without ``ns``.
+        masking: each collection's masking (default: ``MaskingByCollection()``, from the
+            function's ``LAKEHOUSE_MASKING`` and key settings).
 
     Returns:
         A ``MessageIngestResult``: counts of messages, rows, duplicates and dead letters, the
-        batches published by namespace, and ``failed_message_ids`` (the malformed messages,
-        which the SQS handler reports as batch item failures).
+        batches published by namespace, ``withheld_failures`` (malformed messages of collections
+        with masking rules: dead-lettered masked in the lake only) and ``failed_message_ids``
+        (the other malformed messages, which the SQS handler reports as batch item failures).
 
     Guarantees:
         Atomic batches: data and the ledger of message ids first, the manifest last (an
@@ -170,7 +187,10 @@ def ingest_messages(
     Raises:
         ConcurrentCaptureError: other invocations published first ``MAX_PUBLISH_ATTEMPTS``
             times in a row (nothing of the failed attempt is published; the broker redelivers).
+        MaskingRulesError, MaskingKeyError: the masking settings are malformed, or rules hash
+            fields and the key is missing (terminal; nothing of the collection is published).
     """
+    masking = MaskingByCollection() if masking is None else masking
     result = MessageIngestResult(messages=len(messages))
     by_namespace: dict[str, list[tuple[Message, list[Any] | None, str | None]]] = {}
     delivered: set[str] = set()
@@ -182,14 +202,19 @@ def ingest_messages(
         events, problem, routing = _decode(message)
         namespace, unroutable = _namespace(routing, default_namespace)
         if namespace is None:
-            _quarantine_unrouted(store, message, "; ".join(filter(None, (problem, unroutable))))
+            # with masking rules set, a decoding problem (it may quote a value) is left out
+            parts = (unroutable,) if masking.configured else (problem, unroutable)
+            reason = "; ".join(filter(None, parts))
+            _quarantine_unrouted(store, message, reason, strip=masking.configured)
             result.quarantined += 1
-            result.failed_message_ids.append(message.message_id)
+            failed = result.withheld_failures if masking.configured else result.failed_message_ids
+            failed.append(message.message_id)
             continue
         by_namespace.setdefault(namespace, []).append((message, events, problem))
     for namespace, items in by_namespace.items():
         database, collection = namespace.split(".", 1)
-        _publish_namespace(RawZone(store, database, collection), items, result)
+        zone = RawZone(store, database, collection)
+        _publish_namespace(zone, items, result, masking(namespace))
     return result
 
 
@@ -218,6 +243,7 @@ def _publish_namespace(
     zone: RawZone,
     items: list[tuple[Message, list[Any] | None, str | None]],
     result: MessageIngestResult,
+    masking: EdgeMasking,
 ) -> None:
     """Publish one collection's messages; if another invocation publishes first, rebuild on top
     of its batch (its ledger included). Messages this invocation already published in an
@@ -225,7 +251,7 @@ def _publish_namespace(
     progress = _NamespaceProgress()
     for attempt in range(1, MAX_PUBLISH_ATTEMPTS + 1):
         try:
-            outcome = _publish_attempt(zone, items, progress)
+            outcome = _publish_attempt(zone, items, progress, masking)
             break
         except ConcurrentCaptureError:
             if attempt == MAX_PUBLISH_ATTEMPTS:
@@ -235,7 +261,8 @@ def _publish_namespace(
     result.rows += progress.rows
     result.quarantined += progress.quarantined
     result.duplicates += outcome.duplicates
-    result.failed_message_ids.extend(
+    failed = result.withheld_failures if masking.active else result.failed_message_ids
+    failed.extend(
         [i for i, status in progress.published.items() if status == "quarantined"]
         + outcome.failed_duplicates
     )
@@ -245,10 +272,11 @@ def _publish_attempt(
     zone: RawZone,
     items: list[tuple[Message, list[Any] | None, str | None]],
     progress: _NamespaceProgress,
+    masking: EdgeMasking,
 ) -> _AttemptOutcome:
     checkpoint = zone.read_checkpoint()
     seen = read_ledger(zone, checkpoint, input_name="mq", ledger="seen") or {}
-    rows, covered, outcome = BatchRows(), dict(seen), _AttemptOutcome()
+    rows, covered, outcome = BatchRows(masking), dict(seen), _AttemptOutcome()
     unpublished: dict[str, str] = {}  # messages in ``rows``, published with the next flush
 
     def flush(extra: dict[str, Any]) -> None:
@@ -263,7 +291,7 @@ def _publish_attempt(
         progress.published.update(unpublished)
         unpublished.clear()
         checkpoint = Checkpoint(manifest.batch, manifest.state)
-        rows = BatchRows()
+        rows = BatchRows(masking)
 
     for message, events, problem in items:
         message_id = message.message_id
@@ -307,7 +335,7 @@ def _publish_attempt(
                         "update event without fullDocument: publish change events opened with "
                         "fullDocument: 'updateLookup'"
                     )
-                row = event_row(event)
+                row = event_row(rows.mask_event(event))  # masked before it becomes a row
             except (Malformed, KeyError, TypeError) as error:
                 rows.quarantine(f"message {message_id}: {error}", event)
                 malformed = True
@@ -387,14 +415,23 @@ def _namespace(events: list[Any], default: str | None) -> tuple[str | None, str 
     return default, None
 
 
-def _quarantine_unrouted(store: ObjectStore, message: Message, reason: str) -> None:
+def _quarantine_unrouted(
+    store: ObjectStore, message: Message, reason: str, *, strip: bool = False
+) -> None:
     """Write the dead letter of a message no collection can take, once per (id, payload).
+
+    With ``strip`` (masking rules are set for some collection, and which apply is unknown), the
+    payload is left out (its size is kept); the caller leaves out of ``reason`` what may quote
+    a value.
 
     The key hashes the message id *and* payload, so a redelivery of the same message finds its
     dead letter already there, while two different messages that share an id (a RabbitMQ
     producer reusing ``messageId``) cannot overwrite one another's.
     """
-    line = {"reason": reason, "message_id": message.message_id, "raw": _raw_of(message)}
+    raw: dict[str, Any] = _raw_of(message)
+    if strip:
+        raw["payload"] = {"stripped": len(message.payload or b"")}
+    line = {"reason": reason, "message_id": message.message_id, "raw": raw}
     digest = hashlib.sha256(message.message_id.encode() + b"\n" + (message.payload or b""))
     with contextlib.suppress(ObjectExistsError):  # the same message, delivered before
         store.put_if_absent(

@@ -30,6 +30,7 @@ from lambda_functions.waits import WaitReport
 
 if TYPE_CHECKING:
     from lambda_functions.cdc_capture.change_source import ChangeSource
+    from lambda_functions.cdc_capture.edge_masking import EdgeMasking
     from lambda_functions.contracts import CaptureRequest
     from lambda_functions.lake.raw_zone import Checkpoint, RawZone
 
@@ -67,6 +68,7 @@ class SnapshotSteps:
     report_every_s: float
     snapshot_documents: int | None
     snapshot_start: int | None
+    masking: EdgeMasking
 
     if TYPE_CHECKING:
 
@@ -124,7 +126,7 @@ class SnapshotSteps:
     ) -> tuple[Checkpoint, CaptureState]:
         """Read at most one batch worth of documents after ``last_id``; publish it with the
         snapshot's progress (or, when the snapshot is complete, the stream state)."""
-        request, rows = self.request, BatchRows()
+        request, rows = self.request, BatchRows(self.masking)
         pos = state.start_pos
         start_time = state.start_time if state.start_time is not None else time.time()
         time_ms = (pos >> 32) * 1000 or int(start_time * 1000)  # old states lack start_time

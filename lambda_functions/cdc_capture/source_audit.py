@@ -84,6 +84,7 @@ from lambda_functions.cdc_capture.audit_buckets import (
 from lambda_functions.cdc_capture.batches import END_OPS
 from lambda_functions.cdc_capture.capture_state import loaded_token
 from lambda_functions.cdc_capture.change_source import ChangeSource
+from lambda_functions.cdc_capture.edge_masking import masking_of_request
 from lambda_functions.cdc_capture.extended_json import encode_document
 from lambda_functions.cdc_capture.stream import EXPIRED_CODES
 from lambda_functions.contracts import SOURCE_AUDIT_BUCKETS, SourceAuditRequest
@@ -145,6 +146,8 @@ def audit_source(
             another reason than a purged history (which is reported as ``lake_lagging``; MongoDB
             manual, "Change Streams"; Amazon DocumentDB Developer Guide, "Using change streams
             with Amazon DocumentDB").
+        MaskingRulesError, MaskingKeyError: ``request.masking`` is malformed, or hashes fields
+            and the masking key is missing (terminal).
     """
     started = time.monotonic()
     store = store or open_store(request.lake_uri)
@@ -200,6 +203,9 @@ class _AuditRun:
         self.source = source
         self.store = store
         self.buckets = buckets
+        self.masking = masking_of_request(
+            request.namespace, request.masking, key_secret_arn=request.masking_key_secret_arn
+        )
         self.deadline = deadline
         self.reserve = max(5.0, 0.1 * deadline()) if deadline else 0.0
         self.log = log
@@ -344,7 +350,7 @@ class _AuditRun:
         if bucket not in self.buckets:
             return
         try:
-            doc = encode_document(document)
+            doc = encode_document(self.masking.document(document))  # as capture stored it
         except InvalidDocument:
             self.unencodable += 1
             return

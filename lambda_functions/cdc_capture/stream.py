@@ -31,6 +31,7 @@ from lambda_functions.lake.raw_zone import RESNAPSHOT_HOW_TO
 
 if TYPE_CHECKING:
     from lambda_functions.cdc_capture.change_source import ChangeSource
+    from lambda_functions.cdc_capture.edge_masking import EdgeMasking
     from lambda_functions.contracts import CaptureRequest
     from lambda_functions.lake.raw_zone import Checkpoint, RawZone
 
@@ -63,11 +64,13 @@ class StreamSteps:
     dropped: bool
     idle_token_advanced: bool
     last_event_ms: int | None
+    masking: EdgeMasking
 
     if TYPE_CHECKING:
 
         def _out_of_time(self) -> bool: ...
         def _start_snapshot(self) -> SnapshotState: ...
+        def _stored_state(self, state: CaptureState) -> dict[str, Any]: ...
         def _publish(
             self,
             rows: BatchRows,
@@ -80,7 +83,7 @@ class StreamSteps:
         self, checkpoint: Checkpoint, state: StreamState
     ) -> tuple[Checkpoint, CaptureState]:
         """Read the stream after the saved token into one batch (see the module docstring)."""
-        request, rows = self.request, BatchRows()
+        request, rows = self.request, BatchRows(self.masking)
         token = loaded_token(state.resume_token)
         last_token: Mapping[str, Any] | None = None
         idle_token: Mapping[str, Any] | None = None
@@ -140,7 +143,7 @@ class StreamSteps:
             self.idle_token_advanced = True
         else:
             new_state = state
-        if not rows.seen and new_state.to_json() == checkpoint.state:
+        if not rows.seen and self._stored_state(new_state) == checkpoint.state:
             return checkpoint, new_state  # nothing new: no batch, checkpoint unchanged
         checkpoint = self._publish(rows, checkpoint, new_state, extra)
         self.on_progress(
@@ -164,9 +167,9 @@ class StreamSteps:
             self.skipped[f"ignored_{op}"] += 1  # e.g. createIndexes with expanded events
             return
         try:
-            row = event_row(event)
+            row = event_row(rows.mask_event(event))  # masked before it becomes a row
         except Malformed as problem:
-            rows.quarantine(str(problem), event)
+            rows.quarantine(str(problem), event)  # masked or stripped (``BatchRows``)
             return
         if row is None:
             self.skipped["update_of_deleted_document"] += 1

@@ -94,6 +94,8 @@ def capture_request(lakehouse: LakehouseSettings, namespace: str, *, reset: bool
         auto_resnapshot=lakehouse.auto_resnapshot,
         max_cdc_lag_seconds=lakehouse.max_cdc_lag_seconds,
         stream_retention_seconds=lakehouse.change_stream_retention_seconds,
+        masking=lakehouse.masking_of(namespace),
+        masking_key_secret_arn=lakehouse.masking_key_secret_arn,
     )
 
 
@@ -104,6 +106,8 @@ def dms_request(lakehouse: LakehouseSettings, namespace: str, dms_uri: str) -> D
         **request_fields(lakehouse, namespace),
         dms_uri=dms_uri,
         csv_delimiter=lakehouse.dms_csv_delimiter,
+        masking=lakehouse.masking_of(namespace),
+        masking_key_secret_arn=lakehouse.masking_key_secret_arn,
     )
 
 
@@ -148,6 +152,8 @@ def audit_request(lakehouse: LakehouseSettings, namespace: str) -> SourceAuditRe
         **request_fields(lakehouse, namespace),
         **source_fields(lakehouse),
         buckets_per_run=lakehouse.audit_buckets_per_run,
+        masking=lakehouse.masking_of(namespace),
+        masking_key_secret_arn=lakehouse.masking_key_secret_arn,
     )
 
 

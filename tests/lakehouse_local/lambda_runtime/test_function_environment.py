@@ -25,7 +25,7 @@ from lakehouse_local.lambda_runtime import LocalLambdaRuntime
 from lakehouse_pipelines.deploy_template import VARIABLE_VALUES, render_yaml
 from lakehouse_pipelines.resources import local_function_values
 from lakehouse_pipelines.settings import LakehouseSettings
-from lambda_functions.registry import FUNCTIONS, MQ_INGEST, FunctionSpec
+from lambda_functions.registry import FUNCTIONS, MASKING_KEY_ENVIRONMENT, MQ_INGEST, FunctionSpec
 from tests.lakehouse_local.lambda_runtime.test_runtime import HERE, exits_soon, invoke
 
 CONFIGURED = FunctionSpec(
@@ -222,7 +222,8 @@ def test_the_mq_function_reads_its_lake_from_its_configuration_not_the_callers(
     """The real handler: ``LAKEHOUSE_LAKE_URI`` set in the caller does not reach it; the value
     the deployment configures does."""
     caller_env.setenv("LAKEHOUSE_LAKE_URI", str(tmp_path / "caller-lake"))
-    values = {"LAKEHOUSE_METRICS_NAMESPACE": "Lakehouse/Test"}
+    values = {"LAKEHOUSE_METRICS_NAMESPACE": "Lakehouse/Test", "LAKEHOUSE_MASKING": ""}
+    values |= {name: "" for name in MASKING_KEY_ENVIRONMENT}  # no PII masking
     not_configured = dataclasses.replace(MQ_INGEST, environment=("LAKEHOUSE_METRICS_NAMESPACE",))
     with LocalLambdaRuntime({MQ_INGEST.name: not_configured}, variables=values) as rt:
         response = invoke(rt, MQ_INGEST.name, MQ_EVENT)

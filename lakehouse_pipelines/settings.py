@@ -220,6 +220,13 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "`true`: on an expired resume token capture re-snapshots by itself (new table "
         "generation) instead of failing",
     ),
+    "LAKEHOUSE_UPDATE_LOOKUP": (
+        "true",
+        "true",
+        "`false`: the change stream is opened without `fullDocument: updateLookup` (one read "
+        "less per update on the cluster); updates arrive as `updateDescription` deltas that the "
+        "merge applies to the stored document",
+    ),
     "LAKEHOUSE_MAX_CDC_LAG_SECONDS": (
         "900",
         "900",
@@ -289,6 +296,7 @@ class LakehouseSettings:
     documentdb_ca_file: str
     documentdb_tls: bool
     auto_resnapshot: bool
+    update_lookup: bool
     max_cdc_lag_seconds: float
     change_stream_retention_seconds: int
     dms_csv_delimiter: str
@@ -465,6 +473,7 @@ class LakehouseSettings:
             documentdb_ca_file=get("LAKEHOUSE_DOCUMENTDB_CA_FILE"),
             documentdb_tls=typed("LAKEHOUSE_DOCUMENTDB_TLS", _bool),
             auto_resnapshot=typed("LAKEHOUSE_AUTO_RESNAPSHOT", _bool),
+            update_lookup=typed("LAKEHOUSE_UPDATE_LOOKUP", _bool, True),
             max_cdc_lag_seconds=typed("LAKEHOUSE_MAX_CDC_LAG_SECONDS", _float),
             change_stream_retention_seconds=typed(
                 "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS", _int

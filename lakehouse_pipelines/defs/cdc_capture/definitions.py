@@ -94,6 +94,7 @@ def capture_request(lakehouse: LakehouseSettings, namespace: str, *, reset: bool
         auto_resnapshot=lakehouse.auto_resnapshot,
         max_cdc_lag_seconds=lakehouse.max_cdc_lag_seconds,
         stream_retention_seconds=lakehouse.change_stream_retention_seconds,
+        full_document="updateLookup" if lakehouse.update_lookup else "default",
     )
 
 

@@ -126,7 +126,7 @@ def resolve_partial_updates(
     is_partial = pc.equal(ops, PARTIAL_UPDATE_OP)
     if not pc.any(is_partial).as_py():
         return PartialUpdates(changes)
-    partial_keys = pc.unique(changes.filter(is_partial).column("_id")).combine_chunks()
+    partial_keys = pc.unique(changes.filter(is_partial).column("_id").combine_chunks())
     involved = pc.is_in(changes.column("_id"), value_set=partial_keys)
     untouched = changes.filter(pc.invert(involved))
     keyed = changes.filter(involved).sort_by(

@@ -230,7 +230,7 @@ def event_row(event: Mapping[str, Any]) -> ChangeRow | None:
         field but with ``updateDescription``, a partial update (``doc`` None,
         ``update_description`` its canonical extended JSON); ``None`` for an update whose
         document is gone (``fullDocument: null``: the server's ``updateLookup`` found nothing,
-        its delete follows in the stream) or that carries neither.
+        its delete follows in the stream).
 
     Raises:
         Malformed: anything wrong with the event (a key or document that cannot be stored, a
@@ -288,10 +288,17 @@ def _partial_update_row(
     event: Mapping[str, Any], _id: str, pos: int, time_ms: int
 ) -> ChangeRow | None:
     """The partial-update row of an update event without a ``fullDocument`` field (``None``
-    when the field is there but null, or the event has no ``updateDescription``)."""
-    description = event.get("updateDescription")
-    if "fullDocument" in event or not isinstance(description, Mapping):
+    when the field is there but null: the lookup found no document).
+
+    Raises:
+        Malformed: the event has neither a ``fullDocument`` field nor an ``updateDescription``
+            (the update cannot be applied: skipping it would lose it).
+    """
+    if "fullDocument" in event:
         return None
+    description = event.get("updateDescription")
+    if not isinstance(description, Mapping):
+        raise Malformed("update event has neither fullDocument nor updateDescription")
     try:
         text = encode_document(description)
     except Exception as error:

@@ -41,6 +41,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from bson.errors import InvalidDocument
 from deltalake import DeltaTable
 
 from lambda_functions.cdc_capture.extended_json import decode_document, encode_document
@@ -165,7 +166,7 @@ def resolve_partial_updates(
             if op == "delete":
                 document, why_none = None, "the document was deleted before this update"
             elif op in _FULL_OPS and docs[i] is not None:
-                document = decode_document(docs[i])
+                document, why_none = _decoded(docs[i], "the document before this update")
             continue
         if positions[i] <= stored_pos:  # already reflected in the stored row, or superseded
             keep[i] = False
@@ -174,12 +175,16 @@ def resolve_partial_updates(
         reason = why_none
         if document is not None:
             try:
-                document = apply_update_description(document, decode_document(docs[i]))
-            except UnappliableUpdateError as error:
+                description = decode_document(docs[i])
+                if not isinstance(description, dict):
+                    raise UnappliableUpdateError("", "updateDescription is not a document")
+                document = apply_update_description(document, description)
+                text = encode_document(document)
+            except (UnappliableUpdateError, ValueError, InvalidDocument) as error:
                 reason, document = str(error), None
                 why_none = "an earlier update of this document in the merge was set aside"
             else:
-                docs[i], op_list[i] = encode_document(document), "update"
+                docs[i], op_list[i] = text, "update"
                 applied += 1
                 continue
         keep[i] = False
@@ -211,7 +216,19 @@ def _stored_document(row: StoredRow | None) -> tuple[dict[str, Any] | None, str]
         return None, "the lake table does not hold this document (never captured)"
     if row.doc is None:
         return None, "the lake table holds this document as deleted (a tombstone)"
-    return decode_document(row.doc), ""
+    return _decoded(row.doc, "the stored document")
+
+
+def _decoded(text: str, what: str) -> tuple[dict[str, Any] | None, str]:
+    """A document from its extended JSON and ``""``, or ``None`` and why it cannot be read (a
+    document stored before capture checked its JSON: never a reason to fail the merge)."""
+    try:
+        document = decode_document(text)
+    except ValueError as error:  # json.JSONDecodeError, InvalidExtendedJSONError
+        return None, f"{what} is not readable extended JSON: {error}"
+    if not isinstance(document, dict):
+        return None, f"{what} is not a JSON object"
+    return document, ""
 
 
 def stored_rows(

@@ -27,7 +27,12 @@ from deltalake import DeltaTable
 from lambda_functions.cdc_capture import EmbeddedChangeStreamSource, capture_changes
 from lambda_functions.cdc_capture.extended_json import decode_document, encode_document
 from lambda_functions.cdc_capture.mq_handler import handler as mq_handler
-from lambda_functions.contracts import CaptureRequest, LoadRequest, MergeRequest
+from lambda_functions.contracts import (
+    CaptureRequest,
+    InvalidRequestError,
+    LoadRequest,
+    MergeRequest,
+)
 from lambda_functions.lake import open_store
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.record_key import record_key
@@ -263,3 +268,10 @@ def test_stream_without_update_lookup_captures_deltas_that_the_merge_applies(
     )
     assert house.lake_rows() == expected
     assert house.warehouse_rows() == expected
+
+
+def test_capture_request_refuses_an_unknown_full_document_option(tmp_path):
+    with pytest.raises(InvalidRequestError, match="LAKEHOUSE_UPDATE_LOOKUP"):
+        CaptureRequest(
+            lake_uri=str(tmp_path), database=DB, collection=COLL, full_document="whenLookedUp"
+        ).validate()

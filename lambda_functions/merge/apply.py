@@ -64,7 +64,7 @@ def commit_segment(
                 say(f"{zone.namespace}: batches {numbers} were applied by a concurrent merge")
                 return MergeCounts(commit_attempts=attempt), table, files  # nothing committed
             floor = plan.drop_floor(table, zone.namespace)
-            resolved = changes.latest(floor, table)
+            resolved = changes.latest(floor, table, zone)
             latest, below_floor, partial = resolved.rows, resolved.below_floor, resolved.partial
             set_aside = write_set_aside(zone, numbers, partial)
             if set_aside is not None:

@@ -23,13 +23,17 @@ row into a full ``update`` row or sets it aside:
   description does not fit the document (``UnappliableUpdateError``, MongoDB's ``$set``/``$unset``
   semantics, see ``lake.update_description``). After one is set aside, the key's document is
   unknown: later partial updates of the same merge are set aside too, until a full version.
+- **Across merges too**: a key whose partial update an earlier merge set aside (its quarantine
+  objects are read, only when the merge has partial updates) has an out-of-date stored copy from
+  that position on; its later partial updates are set aside until a full version is stored.
 - **A later full version supersedes**: replace, insert, update with ``fullDocument`` or delete,
   as the latest change, wins as always; deletes and drops keep their meaning.
 
-Limits: a partial update set aside in one merge leaves the stored document at its last known
-version; a partial update in a later merge applies on top of it (the source audit reports the
-difference; a full version of the document, e.g. a replace, or a re-snapshot repairs it). Typed
-top-level columns of a row made from a partial update are null (the document is in ``doc``).
+Limits: a partial update set aside leaves the stored document at its last known version, which
+readers keep seeing until a full version of the document (a replace) or a re-snapshot (the source
+audit reports the difference). Typed top-level columns of a row made from a partial update are
+null (the document is in ``doc``). The set-aside objects are read whole by every merge that has
+partial updates: their size follows the updates set aside, not the table.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ __all__ = [
     "PARTIAL_UPDATE_OP",
     "PartialUpdates",
     "StoredRow",
+    "earlier_set_aside",
     "resolve_partial_updates",
     "set_aside_key",
     "stored_rows",
@@ -69,11 +74,13 @@ _FULL_OPS = frozenset({"snapshot", "insert", "update", "replace"})
 
 @dataclass(frozen=True)
 class StoredRow:
-    """What the lake table stores for a key: its position, and its document (``None`` for a
-    tombstone)."""
+    """What the lake table stores for a key: its position, its document (``None`` for a
+    tombstone) and, when an earlier merge set aside a partial update of the key newer than the
+    row, that update's position (``set_aside_pos``): the stored copy is out of date from there."""
 
     pos: int
     doc: str | None
+    set_aside_pos: int | None = None
 
 
 @dataclass(frozen=True)
@@ -153,12 +160,25 @@ def resolve_partial_updates(
     document: dict[str, Any] | None = None
     why_none = ""
     stored_pos = -1
+    unknown_from: int | None = None
     for i, key in enumerate(ids):
         if key != previous_key:  # a key's changes start: its stored row is the document before
             previous_key = key
             row = table_rows.get(key)
             stored_pos = row.pos if row is not None else -1
             document, why_none = _stored_document(row)
+            unknown_from = row.set_aside_pos if row is not None else None
+            if unknown_from is not None and unknown_from <= stored_pos:
+                unknown_from = None  # a later full version was stored since
+        if unknown_from is not None and positions[i] > unknown_from:
+            document, why_none = (
+                None,
+                (
+                    f"an earlier update of this document (position {unknown_from}) was set aside, "
+                    "so the stored copy is out of date until its next full version"
+                ),
+            )
+            unknown_from = None
         op = op_list[i]
         if op != PARTIAL_UPDATE_OP:
             if positions[i] < stored_pos:
@@ -232,14 +252,16 @@ def _decoded(text: str, what: str) -> tuple[dict[str, Any] | None, str]:
 
 
 def stored_rows(
-    table: DeltaTable | None, keys: list[str], buckets: list[str]
+    table: DeltaTable | None, zone: RawZone, keys: list[str], buckets: list[str]
 ) -> dict[str, StoredRow]:
     """The rows ``table`` stores for ``keys`` (live rows and tombstones), reading only the
     partitions ``buckets`` (those the keys live in: ``lake.table_layout.key_bucket``), and of
-    those only the columns ``_id``, ``_pos``, ``_op`` and ``doc``.
+    those only the columns ``_id``, ``_pos``, ``_op`` and ``doc``; with the position of the
+    newest partial update of each key that an earlier merge set aside (``earlier_set_aside``).
 
     Args:
         table: the lake table (``None``: no table yet, nothing stored).
+        zone: the collection's raw zone (where set-aside partial updates are written).
         keys: record keys (``_id`` strings).
         buckets: the ``_bucket`` partitions of ``keys``.
 
@@ -248,6 +270,7 @@ def stored_rows(
     """
     if table is None or not keys:
         return {}
+    set_aside = earlier_set_aside(zone, keys)
     dataset = table.to_pyarrow_dataset(file_pruning_predicate=[("_bucket", "in", buckets)])
     rows = dataset.to_table(columns=["_id", "_pos", "_op", "doc"])
     # Filtered here, not in the scan: merge-written files store ``_id`` as string_view, whose
@@ -262,8 +285,21 @@ def stored_rows(
         rows.column("doc").cast(pa.string()).to_pylist(),
         strict=True,
     ):
-        found[key] = StoredRow(pos, None if op == "delete" else doc)
+        found[key] = StoredRow(pos, None if op == "delete" else doc, set_aside.get(key))
     return found
+
+
+def earlier_set_aside(zone: RawZone, keys: list[str]) -> dict[str, int]:
+    """Key -> the newest position of its partial updates set aside so far (every object under
+    ``<zone>/unapplied_updates/``; keys without one are left out)."""
+    wanted, newest = set(keys), {}
+    for name in zone.store.list(f"{zone.prefix}/unapplied_updates/"):
+        for line in zone.store.get(name).decode().splitlines():
+            entry = json.loads(line) if line.strip() else {}
+            key = entry.get("_id")
+            if key in wanted:
+                newest[key] = max(newest.get(key, entry["pos"]), entry["pos"])
+    return newest
 
 
 def set_aside_key(zone: RawZone, first_batch: int, last_batch: int) -> str:

@@ -123,13 +123,14 @@ class SegmentChanges:
     def max_pos(self) -> int | None:
         return pc.max(self.rows.column("_pos")).as_py() if self.rows.num_rows else None
 
-    def latest(self, floor: int, table: DeltaTable | None) -> LatestChanges:
+    def latest(self, floor: int, table: DeltaTable | None, zone: RawZone) -> LatestChanges:
         """One change per key (``precombine``: the latest by position wins) among the changes
         at or above the drop ``floor``, after resolving partial updates against ``table``
-        (``partial_updates``: only the rows stored for their keys are read)."""
+        (``partial_updates``: only the rows stored for their keys are read, and the partial
+        updates set aside in ``zone`` before)."""
         current = self.rows.filter(pc.greater_equal(self.rows.column("_pos"), floor))
         partial = resolve_partial_updates(
-            current, lambda keys, buckets: stored_rows(table, keys, buckets)
+            current, lambda keys, buckets: stored_rows(table, zone, keys, buckets)
         )
         return LatestChanges(
             precombine(partial.rows), self.rows.num_rows - current.num_rows, partial

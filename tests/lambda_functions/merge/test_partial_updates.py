@@ -203,3 +203,36 @@ def test_a_manifest_of_an_unknown_format_version_is_refused(lake):
 
     with pytest.raises(CorruptBatchError, match="v3"):
         zone.read_manifest(number)
+
+
+MISFIT = {"updatedFields": {"a.b.x": 1}, "removedFields": [], "truncatedArrays": []}  # a.b: 1
+
+
+def test_after_a_delta_was_set_aside_later_merges_set_its_key_aside_until_a_full_version(lake):
+    zone, request = lake
+    publish(zone, [(KEY, "insert", 1, doc(BEFORE))])
+    publish_changes(zone, [(KEY, "update", 2, None, MISFIT)])
+    assert merge_batches(request).partial_updates_unapplied == 1
+
+    publish_changes(zone, [(KEY, "update", 3, None, SET_B)])  # fits, but its base is unknown
+    result = merge_batches(request)
+    assert (result.partial_updates_applied, result.partial_updates_unapplied) == (0, 1)
+    assert live(zone) == {KEY: doc(BEFORE)}
+
+    publish(zone, [(KEY, "replace", 4, doc(BEFORE))])
+    publish_changes(zone, [(KEY, "update", 5, None, SET_B)])
+    assert merge_batches(request).partial_updates_applied == 1
+    assert live(zone) == {KEY: doc(AFTER)}
+
+
+def test_a_delta_older_than_one_set_aside_before_still_applies():
+    """A retried commit finds its own set-aside object: the deltas before it still apply."""
+    stored = {KEY: StoredRow(1, doc(BEFORE), set_aside_pos=3)}
+    changes = lake_changes(
+        [(KEY, PARTIAL_UPDATE_OP, 2, doc(SET_B)), (KEY, PARTIAL_UPDATE_OP, 3, doc(MISFIT))]
+    )
+
+    outcome = resolve_partial_updates(changes, lambda k, b: stored)
+
+    assert (outcome.applied, outcome.unapplied) == (1, 1)
+    assert [r["doc"] for r in outcome.rows.to_pylist()] == [doc(AFTER)]

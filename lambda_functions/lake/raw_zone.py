@@ -7,6 +7,8 @@ Layout under the lake root, per collection::
     raw/<database>/<collection>/_checkpoint.json              pointer to the newest manifest
     raw/<database>/<collection>/<folder>/<batch>-<uuid>.<ext> a batch's side files (dead letters,
                                                               an input's ledger), written first
+    raw/<database>/<collection>/unapplied_updates/<first>-<last>.jsonl  partial updates the merge
+                                                              set aside (``merge.partial_updates``)
 
 ``list_namespaces`` finds the collections present by listing these key names.
 

@@ -171,14 +171,11 @@ def resolve_partial_updates(
             if unknown_from is not None and unknown_from <= stored_pos:
                 unknown_from = None  # a later full version was stored since
         if unknown_from is not None and positions[i] > unknown_from:
-            document, why_none = (
-                None,
-                (
-                    f"an earlier update of this document (position {unknown_from}) was set aside, "
-                    "so the stored copy is out of date until its next full version"
-                ),
+            why_none = (
+                f"an earlier update of this document (position {unknown_from}) was set aside, "
+                "so the stored copy is out of date until its next full version"
             )
-            unknown_from = None
+            document, unknown_from = None, None
         op = op_list[i]
         if op != PARTIAL_UPDATE_OP:
             if positions[i] < stored_pos:
@@ -233,7 +230,9 @@ def resolve_partial_updates(
 def _stored_document(row: StoredRow | None) -> tuple[dict[str, Any] | None, str]:
     """The stored document of a key and, when there is none, why (for the set-aside reason)."""
     if row is None:
-        return None, "the lake table does not hold this document (never captured)"
+        return None, (
+            "the lake table does not hold this document (never captured, or removed by a drop)"
+        )
     if row.doc is None:
         return None, "the lake table holds this document as deleted (a tombstone)"
     return _decoded(row.doc, "the stored document")

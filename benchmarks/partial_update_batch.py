@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
-from lambda_functions.cdc_capture.extended_json import decode_document, encode_document
+from lambda_functions.lake.extended_json import decode_document, encode_document
 from lambda_functions.lake.raw_zone import UPDATE_DESCRIPTION_COLUMN
 
 PARTIAL_SHARE = 0.5  # of the batch's updates, delivered as deltas

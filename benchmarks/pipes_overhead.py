@@ -104,7 +104,7 @@ def measure(invocations: int, aws_env: dict[str, str]) -> dict[str, dict[str, li
     from dagster import asset, materialize
     from dagster_aws.pipes import PipesS3MessageReader
 
-    from lakehouse_pipelines.local_lambda import LocalLambdaRuntime
+    from lakehouse_local.lambda_runtime import LocalLambdaRuntime
     from lakehouse_pipelines.resources.lambda_pipes import LambdaPipes
     from lambda_functions.contracts import MergeRequest
     from lambda_functions.registry import FunctionSpec

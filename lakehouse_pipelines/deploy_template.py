@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from lakehouse_pipelines.deploy_ecs import add_ecs_route
 from lakehouse_pipelines.resources.pipes_messages import PIPES_MESSAGE_PREFIX
 from lambda_functions.registry import FUNCTIONS, FunctionSpec, function_environment
 
@@ -199,7 +200,7 @@ def render_template() -> dict[str, Any]:
                 },
             },
         }
-    return {
+    template = {
         "AWSTemplateFormatVersion": "2010-09-09",
         "Transform": "AWS::Serverless-2016-10-31",
         "Description": "lakehouse_pipelines data plane: the Lambda functions Dagster invokes "
@@ -242,6 +243,8 @@ def render_template() -> dict[str, Any]:
             },
         },
     }
+    add_ecs_route(template, function_environment(FUNCTIONS["lakehouse-merge"], VARIABLE_VALUES))
+    return template
 
 
 def render_yaml() -> str:

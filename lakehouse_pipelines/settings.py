@@ -3,6 +3,10 @@
 Everything environment-specific is read here, once, 12-factor style. Resources are built from
 these settings; assets receive resources and never look at the environment themselves. Every
 variable is listed in the README's configuration table (a test keeps the two in step).
+
+The variables and their defaults live in ``settings_variables``, the parsers of single values in
+``settings_values``; this module assembles and cross-checks them (``LakehouseSettings.from_env``)
+and is the import path for all of it.
 """
 
 from __future__ import annotations
@@ -15,236 +19,29 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from dagster._utils.schedules import is_valid_cron_string
-
-from lambda_functions.contracts import (
-    SOURCE_AUDIT_BUCKETS,
-    fold_identifier,
-    validate_name,
-    warehouse_name_problem,
+from lakehouse_pipelines.dagster_internals import is_valid_cron_string
+from lakehouse_pipelines.settings_values import (
+    SettingsError,
+    parse_bool,
+    parse_collections,
+    parse_delimiter,
+    parse_float,
+    parse_history_collections,
+    parse_int,
+    parse_table_overrides,
+    split_namespace,
 )
+from lakehouse_pipelines.settings_variables import VARIABLES
+from lambda_functions.contracts import SOURCE_AUDIT_BUCKETS, warehouse_name_problem
 
-
-class SettingsError(ValueError):
-    """A configuration variable is missing or wrong; the message names it and the fix."""
-
-
-# name -> (default in local mode, default in aws mode, description); None means "required".
-VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
-    "LAKEHOUSE_ENV": ("local", "aws", "`local` (embedded stand-ins, no AWS) or `aws`"),
-    "LAKEHOUSE_ROOT": (
-        ".lakehouse",
-        ".lakehouse",
-        "local state directory (lake, source, warehouse)",
-    ),
-    "LAKEHOUSE_LAKE_URI": (
-        "<LAKEHOUSE_ROOT>/lake",
-        None,
-        "lake location: a directory, or `s3://bucket/prefix`",
-    ),
-    "LAKEHOUSE_COLLECTIONS": (
-        "shop.orders,shop.customers",
-        None,
-        "collections to keep, comma-separated `database.collection`, or `database.*` for every "
-        "collection the source lists; each becomes a partition (the `collections_sensor` also "
-        "adds every collection that has batches in the raw zone)",
-    ),
-    "LAKEHOUSE_FANOUT_CONCURRENCY": (
-        "4",
-        "4",
-        "Lambda invocations one step runs at once when it covers several collections; keep "
-        "pool slots (deploy/dagster.yaml) x this below the functions' reserved concurrency",
-    ),
-    "LAKEHOUSE_SOURCE": (
-        "embedded",
-        "documentdb",
-        "`embedded` (demo change stream) or `documentdb`",
-    ),
-    "LAKEHOUSE_SOURCE_LOCATION": (
-        "<LAKEHOUSE_ROOT>/source.sqlite",
-        "DOCUMENTDB_URI",
-        "embedded: the store file; documentdb: name of the env var holding the connection URI",
-    ),
-    "LAKEHOUSE_DEMO_CHANGES": (
-        "200",
-        "0",
-        "embedded only: changes the demo workload makes per capture",
-    ),
-    "LAKEHOUSE_WAREHOUSE": ("duckdb", "redshift", "`duckdb` (embedded) or `redshift`"),
-    "LAKEHOUSE_DUCKDB_PATH": ("<LAKEHOUSE_ROOT>/warehouse.duckdb", "", "DuckDB warehouse file"),
-    "LAKEHOUSE_WAREHOUSE_SCHEMA": ("analytics", "analytics", "warehouse schema for loaded tables"),
-    "LAKEHOUSE_WAREHOUSE_PROJECTION": (
-        '{"status": "VARCHAR(32)", "total": "DECIMAL(18,2)", "created_at": "TIMESTAMPTZ"}',
-        "{}",
-        "JSON object: document field (or dotted path) -> SQL type, loaded as typed columns beside "
-        "the full document; new entries are added as columns (never dropped)",
-    ),
-    "LAKEHOUSE_WAREHOUSE_TABLE_NAMES": (
-        "collection",
-        "collection",
-        "warehouse table per collection: `collection` (`<schema>.<collection>`) or "
-        "`database_collection` (`<schema>.<database>_<collection>`); names are compared in lower "
-        "case (Redshift folds identifiers, DuckDB ignores case) and may be at most 127 bytes "
-        "(Redshift): a collection whose table another one already has, or whose name is too "
-        "long, is not registered; the sensor's warning names it with the fix",
-    ),
-    "LAKEHOUSE_WAREHOUSE_TABLE_OVERRIDES": (
-        "{}",
-        "{}",
-        'JSON object: collection -> warehouse table, e.g. `{"shop.Orders": "orders_upper"}`, '
-        "for a collection whose derived table name is taken or too long; checked at startup "
-        "(plain names up to 127 bytes, no two tables equal in lower case)",
-    ),
-    "LAKEHOUSE_REDSHIFT_DATABASE": ("", "", "redshift: database to load into"),
-    "LAKEHOUSE_REDSHIFT_WORKGROUP": ("", "", "redshift: Serverless workgroup name (or a cluster)"),
-    "LAKEHOUSE_REDSHIFT_CLUSTER": ("", "", "redshift: provisioned cluster identifier"),
-    "LAKEHOUSE_REDSHIFT_DB_USER": (
-        "",
-        "",
-        "redshift cluster: database user (temporary credentials)",
-    ),
-    "LAKEHOUSE_REDSHIFT_SECRET_ARN": (
-        "",
-        "",
-        "redshift: Secrets Manager secret ARN with the database credentials (instead of a user)",
-    ),
-    "LAKEHOUSE_REDSHIFT_IAM_ROLE": (
-        "",
-        "",
-        "redshift: IAM role ARN that COPY uses to read the staged Parquet under the lake",
-    ),
-    "LAKEHOUSE_REDSHIFT_TIMEOUT_SECONDS": (
-        "600",
-        "600",
-        "redshift: a Data API statement still running after this is cancelled",
-    ),
-    "LAKEHOUSE_CAPTURE_CRON": ("*/15 * * * *", "*/15 * * * *", "capture schedule (cron)"),
-    "LAKEHOUSE_MERGE_CRON": (
-        "",
-        "",
-        "merge+load schedule (cron); empty: merges start from `raw_batches_sensor` only",
-    ),
-    "LAKEHOUSE_LOAD_CRON": ("", "", "warehouse load schedule (cron); empty: no schedule"),
-    "LAKEHOUSE_METRICS_CRON": ("*/10 * * * *", "*/10 * * * *", "`pipeline_metrics` schedule"),
-    "LAKEHOUSE_MAINTENANCE_CRON": (
-        "0 3 * * *",
-        "0 3 * * *",
-        "lake compaction + vacuum schedule (`lake_maintenance_schedule`, off until turned on)",
-    ),
-    "LAKEHOUSE_AUDIT_CRON": (
-        "",
-        "",
-        "source audit schedule (`source_audit_schedule`: the `source_audit` check of every "
-        "registered collection); empty: no schedule, run it from the UI",
-    ),
-    "LAKEHOUSE_AUDIT_BUCKETS_PER_RUN": (
-        "64",
-        "64",
-        "key-hash buckets (of 64) one source audit compares; below 64 each run samples "
-        "that share of the keys and the next run continues with the next buckets",
-    ),
-    "LAKEHOUSE_VACUUM_RETENTION_HOURS": (
-        "168",
-        "168",
-        "maintenance deletes files removed longer ago than this (time travel and the change "
-        "feed reach back this far)",
-    ),
-    "LAKEHOUSE_TOMBSTONE_RETENTION_HOURS": (
-        "168",
-        "168",
-        "maintenance expires tombstones (kept deletes that stop an older change delivered late "
-        "from bringing a document back) whose delete is older than this; at least the longest "
-        "delay of any input (DocumentDB keeps a change stream at most 168 h)",
-    ),
-    "LAKEHOUSE_FRESHNESS_WARN_MINUTES": (
-        "60",
-        "60",
-        "lake and warehouse tables warn when not updated for this long",
-    ),
-    "LAKEHOUSE_FRESHNESS_FAIL_MINUTES": (
-        "180",
-        "180",
-        "lake and warehouse tables fail freshness when not updated for this long",
-    ),
-    "LAKEHOUSE_FUNCTION_PREFIX": ("", "", "prefix added to the Lambda function names"),
-    "LAKEHOUSE_PIPES_BUCKET": (
-        "",
-        "<bucket of LAKEHOUSE_LAKE_URI>",
-        "aws: S3 bucket the Lambdas write Pipes messages to (under `_dagster_pipes/`, deleted once "
-        "read; `deploy/template.yaml` creates one whose lifecycle rule expires leftovers: its "
-        "output `PipesBucketName`)",
-    ),
-    "LAKEHOUSE_METRICS_NAMESPACE": (
-        "Lakehouse/Pipelines",
-        "Lakehouse/Pipelines",
-        "CloudWatch namespace for pipeline metrics (never `AWS/...`)",
-    ),
-    "LAKEHOUSE_LAMBDA_PRICE_PER_GB_SECOND": (
-        "0.0000166667",
-        "0.0000166667",
-        "USD per GB-second, for the Lambda cost estimate",
-    ),
-    "AWS_REGION": ("", "", "aws: region of the Lambda functions, bucket and CloudWatch"),
-    "LAKEHOUSE_METRICS_WINDOW_HOURS": ("24", "24", "window for run outcome and duration metrics"),
-    "LAKEHOUSE_QUEUE_STUCK_SECONDS": (
-        "3600",
-        "3600",
-        "`queue_not_stuck` warns when a run has been queued longer than this",
-    ),
-    "LAKEHOUSE_MAX_FAILURE_RATE": (
-        "0.25",
-        "0.25",
-        "`failure_rate_ok` warns when the share of failed runs in the window exceeds this",
-    ),
-    "LAKEHOUSE_DASHBOARD_NAME": (
-        "lakehouse-pipelines",
-        "lakehouse-pipelines",
-        "CloudWatch dashboard generated from the published metrics",
-    ),
-    "LAKEHOUSE_DOCUMENTDB_SECRET_ARN": (
-        "",
-        "",
-        "documentdb: Secrets Manager secret ARN with {username, password, host, port} (instead "
-        "of the URI variable named by `LAKEHOUSE_SOURCE_LOCATION`)",
-    ),
-    "LAKEHOUSE_DOCUMENTDB_CA_FILE": (
-        "",
-        "global-bundle.pem",
-        "documentdb: CA bundle path inside the function (Amazon RDS global bundle); empty uses "
-        "the system trust store",
-    ),
-    "LAKEHOUSE_DOCUMENTDB_TLS": ("true", "true", "documentdb: `false` turns TLS off (tests only)"),
-    "LAKEHOUSE_AUTO_RESNAPSHOT": (
-        "false",
-        "false",
-        "`true`: on an expired resume token capture re-snapshots by itself (new table "
-        "generation) instead of failing",
-    ),
-    "LAKEHOUSE_UPDATE_LOOKUP": (
-        "true",
-        "true",
-        "`false`: the change stream is opened without `fullDocument: updateLookup` (one read "
-        "less per update on the cluster); updates arrive as `updateDescription` deltas that the "
-        "merge applies to the stored document",
-    ),
-    "LAKEHOUSE_MAX_CDC_LAG_SECONDS": (
-        "900",
-        "900",
-        "the `cdc_lag` check on `cdc_raw_batches` fails above this many seconds",
-    ),
-    "LAKEHOUSE_DMS_CSV_DELIMITER": (
-        ",",
-        ",",
-        "DMS ingestion: the S3 target endpoint's `CsvDelimiter` (one character, DMS default `,`; "
-        "`\\t` for a tab)",
-    ),
-    "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS": (
-        "10800",
-        "10800",
-        "the cluster's change_stream_log_retention_duration; a quiet collection's token is "
-        "re-saved after half of it",
-    ),
-}
+__all__ = [
+    "VARIABLES",
+    "LakehouseSettings",
+    "SettingsError",
+    "derived_table_name",
+    "split_namespace",
+    "warehouse_table_name",
+]
 
 
 @dataclass(frozen=True)
@@ -300,18 +97,36 @@ class LakehouseSettings:
     max_cdc_lag_seconds: float
     change_stream_retention_seconds: int
     dms_csv_delimiter: str
+    history_collections: frozenset[str] = frozenset()
 
     @property
     def is_aws(self) -> bool:
         return self.env == "aws"
 
+    def keeps_history(self, namespace: str) -> bool:
+        """Whether ``database.collection``'s load keeps a history table
+        (``LAKEHOUSE_HISTORY_COLLECTIONS``: the name, ``database.*`` or ``*``)."""
+        database = namespace.partition(".")[0]
+        return bool({"*", f"{database}.*", namespace} & self.history_collections)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LakehouseSettings:
-        """Read and check every variable.
+        """Read and check every variable (``VARIABLES``), once, when the code location loads.
+
+        Args:
+            environ: the variables to read; ``None`` reads ``os.environ``. Unset variables take
+                the default of the environment ``LAKEHOUSE_ENV`` names (``local`` or ``aws``).
+
+        Returns:
+            The settings, typed (durations in the unit their variable names: seconds, minutes,
+            hours; prices in USD) and cross-checked (e.g. the freshness windows, the audit
+            buckets, the warehouse schema and table names against Redshift's and DuckDB's
+            identifier rules). Pure: nothing is created or contacted (no AWS call).
 
         Raises:
             SettingsError: naming *every* wrong or missing variable with its fix, one per line
-                (not only the first), so one round of corrections is enough.
+                (not only the first), so one round of corrections is enough. Terminal: the same
+                environment fails the same way.
         """
         environ = os.environ if environ is None else environ
         problems: list[str] = []
@@ -362,19 +177,19 @@ class LakehouseSettings:
         lake_uri = under_root(get("LAKEHOUSE_LAKE_URI"))
         collections_value = get("LAKEHOUSE_COLLECTIONS")
         collections = (
-            attempt(lambda: _collections(collections_value), ()) if collections_value else ()
+            attempt(lambda: parse_collections(collections_value), ()) if collections_value else ()
         )
-        fanout = typed("LAKEHOUSE_FANOUT_CONCURRENCY", _int, 1)
+        fanout = typed("LAKEHOUSE_FANOUT_CONCURRENCY", parse_int, 1)
         if fanout < 1:
             problem("LAKEHOUSE_FANOUT_CONCURRENCY must be 1 or more")
-        retention = typed("LAKEHOUSE_VACUUM_RETENTION_HOURS", _int, 168)
+        retention = typed("LAKEHOUSE_VACUUM_RETENTION_HOURS", parse_int, 168)
         if retention < 1:
             # A merge in flight still references files it read; vacuum must never reach them.
             problem(
                 "LAKEHOUSE_VACUUM_RETENTION_HOURS must be at least 1 (a merge runs for up to 15 "
                 "minutes and its files must outlive it; 168 keeps a week of time travel)"
             )
-        tombstone_retention = typed("LAKEHOUSE_TOMBSTONE_RETENTION_HOURS", _int, 168)
+        tombstone_retention = typed("LAKEHOUSE_TOMBSTONE_RETENTION_HOURS", parse_int, 168)
         if tombstone_retention < 1:
             problem(
                 "LAKEHOUSE_TOMBSTONE_RETENTION_HOURS must be at least 1 (168, DocumentDB's "
@@ -403,7 +218,7 @@ class LakehouseSettings:
                     f"{cron_variable}={cron!r} is not a cron string (e.g. '*/15 * * * *'), "
                     "or leave it empty for no schedule"
                 )
-        audit_buckets = typed("LAKEHOUSE_AUDIT_BUCKETS_PER_RUN", _int, 1)
+        audit_buckets = typed("LAKEHOUSE_AUDIT_BUCKETS_PER_RUN", parse_int, 1)
         if not 1 <= audit_buckets <= SOURCE_AUDIT_BUCKETS:
             problem(
                 f"LAKEHOUSE_AUDIT_BUCKETS_PER_RUN must be 1 to {SOURCE_AUDIT_BUCKETS} (the "
@@ -413,8 +228,8 @@ class LakehouseSettings:
         schema_problem = warehouse_name_problem(warehouse_schema, "warehouse schema")
         if schema_problem:
             problem(f"LAKEHOUSE_WAREHOUSE_SCHEMA: {schema_problem}")
-        freshness_warn = typed("LAKEHOUSE_FRESHNESS_WARN_MINUTES", _float, 0.0)
-        freshness_fail = typed("LAKEHOUSE_FRESHNESS_FAIL_MINUTES", _float, 1.0)
+        freshness_warn = typed("LAKEHOUSE_FRESHNESS_WARN_MINUTES", parse_float, 0.0)
+        freshness_fail = typed("LAKEHOUSE_FRESHNESS_FAIL_MINUTES", parse_float, 1.0)
         if freshness_warn >= freshness_fail:
             problem(
                 "LAKEHOUSE_FRESHNESS_WARN_MINUTES must be below LAKEHOUSE_FRESHNESS_FAIL_MINUTES"
@@ -428,7 +243,7 @@ class LakehouseSettings:
             fanout_concurrency=fanout,
             source_kind=choice("LAKEHOUSE_SOURCE", "embedded", "documentdb"),
             source_location=under_root(get("LAKEHOUSE_SOURCE_LOCATION")),
-            demo_changes=typed("LAKEHOUSE_DEMO_CHANGES", _int),
+            demo_changes=typed("LAKEHOUSE_DEMO_CHANGES", parse_int),
             warehouse_kind=warehouse_kind,
             duckdb_path=under_root(get("LAKEHOUSE_DUCKDB_PATH")),
             warehouse_schema=warehouse_schema,
@@ -446,11 +261,11 @@ class LakehouseSettings:
             function_prefix=get("LAKEHOUSE_FUNCTION_PREFIX"),
             pipes_bucket=pipes_bucket,
             metrics_namespace=namespace_metrics,
-            lambda_price_per_gb_second=typed("LAKEHOUSE_LAMBDA_PRICE_PER_GB_SECOND", _float),
+            lambda_price_per_gb_second=typed("LAKEHOUSE_LAMBDA_PRICE_PER_GB_SECOND", parse_float),
             aws_region=get("AWS_REGION"),
-            metrics_window_hours=typed("LAKEHOUSE_METRICS_WINDOW_HOURS", _float),
-            queue_stuck_seconds=typed("LAKEHOUSE_QUEUE_STUCK_SECONDS", _float),
-            max_failure_rate=typed("LAKEHOUSE_MAX_FAILURE_RATE", _float),
+            metrics_window_hours=typed("LAKEHOUSE_METRICS_WINDOW_HOURS", parse_float),
+            queue_stuck_seconds=typed("LAKEHOUSE_QUEUE_STUCK_SECONDS", parse_float),
+            max_failure_rate=typed("LAKEHOUSE_MAX_FAILURE_RATE", parse_float),
             dashboard_name=get("LAKEHOUSE_DASHBOARD_NAME"),
             warehouse_projection=attempt(
                 lambda: _projection(get("LAKEHOUSE_WAREHOUSE_PROJECTION"), warehouse_kind),
@@ -460,7 +275,7 @@ class LakehouseSettings:
                 "LAKEHOUSE_WAREHOUSE_TABLE_NAMES", "collection", "database_collection"
             ),
             warehouse_table_overrides=attempt(
-                lambda: _table_overrides(get("LAKEHOUSE_WAREHOUSE_TABLE_OVERRIDES")), {}
+                lambda: parse_table_overrides(get("LAKEHOUSE_WAREHOUSE_TABLE_OVERRIDES")), {}
             ),
             redshift_database=get("LAKEHOUSE_REDSHIFT_DATABASE"),
             redshift_workgroup=get("LAKEHOUSE_REDSHIFT_WORKGROUP"),
@@ -468,17 +283,20 @@ class LakehouseSettings:
             redshift_db_user=get("LAKEHOUSE_REDSHIFT_DB_USER"),
             redshift_secret_arn=get("LAKEHOUSE_REDSHIFT_SECRET_ARN"),
             redshift_iam_role=get("LAKEHOUSE_REDSHIFT_IAM_ROLE"),
-            redshift_timeout_seconds=typed("LAKEHOUSE_REDSHIFT_TIMEOUT_SECONDS", _int),
+            redshift_timeout_seconds=typed("LAKEHOUSE_REDSHIFT_TIMEOUT_SECONDS", parse_int),
             documentdb_secret_arn=get("LAKEHOUSE_DOCUMENTDB_SECRET_ARN"),
             documentdb_ca_file=get("LAKEHOUSE_DOCUMENTDB_CA_FILE"),
-            documentdb_tls=typed("LAKEHOUSE_DOCUMENTDB_TLS", _bool),
-            auto_resnapshot=typed("LAKEHOUSE_AUTO_RESNAPSHOT", _bool),
-            update_lookup=typed("LAKEHOUSE_UPDATE_LOOKUP", _bool, True),
-            max_cdc_lag_seconds=typed("LAKEHOUSE_MAX_CDC_LAG_SECONDS", _float),
+            documentdb_tls=typed("LAKEHOUSE_DOCUMENTDB_TLS", parse_bool),
+            auto_resnapshot=typed("LAKEHOUSE_AUTO_RESNAPSHOT", parse_bool),
+            update_lookup=typed("LAKEHOUSE_UPDATE_LOOKUP", parse_bool, True),
+            max_cdc_lag_seconds=typed("LAKEHOUSE_MAX_CDC_LAG_SECONDS", parse_float),
             change_stream_retention_seconds=typed(
-                "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS", _int
+                "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS", parse_int
             ),
-            dms_csv_delimiter=typed("LAKEHOUSE_DMS_CSV_DELIMITER", _delimiter, ","),
+            dms_csv_delimiter=typed("LAKEHOUSE_DMS_CSV_DELIMITER", parse_delimiter, ","),
+            history_collections=typed(
+                "LAKEHOUSE_HISTORY_COLLECTIONS", parse_history_collections, frozenset()
+            ),
         )
         if len(problems) == 1:
             raise SettingsError(problems[0])
@@ -488,22 +306,6 @@ class LakehouseSettings:
                 + "\n".join(f"- {message}" for message in problems)
             )
         return settings
-
-
-def split_namespace(namespace: str, variable: str = "collection") -> tuple[str, str]:
-    """``database.collection`` -> (database, collection), both checked as names."""
-    database, dot, collection = namespace.strip().partition(".")
-    if not dot:
-        raise SettingsError(
-            f"{variable}: {namespace!r} must be 'database.collection', e.g. shop.orders"
-        )
-    try:
-        validate_name(database, "database")
-        if collection != "*":
-            validate_name(collection, "collection")
-    except ValueError as error:
-        raise SettingsError(f"{variable}: {error}") from None
-    return database, collection
 
 
 def warehouse_table_name(settings: LakehouseSettings, namespace: str) -> str:
@@ -520,21 +322,6 @@ def derived_table_name(namespace: str, naming: str) -> str:
     if naming == "database_collection":
         return f"{database}_{collection}"
     return collection
-
-
-def _collections(value: str) -> tuple[str, ...]:
-    """LAKEHOUSE_COLLECTIONS: ``db.coll`` names and ``db.*`` patterns, checked, deduplicated."""
-    names: dict[str, None] = {}
-    for item in value.split(","):
-        if item.strip():
-            database, collection = split_namespace(item, "LAKEHOUSE_COLLECTIONS")
-            names[f"{database}.{collection}"] = None
-    if not names:
-        raise SettingsError(
-            "LAKEHOUSE_COLLECTIONS names no collection: list them as db.collection, "
-            "comma-separated (or db.* for every collection of a database)"
-        )
-    return tuple(names)
 
 
 def _projection(value: str, warehouse: str = "duckdb") -> dict[str, str]:
@@ -566,71 +353,3 @@ def _projection(value: str, warehouse: str = "duckdb") -> dict[str, str]:
     except PlanError as error:
         raise SettingsError(f"LAKEHOUSE_WAREHOUSE_PROJECTION: {error}") from None
     return projection
-
-
-def _table_overrides(value: str) -> dict[str, str]:
-    """LAKEHOUSE_WAREHOUSE_TABLE_OVERRIDES: a JSON object of collection -> warehouse table, each
-    checked now (a valid collection, a table name Redshift and DuckDB accept, no two tables that
-    the warehouses would read as one)."""
-    variable = "LAKEHOUSE_WAREHOUSE_TABLE_OVERRIDES"
-    try:
-        overrides = json.loads(value)
-    except ValueError:
-        overrides = None
-    if not isinstance(overrides, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in overrides.items()
-    ):
-        raise SettingsError(
-            f"{variable} must be a JSON object of collection -> warehouse table, e.g. "
-            '{"shop.Orders": "orders_upper"}'
-        )
-    folded: dict[str, str] = {}
-    for namespace, table in overrides.items():
-        _database, collection = split_namespace(namespace, variable)
-        if collection == "*":
-            raise SettingsError(f"{variable}: name one collection, not a pattern ({namespace!r})")
-        problem = warehouse_name_problem(table)
-        if problem:
-            raise SettingsError(f"{variable}: {namespace}: {problem}")
-        other = folded.setdefault(fold_identifier(table), namespace)
-        if other != namespace:
-            raise SettingsError(
-                f"{variable}: {other} and {namespace} would both load into warehouse table "
-                f"{fold_identifier(table)!r} (Redshift folds names to lower case, DuckDB ignores "
-                "case); give each its own table"
-            )
-    return overrides
-
-
-def _delimiter(value: str, name: str) -> str:
-    """One CSV field delimiter; ``\\t`` (written as two characters) is a tab."""
-    value = "\t" if value == "\\t" else value
-    if len(value) != 1 or value in '"\r\n':
-        raise SettingsError(
-            f"{name}={value!r} must be one character, the CsvDelimiter of the DMS S3 target "
-            "endpoint (DMS default ','; write \\t for a tab)"
-        )
-    return value
-
-
-def _int(value: str, name: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise SettingsError(f"{name}={value!r} must be a whole number") from None
-
-
-def _float(value: str, name: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise SettingsError(f"{name}={value!r} must be a number") from None
-
-
-def _bool(value: str, name: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise SettingsError(f"{name}={value!r} must be true or false")

@@ -36,6 +36,7 @@ from lambda_functions.warehouse_sql import (
     REDSHIFT,
     PlanError,
     UnsafeSqlValueError,
+    check_history,
     check_projection_limits,
     checked_iam_role,
     parse_projection,
@@ -333,6 +334,7 @@ class LoadRequest(CollectionRequest):
         redshift_iam_role: the IAM role ARN (or a comma-separated role chain) COPY reads the
             staged Parquet with.
         redshift_timeout_s: seconds per Data API statement before it is cancelled.
+        history: also keep ``<table>_history``, every version of each document (SCD2).
     """
 
     kind: ClassVar[str] = "warehouse_load"
@@ -349,6 +351,7 @@ class LoadRequest(CollectionRequest):
     redshift_secret_arn: str = ""
     redshift_iam_role: str = ""
     redshift_timeout_s: int = 600
+    history: bool = False
 
     def validate(self) -> None:
         """Check names, projection and, for Redshift, connection, lake and role, before any work.
@@ -372,10 +375,11 @@ class LoadRequest(CollectionRequest):
             raise InvalidRequestError("projection must map field names to SQL type names")
         try:
             projection = parse_projection(self.projection)
+            if self.history:
+                check_history(self.table_name, projection)
             if self.warehouse_kind == "redshift":
-                check_projection_limits(
-                    REDSHIFT, projection, schema=self.target_schema, table=self.table_name
-                )
+                names = {"schema": self.target_schema, "table": self.table_name}
+                check_projection_limits(REDSHIFT, projection, **names, history=self.history)
         except PlanError as error:
             raise InvalidRequestError(str(error)) from None
         if self.warehouse_kind == "redshift":
@@ -477,3 +481,29 @@ class CompactRequest(CollectionRequest):
                 "cold_after_hours, vacuum_retention_hours and tombstone_retention_hours must "
                 "be 0 or more"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscoveryRequest(SourceRequest):
+    """List the collections of one source database: the ``database.*`` patterns of
+    ``LAKEHOUSE_COLLECTIONS``, and the closest existing names for a misspelt collection.
+
+    Served by ``lakehouse-collection-discovery`` so the code location never holds the source's
+    credentials: like capture, the function reaches the source with ``secret_arn`` (Secrets
+    Manager) or the URI variable named by ``source_location``. ``collection`` is always ``"*"``
+    (the request covers the whole database). The function returns (no Pipes session) the JSON
+    object ``{"database": str, "collections": [str, ...]}`` (sorted); a failure is Lambda's
+    function-error payload (``errorType``/``errorMessage``).
+    """
+
+    kind: ClassVar[str] = "collection_discovery"
+    collection: str = "*"
+
+    def validate(self) -> None:
+        if self.collection != "*":
+            raise InvalidRequestError(
+                f"a collection_discovery request covers a whole database: collection must be "
+                f"'*', got {self.collection!r}"
+            )
+        # the lake, the database and the source fields are checked as for any source request
+        SourceRequest.validate(dataclasses.replace(self, collection="listing"))

@@ -47,6 +47,7 @@ TRANSIENT_ERROR_TYPES: frozenset[str] = frozenset(
     {
         "ConcurrentCaptureError",
         "ConcurrentWriteError",
+        "EcsTaskNotStartedError",
         "MaskingKeyUnavailableError",
         "RedshiftSerializationError",
         "RedshiftTimeoutError",
@@ -62,19 +63,32 @@ TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
         "CommitPositionRangeError",
         "CorruptBatchError",
         "CorruptManifestError",
+        "DiscoveryError",
+        "EcsSettingsError",
+        "EcsTaskRequestError",
+        "EmbeddedSourceLimitError",
+        "EmbeddedSourceUnavailableError",
+        "InvalidEmfDocumentError",
         "InvalidExtendedJSONError",
         "InvalidRecordKeyError",
         "InvalidRequestError",
         "LakeBucketMissingError",
         "LakeTableMissingError",
         "LakeURIError",
+        "LocalRuntimeClosedError",
+        "LocalRuntimeConfigurationError",
         "Malformed",
         "MaskingKeyError",
         "MaskingRulesError",
+        "MissingAwsSettingError",
+        "MqIngestConfigurationError",
         "OversizedChangeEventError",
+        "PipesMessagesUnreadableError",
         "PlanError",
         "RedshiftStatementError",
         "ResumeTokenExpiredError",
+        "RouteEstimateError",
+        "SettingsError",
         "SnapshotStalledError",
         "SourceConfigurationError",
         "SplitEventError",
@@ -117,4 +131,28 @@ def error_kind(error_type: str) -> ErrorKind:
         return "transient"
     if error_type in TERMINAL_ERROR_TYPES:
         return "terminal"
+    return "unknown"
+
+
+# How a process that is not a Lambda function (the ECS task, ``lambda_functions.ecs_task``) tells
+# its kind of failure: by exit code, which ECS reports as ``containers[].exitCode``
+# (DescribeTasks). The codes are sysexits.h's: EX_DATAERR (65) for bad input or configuration,
+# EX_TEMPFAIL (75) for "try again later"; any other non-zero code is an unplanned failure.
+EXIT_CODES: dict[ErrorKind, int] = {"terminal": 65, "transient": 75, "unknown": 1}
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit code that tells ``error``'s kind (``EXIT_CODES``)."""
+    if isinstance(error, TransientError):
+        return EXIT_CODES["transient"]
+    if isinstance(error, TerminalError):
+        return EXIT_CODES["terminal"]
+    return EXIT_CODES["unknown"]
+
+
+def exit_code_kind(code: int | None) -> ErrorKind:
+    """The kind of failure a non-zero exit code tells (``EXIT_CODES``); ``"unknown"`` for others."""
+    for kind, value in EXIT_CODES.items():
+        if code == value:
+            return kind
     return "unknown"

@@ -127,6 +127,15 @@ SOURCE_AUDIT = FunctionSpec(
     description="Audits a collection: the source (read from a secondary) against its lake "
     "table, by key-hash bucket.",
 )
+COLLECTION_DISCOVERY = FunctionSpec(
+    name="lakehouse-collection-discovery",
+    handler="lambda_functions.cdc_capture.discovery_handler.handler",
+    timeout_s=60,
+    memory_mb=512,
+    environment=COMMON_ENVIRONMENT,
+    description="Lists a source database's collections for the code location's discovery "
+    "(the source credentials stay on the Lambda side).",
+)
 
 FUNCTIONS: dict[str, FunctionSpec] = {
     spec.name: spec
@@ -138,5 +147,6 @@ FUNCTIONS: dict[str, FunctionSpec] = {
         DMS_INGEST,
         MQ_INGEST,
         SOURCE_AUDIT,
+        COLLECTION_DISCOVERY,
     )
 }

@@ -16,7 +16,9 @@ plus ``LambdaPipes.run_partitions``), and every step that invokes Lambda holds a
 ``lakehouse_lambda`` pool: pool slots x fan-out stays below the functions' reserved concurrency.
 """
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,7 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     BackfillPolicy,
+    BetaWarning,
     DagsterInstance,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -45,26 +48,28 @@ from dagster import (
     schedule,
     sensor,
 )
-from dagster._core.definitions.unresolved_asset_job_definition import (
-    UnresolvedAssetJobDefinition,
-)
-from dagster._core.storage.tags import (
+
+from lakehouse_pipelines.dagster_internals import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
 )
-from dagster._utils.warnings import disable_dagster_warnings
-
-from lakehouse_pipelines.resources import LambdaPipes
+from lakehouse_pipelines.defs.policies import LAMBDA_RETRY_POLICY
+from lakehouse_pipelines.resources import LambdaPipes, build_resources
+from lakehouse_pipelines.resources.lambda_failures import (
+    REFUSED_INVOKE_HINTS,
+    FunctionCallError,
+)
 from lakehouse_pipelines.settings import LakehouseSettings, split_namespace
 from lakehouse_pipelines.warehouse_names import assign_warehouse_tables
 from lambda_functions.contracts import (
     CollectionRequest,
+    DiscoveryRequest,
     closest_names,
     name_problem,
-    validate_name,
 )
+from lambda_functions.errors import TerminalError
 from lambda_functions.lake import list_namespaces, open_store
-from lambda_functions.registry import FunctionSpec
+from lambda_functions.registry import COLLECTION_DISCOVERY, FunctionSpec
 
 COLLECTIONS = DynamicPartitionsDefinition(name="collections")
 # One run covers many collections (its step fans out), instead of one run per collection.
@@ -80,7 +85,8 @@ def single_run_asset(**kwargs: Any) -> Callable[[Callable[..., Any]], AssetsDefi
     is what makes a backfill one fanned-out run) so loading the code location stays quiet."""
 
     def decorate(fn: Callable[..., Any]) -> AssetsDefinition:
-        with disable_dagster_warnings():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BetaWarning)
             return asset(backfill_policy=FAN_OUT, **kwargs)(fn)
 
     return decorate
@@ -88,8 +94,11 @@ def single_run_asset(**kwargs: Any) -> Callable[[Callable[..., Any]], AssetsDefi
 
 def collection_asset(**kwargs: Any) -> Callable[[Callable[..., Any]], AssetsDefinition]:
     """``@asset`` for a stage that runs in Lambda: one partition per collection, a single run
-    over many collections, a slot of the Lambda pool per step."""
-    return single_run_asset(partitions_def=COLLECTIONS, pool=LAMBDA_POOL, **kwargs)
+    over many collections, a slot of the Lambda pool per step, and ``LAMBDA_RETRY_POLICY``
+    (transient failures retried with backoff, terminal ones never)."""
+    return single_run_asset(
+        partitions_def=COLLECTIONS, pool=LAMBDA_POOL, retry_policy=LAMBDA_RETRY_POLICY, **kwargs
+    )
 
 
 def request_fields(settings: LakehouseSettings, namespace: str) -> dict[str, str]:
@@ -125,51 +134,60 @@ def invoke_per_collection(
     )
 
 
-class DiscoveryError(RuntimeError):
-    """A source listing failed; the message names the pattern and the cause."""
+class DiscoveryError(TerminalError, RuntimeError):
+    """A source listing failed; the message names the pattern, the cause and the fix."""
 
 
-def list_source_collections(settings: LakehouseSettings, database: str) -> list[str]:
+def list_source_collections(
+    settings: LakehouseSettings, database: str, lambda_pipes: LambdaPipes
+) -> list[str]:
     """The collections the source has in ``database`` (for ``database.*`` patterns, and to
-    catch a misspelt name). The embedded source also counts the demo collections, which its
-    demo workload creates on their first capture."""
-    if settings.source_kind == "embedded":
-        from lambda_functions.cdc_capture.demo_workload import DEMO_COLLECTIONS
-        from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
+    catch a misspelt name), listed by the ``lakehouse-collection-discovery`` function.
 
-        with EmbeddedChangeStreamSource(settings.source_location) as source:
-            names = set(source.list_collection_names(database))
-        demo = {ns.split(".", 1)[1] for ns in DEMO_COLLECTIONS if ns.startswith(f"{database}.")}
-        return sorted(names | demo)
-    from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource
-    from lambda_functions.contracts import CaptureRequest
+    The listing runs in the data plane (a RequestResponse invoke through ``lambda_pipes``'s
+    Lambda client: the local runtime locally, boto3 in AWS), so the code location never holds
+    the source's credentials. The embedded source also counts the demo collections, which its
+    demo workload creates on their first capture.
 
-    request = CaptureRequest(
+    Args:
+        settings: the source to list (kind, location, secret ARN, TLS settings) and the lake.
+        database: the database whose collections are listed.
+        lambda_pipes: the Lambda client the assets use.
+
+    Returns:
+        Collection names without the database, sorted (``DiscoveryRequest``'s reply).
+
+    Raises:
+        DiscoveryError: the function failed (the source is unreachable or refused the listing,
+            the function is not deployed, the request is invalid), naming the cause and the fix.
+    """
+    request = DiscoveryRequest(
         lake_uri=settings.lake_uri,
         database=database,
-        collection="listing",
         source_kind=settings.source_kind,
         source_location=settings.source_location,
         secret_arn=settings.documentdb_secret_arn,
         tls=settings.documentdb_tls,
         tls_ca_file=settings.documentdb_ca_file,
     )
-    source = DocumentDBChangeSource.open(request)
     try:
-        names = source.client[database].list_collection_names()
-    finally:
-        source.client.close()
-    return sorted(name for name in names if not name.startswith("system.") and _plain(name))
-
-
-def _plain(name: str) -> bool:
-    """Names that can be a path and an SQL identifier (others are left out of ``db.*``; list
-    such a collection by name to get the error that explains the rule)."""
-    try:
-        validate_name(name, "collection")
-    except ValueError:
-        return False
-    return True
+        reply = lambda_pipes.call(COLLECTION_DISCOVERY, request.to_event())
+    except FunctionCallError as error:
+        fix = (
+            "the function did not run (see the fix above)"
+            if error.error_type in REFUSED_INVOKE_HINTS
+            else "the function could not list the source: check LAKEHOUSE_SOURCE, "
+            "LAKEHOUSE_DOCUMENTDB_SECRET_ARN, or the URI variable LAKEHOUSE_SOURCE_LOCATION "
+            "names (configured on the function, not on the code location)"
+        )
+        raise DiscoveryError(f"{error} ({fix})") from None
+    collections = reply.get("collections") if isinstance(reply, dict) else None
+    if not isinstance(collections, list):
+        raise DiscoveryError(
+            f"{COLLECTION_DISCOVERY.name} replied {reply!r}, not {{'collections': [...]}}: "
+            "deploy matching versions of the code location and the Lambda functions"
+        )
+    return sorted(str(name) for name in collections)
 
 
 @dataclass(frozen=True)
@@ -183,11 +201,49 @@ class Discovery:
     unknown: list[str] = field(default_factory=list)
 
 
-def discover(settings: LakehouseSettings) -> Discovery:
+def discover(settings: LakehouseSettings, lambda_pipes: LambdaPipes | None = None) -> Discovery:
     """Every collection to keep, sorted: configured, listed from the source, found in the lake.
 
     A pattern whose listing fails, or a raw-zone folder that is not a valid collection name, is
-    a problem of its own: the rest is still discovered (and registered)."""
+    a problem of its own: the rest is still discovered (and registered). Read-only: nothing is
+    registered here (``collections_sensor`` and ``register_collections`` register).
+
+    Args:
+        settings: ``LAKEHOUSE_COLLECTIONS`` (names and ``database.*`` patterns), the source and
+            the lake.
+        lambda_pipes: the Lambda client that runs ``lakehouse-collection-discovery`` (the
+            ``lambda_pipes`` resource); ``None`` builds the environment's own for this call
+            (``build_resources``) and closes it afterwards.
+
+    Returns:
+        ``Discovery``: the collections (``database.collection``, sorted, each once), the
+        problems (each naming its pattern or folder and the fix), and the configured names the
+        source does not have (each with the closest names it has).
+
+    Raises:
+        Nothing for a failed listing (it is a problem of the result); ``SettingsError`` or
+        ``MissingAwsSettingError`` only when ``lambda_pipes`` is ``None`` and the environment's
+        Lambda client cannot be built.
+    """
+    with _lambda_pipes_for(settings, lambda_pipes) as pipes:
+        return _discover(settings, pipes)
+
+
+@contextmanager
+def _lambda_pipes_for(
+    settings: LakehouseSettings, lambda_pipes: LambdaPipes | None
+) -> Iterator[LambdaPipes]:
+    if lambda_pipes is not None:
+        yield lambda_pipes
+        return
+    built: LambdaPipes = build_resources(settings)["lambda_pipes"]
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+def _discover(settings: LakehouseSettings, lambda_pipes: LambdaPipes) -> Discovery:
     found: set[str] = set()
     problems: list[str] = []
     named: list[str] = []
@@ -199,7 +255,8 @@ def discover(settings: LakehouseSettings) -> Discovery:
             continue
         try:
             found.update(
-                f"{database}.{name}" for name in list_source_collections(settings, database)
+                f"{database}.{name}"
+                for name in list_source_collections(settings, database, lambda_pipes)
             )
         except Exception as error:
             problems.append(
@@ -220,11 +277,13 @@ def discover(settings: LakehouseSettings) -> Discovery:
             )
             continue
         found.add(namespace)
-    unknown = _not_in_source(settings, [ns for ns in named if ns not in raw_zone])
+    unknown = _not_in_source(settings, lambda_pipes, [ns for ns in named if ns not in raw_zone])
     return Discovery(sorted(found), problems, unknown)
 
 
-def _not_in_source(settings: LakehouseSettings, namespaces: list[str]) -> list[str]:
+def _not_in_source(
+    settings: LakehouseSettings, lambda_pipes: LambdaPipes, namespaces: list[str]
+) -> list[str]:
     """A warning for each configured collection the source does not list, naming the closest
     names it has (a typo such as ``shop.ordrs``). Collections that already have raw-zone
     batches (DMS, MQ) are not asked about; a listing that fails warns nothing (the capture of
@@ -235,7 +294,7 @@ def _not_in_source(settings: LakehouseSettings, namespaces: list[str]) -> list[s
         database, collection = split_namespace(namespace)
         if database not in listed:
             try:
-                listed[database] = list_source_collections(settings, database)
+                listed[database] = list_source_collections(settings, database, lambda_pipes)
             except Exception:
                 listed[database] = None
         existing = listed[database]
@@ -254,9 +313,11 @@ def _not_in_source(settings: LakehouseSettings, namespaces: list[str]) -> list[s
     return warnings
 
 
-def discover_collections(settings: LakehouseSettings) -> list[str]:
+def discover_collections(
+    settings: LakehouseSettings, lambda_pipes: LambdaPipes | None = None
+) -> list[str]:
     """``discover``'s collections; raises ``DiscoveryError`` with every problem if any."""
-    discovery = discover(settings)
+    discovery = discover(settings, lambda_pipes)
     if discovery.problems:
         raise DiscoveryError(" ".join(discovery.problems))
     return discovery.collections
@@ -278,10 +339,11 @@ def all_collections_run(instance: DagsterInstance, run_key: str | None = None) -
 
 
 def collections_schedule(
-    name: str, job_def: UnresolvedAssetJobDefinition, cron: str, description: str
+    name: str, job_def: Any, cron: str, description: str
 ) -> list[ScheduleDefinition]:
     """A schedule whose every tick is one run over all registered collections (off until turned
-    on in the UI), or none when ``cron`` is empty."""
+    on in the UI), or none when ``cron`` is empty. ``job_def`` is what ``define_asset_job``
+    returns (its class is not public Dagster API)."""
     if not cron:
         return []
 
@@ -302,7 +364,7 @@ def collections_schedule(
 
 
 def _new_collections(
-    instance: DagsterInstance, settings: LakehouseSettings
+    instance: DagsterInstance, settings: LakehouseSettings, lambda_pipes: LambdaPipes
 ) -> tuple[list[str], list[str], list[str]]:
     """Collections to register, what was withheld, and configured names the source does not
     have (registered, with a warning naming the closest names). Withheld, each with its reason
@@ -311,7 +373,7 @@ def _new_collections(
     is not a name the warehouse accepts, a pattern whose listing failed, a raw-zone folder that
     is not a collection name. None of them keeps the others from being registered."""
     known = registered_collections(instance)
-    discovery = discover(settings)
+    discovery = discover(settings, lambda_pipes)
     # Registered collections keep their tables; among new ones that would share a table, the
     # one named in lower case (as the warehouse will show the table), else the first by name.
     candidates = sorted(
@@ -337,9 +399,11 @@ def _new_collections(
     ),
 )
 def collections_sensor(
-    context: SensorEvaluationContext, lakehouse: ResourceParam[LakehouseSettings]
+    context: SensorEvaluationContext,
+    lakehouse: ResourceParam[LakehouseSettings],
+    lambda_pipes: ResourceParam[LambdaPipes],
 ) -> SensorResult | SkipReason:
-    new, withheld, unknown = _new_collections(context.instance, lakehouse)
+    new, withheld, unknown = _new_collections(context.instance, lakehouse, lambda_pipes)
     for reason in [*withheld, *unknown]:
         context.log.warning(reason)
     if not new:
@@ -352,9 +416,11 @@ def collections_sensor(
     description="Registers the discovered collections as partitions (what collections_sensor does)."
 )
 def discover_and_register(
-    context: OpExecutionContext, lakehouse: ResourceParam[LakehouseSettings]
+    context: OpExecutionContext,
+    lakehouse: ResourceParam[LakehouseSettings],
+    lambda_pipes: ResourceParam[LambdaPipes],
 ) -> None:
-    new, withheld, unknown = _new_collections(context.instance, lakehouse)
+    new, withheld, unknown = _new_collections(context.instance, lakehouse, lambda_pipes)
     for reason in [*withheld, *unknown]:
         context.log.warning(reason)
     if new:

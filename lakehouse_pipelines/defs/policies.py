@@ -1,16 +1,28 @@
-"""Policies shared by the stages: freshness expectations and optional cron schedules."""
+"""Policies shared by the stages: freshness expectations, retries and optional cron schedules."""
 
 from datetime import timedelta
 
 from dagster import (
     AssetsDefinition,
     AssetSpec,
+    Backoff,
     DefaultScheduleStatus,
     FreshnessPolicy,
+    Jitter,
+    RetryPolicy,
     ScheduleDefinition,
 )
 
 from lakehouse_pipelines.settings import LakehouseSettings
+
+# Steps that invoke Lambda: a failure that may clear by itself (throttling, a lost commit race, a
+# lock or statement timeout, an unplanned error) is retried up to 3 times after ~2, 4 and 8 s
+# (+/- jitter, so fanned-out steps do not retry in step); a terminal one (bad input or
+# configuration) fails at once: ``LambdaPipes`` raises ``Failure(allow_retries=False)`` for it
+# (lambda_functions.errors.error_kind). Longer outages are left to the next schedule tick.
+LAMBDA_RETRY_POLICY = RetryPolicy(
+    max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
 
 
 def with_freshness(assets: AssetsDefinition, settings: LakehouseSettings) -> AssetsDefinition:

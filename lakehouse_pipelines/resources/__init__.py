@@ -38,7 +38,7 @@ def build_resources(settings: LakehouseSettings) -> dict[str, Any]:
             settings.metrics_namespace, region=settings.aws_region
         )
     else:
-        from lakehouse_pipelines.local_lambda import LocalLambdaRuntime
+        from lakehouse_local.lambda_runtime import LocalLambdaRuntime
 
         runtime = LocalLambdaRuntime(
             log_dir=settings.root / "lambda-logs",

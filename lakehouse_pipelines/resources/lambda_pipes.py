@@ -17,7 +17,6 @@ What this adds to a bare ``PipesLambdaClient`` (see DESIGN.md, "The Lambda contr
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 import re
@@ -28,7 +27,6 @@ from typing import Any
 
 from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
 from dagster import (
-    AssetCheckResult,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -37,8 +35,24 @@ from dagster import (
 )
 from dagster_aws.pipes import PipesLambdaClient
 
+from lakehouse_pipelines.resources.lambda_failures import (
+    NO_CREDENTIALS_HINT,
+    NO_REGION_HINT,
+    REFUSED_INVOKE_HINTS,
+    FunctionCallError,
+    MissingAwsSettingError,
+    failure_kind,
+    function_failure,
+    kind_failure,
+    refused_failure,
+    unbuilt_kind,
+)
+from lakehouse_pipelines.resources.partition_checks import combine_checks, with_collection_figures
 from lakehouse_pipelines.resources.pipes_messages import S3PipesMessageReader
 from lambda_functions.contracts import CollectionRequest
+from lambda_functions.errors import (
+    TerminalError,
+)
 from lambda_functions.registry import FUNCTIONS, FunctionSpec
 
 # Seconds the orchestrator waits beyond the function timeout before giving up on the HTTP call.
@@ -83,18 +97,6 @@ class _SingleWriterTempFileReader(PipesTempFileMessageReader):
         return 1
 
 
-# Invoke errors with which the Lambda service refuses to run the function at all
-# (https://docs.aws.amazon.com/lambda/latest/api/API_Invoke.html#API_Invoke_Errors), and the fix.
-REFUSED_INVOKE_HINTS = {
-    "ResourceNotFoundException": "Deploy it (sam deploy -t deploy/template.yaml, see deploy/) "
-    "or check LAKEHOUSE_FUNCTION_PREFIX and AWS_REGION.",
-    "AccessDeniedException": "Grant the orchestrator's role lambda:InvokeFunction on the "
-    "function (or check AWS_PROFILE / the credentials in use).",
-    "TooManyRequestsException": "Lambda throttled the invoke: lower LAKEHOUSE_FANOUT_CONCURRENCY "
-    "or the lakehouse_lambda pool's slots (deploy/dagster.yaml) below the function's reserved "
-    "concurrency, or raise that (ReservedConcurrentExecutions in deploy/template.yaml); then "
-    "re-run the step.",
-}
 # Dagster's warning when a session saw no message; after a refused invoke it is expected, and it
 # would wrongly point at the handler.
 _NO_MESSAGES_WARNING = "[pipes] did not receive any messages"
@@ -129,7 +131,23 @@ class _TailingLambdaClient:
 
 
 class LambdaPipes:
-    """Runs a data-plane function for an asset and returns what it reported through Pipes."""
+    """Runs a data-plane function for an asset and returns what it reported through Pipes.
+
+    The ``lambda_pipes`` resource: the same class in both environments, built by
+    ``LambdaPipes.local`` (the local Lambda runtime, messages in a temporary file) or
+    ``LambdaPipes.aws`` (boto3, messages in S3). Invocations are synchronous (``RequestResponse``,
+    AWS Lambda API Reference, "Invoke") and never retried here: a failed step is retried by its
+    ``RetryPolicy`` when every failure may clear by itself, never when one is terminal
+    (``lambda_functions.errors.error_kind``).
+
+    Args:
+        lambda_client: an object with boto3's Lambda ``invoke`` (``boto3.client("lambda")`` or
+            ``LocalLambdaRuntime``).
+        message_reader_factory: builds one Pipes message reader per invocation.
+        function_prefix: prepended to the registry names (deployed names, e.g. ``"prod-"``).
+        price_per_gb_second: Lambda's compute price in USD per GB-second, for the
+            ``lambda/estimated_cost_usd`` metadata.
+    """
 
     def __init__(
         self,
@@ -146,7 +164,15 @@ class LambdaPipes:
 
     @classmethod
     def local(cls, runtime: Any, **options: Any) -> LambdaPipes:
-        """Use the local Lambda runtime; messages travel through a temporary file."""
+        """Use the local Lambda runtime; messages travel through a temporary file.
+
+        Args:
+            runtime: a ``LocalLambdaRuntime`` (or any object with boto3's Lambda ``invoke``).
+            **options: ``function_prefix``, ``price_per_gb_second`` (see the class).
+
+        Returns:
+            A ``LambdaPipes`` invoking through ``runtime``; ``close()`` closes the runtime.
+        """
         return cls(
             lambda_client=runtime,
             message_reader_factory=_SingleWriterTempFileReader,
@@ -163,7 +189,23 @@ class LambdaPipes:
         s3_client: Any = None,
         **options: Any,
     ) -> LambdaPipes:
-        """Use AWS Lambda; messages travel through ``pipes_bucket`` in S3."""
+        """Use AWS Lambda; messages travel through ``pipes_bucket`` in S3.
+
+        Args:
+            pipes_bucket: the S3 bucket the functions write Pipes messages to (under
+                ``PIPES_MESSAGE_PREFIX``; the deploy template's ``PipesMessagesBucket``).
+            region: the AWS region; ``None`` uses the profile's or ``AWS_REGION``.
+            lambda_client: a Lambda client to use instead of boto3's (tests); the default has a
+                read timeout above the longest function timeout and no botocore retries.
+            s3_client: an S3 client to use instead of boto3's (tests).
+            **options: ``function_prefix``, ``price_per_gb_second`` (see the class).
+
+        Returns:
+            A ``LambdaPipes`` invoking AWS Lambda. No AWS call is made here.
+
+        Raises:
+            MissingAwsSettingError: no region is configured (the message names the setting).
+        """
         import boto3
 
         try:
@@ -182,14 +224,84 @@ class LambdaPipes:
         )
 
     def function_name(self, spec: FunctionSpec) -> str:
+        """The deployed name of ``spec``: ``function_prefix`` + the registry name."""
         return f"{self.function_prefix}{spec.name}"
+
+    def call(self, spec: FunctionSpec, event: Mapping[str, Any]) -> Any:
+        """Invoke ``spec`` synchronously without Pipes and return what the function returned.
+
+        For functions that answer a question instead of materializing an asset (collection
+        discovery, invoked from a sensor): one ``RequestResponse`` invoke (Lambda API Reference,
+        "Invoke"), never retried here.
+
+        Args:
+            spec: the function to invoke (its deployed name gets ``function_prefix``).
+            event: the JSON-serializable event, e.g. a contract request's ``to_event()``.
+
+        Returns:
+            The function's JSON-decoded return value (``None`` for an empty payload).
+
+        Raises:
+            FunctionCallError: Lambda refused the invoke (``error_type`` is the API error code,
+                e.g. ``ResourceNotFoundException``) or the function raised (``error_type`` is the
+                payload's ``errorType``); the message names the function, cause and fix.
+            MissingAwsSettingError: no AWS credentials were found.
+        """
+        name = self.function_name(spec)
+        try:
+            response = self.lambda_client.invoke(
+                FunctionName=name,
+                InvocationType="RequestResponse",
+                Payload=json.dumps(dict(event)).encode(),
+            )
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "ClientError")
+            message = error.response.get("Error", {}).get("Message", str(error))
+            hint = REFUSED_INVOKE_HINTS.get(code, "The function did not run; fix the cause.")
+            raise FunctionCallError(name, code, f"{message}. {hint}") from None
+        except NoCredentialsError:
+            raise MissingAwsSettingError(NO_CREDENTIALS_HINT) from None
+        body = response["Payload"].read()
+        payload = json.loads(body) if body else None
+        if "FunctionError" in response:
+            details = payload if isinstance(payload, dict) else {}
+            raise FunctionCallError(
+                name,
+                str(details.get("errorType", response["FunctionError"])),
+                str(details.get("errorMessage", body[:1000])),
+            )
+        return payload
+
+    def close(self) -> None:
+        """Release the Lambda client (ends the local runtime's workers); idempotent."""
+        close = getattr(self.lambda_client, "close", None)
+        if callable(close):
+            close()
 
     def run(
         self, context: Any, spec: FunctionSpec, request: CollectionRequest
     ) -> MaterializeResult:
-        """Invoke ``spec`` synchronously with ``request`` and return the materialization it
-        reported (with its asset check results), plus the invocation's Lambda figures.
-        Raise ``Failure`` if the function fails."""
+        """Invoke ``spec`` synchronously with ``request`` and return what it reported.
+
+        Args:
+            context: the asset's execution context (Pipes reports into it; logs go to it).
+            spec: the function to invoke (deployed as ``function_prefix + spec.name``).
+            request: the contract request; sent as ``request.to_event()`` plus the Pipes
+                bootstrap fields.
+
+        Returns:
+            The materialization the function reported, with its asset check results, plus the
+            invocation's figures (``lambda/request_id``, ``lambda/duration_ms``,
+            ``lambda/billed_duration_ms``, ``lambda/max_memory_used_mb``,
+            ``lambda/estimated_cost_usd``...). The function's log tail goes to the step's stdout.
+
+        Raises:
+            dagster.Failure: the function failed (its ``errorType``, message, stack trace and log
+                tail in the metadata), timed out, or Lambda refused the invoke (the fix named).
+                ``allow_retries`` is False when the failure is terminal (``error_kind``), so the
+                step's ``RetryPolicy`` retries only transient and unknown failures; the metadata
+                ``error_kind`` says which.
+        """
         reader = self._message_reader_factory()
         client = _TailingLambdaClient(self.lambda_client, reader)
         pipes = PipesLambdaClient(client=client, message_reader=reader)
@@ -201,11 +313,13 @@ class LambdaPipes:
             invocation = pipes.run(function_name=name, event=request.to_event(), context=context)
         except Exception as error:
             if client.response and "FunctionError" in client.response:
-                raise _function_failure(name, client, error) from None
+                raise function_failure(name, client.request_id, client.log_tail, error) from None
             if client.refusal is not None:
-                raise _refused_failure(name, client.refusal) from None
+                raise refused_failure(name, client.refusal) from None
             if isinstance(error, NoCredentialsError):
-                raise Failure(description=NO_CREDENTIALS_HINT) from None
+                raise kind_failure(NO_CREDENTIALS_HINT, "terminal") from None
+            if isinstance(error, TerminalError):  # e.g. the message bucket cannot be read
+                raise kind_failure(f"{type(error).__name__}: {error}", "terminal") from error
             raise
         finally:
             context.log.removeFilter(quiet)
@@ -245,18 +359,43 @@ class LambdaPipes:
 
         ``unbuilt`` maps the partitions whose request could not be built to the error: they are
         failed partitions like those whose invocation failed, and the others are still invoked.
+
+        Args:
+            context: the asset's execution context; ``context.partition_keys`` are the
+                partitions the step covers.
+            spec: the function to invoke per partition.
+            requests: partition key -> the contract request for it.
+            max_concurrency: most invocations in flight at once (at least 1).
+            unbuilt: partition key -> the error that kept its request from being built.
+
+        Returns:
+            For one partition, ``run``'s materialization (checks with per-collection figures);
+            for several, a ``MaterializeResult`` with the combined check results (each
+            partition's metadata is attached to it with ``add_asset_metadata``).
+
+        Raises:
+            ValueError: ``max_concurrency`` is below 1.
+            dagster.Failure: any partition failed, naming every failed partition and why
+                (metadata ``failed_partitions``, ``error_kinds``). Not retried
+                (``allow_retries=False``) when any failure is terminal (an unbuilt request is
+                terminal unless its error is a ``TransientError``); else left to the step's
+                ``RetryPolicy``, which re-runs every partition (committed ones are idempotent).
         """
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         unbuilt = dict(unbuilt or {})
         if len(requests) + len(unbuilt) == 1 and context.has_partition_key:
             if unbuilt:
-                raise next(iter(unbuilt.values()))
+                ((key, error),) = unbuilt.items()
+                raise kind_failure(
+                    f"partition {key}: not invoked, its request failed: {error}",
+                    unbuilt_kind(error),
+                ) from error
             ((key, request),) = requests.items()
             result = self.run(context, spec, request)
             return result._replace(
                 check_results=[
-                    _with_collection_figures(check, {key: check})
+                    with_collection_figures(check, {key: check})
                     for check in result.check_results or []
                 ]
             )
@@ -280,6 +419,11 @@ class LambdaPipes:
         for key, result in sorted(results.items()):
             context.add_asset_metadata(dict(result.metadata or {}), partition_key=key)
         if failures:
+            kinds = {
+                key: unbuilt_kind(error) if key in unbuilt else failure_kind(error)
+                for key, error in failures.items()
+            }
+            retry = "terminal" not in kinds.values()
             raise Failure(
                 description=(
                     f"{len(failures)} of {len(requests) + len(unbuilt)} partitions failed: "
@@ -287,74 +431,22 @@ class LambdaPipes:
                         f"{k}: {(str(e).splitlines() or [type(e).__name__])[0]}"
                         for k, e in sorted(failures.items())
                     )
-                    + ". Partitions that succeeded are committed; re-run the failed ones."
+                    + ". Partitions that succeeded are committed; "
+                    + (
+                        "every failure may clear by itself, so the step is retried (its retry "
+                        "policy) before it fails."
+                        if retry
+                        else "a failure that retrying cannot fix (terminal) is among them: fix "
+                        "it, then re-run the failed ones."
+                    )
                 ),
-                metadata={"failed_partitions": MetadataValue.json(sorted(failures))},
-            )
-        return MaterializeResult(check_results=_combine_checks(results))
-
-
-def _combine_checks(results: Mapping[str, MaterializeResult]) -> list[AssetCheckResult]:
-    by_name: dict[str, dict[str, AssetCheckResult]] = {}
-    for key, result in results.items():
-        for check in result.check_results or []:
-            by_name.setdefault(check.check_name, {})[key] = check
-    combined = []
-    for name, checks in sorted(by_name.items()):
-        failed = sorted(key for key, check in checks.items() if not check.passed)
-        first = next(iter(checks.values()))
-        combined.append(
-            AssetCheckResult(
-                check_name=name,
-                asset_key=first.asset_key,
-                passed=not failed,
-                severity=first.severity,
                 metadata={
-                    "partitions_checked": MetadataValue.int(len(checks)),
-                    "failed_partitions": MetadataValue.json(failed),
-                    **collection_figures(checks),
+                    "failed_partitions": MetadataValue.json(sorted(failures)),
+                    "error_kinds": MetadataValue.json(dict(sorted(kinds.items()))),
                 },
+                allow_retries=retry,
             )
-        )
-    return combined
-
-
-def collection_figures(checks: Mapping[str, AssetCheckResult]) -> dict[str, Any]:
-    """Each collection's numeric check figures under ``<collection>/<name>``.
-
-    Asset checks are not partitioned, so the UI plots a check's metadata as one series over
-    time; a figure keyed by collection is one series per collection there, where a bare key
-    would join the collections' values (one run's shop.orders lag, the next run's
-    shop.customers lag) into one line."""
-    figures: dict[str, Any] = {}
-    for key, check in sorted(checks.items()):
-        for name, value in (check.metadata or {}).items():
-            raw = getattr(value, "value", value)
-            if isinstance(raw, int | float) and not isinstance(raw, bool):
-                figures[f"{key}/{name}"] = value
-    return figures
-
-
-def _with_collection_figures(
-    check: AssetCheckResult, checks: Mapping[str, AssetCheckResult]
-) -> AssetCheckResult:
-    return check._replace(metadata={**(check.metadata or {}), **collection_figures(checks)})
-
-
-class MissingAwsSettingError(ValueError):
-    """AWS cannot be reached as configured; the message names the setting to change."""
-
-
-NO_REGION_HINT = (
-    "No AWS region is configured: set AWS_REGION to the region of the Lambda functions, the lake "
-    "bucket and CloudWatch (e.g. AWS_REGION=eu-west-1), or set region in the AWS profile "
-    "(aws configure set region eu-west-1)."
-)
-NO_CREDENTIALS_HINT = (
-    "No AWS credentials were found: run `aws configure` (or `aws sso login --profile <name>` and "
-    "set AWS_PROFILE), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; on AWS compute, attach "
-    "a role to it."
-)
+        return MaterializeResult(check_results=combine_checks(results))
 
 
 class _DropNoMessagesWarningAfterRefusal(logging.Filter):
@@ -372,53 +464,6 @@ class _DropNoMessagesWarningAfterRefusal(logging.Filter):
             and threading.get_ident() == self._thread
             and _NO_MESSAGES_WARNING in str(record.msg)
         )
-
-
-def _refused_failure(name: str, error: ClientError) -> Failure:
-    code = error.response.get("Error", {}).get("Code", "ClientError")
-    message = error.response.get("Error", {}).get("Message", str(error))
-    if code == "ResourceNotFoundException":
-        lead = f"Lambda function {name!r} does not exist ({message})."
-    else:
-        lead = f"Lambda refused to invoke {name!r}: {code}: {message}."
-    hint = REFUSED_INVOKE_HINTS.get(code, "The function did not run; fix the cause and re-run.")
-    return Failure(
-        description=f"{lead} {hint}",
-        metadata={
-            "function_name": MetadataValue.text(name),
-            "error_code": MetadataValue.text(code),
-            "error_message": MetadataValue.text(message),
-        },
-    )
-
-
-def _function_failure(name: str, client: _TailingLambdaClient, error: Exception) -> Failure:
-    payload: dict[str, Any] = {}
-    text = str(error)
-    start = text.find("{")
-    if start >= 0:  # PipesLambdaClient puts the error payload in the message, as JSON
-        with contextlib.suppress(json.JSONDecodeError):
-            payload = json.loads(text[start:])
-    error_type = payload.get("errorType", "Unknown")
-    message = payload.get("errorMessage", text)
-    hint = {
-        "Sandbox.Timedout": "The function ran past its timeout: raise timeout_s in "
-        "lambda_functions/registry.py (and the deployment), or lower the batch size.",
-        "Runtime.OutOfMemory": "The function ran out of memory: raise memory_mb in "
-        "lambda_functions/registry.py, or lower the batch size.",
-    }.get(error_type, "Nothing was committed by the failed step; fix the cause and re-run.")
-    stack = "".join(payload.get("stackTrace", []))
-    return Failure(
-        description=f"Lambda function {name} failed with {error_type}: {message}\n{hint}",
-        metadata={
-            "function_name": MetadataValue.text(name),
-            "request_id": MetadataValue.text(client.request_id),
-            "error_type": MetadataValue.text(error_type),
-            "error_message": MetadataValue.text(message),
-            "stack_trace": MetadataValue.text(stack or "(none)"),
-            "log_tail": MetadataValue.md(f"```\n{client.log_tail[-3000:]}\n```"),
-        },
-    )
 
 
 def lambda_client_config() -> Any:

@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lakehouse_pipelines.settings_values import SettingsError
 from lambda_functions.emf import MAX_DIMENSIONS  # the same CloudWatch limit
 from lambda_functions.lake import ObjectStore
 
@@ -108,10 +109,13 @@ class CloudWatchMetrics(MetricsSink):
         import boto3
 
         if namespace.startswith("AWS/"):
-            raise ValueError("CloudWatch namespaces starting with 'AWS/' are reserved")
+            raise SettingsError(
+                f"LAKEHOUSE_METRICS_NAMESPACE={namespace!r}: CloudWatch namespaces starting with "
+                "'AWS/' are reserved for AWS services; choose another (e.g. Lakehouse/Pipelines)"
+            )
         from botocore.exceptions import NoRegionError
 
-        from lakehouse_pipelines.resources.lambda_pipes import (
+        from lakehouse_pipelines.resources.lambda_failures import (
             NO_REGION_HINT,
             MissingAwsSettingError,
         )

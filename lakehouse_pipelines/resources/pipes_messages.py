@@ -30,9 +30,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from botocore.exceptions import ClientError
-from dagster._core.pipes.context import PipesMessageHandler
+from dagster import PipesMessageHandler
 from dagster_aws.pipes import PipesS3MessageReader
 from dagster_pipes import PIPES_PROTOCOL_VERSION_FIELD, PipesBlobStoreMessageWriter, PipesParams
+
+from lambda_functions.errors import TerminalError
 
 # Key prefix of Pipes message objects in the bucket (the template's lifecycle rule expires it).
 PIPES_MESSAGE_PREFIX = "_dagster_pipes"
@@ -45,7 +47,7 @@ _CLEANUP = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pipes-message-c
 logger = logging.getLogger(__name__)
 
 
-class PipesMessagesUnreadableError(RuntimeError):
+class PipesMessagesUnreadableError(TerminalError, RuntimeError):
     """The message bucket cannot be read: messages would be lost, so the step fails."""
 
 

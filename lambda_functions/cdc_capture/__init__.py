@@ -1,18 +1,15 @@
-"""Change capture: DocumentDB (or the embedded stand-in) change streams, AWS DMS output files and
-MQ/SQS messages into raw-zone batches of one format."""
+"""Change capture: DocumentDB change streams, AWS DMS output files and MQ/SQS messages into
+raw-zone batches of one format. The embedded stand-in for DocumentDB and the demo workload live in
+``lakehouse_local`` (not shipped to AWS); ``open_source`` imports them for ``source_kind`` embedded."""
 
 from lambda_functions.cdc_capture.capture import CaptureResult, capture_changes
 from lambda_functions.cdc_capture.change_source import (
     ChangeSource,
     ChangeStreamCursor,
+    EmbeddedSourceUnavailableError,
     open_source,
 )
-from lambda_functions.cdc_capture.demo_workload import DemoWorkload, WorkloadRun
 from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource
-from lambda_functions.cdc_capture.embedded_source import (
-    EmbeddedChangeStream,
-    EmbeddedChangeStreamSource,
-)
 from lambda_functions.cdc_capture.errors import (
     CaptureError,
     ChangeStreamsDisabledError,
@@ -32,14 +29,11 @@ __all__ = [
     "ChangeStreamCursor",
     "ChangeStreamsDisabledError",
     "ConcurrentCaptureError",
-    "DemoWorkload",
     "DocumentDBChangeSource",
-    "EmbeddedChangeStream",
-    "EmbeddedChangeStreamSource",
+    "EmbeddedSourceUnavailableError",
     "ResumeTokenExpiredError",
     "SnapshotProgress",
     "SourceConnectionError",
-    "WorkloadRun",
     "capture_changes",
     "open_source",
     "token_position",

@@ -19,7 +19,9 @@ from bson.errors import InvalidBSON, InvalidDocument
 from bson.raw_bson import RawBSONDocument
 
 from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
-from lambda_functions.cdc_capture.extended_json import (
+from lambda_functions.cdc_capture.positions import cluster_position, commit_position, millis
+from lambda_functions.errors import TerminalError
+from lambda_functions.lake.extended_json import (
     RAW_DOCUMENT_OPTIONS,
     encode_document,
     encode_raw,
@@ -27,8 +29,6 @@ from lambda_functions.cdc_capture.extended_json import (
     not_utf8_reason,
     relaxed_json,
 )
-from lambda_functions.cdc_capture.positions import cluster_position, commit_position, millis
-from lambda_functions.errors import TerminalError
 from lambda_functions.lake.raw_zone import (
     BATCH_SCHEMA,
     UPDATE_DESCRIPTION_COLUMN,

@@ -15,6 +15,27 @@ from lambda_functions.pipes import open_pipes, without_pipes_keys
 
 
 def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+    """Publish the AWS DMS files of one collection not ingested yet, reporting through Pipes.
+
+    Safe to invoke again or concurrently: every DMS file's rows land in exactly one batch
+    (``ingest_dms_files``); an invocation near its timeout stops between files and reports how
+    many are left as ``pending_files`` metadata, for the next run.
+
+    Args:
+        event: a ``DmsIngestRequest`` event (``lambda_functions.contracts``), plus the Pipes
+            keys ``PipesLambdaClient`` adds.
+        context: the Lambda context; its ``get_remaining_time_in_millis()`` bounds the work.
+
+    Returns:
+        ``{"batches": [batch numbers published], "files": [DMS object keys ingested],
+        "rows_by_op": {operation: rows}}``. The materialization reported
+        through Pipes carries the same figures as typed metadata, and the newest batch number
+        (``-1`` for none) as its data version.
+
+    Raises:
+        InvalidRequestError: the event is not a valid ``DmsIngestRequest``.
+        ConcurrentCaptureError: other ingests of the collection kept publishing first.
+    """
     with open_pipes(event) as pipes:
         request = DmsIngestRequest.from_event(without_pipes_keys(event))
         pipes.log.info(f"ingesting DMS files of {request.namespace} from {request.dms_uri}")

@@ -63,9 +63,9 @@ from lambda_functions.cdc_capture.batches import (
     read_ledger,
 )
 from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
-from lambda_functions.cdc_capture.extended_json import InvalidExtendedJSONError, decode_document
 from lambda_functions.cdc_capture.positions import event_position
 from lambda_functions.contracts import name_problem
+from lambda_functions.lake.extended_json import InvalidExtendedJSONError, decode_document
 from lambda_functions.lake.raw_zone import Checkpoint, RawZone
 from lambda_functions.lake.store import ObjectExistsError, ObjectStore
 

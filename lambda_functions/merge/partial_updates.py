@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 from bson.errors import InvalidDocument
 from deltalake import DeltaTable
 
-from lambda_functions.cdc_capture.extended_json import decode_document, encode_document
+from lambda_functions.lake.extended_json import decode_document, encode_document
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.update_description import (
     UnappliableUpdateError,

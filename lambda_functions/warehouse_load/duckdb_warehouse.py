@@ -138,7 +138,7 @@ class DuckDBWarehouse:
         try:
             for statement in statements:
                 rows = self._execute(statement)
-                if statement.sql.startswith(("INSERT", "DELETE")) and rows:
+                if statement.sql.startswith(("INSERT", "DELETE", "UPDATE")) and rows:
                     affected[statement.label] = int(rows[0][0])
             self.db.execute("COMMIT")
         except BaseException:

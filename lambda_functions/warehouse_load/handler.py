@@ -51,6 +51,16 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 "documents_set_aside": check.documents_set_aside,
                 "transaction": result.statements,
                 "duration_seconds": round(float(result.duration_s), 3),
+                # Only for collections that keep history (each figure is a billed EMF metric).
+                **(
+                    {
+                        "history_table": result.history_table,
+                        "history_rows_inserted": result.history_rows_inserted,
+                        "history_rows_closed": result.history_rows_closed,
+                    }
+                    if result.history_table
+                    else {}
+                ),
             }
         )
         pipes.report_asset_materialization(metadata=metadata, data_version=str(result.lake_version))

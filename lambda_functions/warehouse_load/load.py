@@ -39,6 +39,8 @@ from lambda_functions.warehouse_sql import (
     columns_fit_in_load,
     columns_query,
     ensure_tables,
+    history_rows_query,
+    history_target,
     load_transaction,
     loaded_state_query,
     parse_projection,
@@ -75,7 +77,8 @@ class LoadResult:
         previous_version: the version loaded before, None on a first load or a reload from 0.
         full_reload: every row was reloaded (first load, lost change feed, new columns, asked).
         reason: why this load was incremental or full, in words.
-        rows_staged: change rows staged (latest change per key); deletes included.
+        rows_staged: change rows staged (latest change per key; with history, one per key per
+            lake commit); deletes included.
         rows_deleted / rows_inserted: rows the transaction's DELETE / INSERT affected
             (Redshift's ``ResultRows``; 0 when nothing was staged).
         projected_columns / columns_added / undeclared_columns: column names, in order.
@@ -83,6 +86,10 @@ class LoadResult:
         reconciliation: the comparison with the lake at ``lake_version`` (None if not asked).
         duration_s: wall-clock seconds of the whole load.
         statements: labels of the load transaction's statements, in order.
+        history_table: ``schema.<table>_history`` when the collection keeps history, else None.
+        history_rows_inserted: versions added to the history table (``insert_history``).
+        history_rows_closed: history rows given their ``valid_to`` (``close_history`` and, on
+            a full reload, ``close_history_absent``).
     """
 
     target: str
@@ -101,6 +108,9 @@ class LoadResult:
     reconciliation: Reconciliation | None
     duration_s: float
     statements: list[str] = field(default_factory=list)  # labels of the transaction, in order
+    history_table: str | None = None
+    history_rows_inserted: int = 0
+    history_rows_closed: int = 0
 
     @property
     def warehouse_rows(self) -> int:
@@ -174,7 +184,10 @@ def load_changes(
     columns, or ``force_full_reload``. The delete of changed keys, the insert of their latest
     versions and the control row's update run as ONE transaction (one Redshift Data API
     ``BatchExecuteStatement``, which runs its SQL statements as a single transaction; DuckDB
-    BEGIN..COMMIT), guarded by the control row the plan was made from. Hence:
+    BEGIN..COMMIT), guarded by the control row the plan was made from. With
+    ``request.history`` the same transaction keeps ``<table>_history`` (SCD type 2, every
+    commit's version of each changed key, ``lambda_functions.warehouse_sql.history``); an empty
+    history table of a loaded collection is seeded by a full reload. Hence:
     atomic (a failure leaves the previous data and control row), idempotent (re-running after
     any failure loads the same changes once; re-running after success loads nothing) and safe
     against a concurrent or stale load (it commits nothing). Redshift reads the staged rows with
@@ -209,14 +222,25 @@ def load_changes(
     warehouse = warehouse or open_warehouse(request, store, say)
     dialect = warehouse.dialect
     target = TargetTable.named(dialect, request.target_schema, request.table_name)
+    history = history_target(dialect, target) if request.history else None
     with warehouse.session():
-        warehouse.run_transaction(ensure_tables(dialect, target), name=f"lakehouse-ensure {target}")
+        warehouse.run_transaction(
+            ensure_tables(dialect, target, history=history), name=f"lakehouse-ensure {target}"
+        )
         rows = warehouse.query(loaded_state_query(dialect, target))
         state = LoadedState(rows[0][0], int(rows[0][1])) if rows else None
         catalog = warehouse.query(columns_query(dialect, target))
         check_column_types(target, projection, catalog)
         existing = {str(row[0]).lower() for row in catalog}
         add = [c for c in projection if c.column not in existing]
+        add_history: list[ProjectedColumn] = []
+        seed_history = False
+        if history:
+            history_catalog = warehouse.query(columns_query(dialect, history))
+            check_column_types(history, projection, history_catalog)
+            kept = {str(row[0]).lower() for row in history_catalog}
+            add_history = [c for c in projection if c.column not in kept]
+            seed_history = state is not None and not warehouse.query(history_rows_query(history))
         undeclared = sorted(existing - set(BASE_COLUMNS) - {c.column for c in projection})
         if undeclared:
             say(
@@ -224,16 +248,19 @@ def load_changes(
                 "kept (never dropped) and left NULL in rows loaded from now on"
             )
         added_ahead: list[ProjectedColumn] = []
-        if add and not columns_fit_in_load(dialect, len(add)):
-            batches = column_additions(dialect, target, add)
+        additions = len(add) + len(add_history)
+        if additions and not columns_fit_in_load(dialect, additions, history=bool(history)):
+            batches = column_additions(
+                dialect, target, add, history=history, history_columns=add_history
+            )
             for number, batch in enumerate(batches, 1):
                 warehouse.run_transaction(batch, name=f"lakehouse-columns {target} {number}")
             say(
-                f"{target}: {len(add)} projected columns added ahead of the load in "
+                f"{target}: {additions} projected columns added ahead of the load in "
                 f"{len(batches)} transactions (more than one transaction holds); the control "
                 "row was cleared, so this load reloads every row to fill them"
             )
-            added_ahead, add, state = add, [], None
+            added_ahead, add, add_history, state = add, [], [], None
         full_reason = None
         if request.force_full_reload:
             full_reason = "full reload requested"
@@ -242,6 +269,8 @@ def load_changes(
                 f"projection added column(s) {', '.join(c.column for c in add)}: full reload "
                 "to fill them for every row"
             )
+        elif seed_history:
+            full_reason = f"history table {history} is empty: full reload to seed it"
         try:
             table = DeltaTable(uri, storage_options=options)
         except TableNotFoundError as error:
@@ -253,6 +282,7 @@ def load_changes(
             since_version=state.version if state else None,
             since_table_id=state.table_id if state else None,
             full_reason=full_reason,
+            every_version=history is not None,
         )
         say(
             f"{target}: lake version {changes.to_version} ({changes.reason}); "
@@ -283,6 +313,8 @@ def load_changes(
                     version=changes.to_version,
                     projection=projection,
                     add_columns=add,
+                    history=history,
+                    add_history_columns=add_history,
                 )
                 labels = [s.label for s in statements]
                 affected = warehouse.run_transaction(
@@ -312,4 +344,9 @@ def load_changes(
         reconciliation=reconciliation,
         duration_s=time.monotonic() - started,
         statements=labels,
+        history_table=str(history) if history else None,
+        history_rows_inserted=max(affected.get("insert_history", 0), 0),
+        history_rows_closed=sum(
+            max(affected.get(label, 0), 0) for label in ("close_history", "close_history_absent")
+        ),
     )

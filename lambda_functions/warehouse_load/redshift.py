@@ -229,7 +229,7 @@ class RedshiftDataApiClient:
         described = self.wait(response["Id"], statements, name=name)
         affected: dict[str, int] = {}
         for statement, sub in zip(statements, described.get("SubStatements", []), strict=False):
-            if statement.sql.startswith(("INSERT", "DELETE")):
+            if statement.sql.startswith(("INSERT", "DELETE", "UPDATE")):
                 affected[statement.label] = int(sub.get("ResultRows", -1))
         return affected
 
@@ -392,13 +392,16 @@ def _check_sizes(statements: Sequence[Statement]) -> None:
 
 def project_rows(rows: pa.Table, projection: Sequence[ProjectedColumn]) -> pa.Table:
     """``rows`` with the projected columns appended, computed by DuckDB (UTC session), exactly
-    as the DuckDB warehouse computes them inside its transaction."""
+    as the DuckDB warehouse computes them inside its transaction. Rows that carry
+    ``_commit_version`` (a collection keeping history) keep it, before the projected columns."""
     import duckdb
 
     with duckdb.connect() as db:
         db.execute("SET TimeZone = 'UTC'")
         db.register("staged_rows", rows)
-        return db.sql(stage_query(projection, "staged_rows")).to_arrow_table()
+        history = "_commit_version" in rows.column_names
+        query = stage_query(projection, "staged_rows", history=history)
+        return db.sql(query).to_arrow_table()
 
 
 def _field_value(value: dict[str, Any]) -> Any:

@@ -7,8 +7,9 @@ plan) and below the ``warehouse_load`` stage, whose executors run what it render
 ``names`` (identifier rule, the load's own tables and columns), ``literals`` (checked values in
 SQL text), ``projection`` (declared typed columns), ``staging`` (their values, computed while the
 rows are staged), ``statements`` (statements, the target table), ``dialects`` (DuckDB, Redshift),
-``plan`` (DDL, the load transaction, limits), ``catalog`` (the table's existing columns) and
-``reconciliation`` (reads that compare the warehouse with the lake).
+``plan`` (DDL, the load transaction, limits), ``history`` (the optional SCD type 2 history
+table: its rows, how they chain, their statements in the load transaction), ``catalog`` (the
+table's existing columns) and ``reconciliation`` (reads that compare the warehouse with the lake).
 
 Everything that differs between the two warehouses lives in ``dialects``, in the two ``Dialect``
 classes; the executors (``warehouse_load.duckdb_warehouse.DuckDBWarehouse`` and
@@ -23,6 +24,9 @@ classes; the executors (``warehouse_load.duckdb_warehouse.DuckDBWarehouse`` and
     delete_set_aside   \\ forget set-aside records of staged keys, record the staged documents
     insert_upserts      | the warehouse cannot hold (``set_aside``) instead of loading them, and
     insert_set_aside   /  INSERT the latest staged change per key unless it is a delete
+    close_history        \\ only when the collection keeps history (``history``): close the open
+    close_history_absent  | rows of changed keys (and, on a full reload, of keys gone from the
+    insert_history       /  lake), insert every new version of the window
     delete_control     \\ the control row names the lake table and version now in the warehouse
     insert_control     /
     drop_stage
@@ -61,6 +65,14 @@ from lambda_functions.warehouse_sql.errors import (
     PlanError,
     UnsafeSqlValueError,
 )
+from lambda_functions.warehouse_sql.history import (
+    HISTORY_RESERVED_COLUMNS,
+    HISTORY_STATEMENTS,
+    check_history,
+    history_rows_query,
+    history_table_name,
+    history_target,
+)
 from lambda_functions.warehouse_sql.literals import (
     checked_iam_role,
     checked_s3_uri,
@@ -71,6 +83,9 @@ from lambda_functions.warehouse_sql.literals import (
 from lambda_functions.warehouse_sql.names import (
     BASE_COLUMNS,
     CONTROL_TABLE,
+    HISTORY_COLUMNS,
+    HISTORY_STAGE_COLUMNS,
+    HISTORY_SUFFIX,
     LOAD_TABLES,
     MAX_IDENTIFIER_BYTES,
     RESERVED_COLUMNS,
@@ -122,6 +137,11 @@ __all__ = [
     "BUCKET_HEX_DIGITS",
     "CONTROL_TABLE",
     "DUCKDB",
+    "HISTORY_COLUMNS",
+    "HISTORY_RESERVED_COLUMNS",
+    "HISTORY_STAGE_COLUMNS",
+    "HISTORY_STATEMENTS",
+    "HISTORY_SUFFIX",
     "LOAD_STATEMENTS",
     "LOAD_TABLES",
     "MAX_IDENTIFIER_BYTES",
@@ -144,6 +164,7 @@ __all__ = [
     "UnsafeSqlValueError",
     "bucket_rows_query",
     "check_column_types",
+    "check_history",
     "check_projection_limits",
     "check_statement_sizes",
     "checked_iam_role",
@@ -154,6 +175,9 @@ __all__ = [
     "columns_query",
     "ensure_tables",
     "fold_identifier",
+    "history_rows_query",
+    "history_table_name",
+    "history_target",
     "holds",
     "key_bucket",
     "load_transaction",

@@ -56,8 +56,14 @@ class Dialect:
         raise NotImplementedError
 
     def load_stage(
-        self, stage: str, source: StageSource, projection: Sequence[ProjectedColumn]
+        self,
+        stage: str,
+        source: StageSource,
+        projection: Sequence[ProjectedColumn],
+        *,
+        history: bool = False,
     ) -> Statement:
+        """Fill the staging table; ``history``: the rows carry ``_commit_version`` too."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -84,13 +90,17 @@ class DuckDBDialect(Dialect):
         return f"CAST('0x' || {expression} AS BIGINT)"
 
     def load_stage(
-        self, stage: str, source: StageSource, projection: Sequence[ProjectedColumn]
+        self,
+        stage: str,
+        source: StageSource,
+        projection: Sequence[ProjectedColumn],
+        *,
+        history: bool = False,
     ) -> Statement:
         if not source.relation:
             raise PlanError("DuckDB stages from a registered Arrow relation; none was given")
-        return Statement(
-            "load_stage", f"INSERT INTO {stage} {stage_query(projection, source.relation)}"
-        )
+        query = stage_query(projection, source.relation, history=history)
+        return Statement("load_stage", f"INSERT INTO {stage} {query}")
 
 
 class RedshiftDialect(Dialect):
@@ -140,8 +150,14 @@ class RedshiftDialect(Dialect):
         return f"STRTOL({expression}, 16)"
 
     def load_stage(
-        self, stage: str, source: StageSource, projection: Sequence[ProjectedColumn]
+        self,
+        stage: str,
+        source: StageSource,
+        projection: Sequence[ProjectedColumn],
+        *,
+        history: bool = False,
     ) -> Statement:
+        # The staged Parquet holds the columns in the stage's order (``RedshiftWarehouse.stage``).
         if not (source.s3_uri and source.iam_role):
             raise PlanError("Redshift stages with COPY from S3: a staging URI and an IAM role")
         role = checked_iam_role(source.iam_role)

@@ -30,10 +30,27 @@ BASE_COLUMNS = ("_id", "doc", "_op", "_pos", "_event_time", "_lake_version", "_l
 # The staged rows, in this order (Redshift's Parquet COPY matches columns by position), followed
 # by the projected columns, already computed (see ``stage_query``).
 STAGE_COLUMNS = ("_id", "doc", "_op", "_pos", "_event_time", "_deleted", "_set_aside", "_doc_bytes")
+# With history kept, the staged rows also carry the lake version that wrote each change.
+HISTORY_STAGE_COLUMNS = (*STAGE_COLUMNS, "_commit_version")
 # Redshift's system columns (PostgreSQL's), which no user column may be named ("Names and
 # identifiers"): an ADD COLUMN "xmin" would fail every load.
 SYSTEM_COLUMNS = ("oid", "tableoid", "xmin", "cmin", "xmax", "cmax", "ctid")
 RESERVED_COLUMNS = frozenset((*BASE_COLUMNS, *STAGE_COLUMNS, "_rank", *SYSTEM_COLUMNS))
+# A collection's history table (``warehouse_sql.history``) is its table's name plus this suffix;
+# its own columns, in order, before the projected ones. Projected columns may not take these
+# names when history is kept (checked then only: without history they are ordinary fields).
+HISTORY_SUFFIX = "_history"
+HISTORY_COLUMNS = (
+    "_id",
+    "doc",
+    "_op",
+    "_pos",
+    "valid_from",
+    "valid_to",
+    "is_current",
+    "_lake_version",
+    "_loaded_at",
+)
 
 
 def fold_identifier(name: str) -> str:

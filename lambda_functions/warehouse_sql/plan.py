@@ -10,9 +10,16 @@ from collections.abc import Sequence
 
 from lambda_functions.warehouse_sql.dialects import Dialect
 from lambda_functions.warehouse_sql.errors import PlanError
+from lambda_functions.warehouse_sql.history import (
+    HISTORY_STATEMENTS,
+    create_history,
+    history_statements,
+    history_target,
+)
 from lambda_functions.warehouse_sql.literals import checked_table_id, sql_integer, sql_string
 from lambda_functions.warehouse_sql.names import (
     BASE_COLUMNS,
+    HISTORY_SUFFIX,
     MAX_IDENTIFIER_BYTES,
     quote_identifier,
 )
@@ -26,8 +33,11 @@ from lambda_functions.warehouse_sql.statements import (
 )
 
 
-def ensure_tables(dialect: Dialect, target: TargetTable) -> list[Statement]:
-    """Idempotent DDL: schema, control table, target table with the load's own columns.
+def ensure_tables(
+    dialect: Dialect, target: TargetTable, *, history: TargetTable | None = None
+) -> list[Statement]:
+    """Idempotent DDL: schema, control table, target table with the load's own columns, and the
+    history table (``warehouse_sql.history``) when ``history`` names it.
 
     Projected columns are not created here but by the load transaction (``add_column:*``), so a
     load that fails, e.g. on a value that does not fit a declared type, leaves no column behind
@@ -63,6 +73,7 @@ def ensure_tables(dialect: Dialect, target: TargetTable) -> list[Statement]:
             f"CREATE TABLE IF NOT EXISTS {target.qualified} ({', '.join(columns)})"
             f"{d.table_options}",
         ),
+        *([create_history(d, history)] if history else []),
     ]
 
 
@@ -87,6 +98,8 @@ def load_transaction(
     version: int,
     projection: Sequence[ProjectedColumn],
     add_columns: Sequence[ProjectedColumn] = (),
+    history: TargetTable | None = None,
+    add_history_columns: Sequence[ProjectedColumn] = (),
 ) -> list[Statement]:
     """The statements of one load, to run as ONE transaction, in order (see the package doc).
 
@@ -106,9 +119,14 @@ def load_transaction(
         version: the lake table version being loaded (recorded as ``_lake_version``).
         projection: every projected column, in declaration order.
         add_columns: the projected columns the table lacks, added inside this transaction.
+        history: the history table (``history_target``) when the collection keeps history
+            (``warehouse_sql.history``); the stage then holds every version of the window.
+        add_history_columns: the projected columns the history table lacks.
 
     Returns:
-        ``LOAD_STATEMENTS + len(add_columns)`` statements.
+        ``LOAD_STATEMENTS + len(add_columns)`` statements; with ``history``, also its
+        ``add_history_column:*`` and ``close_history``, (full) ``close_history_absent`` and
+        ``insert_history`` before the control row.
 
     Raises:
         PlanError: more statements than the dialect's batch holds, or a statement over its size.
@@ -127,6 +145,7 @@ def load_transaction(
         '"_deleted" BOOLEAN NOT NULL',
         '"_set_aside" VARCHAR(256)',
         '"_doc_bytes" BIGINT',
+        *(['"_commit_version" BIGINT'] if history else []),
         *(f"{quote_identifier(c.column)} {staged_type(c)}" for c in projection),
     ]
     statements = [
@@ -135,9 +154,11 @@ def load_transaction(
             "create_stage",
             f"CREATE TEMP TABLE {staged} ({', '.join(stage_columns)}){d.stage_options}",
         ),
-        d.load_stage(staged, source, projection),
+        d.load_stage(staged, source, projection, history=history is not None),
         *(_add_column(target, c) for c in add_columns),
     ]
+    if history:
+        statements += [_add_column(history, c, "add_history_column") for c in add_history_columns]
     if full:
         statements += [
             Statement("delete_changed", f"DELETE FROM {target.qualified}"),
@@ -171,8 +192,10 @@ def load_transaction(
         d.now,
         *(projected_value(d, c, f"s.{quote_identifier(c.column)}") for c in projection),
     ]
+    # With history the stage holds every commit's version of a key: the latest is the last commit.
+    newest = '"_commit_version" DESC, "_pos" DESC' if history else '"_pos" DESC'
     latest = (
-        f'(SELECT *, ROW_NUMBER() OVER (PARTITION BY "_id" ORDER BY "_pos" DESC) AS "_rank" '
+        f'(SELECT *, ROW_NUMBER() OVER (PARTITION BY "_id" ORDER BY {newest}) AS "_rank" '
         f'FROM {staged}) AS s WHERE s."_rank" = 1 AND NOT s."_deleted"'
     )
     statements += [
@@ -188,6 +211,10 @@ def load_transaction(
             f's."_doc_bytes", s."_set_aside", {sql_integer(version)} FROM {latest} '
             'AND s."_set_aside" IS NOT NULL',
         ),
+    ]
+    if history:
+        statements += history_statements(d, history, stage=staged, full=full, projection=projection)
+    statements += [
         Statement(
             "delete_control",
             f"DELETE FROM {target.control} WHERE {_control_row(target)}",
@@ -236,15 +263,22 @@ def _guard(target: TargetTable, expected: LoadedState | None) -> Statement:
 LOAD_STATEMENTS = 10
 
 
-def columns_fit_in_load(dialect: Dialect, count: int) -> bool:
-    """Whether ``count`` ADD COLUMNs fit in the load's one transaction (``max_batch_statements``:
-    40 for the Data API's ``batch_execute_statement``)."""
+def columns_fit_in_load(dialect: Dialect, count: int, *, history: bool = False) -> bool:
+    """Whether ``count`` ADD COLUMNs (of the table and, with ``history``, of its history table)
+    fit in the load's one transaction (``max_batch_statements``: 40 for the Data API's
+    ``batch_execute_statement``)."""
     limit = dialect.max_batch_statements
-    return not limit or LOAD_STATEMENTS + count <= limit
+    own = LOAD_STATEMENTS + (HISTORY_STATEMENTS if history else 0)
+    return not limit or own + count <= limit
 
 
 def column_additions(
-    dialect: Dialect, target: TargetTable, columns: Sequence[ProjectedColumn]
+    dialect: Dialect,
+    target: TargetTable,
+    columns: Sequence[ProjectedColumn],
+    *,
+    history: TargetTable | None = None,
+    history_columns: Sequence[ProjectedColumn] = (),
 ) -> list[list[Statement]]:
     """ADD COLUMN for projected columns too many for the load's transaction, as transactions of at
     most ``max_batch_statements`` to run before it (Redshift adds one column per ALTER TABLE).
@@ -252,18 +286,24 @@ def column_additions(
     The first transaction deletes the control row before anything else, so the load that follows
     is a full reload, and so is any retry if the run stops between these transactions and the
     load: no row is left with NULL in a new column while the control row says it is loaded.
+    ``history_columns`` are added to the ``history`` table the same way (its older rows keep
+    NULL in them: they are versions loaded before the column existed).
     """
     statements = [
         Statement("delete_control", f"DELETE FROM {target.control} WHERE {_control_row(target)}"),
         *(_add_column(target, c) for c in columns),
     ]
+    if history:
+        statements += [_add_column(history, c, "add_history_column") for c in history_columns]
     size = dialect.max_batch_statements or len(statements)
     return [statements[i : i + size] for i in range(0, len(statements), size)]
 
 
-def _add_column(target: TargetTable, column: ProjectedColumn) -> Statement:
+def _add_column(
+    target: TargetTable, column: ProjectedColumn, label: str = "add_column"
+) -> Statement:
     return Statement(
-        f"add_column:{column.column}",
+        f"{label}:{column.column}",
         f"ALTER TABLE {target.qualified} ADD COLUMN {quote_identifier(column.column)} "
         f"{column.sql_type}",
     )
@@ -306,6 +346,7 @@ def check_projection_limits(
     *,
     schema: str = _LONGEST_NAME,
     table: str = _LONGEST_NAME,
+    history: bool = False,
 ) -> None:
     """Refuse a projection that no load into ``schema.table`` could carry.
 
@@ -317,6 +358,7 @@ def check_projection_limits(
         dialect: the warehouse (``REDSHIFT`` has limits; ``DUCKDB`` none).
         projection: the parsed projection.
         schema, table: the target's names; default: the longest a name can be (127 bytes).
+        history: the collection keeps a history table (its statements are measured too).
 
     Raises:
         PlanError: more columns than the warehouse's table limit (Redshift: 1,600 including the
@@ -338,16 +380,23 @@ def check_projection_limits(
         s3_uri="s3://" + "b" * 63 + "/" + "k" * 900,
         iam_role=f"arn:aws:iam::123456789012:role/{'r' * 64}",
     )
+    target = TargetTable.named(dialect, schema, table)
+    if history and len(target.table) + len(HISTORY_SUFFIX) > MAX_IDENTIFIER_BYTES:
+        # The longest table that can keep history (a longer one is refused by its name).
+        target = TargetTable.named(
+            dialect, schema, table[: MAX_IDENTIFIER_BYTES - len(HISTORY_SUFFIX)]
+        )
     check_statement_sizes(
         dialect,
         load_transaction(
             dialect,
-            TargetTable.named(dialect, schema, table),
+            target,
             source=source,
             full=False,
             expected=LoadedState(_CHECK_TABLE_ID, 2**62),
             table_id=_CHECK_TABLE_ID,
             version=2**62,
             projection=projection,
+            history=history_target(dialect, target) if history else None,
         ),
     )

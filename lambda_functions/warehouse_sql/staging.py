@@ -11,7 +11,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lambda_functions.warehouse_sql.literals import sql_string
-from lambda_functions.warehouse_sql.names import STAGE_COLUMNS, quote_identifier
+from lambda_functions.warehouse_sql.names import (
+    HISTORY_STAGE_COLUMNS,
+    STAGE_COLUMNS,
+    quote_identifier,
+)
 from lambda_functions.warehouse_sql.projection import ProjectedColumn
 
 if TYPE_CHECKING:
@@ -82,10 +86,13 @@ def staged_type(column: ProjectedColumn) -> str:
     return "BIGINT" if column.family in _TEMPORAL else column.sql_type
 
 
-def stage_query(projection: Sequence[ProjectedColumn], relation: str) -> str:
-    """DuckDB SQL: the staged rows of ``relation`` (``STAGE_COLUMNS``) followed by the projected
-    columns computed from ``doc``. Run by DuckDB for both warehouses, with ``TimeZone`` = UTC."""
-    columns = [quote_identifier(c) for c in STAGE_COLUMNS]
+def stage_query(
+    projection: Sequence[ProjectedColumn], relation: str, *, history: bool = False
+) -> str:
+    """DuckDB SQL: the staged rows of ``relation`` (``STAGE_COLUMNS``, ``HISTORY_STAGE_COLUMNS``
+    with ``history``) followed by the projected columns computed from ``doc``. Run by DuckDB for
+    both warehouses, with ``TimeZone`` = UTC."""
+    columns = [quote_identifier(c) for c in (HISTORY_STAGE_COLUMNS if history else STAGE_COLUMNS)]
     columns += [
         f"{_staged_value(c, quote_identifier('doc'))} AS {quote_identifier(c.column)}"
         for c in projection

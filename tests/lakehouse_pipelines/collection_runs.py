@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from dagster import DagsterInstance, ExecuteInProcessResult, materialize
-from dagster._core.storage.tags import (
+
+from lakehouse_pipelines.dagster_internals import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
 )
-
 from lakehouse_pipelines.defs.collections import COLLECTIONS
 from lakehouse_pipelines.resources import build_resources
 from lakehouse_pipelines.settings import LakehouseSettings

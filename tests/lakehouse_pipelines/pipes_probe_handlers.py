@@ -61,3 +61,31 @@ def region(event, context):
             metadata={"region": {"raw_value": os.environ["AWS_REGION"], "type": "text"}}
         )
         pipes.report_asset_check(check_name="probe_check", passed=True)
+
+
+class ProbeThrottledError(Exception):
+    """Listed as transient by the retry tests (they patch ``errors.TRANSIENT_ERROR_TYPES``)."""
+
+
+class ProbeBadInputError(Exception):
+    """Listed as terminal by the retry tests (they patch ``errors.TERMINAL_ERROR_TYPES``)."""
+
+
+def throttled(event, context):
+    with open_pipes(event):
+        raise ProbeThrottledError("the table is locked by another writer; try again later")
+
+
+def bad_input(event, context):
+    with open_pipes(event):
+        raise ProbeBadInputError("collection c1 has no such field; fix the projection")
+
+
+def bad_input_for_c1(event, context):
+    """Fails terminally for collection c1, transiently for c2, succeeds for the others."""
+    with open_pipes(event) as pipes:
+        if event["collection"] == "c1":
+            raise ProbeBadInputError("collection c1 has no such field; fix the projection")
+        if event["collection"] == "c2":
+            raise ProbeThrottledError("throttled")
+        pipes.report_asset_materialization(metadata={})

@@ -10,11 +10,14 @@ from dagster import (
     build_sensor_context,
     instance_for_test,
 )
-from dagster._core.storage.tags import (
+
+from lakehouse_local.demo_workload import DemoWorkload
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
+from lakehouse_local.lambda_runtime import LocalLambdaRuntime
+from lakehouse_pipelines.dagster_internals import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
 )
-
 from lakehouse_pipelines.definitions import build_definitions
 from lakehouse_pipelines.defs.collections import (
     DiscoveryError,
@@ -24,9 +27,8 @@ from lakehouse_pipelines.defs.collections import (
     registered_collections,
 )
 from lakehouse_pipelines.defs.warehouse_load.definitions import load_request
+from lakehouse_pipelines.resources import LambdaPipes, build_resources, local_function_values
 from lakehouse_pipelines.settings import LakehouseSettings
-from lambda_functions.cdc_capture.demo_workload import DemoWorkload
-from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.lake import RawZone, open_store
 from tests.lambda_functions.cdc_capture.mock_documentdb import embedded_backed_server
 from tests.lambda_functions.raw_batches import JAN, key, publish
@@ -62,7 +64,7 @@ def test_the_sensor_registers_new_collections_once(tmp_path):
     instance = DagsterInstance.ephemeral()
 
     def tick():
-        context = build_sensor_context(instance=instance, resources={"lakehouse": settings})
+        context = build_sensor_context(instance=instance, resources=build_resources(settings))
         result = collections_sensor(context)
         if isinstance(result, SkipReason):
             return None
@@ -144,7 +146,7 @@ def test_a_collection_whose_warehouse_table_name_is_taken_is_withheld_with_the_f
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("collections", ["shop.orders"])  # loads into "orders"
     settings = settings_for(tmp_path, "shop.orders,legacy.orders,shop.customers")
-    context = build_sensor_context(instance=instance, resources={"lakehouse": settings})
+    context = build_sensor_context(instance=instance, resources=build_resources(settings))
     result = collections_sensor(context)
     (request,) = result.dynamic_partitions_requests
     assert list(request.partition_keys) == ["shop.customers"]  # legacy.orders is withheld
@@ -197,7 +199,16 @@ def test_a_database_pattern_lists_documentdb_collections_over_the_wire(tmp_path,
                 "LAKEHOUSE_DOCUMENTDB_TLS": "false",
             }
         )
-        assert discover_collections(settings) == ["crm.accounts", "crm.leads"]
+        # through Lambda the function reads the URI variable from its own environment
+        runtime = LocalLambdaRuntime(
+            variables=local_function_values(settings),
+            environment={"CRM_DOCDB_URI": server.uri},
+        )
+        with runtime:
+            assert discover_collections(settings, LambdaPipes.local(runtime)) == [
+                "crm.accounts",
+                "crm.leads",
+            ]
         assert "listCollections" in server.names()
 
 

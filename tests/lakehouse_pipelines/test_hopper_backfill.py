@@ -8,6 +8,8 @@ import duckdb
 import pytest
 from dagster import DagsterInstance
 
+from lakehouse_local.demo_workload import DemoWorkload
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lakehouse_pipelines.defs.cdc_capture.definitions import cdc_raw_batches
 from lakehouse_pipelines.defs.collections import discover_collections
 from lakehouse_pipelines.defs.merge.definitions import lake_table
@@ -15,8 +17,6 @@ from lakehouse_pipelines.defs.metrics.definitions import pipeline_metrics
 from lakehouse_pipelines.defs.warehouse_load.definitions import warehouse_table
 from lakehouse_pipelines.resources import build_resources
 from lakehouse_pipelines.settings import LakehouseSettings
-from lambda_functions.cdc_capture.demo_workload import DemoWorkload
-from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
 from tests.lakehouse_pipelines.collection_runs import materialize_collections, metadata_by_asset
 from tests.lakehouse_pipelines.test_lambda_fan_out import CountingClient
 

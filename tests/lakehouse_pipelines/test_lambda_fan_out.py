@@ -13,7 +13,7 @@ from dagster import (
     materialize,
 )
 
-from lakehouse_pipelines.local_lambda import LocalLambdaRuntime
+from lakehouse_local.lambda_runtime import LocalLambdaRuntime
 from lakehouse_pipelines.resources.lambda_pipes import LambdaPipes
 from lambda_functions.contracts import MergeRequest
 from lambda_functions.registry import FunctionSpec

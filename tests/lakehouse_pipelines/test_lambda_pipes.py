@@ -12,11 +12,11 @@ from botocore.stub import Stubber
 from dagster import AssetCheckSpec, DagsterInstance, ResourceParam, asset, materialize
 from dagster_aws.pipes import PipesLambdaClient
 
-from lakehouse_pipelines.local_lambda import LocalLambdaRuntime
+from lakehouse_local.lambda_runtime import LocalLambdaRuntime
 from lakehouse_pipelines.resources import build_resources
+from lakehouse_pipelines.resources.lambda_failures import MissingAwsSettingError
 from lakehouse_pipelines.resources.lambda_pipes import (
     LambdaPipes,
-    MissingAwsSettingError,
     lambda_client_config,
     lambda_report_metadata,
 )

@@ -17,6 +17,7 @@ from dagster import (
     materialize,
 )
 
+from lakehouse_local.lambda_runtime import LocalLambdaRuntime
 from lakehouse_pipelines.defs.collections import (
     collections_sensor,
     discover,
@@ -25,7 +26,7 @@ from lakehouse_pipelines.defs.collections import (
     request_fields,
 )
 from lakehouse_pipelines.defs.merge.definitions import raw_batches_sensor
-from lakehouse_pipelines.local_lambda import LocalLambdaRuntime
+from lakehouse_pipelines.resources import build_resources
 from lakehouse_pipelines.resources.lambda_pipes import LambdaPipes
 from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.contracts import MergeRequest
@@ -92,12 +93,12 @@ def test_a_bad_raw_zone_folder_is_reported_and_the_other_collections_are_registe
     assert "database name 'has space'" in problem and "spaces" in problem
 
     instance = DagsterInstance.ephemeral()
-    context = build_sensor_context(instance=instance, resources={"lakehouse": settings})
+    context = build_sensor_context(instance=instance, resources=build_resources(settings))
     (request,) = collections_sensor(context).dynamic_partitions_requests
     assert list(request.partition_keys) == ["dms.invoices", "shop.orders"]
     instance.add_dynamic_partitions("collections", list(request.partition_keys))
     again = collections_sensor(
-        build_sensor_context(instance=instance, resources={"lakehouse": settings})
+        build_sensor_context(instance=instance, resources=build_resources(settings))
     )
     assert isinstance(again, SkipReason) and "raw/has space/orders/" in again.skip_message
 

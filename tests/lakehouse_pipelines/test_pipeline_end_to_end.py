@@ -9,6 +9,7 @@ import duckdb
 import pytest
 from dagster import DagsterInstance, Definitions
 
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lakehouse_pipelines.definitions import build_definitions
 from lakehouse_pipelines.defs.cdc_capture.definitions import cdc_raw_batches
 from lakehouse_pipelines.defs.merge.definitions import (
@@ -19,8 +20,7 @@ from lakehouse_pipelines.defs.merge.definitions import (
 from lakehouse_pipelines.defs.metrics.definitions import pipeline_metrics
 from lakehouse_pipelines.defs.warehouse_load.definitions import warehouse_table
 from lakehouse_pipelines.settings import LakehouseSettings
-from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
-from lambda_functions.cdc_capture.extended_json import decode_document
+from lambda_functions.lake.extended_json import decode_document
 from lambda_functions.lake.record_key import record_key
 from tests.lakehouse_pipelines.collection_runs import materialize_collections, metadata_by_asset
 

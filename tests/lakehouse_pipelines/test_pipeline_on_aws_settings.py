@@ -11,10 +11,10 @@ from pathlib import Path
 import boto3
 from dagster import DagsterInstance
 
+from lakehouse_local.lambda_runtime import LocalLambdaRuntime
 from lakehouse_pipelines.defs.cdc_capture.definitions import cdc_raw_batches
 from lakehouse_pipelines.defs.merge.definitions import lake_table
 from lakehouse_pipelines.defs.warehouse_load.definitions import warehouse_table
-from lakehouse_pipelines.local_lambda import LocalLambdaRuntime
 from lakehouse_pipelines.resources import build_resources, local_function_values
 from lakehouse_pipelines.resources.lambda_pipes import LambdaPipes
 from lakehouse_pipelines.resources.pipes_messages import PIPES_MESSAGE_PREFIX

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 from dagster import DagsterInstance, build_schedule_context, instance_for_test
-from dagster._core.storage.tags import (
+from deltalake import DeltaTable
+
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
+from lakehouse_pipelines.dagster_internals import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
 )
-from deltalake import DeltaTable
-
 from lakehouse_pipelines.definitions import build_definitions
 from lakehouse_pipelines.defs.cdc_capture.definitions import (
     LAKE_MATCHES_SOURCE,
@@ -25,7 +26,6 @@ from lakehouse_pipelines.defs.cdc_capture.definitions import (
 from lakehouse_pipelines.defs.merge.definitions import lake_table
 from lakehouse_pipelines.resources import build_resources
 from lakehouse_pipelines.settings import LakehouseSettings
-from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.lake import open_store
 from lambda_functions.lake.record_key import record_key
 from lambda_functions.merge import lake_table_location

@@ -12,6 +12,7 @@ from lakehouse_pipelines.definitions import build_definitions
 from lakehouse_pipelines.defs.collections import collections_sensor, registered_collections
 from lakehouse_pipelines.defs.merge.definitions import lake_table
 from lakehouse_pipelines.defs.warehouse_load.definitions import load_request, warehouse_table
+from lakehouse_pipelines.resources import build_resources
 from lakehouse_pipelines.settings import LakehouseSettings, SettingsError
 from lakehouse_pipelines.warehouse_names import assign_warehouse_tables
 from lambda_functions.lake import RawZone, open_store
@@ -74,12 +75,12 @@ def test_a_collection_whose_table_differs_only_in_case_is_withheld_with_the_fix(
 def test_the_sensor_withholds_the_case_variant_and_registers_the_rest(tmp_path):
     settings = settings_for(tmp_path, "shop.orders,shop.ORDERS,shop.customers")
     instance = DagsterInstance.ephemeral()
-    context = build_sensor_context(instance=instance, resources={"lakehouse": settings})
+    context = build_sensor_context(instance=instance, resources=build_resources(settings))
     (request,) = collections_sensor(context).dynamic_partitions_requests
     assert list(request.partition_keys) == ["shop.customers", "shop.orders"]
     instance.add_dynamic_partitions("collections", list(request.partition_keys))
     skipped = collections_sensor(
-        build_sensor_context(instance=instance, resources={"lakehouse": settings})
+        build_sensor_context(instance=instance, resources=build_resources(settings))
     )
     assert isinstance(skipped, SkipReason)
     assert "shop.ORDERS is not registered" in skipped.skip_message

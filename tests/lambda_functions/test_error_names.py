@@ -4,7 +4,9 @@ A Lambda function error reaches Dagster as ``{"errorType": <class name>, ...}`` 
 Developer Guide, "AWS Lambda function errors in Python"), so the retry decision
 (``lambda_functions.errors.error_kind``) rests on the names listed in ``errors.py``: every
 ``TransientError``/``TerminalError`` subclass must be listed under its kind, nothing else may be,
-and no two product error classes may share a name.
+and no two product error classes may share a name. The local stand-ins (``lakehouse_local``) count:
+their errors cross the local Lambda runtime's boundary by name too (the embedded source is read
+inside the capture function).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+import lakehouse_local
+import lakehouse_pipelines
 import lambda_functions
 from lambda_functions.errors import (
     TERMINAL_ERROR_TYPES,
@@ -32,9 +36,16 @@ def _all_subclasses(base: type) -> list[type]:
     return found
 
 
+# Built from the modules below at import (it reads the environment): it defines no error class.
+_NOT_IMPORTED = {"lakehouse_pipelines.definitions"}
+
+
 def _import_every_data_plane_module() -> None:
-    for module in pkgutil.walk_packages(lambda_functions.__path__, "lambda_functions."):
-        importlib.import_module(module.name)
+    """Every module of the data plane, of the local stand-ins and of the Dagster side, whose errors get kinds too."""
+    for package in (lambda_functions, lakehouse_local, lakehouse_pipelines):
+        for module in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            if module.name not in _NOT_IMPORTED:
+                importlib.import_module(module.name)
 
 
 def test_every_error_class_is_listed_under_its_kind_and_nothing_else_is():
@@ -42,7 +53,7 @@ def test_every_error_class_is_listed_under_its_kind_and_nothing_else_is():
     product = [
         cls
         for cls in _all_subclasses(LakehouseError)
-        if cls.__module__.startswith("lambda_functions")
+        if cls.__module__.startswith(("lambda_functions", "lakehouse_local", "lakehouse_pipelines"))
     ]
     transient = {cls.__name__ for cls in product if issubclass(cls, TransientError)}
     terminal = {cls.__name__ for cls in product if issubclass(cls, TerminalError)}

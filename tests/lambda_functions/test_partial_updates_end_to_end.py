@@ -24,8 +24,8 @@ import duckdb
 import pytest
 from deltalake import DeltaTable
 
-from lambda_functions.cdc_capture import EmbeddedChangeStreamSource, capture_changes
-from lambda_functions.cdc_capture.extended_json import decode_document, encode_document
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
+from lambda_functions.cdc_capture import capture_changes
 from lambda_functions.cdc_capture.mq_handler import handler as mq_handler
 from lambda_functions.contracts import (
     CaptureRequest,
@@ -34,6 +34,7 @@ from lambda_functions.contracts import (
     MergeRequest,
 )
 from lambda_functions.lake import open_store
+from lambda_functions.lake.extended_json import decode_document, encode_document
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.record_key import record_key
 from lambda_functions.merge import lake_table_location, merge_batches

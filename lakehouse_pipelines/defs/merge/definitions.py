@@ -23,13 +23,13 @@ from dagster import (
     define_asset_job,
     sensor,
 )
-from dagster._core.storage.tags import (
+from pydantic import Field
+
+from lakehouse_pipelines.dagster_internals import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
     PARTITION_NAME_TAG,
 )
-from pydantic import Field
-
 from lakehouse_pipelines.defs.cdc_capture.definitions import CAPTURE_KEY
 from lakehouse_pipelines.defs.collections import (
     collection_asset,

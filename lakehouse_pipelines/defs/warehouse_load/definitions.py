@@ -96,6 +96,7 @@ def load_request(
         redshift_secret_arn=lakehouse.redshift_secret_arn,
         redshift_iam_role=lakehouse.redshift_iam_role,
         redshift_timeout_s=lakehouse.redshift_timeout_seconds,
+        history=lakehouse.keeps_history(namespace),
     )
     try:
         request.validate()

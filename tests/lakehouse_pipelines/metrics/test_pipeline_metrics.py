@@ -28,7 +28,8 @@ from lakehouse_pipelines.resources.metrics_sink import (
     MetricsSink,
 )
 from lakehouse_pipelines.settings import LakehouseSettings
-from lambda_functions.emf import MAX_METRICS_PER_LINE, emf_lines
+from lambda_functions.emf import MAX_METRICS_PER_LINE, InvalidEmfDocumentError, emf_lines
+from lambda_functions.errors import error_kind
 from tests.lakehouse_pipelines.metrics.dashboard_body_rules import dashboard_body_errors
 
 
@@ -264,6 +265,21 @@ def test_emf_lines_follow_the_embedded_metric_format():
         for metric in directive["Metrics"]:
             assert doc[metric["Name"]] == metrics[metric["Name"]][0]
     assert sum(len(d["_aws"]["CloudWatchMetrics"][0]["Metrics"]) for d in docs) == 150
+
+
+@pytest.mark.parametrize(
+    ("namespace", "dimensions", "fix"),
+    [
+        ("AWS/Lambda", {"Function": "merge"}, "reserved for AWS services"),
+        ("Lakehouse/Lambda", {f"d{i}": "x" for i in range(31)}, "at most 30"),
+    ],
+)
+def test_emf_lines_refuse_what_no_emf_document_may_carry(namespace, dimensions, fix):
+    with pytest.raises(InvalidEmfDocumentError, match=fix) as raised:
+        emf_lines(namespace, dimensions, {"Rows": (1.0, "Count")})
+
+    assert isinstance(raised.value, ValueError)  # its builtin base, for old callers
+    assert error_kind(type(raised.value).__name__) == "terminal"
 
 
 def test_handlers_emit_their_numeric_figures_as_emf(capsys, monkeypatch):

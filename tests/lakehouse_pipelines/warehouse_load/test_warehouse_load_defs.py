@@ -57,3 +57,19 @@ def test_a_bad_projection_setting_names_the_variable(projection, message):
     with pytest.raises(SettingsError, match="LAKEHOUSE_WAREHOUSE_PROJECTION") as raised:
         LakehouseSettings.from_env({"LAKEHOUSE_WAREHOUSE_PROJECTION": projection})
     assert message in str(raised.value)
+
+
+def test_history_collections_setting_turns_history_on_per_collection(tmp_path):
+    settings = LakehouseSettings.from_env(
+        {"LAKEHOUSE_ROOT": str(tmp_path), "LAKEHOUSE_HISTORY_COLLECTIONS": "shop.orders, crm.*"}
+    )
+    assert load_request(settings, "shop.orders").history
+    assert not load_request(settings, "shop.customers").history
+    assert settings.keeps_history("crm.people") and not settings.keeps_history("shop.other")
+    everything = LakehouseSettings.from_env(
+        {"LAKEHOUSE_ROOT": str(tmp_path), "LAKEHOUSE_HISTORY_COLLECTIONS": "*"}
+    )
+    assert everything.keeps_history("any.thing")
+    assert not LakehouseSettings.from_env({"LAKEHOUSE_ROOT": str(tmp_path)}).keeps_history("a.b")
+    with pytest.raises(SettingsError, match="LAKEHOUSE_HISTORY_COLLECTIONS"):
+        LakehouseSettings.from_env({"LAKEHOUSE_HISTORY_COLLECTIONS": "orders"})

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lambda_functions.cdc_capture import DemoWorkload, EmbeddedChangeStreamSource
+from lakehouse_local.demo_workload import DemoWorkload
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 
 FIXED_TIME = 1_717_200_000.0  # a fixed clock: the workload's data then depends only on its runs
 

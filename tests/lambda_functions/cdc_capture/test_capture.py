@@ -11,19 +11,19 @@ import pytest
 from bson import Binary, Decimal128, Int64, ObjectId
 from pymongo.errors import OperationFailure
 
+from lakehouse_local.demo_workload import DemoWorkload
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture import (
     ChangeStreamsDisabledError,
     ConcurrentCaptureError,
-    DemoWorkload,
-    EmbeddedChangeStreamSource,
     ResumeTokenExpiredError,
     capture_changes,
     open_source,
     token_position,
 )
 from lambda_functions.cdc_capture.errors import SourceConnectionError
-from lambda_functions.cdc_capture.extended_json import decode_document, encode_document
 from lambda_functions.contracts import InvalidRequestError
+from lambda_functions.lake.extended_json import decode_document, encode_document
 from lambda_functions.lake.raw_zone import RawZone
 from tests.lambda_functions.cdc_capture.conftest import batch_rows
 

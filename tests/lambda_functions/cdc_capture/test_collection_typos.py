@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture.capture import capture_changes
 from lambda_functions.cdc_capture.change_source import open_source
-from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture.errors import CollectionNotFoundError
 from lambda_functions.lake import RawZone, open_store
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from lambda_functions.cdc_capture import DemoWorkload, EmbeddedChangeStreamSource, capture_changes
+from lakehouse_local.demo_workload import DemoWorkload
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
+from lambda_functions.cdc_capture import capture_changes
 from lambda_functions.contracts import CaptureRequest, MergeRequest
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.store import LocalObjectStore

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from lambda_functions.cdc_capture import DemoWorkload, capture_changes, verify_batches
+from lakehouse_local.demo_workload import DemoWorkload
+from lambda_functions.cdc_capture import capture_changes, verify_batches
 from lambda_functions.lake.raw_zone import (
     DAMAGED_BATCH_FIX,
     RESNAPSHOT_HOW_TO,

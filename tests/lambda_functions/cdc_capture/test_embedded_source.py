@@ -13,9 +13,9 @@ import pytest
 from bson import Binary, Decimal128, Int64, ObjectId, Timestamp
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
-from lambda_functions.cdc_capture import DemoWorkload, EmbeddedChangeStreamSource
-from lambda_functions.cdc_capture.embedded_source import parse_resume_token
-from lambda_functions.cdc_capture.extended_json import encode_document
+from lakehouse_local.demo_workload import DemoWorkload
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource, parse_resume_token
+from lambda_functions.lake.extended_json import encode_document
 from tests.lambda_functions.cdc_capture import concurrent_workload
 
 DB, COLL = "shop", "orders"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lambda_functions.cdc_capture import EmbeddedChangeStreamSource, capture_changes
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
+from lambda_functions.cdc_capture import capture_changes
 from lambda_functions.contracts import CaptureRequest
 from tests.lambda_functions.cdc_capture.test_poison_inputs import rows_and_dead_letters
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from dagster_pipes import encode_param
 
-from lambda_functions.cdc_capture import DemoWorkload, EmbeddedChangeStreamSource
+from lakehouse_local.demo_workload import DemoWorkload
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture.handler import handler
 from lambda_functions.contracts import InvalidRequestError
 from lambda_functions.lake.raw_zone import RawZone

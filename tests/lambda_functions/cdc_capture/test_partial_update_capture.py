@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
-from lambda_functions.cdc_capture import EmbeddedChangeStreamSource, capture_changes
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
+from lambda_functions.cdc_capture import capture_changes
 from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource
-from lambda_functions.cdc_capture.extended_json import decode_document
 from lambda_functions.contracts import CaptureRequest
+from lambda_functions.lake.extended_json import decode_document
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.store import LocalObjectStore
 from tests.lambda_functions.cdc_capture.mock_documentdb import embedded_backed_server

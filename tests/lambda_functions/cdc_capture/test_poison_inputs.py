@@ -25,7 +25,8 @@ from bson.raw_bson import RawBSONDocument
 from mockupdb import MockupDB, OpMsg, go
 from pymongo import MongoClient
 
-from lambda_functions.cdc_capture import EmbeddedChangeStreamSource, capture_changes
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
+from lambda_functions.cdc_capture import capture_changes
 from lambda_functions.cdc_capture.batches import BatchRows
 from lambda_functions.cdc_capture.dms_ingest import ingest_dms_files
 from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource

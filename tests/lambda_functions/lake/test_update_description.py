@@ -441,7 +441,7 @@ def _value_at(document: Mapping[str, Any], parts: list[str]) -> Any:
 
 
 def test_replaying_the_stand_ins_update_events_rebuilds_its_documents(tmp_path) -> None:
-    from lambda_functions.cdc_capture import EmbeddedChangeStreamSource
+    from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 
     rng = random.Random(20261201)
     checked = 0

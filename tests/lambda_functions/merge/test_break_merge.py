@@ -72,8 +72,8 @@ def test_reset_keeps_refusing_changes_older_than_its_snapshot(tmp_path):
     dropped the tombstone and reset the drop floor to 0, so the late update brought K back."""
     from bson import ObjectId
 
+    from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
     from lambda_functions.cdc_capture.capture import capture_changes
-    from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
     from lambda_functions.cdc_capture.mq_ingest import ingest_messages, parse_event
     from lambda_functions.contracts import CaptureRequest
 
@@ -151,8 +151,8 @@ def test_events_of_one_transaction_delivered_in_reverse_keep_the_transaction_ord
     pos, later batch) replace the tombstone and K comes back."""
     from bson import Timestamp
 
-    from lambda_functions.cdc_capture.extended_json import encode_document
     from lambda_functions.cdc_capture.mq_ingest import Message, ingest_messages
+    from lambda_functions.lake.extended_json import encode_document
 
     ns = {"db": DB, "coll": COLL}
     t = 1_704_067_200

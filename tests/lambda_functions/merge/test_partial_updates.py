@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from lambda_functions.cdc_capture.extended_json import encode_document
+from lambda_functions.lake.extended_json import encode_document
 from lambda_functions.lake.raw_zone import (
     BATCH_SCHEMA,
     UPDATE_DESCRIPTION_COLUMN,

@@ -19,6 +19,7 @@ from lambda_functions.warehouse_sql import (
     bucket_rows_query,
     columns_query,
     ensure_tables,
+    history_target,
     load_transaction,
     loaded_state_query,
     parse_projection,
@@ -75,15 +76,20 @@ def every_statement(dialect: Dialect) -> list:
         reconciliation_query(dialect, target),
         bucket_rows_query(dialect, target, [3, 200]),
     ]
+    history = history_target(dialect, target)
+    statements += ensure_tables(dialect, target, history=history)[-1:]
     for full, expected in ((True, None), (False, LoadedState(TABLE_ID, 4))):
-        statements += plan(
-            dialect,
-            full=full,
-            expected=expected,
-            version=5,
-            projection=projection,
-            add_columns=projection[:3],
-        )
+        for kept in (None, history):  # without and with a history table
+            statements += plan(
+                dialect,
+                full=full,
+                expected=expected,
+                version=5,
+                projection=projection,
+                add_columns=projection[:3],
+                history=kept,
+                add_history_columns=projection[:3] if kept else (),
+            )
     return statements
 
 

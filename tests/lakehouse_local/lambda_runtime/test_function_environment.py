@@ -21,12 +21,12 @@ import pytest
 import yaml
 
 import lambda_functions
+from lakehouse_local.lambda_runtime import LocalLambdaRuntime
 from lakehouse_pipelines.deploy_template import VARIABLE_VALUES, render_yaml
-from lakehouse_pipelines.local_lambda import LocalLambdaRuntime
 from lakehouse_pipelines.resources import local_function_values
 from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.registry import FUNCTIONS, MQ_INGEST, FunctionSpec
-from tests.lakehouse_pipelines.local_lambda.test_runtime import HERE, exits_soon, invoke
+from tests.lakehouse_local.lambda_runtime.test_runtime import HERE, exits_soon, invoke
 
 CONFIGURED = FunctionSpec(
     "configured",

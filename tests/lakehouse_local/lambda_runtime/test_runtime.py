@@ -20,7 +20,7 @@ import pytest
 from botocore.exceptions import ClientError, ParamValidationError
 from botocore.response import StreamingBody
 
-from lakehouse_pipelines.local_lambda import LocalLambdaRuntime, ResourceNotFoundException
+from lakehouse_local.lambda_runtime import LocalLambdaRuntime, ResourceNotFoundException
 from lambda_functions.registry import FunctionSpec
 
 HERE = Path(__file__).parent
@@ -212,6 +212,14 @@ def test_log_captures_file_descriptor_output_and_child_processes(
     assert group_log == runtime.last_log("output")  # appended to the function's log group
     invoke(runtime, "output", {})
     assert (tmp_path / "logs" / "output.log").read_text().count("START RequestId") == 2
+
+
+def test_the_log_directory_is_created_at_the_first_log_not_when_the_runtime_is_built(
+    runtime: LocalLambdaRuntime, tmp_path: Path
+) -> None:
+    assert not (tmp_path / "logs").exists()  # importing the definitions builds a runtime
+    invoke(runtime, "echo", {"a": 1})
+    assert (tmp_path / "logs" / "echo.log").read_text() == runtime.last_log("echo")
 
 
 def test_handler_exception_is_unhandled_function_error_and_worker_stays_warm(
@@ -454,7 +462,7 @@ def test_workers_exit_when_the_runtime_process_dies(tmp_path: Path) -> None:
         f"""
         import json, os, sys
         sys.path.insert(0, {str(HERE)!r})
-        from lakehouse_pipelines.local_lambda import LocalLambdaRuntime
+        from lakehouse_local.lambda_runtime import LocalLambdaRuntime
         from lambda_functions.registry import FunctionSpec
         runtime = LocalLambdaRuntime({{"echo": FunctionSpec("echo", "sample_handlers.echo")}})
         response = runtime.invoke(FunctionName="echo", Payload=b"{{}}")

@@ -27,7 +27,7 @@ from typing import Any
 
 from bson import Binary, Decimal128, Int64, ObjectId
 
-from lambda_functions.cdc_capture.embedded_source import EmbeddedChangeStreamSource
+from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture.positions import from_millis
 
 # The collections the demo workload plays the application of (the default LAKEHOUSE_COLLECTIONS).

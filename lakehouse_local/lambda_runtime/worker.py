@@ -1,19 +1,9 @@
 """One warm Lambda execution environment: imports a handler once, then serves invocations.
 
-``LocalLambdaRuntime`` starts this file as a script (``python -u -P worker.py CMD_FD RESULT_FD``)
-with ``_HANDLER`` and Lambda's reserved variables in the environment, and with fd 1 and 2 already
-pointing at this environment's log file, so everything the handler, its C extensions and its child
-processes write lands in the log. The runtime talks to it over two pipes, one JSON object per line:
-
-- worker -> runtime, once: ``{"type": "ready"}`` or ``{"type": "init_error", "error": {...}}``
-  (the worker then exits, as the Lambda runtime does after an init failure);
-- runtime -> worker: ``{"type": "invoke", "request_id", "payload", "deadline_ms", ...}``;
-- worker -> runtime: ``{"type": "result", "ok", "payload_b64", "max_rss_kb"}``.
-
-Like the AWS Python runtime (awslambdaric) it uses the standard library only, never Dagster, and
-it formats errors, the ``[ERROR]`` log lines and ``logging`` records the same way. It exits when
-the runtime closes the command pipe or the runtime process goes away, taking the processes the
-handler started with it.
+Started as ``python -u -P worker.py CMD_FD RESULT_FD`` with ``_HANDLER`` and Lambda's variables set
+and fd 1 and 2 on the environment's log file; messages as ``worker_protocol`` describes. Standard
+library only, like the AWS Python runtime (awslambdaric), with its error and log formats. Exits when
+the command pipe closes or the runtime goes away, taking the handler's child processes with it.
 """
 
 from __future__ import annotations

@@ -48,13 +48,14 @@ from bson.datetime_ms import DatetimeMS
 from bson.errors import InvalidDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
 
-from lambda_functions.cdc_capture.extended_json import (
+from lambda_functions.cdc_capture.positions import from_millis, millis
+from lambda_functions.errors import TerminalError
+from lambda_functions.lake.extended_json import (
     decode_document,
     encode_document,
     invalid_utf8_path,
     raw_bson_document,
 )
-from lambda_functions.cdc_capture.positions import from_millis, millis
 from lambda_functions.lake.record_key import record_key
 
 DEFAULT_RETENTION_SECONDS = 3 * 3600  # DocumentDB's default change_stream_log_retention_duration
@@ -84,6 +85,12 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_ns ON events (db, coll, seq);
 CREATE INDEX IF NOT EXISTS events_by_wall_time ON events (wall_ms);
 """
+
+
+class EmbeddedSourceLimitError(TerminalError, ValueError):
+    """A call the embedded stand-in does not support (an update operator, a filter or a
+    ``full_document`` mode beyond what capture and the demo workload use); the message lists what
+    it does support."""
 
 
 def id_sort_key(value: Any) -> bytes:
@@ -360,7 +367,7 @@ class EmbeddedChangeStreamSource:
         pymongo's does (the aggregate runs immediately).
         """
         if full_document not in (None, "default", "updateLookup"):
-            raise ValueError(
+            raise EmbeddedSourceLimitError(
                 f"full_document={full_document!r} is not supported: DocumentDB offers 'default' "
                 "and 'updateLookup'"
             )
@@ -498,7 +505,7 @@ class EmbeddedChangeStreamSource:
     ) -> bool:
         _id = _id_filter(filter)
         if any(k.startswith("$") for k in replacement):
-            raise ValueError("replacement document must not contain update operators")
+            raise EmbeddedSourceLimitError("replacement document must not contain update operators")
         if "_id" in replacement and replacement["_id"] != _id:
             raise WriteError("the _id field cannot be changed by a replacement", code=66)
         stored = {"_id": _id, **{k: v for k, v in replacement.items() if k != "_id"}}
@@ -792,7 +799,7 @@ class EmbeddedChangeStream:
 # -- update operators -------------------------------------------------------------------------------
 def _id_filter(filter: Mapping[str, Any]) -> Any:
     if set(filter) != {"_id"} or isinstance(filter["_id"], Mapping):
-        raise ValueError(
+        raise EmbeddedSourceLimitError(
             f"the embedded source matches documents by _id equality only, got filter {filter!r}"
         )
     return filter["_id"]
@@ -806,7 +813,7 @@ def _apply_update(
     removed: list[str] = []
     for operator, fields in update.items():
         if operator not in UPDATE_OPERATORS:
-            raise ValueError(
+            raise EmbeddedSourceLimitError(
                 f"update operator {operator!r} is not supported by the embedded source: use "
                 + ", ".join(UPDATE_OPERATORS)
             )

@@ -20,6 +20,10 @@ times older (same rate, thirty years of ObjectIds): its newest months are the 2M
 very same recent batch applies to it. The results of the three methods are compared row for row
 (at 10M rows, ours against DuckDB's).
 
+*Partial updates* (issue 15): the recent batch again, with half of its updates delivered as
+``updateDescription`` deltas without a document (``partial_update_batch``), merged by ours into
+the 2M-row table; its ratio to the same batch with whole documents is reported in the same run.
+
 Prints a human table, then one JSON line with the figures. Timings are medians of ``--repeats``
 runs (``--merge-repeats`` for ours), measured inside each child process around the work only
 (imports excluded), taken round-robin over every scenario and method so that load from other
@@ -57,6 +61,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake  # noqa: E402
+from partial_update_batch import (  # noqa: E402
+    PARTIAL_SHARE,
+    as_partial_updates,
+    check_partial_documents,
+)
 
 from lambda_functions.contracts import MergeRequest  # noqa: E402
 from lambda_functions.lake import RawZone, open_store  # noqa: E402
@@ -143,7 +152,10 @@ def documents(
         cents = rng.integers(100, 50_000, n)
         return pa.array(np.char.mod("%.2f", cents / 100.0)).cast(pa.string())
 
-    iso = pa.array(created.astype("datetime64[s]")).cast(pa.string())
+    # ISO 8601 with a "T" (extended JSON's $date; Arrow's cast puts a space there).
+    iso = pc.replace_substring(
+        pa.array(created.astype("datetime64[s]")).cast(pa.string()), " ", "T"
+    )
     parts = [
         '{"_id":{"$oid":"', ids,
         '"},"customer":{"id":"c', number(100_000, 999_999),
@@ -395,6 +407,8 @@ def _ours(args: dict[str, Any]) -> dict[str, Any]:
         "bytes_rewritten": result.bytes_rewritten,
         "files_in_table": result.files_in_table,
         "duplicate_keys": result.duplicate_keys,
+        "partial_updates_applied": result.partial_updates_applied,
+        "partial_updates_unapplied": result.partial_updates_unapplied,
     }
 
 
@@ -505,12 +519,13 @@ def result_relation(path: Path) -> str:
     return f"read_parquet([{files}], hive_partitioning = true)"
 
 
-def difference(got: Path, expected: Path) -> str | None:
-    """None if both results hold exactly the same rows (as multisets), else how they differ.
-    DuckDB compares them: a 10M-row result does not fit one Arrow string array."""
+def difference(got: Path, expected: Path, names: list[str] = TABLE_SCHEMA.names) -> str | None:
+    """None if both results hold exactly the same rows (as multisets) in the columns ``names``,
+    else how they differ. DuckDB compares them: a 10M-row result does not fit one Arrow string
+    array."""
     import duckdb
 
-    columns = ", ".join(TABLE_SCHEMA.names)
+    columns = ", ".join(names)
     with duckdb.connect() as db:
         db.execute("SET TimeZone = 'UTC'")
         a = f"SELECT {columns} FROM {result_relation(got)}"
@@ -576,6 +591,7 @@ def report(args: argparse.Namespace, work: Path) -> None:
         tables[label] = (collection, uri)
 
     scenarios = []
+    delta_fields: dict[str, dict[str, object]] = {}
     for distribution in ("recent", "uniform"):
         batch = change_batch(small, args.changes, distribution)
         batch_dir, files = publish_batch(work / f"batch-{distribution}", batch)
@@ -583,9 +599,16 @@ def report(args: argparse.Namespace, work: Path) -> None:
             if label == "large" and distribution == "uniform":
                 continue
             scenarios.append(Scenario(f"{distribution}-{label}", collection, uri, batch_dir, files))
+        if distribution == "recent":  # the same batch, a share of its updates as deltas
+            partial, delta_fields = as_partial_updates(batch, SEED)
+            batch_dir, files = publish_batch(work / "batch-partial", partial)
+            scenarios.append(Scenario("partial-small", small, tables["small"][1], batch_dir, files))
 
     def methods(scenario: Scenario) -> dict[str, int]:
-        """Method -> runs. Baselines on the large table run once (they verify its result)."""
+        """Method -> runs. Baselines on the large table run once (they verify its result); the
+        partial-update batch is ours alone (the baselines cannot apply deltas)."""
+        if scenario.name.startswith("partial"):
+            return {"ours": args.merge_repeats}
         large_table = scenario.name.endswith("large")
         return {
             **({} if large_table else {"pandas": args.repeats}),
@@ -613,10 +636,17 @@ def report(args: argparse.Namespace, work: Path) -> None:
 
     rows = []
     for scenario in scenarios:
-        expected = results[(scenario.name, "duckdb")]
+        partial = scenario.name.startswith("partial")
+        expected = results[("recent-small" if partial else scenario.name, "duckdb")]
         for kind in methods(scenario):
             if kind != "duckdb":
-                problem = difference(results[(scenario.name, kind)], expected)
+                got = results[(scenario.name, kind)]
+                if partial:  # documents differ (deltas); keys, ops and positions must not
+                    problem = difference(
+                        got, expected, [n for n in TABLE_SCHEMA.names if n != "doc"]
+                    ) or check_partial_documents(str(got), delta_fields)
+                else:
+                    problem = difference(got, expected)
                 if problem:
                     raise SystemExit(f"{scenario.name}: {kind} and duckdb differ: {problem}")
             runs = figures[(scenario.name, kind)]
@@ -627,6 +657,8 @@ def report(args: argparse.Namespace, work: Path) -> None:
                     f"{last['merge_path']}: {last['files_rewritten']} of {last['files_in_table']} "
                     f"files, {last['bytes_rewritten'] / 1e6:.1f} MB rewritten"
                 )
+                if partial:
+                    extra += f", {last['partial_updates_applied']:,} deltas applied"
             worst = max(r["seconds"] for r in runs)
             peak = median(runs, "peak_rss_mb")
             rows.append((scenario.name, kind, median(runs, "seconds"), worst, peak, extra))
@@ -634,7 +666,8 @@ def report(args: argparse.Namespace, work: Path) -> None:
     print(
         f"\n{small.rows:,}-row table ({small.months()[0][0]:%Y-%m}..{END:%Y-%m}), "
         f"{large.rows:,}-row table; {args.changes:,} changes "
-        f"(70% updates, 20% inserts, 10% deletes); medians of {args.repeats} runs "
+        f"(70% updates, 20% inserts, 10% deletes; partial-small: "
+        f"{PARTIAL_SHARE:.0%} of the updates as deltas); medians of {args.repeats} runs "
         f"({args.merge_repeats} for ours, 1 for DuckDB on the large table), round-robin; "
         f"load average at start {load[0]:.2f}, at end {os.getloadavg()[0]:.2f}\n"
     )
@@ -660,6 +693,11 @@ def report(args: argparse.Namespace, work: Path) -> None:
         ),
         "ratio_vs_duckdb_uniform": round(
             t("uniform-small", "ours") / t("uniform-small", "duckdb"), 2
+        ),
+        "partial_update_share": PARTIAL_SHARE,
+        # ours with deltas / ours with whole documents, same batch and table (1.0: no cost)
+        "ratio_partial_vs_full_recent": round(
+            t("partial-small", "ours") / t("recent-small", "ours"), 2
         ),
     }
     if not args.skip_large:

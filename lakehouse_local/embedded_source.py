@@ -48,14 +48,14 @@ from bson.datetime_ms import DatetimeMS
 from bson.errors import InvalidDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
 
-from lambda_functions.cdc_capture.extended_json import (
+from lambda_functions.cdc_capture.positions import from_millis, millis
+from lambda_functions.errors import TerminalError
+from lambda_functions.lake.extended_json import (
     decode_document,
     encode_document,
     invalid_utf8_path,
     raw_bson_document,
 )
-from lambda_functions.cdc_capture.positions import from_millis, millis
-from lambda_functions.errors import TerminalError
 from lambda_functions.lake.record_key import record_key
 
 DEFAULT_RETENTION_SECONDS = 3 * 3600  # DocumentDB's default change_stream_log_retention_duration

@@ -94,6 +94,7 @@ class LakehouseSettings:
     documentdb_ca_file: str
     documentdb_tls: bool
     auto_resnapshot: bool
+    update_lookup: bool
     max_cdc_lag_seconds: float
     change_stream_retention_seconds: int
     dms_csv_delimiter: str
@@ -296,6 +297,7 @@ class LakehouseSettings:
             documentdb_ca_file=get("LAKEHOUSE_DOCUMENTDB_CA_FILE"),
             documentdb_tls=typed("LAKEHOUSE_DOCUMENTDB_TLS", parse_bool),
             auto_resnapshot=typed("LAKEHOUSE_AUTO_RESNAPSHOT", parse_bool),
+            update_lookup=typed("LAKEHOUSE_UPDATE_LOOKUP", parse_bool, True),
             max_cdc_lag_seconds=typed("LAKEHOUSE_MAX_CDC_LAG_SECONDS", parse_float),
             change_stream_retention_seconds=typed(
                 "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS", parse_int

@@ -204,6 +204,13 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "`true`: on an expired resume token capture re-snapshots by itself (new table "
         "generation) instead of failing",
     ),
+    "LAKEHOUSE_UPDATE_LOOKUP": (
+        "true",
+        "true",
+        "`false`: the change stream is opened without `fullDocument: updateLookup` (one read "
+        "less per update on the cluster); updates arrive as `updateDescription` deltas that the "
+        "merge applies to the stored document",
+    ),
     "LAKEHOUSE_MAX_CDC_LAG_SECONDS": (
         "900",
         "900",

@@ -238,6 +238,10 @@ class CaptureRequest(SourceRequest):
         max_cdc_lag_seconds: the ``cdc_lag`` check fails above this lag, in seconds.
         stream_retention_seconds: the change-stream log's retention, in seconds (DocumentDB's
             ``change_stream_log_retention_duration``, 3 h by default).
+        full_document: the change stream's ``fullDocument`` option: ``"updateLookup"`` (update
+            events carry the document as it is when read) or ``"default"`` (they carry only
+            ``updateDescription``: partial updates, applied by the merge to the stored
+            document; one lookup less per update on the cluster).
     """
 
     kind: ClassVar[str] = "cdc_capture"
@@ -248,11 +252,17 @@ class CaptureRequest(SourceRequest):
     auto_resnapshot: bool = False
     max_cdc_lag_seconds: float = 900.0
     stream_retention_seconds: int = 3 * 3600
+    full_document: str = "updateLookup"
 
     def validate(self) -> None:
         super().validate()
         if self.max_rows < 1 or self.max_bytes < 1:
             raise InvalidRequestError("max_rows and max_bytes must be positive")
+        if self.full_document not in ("updateLookup", "default"):
+            raise InvalidRequestError(
+                f"full_document must be 'updateLookup' or 'default', not {self.full_document!r} "
+                "(set LAKEHOUSE_UPDATE_LOOKUP to true or false)"
+            )
         if self.stream_retention_seconds < 1 or self.max_cdc_lag_seconds <= 0:
             raise InvalidRequestError(
                 "stream_retention_seconds and max_cdc_lag_seconds must be positive"

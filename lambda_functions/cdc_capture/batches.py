@@ -24,7 +24,9 @@ from bson.raw_bson import RawBSONDocument
 
 from lambda_functions.cdc_capture.edge_masking import EdgeMasking
 from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
-from lambda_functions.cdc_capture.extended_json import (
+from lambda_functions.cdc_capture.positions import cluster_position, commit_position, millis
+from lambda_functions.errors import TerminalError
+from lambda_functions.lake.extended_json import (
     RAW_DOCUMENT_OPTIONS,
     encode_document,
     encode_raw,
@@ -32,11 +34,10 @@ from lambda_functions.cdc_capture.extended_json import (
     not_utf8_reason,
     relaxed_json,
 )
-from lambda_functions.cdc_capture.positions import cluster_position, commit_position, millis
-from lambda_functions.errors import TerminalError
 from lambda_functions.lake.masking_key import MaskingKeyError
 from lambda_functions.lake.raw_zone import (
     BATCH_SCHEMA,
+    UPDATE_DESCRIPTION_COLUMN,
     BatchManifest,
     Checkpoint,
     ObjectExistsError,
@@ -65,6 +66,9 @@ class ChangeRow(NamedTuple):
     pos: int  # stream position: cluster time ``t << 32 | i`` (or the commit position)
     event_time_ms: int  # wall time of the change, epoch milliseconds
     doc: str | None  # canonical extended JSON of the full document; None for a delete
+    # Canonical extended JSON of ``updateDescription`` for a partial update (an update event
+    # without ``fullDocument``: ``doc`` is None); None otherwise (``UPDATE_DESCRIPTION_COLUMN``).
+    update_description: str | None = None
 
 
 class BatchRows:
@@ -81,6 +85,7 @@ class BatchRows:
         self.positions: list[int] = []
         self.times_ms: list[int] = []
         self.docs: list[str | None] = []
+        self.update_descriptions: dict[int, str] = {}  # row index -> partial update's JSON
         self.dead_letters: list[str] = []
         self.bytes = 0
 
@@ -89,7 +94,18 @@ class BatchRows:
         """Rows plus dead letters: what the ``max_rows`` budget counts."""
         return len(self.ids) + len(self.dead_letters)
 
-    def add(self, _id: str, op: str, pos: int, time_ms: int, doc: str | None) -> None:
+    def add(
+        self,
+        _id: str,
+        op: str,
+        pos: int,
+        time_ms: int,
+        doc: str | None,
+        update_description: str | None = None,
+    ) -> None:
+        if update_description is not None:
+            self.update_descriptions[len(self.ids)] = update_description
+            self.bytes += len(update_description)
         self.ids.append(_id)
         self.ops.append(op)
         self.positions.append(pos)
@@ -207,7 +223,9 @@ class BatchRows:
         self.bytes += len(line)
 
     def table(self) -> pa.Table:
-        return pa.table(
+        """The rows in ``BATCH_SCHEMA``, plus ``UPDATE_DESCRIPTION_COLUMN`` when a row is a
+        partial update (only then: other batches keep the format readers before it know)."""
+        table = pa.table(
             [
                 pa.array(self.ids, pa.string()),
                 pa.array(self.ops, pa.string()),
@@ -217,6 +235,12 @@ class BatchRows:
                 pa.array(self.docs, pa.string()),
             ],
             schema=BATCH_SCHEMA,
+        )
+        if not self.update_descriptions:
+            return table
+        descriptions = [self.update_descriptions.get(i) for i in range(len(self.ids))]
+        return table.append_column(
+            pa.field(UPDATE_DESCRIPTION_COLUMN, pa.string()), pa.array(descriptions, pa.string())
         )
 
 
@@ -257,11 +281,16 @@ def event_row(event: Mapping[str, Any]) -> ChangeRow | None:
     Args:
         event: a change event (insert, update, replace or delete) in the change-stream shape:
             ``operationType``, ``documentKey._id``, ``clusterTime`` (or ``wallTime``) and, except
-            for deletes, ``fullDocument``.
+            for deletes, ``fullDocument``; an update may carry ``updateDescription`` instead
+            (a stream opened without ``fullDocument: "updateLookup"`` omits ``fullDocument`` from
+            update events: MongoDB Manual, "Change Events" > "update Event").
 
     Returns:
-        A ``ChangeRow`` (``rows.add(*row)`` takes it); ``None`` for an update whose document is
-        gone (the server's ``updateLookup`` found nothing: its delete follows in the stream).
+        A ``ChangeRow`` (``rows.add(*row)`` takes it): for an update without a ``fullDocument``
+        field but with ``updateDescription``, a partial update (``doc`` None,
+        ``update_description`` its canonical extended JSON); ``None`` for an update whose
+        document is gone (``fullDocument: null``: the server's ``updateLookup`` found nothing,
+        its delete follows in the stream).
 
     Raises:
         Malformed: anything wrong with the event (a key or document that cannot be stored, a
@@ -309,10 +338,32 @@ def _event_row(event: Mapping[str, Any]) -> ChangeRow | None:
     document = event.get("fullDocument")
     if document is None:
         if op == "update":
-            return None
+            return _partial_update_row(event, _id, pos, time_ms)
         raise Malformed(f"{op} event has no fullDocument")
     _, doc = document_json(document)
     return ChangeRow(_id, op, pos, time_ms, doc)
+
+
+def _partial_update_row(
+    event: Mapping[str, Any], _id: str, pos: int, time_ms: int
+) -> ChangeRow | None:
+    """The partial-update row of an update event without a ``fullDocument`` field (``None``
+    when the field is there but null: the lookup found no document).
+
+    Raises:
+        Malformed: the event has neither a ``fullDocument`` field nor an ``updateDescription``
+            (the update cannot be applied: skipping it would lose it).
+    """
+    if "fullDocument" in event:
+        return None
+    description = event.get("updateDescription")
+    if not isinstance(description, Mapping):
+        raise Malformed("update event has neither fullDocument nor updateDescription")
+    try:
+        text = encode_document(description)
+    except Exception as error:
+        raise Malformed(f"update event's updateDescription cannot be encoded: {error}") from error
+    return ChangeRow(_id, "update", pos, time_ms, None, text)
 
 
 def publish(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lambda_functions.cdc_capture.errors import CaptureStateError
-from lambda_functions.cdc_capture.extended_json import decode_document, encode_value
+from lambda_functions.lake.extended_json import decode_document, encode_value
 
 __all__ = [
     "CaptureState",

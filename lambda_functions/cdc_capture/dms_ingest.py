@@ -67,9 +67,9 @@ from lambda_functions.cdc_capture.batches import (
 )
 from lambda_functions.cdc_capture.edge_masking import EdgeMasking, masking_of_request
 from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
-from lambda_functions.cdc_capture.extended_json import decode_document
 from lambda_functions.cdc_capture.positions import commit_position, millis
 from lambda_functions.contracts import DmsIngestRequest
+from lambda_functions.lake.extended_json import decode_document
 from lambda_functions.lake.raw_zone import Checkpoint, RawZone
 from lambda_functions.lake.record_key import KEY_CANDIDATES, bare_key_candidates, record_key
 from lambda_functions.lake.store import ObjectStore, open_store

@@ -60,13 +60,13 @@ from lambda_functions.cdc_capture.errors import (
     SourceUnreachableError,
     UnsupportedSourceError,
 )
-from lambda_functions.cdc_capture.extended_json import RAW_DOCUMENT_OPTIONS, raw_bson_document
 from lambda_functions.cdc_capture.positions import (
     OPERATION_TIME_KEY,
     operation_time_position,
     token_position,
 )
 from lambda_functions.contracts import SourceRequest
+from lambda_functions.lake.extended_json import RAW_DOCUMENT_OPTIONS, raw_bson_document
 
 DEFAULT_MAX_AWAIT_MS = 500  # how long a getMore waits for new events before answering empty
 INVALID_TOKEN_CODES = frozenset({260, 280})  # InvalidResumeToken, ChangeStreamFatalError

@@ -37,7 +37,7 @@ import bson
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
-from lambda_functions.cdc_capture.extended_json import decode_document, relaxed_json
+from lambda_functions.lake.extended_json import decode_document, relaxed_json
 from lambda_functions.lake.masking import (
     RULES_VARIABLE,
     MaskingRules,

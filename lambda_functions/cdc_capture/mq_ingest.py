@@ -3,7 +3,9 @@
 A producer (e.g. a change-stream relay) sends each change event as canonical extended JSON of the
 change-event shape pymongo returns (``_id`` token, ``operationType``, ``clusterTime``, ``ns``,
 ``documentKey``, ``fullDocument``, ``wallTime``); a message body may hold one event or a JSON
-array of them. Rows are the same as the change stream's (``batches.event_row``), so a collection
+array of them. An update event without ``fullDocument`` but with ``updateDescription`` (a relay
+of a stream opened without ``fullDocument: "updateLookup"``) is a partial update: published as
+such, the merge applies it to the stored document (``merge.partial_updates``). Rows are the same as the change stream's (``batches.event_row``), so a collection
 fed by messages merges exactly like a captured one, ordered by ``clusterTime``.
 
 Guarantees:
@@ -72,9 +74,9 @@ from lambda_functions.cdc_capture.batches import (
 )
 from lambda_functions.cdc_capture.edge_masking import EdgeMasking, MaskingByCollection
 from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
-from lambda_functions.cdc_capture.extended_json import InvalidExtendedJSONError, decode_document
 from lambda_functions.cdc_capture.positions import event_position
 from lambda_functions.contracts import name_problem
+from lambda_functions.lake.extended_json import InvalidExtendedJSONError, decode_document
 from lambda_functions.lake.raw_zone import Checkpoint, RawZone
 from lambda_functions.lake.store import ObjectExistsError, ObjectStore
 
@@ -330,10 +332,10 @@ def _publish_attempt(
             try:
                 if not isinstance(op, str) or op not in DATA_OPS:
                     raise Malformed(f"operationType {op!r} is not a data change")
-                if op == "update" and "fullDocument" not in event:
+                if op == "update" and not ({"fullDocument", "updateDescription"} & event.keys()):
                     raise Malformed(
-                        "update event without fullDocument: publish change events opened with "
-                        "fullDocument: 'updateLookup'"
+                        "update event with neither fullDocument nor updateDescription: publish "
+                        "the change events as the change stream returns them"
                     )
                 row = event_row(rows.mask_event(event))  # masked before it becomes a row
             except (Malformed, KeyError, TypeError) as error:

@@ -23,9 +23,9 @@ from lambda_functions.cdc_capture.capture_state import (
     storable_token,
 )
 from lambda_functions.cdc_capture.errors import CollectionNotFoundError, SnapshotStalledError
-from lambda_functions.cdc_capture.extended_json import decode_document, encode_value
 from lambda_functions.cdc_capture.positions import token_position
 from lambda_functions.contracts import closest_names
+from lambda_functions.lake.extended_json import decode_document, encode_value
 from lambda_functions.waits import WaitReport
 
 if TYPE_CHECKING:

@@ -85,10 +85,10 @@ from lambda_functions.cdc_capture.batches import END_OPS
 from lambda_functions.cdc_capture.capture_state import loaded_token
 from lambda_functions.cdc_capture.change_source import ChangeSource
 from lambda_functions.cdc_capture.edge_masking import masking_of_request
-from lambda_functions.cdc_capture.extended_json import encode_document
 from lambda_functions.cdc_capture.stream import EXPIRED_CODES
 from lambda_functions.contracts import SOURCE_AUDIT_BUCKETS, SourceAuditRequest
 from lambda_functions.lake import ObjectStore, RawZone, open_store
+from lambda_functions.lake.extended_json import encode_document
 from lambda_functions.lake.lake_table import app_id, lake_table_location, open_table
 from lambda_functions.lake.record_key import (
     InvalidRecordKeyError,

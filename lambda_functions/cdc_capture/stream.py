@@ -1,8 +1,10 @@
 """The stream phase of capture: change events after the saved resume token, into one batch.
 
-The stream is opened with ``resumeAfter`` and ``fullDocument: updateLookup`` (MongoDB manual,
-"Change Streams" and "Resume a Change Stream"; Amazon DocumentDB Developer Guide, "Using change
-streams with Amazon DocumentDB"), read until drained, ``max_rows``/``max_bytes`` or the deadline,
+The stream is opened with ``resumeAfter`` and the request's ``full_document``: ``updateLookup``
+by default, or ``default`` (``LAKEHOUSE_UPDATE_LOOKUP=false``: one read less per update on the
+cluster, update events then carry only ``updateDescription`` and become partial updates that the
+merge applies; MongoDB manual, "Change Streams", "Change Events" > "update Event" and "Resume a
+Change Stream"; Amazon DocumentDB Developer Guide, "Using change streams with Amazon DocumentDB"), read until drained, ``max_rows``/``max_bytes`` or the deadline,
 and published with the token of the last event it covers. Source failures become errors that say
 what to do (change streams disabled, resume token expired).
 """
@@ -94,7 +96,7 @@ class StreamSteps:
                 request.database,
                 request.collection,
                 resume_after=token,
-                full_document="updateLookup",
+                full_document=request.full_document,
                 batch_size=min(STREAM_BATCH_SIZE, request.max_rows),
             )
             try:

@@ -21,7 +21,10 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "OPS",
+    "PARTIAL_UPDATES_FORMAT_VERSION",
+    "READABLE_FORMAT_VERSIONS",
     "RESNAPSHOT_HOW_TO",
+    "UPDATE_DESCRIPTION_COLUMN",
     "BatchFile",
     "BatchManifest",
     "Checkpoint",
@@ -31,6 +34,11 @@ __all__ = [
 
 FORMAT = "lakehouse-raw-batch"
 FORMAT_VERSION = 1
+# Version 2: the batch may hold partial updates (``UPDATE_DESCRIPTION_COLUMN``). Only batches that
+# hold one are written as version 2, so readers older than partial updates refuse those batches
+# (instead of reading an update without a document) and still read every other batch.
+PARTIAL_UPDATES_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (FORMAT_VERSION, PARTIAL_UPDATES_FORMAT_VERSION)
 
 # Columns every batch has; capture may add typed top-level columns after these.
 OPS = ("snapshot", "insert", "update", "replace", "delete")
@@ -44,6 +52,14 @@ BATCH_SCHEMA = pa.schema(
         pa.field("doc", pa.string()),  # canonical extended JSON of the document; null on delete
     ]
 )
+# Optional column after the core ones (only in batches that hold a partial update, manifest
+# ``format_version`` 2): the canonical extended JSON of an update event's ``updateDescription``
+# (MongoDB Manual, "Change Events" > "update Event") when the event came without ``fullDocument``
+# (a change stream opened without ``fullDocument: "updateLookup"``, a relay of plain events).
+# Such a row is a *partial update*: op ``"update"``, ``doc`` null, this column set; the merge
+# applies it to the stored document (``merge.partial_updates``). Null in every other row; a
+# batch without the column (every batch written before partial updates) has none.
+UPDATE_DESCRIPTION_COLUMN = "update_description"
 
 
 # How to re-snapshot a collection from Dagster. Capture's expired-token error and every damaged-batch
@@ -142,9 +158,10 @@ class BatchManifest:
             raise CorruptBatchError(f"not JSON ({len(data)} bytes): {error}") from None
         if not isinstance(raw, dict):
             raise CorruptBatchError(f"a JSON {type(raw).__name__}, not a manifest object")
-        if raw.get("format") != FORMAT or raw.get("format_version") != FORMAT_VERSION:
+        if raw.get("format") != FORMAT or raw.get("format_version") not in READABLE_FORMAT_VERSIONS:
             raise CorruptBatchError(
-                f"not a {FORMAT} v{FORMAT_VERSION} manifest: {raw.get('format')!r} "
+                f"not a {FORMAT} v{FORMAT_VERSION} or v{PARTIAL_UPDATES_FORMAT_VERSION} manifest: "
+                f"{raw.get('format')!r} "
                 f"v{raw.get('format_version')!r}"
             )
         try:

@@ -7,6 +7,8 @@ Layout under the lake root, per collection::
     raw/<database>/<collection>/_checkpoint.json              pointer to the newest manifest
     raw/<database>/<collection>/<folder>/<batch>-<uuid>.<ext> a batch's side files (dead letters,
                                                               an input's ledger), written first
+    raw/<database>/<collection>/unapplied_updates/<first>-<last>.jsonl  partial updates the merge
+                                                              set aside (``merge.partial_updates``)
 
 ``list_namespaces`` finds the collections present by listing these key names.
 
@@ -51,7 +53,9 @@ from lambda_functions.lake.raw_manifest import (
     FORMAT,
     FORMAT_VERSION,
     OPS,
+    PARTIAL_UPDATES_FORMAT_VERSION,
     RESNAPSHOT_HOW_TO,
+    UPDATE_DESCRIPTION_COLUMN,
     BatchFile,
     BatchManifest,
     Checkpoint,
@@ -279,7 +283,9 @@ class RawZone:
         exclusive claim), then the checkpoint.
 
         Args:
-            parts: the batch's rows, one data file per non-empty table (``BATCH_SCHEMA`` first).
+            parts: the batch's rows, one data file per non-empty table (``BATCH_SCHEMA`` first;
+                a table with partial updates adds ``UPDATE_DESCRIPTION_COLUMN`` and makes the
+                manifest ``format_version`` 2).
             after: the checkpoint this batch follows.
             state: capture state after this batch, stored in the manifest.
             quarantined: dead letters counted in the manifest.
@@ -302,9 +308,12 @@ class RawZone:
             written.append(key)
         files, ops = [], dict.fromkeys(OPS, 0)
         min_pos = max_pos = max_time = None
+        partial_updates = False
         for part in parts:
             if part.num_rows == 0:
                 continue
+            if UPDATE_DESCRIPTION_COLUMN in part.column_names:
+                partial_updates |= part.column(UPDATE_DESCRIPTION_COLUMN).null_count < len(part)
             sink = io.BytesIO()
             pq.write_table(part, sink, compression="zstd")
             data = sink.getvalue()
@@ -333,6 +342,8 @@ class RawZone:
             quarantined=quarantined,
             key_format=RECORD_KEY_FORMAT,
             extra=extra or {},
+            # Readers older than partial updates refuse such a batch instead of misreading it.
+            format_version=PARTIAL_UPDATES_FORMAT_VERSION if partial_updates else FORMAT_VERSION,
         )
         self._claim(manifest, written)
         self._save_checkpoint(Checkpoint(batch=batch, state=state))
@@ -415,7 +426,9 @@ __all__ = [  # the format's names (raw_manifest) are re-exported: every stage re
     "FORMAT",
     "FORMAT_VERSION",
     "OPS",
+    "PARTIAL_UPDATES_FORMAT_VERSION",
     "RESNAPSHOT_HOW_TO",
+    "UPDATE_DESCRIPTION_COLUMN",
     "BatchFile",
     "BatchManifest",
     "Checkpoint",

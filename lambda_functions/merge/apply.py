@@ -29,6 +29,7 @@ from lambda_functions.lake.table_layout import (
 from lambda_functions.merge import copy_on_write, plan
 from lambda_functions.merge.commit_counts import feed_counts
 from lambda_functions.merge.copy_on_write import ConcurrentWriteError, VersionTakenError
+from lambda_functions.merge.partial_updates import write_set_aside
 from lambda_functions.merge.rekey import record_key_transactions
 from lambda_functions.merge.results import MergeCounts
 from lambda_functions.merge.schema_evolution import TypedColumns
@@ -63,7 +64,14 @@ def commit_segment(
                 say(f"{zone.namespace}: batches {numbers} were applied by a concurrent merge")
                 return MergeCounts(commit_attempts=attempt), table, files  # nothing committed
             floor = plan.drop_floor(table, zone.namespace)
-            latest, below_floor = changes.latest(floor)
+            resolved = changes.latest(floor, table, zone)
+            latest, below_floor, partial = resolved.rows, resolved.below_floor, resolved.partial
+            set_aside = write_set_aside(zone, numbers, partial)
+            if set_aside is not None:
+                say(
+                    f"{zone.namespace}: {partial.unapplied} partial updates could not be applied "
+                    f"(no stored document, or it does not fit): set aside in {set_aside}"
+                )
             if below_floor:
                 say(
                     f"{zone.namespace}: {below_floor} changes are older than the drop at "
@@ -93,7 +101,8 @@ def commit_segment(
                     "lakehouse.drop_pos": str(drop_pos),
                     "lakehouse.merge_path": chosen.path,
                     "lakehouse.max_pos": str(changes.max_pos),
-                },
+                }
+                | ({"lakehouse.unapplied_updates": set_aside} if set_aside else {}),
             )
             counts = apply_plan(
                 chosen, where, app, table, latest, changes.typed, commit, numbers[-1], drop_pos
@@ -121,6 +130,8 @@ def commit_segment(
                 commit_attempts=attempt,
                 schema_changes=changes.typed.notes,
                 ambiguous_deletes=changes.ambiguous_deletes,
+                partial_updates_applied=partial.applied,
+                partial_updates_unapplied=partial.unapplied,
             )
             return applied, table, after
         except (CommitFailedError, VersionTakenError):

@@ -14,10 +14,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
-from lambda_functions.lake.raw_zone import BATCH_SCHEMA, BatchManifest, CorruptBatchError, RawZone
+from lambda_functions.lake.raw_zone import (
+    BATCH_SCHEMA,
+    UPDATE_DESCRIPTION_COLUMN,
+    BatchManifest,
+    CorruptBatchError,
+    RawZone,
+)
 from lambda_functions.lake.table_layout import TABLE_SCHEMA, key_buckets, live_rows, precombine
 from lambda_functions.merge import copy_on_write
 from lambda_functions.merge.key_candidates import resolve_key_candidates
+from lambda_functions.merge.partial_updates import (
+    PARTIAL_UPDATE_OP,
+    PartialUpdates,
+    resolve_partial_updates,
+    stored_rows,
+)
 from lambda_functions.merge.rekey import upgrade_batch_keys
 from lambda_functions.merge.schema_evolution import TypedColumns
 from lambda_functions.merge.table_files import TableFiles
@@ -111,11 +123,29 @@ class SegmentChanges:
     def max_pos(self) -> int | None:
         return pc.max(self.rows.column("_pos")).as_py() if self.rows.num_rows else None
 
-    def latest(self, floor: int) -> tuple[pa.Table, int]:
+    def latest(self, floor: int, table: DeltaTable | None, zone: RawZone) -> LatestChanges:
         """One change per key (``precombine``: the latest by position wins) among the changes
-        at or above the drop ``floor``, and how many changes were below it."""
+        at or above the drop ``floor``, after resolving partial updates against ``table``
+        (``partial_updates``: only the rows stored for their keys are read, and the partial
+        updates set aside in ``zone`` before)."""
         current = self.rows.filter(pc.greater_equal(self.rows.column("_pos"), floor))
-        return precombine(current), self.rows.num_rows - current.num_rows
+        partial = resolve_partial_updates(
+            current, lambda keys, buckets: stored_rows(table, zone, keys, buckets)
+        )
+        return LatestChanges(
+            precombine(partial.rows), self.rows.num_rows - current.num_rows, partial
+        )
+
+
+@dataclass(frozen=True)
+class LatestChanges:
+    """What a commit applies: one change per key (``rows``), how many changes were older than
+    the drop floor (``below_floor``, ignored), and the partial updates' outcome (``partial``:
+    counts and the set-aside ones)."""
+
+    rows: pa.Table
+    below_floor: int
+    partial: PartialUpdates
 
 
 def read_segment(
@@ -144,8 +174,10 @@ def arrow_schema(table: DeltaTable | None) -> pa.Schema | None:
 
 def read_changes(zone: RawZone, manifests: list[BatchManifest], typed: TypedColumns) -> pa.Table:
     """The batches' rows as lake rows: the core columns, then the typed columns (see
-    ``schema_evolution``), with ``_bucket`` derived from the key."""
-    core = set(BATCH_SCHEMA.names)
+    ``schema_evolution``), with ``_bucket`` derived from the key. A partial update (a row with
+    ``UPDATE_DESCRIPTION_COLUMN``) gets ``_op`` ``PARTIAL_UPDATE_OP`` and its update description
+    in ``doc``, for ``partial_updates`` to resolve."""
+    core = set(BATCH_SCHEMA.names) | {UPDATE_DESCRIPTION_COLUMN}
     batches = []
     for m in manifests:
         batch = upgrade_batch_keys(_read_batch(zone, m), m.key_format)
@@ -157,11 +189,17 @@ def read_changes(zone: RawZone, manifests: list[BatchManifest], typed: TypedColu
     )
     parts = []
     for number, batch, extras in batches:
+        docs, ops = batch.column("doc"), batch.column("op")
+        if UPDATE_DESCRIPTION_COLUMN in batch.column_names:
+            descriptions = batch.column(UPDATE_DESCRIPTION_COLUMN)
+            partial = pc.is_valid(descriptions)
+            docs = pc.if_else(partial, descriptions, docs)
+            ops = pc.if_else(partial, PARTIAL_UPDATE_OP, ops)
         columns = [
             batch.column("_id"),
             key_buckets(batch.column("_id")),
-            batch.column("doc"),
-            batch.column("op"),
+            docs,
+            ops,
             batch.column("pos"),
             pa.array([number] * batch.num_rows, pa.int64()),
             batch.column("seq"),

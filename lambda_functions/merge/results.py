@@ -81,6 +81,11 @@ class MergeCounts:
         default_factory=list, metadata=_as({"ambiguous_deletes": len})
     )
 
+    # Partial updates (update events with only ``updateDescription``, see partial_updates):
+    # applied to the stored document, and set aside (no stored document, or it does not fit).
+    partial_updates_applied: int = 0
+    partial_updates_unapplied: int = 0
+
     def __add__(self, other: MergeCounts) -> Self:
         """These counters plus ``other``'s (lists concatenated); other fields of ``self`` kept."""
         return replace(

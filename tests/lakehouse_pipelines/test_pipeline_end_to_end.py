@@ -20,7 +20,7 @@ from lakehouse_pipelines.defs.merge.definitions import (
 from lakehouse_pipelines.defs.metrics.definitions import pipeline_metrics
 from lakehouse_pipelines.defs.warehouse_load.definitions import warehouse_table
 from lakehouse_pipelines.settings import LakehouseSettings
-from lambda_functions.cdc_capture.extended_json import decode_document
+from lambda_functions.lake.extended_json import decode_document
 from lambda_functions.lake.record_key import record_key
 from tests.lakehouse_pipelines.collection_runs import materialize_collections, metadata_by_asset
 

@@ -45,8 +45,8 @@ def sqs_event(*events: dict[str, Any], queue: str = "shop-orders") -> dict[str, 
 def relayed_message(n: int, op: str, t: int, key: str | None = None, *, ns: dict[str, str]) -> Any:
     """Message ``m-<n>`` of an SQS relay carrying one change event at cluster time ``(t, 1)``
     (an insert of ``{"_id": key, "n": n}`` when ``key`` is given)."""
-    from lambda_functions.cdc_capture.extended_json import encode_document
     from lambda_functions.cdc_capture.mq_ingest import Message
+    from lambda_functions.lake.extended_json import encode_document
 
     body: dict[str, Any] = {"_id": {"_data": f"token-{n}"}, "operationType": op, "ns": ns}
     body["clusterTime"] = Timestamp(t, 1)

@@ -24,7 +24,6 @@ from deltalake import DeltaTable
 
 from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture import capture_changes
-from lambda_functions.cdc_capture.extended_json import decode_document, encode_document
 from lambda_functions.cdc_capture.mq_ingest import ingest_messages, parse_event
 from lambda_functions.cdc_capture.source_audit import audit_source
 from lambda_functions.contracts import (
@@ -34,6 +33,7 @@ from lambda_functions.contracts import (
     SourceAuditRequest,
 )
 from lambda_functions.lake import open_store
+from lambda_functions.lake.extended_json import decode_document, encode_document
 from lambda_functions.lake.record_key import record_key
 from lambda_functions.merge import lake_table_location, merge_batches
 from lambda_functions.warehouse_load.load import load_changes

@@ -31,7 +31,6 @@ from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture import capture_changes
 from lambda_functions.cdc_capture.dms_ingest import ingest_dms_files
 from lambda_functions.cdc_capture.edge_masking import MaskingByCollection
-from lambda_functions.cdc_capture.extended_json import decode_document
 from lambda_functions.cdc_capture.handler import handler
 from lambda_functions.cdc_capture.mq_ingest import ingest_messages, parse_event
 from lambda_functions.cdc_capture.source_audit import audit_source
@@ -44,6 +43,7 @@ from lambda_functions.contracts import (
     SourceAuditRequest,
 )
 from lambda_functions.lake import open_store
+from lambda_functions.lake.extended_json import decode_document
 from lambda_functions.lake.masking import hash_value
 from lambda_functions.lake.masking_key import KEY_VARIABLE, MaskingKey
 from lambda_functions.merge import compact_table, lake_table_location, merge_batches

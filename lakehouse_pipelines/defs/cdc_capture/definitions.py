@@ -96,6 +96,7 @@ def capture_request(lakehouse: LakehouseSettings, namespace: str, *, reset: bool
         stream_retention_seconds=lakehouse.change_stream_retention_seconds,
         masking=lakehouse.masking_of(namespace),
         masking_key_secret_arn=lakehouse.masking_key_secret_arn,
+        full_document="updateLookup" if lakehouse.update_lookup else "default",
     )
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
-from lambda_functions.cdc_capture.extended_json import encode_document
 from lambda_functions.contracts import CaptureRequest
+from lambda_functions.lake.extended_json import encode_document
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.record_key import record_key
 from lambda_functions.lake.store import LocalObjectStore, ObjectStore

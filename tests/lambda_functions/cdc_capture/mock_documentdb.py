@@ -44,7 +44,7 @@ from pymongo.errors import OperationFailure
 
 from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture.documentdb_source import TYPE_BRACKETS, _type_bracket
-from lambda_functions.cdc_capture.extended_json import raw_bson_document
+from lambda_functions.lake.extended_json import raw_bson_document
 
 # mockupdb decodes commands with this module constant: read them as a server would (any bytes).
 mockupdb.CODEC_OPTIONS = CodecOptions(

@@ -22,8 +22,8 @@ from lambda_functions.cdc_capture import (
     token_position,
 )
 from lambda_functions.cdc_capture.errors import SourceConnectionError
-from lambda_functions.cdc_capture.extended_json import decode_document, encode_document
 from lambda_functions.contracts import InvalidRequestError
+from lambda_functions.lake.extended_json import decode_document, encode_document
 from lambda_functions.lake.raw_zone import RawZone
 from tests.lambda_functions.cdc_capture.conftest import batch_rows
 

@@ -21,11 +21,11 @@ from deltalake import DeltaTable
 from lakehouse_local.demo_workload import DemoWorkload
 from lambda_functions.cdc_capture import capture_changes
 from lambda_functions.cdc_capture.dms_ingest import ingest_dms_files
-from lambda_functions.cdc_capture.extended_json import decode_document, encode_document
 from lambda_functions.cdc_capture.mq_handler import handler as mq_handler
 from lambda_functions.cdc_capture.mq_ingest import Message, ingest_messages, parse_event
 from lambda_functions.cdc_capture.positions import cluster_position, commit_position
 from lambda_functions.contracts import DmsIngestRequest, MergeRequest
+from lambda_functions.lake.extended_json import decode_document, encode_document
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.record_key import record_key
 from lambda_functions.lake.store import LocalObjectStore

@@ -36,7 +36,6 @@ from lambda_functions.cdc_capture.documentdb_source import (
     mask_credentials,
 )
 from lambda_functions.cdc_capture.errors import SourceConnectionError
-from lambda_functions.cdc_capture.extended_json import encode_document
 from lambda_functions.cdc_capture.source_audit import READ_PREFERENCE, audit_source
 from lambda_functions.contracts import (
     CaptureRequest,
@@ -44,6 +43,7 @@ from lambda_functions.contracts import (
     MergeRequest,
     SourceAuditRequest,
 )
+from lambda_functions.lake.extended_json import encode_document
 from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.record_key import record_key
 from lambda_functions.lake.store import LocalObjectStore

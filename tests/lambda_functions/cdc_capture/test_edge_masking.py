@@ -14,8 +14,8 @@ from lambda_functions.cdc_capture.edge_masking import (
     MaskingByCollection,
     masking_of_request,
 )
-from lambda_functions.cdc_capture.extended_json import decode_document
 from lambda_functions.contracts import CaptureRequest, DmsIngestRequest, InvalidRequestError
+from lambda_functions.lake.extended_json import decode_document
 from lambda_functions.lake.masking import MaskingRules, MaskingRulesError, hash_value
 from lambda_functions.lake.masking_key import KEY_VARIABLE, MaskingKey, MaskingKeyError
 

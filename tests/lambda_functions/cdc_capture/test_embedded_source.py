@@ -15,7 +15,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from lakehouse_local.demo_workload import DemoWorkload
 from lakehouse_local.embedded_source import EmbeddedChangeStreamSource, parse_resume_token
-from lambda_functions.cdc_capture.extended_json import encode_document
+from lambda_functions.lake.extended_json import encode_document
 from tests.lambda_functions.cdc_capture import concurrent_workload
 
 DB, COLL = "shop", "orders"

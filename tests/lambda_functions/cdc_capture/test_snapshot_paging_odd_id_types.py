@@ -21,7 +21,7 @@ from bson.raw_bson import RawBSONDocument
 
 from lambda_functions.cdc_capture.batches import paging_id
 from lambda_functions.cdc_capture.documentdb_source import DocumentDBChangeSource
-from lambda_functions.cdc_capture.extended_json import (
+from lambda_functions.lake.extended_json import (
     RAW_DOCUMENT_OPTIONS,
     decode_document,
     encode_value,

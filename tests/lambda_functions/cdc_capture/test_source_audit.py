@@ -17,7 +17,6 @@ from deltalake import DeltaTable, write_deltalake
 from lakehouse_local.demo_workload import DemoWorkload
 from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture import capture_changes
-from lambda_functions.cdc_capture.extended_json import encode_document
 from lambda_functions.cdc_capture.source_audit import audit_bucket, audit_source
 from lambda_functions.contracts import (
     SOURCE_AUDIT_BUCKETS,
@@ -26,6 +25,7 @@ from lambda_functions.contracts import (
     SourceAuditRequest,
 )
 from lambda_functions.lake import open_store
+from lambda_functions.lake.extended_json import encode_document
 from lambda_functions.lake.record_key import record_key
 from lambda_functions.lake.table_layout import key_bucket
 from lambda_functions.merge import lake_table_location, merge_batches

@@ -151,8 +151,8 @@ def test_events_of_one_transaction_delivered_in_reverse_keep_the_transaction_ord
     pos, later batch) replace the tombstone and K comes back."""
     from bson import Timestamp
 
-    from lambda_functions.cdc_capture.extended_json import encode_document
     from lambda_functions.cdc_capture.mq_ingest import Message, ingest_messages
+    from lambda_functions.lake.extended_json import encode_document
 
     ns = {"db": DB, "coll": COLL}
     t = 1_704_067_200

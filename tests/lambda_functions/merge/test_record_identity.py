@@ -25,10 +25,10 @@ from deltalake import DeltaTable, write_deltalake
 from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture.capture import capture_changes
 from lambda_functions.cdc_capture.dms_ingest import ingest_dms_files
-from lambda_functions.cdc_capture.extended_json import decode_document, encode_document
 from lambda_functions.cdc_capture.mq_ingest import ingest_messages, parse_event
 from lambda_functions.contracts import CaptureRequest, DmsIngestRequest, MergeRequest
 from lambda_functions.lake import RawZone, open_store
+from lambda_functions.lake.extended_json import decode_document, encode_document
 from lambda_functions.lake.record_key import RECORD_KEY_APP, REKEYED_AT_APP, record_key
 from lambda_functions.lake.table_layout import PARTITION_BY, TABLE_CONFIGURATION, key_buckets
 from lambda_functions.merge import lake_table_location, merge_batches

@@ -7,8 +7,10 @@ zone equals the one the database held. Relaxed JSON is only for dead-letter line
 The encoder is libbson's, through ``python-bsonjs`` (MongoDB's own C binding): it turns BSON bytes
 straight into canonical extended JSON, about 4x faster than ``bson.json_util`` on decoded documents
 and without decoding at all when the driver hands over raw BSON (``RawBSONDocument``), which is how
-the snapshot reads DocumentDB. Every path (snapshot, change stream, DMS, MQ, the embedded source)
-encodes through ``encode_document``/``encode_raw``, so the same document always gives the same text.
+the snapshot reads DocumentDB. Every path (snapshot, change stream, DMS, MQ, the embedded source,
+and the merge when it applies a partial update) encodes through ``encode_document``/``encode_raw``,
+so the same document always gives the same text. It lives in ``lake`` because it is the lake's
+document format, shared by capture and merge (no stage imports another).
 Its layout differs from ``json_util.dumps`` only cosmetically (``{ "a" : ... }`` spacing; doubles
 printed with 20 significant digits, e.g. ``0.1`` as ``"0.10000000000000000555"``), and
 ``json_util.loads`` reads it back to exactly the same values (a randomized test checks every type).

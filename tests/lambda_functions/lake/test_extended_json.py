@@ -28,7 +28,7 @@ from bson import (
 from bson.errors import InvalidDocument
 from bson.raw_bson import RawBSONDocument
 
-from lambda_functions.cdc_capture.extended_json import (
+from lambda_functions.lake.extended_json import (
     decode_document,
     encode_document,
     encode_raw,

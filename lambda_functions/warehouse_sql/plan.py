@@ -71,11 +71,12 @@ def ensure_tables(
 
 def loaded_state_query(dialect: Dialect, target: TargetTable) -> Statement:
     """The control row of ``target``: at most one ``(lake_table_id, lake_version)`` row."""
-    return Statement(
+    return target.bookkeeping_rows(
         "loaded_state",
-        f'SELECT "lake_table_id", "lake_version" FROM {target.control} '
-        f'WHERE LOWER("table_name") = {dialect.param("table_name")}',
-        {"table_name": target.table},
+        dialect,
+        target.control,
+        ["lake_table_id", "lake_version"],
+        any_case=True,
     )
 
 

@@ -86,23 +86,6 @@ class MaintenanceConfig(Config):
     )
 
 
-lake_table_maintenance = lambda_collection_asset(
-    LAKE_MAINTENANCE,
-    lambda lakehouse, key, config: compact_request(lakehouse, key, config),
-    MaintenanceConfig,
-    name=MAINTENANCE_KEY,
-    deps=[LAKE_TABLE_KEY],
-    group_name="maintenance",
-    kinds={"deltalake", "lambda"},
-    description=(
-        "Keeps each lake table fast and small: tombstones older than "
-        "LAKEHOUSE_TOMBSTONE_RETENTION_HOURS expired, cold partitions compacted (z-ordered by "
-        "_id) in atomic commits, then files older than LAKEHOUSE_VACUUM_RETENTION_HOURS "
-        "vacuumed. Runs in Lambda on its own schedule."
-    ),
-)
-
-
 def compact_request(
     lakehouse: LakehouseSettings, namespace: str, config: MaintenanceConfig
 ) -> CompactRequest:
@@ -117,6 +100,23 @@ def compact_request(
         tombstone_retention_hours=lakehouse.tombstone_retention_hours,
         dry_run=config.dry_run,
     )
+
+
+lake_table_maintenance = lambda_collection_asset(
+    LAKE_MAINTENANCE,
+    compact_request,
+    MaintenanceConfig,
+    name=MAINTENANCE_KEY,
+    deps=[LAKE_TABLE_KEY],
+    group_name="maintenance",
+    kinds={"deltalake", "lambda"},
+    description=(
+        "Keeps each lake table fast and small: tombstones older than "
+        "LAKEHOUSE_TOMBSTONE_RETENTION_HOURS expired, cold partitions compacted (z-ordered by "
+        "_id) in atomic commits, then files older than LAKEHOUSE_VACUUM_RETENTION_HOURS "
+        "vacuumed. Runs in Lambda on its own schedule."
+    ),
+)
 
 
 merge_job = define_asset_job(

@@ -11,7 +11,6 @@ and is the import path for all of it.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from lakehouse_pipelines.settings_values import (
     parse_history_collections,
     parse_int,
     parse_masking,
+    parse_string_object,
     parse_table_overrides,
     split_namespace,
 )
@@ -347,17 +347,12 @@ def _projection(value: str, warehouse: str = "duckdb") -> dict[str, str]:
         parse_projection,
     )
 
-    try:
-        projection = json.loads(value)
-    except ValueError:
-        projection = None
-    if not isinstance(projection, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in projection.items()
-    ):
-        raise SettingsError(
-            "LAKEHOUSE_WAREHOUSE_PROJECTION must be a JSON object of field -> SQL type, e.g. "
-            '{"status": "VARCHAR(32)", "total": "DECIMAL(18,2)"}'
-        )
+    projection = parse_string_object(
+        "LAKEHOUSE_WAREHOUSE_PROJECTION",
+        value,
+        shape="field -> SQL type",
+        example='{"status": "VARCHAR(32)", "total": "DECIMAL(18,2)"}',
+    )
     try:
         columns = parse_projection(projection)
         if warehouse == "redshift":

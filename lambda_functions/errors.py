@@ -68,6 +68,7 @@ TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
         "EcsTaskRequestError",
         "EmbeddedSourceLimitError",
         "EmbeddedSourceUnavailableError",
+        "FunctionConfigurationError",
         "InvalidEmfDocumentError",
         "InvalidExtendedJSONError",
         "InvalidRecordKeyError",

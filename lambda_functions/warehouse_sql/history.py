@@ -65,10 +65,9 @@ from lambda_functions.warehouse_sql.names import (
     HISTORY_SUFFIX,
     MAX_IDENTIFIER_BYTES,
     fold_identifier,
-    quote_identifier,
 )
 from lambda_functions.warehouse_sql.projection import ProjectedColumn
-from lambda_functions.warehouse_sql.staging import projected_value
+from lambda_functions.warehouse_sql.staging import insert_changes
 from lambda_functions.warehouse_sql.statements import Statement, TargetTable
 
 # Columns the history statements compute next to the staged ones: no projected column may
@@ -131,17 +130,9 @@ def create_history(dialect: Dialect, history: TargetTable) -> Statement:
     """Idempotent DDL of the history table with its own columns (projected ones are added by
     the load transaction, as for the current table)."""
     d = dialect
-    columns = [
-        f'"_id" {d.key_type} NOT NULL',
-        f'"doc" {d.document_type}',
-        '"_op" VARCHAR(16)',
-        '"_pos" BIGINT',
-        '"valid_from" TIMESTAMPTZ',
-        '"valid_to" TIMESTAMPTZ',
-        '"is_current" BOOLEAN NOT NULL',
-        '"_lake_version" BIGINT NOT NULL',
-        '"_loaded_at" TIMESTAMPTZ NOT NULL',
-    ]
+    columns = d.own_columns(
+        ['"valid_from" TIMESTAMPTZ', '"valid_to" TIMESTAMPTZ', '"is_current" BOOLEAN NOT NULL']
+    )
     return Statement(
         "create_history",
         f"CREATE TABLE IF NOT EXISTS {history.qualified} ({', '.join(columns)}){d.table_options}",
@@ -200,24 +191,21 @@ def history_statements(
                 f'(SELECT 1 FROM {stage} AS s WHERE s."_id" = {h}."_id")',
             )
         )
-    names = [*HISTORY_COLUMNS, *(c.column for c in projection)]
-    values = [
-        'v."_id"',
-        d.json_parse('v."doc"'),
-        'v."_op"',
-        'v."_pos"',
-        'v."_event_time"',
-        'v."_valid_to"',
-        'v."_last_new" = 1 AND NOT v."_deleted"',
-        'v."_commit_version"',
-        d.now,
-        *(projected_value(d, c, f"v.{quote_identifier(c.column)}") for c in projection),
-    ]
     statements.append(
-        Statement(
+        insert_changes(
             "insert_history",
-            f"INSERT INTO {h} ({', '.join(map(quote_identifier, names))}) "
-            f"SELECT {', '.join(values)} FROM {versions}",
+            d,
+            table=h,
+            columns=HISTORY_COLUMNS,
+            row="v",
+            computed=[
+                'v."_valid_to"',
+                'v."_last_new" = 1 AND NOT v."_deleted"',
+                'v."_commit_version"',
+                d.now,
+            ],
+            projection=projection,
+            source=versions,
         )
     )
     return statements

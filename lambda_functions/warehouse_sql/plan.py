@@ -24,7 +24,7 @@ from lambda_functions.warehouse_sql.names import (
     quote_identifier,
 )
 from lambda_functions.warehouse_sql.projection import ProjectedColumn
-from lambda_functions.warehouse_sql.staging import projected_value, staged_type
+from lambda_functions.warehouse_sql.staging import insert_changes, staged_type
 from lambda_functions.warehouse_sql.statements import (
     LoadedState,
     StageSource,
@@ -43,15 +43,7 @@ def ensure_tables(
     load that fails, e.g. on a value that does not fit a declared type, leaves no column behind
     and a corrected projection applies cleanly on the re-run."""
     d = dialect
-    columns = [
-        f'"_id" {d.key_type} NOT NULL',
-        f'"doc" {d.document_type}',
-        '"_op" VARCHAR(16)',
-        '"_pos" BIGINT',
-        '"_event_time" TIMESTAMPTZ',
-        '"_lake_version" BIGINT NOT NULL',
-        '"_loaded_at" TIMESTAMPTZ NOT NULL',
-    ]
+    columns = d.own_columns(['"_event_time" TIMESTAMPTZ'])
     return [
         Statement(
             "create_schema", f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(target.schema)}"
@@ -79,11 +71,12 @@ def ensure_tables(
 
 def loaded_state_query(dialect: Dialect, target: TargetTable) -> Statement:
     """The control row of ``target``: at most one ``(lake_table_id, lake_version)`` row."""
-    return Statement(
+    return target.bookkeeping_rows(
         "loaded_state",
-        f'SELECT "lake_table_id", "lake_version" FROM {target.control} '
-        f'WHERE LOWER("table_name") = {dialect.param("table_name")}',
-        {"table_name": target.table},
+        dialect,
+        target.control,
+        ["lake_table_id", "lake_version"],
+        any_case=True,
     )
 
 
@@ -181,17 +174,6 @@ def load_transaction(
                 f'AND {target.set_aside}."_id" = {staged}."_id"',
             ),
         ]
-    names = [*BASE_COLUMNS, *(c.column for c in projection)]
-    values = [
-        's."_id"',
-        d.json_parse('s."doc"'),
-        's."_op"',
-        's."_pos"',
-        's."_event_time"',
-        sql_integer(version),
-        d.now,
-        *(projected_value(d, c, f"s.{quote_identifier(c.column)}") for c in projection),
-    ]
     # With history the stage holds every commit's version of a key: the latest is the last commit.
     newest = '"_commit_version" DESC, "_pos" DESC' if history else '"_pos" DESC'
     latest = (
@@ -199,10 +181,15 @@ def load_transaction(
         f'FROM {staged}) AS s WHERE s."_rank" = 1 AND NOT s."_deleted"'
     )
     statements += [
-        Statement(
+        insert_changes(
             "insert_upserts",
-            f"INSERT INTO {target.qualified} ({', '.join(map(quote_identifier, names))}) "
-            f'SELECT {", ".join(values)} FROM {latest} AND s."_set_aside" IS NULL',
+            d,
+            table=target.qualified,
+            columns=BASE_COLUMNS,
+            row="s",
+            computed=[sql_integer(version), d.now],
+            projection=projection,
+            source=f'{latest} AND s."_set_aside" IS NULL',
         ),
         Statement(
             "insert_set_aside",

@@ -6,22 +6,17 @@ from typing import Any
 
 from dagster import (
     AssetCheckSpec,
-    AssetExecutionContext,
     Config,
     Definitions,
-    MaterializeResult,
-    ResourceParam,
     define_asset_job,
 )
 from pydantic import Field
 
 from lakehouse_pipelines.defs.collections import (
-    collection_asset,
     collections_schedule,
-    invoke_per_collection,
+    lambda_collection_asset,
     request_fields,
 )
-from lakehouse_pipelines.resources import LambdaPipes
 from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.contracts import CaptureRequest, DmsIngestRequest, SourceAuditRequest
 from lambda_functions.registry import CDC_CAPTURE, SOURCE_AUDIT
@@ -45,7 +40,10 @@ class CaptureConfig(Config):
     )
 
 
-@collection_asset(
+cdc_raw_batches = lambda_collection_asset(
+    CDC_CAPTURE,
+    lambda lakehouse, key, config: capture_request(lakehouse, key, reset=config.reset),
+    CaptureConfig,
     name=CAPTURE_KEY,
     group_name="lakehouse",
     kinds={"documentdb", "lambda", "s3"},
@@ -70,19 +68,6 @@ class CaptureConfig(Config):
         "collection; runs in Lambda. Materialize with run config reset: true to re-snapshot."
     ),
 )
-def cdc_raw_batches(
-    context: AssetExecutionContext,
-    config: CaptureConfig,
-    lakehouse: ResourceParam[LakehouseSettings],
-    lambda_pipes: ResourceParam[LambdaPipes],
-) -> MaterializeResult:
-    return invoke_per_collection(
-        context,
-        lambda_pipes,
-        lakehouse,
-        CDC_CAPTURE,
-        lambda key: capture_request(lakehouse, key, reset=config.reset),
-    )
 
 
 def capture_request(lakehouse: LakehouseSettings, namespace: str, *, reset: bool) -> CaptureRequest:
@@ -112,7 +97,9 @@ def dms_request(lakehouse: LakehouseSettings, namespace: str, dms_uri: str) -> D
     )
 
 
-@collection_asset(
+source_audit = lambda_collection_asset(
+    SOURCE_AUDIT,
+    lambda lakehouse, key, _config: audit_request(lakehouse, key),
     name=SOURCE_AUDIT_KEY,
     deps=[LAKE_TABLE_KEY],
     group_name="verification",
@@ -137,14 +124,6 @@ def dms_request(lakehouse: LakehouseSettings, namespace: str, dms_uri: str) -> D
         "buckets per run, continuing where the last run stopped. Changes no data."
     ),
 )
-def source_audit(
-    context: AssetExecutionContext,
-    lakehouse: ResourceParam[LakehouseSettings],
-    lambda_pipes: ResourceParam[LambdaPipes],
-) -> MaterializeResult:
-    return invoke_per_collection(
-        context, lambda_pipes, lakehouse, SOURCE_AUDIT, lambda key: audit_request(lakehouse, key)
-    )
 
 
 def audit_request(lakehouse: LakehouseSettings, namespace: str) -> SourceAuditRequest:

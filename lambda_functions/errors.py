@@ -77,6 +77,7 @@ TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
         "RedshiftStatementError",
         "ResumeTokenExpiredError",
         "RouteEstimateError",
+        "SnapshotRangeError",
         "SnapshotStalledError",
         "SourceConfigurationError",
         "SplitEventError",

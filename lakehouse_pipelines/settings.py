@@ -225,6 +225,12 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "900",
         "the `cdc_lag` check on `cdc_raw_batches` fails above this many seconds",
     ),
+    "LAKEHOUSE_SNAPSHOT_RANGES": (
+        "1",
+        "1",
+        "ranges a collection's initial load (or reset) is captured as, each by its own "
+        "invocation, at most `LAKEHOUSE_FANOUT_CONCURRENCY` at once (1 to 256; 1: one worker)",
+    ),
     "LAKEHOUSE_DMS_CSV_DELIMITER": (
         ",",
         ",",
@@ -292,6 +298,7 @@ class LakehouseSettings:
     max_cdc_lag_seconds: float
     change_stream_retention_seconds: int
     dms_csv_delimiter: str
+    snapshot_ranges: int = 1
 
     @property
     def is_aws(self) -> bool:
@@ -359,6 +366,8 @@ class LakehouseSettings:
         fanout = typed("LAKEHOUSE_FANOUT_CONCURRENCY", _int, 1)
         if fanout < 1:
             problem("LAKEHOUSE_FANOUT_CONCURRENCY must be 1 or more")
+        if not 1 <= typed("LAKEHOUSE_SNAPSHOT_RANGES", _int, 1) <= 256:
+            problem("LAKEHOUSE_SNAPSHOT_RANGES must be 1 to 256")
         retention = typed("LAKEHOUSE_VACUUM_RETENTION_HOURS", _int, 168)
         if retention < 1:
             # A merge in flight still references files it read; vacuum must never reach them.
@@ -470,6 +479,7 @@ class LakehouseSettings:
                 "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS", _int
             ),
             dms_csv_delimiter=typed("LAKEHOUSE_DMS_CSV_DELIMITER", _delimiter, ","),
+            snapshot_ranges=typed("LAKEHOUSE_SNAPSHOT_RANGES", _int, 1),
         )
         if len(problems) == 1:
             raise SettingsError(problems[0])

@@ -185,6 +185,7 @@ class RangeSnapshotStatus:
             values |= range_metadata(self.plan)
             values["range_documents"] = [p.documents for p in self.progress]
             values["range_bytes"] = [p.bytes for p in self.progress]
+            values["range_complete"] = [p.complete for p in self.progress]
             values["ranges_complete"] = sum(p.complete for p in self.progress)
             values["snapshot_documents"] = sum(p.documents for p in self.progress)
         if self.batch is not None:

@@ -15,6 +15,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from lakehouse_pipelines.defs.cdc_capture.range_snapshot import RangeSnapshotRunner
 from lakehouse_pipelines.defs.collections import (
     collection_asset,
     collections_schedule,
@@ -76,9 +77,14 @@ def cdc_raw_batches(
     lakehouse: ResourceParam[LakehouseSettings],
     lambda_pipes: ResourceParam[LambdaPipes],
 ) -> MaterializeResult:
+    runner = (
+        RangeSnapshotRunner(lambda_pipes, lakehouse.fanout_concurrency)
+        if lakehouse.snapshot_ranges > 1
+        else lambda_pipes
+    )
     return invoke_per_collection(
         context,
-        lambda_pipes,
+        runner,
         lakehouse,
         CDC_CAPTURE,
         lambda key: capture_request(lakehouse, key, reset=config.reset),
@@ -94,6 +100,7 @@ def capture_request(lakehouse: LakehouseSettings, namespace: str, *, reset: bool
         auto_resnapshot=lakehouse.auto_resnapshot,
         max_cdc_lag_seconds=lakehouse.max_cdc_lag_seconds,
         stream_retention_seconds=lakehouse.change_stream_retention_seconds,
+        snapshot_ranges=lakehouse.snapshot_ranges,
     )
 
 

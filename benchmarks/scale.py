@@ -19,7 +19,9 @@ Then the model: wall time and cost of the initial load of 100 GB, 1 TB and 2 TB 
 configured concurrency (``LAKEHOUSE_FANOUT_CONCURRENCY`` ranges in flight; the deployed functions'
 reserved concurrency is the ceiling), on Lambda (the capture function's memory) and on ECS
 Fargate (a 1 vCPU / 2 GB task), and the largest table one Lambda merge invocation loads within
-10 GB / 15 minutes. Assumptions, printed with the figures: a Lambda worker or a 1-vCPU task
+10 GB / 15 minutes (a generation is one raw batch, which the merge applies in one commit, so
+the load's peak memory grows with the table: measured slope, 80% of the limit usable), and the
+same on the largest Fargate task. Assumptions, printed with the figures: a Lambda worker or a 1-vCPU task
 captures at this machine's per-worker rate (Lambda gives one full vCPU at 1,769 MB, "Lambda
 quotas" / "Configuring function memory"; a 1,024 MB capture function gets ~0.58 vCPU, so its rate
 is scaled by that share); the source serves every range at that rate (a DocumentDB instance's
@@ -76,6 +78,7 @@ FARGATE_PRICE_PER_GB_HOUR = 0.004445
 FARGATE_TASK_VCPU, FARGATE_TASK_GB = 1.0, 2.0
 LAMBDA_FULL_VCPU_MB = 1769  # memory at which a function gets one full vCPU (Lambda docs)
 LAMBDA_MAX_MEMORY_GB, LAMBDA_MAX_SECONDS = 10.0, 900.0
+FARGATE_MAX_MEMORY_GB = 120.0  # the largest Fargate task (16 vCPU, 120 GB; Fargate task sizes)
 COLLECTION_SIZES_GB = (100, 1000, 2000)
 BATCH_PAGE_ROWS = 20_000  # rows per range page in the benchmark (one Parquet file each)
 
@@ -226,13 +229,21 @@ def model(
     lambda_share = min(1.0, CDC_CAPTURE.memory_mb / LAMBDA_FULL_VCPU_MB)
     lambda_rate = mb_per_s * lambda_share  # MB/s per Lambda worker
     ecs_rate = mb_per_s * FARGATE_TASK_VCPU  # MB/s per 1-vCPU task
+    # merge: least-squares slope of time and memory against rows (initial-load merge)
+    xs = [m["rows"] for m in merges]
+    slope_t = _slope(xs, [m["load_seconds"] for m in merges])
+    slope_m = _slope(xs, [m["load_peak_bytes"] for m in merges])
+    base_m = min(m["load_peak_bytes"] for m in merges) - slope_m * min(xs)
     loads = {}
     for size_gb in COLLECTION_SIZES_GB:
         mb = size_gb * 1000
         lambda_worker_s = mb / lambda_rate
         ecs_worker_s = mb / ecs_rate
         invocations = math.ceil(lambda_worker_s / (LAMBDA_MAX_SECONDS * 0.9))
+        documents = size_gb * 1e9 / doc_bytes
         loads[f"{size_gb}GB"] = {
+            "documents": documents,
+            "merge_hours_one_writer": documents * slope_t / 3600,
             "lambda_wall_hours": lambda_worker_s / concurrency / 3600,
             "lambda_cost_usd": lambda_worker_s * lambda_gb * LAMBDA_PRICE_PER_GB_SECOND
             + invocations * LAMBDA_PRICE_PER_REQUEST,
@@ -245,16 +256,12 @@ def model(
                 + FARGATE_TASK_GB * FARGATE_PRICE_PER_GB_HOUR
             ),
         }
-    # merge: least-squares slope of time and memory against rows (initial-load merge)
-    xs = [m["rows"] for m in merges]
-    slope_t = _slope(xs, [m["load_seconds"] for m in merges])
-    slope_m = _slope(xs, [m["load_peak_bytes"] for m in merges])
-    base_m = min(m["load_peak_bytes"] for m in merges) - slope_m * min(xs)
     rows_by_time = LAMBDA_MAX_SECONDS * 0.9 / slope_t if slope_t > 0 else math.inf
     rows_by_memory = (
         (LAMBDA_MAX_MEMORY_GB * 1e9 * 0.8 - base_m) / slope_m if slope_m > 0 else math.inf
     )
     largest_rows = min(rows_by_time, rows_by_memory)
+    ecs_rows = (FARGATE_MAX_MEMORY_GB * 1e9 * 0.8 - base_m) / slope_m if slope_m > 0 else math.inf
     return {
         "loads": loads,
         "merge_seconds_per_million_rows": slope_t * 1e6,
@@ -262,6 +269,8 @@ def model(
         "largest_lambda_merge_rows": largest_rows,
         "largest_lambda_merge_gb": largest_rows * doc_bytes / 1e9,
         "largest_lambda_merge_bound": "time" if rows_by_time <= rows_by_memory else "memory",
+        "largest_ecs_merge_rows": ecs_rows,
+        "largest_ecs_merge_gb": ecs_rows * doc_bytes / 1e9,
         "lambda_cpu_share": lambda_share,
     }
 
@@ -352,19 +361,33 @@ def main() -> None:
         f"{CDC_CAPTURE.memory_mb} MB = {figures['lambda_cpu_share']:.2f} vCPU; "
         f"Fargate {FARGATE_TASK_VCPU:g} vCPU/{FARGATE_TASK_GB:g} GB)"
     )
-    print(f"{'size':>8}{'Lambda h':>10}{'Lambda $':>10}{'invocations':>13}{'ECS h':>8}{'ECS $':>8}")
+    print(
+        f"{'size':>8}{'documents':>16}{'Lambda h':>10}{'Lambda $':>10}{'invocations':>13}"
+        f"{'ECS h':>8}{'ECS $':>8}{'merge h':>9}"
+    )
     for size, load in figures["loads"].items():
         print(
-            f"{size:>8}{load['lambda_wall_hours']:>10.1f}{load['lambda_cost_usd']:>10.2f}"
-            f"{load['lambda_invocations']:>13,}{load['ecs_wall_hours']:>8.1f}"
-            f"{load['ecs_cost_usd']:>8.2f}"
+            f"{size:>8}{load['documents']:>16,.0f}{load['lambda_wall_hours']:>10.1f}"
+            f"{load['lambda_cost_usd']:>10.2f}{load['lambda_invocations']:>13,}"
+            f"{load['ecs_wall_hours']:>8.1f}{load['ecs_cost_usd']:>8.2f}"
+            f"{load['merge_hours_one_writer']:>9.1f}"
         )
     print(
-        f"largest table one Lambda merge loads within {LAMBDA_MAX_MEMORY_GB:g} GB / "
+        "(merge h: the generation merged by one writer at the measured rate, if it fitted one "
+        "commit: see the next lines)"
+    )
+    print(
+        f"largest table one Lambda merge loads (a generation is one batch, merged in one "
+        f"commit) within {LAMBDA_MAX_MEMORY_GB:g} GB / "
         f"{LAMBDA_MAX_SECONDS / 60:g} min: ~{figures['largest_lambda_merge_rows']:,.0f} rows "
         f"(~{figures['largest_lambda_merge_gb']:,.1f} GB of documents; bound by "
         f"{figures['largest_lambda_merge_bound']}); merge function memory "
         f"{MERGE.memory_mb} MB"
+    )
+    print(
+        f"largest generation one ECS merge task applies within {FARGATE_MAX_MEMORY_GB:g} GB: "
+        f"~{figures['largest_ecs_merge_rows']:,.0f} rows "
+        f"(~{figures['largest_ecs_merge_gb']:,.1f} GB of documents)"
     )
     print(
         json.dumps(
@@ -385,6 +408,7 @@ def main() -> None:
                 ),
                 "merge_bytes_per_row": round(figures["merge_bytes_per_row"]),
                 "largest_lambda_merge_rows": round(figures["largest_lambda_merge_rows"]),
+                "largest_ecs_merge_rows": round(figures["largest_ecs_merge_rows"]),
                 "concurrency": args.concurrency,
                 "initial_load": {
                     size: {k: round(v, 2) for k, v in load.items()}

@@ -12,18 +12,18 @@ leaves another type's documents out, and each document falls in exactly one rang
 Boundaries come from the first step of this chain that the server answers (never from
 ``skip``/``limit`` paging, which reads every skipped document again for every range):
 
-=================  ===========================================  =================================
-step               MongoDB                                      Amazon DocumentDB
-=================  ===========================================  =================================
-``splitVector``    yes (needs the ``splitVector`` privilege,    no: not among DocumentDB's
-                   e.g. ``clusterManager``; Atlas refuses it)   "Supported MongoDB APIs,
-                                                                operations, and data types"
-``$bucketAuto``    yes (``allowDiskUse`` for big collections)   8.0.2 and newer only (elastic
-                                                                and instance clusters 3.6-5.0
-                                                                answer "unsupported stage")
-``$sample``        yes                                          yes (3.6, 4.0, 5.0, 8.0)
-ObjectId time      yes (``find`` min/max ``_id``)               yes
-=================  ===========================================  =================================
+1. ``splitVector`` (the sharding metadata command, MongoDB manual "splitVector"): MongoDB, Atlas
+   included, with its privilege (e.g. the ``clusterManager`` role). Not DocumentDB: internal
+   commands are not supported and it is not in "Supported MongoDB APIs, operations, and data
+   types in Amazon DocumentDB".
+2. ``$bucketAuto`` grouped by ``_id`` (``allowDiskUse``): MongoDB; DocumentDB "New from version
+   8.0.2" (Amazon DocumentDB Developer Guide, "$bucketAuto").
+3. ``$sample`` quantiles: MongoDB; DocumentDB 3.6, 4.0, 5.0 and 8.0.
+4. ObjectId time ranges between the smallest and largest ObjectId ``_id`` (two ``find``s sorted
+   on ``_id``): everywhere; one range when there are no ObjectId ``_id``s.
+
+A refused step (``OperationFailure``: MongoDB 59 ``CommandNotFound`` or an authorization error,
+DocumentDB 303 "Feature not supported") moves on to the next.
 
 The embedded stand-in answers the first step itself (``split_keys``: exact quantiles of its
 ``_id`` index), so local runs and tests plan the way ``splitVector`` would. ``$sample`` and the

@@ -314,6 +314,7 @@ def main() -> None:
             for ranges, workers, runs in order if repeat % 2 == 0 else order[::-1]:
                 lake = workdir / f"lake-{ranges}-{repeat}"
                 runs.append(parallel_snapshot(source_path, lake, ranges, workers))
+        assert all(run["documents"] == args.docs for run in ones + manys), "a run lost documents"
         one = min(ones, key=lambda run: run["wall_seconds"])
         many = min(manys, key=lambda run: run["wall_seconds"])
         merges = [merge_at(int(s), workdir) for s in args.merge_sizes.split(",")]

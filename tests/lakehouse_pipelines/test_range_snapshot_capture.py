@@ -4,6 +4,7 @@ and documents per range show in the materialization's metadata."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from bson import ObjectId
 from dagster import DagsterInstance
 
 from lakehouse_pipelines.defs.cdc_capture.definitions import cdc_raw_batches
+from lakehouse_pipelines.resources import build_resources
 from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.cdc_capture import EmbeddedChangeStreamSource
 from lambda_functions.lake.raw_zone import RawZone
@@ -46,12 +48,40 @@ def settings(tmp_path: Path) -> LakehouseSettings:
     return settings
 
 
+class InFlight:
+    """Counts the capture invocations running at once (wraps ``LambdaPipes.run``)."""
+
+    def __init__(self, run):
+        self.run, self.now, self.most = run, 0, 0
+        self.lock = threading.Lock()
+
+    def __call__(self, *args):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            return self.run(*args)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
 def test_initial_load_fans_out_over_ranges_and_publishes_one_generation(settings):
     instance = DagsterInstance.ephemeral()
+    resources = build_resources(settings)
+    lambda_pipes = resources["lambda_pipes"]
+    lambda_pipes.run = in_flight = InFlight(lambda_pipes.run)
 
-    result = materialize_collections([cdc_raw_batches], settings, instance, COLLECTIONS)
+    try:
+        result = materialize_collections(
+            [cdc_raw_batches], settings, instance, COLLECTIONS, resources=resources
+        )
+    finally:
+        lambda_pipes.lambda_client.close()
 
     assert result.success
+    # two collections of 4 ranges each: never more than LAKEHOUSE_FANOUT_CONCURRENCY at once
+    assert in_flight.most == settings.fanout_concurrency == 2
     events = result.get_asset_materialization_events()
     assert sorted(e.partition for e in events) == COLLECTIONS
     for event in events:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,20 +41,30 @@ class RangeSnapshotRunner:
     Args:
         lambda_pipes: invokes the capture function (``LambdaPipes.run``).
         concurrency: invocations in flight at once in the step (``LAKEHOUSE_FANOUT_CONCURRENCY``).
+        run: what makes one invocation, with ``LambdaPipes.run``'s shape (default
+            ``lambda_pipes.run``); a ``resources.routes.RoutedRunner`` sends each range to the
+            route it fits (a range estimated over the function's limits to ECS).
     """
 
     run_partitions = LambdaPipes.run_partitions  # the fan-out across collections, over ``run``
 
-    def __init__(self, lambda_pipes: LambdaPipes, concurrency: int):
+    def __init__(
+        self,
+        lambda_pipes: LambdaPipes,
+        concurrency: int,
+        run: Callable[[Any, FunctionSpec, CollectionRequest], MaterializeResult] | None = None,
+    ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.lambda_pipes = lambda_pipes
         self.concurrency = concurrency
+        self._run = run
         self._slots = threading.BoundedSemaphore(concurrency)
 
     def _invoke(self, context: Any, spec: FunctionSpec, request: CollectionRequest) -> Any:
+        run = self._run or self.lambda_pipes.run
         with self._slots:
-            return self.lambda_pipes.run(context, spec, request)
+            return run(context, spec, request)
 
     def run(self, context: Any, spec: FunctionSpec, request: CollectionRequest) -> Any:
         """Capture one collection; a planned snapshot is captured range by range.

@@ -110,3 +110,39 @@ def test_initial_load_fans_out_over_ranges_and_publishes_one_generation(settings
     (event,) = again.get_asset_materialization_events()
     metadata = {k: v.value for k, v in event.materialization.metadata.items()}
     assert "range_plan" not in metadata and metadata["dagster/row_count"] == 1
+
+
+def test_a_failed_range_fails_the_step_and_the_next_run_invokes_only_it(settings):
+    instance = DagsterInstance.ephemeral()
+    resources = build_resources(settings)
+    lambda_pipes = resources["lambda_pipes"]
+    real_run = lambda_pipes.run
+
+    def range_two_dies(context, spec, request):
+        if request.snapshot_range and request.snapshot_range["index"] == 2:
+            raise RuntimeError("the range's execution environment was lost")
+        return real_run(context, spec, request)
+
+    lambda_pipes.run = range_two_dies
+    try:
+        failed = materialize_collections(
+            [cdc_raw_batches], settings, instance, "shop.orders", resources=resources
+        )
+        zone = RawZone(LocalObjectStore(settings.lake_uri), "shop", "orders")
+        assert not failed.success and list(zone.manifests()) == []  # nothing half published
+
+        lambda_pipes.run = in_flight = InFlight(real_run)
+        again = materialize_collections(
+            [cdc_raw_batches], settings, instance, "shop.orders", resources=resources
+        )
+    finally:
+        lambda_pipes.lambda_client.close()
+
+    assert again.success
+    (event,) = again.get_asset_materialization_events()
+    metadata = {k: v.value for k, v in event.materialization.metadata.items()}
+    assert metadata["range_invocations"] == 3  # the plan call, range 2 alone, the publish call
+    assert sum(metadata["range_documents"]) == DOCUMENTS == metadata["dagster/row_count"]
+    (manifest,) = zone.manifests()
+    assert manifest.rows == DOCUMENTS
+    assert in_flight.most == 1

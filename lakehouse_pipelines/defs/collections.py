@@ -143,6 +143,8 @@ def lambda_collection_asset(
     spec: FunctionSpec,
     request_for: Callable[[LakehouseSettings, str, Any], CollectionRequest],
     config_type: type[Config] = NoStageConfig,
+    *,
+    runner_for: Callable[[LakehouseSettings, LambdaPipes], Any] | None = None,
     **asset_kwargs: Any,
 ) -> AssetsDefinition:
     """A ``collection_asset`` whose step only invokes ``spec`` once per collection it covers
@@ -153,6 +155,9 @@ def lambda_collection_asset(
         request_for: ``(settings, namespace, config) -> request`` for one collection; ``config``
             is the run's ``config_type`` value.
         config_type: the asset's run config (launchpad: ``ops: {<name>: {config: ...}}``).
+        runner_for: ``(settings, lambda_pipes) -> runner`` when the step fans out through
+            something else with ``LambdaPipes.run_partitions``'s signature (the range snapshot's
+            runner); ``None`` runs through ``lambda_pipes`` itself.
         **asset_kwargs: as for ``collection_asset``; ``name`` is required (the asset's key and
             its function's name).
 
@@ -166,8 +171,9 @@ def lambda_collection_asset(
         lakehouse: ResourceParam[LakehouseSettings],
         lambda_pipes: ResourceParam[LambdaPipes],
     ) -> MaterializeResult:
+        runner = runner_for(lakehouse, lambda_pipes) if runner_for else lambda_pipes
         return invoke_per_collection(
-            context, lambda_pipes, lakehouse, spec, lambda key: request_for(lakehouse, key, config)
+            context, runner, lakehouse, spec, lambda key: request_for(lakehouse, key, config)
         )
 
     invoke.__name__ = invoke.__qualname__ = asset_kwargs["name"]

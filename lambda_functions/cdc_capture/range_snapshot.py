@@ -53,6 +53,7 @@ from lambda_functions.cdc_capture.capture_state import (
     capture_state_from_json,
 )
 from lambda_functions.cdc_capture.change_source import ChangeSource
+from lambda_functions.cdc_capture.edge_masking import EdgeMasking, masking_of_request
 from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
 from lambda_functions.cdc_capture.range_plan import (
     IdRange,
@@ -134,13 +135,14 @@ def capture_range(
             f"{generation} ({len(plan.ranges)} ranges); plan the snapshot again"
         )
     id_range = plan.ranges[index]
+    masking = _masking(request, zone)
     progress = read_progress(zone, generation, index)
     reserve = max(5.0, 0.1 * deadline()) if deadline else 0.0
     before = progress.documents
     while not progress.complete:
         if deadline is not None and deadline() <= reserve:
             break
-        _capture_page(request, source, zone, plan, id_range, progress)
+        _capture_page(request, source, zone, plan, id_range, progress, masking)
         say(
             f"{zone.namespace}: range {index + 1}/{len(plan.ranges)} of {generation}: "
             f"{progress.documents:,} documents, {progress.bytes / 1e6:,.1f} MB"
@@ -164,10 +166,13 @@ def _capture_page(
     plan: RangePlan,
     id_range: IdRange,
     progress: RangeProgress,
+    masking: EdgeMasking,
 ) -> None:
-    """Read one page file's worth of the range after ``progress``, write it, then the progress."""
+    """Read one page file's worth of the range after ``progress``, write it, then the progress.
+    Documents (and dead letters) are masked with the collection's rules, as a single-worker
+    snapshot's are (``BatchRows``)."""
     db, coll = request.database, request.collection
-    rows = BatchRows()
+    rows = BatchRows(masking)
     time_ms = (plan.start_pos >> 32) * 1000 or int(plan.start_time * 1000)
     upper_key = bson_order_key(id_range.upper_id()) if id_range.upper is not None else None
     first = progress.last_id is None
@@ -252,7 +257,7 @@ def advance_range_snapshot(
     """
     say = on_progress or (lambda message: None)
     zone = RawZone.for_request(request, store)
-    run = _CaptureRun(request, source, zone, None, say)
+    run = _CaptureRun(request, source, zone, None, say, _masking(request, zone))
     checkpoint = zone.read_checkpoint(on_repair=say)
     plan = None if reset else _open_plan(zone, checkpoint.batch)
     state = capture_state_from_json(checkpoint.state, zone.namespace)
@@ -272,7 +277,7 @@ def advance_range_snapshot(
     progress = tuple(read_progress(zone, plan.generation, r.index) for r in plan.ranges)
     if not all(p.complete for p in progress):
         return RangeSnapshotStatus("in_progress", plan, progress)
-    manifest = _publish_generation(zone, plan, progress)
+    manifest = _publish_generation(zone, plan, progress, run)
     say(
         f"{zone.namespace}: generation {plan.generation} published as batch {manifest.batch}: "
         f"{manifest.rows:,} documents in {len(plan.ranges)} ranges"
@@ -320,7 +325,7 @@ def _new_plan(
 
 
 def _publish_generation(
-    zone: RawZone, plan: RangePlan, progress: tuple[RangeProgress, ...]
+    zone: RawZone, plan: RangePlan, progress: tuple[RangeProgress, ...], run: _CaptureRun
 ) -> BatchManifest:
     """The generation's one manifest (every range's pages, in range order), created
     exclusively, then the checkpoint; the open-plan pointer is removed last."""
@@ -337,13 +342,17 @@ def _publish_generation(
             for r, p in zip(plan.ranges, progress, strict=True)
         ],
     }
+    if run.masking.active:
+        extra.update(run.masking.manifest_fields())
     dead_letters = [key for p in progress for key in p.quarantine_keys]
     if dead_letters:
         key = zone.side_key("quarantine", batch, ".jsonl")
         zone.store.put(key, b"".join(zone.store.get(k) for k in dead_letters))
         extra["quarantine_key"] = key
     time_ms = (plan.start_pos >> 32) * 1000 or int(plan.start_time * 1000)
-    state = StreamState(resume_token=plan.start_token, token_time=plan.start_time).to_json()
+    state = run._stored_state(
+        StreamState(resume_token=plan.start_token, token_time=plan.start_time)
+    )  # with the masking rules' fingerprint, as every capture state
     manifest = BatchManifest(
         namespace=zone.namespace,
         batch=batch,
@@ -369,6 +378,13 @@ def _publish_generation(
         ) from None
     zone.store.delete(open_key(zone))
     return manifest
+
+
+def _masking(request: CaptureRequest, zone: RawZone) -> EdgeMasking:
+    """The collection's masking (PII masking at the edge), as ``capture_changes`` builds it."""
+    return masking_of_request(
+        zone.namespace, request.masking, key_secret_arn=request.masking_key_secret_arn
+    )
 
 
 def _decoded(ejson: str | None) -> Any:

@@ -41,6 +41,7 @@ Prints a human table, then one JSON line with the figures.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -65,6 +66,8 @@ from lambda_functions.cdc_capture.range_snapshot import (  # noqa: E402
     capture_range,
 )
 from lambda_functions.contracts import CaptureRequest  # noqa: E402
+from lambda_functions.lake.raw_zone import RawZone  # noqa: E402
+from lambda_functions.lake.store import LocalObjectStore  # noqa: E402
 from lambda_functions.registry import CDC_CAPTURE, MERGE  # noqa: E402
 
 # AWS Lambda pricing (https://aws.amazon.com/lambda/pricing/), x86, us-east-1, first 6 billion
@@ -169,6 +172,21 @@ def parallel_snapshot(source_path: Path, lake: Path, ranges: int, workers: int) 
         "range_seconds": [round(s, 2) for _, s, _ in per_range],
         "cpu_seconds": sum(c for _, _, c in per_range),
     }
+
+
+def snapshot_digest(lake: Path) -> str:
+    """SHA-256 over the published snapshot's (record key, document) pairs in key order: equal
+    digests mean the same keys with the same documents (canonical extended JSON)."""
+    zone = RawZone(LocalObjectStore(lake), "bench", "orders")
+    pairs = sorted(
+        (row["_id"], row["doc"])
+        for manifest in zone.manifests()
+        for row in zone.read_batch(manifest).select(["_id", "doc"]).to_pylist()
+    )
+    digest = hashlib.sha256()
+    for key, doc in pairs:
+        digest.update(f"{key}\0{doc}\0".encode())
+    return digest.hexdigest()
 
 
 MERGE_CHILD = r"""
@@ -315,6 +333,9 @@ def main() -> None:
                 lake = workdir / f"lake-{ranges}-{repeat}"
                 runs.append(parallel_snapshot(source_path, lake, ranges, workers))
         assert all(run["documents"] == args.docs for run in ones + manys), "a run lost documents"
+        # the N-range snapshot equals the 1-range one exactly: same keys, same documents
+        digests = {snapshot_digest(workdir / f"lake-{r}-0") for r in (1, args.ranges)}
+        assert len(digests) == 1, "the parallel snapshot differs from the single-range one"
         one = min(ones, key=lambda run: run["wall_seconds"])
         many = min(manys, key=lambda run: run["wall_seconds"])
         merges = [merge_at(int(s), workdir) for s in args.merge_sizes.split(",")]

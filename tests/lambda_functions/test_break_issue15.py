@@ -263,3 +263,39 @@ def test_a_partial_update_racing_a_delete_delivered_after_it_is_stale(lake):
 )
 def test_update_description_semantics(before, description, after):
     assert apply_update_description(before, description) == after
+
+
+def test_a_retried_update_and_a_newer_one_of_the_same_merge_both_apply_and_replays_change_nothing(
+    lake,
+):
+    zone, request = lake
+    publish_changes(zone, [("k", "update", 6, None, {"updatedFields": {"a": 2}})])
+    merge_batches(request)
+    publish_changes(
+        zone,
+        [
+            ("k", "update", 7, None, {"updatedFields": {"c.0": "x"}}),
+            ("k", "insert", 5, {"_id": "k", "a": 1, "b": 1}, None),
+        ],
+    )
+
+    result = merge_batches(request)
+
+    expected = doc({"_id": "k", "a": 2, "b": 1, "c": {"0": "x"}})
+    assert live(zone) == {"k": expected}
+    assert (result.partial_updates_applied, result.partial_updates_unapplied) == (2, 0)
+    publish_changes(zone, [("k", "insert", 5, {"_id": "k", "a": 1, "b": 1}, None)])  # redelivered
+    merge_batches(request)
+    assert live(zone) == {"k": expected}
+
+
+def test_a_set_aside_update_older_than_the_late_full_version_stays_superseded(lake):
+    """The update (6) is older than the late replace (8): the replace wins, nothing retried."""
+    zone, request = lake
+    publish_changes(zone, [("k", "update", 6, None, {"updatedFields": {"a": 2}})])
+    merge_batches(request)
+    publish_changes(zone, [("k", "replace", 8, {"_id": "k", "z": 1}, None)])
+
+    result = merge_batches(request)
+
+    assert live(zone) == {"k": doc({"_id": "k", "z": 1})} and result.partial_updates_applied == 0

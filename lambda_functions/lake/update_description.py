@@ -238,8 +238,10 @@ def _step(node: Any, part: PathComponent, path: str, *, create: bool) -> Any:
 
 
 def _pad(array: list[Any], size: int, path: str) -> None:
-    """Extend ``array`` with nulls to ``size`` elements (no change if it has as many)."""
-    if size - len(array) > MAX_ARRAY_PADDING:
+    """Extend ``array`` with nulls to ``size`` elements (no change if it has as many), to set
+    index ``size - 1``: the server pads up to the index (``maybePadTo(newIdx)``), then appends
+    the element, so ``size - 1 - len(array)`` nulls count against the limit."""
+    if size - 1 - len(array) > MAX_ARRAY_PADDING:
         raise UnappliableUpdateError(
             path, f"setting index {size - 1} would pad the array with more than 1500000 nulls"
         )

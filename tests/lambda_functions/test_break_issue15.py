@@ -441,3 +441,13 @@ def test_history_a_later_position_with_an_earlier_event_time_never_gives_a_negat
 
     chain = pipeline.history()[A]
     assert all(row[3] is None or row[2] <= row[3] for row in chain), chain
+
+
+def test_setting_index_1500000_of_an_empty_array_pads_exactly_1500000_nulls_and_is_allowed():
+    """The server pads up to the index (1,500,000 nulls at most: ``maybePadTo(newIdx)``, error
+    "can't backfill array to larger than 1500000 elements" only beyond), then appends."""
+    array = apply_update_description({"_id": 1, "a": []}, {"updatedFields": {"a.1500000": 1}})["a"]
+
+    assert len(array) == 1_500_001 and array[-1] == 1 and array[0] is None
+    with pytest.raises(UnappliableUpdateError):
+        apply_update_description({"_id": 1, "a": []}, {"updatedFields": {"a.1500001": 1}})

@@ -485,3 +485,26 @@ def test_history_keeps_no_clear_value_after_a_masking_rules_change(tmp_path):
 
     assert SECRET not in pipeline.current()[A]
     assert not [row for row in pipeline.history()[A] if row[6] and SECRET in row[6]]
+
+
+def test_after_a_drop_a_set_aside_delta_is_retried_on_the_late_reinsert_but_never_below_the_floor(
+    lake,
+):
+    zone, request = lake
+    publish_changes(zone, [("k", "insert", 1, {"_id": "k", "a": 1}, None)])
+    publish_changes(zone, [("k", "update", 3, None, {"updatedFields": {"a": 3}})])
+    merge_batches(request)
+    zone.write_batch(
+        [], after=zone.read_checkpoint(), state={}, extra={"dropped": True, "drop_pos": 5}
+    )
+    publish_changes(zone, [("k", "update", 9, None, {"updatedFields": {"b": 9}})])
+    assert merge_batches(request).partial_updates_unapplied == 1  # dropped: no document
+    publish_changes(zone, [("k", "insert", 2, {"_id": "k", "old": True}, None)])  # below floor
+    merge_batches(request)
+    assert live(zone) == {}
+    publish_changes(zone, [("k", "insert", 8, {"_id": "k", "a": 8}, None)])  # late re-insert
+
+    result = merge_batches(request)
+
+    assert live(zone) == {"k": doc({"_id": "k", "a": 8, "b": 9})}
+    assert result.partial_updates_applied == 1

@@ -34,6 +34,8 @@ _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?$")
 
 @dataclass(frozen=True)
 class DmsFile:
+    """One DMS data file: its key, whether it is a full-load or a CDC file, its base name."""
+
     key: str  # relative to the DMS store
     kind: str  # "load" | "cdc"
     name: str  # the base name (CDC: its time order)
@@ -216,7 +218,8 @@ def add_row(rows: BatchRows, dms_file: DmsFile, index: int, row: dict[str, Any])
         None; ``rows`` holds the row or one more dead letter (masked as well).
 
     Raises:
-        Nothing for a bad row (it becomes a dead letter); masking errors propagate.
+        MaskingKeyError: the rules hash fields and no key is configured (terminal); any other
+            bad row becomes a dead letter instead of raising.
     """
     where = f"{dms_file.key} row {index + 1}"
     try:

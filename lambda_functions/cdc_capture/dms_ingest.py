@@ -31,6 +31,8 @@ DEADLINE_RESERVE_S = 10.0  # stop taking new files with less time than this left
 
 @dataclass
 class DmsIngestResult:
+    """What one ``ingest_dms_files`` run published (only batches whose manifest is written)."""
+
     namespace: str
     batches: list[int] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # files finished by this run
@@ -43,6 +45,14 @@ class DmsIngestResult:
     duration_seconds: float = 0.0
 
     def metadata(self) -> dict[str, dict[str, Any]]:
+        """The run as typed Pipes metadata (``pipes.typed_metadata``).
+
+        Returns:
+            name -> ``{"raw_value", "type"}``: ``dagster/row_count``, ``batches``, ``files``,
+            ``rows_by_op``, ``quarantined``, ``reloaded``, ``masking_rules_changed``,
+            ``pending_files``, ``cdc_lag_seconds`` (seconds behind the newest published commit
+            time while files are pending, else 0) and ``duration_seconds``.
+        """
         lag = (
             max(0.0, time.time() - self.max_event_time.timestamp())
             if self.max_event_time and self.pending_files

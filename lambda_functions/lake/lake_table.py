@@ -16,13 +16,21 @@ from lambda_functions.errors import TerminalError
 from lambda_functions.lake.store import ObjectStore
 
 __all__ = [
+    "MASKING_RULES_CHANGED",
     "LakeTableMissingError",
     "TableLocation",
     "app_id",
     "lake_table_key",
     "lake_table_location",
+    "masking_generation",
+    "masking_generation_app_id",
     "open_table",
 ]
+
+# The ``reason`` of a new-generation marker published because the collection's masking rules
+# changed (capture ``_resnapshot``, DMS ingest): what was captured before it holds values the
+# new rules would have masked.
+MASKING_RULES_CHANGED = "masking_rules_changed"
 
 
 class LakeTableMissingError(TerminalError, RuntimeError):
@@ -76,6 +84,32 @@ def app_id(namespace: str) -> str:
     whose version is the last raw batch the merge applied to the ``database.collection``
     ``namespace``'s table."""
     return f"lakehouse-merge:{namespace}"
+
+
+def masking_generation_app_id(namespace: str) -> str:
+    """The Delta app transaction id (``txn`` action, Delta protocol "Transaction Identifiers")
+    whose version is the position of the ``namespace``'s latest masking generation: the merge
+    records it, in the same commit, when it applies a marker whose reason is
+    ``MASKING_RULES_CHANGED``; the warehouse load purges history versions below it."""
+    return f"lakehouse-masking-generation:{namespace}"
+
+
+def masking_generation(table: DeltaTable | None, namespace: str) -> int:
+    """The stream position (``_pos``) from which every change of ``namespace`` was captured
+    under the current masking rules.
+
+    Args:
+        table: the collection's lake table (None: no table yet).
+        namespace: ``database.collection``.
+
+    Returns:
+        The position recorded under ``masking_generation_app_id`` (a MongoDB ``clusterTime`` as
+        the lake's ``_pos`` encodes it); 0 when the rules never changed (or no table yet).
+        Only grows: a later rules change records a later position.
+    """
+    if table is None:
+        return 0
+    return table.transaction_version(masking_generation_app_id(namespace)) or 0
 
 
 def open_table(uri: str, options: dict) -> DeltaTable | None:

@@ -17,7 +17,13 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
-from lambda_functions.lake.lake_table import TableLocation, app_id, open_table
+from lambda_functions.lake.lake_table import (
+    TableLocation,
+    app_id,
+    masking_generation,
+    masking_generation_app_id,
+    open_table,
+)
 from lambda_functions.lake.raw_zone import BatchManifest, RawZone
 from lambda_functions.lake.table_layout import (
     PARTITION_BY,
@@ -88,6 +94,11 @@ def commit_segment(
                     else plan.generation_position(segment[0])
                 )
                 transactions.append(Transaction(plan.floor_app_id(zone.namespace), new_floor))
+                masked_from = plan.masking_generation_position(segment[0])
+                if masked_from:  # the warehouse purges history captured under the old rules
+                    generation = max(masking_generation(table, zone.namespace), masked_from)
+                    app_masking = masking_generation_app_id(zone.namespace)
+                    transactions.append(Transaction(app_masking, generation))
             commit = CommitProperties(
                 app_transactions=transactions,
                 # Commit against the version read, or fail: delta-rs would otherwise rebase a

@@ -17,12 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from lambda_functions.contracts import LoadRequest
 from lambda_functions.lake import ObjectStore, open_store
-from lambda_functions.lake.lake_table import LakeTableMissingError, lake_table_location
+from lambda_functions.lake.lake_table import (
+    LakeTableMissingError,
+    lake_table_location,
+    masking_generation,
+)
 from lambda_functions.warehouse_load.lake_changes import lake_keys, read_lake_changes
 from lambda_functions.warehouse_load.reconcile import Reconciliation, reconcile
 from lambda_functions.warehouse_load.set_aside import mark_set_aside
@@ -41,10 +46,12 @@ from lambda_functions.warehouse_sql import (
     ensure_tables,
     history_rows_query,
     history_target,
+    history_value_columns,
     load_transaction,
     loaded_state_query,
     parse_projection,
     set_aside_query,
+    unpurged_history_query,
 )
 
 
@@ -234,12 +241,14 @@ def load_changes(
         existing = {str(row[0]).lower() for row in catalog}
         add = [c for c in projection if c.column not in existing]
         add_history: list[ProjectedColumn] = []
+        history_values: list[str] = []
         seed_history = False
         if history:
             history_catalog = warehouse.query(columns_query(dialect, history))
             check_column_types(history, projection, history_catalog)
             kept = {str(row[0]).lower() for row in history_catalog}
             add_history = [c for c in projection if c.column not in kept]
+            history_values = history_value_columns(sorted(kept), projection)
             seed_history = state is not None and not warehouse.query(history_rows_query(history))
         undeclared = sorted(existing - set(BASE_COLUMNS) - {c.column for c in projection})
         if undeclared:
@@ -288,10 +297,23 @@ def load_changes(
             f"{target}: lake version {changes.to_version} ({changes.reason}); "
             f"{changes.rows.num_rows} keys to apply"
         )
+        purge_below = 0
+        if history:  # after a masking rules change: null what the old rules let through
+            generation = masking_generation(table, f"{request.database}.{request.collection}")
+            oldest = pc.min(changes.rows["_pos"]).as_py() if changes.rows.num_rows else None
+            held = [c for c in history_values if c in kept]  # columns the table has already
+            if generation and (
+                (oldest is not None and oldest < generation)
+                or warehouse.query(
+                    unpurged_history_query(history, below_pos=generation, columns=held)
+                )
+            ):
+                purge_below = generation
+                say(f"{history}: purging versions captured before the masking rules changed")
         affected: dict[str, int] = {}
         labels: list[str] = []
         set_aside = 0
-        if changes.full or changes.rows.num_rows:
+        if changes.full or changes.rows.num_rows or purge_below:
             key = staging_key(target, changes.to_version)
             staged = mark_set_aside(changes.rows, dialect)
             set_aside = staged.num_rows - staged.column("_set_aside").null_count
@@ -315,6 +337,8 @@ def load_changes(
                     add_columns=add,
                     history=history,
                     add_history_columns=add_history,
+                    purge_history_below=purge_below,
+                    history_values=history_values,
                 )
                 labels = [s.label for s in statements]
                 affected = warehouse.run_transaction(

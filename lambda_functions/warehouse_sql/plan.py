@@ -93,6 +93,8 @@ def load_transaction(
     add_columns: Sequence[ProjectedColumn] = (),
     history: TargetTable | None = None,
     add_history_columns: Sequence[ProjectedColumn] = (),
+    purge_history_below: int = 0,
+    history_values: Sequence[str] = (),
 ) -> list[Statement]:
     """The statements of one load, to run as ONE transaction, in order (see the package doc).
 
@@ -115,11 +117,15 @@ def load_transaction(
         history: the history table (``history_target``) when the collection keeps history
             (``warehouse_sql.history``); the stage then holds every version of the window.
         add_history_columns: the projected columns the history table lacks.
+        purge_history_below: after a masking rules change, the masking generation's position:
+            ``purge_history`` NULLs ``history_values`` of the history rows below it (0: none).
+        history_values: the history table's value columns (``history_value_columns``).
 
     Returns:
         ``LOAD_STATEMENTS + len(add_columns)`` statements; with ``history``, also its
         ``add_history_column:*`` and ``close_history``, (full) ``close_history_absent`` and
-        ``insert_history`` before the control row.
+        ``insert_history`` (and ``purge_history`` when ``purge_history_below``) before the
+        control row.
 
     Raises:
         PlanError: more statements than the dialect's batch holds, or a statement over its size.
@@ -200,7 +206,15 @@ def load_transaction(
         ),
     ]
     if history:
-        statements += history_statements(d, history, stage=staged, full=full, projection=projection)
+        statements += history_statements(
+            d,
+            history,
+            stage=staged,
+            full=full,
+            projection=projection,
+            purge_below=purge_history_below,
+            value_columns=history_values,
+        )
     statements += [
         Statement(
             "delete_control",

@@ -258,7 +258,9 @@ def load_changes(
             )
         added_ahead: list[ProjectedColumn] = []
         additions = len(add) + len(add_history)
-        if additions and not columns_fit_in_load(dialect, additions, history=bool(history)):
+        if additions and not columns_fit_in_load(
+            dialect, additions, history=bool(history), purge=bool(history)
+        ):
             batches = column_additions(
                 dialect, target, add, history=history, history_columns=add_history
             )

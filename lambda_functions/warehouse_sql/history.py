@@ -88,9 +88,10 @@ from lambda_functions.warehouse_sql.statements import Statement, TargetTable
 # take these names when history is kept.
 _WORK_COLUMNS = ("_commit_version", "_valid_to", "_first_new", "_last_new")
 HISTORY_RESERVED_COLUMNS = frozenset((*HISTORY_COLUMNS, *_WORK_COLUMNS))
-# Statements ``history_statements`` adds to the load at most (a full reload's three, and the
-# purge after a masking rules change).
-HISTORY_STATEMENTS = 4
+# Statements ``history_statements`` adds to an ordinary load at most (a full reload's three),
+# and the one more after a masking rules change (``purge_history``).
+HISTORY_STATEMENTS = 3
+PURGE_HISTORY_STATEMENTS = 1
 # The history columns a purge keeps: the validity chain, which holds no document value.
 HISTORY_CHAIN_COLUMNS = tuple(c for c in HISTORY_COLUMNS if c != "doc")
 

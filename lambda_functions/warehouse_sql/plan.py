@@ -12,6 +12,7 @@ from lambda_functions.warehouse_sql.dialects import Dialect
 from lambda_functions.warehouse_sql.errors import PlanError
 from lambda_functions.warehouse_sql.history import (
     HISTORY_STATEMENTS,
+    PURGE_HISTORY_STATEMENTS,
     create_history,
     history_statements,
     history_target,
@@ -264,12 +265,16 @@ def _guard(target: TargetTable, expected: LoadedState | None) -> Statement:
 LOAD_STATEMENTS = 10
 
 
-def columns_fit_in_load(dialect: Dialect, count: int, *, history: bool = False) -> bool:
+def columns_fit_in_load(
+    dialect: Dialect, count: int, *, history: bool = False, purge: bool = False
+) -> bool:
     """Whether ``count`` ADD COLUMNs (of the table and, with ``history``, of its history table)
     fit in the load's one transaction (``max_batch_statements``: 40 for the Data API's
-    ``batch_execute_statement``)."""
+    ``batch_execute_statement``); ``purge`` keeps room for ``purge_history`` as well (a load
+    that may follow a masking rules change)."""
     limit = dialect.max_batch_statements
     own = LOAD_STATEMENTS + (HISTORY_STATEMENTS if history else 0)
+    own += PURGE_HISTORY_STATEMENTS if history and purge else 0
     return not limit or own + count <= limit
 
 

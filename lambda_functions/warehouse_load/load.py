@@ -194,7 +194,10 @@ def load_changes(
     BEGIN..COMMIT), guarded by the control row the plan was made from. With
     ``request.history`` the same transaction keeps ``<table>_history`` (SCD type 2, every
     commit's version of each changed key, ``lambda_functions.warehouse_sql.history``); an empty
-    history table of a loaded collection is seeded by a full reload. Hence:
+    history table of a loaded collection is seeded by a full reload; after a masking rules change
+    (the lake's ``masking_generation``) the same transaction NULLs ``doc`` and the projected
+    columns of history versions below its position (``purge_history``, only while some still
+    hold a value). Hence:
     atomic (a failure leaves the previous data and control row), idempotent (re-running after
     any failure loads the same changes once; re-running after success loads nothing) and safe
     against a concurrent or stale load (it commits nothing). Redshift reads the staged rows with
@@ -301,16 +304,9 @@ def load_changes(
         )
         purge_below = 0
         if history:  # after a masking rules change: null what the old rules let through
-            generation = masking_generation(table, f"{request.database}.{request.collection}")
-            oldest = pc.min(changes.rows["_pos"]).as_py() if changes.rows.num_rows else None
             held = [c for c in history_values if c in kept]  # columns the table has already
-            if generation and (
-                (oldest is not None and oldest < generation)
-                or warehouse.query(
-                    unpurged_history_query(history, below_pos=generation, columns=held)
-                )
-            ):
-                purge_below = generation
+            purge_below = _masking_purge(request, table, changes.rows, warehouse, history, held)
+            if purge_below:
                 say(f"{history}: purging versions captured before the masking rules changed")
         affected: dict[str, int] = {}
         labels: list[str] = []
@@ -376,3 +372,24 @@ def load_changes(
             max(affected.get(label, 0), 0) for label in ("close_history", "close_history_absent")
         ),
     )
+
+
+def _masking_purge(
+    request: LoadRequest,
+    table: DeltaTable,
+    rows: pa.Table,
+    warehouse: Warehouse,
+    history: TargetTable,
+    columns: Sequence[str],
+) -> int:
+    """The lake's masking generation position when the history table may hold values captured
+    below it (this window stages such versions, or a history row below it still holds a value
+    in ``columns``); 0 when there is nothing to purge (no rules change, or purged already)."""
+    generation = masking_generation(table, f"{request.database}.{request.collection}")
+    if not generation:
+        return 0
+    oldest = pc.min(rows["_pos"]).as_py() if rows.num_rows else None
+    if oldest is not None and oldest < generation:
+        return generation
+    held = warehouse.query(unpurged_history_query(history, below_pos=generation, columns=columns))
+    return generation if held else 0

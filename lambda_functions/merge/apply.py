@@ -18,10 +18,10 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from lambda_functions.lake.lake_table import (
+    MaskingGeneration,
     TableLocation,
     app_id,
-    masking_generation,
-    masking_generation_app_id,
+    masking_generation_transactions,
     open_table,
 )
 from lambda_functions.lake.raw_zone import BatchManifest, RawZone
@@ -96,9 +96,10 @@ def commit_segment(
                 transactions.append(Transaction(plan.floor_app_id(zone.namespace), new_floor))
                 masked_from = plan.masking_generation_position(segment[0])
                 if masked_from:  # the warehouse purges history captured under the old rules
-                    generation = max(masking_generation(table, zone.namespace), masked_from)
-                    app_masking = masking_generation_app_id(zone.namespace)
-                    transactions.append(Transaction(app_masking, generation))
+                    # This commit's version: made against the version read, or it fails.
+                    version = table.version() + 1 if table is not None else 0
+                    generation = MaskingGeneration(masked_from, version)
+                    transactions += masking_generation_transactions(zone.namespace, generation)
             commit = CommitProperties(
                 app_transactions=transactions,
                 # Commit against the version read, or fail: delta-rs would otherwise rebase a

@@ -42,10 +42,11 @@ Guarantees:
   ``reset``, then merge again).
 - **A masking rules change is recorded for the warehouse.** When the marker's ``reason`` (or
   ``resnapshot_reason``) is ``masking_rules_changed`` and it carries a position (``drop_pos``,
-  else ``generation_pos``), the same commit records that position as the Delta app transaction
-  ``lakehouse-masking-generation:<namespace>`` (``lake.lake_table.masking_generation``; it
-  only grows): the warehouse load purges the history versions captured below it. Other
-  markers (``reset``, a drop) record nothing: history is kept.
+  else ``generation_pos``), the same commit records that position and its own version as the
+  Delta app transactions ``lakehouse-masking-generation:<namespace>`` and
+  ``lakehouse-masking-generation-version:<namespace>`` (``lake.lake_table.masking_generation``):
+  the warehouse load purges the history versions captured before them. Other markers
+  (``reset``, a drop) record nothing: history is kept.
 - **Cost follows the change.** The table is partitioned by ``_bucket`` (see ``lake.table_layout``), and each
   commit reads and rewrites only the files whose ``_id`` range the batch's keys fall in. Paths,
   reported in the result and the commit metadata: ``create`` (first batch), ``append`` (the batch

@@ -36,6 +36,7 @@ from lambda_functions.warehouse_sql import (
     Dialect,
     LoadedState,
     ProjectedColumn,
+    PurgeBelow,
     StageSource,
     Statement,
     TargetTable,
@@ -302,16 +303,16 @@ def load_changes(
             f"{target}: lake version {changes.to_version} ({changes.reason}); "
             f"{changes.rows.num_rows} keys to apply"
         )
-        purge_below = 0
+        purge_below = None
         if history:  # after a masking rules change: null what the old rules let through
             held = [c for c in history_values if c in kept]  # columns the table has already
             purge_below = _masking_purge(request, table, changes.rows, warehouse, history, held)
-            if purge_below:
+            if purge_below is not None:
                 say(f"{history}: purging versions captured before the masking rules changed")
         affected: dict[str, int] = {}
         labels: list[str] = []
         set_aside = 0
-        if changes.full or changes.rows.num_rows or purge_below:
+        if changes.full or changes.rows.num_rows or purge_below is not None:
             key = staging_key(target, changes.to_version)
             staged = mark_set_aside(changes.rows, dialect)
             set_aside = staged.num_rows - staged.column("_set_aside").null_count
@@ -381,15 +382,22 @@ def _masking_purge(
     warehouse: Warehouse,
     history: TargetTable,
     columns: Sequence[str],
-) -> int:
-    """The lake's masking generation position when the history table may hold values captured
-    below it (this window stages such versions, or a history row below it still holds a value
-    in ``columns``); 0 when there is nothing to purge (no rules change, or purged already)."""
+) -> PurgeBelow | None:
+    """The history versions captured before the lake's latest masking rules change, when some
+    may hold values: this window stages versions of lake versions before it, or a history row
+    before it still holds a value in ``columns``; None when there is nothing to purge (the
+    rules never changed, or the change is purged already)."""
     generation = masking_generation(table, f"{request.database}.{request.collection}")
-    if not generation:
-        return 0
-    oldest = pc.min(rows["_pos"]).as_py() if rows.num_rows else None
-    if oldest is not None and oldest < generation:
-        return generation
-    held = warehouse.query(unpurged_history_query(history, below_pos=generation, columns=columns))
-    return generation if held else 0
+    if generation is None:
+        return None
+    below = PurgeBelow(generation.position, generation.lake_version)
+    if rows.num_rows:  # the same test as ``PurgeBelow.predicate``, on the staged versions
+        before = pc.less(rows["_pos"], below.position)
+        if "_commit_version" in rows.column_names:
+            at_start = pc.equal(rows["_pos"], below.position)
+            earlier = pc.less(rows["_commit_version"], below.lake_version)
+            before = pc.or_(before, pc.and_(at_start, earlier))
+        if pc.any(before).as_py():
+            return below
+    held = warehouse.query(unpurged_history_query(history, below=below, columns=columns))
+    return below if held else None

@@ -70,6 +70,7 @@ from lambda_functions.warehouse_sql.errors import (
 from lambda_functions.warehouse_sql.history import (
     HISTORY_RESERVED_COLUMNS,
     HISTORY_STATEMENTS,
+    PurgeBelow,
     check_history,
     history_rows_query,
     history_table_name,
@@ -161,6 +162,7 @@ __all__ = [
     "LoadedState",
     "PlanError",
     "ProjectedColumn",
+    "PurgeBelow",
     "RedshiftDialect",
     "StageSource",
     "Statement",

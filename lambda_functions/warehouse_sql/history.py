@@ -38,7 +38,8 @@ Masking generations: when a collection's PII masking rules change, the merge rec
 position from which changes were captured under the new rules (``lake_table.masking_generation``)
 and the load, in its one transaction and after ``insert_history``, runs ``purge_history``: it sets
 ``doc`` and every projected column (declared or no longer declared) to NULL in the history rows
-with ``_pos`` below that position that still hold a value. Nulling rather than deleting keeps the
+captured before it (``_pos`` below that position, or equal to it from an earlier lake version)
+that still hold a value. Nulling rather than deleting keeps the
 validity chain (``_id``, ``_op``, ``_pos``, ``valid_from``, ``valid_to``, ``is_current``,
 ``_lake_version``, ``_loaded_at``: when which key had a version, not what it held), so "as of T"
 still finds that a document existed, with no value from before the change. The statement only
@@ -52,7 +53,7 @@ Incremental, in the load's one transaction (``load_transaction``), after the cur
                           ``valid_to`` = the load's time (the delete's own time is unknown)
     insert_history        INSERT every new version, ``valid_to`` = the next one's ``valid_from``
     purge_history         (after a masking rules change only) NULL ``doc`` and the projected
-                          columns of versions below the masking generation's position
+                          columns of versions captured before it (``PurgeBelow``)
 
 "New" means: no history row has the same (``_id``, ``_pos``, ``_op``). With the control-row guard
 (a loaded window is never planned again) this makes a replayed window add nothing, and a full
@@ -69,6 +70,7 @@ NOT EXISTS rather than an anti-join, and no alias on the target (it is named in 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from lambda_functions.warehouse_sql.dialects import Dialect
 from lambda_functions.warehouse_sql.errors import PlanError
@@ -164,7 +166,7 @@ def history_statements(
     stage: str,
     full: bool,
     projection: Sequence[ProjectedColumn],
-    purge_below: int = 0,
+    purge_below: PurgeBelow | None = None,
     value_columns: Sequence[str] = (),
 ) -> list[Statement]:
     """The history part of the load transaction (see the module doc), to run after the staged
@@ -178,8 +180,8 @@ def history_statements(
         full: the load is a full reload (the stage holds every live key): also close the open
             rows of keys it does not hold.
         projection: every projected column, in declaration order.
-        purge_below: the masking generation's position (``_pos``) when versions below it may
-            still hold values captured under older masking rules; 0: no purge.
+        purge_below: the versions captured before the last masking rules change, when some
+            may still hold values (``PurgeBelow``); None: no purge.
         value_columns: the history table's columns the purge sets to NULL
             (``history_value_columns``).
 
@@ -233,8 +235,8 @@ def history_statements(
             source=versions,
         )
     )
-    if purge_below:
-        statements.append(purge_history(history, below_pos=purge_below, columns=value_columns))
+    if purge_below is not None:
+        statements.append(purge_history(history, below=purge_below, columns=value_columns))
     return statements
 
 
@@ -256,46 +258,59 @@ def history_value_columns(
     return ["doc", *sorted(others - set(HISTORY_COLUMNS))]
 
 
-def _holding_values(table: str, below_pos: int, columns: Sequence[str]) -> str:
+@dataclass(frozen=True)
+class PurgeBelow:
+    """History versions captured before a masking rules change: ``_pos`` below ``position``,
+    or equal to it from a lake version below ``lake_version`` (``lake_table.MaskingGeneration``:
+    a change at the new snapshot's start position may still precede the snapshot)."""
+
+    position: int
+    lake_version: int
+
+    def predicate(self, table: str) -> str:
+        p, v = sql_integer(self.position), sql_integer(self.lake_version)
+        return f'({table}."_pos" < {p} OR ({table}."_pos" = {p} AND {table}."_lake_version" < {v}))'
+
+
+def _holding_values(table: str, below: PurgeBelow, columns: Sequence[str]) -> str:
     held = " OR ".join(f"{table}.{quote_identifier(c)} IS NOT NULL" for c in columns)
-    return f'{table}."_pos" < {sql_integer(below_pos)} AND ({held})'
+    return f"{below.predicate(table)} AND ({held})"
 
 
-def purge_history(history: TargetTable, *, below_pos: int, columns: Sequence[str]) -> Statement:
+def purge_history(history: TargetTable, *, below: PurgeBelow, columns: Sequence[str]) -> Statement:
     """Set the value columns of history versions captured before a masking rules change to NULL.
 
     Args:
         history: the history table.
-        below_pos: the masking generation's position (``lake_table.masking_generation``): every
-            version with ``_pos`` below it was captured under older rules.
+        below: which versions were captured under older rules (``PurgeBelow``).
         columns: the value columns (``history_value_columns``), ``doc`` included.
 
     Returns:
-        ``purge_history``: an UPDATE of the rows below ``below_pos`` that still hold a value.
+        ``purge_history``: an UPDATE of the versions ``below`` that still hold a value.
         Idempotent (a re-run matches no row); the validity chain is kept. Plain UPDATE ... WHERE
         on both dialects (Amazon Redshift Database Developer Guide, "UPDATE").
 
     Raises:
-        UnsafeSqlValueError: a column name that is not a plain identifier, or a position that is
-            not an integer.
+        UnsafeSqlValueError: a column name that is not a plain identifier, or a position or
+            version that is not an integer.
     """
     h = history.qualified
     assignments = ", ".join(f"{quote_identifier(c)} = NULL" for c in columns)
     return Statement(
         "purge_history",
-        f"UPDATE {h} SET {assignments} WHERE {_holding_values(h, below_pos, columns)}",
+        f"UPDATE {h} SET {assignments} WHERE {_holding_values(h, below, columns)}",
     )
 
 
 def unpurged_history_query(
-    history: TargetTable, *, below_pos: int, columns: Sequence[str]
+    history: TargetTable, *, below: PurgeBelow, columns: Sequence[str]
 ) -> Statement:
-    """At most one row of the history table below ``below_pos`` still holding a value (none:
-    the masking generation is purged already and the load needs no ``purge_history``)."""
+    """At most one history version ``below`` the masking generation still holding a value in
+    ``columns`` (none: purged already, the load needs no ``purge_history``)."""
     h = history.qualified
     return Statement(
         "unpurged_history",
-        f'SELECT {h}."_id" FROM {h} WHERE {_holding_values(h, below_pos, columns)} LIMIT 1',
+        f'SELECT {h}."_id" FROM {h} WHERE {_holding_values(h, below, columns)} LIMIT 1',
     )
 
 

@@ -13,6 +13,7 @@ from lambda_functions.warehouse_sql.errors import PlanError
 from lambda_functions.warehouse_sql.history import (
     HISTORY_STATEMENTS,
     PURGE_HISTORY_STATEMENTS,
+    PurgeBelow,
     create_history,
     history_statements,
     history_target,
@@ -94,7 +95,7 @@ def load_transaction(
     add_columns: Sequence[ProjectedColumn] = (),
     history: TargetTable | None = None,
     add_history_columns: Sequence[ProjectedColumn] = (),
-    purge_history_below: int = 0,
+    purge_history_below: PurgeBelow | None = None,
     history_values: Sequence[str] = (),
 ) -> list[Statement]:
     """The statements of one load, to run as ONE transaction, in order (see the package doc).
@@ -118,8 +119,8 @@ def load_transaction(
         history: the history table (``history_target``) when the collection keeps history
             (``warehouse_sql.history``); the stage then holds every version of the window.
         add_history_columns: the projected columns the history table lacks.
-        purge_history_below: after a masking rules change, the masking generation's position:
-            ``purge_history`` NULLs ``history_values`` of the history rows below it (0: none).
+        purge_history_below: after a masking rules change, the versions captured before it:
+            ``purge_history`` NULLs their ``history_values`` (None: no purge).
         history_values: the history table's value columns (``history_value_columns``).
 
     Returns:

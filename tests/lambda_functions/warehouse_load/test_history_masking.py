@@ -7,16 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import pytest
 import sqlglot
 from deltalake import DeltaTable
 from sqlglot import exp
 
-from lambda_functions.lake.lake_table import masking_generation
+from lambda_functions.lake.lake_table import MaskingGeneration, masking_generation
 from lambda_functions.merge import merge_batches
 from lambda_functions.warehouse_load import load_changes
 from lambda_functions.warehouse_sql import (
     REDSHIFT,
+    PurgeBelow,
     TargetTable,
     history_target,
     history_value_columns,
@@ -83,7 +85,8 @@ def test_a_masking_generation_nulls_old_versions_once_and_keeps_the_chain(pipeli
     pipeline.change(4, (A, "update", 3, doc(v=1, email=CLEAR)))  # loaded with the marker
 
     new_generation(pipeline, "masking_rules_changed", 5)
-    assert masking_generation(lake_table(pipeline), "shop.orders") == 5
+    generation = masking_generation(lake_table(pipeline), "shop.orders")
+    assert generation == MaskingGeneration(5, lake_table(pipeline).version() - 1)
     # "email" is no longer projected: the history column keeps old values until purged
     result = load_changes(pipeline.request())
 
@@ -136,9 +139,51 @@ def test_a_reset_keeps_the_history_values(pipeline):
     new_generation(pipeline, "reset", 5)
     result = load_changes(pipeline.request(projection=PROJECTION))
 
-    assert masking_generation(lake_table(pipeline), "shop.orders") == 0
+    assert masking_generation(lake_table(pipeline), "shop.orders") is None
     assert "purge_history" not in result.statements
     assert (A, "insert", 1, CLEAR, doc(v=1, email=CLEAR)) in history_emails(pipeline)
+
+
+def test_capture_s_own_rules_change_leaves_no_clear_value_in_history(tmp_path):
+    """End to end through the embedded change stream: capture's marker (``generation_pos``),
+    the merge, a history load: the phone captured before the rules dropped it is gone."""
+    from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
+    from lambda_functions.cdc_capture import capture_changes
+    from lambda_functions.contracts import CaptureRequest, LoadRequest, MergeRequest
+
+    lake, source_file = str(tmp_path / "lake"), tmp_path / "source.db"
+    capture = CaptureRequest(
+        lake_uri=lake, database="shop", collection="customers", source_location=str(source_file)
+    )
+    merge = MergeRequest(lake_uri=lake, database="shop", collection="customers")
+    load = LoadRequest(
+        lake_uri=lake,
+        database="shop",
+        collection="customers",
+        warehouse_location=str(tmp_path / "wh.duckdb"),
+        history=True,
+        projection={"phone": "VARCHAR(64)"},
+    )
+    with EmbeddedChangeStreamSource(source_file) as source:
+        source.enable_change_streams("shop", "customers")
+        source.insert_one("shop", "customers", {"_id": 1, "phone": CLEAR})
+        capture_changes(capture, source=source)
+        source.update_one("shop", "customers", {"_id": 1}, {"$set": {"n": 2}})
+        capture_changes(capture, source=source)
+        merge_batches(merge)
+        load_changes(load)
+        stricter = CaptureRequest(**{**capture.__dict__, "masking": {"drop": ["phone"]}})
+        assert capture_changes(stricter, source=source).resnapshot_reason == (
+            "masking_rules_changed"
+        )
+    merge_batches(merge)
+    load_changes(load)
+
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as db:
+        rows = db.execute('SELECT * FROM "analytics"."customers_history"').fetchall()
+        current = db.execute('SELECT * FROM "analytics"."customers"').fetchall()
+    assert len(rows) >= 2 and len(current) == 1
+    assert not [row for row in rows + current if CLEAR in repr(row)]
 
 
 def test_the_purge_is_one_redshift_update_of_doc_and_every_projected_column():
@@ -149,12 +194,17 @@ def test_the_purge_is_one_redshift_update_of_doc_and_every_projected_column():
     )
     assert columns == ["doc", "email", "old_field", "v"]
 
-    purge = purge_history(history, below_pos=5 << 32, columns=columns)
+    below = PurgeBelow(5 << 32, 7)
+    purge = purge_history(history, below=below, columns=columns)
     (update,) = sqlglot.parse(purge.sql, read="redshift")
     assert isinstance(update, exp.Update) and not update.find(exp.From)
     assert {e.this.name for e in update.expressions} == set(columns)
     assert all(isinstance(e.expression, exp.Null) for e in update.expressions)
-    assert f'"_pos" < {5 << 32} AND (' in purge.sql
-    query = unpurged_history_query(history, below_pos=5 << 32, columns=columns)
+    h = '"analytics"."orders_history"'
+    assert (
+        f'WHERE ({h}."_pos" < {5 << 32} OR ({h}."_pos" = {5 << 32} AND {h}."_lake_version" < 7)) '
+        f'AND ({h}."doc" IS NOT NULL OR {h}."email" IS NOT NULL' in purge.sql
+    )
+    query = unpurged_history_query(history, below=below, columns=columns)
     (select,) = sqlglot.parse(query.sql, read="redshift")
     assert isinstance(select, exp.Select) and select.args["limit"]

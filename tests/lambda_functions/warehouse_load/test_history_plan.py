@@ -27,6 +27,7 @@ from lambda_functions.warehouse_sql import (
     REDSHIFT,
     LoadedState,
     PlanError,
+    PurgeBelow,
     StageSource,
     TargetTable,
     check_projection_limits,
@@ -80,7 +81,7 @@ def test_projected_columns_may_not_take_the_history_columns_names_when_history_i
         request.validate()
 
 
-def history_plan(dialect, *, full: bool, projection=(), add=(), purge: int = 0):
+def history_plan(dialect, *, full: bool, projection=(), add=(), purge=None):
     target = TargetTable.named(dialect, "analytics", "orders")
     return load_transaction(
         dialect,
@@ -110,7 +111,9 @@ def test_every_history_statement_parses_as_one_statement_in_its_dialect(dialect)
     statements = ensure_tables(dialect, target, history=history_target(dialect, target))
     for full in (True, False):
         statements += history_plan(dialect, full=full, projection=projection, add=projection)
-        statements += history_plan(dialect, full=full, projection=projection, purge=5 << 32)
+        statements += history_plan(
+            dialect, full=full, projection=projection, purge=PurgeBelow(5 << 32, 4)
+        )
     labels = [s.label for s in statements]
     for label in (
         "create_history",

@@ -98,6 +98,8 @@ class LoadResult:
         history_rows_inserted: versions added to the history table (``insert_history``).
         history_rows_closed: history rows given their ``valid_to`` (``close_history`` and, on
             a full reload, ``close_history_absent``).
+        history_rows_purged: history rows whose values were set to NULL after a masking rules
+            change (``purge_history``; 0 when it did not run).
     """
 
     target: str
@@ -119,6 +121,7 @@ class LoadResult:
     history_table: str | None = None
     history_rows_inserted: int = 0
     history_rows_closed: int = 0
+    history_rows_purged: int = 0
 
     @property
     def warehouse_rows(self) -> int:
@@ -369,6 +372,7 @@ def load_changes(
         statements=labels,
         history_table=str(history) if history else None,
         history_rows_inserted=max(affected.get("insert_history", 0), 0),
+        history_rows_purged=max(affected.get("purge_history", 0), 0),
         history_rows_closed=sum(
             max(affected.get(label, 0), 0) for label in ("close_history", "close_history_absent")
         ),

@@ -91,6 +91,7 @@ def test_a_masking_generation_nulls_old_versions_once_and_keeps_the_chain(pipeli
     result = load_changes(pipeline.request())
 
     assert "purge_history" in result.statements
+    assert result.history_rows_purged == 3  # A's updates at 2 and 3, B's insert (deletes: none)
     assert result.statements.index("purge_history") > result.statements.index("insert_history")
     rows = history_emails(pipeline)
     assert not [row for row in rows if CLEAR in repr(row) or "old@example.com" in repr(row)]

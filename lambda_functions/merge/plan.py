@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
+from lambda_functions.lake.lake_table import MASKING_RULES_CHANGED
 from lambda_functions.lake.raw_zone import (
     BATCH_SCHEMA,
     UPDATE_DESCRIPTION_COLUMN,
@@ -83,6 +84,19 @@ def drop_position(manifest: BatchManifest) -> int | None:
 def generation_position(manifest: BatchManifest) -> int:
     """The drop floor a new-generation marker sets: its snapshot's start position, else 0."""
     return int(manifest.extra.get("generation_pos") or 0)
+
+
+def masking_generation_position(manifest: BatchManifest) -> int:
+    """For a marker published because the masking rules changed (``reason`` or
+    ``resnapshot_reason`` ``masking_rules_changed``): the position from which changes were
+    captured under the new rules (``drop_pos``, else ``generation_pos``); 0 otherwise (another
+    marker, e.g. a ``reset`` or a collection drop, or a marker without a position)."""
+    extra = manifest.extra
+    reasons = (extra.get("reason"), extra.get("resnapshot_reason"))
+    if not extra.get("dropped") or MASKING_RULES_CHANGED not in reasons:
+        return 0
+    position = drop_position(manifest)
+    return position if position is not None else generation_position(manifest)
 
 
 def starts_generation(manifest: BatchManifest) -> bool:

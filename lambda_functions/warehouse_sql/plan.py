@@ -12,6 +12,8 @@ from lambda_functions.warehouse_sql.dialects import Dialect
 from lambda_functions.warehouse_sql.errors import PlanError
 from lambda_functions.warehouse_sql.history import (
     HISTORY_STATEMENTS,
+    PURGE_HISTORY_STATEMENTS,
+    PurgeBelow,
     create_history,
     history_statements,
     history_target,
@@ -93,6 +95,8 @@ def load_transaction(
     add_columns: Sequence[ProjectedColumn] = (),
     history: TargetTable | None = None,
     add_history_columns: Sequence[ProjectedColumn] = (),
+    purge_history_below: PurgeBelow | None = None,
+    history_values: Sequence[str] = (),
 ) -> list[Statement]:
     """The statements of one load, to run as ONE transaction, in order (see the package doc).
 
@@ -115,11 +119,15 @@ def load_transaction(
         history: the history table (``history_target``) when the collection keeps history
             (``warehouse_sql.history``); the stage then holds every version of the window.
         add_history_columns: the projected columns the history table lacks.
+        purge_history_below: after a masking rules change, the versions captured before it:
+            ``purge_history`` NULLs their ``history_values`` (None: no purge).
+        history_values: the history table's value columns (``history_value_columns``).
 
     Returns:
         ``LOAD_STATEMENTS + len(add_columns)`` statements; with ``history``, also its
         ``add_history_column:*`` and ``close_history``, (full) ``close_history_absent`` and
-        ``insert_history`` before the control row.
+        ``insert_history`` (and ``purge_history`` when ``purge_history_below``) before the
+        control row.
 
     Raises:
         PlanError: more statements than the dialect's batch holds, or a statement over its size.
@@ -200,7 +208,15 @@ def load_transaction(
         ),
     ]
     if history:
-        statements += history_statements(d, history, stage=staged, full=full, projection=projection)
+        statements += history_statements(
+            d,
+            history,
+            stage=staged,
+            full=full,
+            projection=projection,
+            purge_below=purge_history_below,
+            value_columns=history_values,
+        )
     statements += [
         Statement(
             "delete_control",
@@ -250,12 +266,16 @@ def _guard(target: TargetTable, expected: LoadedState | None) -> Statement:
 LOAD_STATEMENTS = 10
 
 
-def columns_fit_in_load(dialect: Dialect, count: int, *, history: bool = False) -> bool:
+def columns_fit_in_load(
+    dialect: Dialect, count: int, *, history: bool = False, purge: bool = False
+) -> bool:
     """Whether ``count`` ADD COLUMNs (of the table and, with ``history``, of its history table)
     fit in the load's one transaction (``max_batch_statements``: 40 for the Data API's
-    ``batch_execute_statement``)."""
+    ``batch_execute_statement``); ``purge`` keeps room for ``purge_history`` as well (a load
+    that may follow a masking rules change)."""
     limit = dialect.max_batch_statements
     own = LOAD_STATEMENTS + (HISTORY_STATEMENTS if history else 0)
+    own += PURGE_HISTORY_STATEMENTS if history and purge else 0
     return not limit or own + count <= limit
 
 

@@ -453,13 +453,6 @@ def test_setting_index_1500000_of_an_empty_array_pads_exactly_1500000_nulls_and_
         apply_update_description({"_id": 1, "a": []}, {"updatedFields": {"a.1500001": 1}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the history table is never truncated, so versions captured before a masking rules "
-    "change keep their clear values in the warehouse, against README 'PII masking' (nothing "
-    "captured under the old rules stays in the warehouse); needs the load to purge (or null the "
-    "doc and projected columns of) history rows older than a masking generation marker",
-)
 def test_history_keeps_no_clear_value_after_a_masking_rules_change(tmp_path):
     from lambda_functions.warehouse_load import load_changes
     from tests.lambda_functions.raw_batches import publish

@@ -55,7 +55,8 @@ from lakehouse_pipelines.dagster_internals import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 from lakehouse_pipelines.defs.policies import LAMBDA_RETRY_POLICY
-from lakehouse_pipelines.resources import LambdaPipes, build_resources
+from lakehouse_pipelines.defs.routing import routed_runner
+from lakehouse_pipelines.resources import EcsPipes, LambdaPipes, build_resources
 from lakehouse_pipelines.resources.lambda_failures import (
     REFUSED_INVOKE_HINTS,
     FunctionCallError,
@@ -114,12 +115,14 @@ def invoke_per_collection(
     settings: LakehouseSettings,
     spec: FunctionSpec,
     request_for: Callable[[str], CollectionRequest],
+    run: Callable[[Any, FunctionSpec, CollectionRequest], MaterializeResult] | None = None,
 ) -> MaterializeResult:
     """Invoke ``spec`` once per collection the step covers (fanned out, bounded).
 
     Each request is built and validated on its own: a collection whose request cannot be built
     (a bad partition key, a refused warehouse table, a misconfiguration that only it hits) is
-    a failed partition named with its reason, and the other collections are still invoked."""
+    a failed partition named with its reason, and the other collections are still invoked.
+    ``run`` runs one request (default ``lambda_pipes.run``; ``defs.routing.routed_runner``)."""
     requests: dict[str, CollectionRequest] = {}
     unbuilt: dict[str, Exception] = {}
     for key in context.partition_keys:
@@ -130,8 +133,9 @@ def invoke_per_collection(
             unbuilt[key] = error
             continue
         requests[key] = request
+    bound = settings.fanout_concurrency
     return lambda_pipes.run_partitions(
-        context, spec, requests, max_concurrency=settings.fanout_concurrency, unbuilt=unbuilt
+        context, spec, requests, max_concurrency=bound, unbuilt=unbuilt, run=run
     )
 
 
@@ -146,7 +150,7 @@ def lambda_collection_asset(
     **asset_kwargs: Any,
 ) -> AssetsDefinition:
     """A ``collection_asset`` whose step only invokes ``spec`` once per collection it covers
-    (``invoke_per_collection``).
+    (``invoke_per_collection``), on Lambda or, where deployed, ECS (``defs.routing``).
 
     Args:
         spec: the Lambda function to invoke.
@@ -157,7 +161,7 @@ def lambda_collection_asset(
             its function's name).
 
     Returns:
-        The asset, needing the resources ``lakehouse`` and ``lambda_pipes``.
+        The asset, needing the resources ``lakehouse``, ``lambda_pipes`` and ``ecs_pipes``.
     """
 
     def invoke(
@@ -165,10 +169,11 @@ def lambda_collection_asset(
         config: config_type,  # type: ignore[valid-type]
         lakehouse: ResourceParam[LakehouseSettings],
         lambda_pipes: ResourceParam[LambdaPipes],
+        ecs_pipes: ResourceParam[EcsPipes | None],
     ) -> MaterializeResult:
-        return invoke_per_collection(
-            context, lambda_pipes, lakehouse, spec, lambda key: request_for(lakehouse, key, config)
-        )
+        run = routed_runner(lakehouse, lambda_pipes, ecs_pipes)
+        build = lambda key: request_for(lakehouse, key, config)  # noqa: E731
+        return invoke_per_collection(context, lambda_pipes, lakehouse, spec, build, run)
 
     invoke.__name__ = invoke.__qualname__ = asset_kwargs["name"]
     return collection_asset(**asset_kwargs)(invoke)

@@ -94,7 +94,7 @@ def _merge_estimate(store: ObjectStore, request: CollectionRequest) -> Estimate:
     first, last = progress.pending
     zone = RawZone(store, request.database, request.collection)
     raw_bytes = sum(zone.read_manifest(n).bytes for n in zone.batch_numbers(first - 1) if n <= last)
-    partitions = _partition_bytes(store, request.database, request.collection)
+    partitions = partition_bytes(store, request.database, request.collection)
     largest = max(partitions.values(), default=0)
     memory = PROCESS_BASE_BYTES + raw_bytes * RAW_EXPANSION + largest * TABLE_EXPANSION
     return memory, (raw_bytes + largest) / MERGE_BYTES_PER_SECOND
@@ -115,21 +115,33 @@ def _snapshot_estimate(
     namespace = f"{request.database}.{request.collection}"
     size = collection_bytes.get(namespace)
     if size is None and request.reset:
-        table = sum(_partition_bytes(store, request.database, request.collection).values())
+        table = sum(partition_bytes(store, request.database, request.collection).values())
         size = table * LAKE_TO_SOURCE_BYTES if table else None
     memory = PROCESS_BASE_BYTES + request.max_bytes * CAPTURE_BATCH_EXPANSION
     return memory, (size / SNAPSHOT_BYTES_PER_SECOND if size is not None else None)
 
 
-def _partition_bytes(store: ObjectStore, database: str, collection: str) -> dict[str, int]:
-    """Bytes of the lake table's live files per ``_bucket`` partition ({} when no table)."""
+def partition_bytes(store: ObjectStore, database: str, collection: str) -> dict[str, int]:
+    """Bytes of the lake table's live files per ``_bucket`` partition, from its Delta log.
+
+    Args:
+        store: the lake.
+        database: the collection's database.
+        collection: the collection.
+
+    Returns:
+        ``_bucket`` value -> bytes of the files the current version holds (Delta ``add``
+        actions' ``size``); ``{}`` when there is no table (and nothing is created).
+    """
     key = lake_table_key(database, collection)
     if not any(True for _ in store.list(f"{key}/_delta_log/")):
         return {}  # no table: do not let delta_location create its folder
+    import pyarrow as pa
     from deltalake import DeltaTable
 
     uri, options = store.delta_location(key)
-    actions = DeltaTable(uri, storage_options=options).get_add_actions(flatten=True).to_pylist()
+    table = DeltaTable(uri, storage_options=options)
+    actions = pa.table(table.get_add_actions(flatten=True)).to_pylist()
     sizes: dict[str, int] = {}
     for action in actions:
         bucket = str(action.get("partition._bucket", ""))

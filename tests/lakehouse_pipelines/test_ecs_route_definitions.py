@@ -147,7 +147,8 @@ def test_merge_estimate_reads_the_pending_manifests_and_routes_by_it(
     assert memory == routing.PROCESS_BASE_BYTES + raw_bytes * routing.RAW_EXPANSION  # no table
     assert seconds == raw_bytes / routing.MERGE_BYTES_PER_SECOND
     runner = routing.routed_runner(settings, None, StubbedEcsRoute(settings=settings.ecs).pipes)
-    assert runner.choose(MERGE, request).route == "lambda"
+    route, reason = runner.choose(MERGE, request)
+    assert route == "lambda" and f"estimated {memory / 2**20:,.0f} MB, 0 s" in reason
     # The same batches at a merge rate 10^6 times slower do not fit the 900 s timeout.
     monkeypatch.setattr(routing, "MERGE_BYTES_PER_SECOND", routing.MERGE_BYTES_PER_SECOND / 1e6)
     route, reason = runner.choose(MERGE, request)

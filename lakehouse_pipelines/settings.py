@@ -111,6 +111,8 @@ class LakehouseSettings:
         """The masking rules of one collection for its requests (``{}``: none)."""
         return {name: list(paths) for name, paths in self.masking.get(namespace, {}).items()}
 
+    snapshot_ranges: int = 1
+
     @property
     def is_aws(self) -> bool:
         return self.env == "aws"
@@ -194,6 +196,8 @@ class LakehouseSettings:
         fanout = typed("LAKEHOUSE_FANOUT_CONCURRENCY", parse_int, 1)
         if fanout < 1:
             problem("LAKEHOUSE_FANOUT_CONCURRENCY must be 1 or more")
+        if not 1 <= typed("LAKEHOUSE_SNAPSHOT_RANGES", parse_int, 1) <= 256:
+            problem("LAKEHOUSE_SNAPSHOT_RANGES must be 1 to 256")
         retention = typed("LAKEHOUSE_VACUUM_RETENTION_HOURS", parse_int, 168)
         if retention < 1:
             # A merge in flight still references files it read; vacuum must never reach them.
@@ -318,6 +322,7 @@ class LakehouseSettings:
             masking=typed("LAKEHOUSE_MASKING", parse_masking, {}),
             masking_key_secret_arn=get("LAKEHOUSE_MASKING_KEY_SECRET_ARN"),
             masking_key=get("LAKEHOUSE_MASKING_KEY"),
+            snapshot_ranges=typed("LAKEHOUSE_SNAPSHOT_RANGES", parse_int, 1),
             ecs=ecs,
         )
         if len(problems) == 1:

@@ -90,6 +90,7 @@ TERMINAL_ERROR_TYPES: frozenset[str] = frozenset(
         "ResumeTokenExpiredError",
         "RouteEstimateError",
         "SettingsError",
+        "SnapshotRangeError",
         "SnapshotStalledError",
         "SourceConfigurationError",
         "SplitEventError",

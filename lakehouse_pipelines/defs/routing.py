@@ -19,7 +19,8 @@ never touches the source):
   progress, or ``reset``): the collection's size from ``LAKEHOUSE_COLLECTION_BYTES`` (e.g. the
   source's ``collStats`` ``size``, MongoDB manual "collStats"), else for a re-snapshot the lake
   table's bytes (what the last snapshot and its changes became, one Delta log read) times
-  ``LAKE_TO_SOURCE_BYTES``; duration = bytes / ``SNAPSHOT_BYTES_PER_SECOND``. Its memory is
+  ``LAKE_TO_SOURCE_BYTES``; duration = bytes / ``SNAPSHOT_BYTES_PER_SECOND``, divided by
+  ``LAKEHOUSE_SNAPSHOT_RANGES`` for a range snapshot (an invocation captures one range). Memory is
   bounded by the batch size (``CaptureRequest.max_bytes``, ~4x in memory), not by the
   collection. Streaming capture is not estimated (each run is bounded by its batch limits).
 - Anything else: not estimated; only ``LAKEHOUSE_ECS_COLLECTIONS`` sends it to ECS.
@@ -33,6 +34,7 @@ function reports the damage.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from lakehouse_pipelines.resources.ecs_pipes import EcsPipes
@@ -117,6 +119,8 @@ def _snapshot_estimate(
     if size is None and request.reset:
         table = sum(partition_bytes(store, request.database, request.collection).values())
         size = table * LAKE_TO_SOURCE_BYTES if table else None
+    if size is not None and request.snapshot_ranges > 1:
+        size /= request.snapshot_ranges  # an invocation captures one range at most
     memory = PROCESS_BASE_BYTES + request.max_bytes * CAPTURE_BATCH_EXPANSION
     return memory, (size / SNAPSHOT_BYTES_PER_SECOND if size is not None else None)
 
@@ -171,3 +175,28 @@ def routed_runner(
         ecs_pipes,
         lambda spec, request: estimate_request(settings, spec, request),
     )
+
+
+def step_runner(
+    settings: LakehouseSettings,
+    lambda_pipes: LambdaPipes,
+    ecs_pipes: EcsPipes | None,
+    runner_for: Callable[[LakehouseSettings, LambdaPipes, Any], Any] | None = None,
+) -> tuple[Any, RoutedRunner | None]:
+    """What a collection step fans out through, and the ``run=`` it gives the fan-out.
+
+    Args:
+        settings: the code location's settings.
+        lambda_pipes: the ``lambda_pipes`` resource.
+        ecs_pipes: the ``ecs_pipes`` resource (``None``: no ECS route).
+        runner_for: ``(settings, lambda_pipes, run) -> runner``, a fan-out of its own (the
+            range snapshot's) that sends each invocation through ``run``; ``None``: none.
+
+    Returns:
+        ``(runner, run)``: ``(lambda_pipes, routed_runner(...))`` without ``runner_for`` (or when
+        it returns ``lambda_pipes``); else ``(its runner, None)``, the runner routing each of
+        its invocations itself.
+    """
+    run = routed_runner(settings, lambda_pipes, ecs_pipes)
+    runner = runner_for(settings, lambda_pipes, run) if runner_for else lambda_pipes
+    return runner, (run if runner is lambda_pipes else None)

@@ -8,7 +8,7 @@ statistics); ``apply`` makes the commits. See ``merge`` for the guarantees this 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,7 +27,10 @@ from lambda_functions.merge.key_candidates import resolve_key_candidates
 from lambda_functions.merge.partial_updates import (
     PARTIAL_UPDATE_OP,
     PartialUpdates,
+    StoredRow,
     resolve_partial_updates,
+    retry_set_aside,
+    set_aside_entries,
     stored_rows,
 )
 from lambda_functions.merge.rekey import upgrade_batch_keys
@@ -127,11 +130,19 @@ class SegmentChanges:
         """One change per key (``precombine``: the latest by position wins) among the changes
         at or above the drop ``floor``, after resolving partial updates against ``table``
         (``partial_updates``: only the rows stored for their keys are read, and the partial
-        updates set aside in ``zone`` before)."""
+        updates set aside in ``zone`` before; those a full version of this segment now precedes
+        are applied again, ``retry_set_aside``)."""
         current = self.rows.filter(pc.greater_equal(self.rows.column("_pos"), floor))
-        partial = resolve_partial_updates(
-            current, lambda keys, buckets: stored_rows(table, zone, keys, buckets)
-        )
+        current, retried = retry_set_aside(current, set_aside_entries(zone), floor)
+
+        def stored(keys: list[str], buckets: list[str]) -> dict[str, StoredRow]:
+            rows = stored_rows(table, zone, keys, buckets)
+            # a retried key's set-aside updates are back in the walk, in position order
+            return {
+                k: replace(r, set_aside_pos=None) if k in retried else r for k, r in rows.items()
+            }
+
+        partial = resolve_partial_updates(current, stored)
         return LatestChanges(
             precombine(partial.rows), self.rows.num_rows - current.num_rows, partial
         )

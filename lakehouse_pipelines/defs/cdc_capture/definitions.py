@@ -12,6 +12,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from lakehouse_pipelines.defs.cdc_capture.range_snapshot import RangeSnapshotRunner
 from lakehouse_pipelines.defs.collections import (
     collections_schedule,
     lambda_collection_asset,
@@ -44,6 +45,11 @@ cdc_raw_batches = lambda_collection_asset(
     CDC_CAPTURE,
     lambda lakehouse, key, config: capture_request(lakehouse, key, reset=config.reset),
     CaptureConfig,
+    runner_for=lambda lakehouse, lambda_pipes, run: (
+        RangeSnapshotRunner(lambda_pipes, lakehouse.fanout_concurrency, run)
+        if lakehouse.snapshot_ranges > 1
+        else lambda_pipes
+    ),
     name=CAPTURE_KEY,
     group_name="lakehouse",
     kinds={"documentdb", "lambda", "s3"},
@@ -82,6 +88,7 @@ def capture_request(lakehouse: LakehouseSettings, namespace: str, *, reset: bool
         masking=lakehouse.masking_of(namespace),
         masking_key_secret_arn=lakehouse.masking_key_secret_arn,
         full_document="updateLookup" if lakehouse.update_lookup else "default",
+        snapshot_ranges=lakehouse.snapshot_ranges,
     )
 
 

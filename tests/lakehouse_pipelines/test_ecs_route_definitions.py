@@ -220,3 +220,32 @@ def test_settings_keep_the_ecs_route_and_refuse_half_of_it(tmp_path):
         lake_settings(tmp_path, LAKEHOUSE_ECS_CLUSTER=CLUSTER, LAKEHOUSE_ECS_SUBNETS="subnet-1")
     with pytest.raises(ValueError, match="LAKEHOUSE_COLLECTION_BYTES"):
         lake_settings(tmp_path, LAKEHOUSE_COLLECTION_BYTES='{"shop.orders": -1}')
+
+
+def test_range_snapshot_runner_routes_each_of_its_invocations(tmp_path):
+    from lakehouse_pipelines.defs.cdc_capture.range_snapshot import RangeSnapshotRunner
+
+    settings = lake_settings(tmp_path, **ECS_ENVIRONMENT, LAKEHOUSE_SNAPSHOT_RANGES="8")
+    ecs = StubbedEcsRoute(settings=settings.ecs).pipes
+    lambda_pipes = object()
+    runner, run = routing.step_runner(
+        settings,
+        lambda_pipes,
+        ecs,
+        lambda s, pipes, routed: RangeSnapshotRunner(pipes, s.fanout_concurrency, routed),
+    )
+    assert isinstance(runner, RangeSnapshotRunner) and run is None  # the runner routes itself
+    assert runner._run.ecs_pipes is ecs
+    assert routing.step_runner(settings, lambda_pipes, ecs)[0] is lambda_pipes
+    assert routing.step_runner(settings, lambda_pipes, None) == (lambda_pipes, None)
+    # A range invocation is estimated as one range of the collection.
+    sized = lake_settings(
+        tmp_path,
+        **ECS_ENVIRONMENT,
+        LAKEHOUSE_COLLECTION_BYTES='{"shop.reviews": 80000000000}',
+    )
+    request = CaptureRequest(
+        lake_uri=sized.lake_uri, database="shop", collection="reviews", snapshot_ranges=8
+    )
+    seconds = routing.estimate_request(sized, CDC_CAPTURE, request)[1]
+    assert seconds == 80_000_000_000 / 8 / routing.SNAPSHOT_BYTES_PER_SECOND

@@ -17,7 +17,7 @@ and changed, on its own; ``deploy_template.render_template`` merges these blocks
   ``AmazonECSTaskExecutionRolePolicy`` (Amazon ECS Developer Guide, "Task execution IAM role").
 
 The outputs are what the orchestrator's ``LAKEHOUSE_ECS_*`` variables must be set to
-(``lakehouse_pipelines.resources.ecs_pipes.EcsRouteSettings``).
+(``lakehouse_pipelines.settings_ecs.EcsRouteSettings``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from lakehouse_pipelines.deploy_iam import assume_role_policy, inline_policy, lake_statements
-from lakehouse_pipelines.resources.ecs_pipes import DEFAULT_CONTAINER_NAME
+from lakehouse_pipelines.settings_ecs import DEFAULT_CONTAINER_NAME
 
 TASK_COMMAND = ["python", "-m", "lambda_functions.ecs_task"]
 TASK_FAMILY = "lakehouse-data-plane-task"

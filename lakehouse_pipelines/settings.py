@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from lakehouse_pipelines.dagster_internals import is_valid_cron_string
+from lakehouse_pipelines.settings_ecs import EcsRouteSettings
 from lakehouse_pipelines.settings_values import (
     SettingsError,
     parse_bool,
@@ -103,6 +104,8 @@ class LakehouseSettings:
     masking: Mapping[str, Mapping[str, list[str]]] = field(default_factory=dict)
     masking_key_secret_arn: str = ""
     masking_key: str = field(default="", repr=False)
+    # The ECS route (LAKEHOUSE_ECS_*, LAKEHOUSE_COLLECTION_BYTES); not configured by default.
+    ecs: EcsRouteSettings = field(default_factory=EcsRouteSettings)
 
     def masking_of(self, namespace: str) -> dict[str, list[str]]:
         """The masking rules of one collection for its requests (``{}``: none)."""
@@ -248,6 +251,12 @@ class LakehouseSettings:
                 "LAKEHOUSE_FRESHNESS_WARN_MINUTES must be below LAKEHOUSE_FRESHNESS_FAIL_MINUTES"
             )
         warehouse_kind = choice("LAKEHOUSE_WAREHOUSE", "duckdb", "redshift")
+        ecs = attempt(lambda: EcsRouteSettings.from_env(environ), EcsRouteSettings())
+        if ecs.configured and ecs.missing():
+            problem(
+                f"LAKEHOUSE_ECS_CLUSTER is set, so the ECS route also needs "
+                f"{', '.join(ecs.missing())} (the deploy template's outputs and your VPC subnets)"
+            )
         settings = cls(
             env=env,
             root=root,
@@ -314,6 +323,7 @@ class LakehouseSettings:
             masking_key_secret_arn=get("LAKEHOUSE_MASKING_KEY_SECRET_ARN"),
             masking_key=get("LAKEHOUSE_MASKING_KEY"),
             snapshot_ranges=typed("LAKEHOUSE_SNAPSHOT_RANGES", parse_int, 1),
+            ecs=ecs,
         )
         if len(problems) == 1:
             raise SettingsError(problems[0])

@@ -251,4 +251,43 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "the cluster's change_stream_log_retention_duration; a quiet collection's token is "
         "re-saved after half of it",
     ),
+    "LAKEHOUSE_ECS_CLUSTER": (
+        "",
+        "",
+        "ECS route: the cluster tasks run on (deploy template output `EcsClusterName`); empty: "
+        'no ECS route, everything runs in Lambda (README "Running on ECS")',
+    ),
+    "LAKEHOUSE_ECS_TASK_DEFINITION": (
+        "",
+        "",
+        "ECS route: the task definition (family[:revision] or ARN; output `EcsTaskDefinitionArn`)",
+    ),
+    "LAKEHOUSE_ECS_SUBNETS": ("", "", "ECS route: comma list of the VPC subnets tasks run in"),
+    "LAKEHOUSE_ECS_SECURITY_GROUPS": (
+        "",
+        "",
+        "ECS route: comma list of the tasks' security groups (empty: the VPC's default)",
+    ),
+    "LAKEHOUSE_ECS_CONTAINER_NAME": (
+        "lakehouse-task",
+        "lakehouse-task",
+        "ECS route: the task definition's container that runs `lambda_functions.ecs_task`",
+    ),
+    "LAKEHOUSE_ECS_LOG_GROUP": (
+        "",
+        "",
+        "ECS route: the tasks' CloudWatch log group (output `EcsLogGroupName`), named in failures",
+    ),
+    "LAKEHOUSE_ECS_COLLECTIONS": (
+        "",
+        "",
+        "ECS route: comma list of `database.collection` (or `*`) whose work always runs on ECS; "
+        "others go there only when their size estimate exceeds the function's memory or timeout",
+    ),
+    "LAKEHOUSE_COLLECTION_BYTES": (
+        "",
+        "",
+        "ECS route: JSON object collection -> bytes (e.g. `collStats` size), the initial "
+        "snapshot's size estimate for a collection not captured yet",
+    ),
 }

@@ -10,10 +10,9 @@ the daemon (the README's quick start). Discovery unions three sources:
 - the raw zone: every collection that already has batches (DMS or MQ ingestion writes them
   without a capture asset ever running).
 
-Work over many collections runs as *one* run whose step fans out one Lambda invocation per
-collection with at most ``LAKEHOUSE_FANOUT_CONCURRENCY`` at once (``BackfillPolicy.single_run``
-plus ``LambdaPipes.run_partitions``), and every step that invokes Lambda holds a slot of the
-``lakehouse_lambda`` pool: pool slots x fan-out stays below the functions' reserved concurrency.
+Work over many collections is *one* run whose step fans out one invocation per collection, at
+most ``LAKEHOUSE_FANOUT_CONCURRENCY`` at once (``BackfillPolicy.single_run`` + ``run_partitions``;
+Lambda or ECS: ``defs.routing``), holding a slot of the ``lakehouse_lambda`` pool per step.
 """
 
 import warnings
@@ -55,7 +54,8 @@ from lakehouse_pipelines.dagster_internals import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 from lakehouse_pipelines.defs.policies import LAMBDA_RETRY_POLICY
-from lakehouse_pipelines.resources import LambdaPipes, build_resources
+from lakehouse_pipelines.defs.routing import step_runner
+from lakehouse_pipelines.resources import EcsPipes, LambdaPipes, build_resources
 from lakehouse_pipelines.resources.lambda_failures import (
     REFUSED_INVOKE_HINTS,
     FunctionCallError,
@@ -114,12 +114,14 @@ def invoke_per_collection(
     settings: LakehouseSettings,
     spec: FunctionSpec,
     request_for: Callable[[str], CollectionRequest],
+    run: Callable[[Any, FunctionSpec, CollectionRequest], MaterializeResult] | None = None,
 ) -> MaterializeResult:
     """Invoke ``spec`` once per collection the step covers (fanned out, bounded).
 
     Each request is built and validated on its own: a collection whose request cannot be built
     (a bad partition key, a refused warehouse table, a misconfiguration that only it hits) is
-    a failed partition named with its reason, and the other collections are still invoked."""
+    a failed partition named with its reason, and the other collections are still invoked.
+    ``run`` runs one (default ``lambda_pipes.run``; ``defs.routing.routed_runner``)."""
     requests: dict[str, CollectionRequest] = {}
     unbuilt: dict[str, Exception] = {}
     for key in context.partition_keys:
@@ -130,8 +132,9 @@ def invoke_per_collection(
             unbuilt[key] = error
             continue
         requests[key] = request
+    bound = settings.fanout_concurrency
     return lambda_pipes.run_partitions(
-        context, spec, requests, max_concurrency=settings.fanout_concurrency, unbuilt=unbuilt
+        context, spec, requests, max_concurrency=bound, unbuilt=unbuilt, run=run
     )
 
 
@@ -144,25 +147,23 @@ def lambda_collection_asset(
     request_for: Callable[[LakehouseSettings, str, Any], CollectionRequest],
     config_type: type[Config] = NoStageConfig,
     *,
-    runner_for: Callable[[LakehouseSettings, LambdaPipes], Any] | None = None,
+    runner_for: Callable[[LakehouseSettings, LambdaPipes, Any], Any] | None = None,
     **asset_kwargs: Any,
 ) -> AssetsDefinition:
     """A ``collection_asset`` whose step only invokes ``spec`` once per collection it covers
-    (``invoke_per_collection``).
+    (``invoke_per_collection``), on Lambda or, where deployed, ECS (``defs.routing``).
 
     Args:
         spec: the Lambda function to invoke.
         request_for: ``(settings, namespace, config) -> request`` for one collection; ``config``
             is the run's ``config_type`` value.
         config_type: the asset's run config (launchpad: ``ops: {<name>: {config: ...}}``).
-        runner_for: ``(settings, lambda_pipes) -> runner`` when the step fans out through
-            something else with ``LambdaPipes.run_partitions``'s signature (the range snapshot's
-            runner); ``None`` runs through ``lambda_pipes`` itself.
+        runner_for: a fan-out of its own (the range snapshot's): see ``routing.step_runner``.
         **asset_kwargs: as for ``collection_asset``; ``name`` is required (the asset's key and
             its function's name).
 
     Returns:
-        The asset, needing the resources ``lakehouse`` and ``lambda_pipes``.
+        The asset, needing the resources ``lakehouse``, ``lambda_pipes`` and ``ecs_pipes``.
     """
 
     def invoke(
@@ -170,11 +171,11 @@ def lambda_collection_asset(
         config: config_type,  # type: ignore[valid-type]
         lakehouse: ResourceParam[LakehouseSettings],
         lambda_pipes: ResourceParam[LambdaPipes],
+        ecs_pipes: ResourceParam[EcsPipes | None],
     ) -> MaterializeResult:
-        runner = runner_for(lakehouse, lambda_pipes) if runner_for else lambda_pipes
-        return invoke_per_collection(
-            context, runner, lakehouse, spec, lambda key: request_for(lakehouse, key, config)
-        )
+        runner, run = step_runner(lakehouse, lambda_pipes, ecs_pipes, runner_for)
+        build = lambda key: request_for(lakehouse, key, config)  # noqa: E731
+        return invoke_per_collection(context, runner, lakehouse, spec, build, run)
 
     invoke.__name__ = invoke.__qualname__ = asset_kwargs["name"]
     return collection_asset(**asset_kwargs)(invoke)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from lakehouse_pipelines.resources.ecs_pipes import EcsPipes
 from lakehouse_pipelines.resources.lambda_pipes import LambdaPipes
 from lakehouse_pipelines.resources.metrics_sink import (
     CloudWatchMetrics,
@@ -30,7 +31,20 @@ def local_function_values(settings: LakehouseSettings) -> dict[str, str]:
 
 
 def build_resources(settings: LakehouseSettings) -> dict[str, Any]:
-    """Resources for ``settings``: the same keys in both environments, different implementations."""
+    """Resources for ``settings``: the same keys in both environments, different implementations.
+
+    Args:
+        settings: the code location's settings (``LakehouseSettings.from_env()``).
+
+    Returns:
+        ``{"lakehouse": settings, "lambda_pipes": LambdaPipes, "metrics_sink": MetricsSink,
+        "ecs_pipes": EcsPipes | None}``: ``ecs_pipes`` is ``None`` unless
+        ``LAKEHOUSE_ECS_CLUSTER`` is set (then ECS and CloudWatch Logs clients of ``AWS_REGION``,
+        in either environment). Nothing is contacted here.
+
+    Raises:
+        MissingAwsSettingError: an AWS client is needed and no region is configured.
+    """
     if settings.is_aws:
         lambda_pipes = LambdaPipes.aws(
             pipes_bucket=settings.pipes_bucket,
@@ -53,11 +67,18 @@ def build_resources(settings: LakehouseSettings) -> dict[str, Any]:
             runtime, price_per_gb_second=settings.lambda_price_per_gb_second
         )  # local functions keep their registry names, no prefix
         metrics = LakeMetricsTable(open_store(settings.lake_uri))
-    return {"lakehouse": settings, "lambda_pipes": lambda_pipes, "metrics_sink": metrics}
+    ecs_pipes = EcsPipes.aws(settings.ecs, settings.aws_region) if settings.ecs.configured else None
+    return {
+        "lakehouse": settings,
+        "lambda_pipes": lambda_pipes,
+        "metrics_sink": metrics,
+        "ecs_pipes": ecs_pipes,
+    }
 
 
 __all__ = [
     "CloudWatchMetrics",
+    "EcsPipes",
     "LakeMetricsTable",
     "LambdaPipes",
     "Metric",

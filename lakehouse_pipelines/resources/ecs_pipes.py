@@ -19,27 +19,23 @@ What this adds to a bare ``PipesECSClient``:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, NoRegionError
 from dagster import Failure, MaterializeResult, MetadataValue
 from dagster_aws.pipes import PipesCloudWatchMessageReader, PipesECSClient
 from dagster_aws.pipes.clients.utils import WaiterConfig
 
-from lakehouse_pipelines.resources.lambda_failures import kind_failure
+from lakehouse_pipelines.resources.lambda_failures import (
+    NO_REGION_HINT,
+    MissingAwsSettingError,
+    kind_failure,
+)
+from lakehouse_pipelines.settings_ecs import EcsRouteSettings
 from lambda_functions.contracts import CollectionRequest
 from lambda_functions.errors import ErrorKind, TerminalError, TransientError, exit_code_kind
 from lambda_functions.registry import FUNCTIONS
-from lambda_functions.routing import ecs_collections
-
-# The container of the task definition that runs ``lambda_functions.ecs_task`` (deploy template).
-DEFAULT_CONTAINER_NAME = "lakehouse-task"
-# Seconds between DescribeTasks calls while waiting for the task to stop, and how long to wait.
-DEFAULT_POLL_SECONDS = 6
-DEFAULT_MAX_WAIT_SECONDS = 24 * 3600
 
 
 class EcsSettingsError(TerminalError, ValueError):
@@ -49,86 +45,6 @@ class EcsSettingsError(TerminalError, ValueError):
 class EcsTaskNotStartedError(TransientError, RuntimeError):
     """RunTask answered without starting the task (its ``failures``: no Fargate capacity, a
     resource limit): nothing ran, the same request may start later."""
-
-
-@dataclass(frozen=True)
-class EcsRouteSettings:
-    """Where ECS tasks run. ``from_env`` reads the ``LAKEHOUSE_ECS_*`` variables.
-
-    ``subnets`` and ``security_groups`` are the task's awsvpc network (Fargate requires it);
-    ``log_group`` is the task definition's ``awslogs-group`` (the deploy template's
-    ``EcsLogGroupName`` output), named in failures so the task's log can be found.
-    """
-
-    cluster: str = ""
-    task_definition: str = ""
-    subnets: tuple[str, ...] = ()
-    security_groups: tuple[str, ...] = ()
-    container_name: str = DEFAULT_CONTAINER_NAME
-    log_group: str = ""
-    collections: frozenset[str] = field(default_factory=frozenset)
-    assign_public_ip: bool = False
-    poll_seconds: int = DEFAULT_POLL_SECONDS
-    max_wait_seconds: int = DEFAULT_MAX_WAIT_SECONDS
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> EcsRouteSettings:
-        """Read ``LAKEHOUSE_ECS_CLUSTER``, ``LAKEHOUSE_ECS_TASK_DEFINITION``,
-        ``LAKEHOUSE_ECS_SUBNETS`` and ``LAKEHOUSE_ECS_SECURITY_GROUPS`` (comma lists),
-        ``LAKEHOUSE_ECS_CONTAINER_NAME``, ``LAKEHOUSE_ECS_LOG_GROUP`` and
-        ``LAKEHOUSE_ECS_COLLECTIONS`` (comma list of namespaces or ``*``).
-
-        Args:
-            environ: the variables; ``os.environ`` when omitted.
-
-        Returns:
-            The settings; unset variables are empty (``missing()`` names them when the route
-            is used, so a deployment without ECS needs none of them).
-        """
-        env = os.environ if environ is None else environ
-
-        def names(variable: str) -> tuple[str, ...]:
-            return tuple(p.strip() for p in env.get(variable, "").split(",") if p.strip())
-
-        return cls(
-            cluster=env.get("LAKEHOUSE_ECS_CLUSTER", "").strip(),
-            task_definition=env.get("LAKEHOUSE_ECS_TASK_DEFINITION", "").strip(),
-            subnets=names("LAKEHOUSE_ECS_SUBNETS"),
-            security_groups=names("LAKEHOUSE_ECS_SECURITY_GROUPS"),
-            container_name=env.get("LAKEHOUSE_ECS_CONTAINER_NAME", "").strip()
-            or DEFAULT_CONTAINER_NAME,
-            log_group=env.get("LAKEHOUSE_ECS_LOG_GROUP", "").strip(),
-            collections=ecs_collections(env.get("LAKEHOUSE_ECS_COLLECTIONS", "")),
-        )
-
-    def missing(self) -> list[str]:
-        """The variables the route needs and that are unset."""
-        required = {
-            "LAKEHOUSE_ECS_CLUSTER": self.cluster,
-            "LAKEHOUSE_ECS_TASK_DEFINITION": self.task_definition,
-            "LAKEHOUSE_ECS_SUBNETS": self.subnets,
-        }
-        return [name for name, value in required.items() if not value]
-
-    def run_task_params(self) -> dict[str, Any]:
-        """RunTask's request for one task (Amazon ECS API Reference, "RunTask"): Fargate, one
-        task, the awsvpc network; ``PipesECSClient`` adds the Pipes environment overrides and
-        the Dagster run tags."""
-        network: dict[str, Any] = {
-            "subnets": list(self.subnets),
-            "assignPublicIp": "ENABLED" if self.assign_public_ip else "DISABLED",
-        }
-        if self.security_groups:
-            network["securityGroups"] = list(self.security_groups)
-        return {
-            "cluster": self.cluster,
-            "taskDefinition": self.task_definition,
-            "launchType": "FARGATE",
-            "count": 1,
-            "networkConfiguration": {"awsvpcConfiguration": network},
-            "overrides": {"containerOverrides": [{"name": self.container_name}]},
-            "startedBy": "dagster-lakehouse",
-        }
 
 
 class TaskMessagesReader(PipesCloudWatchMessageReader):
@@ -198,14 +114,28 @@ class EcsPipes:
 
     @classmethod
     def aws(cls, settings: EcsRouteSettings, region: str | None = None) -> EcsPipes:
-        """ECS and CloudWatch Logs clients of ``region`` (the default chain when ``None``)."""
+        """ECS and CloudWatch Logs clients of ``region`` (the default chain when ``None``).
+
+        Args:
+            settings: where tasks run (``LakehouseSettings.ecs``).
+            region: the AWS region of the cluster; ``None`` uses the profile's or ``AWS_REGION``.
+
+        Returns:
+            An ``EcsPipes``; no AWS call is made here.
+
+        Raises:
+            MissingAwsSettingError: no region is configured (the message names the setting).
+        """
         import boto3
 
-        return cls(
-            settings=settings,
-            ecs_client=boto3.client("ecs", region_name=region or None),
-            logs_client=boto3.client("logs", region_name=region or None),
-        )
+        try:
+            return cls(
+                settings=settings,
+                ecs_client=boto3.client("ecs", region_name=region or None),
+                logs_client=boto3.client("logs", region_name=region or None),
+            )
+        except NoRegionError:
+            raise MissingAwsSettingError(NO_REGION_HINT) from None
 
     def run(
         self,

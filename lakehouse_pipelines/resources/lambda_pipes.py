@@ -346,6 +346,7 @@ class LambdaPipes:
         *,
         max_concurrency: int,
         unbuilt: Mapping[str, BaseException] | None = None,
+        run: Callable[[Any, FunctionSpec, CollectionRequest], MaterializeResult] | None = None,
     ) -> MaterializeResult:
         """Hopper fan-out: one invocation per partition, at most ``max_concurrency`` at once.
 
@@ -367,6 +368,9 @@ class LambdaPipes:
             requests: partition key -> the contract request for it.
             max_concurrency: most invocations in flight at once (at least 1).
             unbuilt: partition key -> the error that kept its request from being built.
+            run: runs one partition's request, with ``run``'s signature and contract (default
+                ``self.run``; ``resources.routes.RoutedRunner`` picks Lambda or ECS per request):
+                the bound, the per-partition metadata and the failure kinds stay the same.
 
         Returns:
             For one partition, ``run``'s materialization (checks with per-collection figures);
@@ -384,6 +388,7 @@ class LambdaPipes:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         unbuilt = dict(unbuilt or {})
+        run = run or self.run
         if len(requests) + len(unbuilt) == 1 and context.has_partition_key:
             if unbuilt:
                 ((key, error),) = unbuilt.items()
@@ -392,7 +397,7 @@ class LambdaPipes:
                     unbuilt_kind(error),
                 ) from error
             ((key, request),) = requests.items()
-            result = self.run(context, spec, request)
+            result = run(context, spec, request)
             return result._replace(
                 check_results=[
                     with_collection_figures(check, {key: check})
@@ -406,8 +411,7 @@ class LambdaPipes:
             context.log.error(f"partition {key}: not invoked, its request failed: {error}")
         with ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="lambda") as pool:
             futures = {
-                pool.submit(self.run, context, spec, request): key
-                for key, request in requests.items()
+                pool.submit(run, context, spec, request): key for key, request in requests.items()
             }
             for future in as_completed(futures):
                 key = futures[future]

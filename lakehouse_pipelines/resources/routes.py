@@ -47,6 +47,7 @@ class RoutedRunner:
 
         Returns:
             ``RouteChoice(route, reason)``; ``"lambda"`` whenever no ECS route is configured.
+            A Lambda reason ends with the estimate when there is one ("; estimated 412 MB, 3 s").
 
         Raises:
             RouteEstimateError: the estimator returned a negative or non-numeric figure.
@@ -63,6 +64,13 @@ class RoutedRunner:
         )
         if choice.route == "ecs" and self.ecs_pipes is None:
             return RouteChoice("lambda", f"{choice.reason}, but no ECS route is configured")
+        if choice.route == "lambda" and (estimated_bytes, estimated_seconds) != (None, None):
+            figures = [
+                f"{estimated_bytes / 2**20:,.0f} MB" if estimated_bytes is not None else "",
+                f"{estimated_seconds:,.0f} s" if estimated_seconds is not None else "",
+            ]
+            estimate = ", ".join(f for f in figures if f)
+            return RouteChoice("lambda", f"{choice.reason}; estimated {estimate}")
         return choice
 
     def __call__(

@@ -27,7 +27,8 @@ import boto3
 from botocore.stub import ANY, Stubber
 from dagster._core.errors import DagsterExecutionInterruptedError
 
-from lakehouse_pipelines.resources.ecs_pipes import EcsPipes, EcsRouteSettings
+from lakehouse_pipelines.resources.ecs_pipes import EcsPipes
+from lakehouse_pipelines.settings_ecs import EcsRouteSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGION = "eu-west-1"

@@ -45,8 +45,8 @@ cdc_raw_batches = lambda_collection_asset(
     CDC_CAPTURE,
     lambda lakehouse, key, config: capture_request(lakehouse, key, reset=config.reset),
     CaptureConfig,
-    runner_for=lambda lakehouse, lambda_pipes: (
-        RangeSnapshotRunner(lambda_pipes, lakehouse.fanout_concurrency)
+    runner_for=lambda lakehouse, lambda_pipes, run: (
+        RangeSnapshotRunner(lambda_pipes, lakehouse.fanout_concurrency, run)
         if lakehouse.snapshot_ranges > 1
         else lambda_pipes
     ),

@@ -25,7 +25,7 @@ STAGES = ("cdc_capture", "merge", "warehouse_load")
 # projection against Redshift's limits with it.
 # The contract: requests and their field rules, the function registry, the error kinds, the route
 # choice (Lambda or ECS); ``warehouse_sql`` (the load's pure SQL plan) sits under it.
-CONTRACT = ("contracts", "request_fields", "registry", "errors", "routing")
+CONTRACT = ("contracts", "request_base", "request_fields", "registry", "errors", "routing")
 DATA_PLANE_FOR_DAGSTER = (*CONTRACT, "warehouse_sql", "pipes", "lake", "emf")
 STANDINS_GATE = "lambda_functions/cdc_capture/change_source.py"
 

@@ -4,15 +4,15 @@ What it measures on this machine, in one run:
 
 1. **Per-worker snapshot throughput** (documents/s, MB/s of canonical JSON read): one range
    capture (``capture_range``, the code a range invocation runs) of an embedded collection of
-   ``--docs`` ~300-byte documents, in a worker process of its own.
+   ``--docs`` ~450-byte documents (canonical JSON), in a worker process of its own.
 2. **Parallel snapshot**: the same collection planned as ``--ranges`` ranges and captured by
    ``--workers`` worker processes (a process pool: real parallel processes, as Lambda runs one
    range per execution environment), then published as one generation. ``speedup_parallel_snapshot``
    = wall time with 1 range / wall time with ``--ranges`` ranges, both in this run. With 2 cores
    the ceiling is 2 (other work on a shared machine lowers it). Each is run ``--repeats`` times,
    alternated, and the fastest run of each counts.
-3. **Merge** of a snapshot batch into a new Delta table (the initial load's merge, one commit per
-   ``MAX_ROWS_PER_COMMIT`` rows), then of a 1% update batch into it, at growing table sizes
+3. **Merge** of a snapshot batch into a new Delta table (the initial load's merge: a generation
+   is one batch, applied in one commit), then of a 1% update batch into it, at growing table sizes
    (``--merge-sizes``), each in its own process so its peak resident memory is its own.
 
 Then the model: wall time and cost of the initial load of 100 GB, 1 TB and 2 TB collections at the
@@ -87,7 +87,7 @@ BATCH_PAGE_ROWS = 20_000  # rows per range page in the benchmark (one Parquet fi
 
 
 def document(n: int) -> dict[str, Any]:
-    """A ~300-byte operational document."""
+    """A ~450-byte operational document (canonical extended JSON)."""
     return {
         "_id": ObjectId(),
         "n": n,

@@ -72,6 +72,7 @@ def _dg() -> str:
     return str(local) if local.exists() else (shutil.which("dg") or "dg")
 
 
+_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(?:\w+Error|\w+Exception|Failure): \S")
 _RUN_START = re.compile(r" - (?P<run_id>[0-9a-f]{8}-[0-9a-f-]{27}) - \d+ - RUN_START - ")
 
 
@@ -82,6 +83,8 @@ class Launched:
 
     exit_code: int
     run_id: str
+    # The last "SomeError: message" line of the output: the cause, which names the fix.
+    last_error: str = ""
 
 
 def _run(args: list[str], env: Mapping[str, str], log: Any, *, echo: bool) -> Launched:
@@ -97,15 +100,32 @@ def _run(args: list[str], env: Mapping[str, str], log: Any, *, echo: bool) -> La
         errors="replace",
     )
     assert process.stdout is not None
-    run_id = ""
+    run_id, last_error = "", ""
     for line in process.stdout:
         log.write(line)
+        if _ERROR_LINE.match(line.strip()):
+            last_error = line.strip()
         started = None if run_id else _RUN_START.search(line)
         if started:
             run_id = started["run_id"]
         if echo and any(f" - {event} - " in line for event in _SHOWN_EVENTS):
             print("  " + _short(line), flush=True)
-    return Launched(process.wait(), run_id)
+    return Launched(process.wait(), run_id, last_error)
+
+
+def _step_failures(instance: Any, run_id: str) -> list[str]:
+    """Each failed step's error message (its first line, which names the fix), in order."""
+    if not run_id:
+        return []
+    from dagster import DagsterEventType
+
+    causes = []
+    for record in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE):
+        event = record.dagster_event
+        error = event.step_failure_data.error if event and event.step_failure_data else None
+        if error is not None:
+            causes.append(f"{event.step_key}: {error.message.strip().splitlines()[0]}")
+    return causes
 
 
 def _short(line: str) -> str:
@@ -218,8 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with open(log_path, "a", encoding="utf-8") as log, DagsterInstance.get() as instance:
         print(f"Registering collections ... (full output: {log_path})", flush=True)
-        if _run(["launch", "--job", REGISTER_JOB], env, log, echo=True).exit_code != 0:
+        registered_launch = _run(["launch", "--job", REGISTER_JOB], env, log, echo=True)
+        if registered_launch.exit_code != 0:
             print(f"register_collections failed; see {log_path}", file=sys.stderr)
+            if registered_launch.last_error:
+                print(f"  cause: {registered_launch.last_error}", file=sys.stderr)
             return 1
         registered = list(instance.get_dynamic_partitions(PARTITIONS))
         partitions = registered
@@ -243,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = instance.get_run_by_id(launched.run_id) if launched.run_id else None
         if launched.exit_code != 0 or run is None or run.status != DagsterRunStatus.SUCCESS:
             print(f"The run failed; see {log_path} or the run in `dg dev`.", file=sys.stderr)
+            for cause in _step_failures(instance, launched.run_id) or [launched.last_error]:
+                if cause:
+                    print(f"  cause: {cause}", file=sys.stderr)
             return 1
         steps = sorted(instance.get_run_step_stats(run.run_id), key=lambda s: s.start_time or 0)
         print(

@@ -25,7 +25,10 @@ change events. Reads return what pymongo returns for DocumentDB, in the same sha
   ``_id`` and ``splitEvent: {fragment, of}``; a single field too large still fails). The last
   fragment's token is the event's; a middle fragment's token is the event's with the fragment
   number appended, which this source refuses to resume from (code 260). A ``$project`` that
-  excludes top-level fields (``key_only_pipeline``) is the only other stage it accepts.
+  excludes top-level fields (``key_only_pipeline``) is the only other stage it accepts. Like
+  ``DocumentDBChangeSource`` on a server that supports it, the source adds the split stage to
+  every stream itself while ``split_large_events`` is true (the default; false plays an older
+  server, where such an event fails the read).
 - Cluster times are ``Timestamp(unix seconds, counter)``, strictly increasing across the file; the
   events of one ``transaction()`` share a cluster time, as in a multi-document transaction.
 
@@ -195,9 +198,11 @@ class EmbeddedChangeStreamSource:
         max_events: int = DEFAULT_MAX_EVENTS,
         clock: Callable[[], float] = time.time,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        split_large_events: bool = True,
     ):
         self.path = Path(path)
         self.max_event_bytes = max_event_bytes
+        self.split_large_events = split_large_events
         self.retention_seconds = retention_seconds
         self.max_events = max_events
         self.clock = clock
@@ -384,6 +389,7 @@ class EmbeddedChangeStreamSource:
         other stage.
         """
         excluded, split = _stream_stages(pipeline or [])
+        split = split or self.split_large_events
         if full_document not in (None, "default", "updateLookup"):
             raise EmbeddedSourceLimitError(
                 f"full_document={full_document!r} is not supported: DocumentDB offers 'default' "
@@ -757,7 +763,7 @@ class EmbeddedChangeStream:
             return None
         event = self._buffer.popleft()
         self._resume_token = event["_id"]
-        if event["operationType"] == "invalidate":
+        if event.get("operationType") == "invalidate":
             self.alive = False
             self._buffer.clear()
         return event

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure
 
 from lambda_functions.cdc_capture.batches import DATA_OPS, END_OPS, BatchRows, Malformed, event_row
@@ -149,6 +150,10 @@ class StreamSteps:
                     event = whole.push(fragment_or_event)
                     if event is None:
                         continue  # a fragment: the event is not whole yet
+                    if event is not fragment_or_event and isinstance(
+                        fragment_or_event, RawBSONDocument
+                    ):
+                        event = raw_bson_document(event)  # one raw event, as pymongo reads it
                     op = event.get("operationType")
                     if isinstance(event.get("_id"), Mapping):
                         last_token = self._last_whole_token = event["_id"]

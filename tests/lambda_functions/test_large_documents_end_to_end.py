@@ -19,7 +19,12 @@ from deltalake import DeltaTable
 
 from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
 from lambda_functions.cdc_capture import capture_changes
-from lambda_functions.contracts import CaptureRequest, InvalidRequestError, LoadRequest, MergeRequest
+from lambda_functions.contracts import (
+    CaptureRequest,
+    InvalidRequestError,
+    LoadRequest,
+    MergeRequest,
+)
 from lambda_functions.lake import open_store
 from lambda_functions.lake.extended_json import decode_document, encode_document
 from lambda_functions.lake.raw_zone import RawZone
@@ -68,7 +73,7 @@ class Lakehouse:
         return {key: encode_document(decode_document(doc)) for key, doc in rows}
 
     def batches(self) -> list[Any]:
-        return RawZone(open_store(self.lake), DB, COLL).manifests()
+        return list(RawZone(open_store(self.lake), DB, COLL).manifests())
 
 
 def stored(*documents: dict[str, Any]) -> dict[str, str]:
@@ -105,7 +110,7 @@ def test_near_16_mb_documents_go_through_every_stage_one_per_batch(tmp_path, mon
     def document(_id: str, seed: int) -> dict[str, Any]:
         if pattern == "random":  # incompressible: Parquet bytes ~ document bytes
             return {"_id": _id, "blob": os.urandom(size // 2).hex()}
-        return {"_id": _id, "values": list(range(seed, seed + size // 11))}  # int32 in BSON
+        return {"_id": _id, "values": list(range(seed, seed + size // 13))}  # ~15 MB of BSON
 
     first, second = document("d1", 0), document("d2", 1)
     house.source.insert_one(DB, COLL, {"_id": "small"})
@@ -136,10 +141,10 @@ def test_the_merge_budget_groups_batches_by_bytes(tmp_path):
     for n in range(4):
         house.source.insert_one(DB, COLL, {"_id": n, "blob": os.urandom(300_000).hex()})
         house.capture()
-    sizes = [m.bytes for m in house.batches()[1:]]
-    assert all(s > 600_000 for s in sizes)
+    snapshot, *sizes = [m.bytes for m in house.batches()]
+    assert len(sizes) == 4 and all(s > 250_000 for s in sizes)
 
-    result = house.merge(max_bytes_per_commit=sizes[0] + sizes[1] + 1)
+    result = house.merge(max_bytes_per_commit=snapshot + sizes[0] + sizes[1])
 
     # batch 1 (the empty snapshot) with 2 and 3, then 4 with 5
     assert result.commits == 2 and result.table_rows == 4

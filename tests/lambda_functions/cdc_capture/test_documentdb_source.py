@@ -196,9 +196,7 @@ def scripted() -> Iterator[tuple[MockupDB, DocumentDBChangeSource]]:
     client = MongoClient(f"{server.uri}/?directConnection=true", serverSelectionTimeoutMS=5_000)
     try:
         # A server without the split stage (DocumentDB 5.0): no buildInfo probe to script.
-        yield server, DocumentDBChangeSource(
-            client, max_await_time_ms=10, split_large_events=False
-        )
+        yield server, DocumentDBChangeSource(client, max_await_time_ms=10, split_large_events=False)
     finally:
         client.close()
         server.stop()

@@ -278,3 +278,4 @@ def test_pymongo_path_on_documentdb_5_reports_the_key(store, tmp_path):
     assert isinstance(error, OversizedChangeEventError)
     assert "{'_id': 'big'}" in str(error) and "BSONObj size:" not in str(error)
     assert " bytes for the document with key {'_id': 'big'}" in str(error)  # size said
+    assert len(published(lake)) == 1

@@ -82,7 +82,7 @@ __all__ = ["MAX_ROWS_PER_COMMIT", "MergeResult", "merge_batches", "segment_byte_
 
 MAX_ROWS_PER_COMMIT = 1_000_000
 SEGMENT_BYTES_VARIABLE = "LAKEHOUSE_MERGE_SEGMENT_BYTES"
-# Batch data (Parquet bytes) per commit = function memory / this. The merge holds a segment's
+# Batch data (decoded bytes) per commit = function memory / this. The merge holds a segment's
 # rows decoded (Arrow strings, the precombine, delta-rs's merge and the rewritten files); the
 # measurement in benchmarks/large_documents.py puts its peak at several times the decoded size.
 SEGMENT_MEMORY_FRACTION = 16
@@ -90,7 +90,7 @@ DEFAULT_MEMORY_MB = 3008  # when not in Lambda (ECS task, tests): the merge func
 
 
 def segment_byte_budget(environ: Mapping[str, str] | None = None) -> int:
-    """The most batch bytes (the manifests' Parquet file bytes) one merge commit reads.
+    """The most batch bytes (``BatchManifest.decoded_bytes``) one merge commit reads.
 
     Args:
         environ: the function's environment (default ``os.environ``):
@@ -155,7 +155,7 @@ def merge_batches(
         store: the lake's object store; default ``open_store(request.lake_uri)``.
         on_progress: called with one line of text per step (the handler logs it to Dagster).
         max_rows_per_commit: the most change rows per commit (bounds memory), default 1,000,000.
-        max_bytes_per_commit: the most batch bytes (manifests' Parquet file bytes) per commit
+        max_bytes_per_commit: the most batch bytes (``BatchManifest.decoded_bytes``) per commit
             (bounds memory when documents are large); default ``segment_byte_budget()``
             (``LAKEHOUSE_MERGE_SEGMENT_BYTES``, else the function's memory / 16).
 

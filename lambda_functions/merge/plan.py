@@ -99,21 +99,22 @@ def next_segment(
     manifests: list[BatchManifest], max_rows: int, max_bytes: int | None = None
 ) -> list[BatchManifest]:
     """The batches of the next commit: a dropped marker alone, else consecutive batches up to
-    ``max_rows`` change rows and ``max_bytes`` bytes of batch data (the manifests' Parquet file
-    bytes; ``None``: no byte bound). Always at least one batch, so a single batch over either
-    bound (e.g. one holding a ~16 MB document) is applied alone."""
+    ``max_rows`` change rows and ``max_bytes`` bytes of batch data (``decoded_bytes``: the JSON
+    size capture recorded, else the Parquet files' size; ``None``: no byte bound). Always at
+    least one batch, so a single batch over either bound (e.g. one holding a ~16 MB document)
+    is applied alone."""
     first = manifests[0]
     if first.extra.get("dropped"):
         return [first]
-    segment, rows, size = [first], first.rows, first.bytes
+    segment, rows, size = [first], first.rows, first.decoded_bytes
     for manifest in manifests[1:]:
         if manifest.extra.get("dropped") or rows + manifest.rows > max_rows:
             break
-        if max_bytes is not None and size + manifest.bytes > max_bytes:
+        if max_bytes is not None and size + manifest.decoded_bytes > max_bytes:
             break
         segment.append(manifest)
         rows += manifest.rows
-        size += manifest.bytes
+        size += manifest.decoded_bytes
     return segment
 
 

@@ -53,7 +53,7 @@ What the sources do (research for issue 15, item 4):
   returns its ``documentKey`` and token, and the document is then read by key from the collection
   (a document alone always fits a reply).
 
-What this module gives capture (wired into the stream reader after the capture refactor):
+What this module gives capture (the stream read, ``stream.py``, and ``DocumentDBChangeSource``):
 ``reassemble_split_events``/``SplitEventReassembler`` (whole events in stream order),
 ``pipeline_with_split_stage``/``split_stage_supported`` (when to ask for fragments),
 ``key_only_pipeline`` and ``oversized_event_report`` (what to say, and do, when the server

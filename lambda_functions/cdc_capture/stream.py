@@ -225,13 +225,15 @@ class StreamSteps:
         try:
             yield
         except OperationFailure as error:
-            report = oversized_event_report(
-                error,
-                document_key=self._oversized_key(),
-                resume_token=self._last_whole_token,
-                split_supported=getattr(self.source, "split_large_events", None),
-            )
-            if report is not None:
+            if oversized_event_report(error) is not None:  # BSONObjectTooLarge (10334)
+                split = getattr(self.source, "split_large_events", None)
+                report = oversized_event_report(
+                    error,
+                    document_key=self._oversized_key(),
+                    resume_token=self._last_whole_token,
+                    split_supported=split,
+                    split_in_use=bool(split),
+                )
                 raise OversizedChangeEventError(f"{self.zone.namespace}: {report}") from error
             raise self._explain(error, token) from error
 

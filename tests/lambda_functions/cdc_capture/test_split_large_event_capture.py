@@ -210,6 +210,20 @@ def test_without_the_split_stage_the_oversized_event_is_reported_by_key(store, t
     assert len(published(lake)) == 1  # nothing published: the next run meets it again
 
 
+def test_one_field_over_the_limit_is_reported_even_with_the_split_stage(store, tmp_path):
+    lake = tmp_path / "lake"
+    capture_changes(request(lake), source=store)
+    store.insert_one(DB, COLL, {"_id": "huge", "a": "z" * (LIMIT + 10)})  # MongoDB: not split
+
+    with pytest.raises(OversizedChangeEventError) as raised:
+        capture_changes(request(lake), source=store)
+
+    message = str(raised.value)
+    assert "{'_id': 'huge'}" in message
+    assert "one top-level field is over 16 MiB alone" in message
+    assert "add {$changeStreamSplitLargeEvent" not in message  # it is already there
+
+
 # -- over pymongo (mockupdb playing the server) ----------------------------------------------------
 def wire_capture(tmp_path: Path, store: EmbeddedChangeStreamSource, **server: Any) -> Any:
     """Snapshot and changes captured over the wire; (lake, server commands, source)."""

@@ -5,7 +5,7 @@ batch (capture's ``max_bytes`` lets one big document through). Two shapes: int a
 int32 each, which canonical extended JSON writes as ``{"$numberInt": "..."}``: ~27 MB of JSON per
 document, and compresses well in Parquet) and random hex strings (incompressible).
 
-Each stage runs in its own process so its peak RSS (``ru_maxrss``) is its own: the merge with no
+Each stage (and the build) runs in its own process so its peak RSS (``ru_maxrss``) is its own: the merge with no
 byte bound (``max_bytes_per_commit`` huge: every batch in one commit, the behaviour before the
 bound) and with the bound (``LAKEHOUSE_MERGE_SEGMENT_BYTES``-style budget), then the load of the
 merged table into DuckDB. Prints a table, then one JSON line.
@@ -82,15 +82,18 @@ def child(stage: str, root: Path, budget: int) -> None:
     )
 
 
-def run(stage: str, root: Path, budget: int) -> dict:
+def run(stage: str, root: Path, arg: int | str) -> dict:
+    """One child process (the parent stays small: a forked child's peak RSS counts the pages it
+    shares with its parent)."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", stage, str(root), str(budget)],
+        [sys.executable, __file__, "--child", stage, str(root), str(arg)],
         check=True,
         capture_output=True,
         text=True,
         env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    lines = out.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else {}
 
 
 def main() -> None:
@@ -98,18 +101,22 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=4)
     parser.add_argument("--budget-mib", type=int, default=4)
     parser.add_argument("--shapes", default="ints,random")
-    parser.add_argument("--child", nargs=3)
+    parser.add_argument("--child", nargs=3, metavar=("STAGE", "ROOT", "ARG"))
     args = parser.parse_args()
     if args.child:
-        stage, root, budget = args.child
-        child(stage, Path(root), int(budget))
+        stage, root, arg = args.child
+        if stage == "build":
+            shape, documents = arg.split(":")
+            build(Path(root), shape, int(documents))
+        else:
+            child(stage, Path(root), int(arg))
         return
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         for shape in args.shapes.split(","):
             base = Path(tmp) / shape / "base"
             base.mkdir(parents=True)
-            build(base, shape, args.documents)
+            run("build", base, f"{shape}:{args.documents}")
             for label, budget in (("unbounded", 1 << 62), ("bounded", args.budget_mib << 20)):
                 root = Path(tmp) / shape / label
                 shutil.copytree(base, root)

@@ -254,8 +254,13 @@ def stream_pipelines(commands: list[dict[str, Any]]) -> list[list[dict[str, Any]
     ]
 
 
-def test_pymongo_path_asks_for_fragments_on_mongodb_7_and_captures_the_event(store, tmp_path):
-    lake, commands, source, error = wire_capture(tmp_path, store, version="7.0.12")
+@pytest.mark.parametrize("events_per_batch", [None, 1])  # 1: each fragment in its own getMore
+def test_pymongo_path_asks_for_fragments_on_mongodb_7_and_captures_the_event(
+    store, tmp_path, events_per_batch
+):
+    lake, commands, source, error = wire_capture(
+        tmp_path, store, version="7.0.12", events_per_batch=events_per_batch
+    )
 
     assert error is None and source.split_large_events is True
     pipelines = stream_pipelines(commands)

@@ -353,6 +353,23 @@ class EmbeddedChangeStreamSource:
         ).fetchone()
         return row[0] if row else None
 
+    def split_keys(self, database: str, collection: str, count: int) -> tuple[list[Any], int]:
+        """What ``splitVector`` answers, exactly: the ``_id``s that split the collection's ``_id``
+        index into ``count`` ranges of equal document count (at most ``count - 1``, ascending),
+        and the document count. Reads only the index (one ``OFFSET`` step per boundary)."""
+        with self._reading():
+            total = self.count_documents(database, collection)
+            keys = []
+            for i in range(1, count):
+                row = self._db.execute(
+                    "SELECT id_json FROM documents WHERE db = ? AND coll = ? "
+                    "ORDER BY sort_key LIMIT 1 OFFSET ?",
+                    (database, collection, total * i // count),
+                ).fetchone()
+                if row is not None:
+                    keys.append(decode_document(row[0])["_id"])
+        return keys, total
+
     def count_documents(self, database: str, collection: str) -> int:
         return self._db.execute(
             "SELECT COUNT(*) FROM documents WHERE db = ? AND coll = ?", (database, collection)

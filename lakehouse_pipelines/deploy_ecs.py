@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lakehouse_pipelines.deploy_iam import assume_role_policy, inline_policy, lake_statements
 from lakehouse_pipelines.resources.ecs_pipes import DEFAULT_CONTAINER_NAME
 
 TASK_COMMAND = ["python", "-m", "lambda_functions.ecs_task"]
@@ -57,15 +58,6 @@ def ecs_conditions() -> dict[str, Any]:
     return {"CreateEcsCluster": {"Fn::Equals": [{"Ref": "EcsClusterName"}, ""]}}
 
 
-def _assume(service: str) -> dict[str, Any]:
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
-        ],
-    }
-
-
 def ecs_resources(metrics_environment: dict[str, Any]) -> dict[str, Any]:
     """The route's resources.
 
@@ -76,8 +68,6 @@ def ecs_resources(metrics_environment: dict[str, Any]) -> dict[str, Any]:
     Returns:
         Logical id -> resource, to merge into the template's ``Resources``.
     """
-    lake_arn = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${LakeBucketName}"}
-    lake_objects = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${LakeBucketName}/${LakePrefix}*"}
     return {
         "EcsCluster": {
             "Type": "AWS::ECS::Cluster",
@@ -94,7 +84,7 @@ def ecs_resources(metrics_environment: dict[str, Any]) -> dict[str, Any]:
         "EcsTaskExecutionRole": {
             "Type": "AWS::IAM::Role",
             "Properties": {
-                "AssumeRolePolicyDocument": _assume("ecs-tasks.amazonaws.com"),
+                "AssumeRolePolicyDocument": assume_role_policy("ecs-tasks.amazonaws.com"),
                 "ManagedPolicyArns": [
                     {
                         "Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/"
@@ -106,34 +96,29 @@ def ecs_resources(metrics_environment: dict[str, Any]) -> dict[str, Any]:
         "EcsTaskRole": {
             "Type": "AWS::IAM::Role",
             "Properties": {
-                "AssumeRolePolicyDocument": _assume("ecs-tasks.amazonaws.com"),
+                "AssumeRolePolicyDocument": assume_role_policy("ecs-tasks.amazonaws.com"),
                 "Policies": [
-                    {
-                        "PolicyName": "lakehouse-ecs-task",
-                        "PolicyDocument": {
-                            "Version": "2012-10-17",
-                            "Statement": [
-                                {
-                                    "Effect": "Allow",
-                                    "Action": ["s3:ListBucket"],
-                                    "Resource": [lake_arn],
-                                    "Condition": {
-                                        "StringLike": {"s3:prefix": [{"Fn::Sub": "${LakePrefix}*"}]}
+                    inline_policy(
+                        "lakehouse-ecs-task",
+                        [
+                            *lake_statements(),
+                            {
+                                "Effect": "Allow",
+                                "Action": ["secretsmanager:GetSecretValue"],
+                                "Resource": [
+                                    {"Ref": "DocumentDbSecretArn"},
+                                    # the masking key, for collections captured on ECS
+                                    {
+                                        "Fn::If": [
+                                            "HasMaskingKey",
+                                            {"Ref": "MaskingKeySecretArn"},
+                                            {"Ref": "AWS::NoValue"},
+                                        ]
                                     },
-                                },
-                                {
-                                    "Effect": "Allow",
-                                    "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-                                    "Resource": [lake_objects],
-                                },
-                                {
-                                    "Effect": "Allow",
-                                    "Action": ["secretsmanager:GetSecretValue"],
-                                    "Resource": [{"Ref": "DocumentDbSecretArn"}],
-                                },
-                            ],
-                        },
-                    }
+                                ],
+                            },
+                        ],
+                    )
                 ],
             },
         },

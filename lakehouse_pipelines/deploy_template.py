@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from lakehouse_pipelines.deploy_ecs import add_ecs_route
+from lakehouse_pipelines.deploy_iam import assume_role_policy, inline_policy, lake_statements
 from lakehouse_pipelines.resources.pipes_messages import PIPES_MESSAGE_PREFIX
 from lambda_functions.registry import FUNCTIONS, FunctionSpec, function_environment
 
@@ -77,8 +78,6 @@ def _logical_id(spec: FunctionSpec) -> str:
 
 
 def render_template() -> dict[str, Any]:
-    lake_arn = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${LakeBucketName}"}
-    lake_objects = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${LakeBucketName}/${LakePrefix}*"}
     pipes_objects = {
         "Fn::Sub": f"arn:${{AWS::Partition}}:s3:::${{PipesMessagesBucket}}/{PIPES_MESSAGE_PREFIX}/*"
     }
@@ -87,16 +86,7 @@ def render_template() -> dict[str, Any]:
         "FunctionRole": {
             "Type": "AWS::IAM::Role",
             "Properties": {
-                "AssumeRolePolicyDocument": {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "lambda.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                },
+                "AssumeRolePolicyDocument": assume_role_policy("lambda.amazonaws.com"),
                 "ManagedPolicyArns": [
                     {
                         "Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/"
@@ -104,93 +94,78 @@ def render_template() -> dict[str, Any]:
                     }
                 ],
                 "Policies": [
-                    {
-                        "PolicyName": "lakehouse-data-plane",
-                        "PolicyDocument": {
-                            "Version": "2012-10-17",
-                            "Statement": [
-                                {
-                                    "Effect": "Allow",
-                                    "Action": ["s3:ListBucket"],
-                                    "Resource": [lake_arn],
-                                    "Condition": {
-                                        "StringLike": {"s3:prefix": [{"Fn::Sub": "${LakePrefix}*"}]}
+                    inline_policy(
+                        "lakehouse-data-plane",
+                        [
+                            *lake_statements(),
+                            {
+                                "Effect": "Allow",
+                                "Action": ["s3:PutObject"],
+                                "Resource": [pipes_objects],
+                            },
+                            {
+                                "Effect": "Allow",
+                                "Action": ["cloudwatch:PutMetricData"],
+                                "Resource": "*",
+                                "Condition": {
+                                    "StringEquals": {
+                                        "cloudwatch:namespace": {"Ref": "MetricsNamespace"}
+                                    }
+                                },
+                            },
+                            {
+                                "Effect": "Allow",
+                                "Action": ["secretsmanager:GetSecretValue"],
+                                "Resource": [
+                                    {"Ref": "DocumentDbSecretArn"},
+                                    {"Ref": "RedshiftSecretArn"},
+                                    # the masking key (capture and ingest functions)
+                                    {
+                                        "Fn::If": [
+                                            "HasMaskingKey",
+                                            {"Ref": "MaskingKeySecretArn"},
+                                            {"Ref": "AWS::NoValue"},
+                                        ]
                                     },
+                                ],
+                            },
+                            {
+                                "Effect": "Allow",
+                                "Action": [
+                                    "redshift-data:BatchExecuteStatement",
+                                    "redshift-data:ExecuteStatement",
+                                ],
+                                "Resource": [{"Ref": "RedshiftResourceArn"}],
+                            },
+                            {
+                                # Only statements this role submitted.
+                                "Effect": "Allow",
+                                "Action": [
+                                    "redshift-data:DescribeStatement",
+                                    "redshift-data:GetStatementResult",
+                                    "redshift-data:CancelStatement",
+                                ],
+                                "Resource": "*",
+                                "Condition": {
+                                    "StringEquals": {
+                                        # an IAM policy variable, not a template one
+                                        "redshift-data:statement-owner-iam-userid": (
+                                            "${aws:userid}"
+                                        )
+                                    }
                                 },
-                                {
-                                    "Effect": "Allow",
-                                    "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-                                    "Resource": [lake_objects],
-                                },
-                                {
-                                    "Effect": "Allow",
-                                    "Action": ["s3:PutObject"],
-                                    "Resource": [pipes_objects],
-                                },
-                                {
-                                    "Effect": "Allow",
-                                    "Action": ["cloudwatch:PutMetricData"],
-                                    "Resource": "*",
-                                    "Condition": {
-                                        "StringEquals": {
-                                            "cloudwatch:namespace": {"Ref": "MetricsNamespace"}
-                                        }
-                                    },
-                                },
-                                {
-                                    "Effect": "Allow",
-                                    "Action": ["secretsmanager:GetSecretValue"],
-                                    "Resource": [
-                                        {"Ref": "DocumentDbSecretArn"},
-                                        {"Ref": "RedshiftSecretArn"},
-                                        # the masking key (capture and ingest functions)
-                                        {
-                                            "Fn::If": [
-                                                "HasMaskingKey",
-                                                {"Ref": "MaskingKeySecretArn"},
-                                                {"Ref": "AWS::NoValue"},
-                                            ]
-                                        },
-                                    ],
-                                },
-                                {
-                                    "Effect": "Allow",
-                                    "Action": [
-                                        "redshift-data:BatchExecuteStatement",
-                                        "redshift-data:ExecuteStatement",
-                                    ],
-                                    "Resource": [{"Ref": "RedshiftResourceArn"}],
-                                },
-                                {
-                                    # Only statements this role submitted.
-                                    "Effect": "Allow",
-                                    "Action": [
-                                        "redshift-data:DescribeStatement",
-                                        "redshift-data:GetStatementResult",
-                                        "redshift-data:CancelStatement",
-                                    ],
-                                    "Resource": "*",
-                                    "Condition": {
-                                        "StringEquals": {
-                                            # an IAM policy variable, not a template one
-                                            "redshift-data:statement-owner-iam-userid": (
-                                                "${aws:userid}"
-                                            )
-                                        }
-                                    },
-                                },
-                                {
-                                    "Effect": "Allow",
-                                    "Action": [
-                                        "redshift-serverless:GetCredentials",
-                                        "redshift:GetClusterCredentials",
-                                        "redshift:GetClusterCredentialsWithIAM",
-                                    ],
-                                    "Resource": [{"Ref": "RedshiftResourceArn"}],
-                                },
-                            ],
-                        },
-                    }
+                            },
+                            {
+                                "Effect": "Allow",
+                                "Action": [
+                                    "redshift-serverless:GetCredentials",
+                                    "redshift:GetClusterCredentials",
+                                    "redshift:GetClusterCredentialsWithIAM",
+                                ],
+                                "Resource": [{"Ref": "RedshiftResourceArn"}],
+                            },
+                        ],
+                    )
                 ],
             },
         },

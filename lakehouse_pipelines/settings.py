@@ -11,7 +11,6 @@ and is the import path for all of it.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from lakehouse_pipelines.settings_values import (
     parse_history_collections,
     parse_int,
     parse_masking,
+    parse_string_object,
     parse_table_overrides,
     split_namespace,
 )
@@ -107,6 +107,8 @@ class LakehouseSettings:
     def masking_of(self, namespace: str) -> dict[str, list[str]]:
         """The masking rules of one collection for its requests (``{}``: none)."""
         return {name: list(paths) for name, paths in self.masking.get(namespace, {}).items()}
+
+    snapshot_ranges: int = 1
 
     @property
     def is_aws(self) -> bool:
@@ -191,6 +193,8 @@ class LakehouseSettings:
         fanout = typed("LAKEHOUSE_FANOUT_CONCURRENCY", parse_int, 1)
         if fanout < 1:
             problem("LAKEHOUSE_FANOUT_CONCURRENCY must be 1 or more")
+        if not 1 <= typed("LAKEHOUSE_SNAPSHOT_RANGES", parse_int, 1) <= 256:
+            problem("LAKEHOUSE_SNAPSHOT_RANGES must be 1 to 256")
         retention = typed("LAKEHOUSE_VACUUM_RETENTION_HOURS", parse_int, 168)
         if retention < 1:
             # A merge in flight still references files it read; vacuum must never reach them.
@@ -309,6 +313,7 @@ class LakehouseSettings:
             masking=typed("LAKEHOUSE_MASKING", parse_masking, {}),
             masking_key_secret_arn=get("LAKEHOUSE_MASKING_KEY_SECRET_ARN"),
             masking_key=get("LAKEHOUSE_MASKING_KEY"),
+            snapshot_ranges=typed("LAKEHOUSE_SNAPSHOT_RANGES", parse_int, 1),
         )
         if len(problems) == 1:
             raise SettingsError(problems[0])
@@ -347,17 +352,12 @@ def _projection(value: str, warehouse: str = "duckdb") -> dict[str, str]:
         parse_projection,
     )
 
-    try:
-        projection = json.loads(value)
-    except ValueError:
-        projection = None
-    if not isinstance(projection, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in projection.items()
-    ):
-        raise SettingsError(
-            "LAKEHOUSE_WAREHOUSE_PROJECTION must be a JSON object of field -> SQL type, e.g. "
-            '{"status": "VARCHAR(32)", "total": "DECIMAL(18,2)"}'
-        )
+    projection = parse_string_object(
+        "LAKEHOUSE_WAREHOUSE_PROJECTION",
+        value,
+        shape="field -> SQL type",
+        example='{"status": "VARCHAR(32)", "total": "DECIMAL(18,2)"}',
+    )
     try:
         columns = parse_projection(projection)
         if warehouse == "redshift":

@@ -47,22 +47,43 @@ def parse_collections(value: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def parse_string_object(variable: str, value: str, *, shape: str, example: str) -> dict[str, str]:
+    """A variable holding a JSON object whose keys and values are strings.
+
+    Args:
+        variable: the variable's name, for the error.
+        value: its text.
+        shape: what maps to what, for the error (e.g. ``"field -> SQL type"``).
+        example: a valid value, quoted in the error.
+
+    Returns:
+        The object, keys in their order in ``value``.
+
+    Raises:
+        SettingsError: ``value`` is not JSON, not an object, or holds a non-string key or value.
+    """
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+    ):
+        raise SettingsError(f"{variable} must be a JSON object of {shape}, e.g. {example}")
+    return parsed
+
+
 def parse_table_overrides(value: str) -> dict[str, str]:
     """LAKEHOUSE_WAREHOUSE_TABLE_OVERRIDES: a JSON object of collection -> warehouse table, each
     checked now (a valid collection, a table name Redshift and DuckDB accept, no two tables that
     the warehouses would read as one)."""
     variable = "LAKEHOUSE_WAREHOUSE_TABLE_OVERRIDES"
-    try:
-        overrides = json.loads(value)
-    except ValueError:
-        overrides = None
-    if not isinstance(overrides, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in overrides.items()
-    ):
-        raise SettingsError(
-            f"{variable} must be a JSON object of collection -> warehouse table, e.g. "
-            '{"shop.Orders": "orders_upper"}'
-        )
+    overrides = parse_string_object(
+        variable,
+        value,
+        shape="collection -> warehouse table",
+        example='{"shop.Orders": "orders_upper"}',
+    )
     folded: dict[str, str] = {}
     for namespace, table in overrides.items():
         _database, collection = split_namespace(namespace, variable)

@@ -239,6 +239,12 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "PII masking: the HMAC key of hashed fields as text, at least 32 bytes (local only; on "
         "AWS use `LAKEHOUSE_MASKING_KEY_SECRET_ARN`)",
     ),
+    "LAKEHOUSE_SNAPSHOT_RANGES": (
+        "1",
+        "1",
+        "ranges a collection's initial load (or reset) is captured as, each by its own "
+        "invocation, at most `LAKEHOUSE_FANOUT_CONCURRENCY` at once (1 to 256; 1: one worker)",
+    ),
     "LAKEHOUSE_CHANGE_STREAM_RETENTION_SECONDS": (
         "10800",
         "10800",

@@ -242,6 +242,13 @@ class CaptureRequest(SourceRequest):
             events carry the document as it is when read) or ``"default"`` (they carry only
             ``updateDescription``: partial updates, applied by the merge to the stored
             document; one lookup less per update on the cluster).
+        snapshot_ranges: ranges a new snapshot (first load or ``reset``) is planned as, 1 to
+            256; 1 keeps the single-worker snapshot. Above 1 the invocation plans the ranges
+            (or publishes the generation once every range is captured, then reads the stream):
+            ``cdc_capture.range_snapshot``.
+        snapshot_range: set, this invocation captures one range of a planned generation:
+            ``{"generation": id, "index": i, "count": n, "lower": ejson | None, "upper":
+            ejson | None}`` (bounds: canonical extended JSON of ``_id``s, ``[lower, upper)``).
     """
 
     kind: ClassVar[str] = "cdc_capture"
@@ -253,6 +260,8 @@ class CaptureRequest(SourceRequest):
     max_cdc_lag_seconds: float = 900.0
     stream_retention_seconds: int = 3 * 3600
     full_document: str = "updateLookup"
+    snapshot_ranges: int = 1
+    snapshot_range: dict | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -263,6 +272,23 @@ class CaptureRequest(SourceRequest):
                 f"full_document must be 'updateLookup' or 'default', not {self.full_document!r} "
                 "(set LAKEHOUSE_UPDATE_LOOKUP to true or false)"
             )
+        if not 1 <= self.snapshot_ranges <= 256:
+            raise InvalidRequestError(
+                "snapshot_ranges must be 1 to 256 (LAKEHOUSE_SNAPSHOT_RANGES)"
+            )
+        if self.snapshot_range is not None:
+            wanted = {"generation", "index", "count", "lower", "upper"}
+            got = self.snapshot_range
+            if set(got) != wanted or not (
+                isinstance(got["generation"], str)
+                and isinstance(got["index"], int)
+                and isinstance(got["count"], int)
+                and 0 <= got["index"] < got["count"]
+            ):
+                raise InvalidRequestError(
+                    "snapshot_range must be {generation: str, index: int, count: int, lower, "
+                    f"upper}} with 0 <= index < count, got {got!r}"
+                )
         if self.stream_retention_seconds < 1 or self.max_cdc_lag_seconds <= 0:
             raise InvalidRequestError(
                 "stream_retention_seconds and max_cdc_lag_seconds must be positive"

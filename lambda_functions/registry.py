@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from lambda_functions.errors import TerminalError
+
 V = TypeVar("V")
 
 # Configured on every deployed function (the handlers' EMF metrics read it).
@@ -22,6 +24,10 @@ MASKING_KEY_ENVIRONMENT: tuple[str, ...] = (
     "LAKEHOUSE_MASKING_KEY",
     "LAKEHOUSE_MASKING_KEY_SECRET_ARN",
 )
+
+
+class FunctionConfigurationError(TerminalError, ValueError):
+    """A function is configured with a variable the deployment supplies no value for."""
 
 
 @dataclass(frozen=True)
@@ -63,11 +69,12 @@ def function_environment(spec: FunctionSpec, values: Mapping[str, V]) -> dict[st
         ``{name: value}`` for exactly the variables ``spec.environment`` names, in its order.
 
     Raises:
-        ValueError: a variable the deployment cannot supply (never silently left out).
+        FunctionConfigurationError: (a ``ValueError``) a variable the deployment cannot supply
+            (never silently left out); the message lists the missing and the supplied names.
     """
     missing = [name for name in spec.environment if name not in values]
     if missing:
-        raise ValueError(
+        raise FunctionConfigurationError(
             f"function {spec.name} is configured with {missing}, but this deployment supplies "
             f"no value for them (it supplies {sorted(values)})"
         )

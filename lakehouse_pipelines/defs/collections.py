@@ -27,6 +27,7 @@ from dagster import (
     AssetsDefinition,
     BackfillPolicy,
     BetaWarning,
+    Config,
     DagsterInstance,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -132,6 +133,51 @@ def invoke_per_collection(
     return lambda_pipes.run_partitions(
         context, spec, requests, max_concurrency=settings.fanout_concurrency, unbuilt=unbuilt
     )
+
+
+class NoStageConfig(Config):
+    """The run config of a stage that takes none."""
+
+
+def lambda_collection_asset(
+    spec: FunctionSpec,
+    request_for: Callable[[LakehouseSettings, str, Any], CollectionRequest],
+    config_type: type[Config] = NoStageConfig,
+    *,
+    runner_for: Callable[[LakehouseSettings, LambdaPipes], Any] | None = None,
+    **asset_kwargs: Any,
+) -> AssetsDefinition:
+    """A ``collection_asset`` whose step only invokes ``spec`` once per collection it covers
+    (``invoke_per_collection``).
+
+    Args:
+        spec: the Lambda function to invoke.
+        request_for: ``(settings, namespace, config) -> request`` for one collection; ``config``
+            is the run's ``config_type`` value.
+        config_type: the asset's run config (launchpad: ``ops: {<name>: {config: ...}}``).
+        runner_for: ``(settings, lambda_pipes) -> runner`` when the step fans out through
+            something else with ``LambdaPipes.run_partitions``'s signature (the range snapshot's
+            runner); ``None`` runs through ``lambda_pipes`` itself.
+        **asset_kwargs: as for ``collection_asset``; ``name`` is required (the asset's key and
+            its function's name).
+
+    Returns:
+        The asset, needing the resources ``lakehouse`` and ``lambda_pipes``.
+    """
+
+    def invoke(
+        context: AssetExecutionContext,
+        config: config_type,  # type: ignore[valid-type]
+        lakehouse: ResourceParam[LakehouseSettings],
+        lambda_pipes: ResourceParam[LambdaPipes],
+    ) -> MaterializeResult:
+        runner = runner_for(lakehouse, lambda_pipes) if runner_for else lambda_pipes
+        return invoke_per_collection(
+            context, runner, lakehouse, spec, lambda key: request_for(lakehouse, key, config)
+        )
+
+    invoke.__name__ = invoke.__qualname__ = asset_kwargs["name"]
+    return collection_asset(**asset_kwargs)(invoke)
 
 
 class DiscoveryError(TerminalError, RuntimeError):

@@ -16,6 +16,7 @@ from typing import Any
 
 from lambda_functions.cdc_capture.capture import CaptureResult, capture_changes
 from lambda_functions.cdc_capture.change_source import open_source
+from lambda_functions.cdc_capture.range_snapshot import advance_range_snapshot, capture_range
 from lambda_functions.cdc_capture.verify import verify_batches
 from lambda_functions.contracts import CaptureRequest
 from lambda_functions.emf import emit_stage_metrics
@@ -31,16 +32,36 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
             f"capturing {request.namespace} from {request.source_kind} into {request.lake_uri}"
             + (" (reset: new snapshot)" if request.reset else "")
         )
+        remaining = lambda: context.get_remaining_time_in_millis() / 1000  # noqa: E731
+        ranges = None
         with closing(open_source(request)) as source:
+            if request.snapshot_range is not None:  # one range of a parallel snapshot
+                part = capture_range(
+                    request, source=source, deadline=remaining, on_progress=pipes.log.info
+                )
+                pipes.report_asset_materialization(metadata=part.metadata())
+                return {"range": part.index, "documents": part.progress.documents}
+            if request.snapshot_ranges > 1:  # plan the ranges, or publish them when complete
+                ranges = advance_range_snapshot(
+                    request, source=source, on_progress=pipes.log.info, reset=request.reset
+                )
+                if ranges.step == "in_progress":
+                    pipes.report_asset_materialization(metadata=ranges.metadata())
+                    return {"range_step": ranges.step, "unfinished": len(ranges.unfinished)}
             result = capture_changes(
                 request,
                 source=source,
-                deadline=lambda: context.get_remaining_time_in_millis() / 1000,
+                deadline=remaining,
                 on_progress=pipes.log.info,
-                reset=request.reset,
+                reset=request.reset and ranges is None,
             )
-        verification = verify_batches(request, result.batches)
+        published = (ranges.batch,) if ranges is not None and ranges.batch else ()
+        verification = verify_batches(request, published + result.batches)
         metadata = result.metadata()
+        if ranges is not None and ranges.plan is not None:
+            metadata |= ranges.metadata()
+            snapshot_rows = sum(p.documents for p in ranges.progress) if ranges.batch else 0
+            metadata |= typed_metadata({"dagster/row_count": result.rows + snapshot_rows})
         pipes.report_asset_materialization(
             metadata=metadata, data_version=str(result.checkpoint_batch)
         )

@@ -48,6 +48,9 @@ HASH_PREFIX = "hmac-sha256:"
 _ENCODING_TAG = b"bson-v1\x00"
 _BYTES_ENCODING_TAG = b"bson-v1-bytes\x00"
 _SURROGATE_SUBTYPE = 0x80  # a user-defined BSON binary subtype: a string's original bytes
+# Added to a masked ``updateDescription``: hashed rule paths the event changes below their level
+# (its new hash needs the whole value); ``lake.update_description`` refuses such an event.
+MASKED_UNAPPLIABLE_FIELD = "lakehouseMaskedUnappliable"
 
 
 class MaskingRulesError(TerminalError, ValueError):
@@ -235,9 +238,8 @@ def mask_change_event(
 
     ``fullDocument`` and ``fullDocumentBeforeChange`` are masked like ``mask_document``;
     ``documentKey`` too (its ``_id`` is never masked; a sharded collection adds its shard key
-    fields, which may be personal data); ``updateDescription.updatedFields`` as
-    ``mask_updated_fields``. ``removedFields``, ``truncatedArrays`` and ``disambiguatedPaths`` hold
-    field names only and are kept, as is everything else (``ns``, ``clusterTime``, the token).
+    fields, which may be personal data); ``updateDescription`` as ``mask_update_description``.
+    Everything else is kept (``ns``, ``clusterTime``, the token).
 
     Args:
         event: a change event as the driver or a relay decodes it; rules and key as in
@@ -254,11 +256,92 @@ def mask_change_event(
         if isinstance(event.get(name), Mapping):
             masked[name] = mask_document(event[name], rules, key)
     description = event.get("updateDescription")
-    if isinstance(description, Mapping) and isinstance(description.get("updatedFields"), Mapping):
-        fields = mask_updated_fields(description["updatedFields"], rules, key)
-        if fields is not description["updatedFields"]:
-            masked["updateDescription"] = {**description, "updatedFields": fields}
+    if isinstance(description, Mapping):
+        masked["updateDescription"] = mask_update_description(description, rules, key)
     return event if all(masked[name] is event[name] for name in masked) else masked
+
+
+def mask_update_description(
+    description: Mapping[str, Any], rules: MaskingRules, key: MaskingKey | None
+) -> Mapping[str, Any]:
+    """An update event's ``updateDescription`` masked so that, applied by the merge to the masked
+    stored document, it gives the full-document mask of the new document, or is refused.
+
+    ``updatedFields`` as ``mask_updated_fields``. A path of ``removedFields``, ``truncatedArrays``
+    or ``disambiguatedPaths`` under a dropped path is removed (the stored copy has no such field;
+    a removal at it is kept: a no-op; a truncation at it is removed). A change *under* a hashed path (``"card.number.last4"``, an element ``"tags.1"`` of a
+    hashed ``tags``, set, removed or truncated) cannot be masked: the new hash needs the whole new
+    value, which the event does not carry. Such an entry is removed (its field names may be the
+    personal data: ``{"emails": {"bob@example.com": true}}``) and the hashed rule path is listed
+    in ``MASKED_UNAPPLIABLE_FIELD``, which makes ``lake.update_description`` refuse the event:
+    the merge sets it aside rather than keep a hash of the old value. A removal or truncation
+    *at* a hashed path is kept (``$unset`` removes the hash as it removes the value).
+
+    Returns:
+        A new mapping when something was masked, else ``description`` itself.
+
+    Raises:
+        MaskingKeyError: the rules hash fields and ``key`` is ``None``.
+    """
+    if rules.hash:
+        _require_key(rules, key)
+    masked = dict(description)
+    refused: set[str] = set(description.get(MASKED_UNAPPLIABLE_FIELD) or ())
+    updated = description.get("updatedFields")
+    if isinstance(updated, Mapping):
+        refused.update(
+            path
+            for path in rules.hash
+            for name in updated
+            if _place(_parts(name), _parts(path)) == "under"
+        )
+        masked["updatedFields"] = mask_updated_fields(updated, rules, key)
+
+    def kept(path: Any) -> bool:
+        if not isinstance(path, str):
+            return True  # malformed: the merge refuses it
+        for rule_path in (*rules.drop, *rules.hash):
+            place = _place(_parts(path), _parts(rule_path))
+            if place == "under" and rule_path in rules.hash:
+                refused.add(rule_path)
+            if place == "under":
+                return False
+        return True
+
+    removed = description.get("removedFields")
+    if isinstance(removed, list | tuple):
+        masked["removedFields"] = [path for path in removed if kept(path)]
+    truncated = description.get("truncatedArrays")
+    if isinstance(truncated, list | tuple):
+        entries = []
+        for entry in truncated:
+            path = entry.get("field") if isinstance(entry, Mapping) else None
+            rule_paths = rules.drop + rules.hash if isinstance(path, str) else ()
+            at = [p for p in rule_paths if _place(_parts(path), _parts(p)) == "at"]
+            if at and at[0] in rules.hash:
+                refused.add(at[0])  # the stored copy holds a hash, not the array
+            elif not at and kept(path):  # at a dropped path: the stored copy has no array
+                entries.append(entry)
+        masked["truncatedArrays"] = entries
+    disambiguated = description.get("disambiguatedPaths")
+    if isinstance(disambiguated, Mapping):
+        named = {*(masked.get("updatedFields") or {}), *(masked.get("removedFields") or ())}
+        named.update(
+            e.get("field") for e in masked.get("truncatedArrays") or () if isinstance(e, Mapping)
+        )
+        masked["disambiguatedPaths"] = {p: c for p, c in disambiguated.items() if p in named}
+    if refused:
+        masked[MASKED_UNAPPLIABLE_FIELD] = sorted(refused)
+    if all(
+        masked[name] is description.get(name) or masked[name] == description.get(name)
+        for name in masked
+    ):
+        return description
+    return masked
+
+
+def _parts(path: str) -> list[str]:
+    return path.split(".")
 
 
 def mask_updated_fields(

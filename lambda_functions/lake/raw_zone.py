@@ -349,6 +349,18 @@ class RawZone:
         self._save_checkpoint(Checkpoint(batch=batch, state=state))
         return manifest
 
+    def publish_manifest(self, manifest: BatchManifest) -> BatchManifest:
+        """Publish a manifest whose data files are already written (a parallel snapshot's range
+        pages): the exclusive claim, then the checkpoint.
+
+        Raises:
+            ObjectExistsError: another writer published that batch number (nothing is removed:
+                the files belong to the caller's own bookkeeping).
+        """
+        self._claim(manifest, [])
+        self._save_checkpoint(Checkpoint(batch=manifest.batch, state=manifest.state))
+        return manifest
+
     def _claim(self, manifest: BatchManifest, written: list[str]) -> None:
         """Create the manifest exclusively; on losing, remove this attempt's files.
 

@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lambda_functions.errors import TerminalError
+from lambda_functions.lake.masking import MASKED_UNAPPLIABLE_FIELD
 
 # The server pads an array with at most this many nulls (src/mongo/db/update/path_support.h).
 MAX_ARRAY_PADDING = 1_500_000
@@ -94,13 +95,21 @@ def apply_update_description(
             kind disagrees with the document, an index needing more than 1,500,000 nulls of
             padding, a truncated array that is absent, not an array or shorter than ``newSize``;
             a path without ``disambiguatedPaths`` that could also name a stored field whose name
-            has a dot; or a malformed description. (A removed path that does not resolve is
+            has a dot; a description that edge masking marked (``MASKED_UNAPPLIABLE_FIELD``: it
+            changed part of a hashed field); or a malformed description. (A removed path that does not resolve is
             ignored, as by ``$unset``.) Nothing is applied partially: the input is untouched.
 
     MongoDB Manual: "Change Events" (update event, ``updateDescription``), "$set", "$unset",
     "Array Update Operators"; server: ``change_stream_document_diff_parser.cpp``,
     ``document_diff_applier.cpp``.
     """
+    masked = update_description.get(MASKED_UNAPPLIABLE_FIELD)
+    if masked:
+        raise UnappliableUpdateError(
+            ", ".join(map(str, masked)),
+            "the event changes part of a hashed field (PII masking rule): its new hash needs the "
+            "whole new value, which only the full document has",
+        )
     updated = _member(update_description, "updatedFields", Mapping)
     removed = _member(update_description, "removedFields", list | tuple)
     truncated = _member(update_description, "truncatedArrays", list | tuple)
@@ -229,8 +238,10 @@ def _step(node: Any, part: PathComponent, path: str, *, create: bool) -> Any:
 
 
 def _pad(array: list[Any], size: int, path: str) -> None:
-    """Extend ``array`` with nulls to ``size`` elements (no change if it has as many)."""
-    if size - len(array) > MAX_ARRAY_PADDING:
+    """Extend ``array`` with nulls to ``size`` elements (no change if it has as many), to set
+    index ``size - 1``: the server pads up to the index (``maybePadTo(newIdx)``), then appends
+    the element, so ``size - 1 - len(array)`` nulls count against the limit."""
+    if size - 1 - len(array) > MAX_ARRAY_PADDING:
         raise UnappliableUpdateError(
             path, f"setting index {size - 1} would pad the array with more than 1500000 nulls"
         )

@@ -17,7 +17,13 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
-from lambda_functions.lake.lake_table import TableLocation, app_id, open_table
+from lambda_functions.lake.lake_table import (
+    MaskingGeneration,
+    TableLocation,
+    app_id,
+    masking_generation_transactions,
+    open_table,
+)
 from lambda_functions.lake.raw_zone import BatchManifest, RawZone
 from lambda_functions.lake.table_layout import (
     PARTITION_BY,
@@ -88,6 +94,12 @@ def commit_segment(
                     else plan.generation_position(segment[0])
                 )
                 transactions.append(Transaction(plan.floor_app_id(zone.namespace), new_floor))
+                masked_from = plan.masking_generation_position(segment[0])
+                if masked_from:  # the warehouse purges history captured under the old rules
+                    # This commit's version: made against the version read, or it fails.
+                    version = table.version() + 1 if table is not None else 0
+                    generation = MaskingGeneration(masked_from, version)
+                    transactions += masking_generation_transactions(zone.namespace, generation)
             commit = CommitProperties(
                 app_transactions=transactions,
                 # Commit against the version read, or fail: delta-rs would otherwise rebase a

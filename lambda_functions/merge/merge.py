@@ -40,6 +40,13 @@ Guarantees:
   supersedes every batch before it: pending batches in front of it are skipped unread
   (``batches_superseded``), which is also how a damaged batch is left behind (re-snapshot with
   ``reset``, then merge again).
+- **A masking rules change is recorded for the warehouse.** When the marker's ``reason`` (or
+  ``resnapshot_reason``) is ``masking_rules_changed`` and it carries a position (``drop_pos``,
+  else ``generation_pos``), the same commit records that position and its own version as the
+  Delta app transactions ``lakehouse-masking-generation:<namespace>`` and
+  ``lakehouse-masking-generation-version:<namespace>`` (``lake.lake_table.masking_generation``):
+  the warehouse load purges the history versions captured before them. Other markers
+  (``reset``, a drop) record nothing: history is kept.
 - **Cost follows the change.** The table is partitioned by ``_bucket`` (see ``lake.table_layout``), and each
   commit reads and rewrites only the files whose ``_id`` range the batch's keys fall in. Paths,
   reported in the result and the commit metadata: ``create`` (first batch), ``append`` (the batch

@@ -26,14 +26,18 @@ row into a full ``update`` row or sets it aside:
 - **Across merges too**: a key whose partial update an earlier merge set aside (its quarantine
   objects are read, only when the merge has partial updates) has an out-of-date stored copy from
   that position on; its later partial updates are set aside until a full version is stored.
+- **Retried when their document arrives** (``retry_set_aside``): a queue may deliver an update
+  before the insert or replace it follows; when a merge brings a full version of the key older
+  than a set-aside update, the update is applied again on it, in position order. Every merge
+  reads the set-aside objects for this (when there are any).
 - **A later full version supersedes**: replace, insert, update with ``fullDocument`` or delete,
   as the latest change, wins as always; deletes and drops keep their meaning.
 
 Limits: a partial update set aside leaves the stored document at its last known version, which
 readers keep seeing until a full version of the document (a replace) or a re-snapshot (the source
 audit reports the difference). Typed top-level columns of a row made from a partial update are
-null (the document is in ``doc``). The set-aside objects are read whole by every merge that has
-partial updates: their size follows the updates set aside, not the table.
+null (the document is in ``doc``). The set-aside objects are read whole by every merge (when any exist): their
+size follows the updates set aside, not the table.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from deltalake import DeltaTable
 
 from lambda_functions.lake.extended_json import decode_document, encode_document
 from lambda_functions.lake.raw_zone import RawZone
+from lambda_functions.lake.table_layout import key_buckets
 from lambda_functions.lake.update_description import (
     UnappliableUpdateError,
     apply_update_description,
@@ -61,6 +66,8 @@ __all__ = [
     "StoredRow",
     "earlier_set_aside",
     "resolve_partial_updates",
+    "retry_set_aside",
+    "set_aside_entries",
     "set_aside_key",
     "stored_rows",
     "write_set_aside",
@@ -93,7 +100,8 @@ class PartialUpdates:
             removed. Same schema as the input.
         applied: partial updates applied.
         set_aside: one JSON object per partial update set aside: ``_id``, ``pos``, ``batch``,
-            ``seq``, ``reason`` and the ``update_description`` (canonical extended JSON).
+            ``seq``, ``event_time_us`` (the change's ``_event_time``, microseconds since the
+            epoch, UTC), ``reason`` and the ``update_description`` (canonical extended JSON).
         stale: partial updates older than the stored row: ignored.
     """
 
@@ -153,6 +161,11 @@ def resolve_partial_updates(
     positions = keyed.column("_pos").to_pylist()
     batches = keyed.column("_batch").to_pylist()
     seqs = keyed.column("_seq").to_pylist()
+    times = (
+        keyed.column("_event_time").cast(pa.int64()).to_pylist()
+        if "_event_time" in keyed.column_names
+        else [None] * len(ids)
+    )
     keep = [True] * len(ids)
     applied = stale = 0
     set_aside: list[dict[str, Any]] = []
@@ -211,6 +224,7 @@ def resolve_partial_updates(
                 "pos": positions[i],
                 "batch": batches[i],
                 "seq": seqs[i],
+                "event_time_us": times[i],
                 "reason": reason,
                 "update_description": docs[i],
             }
@@ -292,13 +306,94 @@ def earlier_set_aside(zone: RawZone, keys: list[str]) -> dict[str, int]:
     """Key -> the newest position of its partial updates set aside so far (every object under
     ``<zone>/unapplied_updates/``; keys without one are left out)."""
     wanted, newest = set(keys), {}
+    for entry in set_aside_entries(zone):
+        key = entry.get("_id")
+        if key in wanted:
+            newest[key] = max(newest.get(key, entry["pos"]), entry["pos"])
+    return newest
+
+
+def _cast(column: pa.ChunkedArray | pa.Array, kind: pa.DataType) -> Any:
+    if pa.types.is_timestamp(kind):  # microseconds since the epoch, UTC
+        return column.cast(pa.int64()).cast(pa.timestamp("us", tz="UTC")).cast(kind)
+    return column.cast(kind)
+
+
+def set_aside_entries(zone: RawZone) -> list[dict[str, Any]]:
+    """Every partial update set aside so far (``write_set_aside``'s JSON objects), in file order."""
+    entries = []
     for name in zone.store.list(f"{zone.prefix}/unapplied_updates/"):
         for line in zone.store.get(name).decode().splitlines():
-            entry = json.loads(line) if line.strip() else {}
-            key = entry.get("_id")
-            if key in wanted:
-                newest[key] = max(newest.get(key, entry["pos"]), entry["pos"])
-    return newest
+            if line.strip():
+                entries.append(json.loads(line))
+    return entries
+
+
+def retry_set_aside(
+    changes: pa.Table, entries: list[dict[str, Any]], floor: int
+) -> tuple[pa.Table, set[str]]:
+    """Add back the set-aside partial updates that a full version in ``changes`` now precedes.
+
+    Queues do not order (SQS): an update may arrive, and be set aside for want of a document,
+    before the insert or replace it follows. When a later merge brings a full version (snapshot,
+    insert, replace, update with a document) of the key *older* than a set-aside update, the
+    update is applied again in position order (MongoDB applies changes in ``clusterTime``
+    order), instead of leaving the stored copy without it.
+
+    Args:
+        changes: change rows as ``resolve_partial_updates`` takes them.
+        entries: ``set_aside_entries`` of the collection.
+        floor: the drop floor: set-aside updates below it stay ignored.
+
+    Returns:
+        ``changes`` with those updates added as ``PARTIAL_UPDATE_OP`` rows (at their position,
+        batch and sequence; typed columns null), and the keys they were added for (whose
+        ``StoredRow.set_aside_pos`` the walk must then ignore). Deterministic.
+    """
+    if not entries or not changes.num_rows:
+        return changes, set()
+    full = changes.filter(pc.is_in(changes.column("_op"), value_set=pa.array(sorted(_FULL_OPS))))
+    full = full.filter(pc.is_valid(full.column("doc")))
+    earliest: dict[str, int] = {}
+    for key, pos in zip(
+        full.column("_id").cast(pa.string()).to_pylist(),
+        full.column("_pos").to_pylist(),
+        strict=True,
+    ):
+        earliest[key] = min(earliest.get(key, pos), pos)
+    seen, rows = set(), []
+    for entry in entries:
+        key, pos = entry.get("_id"), entry.get("pos")
+        mark = (key, pos, entry.get("batch"), entry.get("seq"))
+        if key not in earliest or not isinstance(pos, int) or pos < floor or mark in seen:
+            continue
+        if pos > earliest[key]:
+            seen.add(mark)
+            rows.append(
+                {
+                    "_id": key,
+                    "doc": entry["update_description"],
+                    "_op": PARTIAL_UPDATE_OP,
+                    "_pos": pos,
+                    "_batch": entry.get("batch"),
+                    "_seq": entry.get("seq"),
+                    # written since retries exist; before: the cluster time's seconds
+                    "_event_time": entry.get("event_time_us") or (pos >> 32) * 1_000_000,
+                }
+            )
+    if not rows:
+        return changes, set()
+    added = pa.Table.from_pylist(rows)
+    ids = added.column("_id")
+    columns = {"_bucket": key_buckets(ids), **{n: added.column(n) for n in added.column_names}}
+    retried = pa.table(
+        [
+            _cast(columns[f.name], f.type) if f.name in columns else pa.nulls(len(rows), f.type)
+            for f in changes.schema
+        ],
+        schema=changes.schema,
+    )
+    return pa.concat_tables([changes, retried]), {row["_id"] for row in rows}
 
 
 def set_aside_key(zone: RawZone, first_batch: int, last_batch: int) -> str:
@@ -311,7 +406,8 @@ def set_aside_key(zone: RawZone, first_batch: int, last_batch: int) -> str:
 
 def write_set_aside(zone: RawZone, numbers: list[int], partial: PartialUpdates) -> str | None:
     """Write the set-aside partial updates of the commit of batches ``numbers`` (JSON lines:
-    ``_id``, ``pos``, ``batch``, ``seq``, ``reason``, ``update_description``) before the commit.
+    ``_id``, ``pos``, ``batch``, ``seq``, ``event_time_us``, ``reason``, ``update_description``)
+    before the commit.
 
     Returns:
         The object's key (``set_aside_key``), or ``None`` when nothing was set aside (nothing is

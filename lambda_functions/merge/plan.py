@@ -8,12 +8,13 @@ statistics); ``apply`` makes the commits. See ``merge`` for the guarantees this 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
+from lambda_functions.lake.lake_table import MASKING_RULES_CHANGED
 from lambda_functions.lake.raw_zone import (
     BATCH_SCHEMA,
     UPDATE_DESCRIPTION_COLUMN,
@@ -27,7 +28,10 @@ from lambda_functions.merge.key_candidates import resolve_key_candidates
 from lambda_functions.merge.partial_updates import (
     PARTIAL_UPDATE_OP,
     PartialUpdates,
+    StoredRow,
     resolve_partial_updates,
+    retry_set_aside,
+    set_aside_entries,
     stored_rows,
 )
 from lambda_functions.merge.rekey import upgrade_batch_keys
@@ -80,6 +84,19 @@ def drop_position(manifest: BatchManifest) -> int | None:
 def generation_position(manifest: BatchManifest) -> int:
     """The drop floor a new-generation marker sets: its snapshot's start position, else 0."""
     return int(manifest.extra.get("generation_pos") or 0)
+
+
+def masking_generation_position(manifest: BatchManifest) -> int:
+    """For a marker published because the masking rules changed (``reason`` or
+    ``resnapshot_reason`` ``masking_rules_changed``): the position from which changes were
+    captured under the new rules (``drop_pos``, else ``generation_pos``); 0 otherwise (another
+    marker, e.g. a ``reset`` or a collection drop, or a marker without a position)."""
+    extra = manifest.extra
+    reasons = (extra.get("reason"), extra.get("resnapshot_reason"))
+    if not extra.get("dropped") or MASKING_RULES_CHANGED not in reasons:
+        return 0
+    position = drop_position(manifest)
+    return position if position is not None else generation_position(manifest)
 
 
 def starts_generation(manifest: BatchManifest) -> bool:
@@ -135,11 +152,19 @@ class SegmentChanges:
         """One change per key (``precombine``: the latest by position wins) among the changes
         at or above the drop ``floor``, after resolving partial updates against ``table``
         (``partial_updates``: only the rows stored for their keys are read, and the partial
-        updates set aside in ``zone`` before)."""
+        updates set aside in ``zone`` before; those a full version of this segment now precedes
+        are applied again, ``retry_set_aside``)."""
         current = self.rows.filter(pc.greater_equal(self.rows.column("_pos"), floor))
-        partial = resolve_partial_updates(
-            current, lambda keys, buckets: stored_rows(table, zone, keys, buckets)
-        )
+        current, retried = retry_set_aside(current, set_aside_entries(zone), floor)
+
+        def stored(keys: list[str], buckets: list[str]) -> dict[str, StoredRow]:
+            rows = stored_rows(table, zone, keys, buckets)
+            # a retried key's set-aside updates are back in the walk, in position order
+            return {
+                k: replace(r, set_aside_pos=None) if k in retried else r for k, r in rows.items()
+            }
+
+        partial = resolve_partial_updates(current, stored)
         return LatestChanges(
             precombine(partial.rows), self.rows.num_rows - current.num_rows, partial
         )

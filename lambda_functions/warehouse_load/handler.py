@@ -61,6 +61,12 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                     if result.history_table
                     else {}
                 ),
+                # Only for the load that purged a masking rules change (rare: no metric otherwise).
+                **(
+                    {"history_rows_purged": result.history_rows_purged}
+                    if "purge_history" in result.statements
+                    else {}
+                ),
             }
         )
         pipes.report_asset_materialization(metadata=metadata, data_version=str(result.lake_version))

@@ -17,12 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from lambda_functions.contracts import LoadRequest
 from lambda_functions.lake import ObjectStore, open_store
-from lambda_functions.lake.lake_table import LakeTableMissingError, lake_table_location
+from lambda_functions.lake.lake_table import (
+    LakeTableMissingError,
+    lake_table_location,
+    masking_generation,
+)
 from lambda_functions.warehouse_load.lake_changes import lake_keys, read_lake_changes
 from lambda_functions.warehouse_load.reconcile import Reconciliation, reconcile
 from lambda_functions.warehouse_load.set_aside import mark_set_aside
@@ -31,6 +36,7 @@ from lambda_functions.warehouse_sql import (
     Dialect,
     LoadedState,
     ProjectedColumn,
+    PurgeBelow,
     StageSource,
     Statement,
     TargetTable,
@@ -41,10 +47,12 @@ from lambda_functions.warehouse_sql import (
     ensure_tables,
     history_rows_query,
     history_target,
+    history_value_columns,
     load_transaction,
     loaded_state_query,
     parse_projection,
     set_aside_query,
+    unpurged_history_query,
 )
 
 
@@ -90,6 +98,8 @@ class LoadResult:
         history_rows_inserted: versions added to the history table (``insert_history``).
         history_rows_closed: history rows given their ``valid_to`` (``close_history`` and, on
             a full reload, ``close_history_absent``).
+        history_rows_purged: history rows whose values were set to NULL after a masking rules
+            change (``purge_history``; 0 when it did not run).
     """
 
     target: str
@@ -111,6 +121,7 @@ class LoadResult:
     history_table: str | None = None
     history_rows_inserted: int = 0
     history_rows_closed: int = 0
+    history_rows_purged: int = 0
 
     @property
     def warehouse_rows(self) -> int:
@@ -187,7 +198,10 @@ def load_changes(
     BEGIN..COMMIT), guarded by the control row the plan was made from. With
     ``request.history`` the same transaction keeps ``<table>_history`` (SCD type 2, every
     commit's version of each changed key, ``lambda_functions.warehouse_sql.history``); an empty
-    history table of a loaded collection is seeded by a full reload. Hence:
+    history table of a loaded collection is seeded by a full reload; after a masking rules change
+    (the lake's ``masking_generation``) the same transaction NULLs ``doc`` and the projected
+    columns of history versions below its position (``purge_history``, only while some still
+    hold a value). Hence:
     atomic (a failure leaves the previous data and control row), idempotent (re-running after
     any failure loads the same changes once; re-running after success loads nothing) and safe
     against a concurrent or stale load (it commits nothing). Redshift reads the staged rows with
@@ -234,12 +248,14 @@ def load_changes(
         existing = {str(row[0]).lower() for row in catalog}
         add = [c for c in projection if c.column not in existing]
         add_history: list[ProjectedColumn] = []
+        history_values: list[str] = []
         seed_history = False
         if history:
             history_catalog = warehouse.query(columns_query(dialect, history))
             check_column_types(history, projection, history_catalog)
             kept = {str(row[0]).lower() for row in history_catalog}
             add_history = [c for c in projection if c.column not in kept]
+            history_values = history_value_columns(sorted(kept), projection)
             seed_history = state is not None and not warehouse.query(history_rows_query(history))
         undeclared = sorted(existing - set(BASE_COLUMNS) - {c.column for c in projection})
         if undeclared:
@@ -249,7 +265,9 @@ def load_changes(
             )
         added_ahead: list[ProjectedColumn] = []
         additions = len(add) + len(add_history)
-        if additions and not columns_fit_in_load(dialect, additions, history=bool(history)):
+        if additions and not columns_fit_in_load(
+            dialect, additions, history=bool(history), purge=bool(history)
+        ):
             batches = column_additions(
                 dialect, target, add, history=history, history_columns=add_history
             )
@@ -288,10 +306,16 @@ def load_changes(
             f"{target}: lake version {changes.to_version} ({changes.reason}); "
             f"{changes.rows.num_rows} keys to apply"
         )
+        purge_below = None
+        if history:  # after a masking rules change: null what the old rules let through
+            held = [c for c in history_values if c in kept]  # columns the table has already
+            purge_below = _masking_purge(request, table, changes.rows, warehouse, history, held)
+            if purge_below is not None:
+                say(f"{history}: purging versions captured before the masking rules changed")
         affected: dict[str, int] = {}
         labels: list[str] = []
         set_aside = 0
-        if changes.full or changes.rows.num_rows:
+        if changes.full or changes.rows.num_rows or purge_below is not None:
             key = staging_key(target, changes.to_version)
             staged = mark_set_aside(changes.rows, dialect)
             set_aside = staged.num_rows - staged.column("_set_aside").null_count
@@ -315,6 +339,8 @@ def load_changes(
                     add_columns=add,
                     history=history,
                     add_history_columns=add_history,
+                    purge_history_below=purge_below,
+                    history_values=history_values,
                 )
                 labels = [s.label for s in statements]
                 affected = warehouse.run_transaction(
@@ -346,7 +372,36 @@ def load_changes(
         statements=labels,
         history_table=str(history) if history else None,
         history_rows_inserted=max(affected.get("insert_history", 0), 0),
+        history_rows_purged=max(affected.get("purge_history", 0), 0),
         history_rows_closed=sum(
             max(affected.get(label, 0), 0) for label in ("close_history", "close_history_absent")
         ),
     )
+
+
+def _masking_purge(
+    request: LoadRequest,
+    table: DeltaTable,
+    rows: pa.Table,
+    warehouse: Warehouse,
+    history: TargetTable,
+    columns: Sequence[str],
+) -> PurgeBelow | None:
+    """The history versions captured before the lake's latest masking rules change, when some
+    may hold values: this window stages versions of lake versions before it, or a history row
+    before it still holds a value in ``columns``; None when there is nothing to purge (the
+    rules never changed, or the change is purged already)."""
+    generation = masking_generation(table, f"{request.database}.{request.collection}")
+    if generation is None:
+        return None
+    below = PurgeBelow(generation.position, generation.lake_version)
+    if rows.num_rows:  # the same test as ``PurgeBelow.predicate``, on the staged versions
+        before = pc.less(rows["_pos"], below.position)
+        if "_commit_version" in rows.column_names:
+            at_start = pc.equal(rows["_pos"], below.position)
+            earlier = pc.less(rows["_commit_version"], below.lake_version)
+            before = pc.or_(before, pc.and_(at_start, earlier))
+        if pc.any(before).as_py():
+            return below
+    held = warehouse.query(unpurged_history_query(history, below=below, columns=columns))
+    return below if held else None

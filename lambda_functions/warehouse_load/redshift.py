@@ -38,6 +38,7 @@ from lambda_functions.warehouse_sql import (
     ProjectedColumn,
     StageSource,
     Statement,
+    check_statement_sizes,
     checked_iam_role,
     redact,
     stage_query,
@@ -202,7 +203,7 @@ class RedshiftDataApiClient:
             raise PlanError(
                 "statements of a batch carry no parameters (see lambda_functions.warehouse_sql): render checked literals"
             )
-        _check_sizes(statements)
+        check_statement_sizes(REDSHIFT, statements)
         delay = self.first_retry_s
         for attempt in range(1, self.max_attempts + 1):
             try:
@@ -245,7 +246,7 @@ class RedshiftDataApiClient:
             arguments["Parameters"] = [
                 {"name": key, "value": str(value)} for key, value in statement.parameters.items()
             ]
-        _check_sizes([statement])
+        check_statement_sizes(REDSHIFT, [statement])
         response = self.client.execute_statement(**arguments)
         described = self.wait(response["Id"], [statement], name=statement.label)
         if not described.get("HasResultSet", False):
@@ -375,19 +376,6 @@ class RedshiftDataApiClient:
             sql=sql,
             error=error,
         )
-
-
-def _check_sizes(statements: Sequence[Statement]) -> None:
-    """The Data API refuses a query string over 100 KB: never send one (warehouse_sql keeps the load's
-    statements under ``REDSHIFT.max_statement_bytes`` by construction; this is the last line)."""
-    limit = REDSHIFT.max_statement_bytes or 0
-    for statement in statements:
-        size = len(statement.sql.encode())
-        if size > limit:
-            raise PlanError(
-                f"statement {statement.label} is {size} bytes; the Redshift Data API accepts at "
-                f"most {limit} per statement"
-            )
 
 
 def project_rows(rows: pa.Table, projection: Sequence[ProjectedColumn]) -> pa.Table:

@@ -27,6 +27,8 @@ classes; the executors (``warehouse_load.duckdb_warehouse.DuckDBWarehouse`` and
     close_history        \\ only when the collection keeps history (``history``): close the open
     close_history_absent  | rows of changed keys (and, on a full reload, of keys gone from the
     insert_history       /  lake), insert every new version of the window
+    purge_history        after a masking rules change: NULL the values of history versions
+                         captured under the old rules (``history``)
     delete_control     \\ the control row names the lake table and version now in the warehouse
     insert_control     /
     drop_stage
@@ -68,10 +70,13 @@ from lambda_functions.warehouse_sql.errors import (
 from lambda_functions.warehouse_sql.history import (
     HISTORY_RESERVED_COLUMNS,
     HISTORY_STATEMENTS,
+    PurgeBelow,
     check_history,
     history_rows_query,
     history_table_name,
     history_target,
+    history_value_columns,
+    unpurged_history_query,
 )
 from lambda_functions.warehouse_sql.literals import (
     checked_iam_role,
@@ -157,6 +162,7 @@ __all__ = [
     "LoadedState",
     "PlanError",
     "ProjectedColumn",
+    "PurgeBelow",
     "RedshiftDialect",
     "StageSource",
     "Statement",
@@ -178,6 +184,7 @@ __all__ = [
     "history_rows_query",
     "history_table_name",
     "history_target",
+    "history_value_columns",
     "holds",
     "key_bucket",
     "load_transaction",
@@ -193,5 +200,6 @@ __all__ = [
     "stage_query",
     "staged_type",
     "table_column_type",
+    "unpurged_history_query",
     "version_hash",
 ]

@@ -36,8 +36,15 @@ class Dialect:
     max_statement_bytes: ClassVar[int | None] = None
     max_table_columns: ClassVar[int | None] = None
 
+    # The small pieces each warehouse renders differently: a ``str.format`` template each.
+    param_template: ClassVar[str]  # a named query parameter, ``{name}``
+    json_parse_template: ClassVar[str]  # JSON text ``{expression}`` into the document type
+    micros_to_timestamp_template: ClassVar[str]  # microseconds ``{expression}`` into a TIMESTAMP
+    hex_to_int_template: ClassVar[str]  # hexadecimal text ``{expression}`` into a BIGINT
+
     def param(self, name: str) -> str:
-        raise NotImplementedError
+        """The placeholder of the named query parameter ``name``."""
+        return self.param_template.format(name=name)
 
     def fold(self, identifier: str) -> str:
         # Redshift lower-cases identifiers, quoted or not (unless enable_case_sensitive_identifier
@@ -46,14 +53,38 @@ class Dialect:
         return fold_identifier(identifier)
 
     def json_parse(self, expression: str) -> str:
-        raise NotImplementedError
+        """The document value parsed from the JSON text ``expression``."""
+        return self.json_parse_template.format(expression=expression)
 
     def micros_to_timestamp(self, expression: str) -> str:
         """A TIMESTAMP (no time zone) from microseconds since 1970-01-01T00:00:00 UTC."""
-        raise NotImplementedError
+        return self.micros_to_timestamp_template.format(expression=expression)
 
     def hex_to_int(self, expression: str) -> str:
-        raise NotImplementedError
+        """The integer whose hexadecimal digits are the text ``expression``."""
+        return self.hex_to_int_template.format(expression=expression)
+
+    def own_columns(self, event_columns: Sequence[str]) -> list[str]:
+        """Column definitions (DDL) of a target table's own columns, in the order its INSERT
+        names them (``BASE_COLUMNS``, ``HISTORY_COLUMNS``).
+
+        Args:
+            event_columns: the definitions between ``_pos`` and ``_lake_version``: when the
+                change happened (the current table) or the version's validity (history).
+
+        Returns:
+            ``_id`` (this warehouse's key type), ``doc`` (its document type), ``_op``, ``_pos``,
+            then ``event_columns``, then ``_lake_version`` and ``_loaded_at``.
+        """
+        return [
+            f'"_id" {self.key_type} NOT NULL',
+            f'"doc" {self.document_type}',
+            '"_op" VARCHAR(16)',
+            '"_pos" BIGINT',
+            *event_columns,
+            '"_lake_version" BIGINT NOT NULL',
+            '"_loaded_at" TIMESTAMPTZ NOT NULL',
+        ]
 
     def load_stage(
         self,
@@ -76,18 +107,10 @@ class DuckDBDialect(Dialect):
     document_type = "JSON"
     staged_document_type = "VARCHAR"  # no length limit below DuckDB's 4 GB string
     now = "now()"
-
-    def param(self, name: str) -> str:
-        return f"${name}"
-
-    def json_parse(self, expression: str) -> str:
-        return f"CAST({expression} AS JSON)"
-
-    def micros_to_timestamp(self, expression: str) -> str:
-        return f"make_timestamp({expression})"
-
-    def hex_to_int(self, expression: str) -> str:
-        return f"CAST('0x' || {expression} AS BIGINT)"
+    param_template = "${name}"
+    json_parse_template = "CAST({expression} AS JSON)"
+    micros_to_timestamp_template = "make_timestamp({expression})"
+    hex_to_int_template = "CAST('0x' || {expression} AS BIGINT)"
 
     def load_stage(
         self,
@@ -136,18 +159,10 @@ class RedshiftDialect(Dialect):
     max_statement_bytes = 100_000
     # "Quotas and limits in Amazon Redshift": at most 1,600 columns in a table.
     max_table_columns = 1600
-
-    def param(self, name: str) -> str:
-        return f":{name}"
-
-    def json_parse(self, expression: str) -> str:
-        return f"JSON_PARSE({expression})"
-
-    def micros_to_timestamp(self, expression: str) -> str:
-        return f"TIMESTAMP 'epoch' + {expression} * INTERVAL '0.000001 second'"
-
-    def hex_to_int(self, expression: str) -> str:
-        return f"STRTOL({expression}, 16)"
+    param_template = ":{name}"
+    json_parse_template = "JSON_PARSE({expression})"
+    micros_to_timestamp_template = "TIMESTAMP 'epoch' + {expression} * INTERVAL '0.000001 second'"
+    hex_to_int_template = "STRTOL({expression}, 16)"
 
     def load_stage(
         self,

@@ -34,6 +34,17 @@ by three merges between two loads gets three rows); but one merge precombines a 
 latest change per key, so changes inside one merge batch are not seen. Reading the raw-zone
 batches would give every change; that is not done.
 
+Masking generations: when a collection's PII masking rules change, the merge records the
+position from which changes were captured under the new rules (``lake_table.masking_generation``)
+and the load, in its one transaction and after ``insert_history``, runs ``purge_history``: it sets
+``doc`` and every projected column (declared or no longer declared) to NULL in the history rows
+captured before it (``_pos`` below that position, or equal to it from an earlier lake version)
+that still hold a value. Nulling rather than deleting keeps the
+validity chain (``_id``, ``_op``, ``_pos``, ``valid_from``, ``valid_to``, ``is_current``,
+``_lake_version``, ``_loaded_at``: when which key had a version, not what it held), so "as of T"
+still finds that a document existed, with no value from before the change. The statement only
+touches rows still holding a value: a re-run, or a later load, changes nothing.
+
 Incremental, in the load's one transaction (``load_transaction``), after the current table:
 
     close_history         UPDATE the key's open row: ``valid_to`` = its first new version's
@@ -41,6 +52,8 @@ Incremental, in the load's one transaction (``load_transaction``), after the cur
     close_history_absent  (full reload only) close open rows of keys the lake no longer holds:
                           ``valid_to`` = the load's time (the delete's own time is unknown)
     insert_history        INSERT every new version, ``valid_to`` = the next one's ``valid_from``
+    purge_history         (after a masking rules change only) NULL ``doc`` and the projected
+                          columns of versions captured before it (``PurgeBelow``)
 
 "New" means: no history row has the same (``_id``, ``_pos``, ``_op``). With the control-row guard
 (a loaded window is never planned again) this makes a replayed window add nothing, and a full
@@ -57,9 +70,11 @@ NOT EXISTS rather than an anti-join, and no alias on the target (it is named in 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from lambda_functions.warehouse_sql.dialects import Dialect
 from lambda_functions.warehouse_sql.errors import PlanError
+from lambda_functions.warehouse_sql.literals import sql_integer
 from lambda_functions.warehouse_sql.names import (
     HISTORY_COLUMNS,
     HISTORY_SUFFIX,
@@ -68,15 +83,19 @@ from lambda_functions.warehouse_sql.names import (
     quote_identifier,
 )
 from lambda_functions.warehouse_sql.projection import ProjectedColumn
-from lambda_functions.warehouse_sql.staging import projected_value
+from lambda_functions.warehouse_sql.staging import insert_changes
 from lambda_functions.warehouse_sql.statements import Statement, TargetTable
 
 # Columns the history statements compute next to the staged ones: no projected column may
 # take these names when history is kept.
 _WORK_COLUMNS = ("_commit_version", "_valid_to", "_first_new", "_last_new")
 HISTORY_RESERVED_COLUMNS = frozenset((*HISTORY_COLUMNS, *_WORK_COLUMNS))
-# Statements ``history_statements`` adds to the load at most (a full reload's three).
+# Statements ``history_statements`` adds to an ordinary load at most (a full reload's three),
+# and the one more after a masking rules change (``purge_history``).
 HISTORY_STATEMENTS = 3
+PURGE_HISTORY_STATEMENTS = 1
+# The history columns a purge keeps: the validity chain, which holds no document value.
+HISTORY_CHAIN_COLUMNS = tuple(c for c in HISTORY_COLUMNS if c != "doc")
 
 
 def history_table_name(table: str) -> str:
@@ -131,17 +150,9 @@ def create_history(dialect: Dialect, history: TargetTable) -> Statement:
     """Idempotent DDL of the history table with its own columns (projected ones are added by
     the load transaction, as for the current table)."""
     d = dialect
-    columns = [
-        f'"_id" {d.key_type} NOT NULL',
-        f'"doc" {d.document_type}',
-        '"_op" VARCHAR(16)',
-        '"_pos" BIGINT',
-        '"valid_from" TIMESTAMPTZ',
-        '"valid_to" TIMESTAMPTZ',
-        '"is_current" BOOLEAN NOT NULL',
-        '"_lake_version" BIGINT NOT NULL',
-        '"_loaded_at" TIMESTAMPTZ NOT NULL',
-    ]
+    columns = d.own_columns(
+        ['"valid_from" TIMESTAMPTZ', '"valid_to" TIMESTAMPTZ', '"is_current" BOOLEAN NOT NULL']
+    )
     return Statement(
         "create_history",
         f"CREATE TABLE IF NOT EXISTS {history.qualified} ({', '.join(columns)}){d.table_options}",
@@ -155,6 +166,8 @@ def history_statements(
     stage: str,
     full: bool,
     projection: Sequence[ProjectedColumn],
+    purge_below: PurgeBelow | None = None,
+    value_columns: Sequence[str] = (),
 ) -> list[Statement]:
     """The history part of the load transaction (see the module doc), to run after the staged
     rows are loaded and before the control row is replaced.
@@ -167,9 +180,14 @@ def history_statements(
         full: the load is a full reload (the stage holds every live key): also close the open
             rows of keys it does not hold.
         projection: every projected column, in declaration order.
+        purge_below: the versions captured before the last masking rules change, when some
+            may still hold values (``PurgeBelow``); None: no purge.
+        value_columns: the history table's columns the purge sets to NULL
+            (``history_value_columns``).
 
     Returns:
-        ``close_history``, then ``close_history_absent`` when ``full``, then ``insert_history``.
+        ``close_history``, then ``close_history_absent`` when ``full``, then ``insert_history``,
+        then ``purge_history`` when ``purge_below``.
     """
     d = dialect
     h = history.qualified
@@ -200,27 +218,100 @@ def history_statements(
                 f'(SELECT 1 FROM {stage} AS s WHERE s."_id" = {h}."_id")',
             )
         )
-    names = [*HISTORY_COLUMNS, *(c.column for c in projection)]
-    values = [
-        'v."_id"',
-        d.json_parse('v."doc"'),
-        'v."_op"',
-        'v."_pos"',
-        'v."_event_time"',
-        'v."_valid_to"',
-        'v."_last_new" = 1 AND NOT v."_deleted"',
-        'v."_commit_version"',
-        d.now,
-        *(projected_value(d, c, f"v.{quote_identifier(c.column)}") for c in projection),
-    ]
     statements.append(
-        Statement(
+        insert_changes(
             "insert_history",
-            f"INSERT INTO {h} ({', '.join(map(quote_identifier, names))}) "
-            f"SELECT {', '.join(values)} FROM {versions}",
+            d,
+            table=h,
+            columns=HISTORY_COLUMNS,
+            row="v",
+            computed=[
+                'v."_valid_to"',
+                'v."_last_new" = 1 AND NOT v."_deleted"',
+                'v."_commit_version"',
+                d.now,
+            ],
+            projection=projection,
+            source=versions,
         )
     )
+    if purge_below is not None:
+        statements.append(purge_history(history, below=purge_below, columns=value_columns))
     return statements
+
+
+def history_value_columns(
+    catalog: Sequence[str], projection: Sequence[ProjectedColumn]
+) -> list[str]:
+    """The history columns that hold a document's values: ``doc``, the projected columns, and
+    any other column the table has beyond its own (a column no longer projected keeps the values
+    of the versions loaded while it was).
+
+    Args:
+        catalog: the history table's column names (``columns_query``), any case.
+        projection: every projected column (those the load adds in the same transaction too).
+
+    Returns:
+        Folded column names, ``doc`` first, then sorted; never a ``HISTORY_CHAIN_COLUMNS`` one.
+    """
+    others = {fold_identifier(c) for c in catalog} | {c.column for c in projection}
+    return ["doc", *sorted(others - set(HISTORY_COLUMNS))]
+
+
+@dataclass(frozen=True)
+class PurgeBelow:
+    """History versions captured before a masking rules change: ``_pos`` below ``position``,
+    or equal to it from a lake version below ``lake_version`` (``lake_table.MaskingGeneration``:
+    a change at the new snapshot's start position may still precede the snapshot)."""
+
+    position: int
+    lake_version: int
+
+    def predicate(self, table: str) -> str:
+        p, v = sql_integer(self.position), sql_integer(self.lake_version)
+        return f'({table}."_pos" < {p} OR ({table}."_pos" = {p} AND {table}."_lake_version" < {v}))'
+
+
+def _holding_values(table: str, below: PurgeBelow, columns: Sequence[str]) -> str:
+    held = " OR ".join(f"{table}.{quote_identifier(c)} IS NOT NULL" for c in columns)
+    return f"{below.predicate(table)} AND ({held})"
+
+
+def purge_history(history: TargetTable, *, below: PurgeBelow, columns: Sequence[str]) -> Statement:
+    """Set the value columns of history versions captured before a masking rules change to NULL.
+
+    Args:
+        history: the history table.
+        below: which versions were captured under older rules (``PurgeBelow``).
+        columns: the value columns (``history_value_columns``), ``doc`` included.
+
+    Returns:
+        ``purge_history``: an UPDATE of the versions ``below`` that still hold a value.
+        Idempotent (a re-run matches no row); the validity chain is kept. Plain UPDATE ... WHERE
+        on both dialects (Amazon Redshift Database Developer Guide, "UPDATE").
+
+    Raises:
+        UnsafeSqlValueError: a column name that is not a plain identifier, or a position or
+            version that is not an integer.
+    """
+    h = history.qualified
+    assignments = ", ".join(f"{quote_identifier(c)} = NULL" for c in columns)
+    return Statement(
+        "purge_history",
+        f"UPDATE {h} SET {assignments} WHERE {_holding_values(h, below, columns)}",
+    )
+
+
+def unpurged_history_query(
+    history: TargetTable, *, below: PurgeBelow, columns: Sequence[str]
+) -> Statement:
+    """At most one history version ``below`` the masking generation still holding a value in
+    ``columns`` (none: purged already, the load needs no ``purge_history``)."""
+    h = history.qualified
+    return Statement(
+        "unpurged_history",
+        f'SELECT {h}."_id" FROM {h} WHERE {_holding_values(h, below, columns)} LIMIT 1',
+    )
 
 
 def history_rows_query(history: TargetTable) -> Statement:

@@ -12,6 +12,8 @@ from lambda_functions.warehouse_sql.dialects import Dialect
 from lambda_functions.warehouse_sql.errors import PlanError
 from lambda_functions.warehouse_sql.history import (
     HISTORY_STATEMENTS,
+    PURGE_HISTORY_STATEMENTS,
+    PurgeBelow,
     create_history,
     history_statements,
     history_target,
@@ -24,7 +26,7 @@ from lambda_functions.warehouse_sql.names import (
     quote_identifier,
 )
 from lambda_functions.warehouse_sql.projection import ProjectedColumn
-from lambda_functions.warehouse_sql.staging import projected_value, staged_type
+from lambda_functions.warehouse_sql.staging import insert_changes, staged_type
 from lambda_functions.warehouse_sql.statements import (
     LoadedState,
     StageSource,
@@ -43,15 +45,7 @@ def ensure_tables(
     load that fails, e.g. on a value that does not fit a declared type, leaves no column behind
     and a corrected projection applies cleanly on the re-run."""
     d = dialect
-    columns = [
-        f'"_id" {d.key_type} NOT NULL',
-        f'"doc" {d.document_type}',
-        '"_op" VARCHAR(16)',
-        '"_pos" BIGINT',
-        '"_event_time" TIMESTAMPTZ',
-        '"_lake_version" BIGINT NOT NULL',
-        '"_loaded_at" TIMESTAMPTZ NOT NULL',
-    ]
+    columns = d.own_columns(['"_event_time" TIMESTAMPTZ'])
     return [
         Statement(
             "create_schema", f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(target.schema)}"
@@ -79,11 +73,12 @@ def ensure_tables(
 
 def loaded_state_query(dialect: Dialect, target: TargetTable) -> Statement:
     """The control row of ``target``: at most one ``(lake_table_id, lake_version)`` row."""
-    return Statement(
+    return target.bookkeeping_rows(
         "loaded_state",
-        f'SELECT "lake_table_id", "lake_version" FROM {target.control} '
-        f'WHERE LOWER("table_name") = {dialect.param("table_name")}',
-        {"table_name": target.table},
+        dialect,
+        target.control,
+        ["lake_table_id", "lake_version"],
+        any_case=True,
     )
 
 
@@ -100,6 +95,8 @@ def load_transaction(
     add_columns: Sequence[ProjectedColumn] = (),
     history: TargetTable | None = None,
     add_history_columns: Sequence[ProjectedColumn] = (),
+    purge_history_below: PurgeBelow | None = None,
+    history_values: Sequence[str] = (),
 ) -> list[Statement]:
     """The statements of one load, to run as ONE transaction, in order (see the package doc).
 
@@ -122,11 +119,15 @@ def load_transaction(
         history: the history table (``history_target``) when the collection keeps history
             (``warehouse_sql.history``); the stage then holds every version of the window.
         add_history_columns: the projected columns the history table lacks.
+        purge_history_below: after a masking rules change, the versions captured before it:
+            ``purge_history`` NULLs their ``history_values`` (None: no purge).
+        history_values: the history table's value columns (``history_value_columns``).
 
     Returns:
         ``LOAD_STATEMENTS + len(add_columns)`` statements; with ``history``, also its
         ``add_history_column:*`` and ``close_history``, (full) ``close_history_absent`` and
-        ``insert_history`` before the control row.
+        ``insert_history`` (and ``purge_history`` when ``purge_history_below``) before the
+        control row.
 
     Raises:
         PlanError: more statements than the dialect's batch holds, or a statement over its size.
@@ -181,17 +182,6 @@ def load_transaction(
                 f'AND {target.set_aside}."_id" = {staged}."_id"',
             ),
         ]
-    names = [*BASE_COLUMNS, *(c.column for c in projection)]
-    values = [
-        's."_id"',
-        d.json_parse('s."doc"'),
-        's."_op"',
-        's."_pos"',
-        's."_event_time"',
-        sql_integer(version),
-        d.now,
-        *(projected_value(d, c, f"s.{quote_identifier(c.column)}") for c in projection),
-    ]
     # With history the stage holds every commit's version of a key: the latest is the last commit.
     newest = '"_commit_version" DESC, "_pos" DESC' if history else '"_pos" DESC'
     latest = (
@@ -199,10 +189,15 @@ def load_transaction(
         f'FROM {staged}) AS s WHERE s."_rank" = 1 AND NOT s."_deleted"'
     )
     statements += [
-        Statement(
+        insert_changes(
             "insert_upserts",
-            f"INSERT INTO {target.qualified} ({', '.join(map(quote_identifier, names))}) "
-            f'SELECT {", ".join(values)} FROM {latest} AND s."_set_aside" IS NULL',
+            d,
+            table=target.qualified,
+            columns=BASE_COLUMNS,
+            row="s",
+            computed=[sql_integer(version), d.now],
+            projection=projection,
+            source=f'{latest} AND s."_set_aside" IS NULL',
         ),
         Statement(
             "insert_set_aside",
@@ -213,7 +208,15 @@ def load_transaction(
         ),
     ]
     if history:
-        statements += history_statements(d, history, stage=staged, full=full, projection=projection)
+        statements += history_statements(
+            d,
+            history,
+            stage=staged,
+            full=full,
+            projection=projection,
+            purge_below=purge_history_below,
+            value_columns=history_values,
+        )
     statements += [
         Statement(
             "delete_control",
@@ -263,12 +266,16 @@ def _guard(target: TargetTable, expected: LoadedState | None) -> Statement:
 LOAD_STATEMENTS = 10
 
 
-def columns_fit_in_load(dialect: Dialect, count: int, *, history: bool = False) -> bool:
+def columns_fit_in_load(
+    dialect: Dialect, count: int, *, history: bool = False, purge: bool = False
+) -> bool:
     """Whether ``count`` ADD COLUMNs (of the table and, with ``history``, of its history table)
     fit in the load's one transaction (``max_batch_statements``: 40 for the Data API's
-    ``batch_execute_statement``)."""
+    ``batch_execute_statement``); ``purge`` keeps room for ``purge_history`` as well (a load
+    that may follow a masking rules change)."""
     limit = dialect.max_batch_statements
     own = LOAD_STATEMENTS + (HISTORY_STATEMENTS if history else 0)
+    own += PURGE_HISTORY_STATEMENTS if history and purge else 0
     return not limit or own + count <= limit
 
 

@@ -22,11 +22,8 @@ BUCKET_HEX_DIGITS = 2
 
 def set_aside_query(dialect: Dialect, target: TargetTable) -> Statement:
     """The keys of ``target`` set aside because the warehouse cannot hold their documents."""
-    return Statement(
-        "set_aside_keys",
-        f'SELECT "_id", "_pos", "reason" FROM {target.set_aside} '
-        f'WHERE "table_name" = {dialect.param("table_name")}',
-        {"table_name": target.table},
+    return target.bookkeeping_rows(
+        "set_aside_keys", dialect, target.set_aside, ["_id", "_pos", "reason"]
     )
 
 

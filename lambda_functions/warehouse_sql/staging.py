@@ -17,6 +17,7 @@ from lambda_functions.warehouse_sql.names import (
     quote_identifier,
 )
 from lambda_functions.warehouse_sql.projection import ProjectedColumn
+from lambda_functions.warehouse_sql.statements import Statement
 
 if TYPE_CHECKING:
     from lambda_functions.warehouse_sql.dialects import Dialect
@@ -155,3 +156,50 @@ def projected_value(dialect: Dialect, column: ProjectedColumn, staged: str) -> s
     if column.family == "date":
         return f"CAST({instant} AS DATE)"
     return instant
+
+
+def insert_changes(
+    label: str,
+    dialect: Dialect,
+    *,
+    table: str,
+    columns: Sequence[str],
+    row: str,
+    computed: Sequence[str],
+    projection: Sequence[ProjectedColumn],
+    source: str,
+) -> Statement:
+    """One INSERT of staged changes into a target table (the current table or its history).
+
+    Args:
+        label: the statement's label.
+        dialect: the warehouse.
+        table: the qualified target table.
+        columns: the table's own columns, in order (``BASE_COLUMNS`` or ``HISTORY_COLUMNS``);
+            their first five are the change's own (``_id``, ``doc``, ``_op``, ``_pos``, then the
+            event time).
+        row: the alias of the staged row in ``source``.
+        computed: SQL expressions for the remaining own columns, in order.
+        projection: the projected columns, inserted after the own ones.
+        source: what follows ``FROM``: the staged rows aliased ``row`` (with any ``WHERE``).
+
+    Returns:
+        ``INSERT INTO table (columns, projected) SELECT <change values>, computed, <projected
+        values> FROM source``; the document is parsed into the warehouse's document type and the
+        projected values are converted by ``projected_value``.
+    """
+    names = [*columns, *(c.column for c in projection)]
+    values = [
+        f'{row}."_id"',
+        dialect.json_parse(f'{row}."doc"'),
+        f'{row}."_op"',
+        f'{row}."_pos"',
+        f'{row}."_event_time"',
+        *computed,
+        *(projected_value(dialect, c, f"{row}.{quote_identifier(c.column)}") for c in projection),
+    ]
+    return Statement(
+        label,
+        f"INSERT INTO {table} ({', '.join(map(quote_identifier, names))}) "
+        f"SELECT {', '.join(values)} FROM {source}",
+    )

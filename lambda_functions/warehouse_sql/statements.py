@@ -88,5 +88,35 @@ class TargetTable:
     def set_aside(self) -> str:
         return f"{quote_identifier(self.schema)}.{quote_identifier(SET_ASIDE_TABLE)}"
 
+    def bookkeeping_rows(
+        self,
+        label: str,
+        dialect: Dialect,
+        relation: str,
+        columns: Iterable[str],
+        *,
+        any_case: bool = False,
+    ) -> Statement:
+        """This table's rows of a table shared by the schema's loads (``control``,
+        ``set_aside``), selected by their ``table_name`` column through a bound parameter.
+
+        Args:
+            label: the statement's label.
+            dialect: renders the parameter.
+            relation: the qualified shared table.
+            columns: the columns to read, in order (quoted here).
+            any_case: compare ``LOWER("table_name")``: rows written before names were folded.
+
+        Returns:
+            A read-only ``SELECT`` with the parameter ``table_name`` = ``self.table``.
+        """
+        name = 'LOWER("table_name")' if any_case else '"table_name"'
+        return Statement(
+            label,
+            f"SELECT {', '.join(map(quote_identifier, columns))} FROM {relation} "
+            f"WHERE {name} = {dialect.param('table_name')}",
+            {"table_name": self.table},
+        )
+
     def __str__(self) -> str:
         return f"{self.schema}.{self.table}"

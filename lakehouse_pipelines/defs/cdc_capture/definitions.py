@@ -6,22 +6,18 @@ from typing import Any
 
 from dagster import (
     AssetCheckSpec,
-    AssetExecutionContext,
     Config,
     Definitions,
-    MaterializeResult,
-    ResourceParam,
     define_asset_job,
 )
 from pydantic import Field
 
+from lakehouse_pipelines.defs.cdc_capture.range_snapshot import RangeSnapshotRunner
 from lakehouse_pipelines.defs.collections import (
-    collection_asset,
     collections_schedule,
-    invoke_per_collection,
+    lambda_collection_asset,
     request_fields,
 )
-from lakehouse_pipelines.resources import LambdaPipes
 from lakehouse_pipelines.settings import LakehouseSettings
 from lambda_functions.contracts import CaptureRequest, DmsIngestRequest, SourceAuditRequest
 from lambda_functions.registry import CDC_CAPTURE, SOURCE_AUDIT
@@ -45,7 +41,15 @@ class CaptureConfig(Config):
     )
 
 
-@collection_asset(
+cdc_raw_batches = lambda_collection_asset(
+    CDC_CAPTURE,
+    lambda lakehouse, key, config: capture_request(lakehouse, key, reset=config.reset),
+    CaptureConfig,
+    runner_for=lambda lakehouse, lambda_pipes: (
+        RangeSnapshotRunner(lambda_pipes, lakehouse.fanout_concurrency)
+        if lakehouse.snapshot_ranges > 1
+        else lambda_pipes
+    ),
     name=CAPTURE_KEY,
     group_name="lakehouse",
     kinds={"documentdb", "lambda", "s3"},
@@ -70,19 +74,6 @@ class CaptureConfig(Config):
         "collection; runs in Lambda. Materialize with run config reset: true to re-snapshot."
     ),
 )
-def cdc_raw_batches(
-    context: AssetExecutionContext,
-    config: CaptureConfig,
-    lakehouse: ResourceParam[LakehouseSettings],
-    lambda_pipes: ResourceParam[LambdaPipes],
-) -> MaterializeResult:
-    return invoke_per_collection(
-        context,
-        lambda_pipes,
-        lakehouse,
-        CDC_CAPTURE,
-        lambda key: capture_request(lakehouse, key, reset=config.reset),
-    )
 
 
 def capture_request(lakehouse: LakehouseSettings, namespace: str, *, reset: bool) -> CaptureRequest:
@@ -97,6 +88,7 @@ def capture_request(lakehouse: LakehouseSettings, namespace: str, *, reset: bool
         masking=lakehouse.masking_of(namespace),
         masking_key_secret_arn=lakehouse.masking_key_secret_arn,
         full_document="updateLookup" if lakehouse.update_lookup else "default",
+        snapshot_ranges=lakehouse.snapshot_ranges,
     )
 
 
@@ -112,7 +104,9 @@ def dms_request(lakehouse: LakehouseSettings, namespace: str, dms_uri: str) -> D
     )
 
 
-@collection_asset(
+source_audit = lambda_collection_asset(
+    SOURCE_AUDIT,
+    lambda lakehouse, key, _config: audit_request(lakehouse, key),
     name=SOURCE_AUDIT_KEY,
     deps=[LAKE_TABLE_KEY],
     group_name="verification",
@@ -137,14 +131,6 @@ def dms_request(lakehouse: LakehouseSettings, namespace: str, dms_uri: str) -> D
         "buckets per run, continuing where the last run stopped. Changes no data."
     ),
 )
-def source_audit(
-    context: AssetExecutionContext,
-    lakehouse: ResourceParam[LakehouseSettings],
-    lambda_pipes: ResourceParam[LambdaPipes],
-) -> MaterializeResult:
-    return invoke_per_collection(
-        context, lambda_pipes, lakehouse, SOURCE_AUDIT, lambda key: audit_request(lakehouse, key)
-    )
 
 
 def audit_request(lakehouse: LakehouseSettings, namespace: str) -> SourceAuditRequest:

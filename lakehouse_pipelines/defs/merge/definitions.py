@@ -6,14 +6,12 @@ from dataclasses import asdict, dataclass, replace
 
 from dagster import (
     AssetCheckSpec,
-    AssetExecutionContext,
     AssetKey,
     Config,
     DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
     Definitions,
-    MaterializeResult,
     ResourceParam,
     RunRequest,
     RunsFilter,
@@ -32,14 +30,12 @@ from lakehouse_pipelines.dagster_internals import (
 )
 from lakehouse_pipelines.defs.cdc_capture.definitions import CAPTURE_KEY
 from lakehouse_pipelines.defs.collections import (
-    collection_asset,
     collections_schedule,
-    invoke_per_collection,
+    lambda_collection_asset,
     registered_collections,
     request_fields,
 )
 from lakehouse_pipelines.defs.policies import with_freshness
-from lakehouse_pipelines.resources import LambdaPipes
 from lakehouse_pipelines.settings import LakehouseSettings, split_namespace
 from lambda_functions.contracts import CompactRequest, MergeRequest
 from lambda_functions.lake import open_store
@@ -50,7 +46,9 @@ LAKE_TABLE_KEY = "lake_table"
 MAINTENANCE_KEY = "lake_table_maintenance"
 
 
-@collection_asset(
+lake_table = lambda_collection_asset(
+    MERGE,
+    lambda lakehouse, key, _config: MergeRequest(**request_fields(lakehouse, key)),
     name=LAKE_TABLE_KEY,
     deps=[CAPTURE_KEY],
     group_name="lakehouse",
@@ -69,18 +67,6 @@ MAINTENANCE_KEY = "lake_table_maintenance"
         "filter with _op <> 'delete'); replayed batches are skipped. Runs in Lambda."
     ),
 )
-def lake_table(
-    context: AssetExecutionContext,
-    lakehouse: ResourceParam[LakehouseSettings],
-    lambda_pipes: ResourceParam[LambdaPipes],
-) -> MaterializeResult:
-    return invoke_per_collection(
-        context,
-        lambda_pipes,
-        lakehouse,
-        MERGE,
-        lambda key: MergeRequest(**request_fields(lakehouse, key)),
-    )
 
 
 class MaintenanceConfig(Config):
@@ -100,7 +86,26 @@ class MaintenanceConfig(Config):
     )
 
 
-@collection_asset(
+def compact_request(
+    lakehouse: LakehouseSettings, namespace: str, config: MaintenanceConfig
+) -> CompactRequest:
+    """The compaction and vacuum of one collection's lake table: the run's choices (``config``)
+    and the configured retentions."""
+    return CompactRequest(
+        **request_fields(lakehouse, namespace),
+        cold_after_hours=config.cold_after_hours,
+        z_order=config.z_order,
+        vacuum=config.vacuum,
+        vacuum_retention_hours=lakehouse.vacuum_retention_hours,
+        tombstone_retention_hours=lakehouse.tombstone_retention_hours,
+        dry_run=config.dry_run,
+    )
+
+
+lake_table_maintenance = lambda_collection_asset(
+    LAKE_MAINTENANCE,
+    compact_request,
+    MaintenanceConfig,
     name=MAINTENANCE_KEY,
     deps=[LAKE_TABLE_KEY],
     group_name="maintenance",
@@ -112,27 +117,6 @@ class MaintenanceConfig(Config):
         "vacuumed. Runs in Lambda on its own schedule."
     ),
 )
-def lake_table_maintenance(
-    context: AssetExecutionContext,
-    config: MaintenanceConfig,
-    lakehouse: ResourceParam[LakehouseSettings],
-    lambda_pipes: ResourceParam[LambdaPipes],
-) -> MaterializeResult:
-    return invoke_per_collection(
-        context,
-        lambda_pipes,
-        lakehouse,
-        LAKE_MAINTENANCE,
-        lambda key: CompactRequest(
-            **request_fields(lakehouse, key),
-            cold_after_hours=config.cold_after_hours,
-            z_order=config.z_order,
-            vacuum=config.vacuum,
-            vacuum_retention_hours=lakehouse.vacuum_retention_hours,
-            tombstone_retention_hours=lakehouse.tombstone_retention_hours,
-            dry_run=config.dry_run,
-        ),
-    )
 
 
 merge_job = define_asset_job(

@@ -9,6 +9,7 @@ publishes the same metrics without launching a run, so they keep flowing when ru
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from dagster import (
     AssetCheckResult,
@@ -112,20 +113,20 @@ def pipeline_metrics(
             "dashboard": MetadataValue.text(dashboard),
         },
         check_results=[
-            AssetCheckResult(
-                check_name="queue_not_stuck",
-                passed=oldest <= lakehouse.queue_stuck_seconds,
-                severity=AssetCheckSeverity.WARN,
-                metadata={
+            _warn_above(
+                "queue_not_stuck",
+                oldest,
+                lakehouse.queue_stuck_seconds,
+                {
                     "oldest_queued_run_age_seconds": MetadataValue.float(oldest),
                     "threshold_seconds": MetadataValue.float(lakehouse.queue_stuck_seconds),
                 },
             ),
-            AssetCheckResult(
-                check_name="failure_rate_ok",
-                passed=failure_rate <= lakehouse.max_failure_rate,
-                severity=AssetCheckSeverity.WARN,
-                metadata={
+            _warn_above(
+                "failure_rate_ok",
+                failure_rate,
+                lakehouse.max_failure_rate,
+                {
                     "failure_rate": MetadataValue.float(failure_rate),
                     "runs_failed": MetadataValue.int(int(_value(metrics, "RunsFailed"))),
                     "runs_finished": MetadataValue.int(int(_value(metrics, "RunsFinished"))),
@@ -133,6 +134,18 @@ def pipeline_metrics(
                 },
             ),
         ],
+    )
+
+
+def _warn_above(
+    check_name: str, value: float, threshold: float, metadata: dict[str, Any]
+) -> AssetCheckResult:
+    """A warning-severity check result: passed while ``value`` is at most ``threshold``."""
+    return AssetCheckResult(
+        check_name=check_name,
+        passed=value <= threshold,
+        severity=AssetCheckSeverity.WARN,
+        metadata=metadata,
     )
 
 

@@ -27,6 +27,7 @@ from lambda_functions.warehouse_sql import (
     REDSHIFT,
     LoadedState,
     PlanError,
+    PurgeBelow,
     StageSource,
     TargetTable,
     check_projection_limits,
@@ -35,6 +36,7 @@ from lambda_functions.warehouse_sql import (
     ensure_tables,
     history_table_name,
     history_target,
+    history_value_columns,
     load_transaction,
     parse_projection,
     reconciliation_query,
@@ -79,7 +81,7 @@ def test_projected_columns_may_not_take_the_history_columns_names_when_history_i
         request.validate()
 
 
-def history_plan(dialect, *, full: bool, projection=(), add=()):
+def history_plan(dialect, *, full: bool, projection=(), add=(), purge=None):
     target = TargetTable.named(dialect, "analytics", "orders")
     return load_transaction(
         dialect,
@@ -97,6 +99,8 @@ def history_plan(dialect, *, full: bool, projection=(), add=()):
         add_columns=add,
         history=history_target(dialect, target),
         add_history_columns=add,
+        purge_history_below=purge,
+        history_values=history_value_columns(["doc"], projection),
     )
 
 
@@ -107,8 +111,17 @@ def test_every_history_statement_parses_as_one_statement_in_its_dialect(dialect)
     statements = ensure_tables(dialect, target, history=history_target(dialect, target))
     for full in (True, False):
         statements += history_plan(dialect, full=full, projection=projection, add=projection)
+        statements += history_plan(
+            dialect, full=full, projection=projection, purge=PurgeBelow(5 << 32, 4)
+        )
     labels = [s.label for s in statements]
-    for label in ("create_history", "close_history", "close_history_absent", "insert_history"):
+    for label in (
+        "create_history",
+        "close_history",
+        "close_history_absent",
+        "insert_history",
+        "purge_history",
+    ):
         assert label in labels
     for statement in statements:
         parsed = sqlglot.parse(statement.sql, read=dialect.name)

@@ -18,6 +18,17 @@ change events. Reads return what pymongo returns for DocumentDB, in the same sha
   ``enable_change_streams``, and the log is retained for ``retention_seconds`` (3 hours by default)
   and at most ``max_events`` events. Resuming from a position whose later events were purged
   raises ``OperationFailure`` code 136 ``CappedPositionLost``, as DocumentDB does.
+- Change events over ``max_event_bytes`` (16 MiB by default, the BSON limit; tests set it small)
+  fail the read with ``OperationFailure`` code 10334 ``BSONObjectTooLarge``, as MongoDB does; a
+  stream opened with ``pipeline=[{"$changeStreamSplitLargeEvent": {}}]`` returns them as
+  fragments instead (top-level fields in order, as many per fragment as fit, each fragment with
+  ``_id`` and ``splitEvent: {fragment, of}``; a single field too large still fails). The last
+  fragment's token is the event's; a middle fragment's token is the event's with the fragment
+  number appended, which this source refuses to resume from (code 260). A ``$project`` that
+  excludes top-level fields (``key_only_pipeline``) is the only other stage it accepts. Like
+  ``DocumentDBChangeSource`` on a server that supports it, the source adds the split stage to
+  every stream itself while ``split_large_events`` is true (the default; false plays an older
+  server, where such an event fails the read).
 - Cluster times are ``Timestamp(unix seconds, counter)``, strictly increasing across the file; the
   events of one ``transaction()`` share a cluster time, as in a multi-document transaction.
 
@@ -60,6 +71,8 @@ from lambda_functions.lake.record_key import record_key
 
 DEFAULT_RETENTION_SECONDS = 3 * 3600  # DocumentDB's default change_stream_log_retention_duration
 DEFAULT_MAX_EVENTS = 1_000_000
+MAX_EVENT_BYTES = 16 * 1024 * 1024  # the BSON document limit a change event must fit
+SPLIT_STAGE = "$changeStreamSplitLargeEvent"
 LOCK_TIMEOUT_S = 30.0  # how long a write waits for another process's write to commit
 UPDATE_OPERATORS = ("$set", "$unset", "$inc", "$push")
 
@@ -184,8 +197,12 @@ class EmbeddedChangeStreamSource:
         retention_seconds: float = DEFAULT_RETENTION_SECONDS,
         max_events: int = DEFAULT_MAX_EVENTS,
         clock: Callable[[], float] = time.time,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        split_large_events: bool = True,
     ):
         self.path = Path(path)
+        self.max_event_bytes = max_event_bytes
+        self.split_large_events = split_large_events
         self.retention_seconds = retention_seconds
         self.max_events = max_events
         self.clock = clock
@@ -376,13 +393,20 @@ class EmbeddedChangeStreamSource:
         resume_after: Mapping[str, Any] | None = None,
         full_document: str | None = None,
         batch_size: int | None = None,
+        pipeline: Sequence[Mapping[str, Any]] | None = None,
     ) -> EmbeddedChangeStream:
         """Open a change stream on one collection, after ``resume_after`` or at the head.
 
+        ``pipeline`` (the stages after ``$changeStream``) may hold a ``$project`` excluding
+        top-level fields and, last, ``$changeStreamSplitLargeEvent`` (see the module docstring).
+
         Raises ``OperationFailure`` code 136 (``CappedPositionLost``) if events after the token
         were purged from the log, as DocumentDB does; the error comes from ``watch`` itself, as
-        pymongo's does (the aggregate runs immediately).
+        pymongo's does (the aggregate runs immediately). ``EmbeddedSourceLimitError`` for any
+        other stage.
         """
+        excluded, split = _stream_stages(pipeline or [])
+        split = split or self.split_large_events
         if full_document not in (None, "default", "updateLookup"):
             raise EmbeddedSourceLimitError(
                 f"full_document={full_document!r} is not supported: DocumentDB offers 'default' "
@@ -401,6 +425,8 @@ class EmbeddedChangeStreamSource:
             after_seq=after_seq,
             lookup=full_document == "updateLookup",
             batch_size=batch_size or 100,
+            excluded=excluded,
+            split=split,
         )
 
     def _head(self) -> tuple[int, int, int]:
@@ -726,8 +752,12 @@ class EmbeddedChangeStream:
         after_seq: int,
         lookup: bool,
         batch_size: int,
+        excluded: frozenset[str] = frozenset(),
+        split: bool = False,
     ):
         self._source = source
+        self._excluded = excluded
+        self._split = split
         self._ns = (database, collection)
         self._after_seq = after_seq
         self._lookup = lookup
@@ -750,7 +780,7 @@ class EmbeddedChangeStream:
             return None
         event = self._buffer.popleft()
         self._resume_token = event["_id"]
-        if event["operationType"] == "invalidate":
+        if event.get("operationType") == "invalidate":
             self.alive = False
             self._buffer.clear()
         return event
@@ -779,13 +809,19 @@ class EmbeddedChangeStream:
                 self._after_seq = head_seq
                 self._resume_token = resume_token(head_t, head_i, head_seq)
             return []
-        self._after_seq = rows[-1][0]
         looked_up = (
             self._source._lookup(database, collection, [r[6] for r in rows if r[1] == "update"])
             if self._lookup
             else {}
         )
-        return [self._event(row, looked_up) for row in rows]
+        events = []
+        for row in rows:
+            event = self._event(row, looked_up)
+            for name in self._excluded:
+                event.pop(name, None)
+            events += _fit(event, self._source.max_event_bytes, split=self._split)
+        self._after_seq = rows[-1][0]  # after the batch is built: a failed read leaves it unread
+        return events
 
     def _event(self, row: tuple[Any, ...], looked_up: Mapping[bytes, str]) -> dict[str, Any]:
         seq, op, t, i, wall_ms, id_json, sort_key, doc, update_description, txn = row
@@ -811,6 +847,67 @@ class EmbeddedChangeStream:
         if op == "update":
             event["updateDescription"] = decode_document(update_description)
         return event
+
+
+def _stream_stages(pipeline: Sequence[Mapping[str, Any]]) -> tuple[frozenset[str], bool]:
+    """(top-level fields a ``$project`` excludes, whether the split stage is last)."""
+    excluded: set[str] = set()
+    split = False
+    for position, stage in enumerate(pipeline):
+        (name, spec), *more = stage.items()
+        if name == SPLIT_STAGE and not more and position == len(pipeline) - 1:
+            split = True
+        elif name == "$project" and not more and all(v in (0, False) for v in spec.values()):
+            excluded |= {field for field in spec if field != "_id"}
+        else:
+            raise EmbeddedSourceLimitError(
+                f"change-stream stage {stage!r} is not supported: the embedded source accepts a "
+                f"$project excluding top-level fields and, last, {{{SPLIT_STAGE}: {{}}}}"
+            )
+    return frozenset(excluded), split
+
+
+def _fit(event: dict[str, Any], limit: int, *, split: bool) -> list[dict[str, Any]]:
+    """``[event]`` if its BSON fits ``limit``; else its fragments when ``split`` (MongoDB
+    Manual, "$changeStreamSplitLargeEvent"); else MongoDB's error 10334."""
+    size = _bson_size(event)
+    if size <= limit:
+        return [event]
+    token = event["_id"]
+    too_large = _failure(
+        f"BSONObj size: {size} (0x{size:X}) is invalid. Size must be between 0 and "
+        f"{limit}(16MB) First element: _id: {token!r}",
+        code=10334,
+        code_name="BSONObjectTooLarge",
+    )
+    if not split:
+        raise too_large
+    header = {"_id": {"_data": token["_data"] + "FFFF"}, "splitEvent": {"fragment": 1, "of": 1}}
+    parts: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
+    for name, value in event.items():
+        if name == "_id":
+            continue
+        if _bson_size(header | current | {name: value}) > limit:
+            if not current or _bson_size(header | {name: value}) > limit:
+                raise too_large  # one top-level field alone is over the limit: not split
+            parts.append(current)
+            current = {}
+        current[name] = value
+    parts.append(current)
+    of = len(parts)
+    return [
+        {
+            "_id": token if k == of else {"_data": f"{token['_data']}{k:04X}"},
+            "splitEvent": {"fragment": k, "of": of},
+        }
+        | part
+        for k, part in enumerate(parts, 1)
+    ]
+
+
+def _bson_size(document: Mapping[str, Any]) -> int:
+    return len(raw_bson_document(document).raw)
 
 
 # -- update operators -------------------------------------------------------------------------------

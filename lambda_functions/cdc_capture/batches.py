@@ -35,6 +35,7 @@ from lambda_functions.lake.extended_json import (
     relaxed_json,
 )
 from lambda_functions.lake.masking_key import MaskingKeyError
+from lambda_functions.lake.raw_manifest import JSON_BYTES_KEY
 from lambda_functions.lake.raw_zone import (
     BATCH_SCHEMA,
     UPDATE_DESCRIPTION_COLUMN,
@@ -384,12 +385,17 @@ def publish(
     ``extra["quarantine_key"]``): a writer that loses the race for the batch number cannot
     overwrite the winner's files, and its own are removed.
 
+    The manifest's ``extra["json_bytes"]`` records the rows' size as canonical JSON (ids,
+    documents, update descriptions: ``BatchRows.bytes``), which the merge's byte budget reads.
+
     Raises:
         ConcurrentCaptureError: another writer published this batch number first; nothing of
             this attempt is published (re-read the checkpoint and rebuild on top of it).
     """
     batch = checkpoint.batch + 1
     side = dict(side_files or {})
+    if rows.bytes:  # the rows' JSON size: what the merge budgets by (Parquet may compress it)
+        extra = {**extra, JSON_BYTES_KEY: rows.bytes}
     if rows.masking is not None:
         extra = {**extra, **rows.masking.manifest_fields()}
     if rows.dead_letters:

@@ -61,8 +61,15 @@ class ChangeSource(Protocol):
         resume_after: Mapping[str, Any] | None = None,
         full_document: str | None = None,
         batch_size: int | None = None,
+        pipeline: Sequence[Mapping[str, Any]] | None = None,
     ) -> ChangeStreamCursor:
-        """Change events strictly after ``resume_after``, in stream order."""
+        """Change events strictly after ``resume_after``, in stream order.
+
+        ``pipeline`` holds the stages after ``$changeStream`` (e.g. ``key_only_pipeline``'s
+        ``$project``). A source that can split events over 16 MiB adds
+        ``$changeStreamSplitLargeEvent`` itself, so the cursor may return fragments
+        (``splitEvent``) that the reader reassembles (``large_events.SplitEventReassembler``).
+        """
 
     def close(self) -> None: ...
 

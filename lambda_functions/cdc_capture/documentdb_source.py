@@ -20,6 +20,12 @@ Implements ``ChangeSource`` with the server doing the work:
   invalid (codes 260/280, not the expired 136/286) falls back to ``startAtOperationTime`` at the
   token's cluster time when it can be read (replaying that instant again is harmless: full
   documents are idempotent). ``OperationFailure`` goes up for capture to explain.
+  Events over 16 MiB: the stream asks for ``$changeStreamSplitLargeEvent`` (last stage) when
+  the server's ``buildInfo`` version says it may know it (``split_stage_supported``: MongoDB
+  6.0.9+/7.0+; DocumentDB 8.0 reports 8.0.0 and supports it from engine 8.0.2 on instance-based
+  clusters), or when ``buildInfo`` cannot be read; a server that answers error 40324
+  ("Unrecognized pipeline stage name") is asked again without it, and the source remembers
+  (``split_large_events``). Capture reassembles the fragments (``large_events``).
 
 Connection: TLS is on unless the request turns it off, with the CA bundle at ``tls_ca_file``
 (DocumentDB's certificates chain to the Amazon RDS CAs, not to the system store). Credentials come
@@ -60,6 +66,10 @@ from lambda_functions.cdc_capture.errors import (
     SourceUnreachableError,
     UnsupportedSourceError,
 )
+from lambda_functions.cdc_capture.large_events import (
+    pipeline_with_split_stage,
+    split_stage_supported,
+)
 from lambda_functions.cdc_capture.positions import (
     OPERATION_TIME_KEY,
     operation_time_position,
@@ -70,6 +80,7 @@ from lambda_functions.lake.extended_json import RAW_DOCUMENT_OPTIONS, raw_bson_d
 
 DEFAULT_MAX_AWAIT_MS = 500  # how long a getMore waits for new events before answering empty
 INVALID_TOKEN_CODES = frozenset({260, 280})  # InvalidResumeToken, ChangeStreamFatalError
+UNRECOGNIZED_STAGE_CODE = 40324  # "Unrecognized pipeline stage name" (older servers, split stage)
 AUTH_FAILED_CODES = frozenset({18})
 # Documents and change events stay raw BSON; what is read from them never raises for legal BSON
 # (dates outside years 1-9999, strings that are not valid UTF-8: see extended_json).
@@ -169,8 +180,17 @@ class DocumentDBChangeSource:
         *,
         max_await_time_ms: int = DEFAULT_MAX_AWAIT_MS,
         secrets: tuple[str, ...] = (),
+        split_large_events: bool | None = None,
     ):
+        """Args:
+        client: the pymongo client (closed by ``close``).
+        max_await_time_ms: how long a ``getMore`` waits for new events (milliseconds).
+        secrets: strings masked out of every error message.
+        split_large_events: whether streams ask for ``$changeStreamSplitLargeEvent``; ``None``
+            (default) decides from ``buildInfo`` on the first ``watch`` and falls back on 40324.
+        """
         self.client = client
+        self.split_large_events = split_large_events
         self.max_await_time_ms = max_await_time_ms
         self._secrets = secrets
 
@@ -278,11 +298,68 @@ class DocumentDBChangeSource:
         resume_after: Mapping[str, Any] | None = None,
         full_document: str | None = None,
         batch_size: int | None = None,
+        pipeline: Sequence[Mapping[str, Any]] | None = None,
     ) -> Any:
         """A pymongo ``ChangeStream`` (``try_next``, ``resume_token``, ``close``) after the
-        position; see the module docstring for the ``startAtOperationTime`` fallback."""
+        position; see the module docstring for the ``startAtOperationTime`` fallback and the
+        split stage.
+
+        Args:
+            database, collection: the namespace watched.
+            resume_after: a resume token, or a ``{"startAtOperationTime": {"t", "i"}}``
+                position (``current_position``); ``None``: from now.
+            full_document: ``"updateLookup"``, ``"default"`` or ``None``.
+            batch_size: events per batch.
+            pipeline: stages after ``$changeStream``; the split stage is appended when the
+                server supports it.
+
+        Returns:
+            The stream; its events may be ``splitEvent`` fragments when the stage was added.
+
+        Raises:
+            OperationFailure: the server refused the stream (masked of credentials).
+        """
+        stages = list(pipeline or [])
+        if self._split_stage_wanted():
+            try:
+                return self._watch(
+                    database,
+                    collection,
+                    resume_after,
+                    full_document,
+                    batch_size,
+                    pipeline_with_split_stage(stages, True),
+                )
+            except OperationFailure as error:
+                if error.code != UNRECOGNIZED_STAGE_CODE:
+                    raise
+                self.split_large_events = False  # an older engine: never ask again
+        return self._watch(database, collection, resume_after, full_document, batch_size, stages)
+
+    def _split_stage_wanted(self) -> bool:
+        """Whether to ask for the split stage: decided once, from ``buildInfo``'s version."""
+        if self.split_large_events is None:
+            try:
+                version = self.client.admin.command("buildInfo").get("version")
+            except PyMongoError:
+                version = None  # unknown: ask, a refusal (40324) costs one aggregate
+            self.split_large_events = not isinstance(version, str) or split_stage_supported(
+                "mongodb", version
+            )
+        return self.split_large_events
+
+    def _watch(
+        self,
+        database: str,
+        collection: str,
+        resume_after: Mapping[str, Any] | None,
+        full_document: str | None,
+        batch_size: int | None,
+        pipeline: list[Mapping[str, Any]],
+    ) -> Any:
         coll = self.client[database].get_collection(collection, codec_options=RAW)
         options: dict[str, Any] = {
+            "pipeline": pipeline or None,
             "full_document": full_document,
             "batch_size": batch_size,
             "max_await_time_ms": self.max_await_time_ms,

@@ -53,7 +53,7 @@ What the sources do (research for issue 15, item 4):
   returns its ``documentKey`` and token, and the document is then read by key from the collection
   (a document alone always fits a reply).
 
-What this module gives capture (wired into the stream reader after the capture refactor):
+What this module gives capture (the stream read, ``stream.py``, and ``DocumentDBChangeSource``):
 ``reassemble_split_events``/``SplitEventReassembler`` (whole events in stream order),
 ``pipeline_with_split_stage``/``split_stage_supported`` (when to ask for fragments),
 ``key_only_pipeline`` and ``oversized_event_report`` (what to say, and do, when the server
@@ -211,6 +211,7 @@ def oversized_event_report(
     document_key: Mapping[str, Any] | None = None,
     resume_token: Any = None,
     split_supported: bool | None = None,
+    split_in_use: bool = False,
 ) -> str | None:
     """What to tell the operator when the source cannot deliver a change event over 16 MiB.
 
@@ -223,6 +224,9 @@ def oversized_event_report(
         resume_token: the checkpointed token the failing stream was resumed after, if known.
         split_supported: whether the server accepts ``$changeStreamSplitLargeEvent``
             (``split_stage_supported``); ``None`` if not known.
+        split_in_use: the failing stream already had the split stage, so one top-level field
+            of the event is over 16 MiB alone (the stage splits only between top-level fields):
+            the report says so instead of proposing the stage.
 
     Returns:
         ``None`` if ``error`` is not an oversized-event error (the caller re-raises it as it
@@ -247,7 +251,9 @@ def oversized_event_report(
     )
     after = f" after resume token {_brief(resume_token)}" if resume_token is not None else ""
     fixes = []
-    if split_supported is not False:
+    if split_in_use:
+        what += " (already split into fragments: one top-level field is over 16 MiB alone)"
+    elif split_supported is not False:
         fixes.append(
             f"add {{{SPLIT_STAGE_NAME}: {{}}}} as the last stage of the change stream "
             "(MongoDB 6.0.9+/7.0+, DocumentDB 8.0.2+ instance-based clusters) so the event "

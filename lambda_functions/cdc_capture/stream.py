@@ -6,7 +6,17 @@ cluster, update events then carry only ``updateDescription`` and become partial 
 merge applies; MongoDB manual, "Change Streams", "Change Events" > "update Event" and "Resume a
 Change Stream"; Amazon DocumentDB Developer Guide, "Using change streams with Amazon DocumentDB"), read until drained, ``max_rows``/``max_bytes`` or the deadline,
 and published with the token of the last event it covers. Source failures become errors that say
-what to do (change streams disabled, resume token expired).
+what to do (change streams disabled, resume token expired, an event over 16 MiB).
+
+Events over 16 MiB (``large_events`` has the research): a source that can split them returns
+``$changeStreamSplitLargeEvent`` fragments, which the read feeds through a
+``SplitEventReassembler``. While an event is in progress the read does not stop for
+``max_rows``, ``max_bytes`` or the deadline, and the position saved is only ever a whole event's
+token (``last_whole_token``): a read that ends mid-event (the source fell quiet, or the run died)
+leaves the event unread, and the next run reads it again from its first fragment. A source that
+cannot deliver the event fails with BSONObjectTooLarge (10334); capture then raises
+``OversizedChangeEventError`` naming the document key when a key-only read
+(``key_only_pipeline``) finds it, and the fix.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure
 
 from lambda_functions.cdc_capture.batches import DATA_OPS, END_OPS, BatchRows, Malformed, event_row
@@ -28,7 +39,14 @@ from lambda_functions.cdc_capture.capture_state import (
     storable_token,
 )
 from lambda_functions.cdc_capture.errors import ChangeStreamsDisabledError, ResumeTokenExpiredError
+from lambda_functions.cdc_capture.large_events import (
+    OversizedChangeEventError,
+    SplitEventReassembler,
+    key_only_pipeline,
+    oversized_event_report,
+)
 from lambda_functions.cdc_capture.positions import event_position, token_position
+from lambda_functions.lake.extended_json import raw_bson_document
 from lambda_functions.lake.raw_zone import RESNAPSHOT_HOW_TO
 
 if TYPE_CHECKING:
@@ -38,6 +56,7 @@ if TYPE_CHECKING:
     from lambda_functions.lake.raw_zone import Checkpoint, RawZone
 
 STREAM_BATCH_SIZE = 1_000  # events per getMore (bounded by max_rows)
+MID_EVENT_WAITS = 10  # empty reads tolerated inside a split event before the read gives up
 
 # The server's answer when the resume token is older than the change-stream history: MongoDB's
 # ChangeStreamHistoryLost (286) and CappedPositionLost (136), which DocumentDB also uses.
@@ -67,6 +86,7 @@ class StreamSteps:
     idle_token_advanced: bool
     last_event_ms: int | None
     masking: EdgeMasking
+    _last_whole_token: Mapping[str, Any] | None = None  # the read's last whole event (or saved)
 
     if TYPE_CHECKING:
 
@@ -91,6 +111,8 @@ class StreamSteps:
         idle_token: Mapping[str, Any] | None = None
         end_op: str | None = None
         drop_pos: int | None = None
+        whole, waits = SplitEventReassembler(), 0
+        self._last_whole_token = token
         with self._source_errors(token):
             cursor = self.source.watch(
                 request.database,
@@ -101,23 +123,40 @@ class StreamSteps:
             )
             try:
                 while True:
-                    if rows.seen >= request.max_rows:
-                        self.stopped_by = "max_rows"
-                        break
-                    if rows.bytes >= request.max_bytes:
-                        self.stopped_by = "max_bytes"
-                        break
-                    if self._out_of_time():
-                        break
-                    event = cursor.try_next()
-                    if event is None:
+                    if not whole.in_progress:  # stop only between whole events
+                        if rows.seen >= request.max_rows:
+                            self.stopped_by = "max_rows"
+                            break
+                        if rows.bytes >= request.max_bytes:
+                            self.stopped_by = "max_bytes"
+                            break
+                        if self._out_of_time():
+                            break
+                    fragment_or_event = cursor.try_next()
+                    if fragment_or_event is None:
+                        if whole.in_progress:
+                            # The rest of a split event comes with the next getMores; if it
+                            # does not, the partial event stays unread for the next run.
+                            waits += 1
+                            if self._out_of_time():
+                                break  # stopped_by "deadline"
+                            if waits <= MID_EVENT_WAITS:
+                                continue
                         self.stopped_by = "drained"
-                        if last_token is None:
+                        if last_token is None and not whole.in_progress:
                             idle_token = getattr(cursor, "resume_token", None)
                         break
+                    waits = 0
+                    event = whole.push(fragment_or_event)
+                    if event is None:
+                        continue  # a fragment: the event is not whole yet
+                    if event is not fragment_or_event and isinstance(
+                        fragment_or_event, RawBSONDocument
+                    ):
+                        event = raw_bson_document(event)  # one raw event, as pymongo reads it
                     op = event.get("operationType")
                     if isinstance(event.get("_id"), Mapping):
-                        last_token = event["_id"]
+                        last_token = self._last_whole_token = event["_id"]
                     if op in END_OPS:
                         end_op, drop_pos = op, event_position(event)
                         break
@@ -186,7 +225,48 @@ class StreamSteps:
         try:
             yield
         except OperationFailure as error:
+            if oversized_event_report(error) is not None:  # BSONObjectTooLarge (10334)
+                split = getattr(self.source, "split_large_events", None)
+                report = oversized_event_report(
+                    error,
+                    document_key=self._oversized_key(),
+                    resume_token=self._last_whole_token,
+                    split_supported=split,
+                    split_in_use=bool(split),
+                )
+                raise OversizedChangeEventError(f"{self.zone.namespace}: {report}") from error
             raise self._explain(error, token) from error
+
+    def _oversized_key(self) -> Mapping[str, Any] | None:
+        """The key of the event the source could not deliver, best effort: a key-only read
+        (``key_only_pipeline``) after the last whole event, taking among the next events' keys
+        the one whose current document is largest (an event over the limit carries its document
+        once or twice); ``None`` if that read fails too or finds no key."""
+        request = self.request
+        try:
+            cursor = self.source.watch(
+                request.database,
+                request.collection,
+                resume_after=self._last_whole_token,
+                full_document=request.full_document,
+                batch_size=STREAM_BATCH_SIZE,
+                pipeline=key_only_pipeline([]),
+            )
+            keys = []
+            try:
+                while len(keys) < STREAM_BATCH_SIZE and (event := cursor.try_next()) is not None:
+                    if isinstance(event.get("documentKey"), Mapping):
+                        keys.append(dict(event["documentKey"]))
+            finally:
+                cursor.close()
+            ids = [key["_id"] for key in keys if "_id" in key]
+            documents = self.source.documents_by_id(request.database, request.collection, ids)
+        except Exception:  # best effort: only the report's detail is lost
+            return None
+        if not documents:
+            return keys[0] if len(keys) == 1 else None
+        largest = max(documents, key=lambda doc: len(raw_bson_document(doc).raw))
+        return {"_id": largest["_id"]}
 
     def _explain(self, error: OperationFailure, token: Mapping[str, Any] | None) -> Exception:
         ns, db, coll = self.zone.namespace, self.request.database, self.request.collection

@@ -88,11 +88,14 @@ def encode_document(document: Mapping[str, Any]) -> str:
     return bsonjs.dumps(data, mode=_CANONICAL)
 
 
-def encode_raw(data: bytes) -> str:
+def encode_raw(data: bytes | memoryview) -> str:
     """Canonical extended JSON of one BSON document given as bytes (no decoding in Python).
 
+    ``data`` may be a ``memoryview`` (pymongo hands out views of large replies as ``raw``).
     Raises ``InvalidDocument`` for bytes that are not a valid BSON document (e.g. bad UTF-8).
     """
+    if not isinstance(data, bytes):
+        data = bytes(data)  # bsonjs takes bytes only
     try:
         return bsonjs.dumps(data, mode=_CANONICAL)
     except ValueError as error:
@@ -170,7 +173,7 @@ def relaxed_json(value: Any) -> str:
     hold are written as their repr."""
     if isinstance(value, RawBSONDocument):
         try:
-            return bsonjs.dumps(value.raw, mode=bsonjs.RELAXED)
+            return bsonjs.dumps(bytes(value.raw), mode=bsonjs.RELAXED)
         except ValueError:
             return json.dumps({"$bsonBase64": base64.b64encode(value.raw).decode()})
     if isinstance(value, Mapping) and invalid_utf8_path(value) is not None:

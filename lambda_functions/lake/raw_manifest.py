@@ -42,6 +42,8 @@ READABLE_FORMAT_VERSIONS = (FORMAT_VERSION, PARTIAL_UPDATES_FORMAT_VERSION)
 
 # Columns every batch has; capture may add typed top-level columns after these.
 OPS = ("snapshot", "insert", "update", "replace", "delete")
+# Manifest ``extra`` key: the batch rows' size as canonical JSON (capture's ``BatchRows.bytes``).
+JSON_BYTES_KEY = "json_bytes"
 BATCH_SCHEMA = pa.schema(
     [
         pa.field("_id", pa.string(), nullable=False),  # canonical string form of the key
@@ -139,6 +141,14 @@ class BatchManifest:
     @property
     def bytes(self) -> int:
         return sum(f.bytes for f in self.files)
+
+    @property
+    def decoded_bytes(self) -> int:
+        """What the batch's rows take once read (bytes): the JSON size capture recorded
+        (``extra["json_bytes"]``) or, for batches without it, the Parquet files' size, whichever
+        is larger (Parquet compresses repetitive documents, e.g. int arrays, many times)."""
+        recorded = self.extra.get(JSON_BYTES_KEY)
+        return max(self.bytes, recorded if isinstance(recorded, int) else 0)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode()

@@ -66,10 +66,11 @@ Guarantees:
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from lambda_functions.contracts import MergeRequest
+from lambda_functions.contracts import InvalidRequestError, MergeRequest
 from lambda_functions.lake import BatchManifest, ObjectStore, RawZone, open_store
 from lambda_functions.lake.lake_table import (
     LakeTableMissingError,
@@ -84,9 +85,51 @@ from lambda_functions.merge.rekey import upgrade_record_keys
 from lambda_functions.merge.results import MergeCounts, MergeResult
 from lambda_functions.merge.table_files import tombstone_count
 
-__all__ = ["MAX_ROWS_PER_COMMIT", "MergeResult", "merge_batches"]
+__all__ = ["MAX_ROWS_PER_COMMIT", "MergeResult", "merge_batches", "segment_byte_budget"]
 
 MAX_ROWS_PER_COMMIT = 1_000_000
+SEGMENT_BYTES_VARIABLE = "LAKEHOUSE_MERGE_SEGMENT_BYTES"
+# Batch data (decoded bytes) per commit = function memory / this. The merge holds a segment's
+# rows decoded (Arrow strings, the precombine, delta-rs's merge and the rewritten files); the
+# measurement in benchmarks/large_documents.py puts its peak at several times the decoded size.
+SEGMENT_MEMORY_FRACTION = 16
+DEFAULT_MEMORY_MB = 3008  # when not in Lambda (ECS task, tests): the merge function's setting
+
+
+def segment_byte_budget(environ: Mapping[str, str] | None = None) -> int:
+    """The most batch bytes (``BatchManifest.decoded_bytes``) one merge commit reads.
+
+    Args:
+        environ: the function's environment (default ``os.environ``):
+            ``LAKEHOUSE_MERGE_SEGMENT_BYTES`` (a positive integer, bytes) when set, else the
+            Lambda memory ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE`` (MB, set by the Lambda runtime:
+            AWS Lambda Developer Guide, "Defined runtime environment variables"; 3008 when
+            absent) divided by ``SEGMENT_MEMORY_FRACTION``.
+
+    Returns:
+        Bytes, at least 1 MiB. A single batch over the budget is still applied, alone.
+
+    Raises:
+        InvalidRequestError: ``LAKEHOUSE_MERGE_SEGMENT_BYTES`` is not a positive integer.
+    """
+    environ = os.environ if environ is None else environ
+    configured = environ.get(SEGMENT_BYTES_VARIABLE)
+    if configured:
+        try:
+            value = int(configured)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise InvalidRequestError(
+                f"{SEGMENT_BYTES_VARIABLE} must be a positive integer (bytes of batch data per "
+                f"merge commit), not {configured!r}; unset it to derive it from the memory"
+            )
+        return value
+    try:
+        memory_mb = int(environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") or DEFAULT_MEMORY_MB)
+    except ValueError:
+        memory_mb = DEFAULT_MEMORY_MB
+    return max(1 << 20, memory_mb * (1 << 20) // SEGMENT_MEMORY_FRACTION)
 
 
 def merge_batches(
@@ -95,11 +138,13 @@ def merge_batches(
     store: ObjectStore | None = None,
     on_progress: Callable[[str], None] | None = None,
     max_rows_per_commit: int = MAX_ROWS_PER_COMMIT,
+    max_bytes_per_commit: int | None = None,
 ) -> MergeResult:
     """Apply every published batch newer than the table's last applied one.
 
-    Consecutive batches are applied together, up to ``max_rows_per_commit`` change rows per
-    commit (a single larger batch is still applied alone). A batch marked ``dropped`` is its own
+    Consecutive batches are applied together, up to ``max_rows_per_commit`` change rows and
+    ``max_bytes_per_commit`` bytes of batch data per commit (a single larger batch is still
+    applied alone, so a batch holding one ~16 MB document goes through). A batch marked ``dropped`` is its own
     commit: with a ``drop_pos`` it removes the rows older than that position, without one (a
     reset: a new generation) every row applied before it, and the batches pending in front of
     it are superseded (skipped unread). Each commit records its last batch, so a re-run resumes
@@ -117,6 +162,9 @@ def merge_batches(
         store: the lake's object store; default ``open_store(request.lake_uri)``.
         on_progress: called with one line of text per step (the handler logs it to Dagster).
         max_rows_per_commit: the most change rows per commit (bounds memory), default 1,000,000.
+        max_bytes_per_commit: the most batch bytes (``BatchManifest.decoded_bytes``) per commit
+            (bounds memory when documents are large); default ``segment_byte_budget()``
+            (``LAKEHOUSE_MERGE_SEGMENT_BYTES``, else the function's memory / 16).
 
     Returns:
         A ``MergeResult``: the run's counters summed over its commits (rows, files, bytes) and
@@ -140,6 +188,7 @@ def merge_batches(
     uri = where.uri
     totals = MergeCounts()
     budget = request.max_batches
+    max_bytes = segment_byte_budget() if max_bytes_per_commit is None else max_bytes_per_commit
     table = open_table(uri, where.options)
     if table is not None:
         upgrade_record_keys(table, zone.namespace, say)
@@ -163,7 +212,7 @@ def merge_batches(
             manifests = manifests[len(skipped) :]
         if table is None and manifests[0].batch > 1 and not plan.starts_generation(manifests[0]):
             raise _no_table_error(zone, uri, superseded, first_batch=manifests[0].batch)
-        segment = plan.next_segment(manifests, max_rows_per_commit)
+        segment = plan.next_segment(manifests, max_rows_per_commit, max_bytes)
         numbers = [m.batch for m in segment]
         say(f"{zone.namespace}: applying batches {numbers[0]}..{numbers[-1]} on top of {applied}")
         done, table, files = commit_segment(zone, where, table, files, segment, say)

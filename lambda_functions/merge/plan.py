@@ -112,18 +112,26 @@ def superseded(manifests: list[BatchManifest]) -> list[int]:
     return [m.batch for m in manifests[: markers[-1]]] if markers else []
 
 
-def next_segment(manifests: list[BatchManifest], max_rows: int) -> list[BatchManifest]:
+def next_segment(
+    manifests: list[BatchManifest], max_rows: int, max_bytes: int | None = None
+) -> list[BatchManifest]:
     """The batches of the next commit: a dropped marker alone, else consecutive batches up to
-    ``max_rows`` change rows (at least one batch)."""
+    ``max_rows`` change rows and ``max_bytes`` bytes of batch data (``decoded_bytes``: the JSON
+    size capture recorded, else the Parquet files' size; ``None``: no byte bound). Always at
+    least one batch, so a single batch over either bound (e.g. one holding a ~16 MB document)
+    is applied alone."""
     first = manifests[0]
     if first.extra.get("dropped"):
         return [first]
-    segment, rows = [first], first.rows
+    segment, rows, size = [first], first.rows, first.decoded_bytes
     for manifest in manifests[1:]:
         if manifest.extra.get("dropped") or rows + manifest.rows > max_rows:
             break
+        if max_bytes is not None and size + manifest.decoded_bytes > max_bytes:
+            break
         segment.append(manifest)
         rows += manifest.rows
+        size += manifest.decoded_bytes
     return segment
 
 

@@ -9,7 +9,11 @@ the change-event log of an ``EmbeddedChangeStreamSource`` file:
   a stream on the store, answers the first batch and a ``postBatchResumeToken``; the store's
   ``OperationFailure`` (136 for a purged token, "not enabled") becomes a command error with the
   same code and message, as the server sends it;
+  The stages after ``$changeStream`` go to the store's ``watch(pipeline=...)``; with
+  ``split_stage=False`` a ``$changeStreamSplitLargeEvent`` stage is refused with error 40324, as
+  a server before MongoDB 6.0.9 / DocumentDB 8.0.2 answers;
 - ``getMore`` on such a cursor: the next batch and the post-batch token; ``killCursors``;
+- ``buildInfo``: ``{"version": version}`` (``"5.0.0"`` by default: DocumentDB 5.0's answer);
 - ``listCollections``: the store's collections of the database, plus ``extra_collections``
   (e.g. ``system.views``, which DocumentDB lists too).
 
@@ -65,8 +69,14 @@ class EmbeddedBackedServer:
         *,
         events_per_batch: int | None = None,
         replica_set: str | None = None,
+        version: str = "5.0.0",
+        split_stage: bool = True,
+        max_event_bytes: int | None = None,
     ):
         self.store_path = store_path
+        self.version = version
+        self.split_stage = split_stage
+        self.max_event_bytes = max_event_bytes  # the store's event size limit, when not 16 MiB
         self.extra_collections: list[str] = []
         self.events_per_batch = events_per_batch  # cap on a batch, to force several getMores
         # A replica set's primary rather than a standalone: pymongo sends no read preference to
@@ -95,6 +105,7 @@ class EmbeddedBackedServer:
             "killCursors": self._kill_cursors,
             "listCollections": self._list_collections,
             "endSessions": lambda request: request.ok(),
+            "buildInfo": self._build_info,
         }
         # mockupdb's string matchers compare the command's value too ({"find": 1}); one
         # catch-all dispatches by name and leaves the handshake to auto_ismaster.
@@ -121,7 +132,11 @@ class EmbeddedBackedServer:
     @property
     def store(self) -> EmbeddedChangeStreamSource:
         if not hasattr(self._local, "store"):
-            self._local.store = EmbeddedChangeStreamSource(self.store_path)
+            options = {"max_event_bytes": self.max_event_bytes} if self.max_event_bytes else {}
+            # Only the wire's pipeline asks for fragments, as on a server.
+            self._local.store = EmbeddedChangeStreamSource(
+                self.store_path, split_large_events=False, **options
+            )
         return self._local.store
 
     def _record(self, request: Any) -> dict[str, Any]:
@@ -175,7 +190,14 @@ class EmbeddedBackedServer:
         command = self._record(request)
         database, collection = command["$db"], command["aggregate"]
         stage = command["pipeline"][0]["$changeStream"]
+        stages = command["pipeline"][1:]
         batch_size = command.get("cursor", {}).get("batchSize")
+        if not self.split_stage and any("$changeStreamSplitLargeEvent" in s for s in stages):
+            return request.command_err(
+                code=40324,
+                errmsg="Unrecognized pipeline stage name: '$changeStreamSplitLargeEvent'",
+                codeName="Location40324",
+            )
         try:
             stream = self.store.watch(
                 database,
@@ -183,6 +205,7 @@ class EmbeddedBackedServer:
                 resume_after=stage.get("resumeAfter"),
                 full_document=stage.get("fullDocument"),
                 batch_size=self.events_per_batch or batch_size or 100,
+                pipeline=stages,
             )
         except OperationFailure as error:
             return request.command_err(
@@ -192,7 +215,14 @@ class EmbeddedBackedServer:
             )
         cursor_id = next(self._ids)
         self._cursors[cursor_id] = (stream, batch_size)
-        batch, token = self._batch(stream, batch_size)
+        try:
+            batch, token = self._batch(stream, batch_size)
+        except OperationFailure as error:
+            return request.command_err(
+                code=error.code or 1,
+                errmsg=error.details.get("errmsg", str(error)),
+                codeName=error.details.get("codeName"),
+            )
         return request.ok(
             cursor={
                 "id": Int64(cursor_id),
@@ -210,7 +240,9 @@ class EmbeddedBackedServer:
             batch, token = self._batch(stream, command.get("batchSize") or batch_size)
         except OperationFailure as error:
             return request.command_err(
-                code=error.code or 1, errmsg=error.details.get("errmsg", str(error))
+                code=error.code or 1,
+                errmsg=error.details.get("errmsg", str(error)),
+                codeName=error.details.get("codeName"),
             )
         return request.ok(
             cursor={
@@ -220,6 +252,10 @@ class EmbeddedBackedServer:
                 "postBatchResumeToken": token,
             }
         )
+
+    def _build_info(self, request: Any) -> bool:
+        self._record(request)
+        return request.ok(version=self.version)
 
     def _kill_cursors(self, request: Any) -> bool:
         command = self._record(request)
@@ -236,10 +272,14 @@ class EmbeddedBackedServer:
 
 @contextmanager
 def embedded_backed_server(
-    store_path: Path, *, events_per_batch: int | None = None, replica_set: str | None = None
+    store_path: Path,
+    *,
+    events_per_batch: int | None = None,
+    replica_set: str | None = None,
+    **options: Any,
 ) -> Iterator[EmbeddedBackedServer]:
     server = EmbeddedBackedServer(
-        store_path, events_per_batch=events_per_batch, replica_set=replica_set
+        store_path, events_per_batch=events_per_batch, replica_set=replica_set, **options
     ).start()
     try:
         yield server

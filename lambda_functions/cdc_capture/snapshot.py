@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lambda_functions.cdc_capture.batches import BatchRows
 from lambda_functions.cdc_capture.capture_state import (
@@ -24,15 +22,13 @@ from lambda_functions.cdc_capture.capture_state import (
 )
 from lambda_functions.cdc_capture.errors import CollectionNotFoundError, SnapshotStalledError
 from lambda_functions.cdc_capture.positions import token_position
+from lambda_functions.cdc_capture.run_parts import CaptureRunParts
 from lambda_functions.contracts import closest_names
 from lambda_functions.lake.extended_json import decode_document, encode_value
 from lambda_functions.waits import WaitReport
 
 if TYPE_CHECKING:
-    from lambda_functions.cdc_capture.change_source import ChangeSource
-    from lambda_functions.cdc_capture.edge_masking import EdgeMasking
-    from lambda_functions.contracts import CaptureRequest
-    from lambda_functions.lake.raw_zone import Checkpoint, RawZone
+    from lambda_functions.lake.raw_zone import Checkpoint
 
 SNAPSHOT_PAGE_ROWS = 1_000  # documents asked of the source per page (a chunk reads several)
 
@@ -57,30 +53,13 @@ class SnapshotProgress:
     start_position: int | None
 
 
-class SnapshotSteps:
+class SnapshotSteps(CaptureRunParts):
     """The snapshot steps of a capture run (a mixin of ``capture._CaptureRun``, which holds the
     run's request, source, zone and counters and publishes the batches)."""
 
-    request: CaptureRequest
-    source: ChangeSource
-    zone: RawZone
-    on_progress: Callable[[str], None]
     report_every_s: float
     snapshot_documents: int | None
     snapshot_start: int | None
-    masking: EdgeMasking
-
-    if TYPE_CHECKING:
-
-        def _source_errors(self, token: Any) -> AbstractContextManager[None]: ...
-        def _out_of_time(self) -> bool: ...
-        def _publish(
-            self,
-            rows: BatchRows,
-            checkpoint: Checkpoint,
-            state: CaptureState,
-            extra: dict[str, Any],
-        ) -> Checkpoint: ...
 
     def _start_snapshot(self) -> SnapshotState:
         """Record the stream position before reading any document (nothing can fall between)."""

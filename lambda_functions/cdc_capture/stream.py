@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,6 @@ from pymongo.errors import OperationFailure
 from lambda_functions.cdc_capture.batches import DATA_OPS, END_OPS, BatchRows, Malformed, event_row
 from lambda_functions.cdc_capture.capture_state import (
     CaptureState,
-    SnapshotState,
     StreamState,
     loaded_token,
     storable_token,
@@ -46,14 +45,12 @@ from lambda_functions.cdc_capture.large_events import (
     oversized_event_report,
 )
 from lambda_functions.cdc_capture.positions import event_position, token_position
+from lambda_functions.cdc_capture.run_parts import CaptureRunParts
 from lambda_functions.lake.extended_json import raw_bson_document
 from lambda_functions.lake.raw_zone import RESNAPSHOT_HOW_TO
 
 if TYPE_CHECKING:
-    from lambda_functions.cdc_capture.change_source import ChangeSource
-    from lambda_functions.cdc_capture.edge_masking import EdgeMasking
-    from lambda_functions.contracts import CaptureRequest
-    from lambda_functions.lake.raw_zone import Checkpoint, RawZone
+    from lambda_functions.lake.raw_zone import Checkpoint
 
 STREAM_BATCH_SIZE = 1_000  # events per getMore (bounded by max_rows)
 MID_EVENT_WAITS = 10  # empty reads tolerated inside a split event before the read gives up
@@ -72,34 +69,16 @@ __all__ = [
 ]
 
 
-class StreamSteps:
+class StreamSteps(CaptureRunParts):
     """The stream steps of a capture run (a mixin of ``capture._CaptureRun``, which holds the
     run's request, source, zone and counters and publishes the batches)."""
 
-    request: CaptureRequest
-    source: ChangeSource
-    zone: RawZone
-    on_progress: Callable[[str], None]
     skipped: Counter[str]
     stopped_by: str
     dropped: bool
     idle_token_advanced: bool
     last_event_ms: int | None
-    masking: EdgeMasking
     _last_whole_token: Mapping[str, Any] | None = None  # the read's last whole event (or saved)
-
-    if TYPE_CHECKING:
-
-        def _out_of_time(self) -> bool: ...
-        def _start_snapshot(self) -> SnapshotState: ...
-        def _stored_state(self, state: CaptureState) -> dict[str, Any]: ...
-        def _publish(
-            self,
-            rows: BatchRows,
-            checkpoint: Checkpoint,
-            state: CaptureState,
-            extra: dict[str, Any],
-        ) -> Checkpoint: ...
 
     def _stream_batch(
         self, checkpoint: Checkpoint, state: StreamState

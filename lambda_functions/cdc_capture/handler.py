@@ -61,7 +61,13 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         if ranges is not None and ranges.plan is not None:
             metadata |= ranges.metadata()
             snapshot_rows = sum(p.documents for p in ranges.progress) if ranges.batch else 0
-            metadata |= typed_metadata({"dagster/row_count": result.rows + snapshot_rows})
+            # the generation this call published comes first among the batches of this step
+            metadata |= typed_metadata(
+                {
+                    "dagster/row_count": result.rows + snapshot_rows,
+                    "batches": [*published, *result.batches],
+                }
+            )
         pipes.report_asset_materialization(
             metadata=metadata, data_version=str(result.checkpoint_batch)
         )

@@ -97,6 +97,7 @@ def test_initial_load_fans_out_over_ranges_and_publishes_one_generation(settings
         zone = RawZone(LocalObjectStore(settings.lake_uri), database, collection)
         (manifest,) = zone.manifests()
         assert manifest.rows == DOCUMENTS and len(manifest.extra["ranges"]) == 4
+        assert metadata["batches"] == [manifest.batch]  # the generation this step published
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {"batch_verified": True, "cdc_lag": True}
     logs = [e.message for e in instance.all_logs(result.run_id) if e.message]

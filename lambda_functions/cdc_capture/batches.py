@@ -293,7 +293,7 @@ def document_json(document: Any) -> tuple[str, str]:
         raise Malformed(f"document cannot be encoded: {error}") from error
 
 
-def event_row(event: Mapping[str, Any]) -> ChangeRow | None:
+def event_row(event: Mapping[str, Any], *, order_by_token: bool = False) -> ChangeRow | None:
     """The row of a data-change event.
 
     Args:
@@ -302,15 +302,19 @@ def event_row(event: Mapping[str, Any]) -> ChangeRow | None:
             for deletes, ``fullDocument``; an update may carry ``updateDescription`` instead
             (a stream opened without ``fullDocument: "updateLookup"`` omits ``fullDocument`` from
             update events: MongoDB Manual, "Change Events" > "update Event").
+        order_by_token: set ``token_order`` from the event's resume token (inputs whose
+            delivery order is not the stream's: a queue relay). A change stream reads events in
+            stream order, so its rows keep the delivery order as ``seq``.
 
     Returns:
         A ``ChangeRow`` (``rows.add(*row)`` takes it): for an update without a ``fullDocument``
         field but with ``updateDescription``, a partial update (``doc`` None,
         ``update_description`` its canonical extended JSON); ``None`` for an update whose
         document is gone (``fullDocument: null``: the server's ``updateLookup`` found nothing,
-        its delete follows in the stream). ``token_order`` is set when the event's ``_id`` is a
-        MongoDB resume token of its ``clusterTime`` (``positions.token_order``): events of one
-        transaction then keep their stream order however they are delivered.
+        its delete follows in the stream). With ``order_by_token``, ``token_order`` is set when
+        the event's ``_id`` is a MongoDB resume token of its ``clusterTime``
+        (``positions.token_order``): events of one transaction then keep their stream order
+        however they are delivered.
 
     Raises:
         Malformed: anything wrong with the event (a key or document that cannot be stored, a
@@ -318,7 +322,7 @@ def event_row(event: Mapping[str, Any]) -> ChangeRow | None:
     """
     try:
         row = _event_row(event)
-        if row is not None:
+        if row is not None and order_by_token:
             row = row._replace(token_order=token_order(event.get("_id"), row.pos))
     except Malformed:
         raise

@@ -136,3 +136,16 @@ def test_relayed_events_carry_their_token_order_as_seq_and_others_their_delivery
 
     assert seqs[0] > seqs[1] >= TOKEN_ORDER_BASE
     assert seqs[2] == 2
+
+
+def test_a_partial_update_later_in_the_transaction_applies_to_the_row_stored_before_it(tmp_path):
+    """An update without ``fullDocument`` (txnOpIndex 1) merged after the transaction's insert
+    (txnOpIndex 0) was merged: same position, later in the stream, so it is not stale."""
+    lake = Lake(tmp_path)
+    insert = event(0, "insert", {"v": 5})
+    update = event(1, "update", None) | {"updateDescription": {"updatedFields": {"a": 1}}}
+    ingest_messages([message("m-insert", insert)], lake.store)
+    lake.live()
+    ingest_messages([message("m-update", update)], lake.store)
+
+    assert lake.live() == {record_key("K"): encode_document({"_id": "K", "v": 5, "a": 1})}

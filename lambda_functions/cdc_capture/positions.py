@@ -2,7 +2,8 @@
 epoch-millisecond conversions of event times.
 
 One int64 for all inputs, so batches from different inputs of one collection order correctly in
-the merge (latest ``pos`` wins; ties go to the later batch, then the later ``seq``):
+the merge (latest ``pos`` wins; ties go to the later resume-token order, see below, then the later
+batch, then the later ``seq``):
 
 - **change stream** (and MQ messages carrying change events): the event's ``clusterTime`` as
   ``(seconds << 32) | increment``; a snapshot's rows carry the position recorded before it began.

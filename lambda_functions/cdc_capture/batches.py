@@ -24,7 +24,12 @@ from bson.raw_bson import RawBSONDocument
 
 from lambda_functions.cdc_capture.edge_masking import EdgeMasking
 from lambda_functions.cdc_capture.errors import ConcurrentCaptureError
-from lambda_functions.cdc_capture.positions import cluster_position, commit_position, millis
+from lambda_functions.cdc_capture.positions import (
+    cluster_position,
+    commit_position,
+    millis,
+    token_order,
+)
 from lambda_functions.errors import TerminalError
 from lambda_functions.lake.extended_json import (
     RAW_DOCUMENT_OPTIONS,
@@ -60,7 +65,8 @@ class Malformed(TerminalError, ValueError):
 
 class ChangeRow(NamedTuple):
     """One row of a raw batch made from a change event (``event_row``), in ``BATCH_SCHEMA``'s
-    column order (``seq`` is given when the batch is published)."""
+    column order (``seq`` is given when the batch is published: ``token_order``, else the
+    delivery order)."""
 
     record_key: str  # the ``_id`` column: canonical string form of ``documentKey._id``
     op: str  # "insert" | "update" | "replace" | "delete"
@@ -70,6 +76,9 @@ class ChangeRow(NamedTuple):
     # Canonical extended JSON of ``updateDescription`` for a partial update (an update event
     # without ``fullDocument``: ``doc`` is None); None otherwise (``UPDATE_DESCRIPTION_COLUMN``).
     update_description: str | None = None
+    # The event's resume-token order (``positions.token_order``), its ``seq``; None without a
+    # MongoDB token: the row's ``seq`` is then its place in the batch.
+    token_order: int | None = None
 
 
 class BatchRows:
@@ -87,6 +96,7 @@ class BatchRows:
         self.times_ms: list[int] = []
         self.docs: list[str | None] = []
         self.update_descriptions: dict[int, str] = {}  # row index -> partial update's JSON
+        self.token_orders: dict[int, int] = {}  # row index -> its ``seq`` from the resume token
         self.dead_letters: list[str] = []
         self.bytes = 0
 
@@ -103,7 +113,10 @@ class BatchRows:
         time_ms: int,
         doc: str | None,
         update_description: str | None = None,
+        token_order: int | None = None,
     ) -> None:
+        if token_order is not None:
+            self.token_orders[len(self.ids)] = token_order
         if update_description is not None:
             self.update_descriptions[len(self.ids)] = update_description
             self.bytes += len(update_description)
@@ -225,13 +238,17 @@ class BatchRows:
 
     def table(self) -> pa.Table:
         """The rows in ``BATCH_SCHEMA``, plus ``UPDATE_DESCRIPTION_COLUMN`` when a row is a
-        partial update (only then: other batches keep the format readers before it know)."""
+        partial update (only then: other batches keep the format readers before it know).
+        ``seq`` is a row's resume-token order when it has one, else its place in the batch."""
+        seqs = range(len(self.ids))
+        if self.token_orders:
+            seqs = [self.token_orders.get(i, i) for i in seqs]
         table = pa.table(
             [
                 pa.array(self.ids, pa.string()),
                 pa.array(self.ops, pa.string()),
                 pa.array(self.positions, pa.int64()),
-                pa.array(range(len(self.ids)), pa.int64()),
+                pa.array(seqs, pa.int64()),
                 pa.array(self.times_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
                 pa.array(self.docs, pa.string()),
             ],
@@ -276,7 +293,7 @@ def document_json(document: Any) -> tuple[str, str]:
         raise Malformed(f"document cannot be encoded: {error}") from error
 
 
-def event_row(event: Mapping[str, Any]) -> ChangeRow | None:
+def event_row(event: Mapping[str, Any], *, order_by_token: bool = False) -> ChangeRow | None:
     """The row of a data-change event.
 
     Args:
@@ -285,20 +302,28 @@ def event_row(event: Mapping[str, Any]) -> ChangeRow | None:
             for deletes, ``fullDocument``; an update may carry ``updateDescription`` instead
             (a stream opened without ``fullDocument: "updateLookup"`` omits ``fullDocument`` from
             update events: MongoDB Manual, "Change Events" > "update Event").
+        order_by_token: set ``token_order`` from the event's resume token (inputs whose
+            delivery order is not the stream's: a queue relay). A change stream reads events in
+            stream order, so its rows keep the delivery order as ``seq``.
 
     Returns:
         A ``ChangeRow`` (``rows.add(*row)`` takes it): for an update without a ``fullDocument``
         field but with ``updateDescription``, a partial update (``doc`` None,
         ``update_description`` its canonical extended JSON); ``None`` for an update whose
         document is gone (``fullDocument: null``: the server's ``updateLookup`` found nothing,
-        its delete follows in the stream).
+        its delete follows in the stream). With ``order_by_token``, ``token_order`` is set when
+        the event's ``_id`` is a MongoDB resume token of its ``clusterTime``
+        (``positions.token_order``): events of one transaction then keep their stream order
+        however they are delivered.
 
     Raises:
         Malformed: anything wrong with the event (a key or document that cannot be stored, a
             missing field), never another exception, so the stream moves past it.
     """
     try:
-        return _event_row(event)
+        row = _event_row(event)
+        if row is not None and order_by_token:
+            row = row._replace(token_order=token_order(event.get("_id"), row.pos))
     except Malformed:
         raise
     except Exception as error:  # an undecodable raw event: about this event only
@@ -306,6 +331,7 @@ def event_row(event: Mapping[str, Any]) -> ChangeRow | None:
             f"{event.get('operationType', 'change')} event cannot be read: "
             f"{type(error).__name__}: {error}"
         ) from error
+    return row
 
 
 def _event_row(event: Mapping[str, Any]) -> ChangeRow | None:

@@ -6,7 +6,9 @@ change-event shape pymongo returns (``_id`` token, ``operationType``, ``clusterT
 array of them. An update event without ``fullDocument`` but with ``updateDescription`` (a relay
 of a stream opened without ``fullDocument: "updateLookup"``) is a partial update: published as
 such, the merge applies it to the stored document (``merge.partial_updates``). Rows are the same as the change stream's (``batches.event_row``), so a collection
-fed by messages merges exactly like a captured one, ordered by ``clusterTime``.
+fed by messages merges exactly like a captured one, ordered by ``clusterTime``; events of one
+transaction (equal ``clusterTime``) by their resume tokens, since queues (SQS standard) do not keep
+the order (``seq`` from ``positions.token_order``).
 
 Guarantees:
 - **Idempotent by message id.** Brokers redeliver whole batches (MQ has no partial failure), so
@@ -337,7 +339,9 @@ def _publish_attempt(
                         "update event with neither fullDocument nor updateDescription: publish "
                         "the change events as the change stream returns them"
                     )
-                row = event_row(rows.mask_event(event))  # masked before it becomes a row
+                # Masked before it becomes a row; a queue does not keep the stream's order, so
+                # events of one transaction are ordered by their resume tokens.
+                row = event_row(rows.mask_event(event), order_by_token=True)
             except (Malformed, KeyError, TypeError) as error:
                 rows.quarantine(f"message {message_id}: {error}", event)
                 malformed = True

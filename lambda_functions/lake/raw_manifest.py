@@ -24,6 +24,7 @@ __all__ = [
     "PARTIAL_UPDATES_FORMAT_VERSION",
     "READABLE_FORMAT_VERSIONS",
     "RESNAPSHOT_HOW_TO",
+    "TOKEN_ORDER_BASE",
     "UPDATE_DESCRIPTION_COLUMN",
     "BatchFile",
     "BatchManifest",
@@ -49,11 +50,16 @@ BATCH_SCHEMA = pa.schema(
         pa.field("_id", pa.string(), nullable=False),  # canonical string form of the key
         pa.field("op", pa.string(), nullable=False),  # one of OPS
         pa.field("pos", pa.int64(), nullable=False),  # stream position: clusterTime (t << 32 | i)
-        pa.field("seq", pa.int64(), nullable=False),  # order within the batch: ties on pos
+        # Ties on pos: the delivery order within the batch, or TOKEN_ORDER_BASE + the event's
+        # resume-token order (comparable across batches: see ``table_layout.stream_order``).
+        pa.field("seq", pa.int64(), nullable=False),
         pa.field("event_time", pa.timestamp("ms", tz="UTC"), nullable=False),
         pa.field("doc", pa.string()),  # canonical extended JSON of the document; null on delete
     ]
 )
+# ``seq`` values from this one up are a change event's resume-token order (``positions.token_order``,
+# 62 bits of the token after its clusterTime), not a delivery counter: comparable between batches.
+TOKEN_ORDER_BASE = 1 << 62
 # Optional column after the core ones (only in batches that hold a partial update, manifest
 # ``format_version`` 2): the canonical extended JSON of an update event's ``updateDescription``
 # (MongoDB Manual, "Change Events" > "update Event") when the event came without ``fullDocument``

@@ -26,17 +26,26 @@ so none of them imports another stage for it.
   Spectrum) or ``live_rows`` (Arrow). ``'delete'`` is the smallest ``_op`` value, so a file's
   ``_op`` statistics say whether it holds tombstones (min is ``'delete'``) or only tombstones
   (max is ``'delete'``) without reading it.
+- **Stream order** (``stream_order``): changes order by ``_pos``; at equal ``_pos`` (the events of
+  one MongoDB transaction share a ``clusterTime``) a ``_seq`` from the event's resume token
+  (``TOKEN_ORDER_BASE`` and up, ``cdc_capture.positions.token_order``) decides, and it is
+  comparable between batches, so a queue that delivers a transaction's events out of order does
+  not change the result. Rows without one (DMS, snapshots, DocumentDB) order as before: by
+  ``_batch``, then ``_seq`` (the delivery order), and before token-ordered rows of their ``_pos``.
 """
 
 from __future__ import annotations
 
 import zlib
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import ColumnProperties, WriterProperties
+
+from lambda_functions.lake.raw_manifest import TOKEN_ORDER_BASE
 
 # Columns every lake table has, in order. Typed columns captured from the documents may follow.
 TABLE_SCHEMA = pa.schema(
@@ -181,18 +190,56 @@ def key_buckets(keys: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values.take(pa.array(order))
 
 
-def precombine(changes: pa.Table) -> pa.Table:
-    """One row per ``_id``: the change with the greatest (``_pos``, ``_batch``, ``_seq``), the
-    latest wins deterministically (Hudi's precombine: ties on position go to the later batch, then
-    the later row of the batch)."""
-    ordered = changes.sort_by(
-        [
-            ("_id", "ascending"),
-            ("_pos", "ascending"),
-            ("_batch", "ascending"),
-            ("_seq", "ascending"),
-        ]
+_TOKEN_ORDER = "_token_order"  # transient sort column of ``stream_order``
+
+# SQL (delta-rs MERGE, source ``s`` and target ``t``): the change ``s`` is not older than the
+# stored row ``t`` in stream order; the stored row is from an earlier batch (``change_wins``).
+CHANGE_WINS_SQL = (
+    f"(s._pos > t._pos OR (s._pos = t._pos AND (t._seq < {TOKEN_ORDER_BASE} OR s._seq >= t._seq)))"
+)
+
+
+def token_order(seqs: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Per ``_seq``: itself when it is a resume-token order (``>= TOKEN_ORDER_BASE``), else 0."""
+    return pc.if_else(pc.greater_equal(seqs, TOKEN_ORDER_BASE), seqs, 0)
+
+
+def stream_order(rows: pa.Table, *, by_key: bool = False) -> pa.Table:
+    """``rows`` (with ``_pos``, ``_batch``, ``_seq``) sorted in stream order: ``_pos``, then the
+    resume-token order (``token_order``: 0 for rows without one), then ``_batch`` and ``_seq``;
+    by ``_id`` first when ``by_key``. Stable: equal rows keep their order.
+
+    Events of one transaction share ``_pos``; their tokens order them in the stream (MongoDB
+    Manual, "Change Streams" > "Resume Tokens from Change Events": tokens compare in stream
+    order), whatever batch a queue delivered them in. Rows without a token keep the order of
+    delivery (``_batch``, ``_seq``), as DMS files and snapshots always have."""
+    keyed = rows.append_column(_TOKEN_ORDER, token_order(rows.column("_seq")))
+    keys = [("_id", "ascending")] if by_key else []
+    keys += [
+        ("_pos", "ascending"),
+        (_TOKEN_ORDER, "ascending"),
+        ("_batch", "ascending"),
+        ("_seq", "ascending"),
+    ]
+    return keyed.sort_by(keys).drop_columns([_TOKEN_ORDER])
+
+
+def change_wins(change_pos: Any, change_seq: Any, stored_pos: Any, stored_seq: Any) -> Any:
+    """Whether a change replaces the stored row of its key (ints or numpy arrays, elementwise):
+    it is not older in stream order (``stream_order``; the stored row is from an earlier batch).
+    At equal ``_pos`` the change wins unless the stored row has a resume-token order the
+    change's does not reach: a late event of a transaction is refused like an older change."""
+    same = change_pos == stored_pos
+    return (change_pos > stored_pos) | (
+        same & ((stored_seq < TOKEN_ORDER_BASE) | (change_seq >= stored_seq))
     )
+
+
+def precombine(changes: pa.Table) -> pa.Table:
+    """One row per ``_id``: the latest change in ``stream_order`` (``_pos``, the resume-token
+    order, ``_batch``, ``_seq``), deterministically (Hudi's precombine: ties on position go to
+    the later event of the transaction, then the later batch, then the later row of the batch)."""
+    ordered = stream_order(changes, by_key=True)
     ids = ordered.column("_id").combine_chunks()
     if len(ids) == 0:
         return ordered

@@ -26,6 +26,7 @@ from lambda_functions.lake.lake_table import (
 )
 from lambda_functions.lake.raw_zone import BatchManifest, RawZone
 from lambda_functions.lake.table_layout import (
+    CHANGE_WINS_SQL,
     PARTITION_BY,
     TABLE_CONFIGURATION,
     TABLE_SCHEMA,
@@ -268,7 +269,7 @@ def _merge_into(
         _record_only(table, commit)
         return None
     values = {delta_column(name): f"s.{delta_column(name)}" for name in source.column_names}
-    newer = "s._pos >= t._pos"
+    newer = CHANGE_WINS_SQL  # not older in stream order (``_pos``, then the resume token's)
     buckets = ", ".join(_sql_string(b) for b in pc.unique(source.column("_bucket")).to_pylist())
     version = table.version()
     metrics = (

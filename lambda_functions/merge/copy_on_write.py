@@ -55,7 +55,12 @@ from deltalake import DeltaTable
 
 from lambda_functions.errors import TerminalError, TransientError
 from lambda_functions.lake import ObjectExistsError, ObjectStore
-from lambda_functions.lake.table_layout import TABLE_CONFIGURATION, TARGET_FILE_SIZE, is_tombstone
+from lambda_functions.lake.table_layout import (
+    TABLE_CONFIGURATION,
+    TARGET_FILE_SIZE,
+    change_wins,
+    is_tombstone,
+)
 from lambda_functions.merge.table_files import TableFiles
 
 ENGINE = "lakehouse-merge (Arrow copy-on-write)"
@@ -305,8 +310,9 @@ def apply_changes(old: pa.Table, changes: pa.Table, done: Rewritten) -> tuple[pa
     """``old`` rows (unique keys, tombstones included) with ``changes`` (unique keys, same
     columns) applied, and the change feed of that, which shows live rows only.
 
-    A change wins over the stored row of its key if its ``_pos`` is ``>=`` the stored one (a
-    tombstone included: that is how a late, older change is refused). A winning change:
+    A change wins over the stored row of its key if its ``_pos`` is ``>=`` the stored one, at
+    equal ``_pos`` if its resume-token order is too (``table_layout.change_wins``; a tombstone
+    included: that is how a late, older change is refused). A winning change:
 
     - live row, upsert: an update (``update_preimage`` + ``update_postimage``);
     - live row, delete: the row becomes a tombstone (``delete`` of the live row);
@@ -320,7 +326,9 @@ def apply_changes(old: pa.Table, changes: pa.Table, done: Rewritten) -> tuple[pa
     change_pos = pc.take(changes.column("_pos"), pa.array(change_at)).to_numpy()
     is_delete = is_tombstone(changes).to_numpy(zero_copy_only=False)
     old_live = ~is_tombstone(old).to_numpy(zero_copy_only=False)
-    wins = change_pos >= stored_pos  # per matched old row
+    stored_seq = pc.take(old.column("_seq"), pa.array(matched)).to_numpy()
+    change_seq = pc.take(changes.column("_seq"), pa.array(change_at)).to_numpy()
+    wins = change_wins(change_pos, change_seq, stored_pos, stored_seq)  # per matched old row
     live = old_live[matched]  # per matched old row: the stored row is live
     deleted_rows = matched[wins & live & is_delete[change_at]]
     updated_rows = matched[wins & live & ~is_delete[change_at]]

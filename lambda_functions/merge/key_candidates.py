@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambda_functions.lake.record_key import KEY_CANDIDATES
-from lambda_functions.lake.table_layout import key_bucket
+from lambda_functions.lake.table_layout import key_bucket, stream_order
 
 __all__ = ["CandidateResolution", "resolve_key_candidates"]
 
@@ -107,7 +107,8 @@ def resolve_key_candidates(
 
 def _position_order(changes: pa.Table) -> list[int]:
     """Row indices of ``changes`` in MongoDB's order: ``_pos`` (clusterTime or commit time),
-    then ``_batch`` and ``_seq`` (the merge's tie-break)."""
+    then the resume-token order, ``_batch`` and ``_seq`` (the merge's tie-break:
+    ``table_layout.stream_order``)."""
     numbered = pa.table(
         {
             "_pos": changes.column("_pos"),
@@ -116,7 +117,5 @@ def _position_order(changes: pa.Table) -> list[int]:
             "_row": pa.array(range(changes.num_rows), pa.int64()),
         }
     )
-    ordered = numbered.sort_by(
-        [("_pos", "ascending"), ("_batch", "ascending"), ("_seq", "ascending")]
-    )
+    ordered = stream_order(numbered)
     return ordered.column("_row").to_pylist()

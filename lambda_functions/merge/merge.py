@@ -15,9 +15,11 @@ Guarantees:
   create: ``If-None-Match: *`` on S3, a hard link locally); the loser reloads, sees the batch
   applied, and stops.
 - **Event-time ordering, across deletes too.** Within the pending batches a key's changes are
-  precombined on (pos, batch, seq): the latest wins, deterministically. Against the table, a
-  change applies only if its position is ``>=`` the stored one, so a late, stale event never rolls
-  a document back. A delete leaves a **tombstone** (a row with ``_op = 'delete'``, see ``lake.table_layout``)
+  precombined on (pos, resume-token order, batch, seq): the latest wins, deterministically.
+  Against the table, a change applies only if it is not older than the stored row in that order
+  (``table_layout.stream_order``/``change_wins``: a position ``>=`` the stored one; at an equal
+  position, events of one transaction relayed out of order compare by resume token), so a late,
+  stale event never rolls a document back. A delete leaves a **tombstone** (a row with ``_op = 'delete'``, see ``lake.table_layout``)
   with the delete's position, also for a key the table never held, so an older change delivered
   later (SQS standard queues deliver at least once with best-effort ordering; DMS CDC files can
   land late) cannot resurrect the document: MongoDB orders a collection's changes by

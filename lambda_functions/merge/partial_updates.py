@@ -10,13 +10,13 @@ with the description in ``doc``. Before precombining, ``resolve_partial_updates`
 row into a full ``update`` row or sets it aside:
 
 - **Which document it applies to.** A key's changes are walked in precombine order (``_pos``,
-  ``_batch``, ``_seq``). The document before a partial update is the result of the latest earlier
+  the resume-token order, ``_batch``, ``_seq``: ``table_layout.stream_order``). The document before a partial update is the result of the latest earlier
   change of the same merge: a full version (snapshot, insert, replace, update with ``doc``) or an
   applied partial update; if the merge has none, the live row the lake table stores (read for the
   changed keys only, from the partitions they live in: the cost follows the change).
 - **Stale ones are ignored** like any change older than the stored row: a partial update whose
-  ``_pos`` is not above the stored row's (live or tombstone) is already reflected in it, or
-  superseded; it is dropped, and the stored row stays.
+  ``_pos`` is not above the stored row's (live or tombstone), at an equal ``_pos`` unless both
+  carry a resume-token order and its own is later, is already reflected in it, or superseded; it is dropped, and the stored row stays.
 - **Set aside, never guessed** (counted as ``partial_updates_unapplied`` and written with the
   reason to the quarantine object ``set_aside_key``, beside the raw batches): a partial update for a key without a
   document (absent from the table, a tombstone, or deleted earlier in the merge), or whose
@@ -53,8 +53,9 @@ from bson.errors import InvalidDocument
 from deltalake import DeltaTable
 
 from lambda_functions.lake.extended_json import decode_document, encode_document
+from lambda_functions.lake.raw_manifest import TOKEN_ORDER_BASE
 from lambda_functions.lake.raw_zone import RawZone
-from lambda_functions.lake.table_layout import key_buckets
+from lambda_functions.lake.table_layout import change_wins, key_buckets, stream_order
 from lambda_functions.lake.update_description import (
     UnappliableUpdateError,
     apply_update_description,
@@ -83,11 +84,13 @@ _FULL_OPS = frozenset({"snapshot", "insert", "update", "replace"})
 class StoredRow:
     """What the lake table stores for a key: its position, its document (``None`` for a
     tombstone) and, when an earlier merge set aside a partial update of the key newer than the
-    row, that update's position (``set_aside_pos``): the stored copy is out of date from there."""
+    row, that update's position (``set_aside_pos``): the stored copy is out of date from there.
+    ``seq`` is the row's ``_seq`` (its resume-token order, when ``>= TOKEN_ORDER_BASE``)."""
 
     pos: int
     doc: str | None
     set_aside_pos: int | None = None
+    seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,14 +148,7 @@ def resolve_partial_updates(
     partial_keys = pc.unique(changes.filter(is_partial).column("_id").combine_chunks())
     involved = pc.is_in(changes.column("_id"), value_set=partial_keys)
     untouched = changes.filter(pc.invert(involved))
-    keyed = changes.filter(involved).sort_by(
-        [
-            ("_id", "ascending"),
-            ("_pos", "ascending"),
-            ("_batch", "ascending"),
-            ("_seq", "ascending"),
-        ]
-    )
+    keyed = stream_order(changes.filter(involved), by_key=True)
     buckets = pc.unique(keyed.column("_bucket")).to_pylist()
     table_rows = stored(partial_keys.to_pylist(), buckets)
     ids = keyed.column("_id").to_pylist()
@@ -172,13 +168,13 @@ def resolve_partial_updates(
     previous_key: str | None = None
     document: dict[str, Any] | None = None
     why_none = ""
-    stored_pos = -1
+    stored_pos, stored_seq = -1, 0
     unknown_from: int | None = None
     for i, key in enumerate(ids):
         if key != previous_key:  # a key's changes start: its stored row is the document before
             previous_key = key
             row = table_rows.get(key)
-            stored_pos = row.pos if row is not None else -1
+            stored_pos, stored_seq = (row.pos, row.seq) if row is not None else (-1, 0)
             document, why_none = _stored_document(row)
             unknown_from = row.set_aside_pos if row is not None else None
             if unknown_from is not None and unknown_from <= stored_pos:
@@ -191,14 +187,15 @@ def resolve_partial_updates(
             document, unknown_from = None, None
         op = op_list[i]
         if op != PARTIAL_UPDATE_OP:
-            if positions[i] < stored_pos:
+            if not change_wins(positions[i], seqs[i], stored_pos, stored_seq):
                 continue  # older than the stored row: the merge ignores it, so must the walk
             if op == "delete":
                 document, why_none = None, "the document was deleted before this update"
             elif op in _FULL_OPS and docs[i] is not None:
                 document, why_none = _decoded(docs[i], "the document before this update")
             continue
-        if positions[i] <= stored_pos:  # already reflected in the stored row, or superseded
+        if not _after_stored(positions[i], seqs[i], stored_pos, stored_seq):
+            # already reflected in the stored row, or superseded
             keep[i] = False
             stale += 1
             continue
@@ -269,7 +266,7 @@ def stored_rows(
 ) -> dict[str, StoredRow]:
     """The rows ``table`` stores for ``keys`` (live rows and tombstones), reading only the
     partitions ``buckets`` (those the keys live in: ``lake.table_layout.key_bucket``), and of
-    those only the columns ``_id``, ``_pos``, ``_op`` and ``doc``; with the position of the
+    those only the columns ``_id``, ``_pos``, ``_seq``, ``_op`` and ``doc``; with the position of the
     newest partial update of each key that an earlier merge set aside (``earlier_set_aside``).
 
     Args:
@@ -285,21 +282,31 @@ def stored_rows(
         return {}
     set_aside = earlier_set_aside(zone, keys)
     dataset = table.to_pyarrow_dataset(file_pruning_predicate=[("_bucket", "in", buckets)])
-    rows = dataset.to_table(columns=["_id", "_pos", "_op", "doc"])
+    rows = dataset.to_table(columns=["_id", "_pos", "_seq", "_op", "doc"])
     # Filtered here, not in the scan: merge-written files store ``_id`` as string_view, whose
     # statistics Arrow cannot compare with string literals (see ``apply._stored_keys``).
     ids = rows.column("_id").cast(pa.string())
     rows = rows.filter(pc.is_in(ids, value_set=pa.array(keys, pa.string())))
     found: dict[str, StoredRow] = {}
-    for key, pos, op, doc in zip(
+    for key, pos, seq, op, doc in zip(
         rows.column("_id").cast(pa.string()).to_pylist(),
         rows.column("_pos").to_pylist(),
+        rows.column("_seq").to_pylist(),
         rows.column("_op").to_pylist(),
         rows.column("doc").cast(pa.string()).to_pylist(),
         strict=True,
     ):
-        found[key] = StoredRow(pos, None if op == "delete" else doc, set_aside.get(key))
+        found[key] = StoredRow(pos, None if op == "delete" else doc, set_aside.get(key), seq)
     return found
+
+
+def _after_stored(pos: int, seq: int, stored_pos: int, stored_seq: int) -> bool:
+    """Whether a partial update is newer than the stored row: a later ``_pos``, or the same one
+    and a later resume-token order than the stored row's (both must carry one: otherwise the
+    stored row, written at that position, already reflects it)."""
+    if pos != stored_pos:
+        return pos > stored_pos
+    return stored_seq >= TOKEN_ORDER_BASE and seq > stored_seq
 
 
 def earlier_set_aside(zone: RawZone, keys: list[str]) -> dict[str, int]:

@@ -362,12 +362,6 @@ def test_a_relayed_delta_under_a_hashed_path_is_set_aside_and_no_clear_value_is_
         assert SECRET.encode() not in body and b"old@example.com" not in body, name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events of one transaction share clusterTime (MongoDB Manual, 'Change Events' > "
-    "clusterTime); capture orders them by delivery (seq), which SQS does not keep: needs an "
-    "in-transaction order from the event (txnNumber/lsid + the resume token's txnOpIndex)",
-)
 def test_two_deltas_of_one_transaction_delivered_in_reverse_apply_in_transaction_order(lake):
     from lambda_functions.cdc_capture.mq_ingest import ingest_messages
 

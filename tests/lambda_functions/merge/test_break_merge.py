@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import pytest
 from bson import json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 
@@ -136,14 +135,6 @@ def test_a_newer_insert_delivered_just_before_a_late_drop_in_one_queue_batch_sur
     assert set(stored_docs(uri, options)) == {record_key("recreated")}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ties on clusterTime (events of one transaction) are broken by delivery order "
-    "(batch, seq), not by the event's place in the transaction. The relayed events carry it "
-    "only in the resume token (_id._data, a MongoDB KeyString whose txnOpIndex orders events "
-    "of one transaction; DocumentDB's tokens differ): a design question for capture/MQ ingest "
-    "(decode an in-transaction index into seq, or make pos finer than clusterTime).",
-)
 def test_events_of_one_transaction_delivered_in_reverse_keep_the_transaction_order(tmp_path):
     """One transaction updates K, then deletes it: both events share clusterTime T. An SQS
     standard queue delivers the delete first, the update in a later delivery. MongoDB's order

@@ -1,0 +1,354 @@
+"""Applying a large new generation (an initial snapshot, or a re-snapshot after ``reset``) page
+by page: bounded memory, still ONE atomic Delta commit.
+
+A range snapshot publishes a generation as one raw batch of many page files (see
+``cdc_capture.range_snapshot``); the ordinary paths read a batch whole, so one merge function
+could not hold a large collection's first load. Here, for a generation batch over the merge's
+byte budget (``merge.segment_byte_budget``):
+
+1. each page file is read alone (``plan.read_changes`` of a one-file manifest), precombined,
+   and written as Parquet data files into the table location, one per ``_bucket`` partition
+   (``lake.table_layout``), without committing: a file no log entry names is invisible to
+   readers (Delta protocol, "Delta Table Specification": the log defines the table);
+2. keys seen on two pages are found per partition by reading only the new files' ``_id``
+   (one partition's keys at a time), and only such a partition is rewritten precombined
+   (the latest by position, batch, sequence wins, as in ``table_layout.precombine``). Range
+   pages never overlap (every ``_id`` is in exactly one range, and a range is read in ``_id``
+   order), so this normally finds nothing;
+3. one commit adds every file, with the app transactions of any merge commit (the batch
+   number under ``app_id(namespace)``, the record key format, and for a reset marker fused
+   into it the new drop floor and the masking generation): ``create_table_with_add_actions``
+   when there is no table, else ``DeltaTable.create_write_transaction(mode="overwrite")``,
+   which removes every older file in the same commit, so readers never see half a generation
+   nor the empty table between a reset marker and its snapshot. The commit is made against
+   the version read (``max_commit_retries=0``); a lost race is re-checked (a concurrent merge
+   that applied the batch makes this a no-op) and retried with the same files.
+
+Change data: the commit writes no ``_change_data`` files; per the Delta protocol ("Change Data
+Files"), a commit without them is read by change feed readers from its ``add`` (inserts) and
+``remove`` actions (deletes of the removed files' rows), which is what the warehouse load needs.
+
+A merge killed before the commit leaves only unreferenced files: the table is unchanged, the
+re-run writes new files, and ``DeltaTable.vacuum`` (maintenance) deletes the orphans once they
+are older than the retention period.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake.exceptions import CommitFailedError, DeltaError
+from deltalake.transaction import AddAction, create_table_with_add_actions
+
+from lambda_functions.lake.lake_table import (
+    MaskingGeneration,
+    TableLocation,
+    app_id,
+    masking_generation_transactions,
+    open_table,
+)
+from lambda_functions.lake.raw_zone import BatchManifest, RawZone
+from lambda_functions.lake.table_layout import (
+    PARTITION_BY,
+    TABLE_CONFIGURATION,
+    TABLE_SCHEMA,
+    is_tombstone,
+    precombine,
+)
+from lambda_functions.merge import plan
+from lambda_functions.merge.copy_on_write import (
+    ConcurrentWriteError,
+    _statistics,
+    _write_parquet,
+    _WriteSettings,
+    pyarrow_filesystem,
+)
+from lambda_functions.merge.rekey import record_key_transactions
+from lambda_functions.merge.results import MergeCounts
+from lambda_functions.merge.schema_evolution import TypedColumns
+from lambda_functions.merge.table_files import TableFiles
+
+MAX_COMMIT_ATTEMPTS = 5
+GENERATION_OPS = frozenset({"snapshot"})  # the ops of a snapshot page: full documents
+
+
+def is_generation_batch(manifest: BatchManifest) -> bool:
+    """A batch of snapshot rows only (no deletes, no partial updates), not a marker."""
+    return (
+        not manifest.extra.get("dropped")
+        and manifest.rows > 0
+        and set(manifest.ops) <= GENERATION_OPS
+    )
+
+
+def generation_segment(
+    manifests: list[BatchManifest], files: TableFiles, max_bytes: int
+) -> list[BatchManifest] | None:
+    """The batches to apply page by page, or None (the ordinary paths apply them).
+
+    Args:
+        manifests: the pending batches, oldest first (superseded ones already skipped).
+        files: the table's data files now.
+        max_bytes: the merge's byte budget per commit (``decoded_bytes``).
+
+    Returns:
+        ``[marker, generation]`` when a reset marker without a position and no rows is followed
+        by a generation batch over ``max_bytes`` (one commit replaces the table); ``[generation]``
+        when the next batch is such a batch and the table has no data file (a first load); else
+        None.
+    """
+    first = manifests[0]
+    if plan.starts_generation(first) and first.rows == 0 and len(manifests) > 1:
+        second = manifests[1]
+        if is_generation_batch(second) and second.decoded_bytes > max_bytes:
+            return [first, second]
+        return None
+    if is_generation_batch(first) and first.decoded_bytes > max_bytes and files.count == 0:
+        return [first]
+    return None
+
+
+@dataclass
+class _Written:
+    """The files written so far (not committed), by partition."""
+
+    adds: dict[str, list[AddAction]] = field(default_factory=dict)
+    rows: int = 0
+    tombstones: int = 0
+    max_pos: int | None = None
+
+    def all(self) -> list[AddAction]:
+        return [a for bucket in sorted(self.adds) for a in self.adds[bucket]]
+
+
+def apply_generation(
+    zone: RawZone,
+    where: TableLocation,
+    table: DeltaTable | None,
+    segment: list[BatchManifest],
+    say: Callable[[str], None],
+) -> tuple[MergeCounts, DeltaTable]:
+    """Apply ``segment`` (from ``generation_segment``) in one commit, reading one page at a time.
+
+    Args:
+        zone: the collection's raw zone.
+        where: the lake table's location.
+        table: the table as read (None: not created yet).
+        segment: ``[marker, generation]`` or ``[generation]``.
+        say: progress lines.
+
+    Returns:
+        What was applied (``merge_paths`` ``["generation"]``) and the table after the commit.
+        Peak memory: about one page file's rows (a page is bounded by capture) plus one
+        partition's ``_id`` column.
+
+    Raises:
+        CorruptBatchError: a page does not match the manifest (nothing is committed).
+        ConcurrentWriteError: another writer won the commit race ``MAX_COMMIT_ATTEMPTS`` times.
+    """
+    app = app_id(zone.namespace)
+    numbers = [m.batch for m in segment]
+    marker = segment[0] if len(segment) == 2 else None
+    generation = segment[-1]
+    floor = (
+        plan.generation_position(marker)
+        if marker is not None
+        else plan.drop_floor(table, zone.namespace)
+    )
+    typed = TypedColumns.of_table(plan.arrow_schema(table) if marker is None else None)
+    fs, root = pyarrow_filesystem(where.uri, where.options)
+    settings = _WriteSettings(
+        fs=fs,
+        root=root,
+        schema=TABLE_SCHEMA,
+        target_file_size=int(TABLE_CONFIGURATION["delta.targetFileSize"]),
+        stats_columns=TABLE_CONFIGURATION["delta.dataSkippingStatsColumns"].split(","),
+        bytes_per_row=400.0,
+    )
+    written = _Written()
+    below_floor = 0
+    for number, page in enumerate(generation.files, start=1):
+        one = replace(generation, files=[page], rows=page.rows)
+        rows = plan.read_changes(zone, [one], typed)
+        current = rows.filter(pc.greater_equal(rows.column("_pos"), floor))
+        below_floor += rows.num_rows - current.num_rows
+        _write_page(settings, precombine(current), written)
+        say(
+            f"{zone.namespace}: batch {generation.batch}: page {number}/{len(generation.files)} "
+            f"written ({written.rows:,} rows so far, not committed)"
+        )
+    duplicates = _precombine_overlaps(settings, written)
+    schema = pa.schema(
+        list(TABLE_SCHEMA) + [pa.field(name, kind) for name, kind in typed.types.items()]
+    )
+    for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+        if plan.last_applied(table, app) >= numbers[0]:
+            say(f"{zone.namespace}: batches {numbers} were applied by a concurrent merge")
+            _remove_files(settings, written.all())
+            assert table is not None
+            return MergeCounts(commit_attempts=attempt), table
+        commit = _commit_properties(zone.namespace, table, segment, written, floor)
+        try:
+            if table is None:
+                create_table_with_add_actions(
+                    where.uri,
+                    schema,
+                    written.all(),
+                    mode="error",  # two first writers cannot both create the table
+                    partition_by=PARTITION_BY,
+                    configuration=TABLE_CONFIGURATION,
+                    storage_options=where.options,
+                    commit_properties=commit,
+                )
+            else:
+                table.create_write_transaction(
+                    written.all(),
+                    mode="overwrite",  # removes every older file in this commit
+                    schema=schema,
+                    partition_by=PARTITION_BY,
+                    commit_properties=commit,
+                )
+        except DeltaError as error:
+            lost = isinstance(error, CommitFailedError) or (
+                table is None and open_table(where.uri, where.options) is not None
+            )
+            if not lost:
+                raise
+            if attempt == MAX_COMMIT_ATTEMPTS:
+                raise ConcurrentWriteError(
+                    f"{zone.namespace}: lost the commit race {attempt} times in a row; another "
+                    "merge keeps writing this table. Run one merge per table (the Dagster "
+                    "concurrency key does this) and retry."
+                ) from None
+            say(f"{zone.namespace}: a concurrent commit won; reloading and retrying")
+            table = open_table(where.uri, where.options)
+            continue
+        after = open_table(where.uri, where.options)
+        assert after is not None
+        removed = plan.files_of(table)
+        adds = written.all()
+        counts = MergeCounts(
+            batches_applied=numbers,
+            merge_paths=["generation"],
+            inserted=written.rows - written.tombstones,
+            tombstones_written=written.tombstones,
+            rows_in=generation.rows,
+            below_floor=below_floor,
+            files_rewritten=removed.count,
+            bytes_rewritten=removed.bytes,
+            files_added=len(adds),
+            bytes_written=sum(a.size for a in adds),
+            buckets_touched=sorted(written.adds),
+            commit_attempts=attempt,
+            schema_changes=typed.notes,
+        )
+        if duplicates:
+            say(f"{zone.namespace}: {duplicates} keys were on two pages: the latest kept")
+        return counts, after
+    raise AssertionError("unreachable")
+
+
+def _commit_properties(
+    namespace: str,
+    table: DeltaTable | None,
+    segment: list[BatchManifest],
+    written: _Written,
+    floor: int,
+) -> CommitProperties:
+    """What a merge commit records (``apply.commit_segment``): the last batch under
+    ``app_id(namespace)``, the record key format, and for a reset marker the new drop floor
+    and, after a masking rules change, the masking generation (this commit's version)."""
+    numbers = [m.batch for m in segment]
+    transactions = [Transaction(app_id(namespace), numbers[-1]), *record_key_transactions()]
+    marker = segment[0] if len(segment) == 2 else None
+    if marker is not None:
+        transactions.append(Transaction(plan.floor_app_id(namespace), floor))
+        masked_from = plan.masking_generation_position(marker)
+        if masked_from:
+            version = table.version() + 1 if table is not None else 0
+            generation = MaskingGeneration(masked_from, version)
+            transactions += masking_generation_transactions(namespace, generation)
+    return CommitProperties(
+        app_transactions=transactions,
+        max_commit_retries=0,  # against the version read, or fail (see ``apply``)
+        custom_metadata={
+            "lakehouse.namespace": namespace,
+            "lakehouse.batches": f"{numbers[0]}-{numbers[-1]}",
+            "lakehouse.dropped": str(marker is not None).lower(),
+            "lakehouse.drop_pos": "None",
+            "lakehouse.merge_path": "generation",
+            "lakehouse.max_pos": str(written.max_pos),
+        },
+    )
+
+
+def _write_page(settings: _WriteSettings, rows: pa.Table, written: _Written) -> None:
+    """Write one page's lake rows (one per key) as one data file per partition, sorted by
+    ``_id``; record their add actions (not committed)."""
+    if rows.num_rows == 0:
+        return
+    written.rows += rows.num_rows
+    written.tombstones += int(pc.sum(is_tombstone(rows)).as_py() or 0)
+    top = pc.max(rows.column("_pos")).as_py()
+    written.max_pos = top if written.max_pos is None else max(written.max_pos, top)
+    buckets = rows.column("_bucket")
+    for bucket in sorted(pc.unique(buckets).to_pylist()):
+        part = rows.filter(pc.equal(buckets, bucket)).sort_by("_id")
+        written.adds.setdefault(bucket, []).append(_write_file(settings, bucket, part))
+
+
+def _write_file(settings: _WriteSettings, bucket: str, rows: pa.Table) -> AddAction:
+    data = rows.drop_columns(["_bucket"])
+    path = f"_bucket={bucket}/part-{uuid.uuid4()}-c000.zstd.parquet"
+    size = _write_parquet(settings, path, data)
+    return AddAction(
+        path=path,
+        size=size,
+        partition_values={"_bucket": bucket},
+        modification_time=int(time.time() * 1000),
+        data_change=True,
+        stats=json.dumps(_statistics(data, settings.stats_columns)),
+    )
+
+
+def _precombine_overlaps(settings: _WriteSettings, written: _Written) -> int:
+    """Keys written by two pages: per partition, read the new files' ``_id`` only; where a key
+    repeats, rewrite that partition's new files precombined (the latest wins) and delete the
+    replaced ones. Returns the rows dropped."""
+    dropped = 0
+    for bucket, adds in written.adds.items():
+        if len(adds) < 2:
+            continue
+        paths = [f"{settings.root}/{a.path}" for a in adds]
+        ids = pa.chunked_array(
+            [pq.read_table(p, columns=["_id"], filesystem=settings.fs).column("_id") for p in paths]
+        )
+        if pc.count_distinct(ids).as_py() == len(ids):
+            continue
+        rows = pa.concat_tables(
+            [pq.read_table(p, filesystem=settings.fs) for p in paths], promote_options="default"
+        )
+        rows = rows.append_column("_bucket", pa.array([bucket] * rows.num_rows, pa.string()))
+        latest = precombine(rows)
+        dropped += rows.num_rows - latest.num_rows
+        written.rows -= rows.num_rows - latest.num_rows
+        written.tombstones += int(pc.sum(is_tombstone(latest)).as_py() or 0) - int(
+            pc.sum(is_tombstone(rows)).as_py() or 0
+        )
+        _remove_files(settings, adds)
+        written.adds[bucket] = [_write_file(settings, bucket, latest.sort_by("_id"))]
+    return dropped
+
+
+def _remove_files(settings: _WriteSettings, adds: list[AddAction]) -> None:
+    """Delete files no commit references (never ones a commit added)."""
+    for add in adds:
+        settings.fs.delete_file(f"{settings.root}/{add.path}")

@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
@@ -200,7 +201,7 @@ def apply_generation(
             if table is None:
                 create_table_with_add_actions(
                     where.uri,
-                    schema,
+                    DeltaSchema.from_arrow(schema),
                     written.all(),
                     mode="error",  # two first writers cannot both create the table
                     partition_by=PARTITION_BY,

@@ -61,7 +61,10 @@ def table_state(lake: str) -> dict:
     rows = table.to_pyarrow_table(columns=["_id", "doc", "_op", "_pos", "_batch"])
     return {
         "rows": sorted(
-            zip(*(rows.column(n).cast(pa.string()).to_pylist() for n in rows.column_names))
+            zip(
+                *(rows.column(n).cast(pa.string()).to_pylist() for n in rows.column_names),
+                strict=True,
+            )
         ),
         "applied": table.transaction_version("lakehouse-merge:shop.orders"),
         "floor": table.transaction_version("lakehouse-drop-floor:shop.orders"),

@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import pairwise
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake import Schema as DeltaSchema
@@ -122,9 +124,18 @@ class _Written:
     """The files written so far (not committed), by partition."""
 
     adds: dict[str, list[AddAction]] = field(default_factory=dict)
+    open: dict[str, _OpenFile] = field(default_factory=dict)
+    pages: dict[str, int] = field(default_factory=dict)  # pages that wrote rows, by partition
+    key_ranges: list[tuple[str, str]] = field(default_factory=list)  # each page's min, max _id
+
     rows: int = 0
     tombstones: int = 0
     max_pos: int | None = None
+
+    def pages_overlap(self) -> bool:
+        """Whether two pages' ``_id`` ranges overlap (only then can a key be on two pages)."""
+        ranges = sorted(self.key_ranges)
+        return any(later[0] <= earlier[1] for earlier, later in pairwise(ranges))
 
     def all(self) -> list[AddAction]:
         return [a for bucket in sorted(self.adds) for a in self.adds[bucket]]
@@ -186,7 +197,8 @@ def apply_generation(
             f"{zone.namespace}: batch {generation.batch}: page {number}/{len(generation.files)} "
             f"written ({written.rows:,} rows so far, not committed)"
         )
-    duplicates = _precombine_overlaps(settings, written)
+    _close_all(written)
+    duplicates = _precombine_overlaps(settings, written) if written.pages_overlap() else 0
     schema = pa.schema(
         list(TABLE_SCHEMA) + [pa.field(name, kind) for name, kind in typed.types.items()]
     )
@@ -292,18 +304,99 @@ def _commit_properties(
 
 
 def _write_page(settings: _WriteSettings, rows: pa.Table, written: _Written) -> None:
-    """Write one page's lake rows (one per key) as one data file per partition, sorted by
-    ``_id``; record their add actions (not committed)."""
+    """Append one page's lake rows (one per key) to each partition's open data file, as row
+    groups sorted by ``_id``; a file is closed (its add action recorded, not committed) once it
+    holds ``target_file_size`` bytes of Arrow data, or when a page brings a new typed column."""
     if rows.num_rows == 0:
         return
     written.rows += rows.num_rows
+    bounds = pc.min_max(rows.column("_id")).as_py()
+    written.key_ranges.append((bounds["min"], bounds["max"]))
     written.tombstones += int(pc.sum(is_tombstone(rows)).as_py() or 0)
     top = pc.max(rows.column("_pos")).as_py()
     written.max_pos = top if written.max_pos is None else max(written.max_pos, top)
     buckets = rows.column("_bucket")
     for bucket in sorted(pc.unique(buckets).to_pylist()):
-        part = rows.filter(pc.equal(buckets, bucket)).sort_by("_id")
-        written.adds.setdefault(bucket, []).append(_write_file(settings, bucket, part))
+        part = rows.filter(pc.equal(buckets, bucket)).sort_by("_id").drop_columns(["_bucket"])
+        written.pages[bucket] = written.pages.get(bucket, 0) + 1
+        current = written.open.get(bucket)
+        if current is not None and not current.schema.equals(part.schema):
+            written.adds.setdefault(bucket, []).append(current.close())
+            current = None
+        if current is None:
+            current = written.open[bucket] = _OpenFile(settings, bucket, part.schema)
+        current.append(part)
+        if current.arrow_bytes >= settings.target_file_size:
+            written.adds.setdefault(bucket, []).append(current.close())
+            del written.open[bucket]
+
+
+def _close_all(written: _Written) -> None:
+    for bucket, current in sorted(written.open.items()):
+        written.adds.setdefault(bucket, []).append(current.close())
+    written.open.clear()
+
+
+class _OpenFile:
+    """One data file being written row group by row group (streamed to the store), with the
+    Delta statistics of what it holds so far."""
+
+    def __init__(self, settings: _WriteSettings, bucket: str, schema: pa.Schema) -> None:
+        self.settings, self.bucket, self.schema = settings, bucket, schema
+        self.path = f"_bucket={bucket}/part-{uuid.uuid4()}-c000.zstd.parquet"
+        target = f"{settings.root}/{self.path}"
+        if isinstance(settings.fs, pafs.LocalFileSystem):
+            settings.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        self.writer = pq.ParquetWriter(  # the settings of copy_on_write's data files
+            target,
+            schema,
+            filesystem=settings.fs,
+            compression="zstd",
+            compression_level=1,
+            use_dictionary=[n for n in schema.names if n not in ("_id", "doc")],
+            write_statistics=[n for n in schema.names if n in settings.stats_columns],
+        )
+        self.arrow_bytes = 0
+        self.stats: dict | None = None
+
+    def append(self, rows: pa.Table) -> None:
+        self.writer.write_table(rows)
+        self.arrow_bytes += rows.nbytes
+        self.stats = _merged(self.stats, _statistics(rows, self.settings.stats_columns))
+
+    def close(self) -> AddAction:
+        self.writer.close()
+        target = f"{self.settings.root}/{self.path}"
+        return AddAction(
+            path=self.path,
+            size=self.settings.fs.get_file_info(target).size,
+            partition_values={"_bucket": self.bucket},
+            modification_time=int(time.time() * 1000),
+            data_change=True,
+            stats=json.dumps(self.stats),
+        )
+
+
+def _merged(total: dict | None, part: dict) -> dict:
+    """Delta file statistics of two row sets together (``numRecords``, ``nullCount`` summed;
+    ``minValues``/``maxValues`` compared: strings by code point as Arrow compares UTF-8,
+    timestamps in their fixed ISO form)."""
+    if total is None:
+        return part
+    lows, highs = dict(total["minValues"]), dict(total["maxValues"])
+    for name, value in part["minValues"].items():
+        lows[name] = min(lows[name], value) if name in lows else value
+    for name, value in part["maxValues"].items():
+        highs[name] = max(highs[name], value) if name in highs else value
+    nulls = dict(total["nullCount"])
+    for name, count in part["nullCount"].items():
+        nulls[name] = nulls.get(name, 0) + count
+    return {
+        "numRecords": total["numRecords"] + part["numRecords"],
+        "minValues": lows,
+        "maxValues": highs,
+        "nullCount": nulls,
+    }
 
 
 def _write_file(settings: _WriteSettings, bucket: str, rows: pa.Table) -> AddAction:
@@ -326,7 +419,7 @@ def _precombine_overlaps(settings: _WriteSettings, written: _Written) -> int:
     replaced ones. Returns the rows dropped."""
     dropped = 0
     for bucket, adds in written.adds.items():
-        if len(adds) < 2:
+        if written.pages[bucket] < 2:  # one page's rows: precombined already
             continue
         paths = [f"{settings.root}/{a.path}" for a in adds]
         ids = pa.chunked_array(

@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import json
 import time
-from itertools import pairwise
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -127,7 +127,6 @@ class _Written:
     open: dict[str, _OpenFile] = field(default_factory=dict)
     pages: dict[str, int] = field(default_factory=dict)  # pages that wrote rows, by partition
     key_ranges: list[tuple[str, str]] = field(default_factory=list)  # each page's min, max _id
-
     rows: int = 0
     tombstones: int = 0
     max_pos: int | None = None

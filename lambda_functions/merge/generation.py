@@ -69,10 +69,10 @@ from lambda_functions.lake.table_layout import (
 from lambda_functions.merge import plan
 from lambda_functions.merge.copy_on_write import (
     ConcurrentWriteError,
-    _statistics,
-    _write_parquet,
-    _WriteSettings,
+    WriteSettings,
+    file_statistics,
     pyarrow_filesystem,
+    write_parquet,
 )
 from lambda_functions.merge.rekey import record_key_transactions
 from lambda_functions.merge.results import MergeCounts
@@ -176,7 +176,7 @@ def apply_generation(
     )
     typed = TypedColumns.of_table(plan.arrow_schema(table) if marker is None else None)
     fs, root = pyarrow_filesystem(where.uri, where.options)
-    settings = _WriteSettings(
+    settings = WriteSettings(
         fs=fs,
         root=root,
         schema=TABLE_SCHEMA,
@@ -302,7 +302,7 @@ def _commit_properties(
     )
 
 
-def _write_page(settings: _WriteSettings, rows: pa.Table, written: _Written) -> None:
+def _write_page(settings: WriteSettings, rows: pa.Table, written: _Written) -> None:
     """Append one page's lake rows (one per key) to each partition's open data file, as row
     groups sorted by ``_id``; a file is closed (its add action recorded, not committed) once it
     holds ``target_file_size`` bytes of Arrow data, or when a page brings a new typed column."""
@@ -340,7 +340,7 @@ class _OpenFile:
     """One data file being written row group by row group (streamed to the store), with the
     Delta statistics of what it holds so far."""
 
-    def __init__(self, settings: _WriteSettings, bucket: str, schema: pa.Schema) -> None:
+    def __init__(self, settings: WriteSettings, bucket: str, schema: pa.Schema) -> None:
         self.settings, self.bucket, self.schema = settings, bucket, schema
         self.path = f"_bucket={bucket}/part-{uuid.uuid4()}-c000.zstd.parquet"
         target = f"{settings.root}/{self.path}"
@@ -361,7 +361,7 @@ class _OpenFile:
     def append(self, rows: pa.Table) -> None:
         self.writer.write_table(rows)
         self.arrow_bytes += rows.nbytes
-        self.stats = _merged(self.stats, _statistics(rows, self.settings.stats_columns))
+        self.stats = _merged(self.stats, file_statistics(rows, self.settings.stats_columns))
 
     def close(self) -> AddAction:
         self.writer.close()
@@ -398,21 +398,21 @@ def _merged(total: dict | None, part: dict) -> dict:
     }
 
 
-def _write_file(settings: _WriteSettings, bucket: str, rows: pa.Table) -> AddAction:
+def _write_file(settings: WriteSettings, bucket: str, rows: pa.Table) -> AddAction:
     data = rows.drop_columns(["_bucket"])
     path = f"_bucket={bucket}/part-{uuid.uuid4()}-c000.zstd.parquet"
-    size = _write_parquet(settings, path, data)
+    size = write_parquet(settings, path, data)
     return AddAction(
         path=path,
         size=size,
         partition_values={"_bucket": bucket},
         modification_time=int(time.time() * 1000),
         data_change=True,
-        stats=json.dumps(_statistics(data, settings.stats_columns)),
+        stats=json.dumps(file_statistics(data, settings.stats_columns)),
     )
 
 
-def _precombine_overlaps(settings: _WriteSettings, written: _Written) -> int:
+def _precombine_overlaps(settings: WriteSettings, written: _Written) -> int:
     """Keys written by two pages: per partition, read the new files' ``_id`` only; where a key
     repeats, rewrite that partition's new files precombined (the latest wins) and delete the
     replaced ones. Returns the rows dropped."""
@@ -441,7 +441,7 @@ def _precombine_overlaps(settings: _WriteSettings, written: _Written) -> int:
     return dropped
 
 
-def _remove_files(settings: _WriteSettings, adds: list[AddAction]) -> None:
+def _remove_files(settings: WriteSettings, adds: list[AddAction]) -> None:
     """Delete files no commit references (never ones a commit added)."""
     for add in adds:
         settings.fs.delete_file(f"{settings.root}/{add.path}")

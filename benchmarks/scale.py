@@ -196,6 +196,7 @@ import json, resource, sys, time
 from datetime import UTC, datetime
 import pyarrow as pa
 from bson import ObjectId
+from deltalake import DeltaTable
 sys.path.insert(0, sys.argv[3])
 from lambda_functions.contracts import MergeRequest
 from lambda_functions.lake import RawZone, open_store
@@ -206,7 +207,6 @@ from lambda_functions.merge import merge_batches
 rows, lake, streamed = int(sys.argv[1]), sys.argv[2], sys.argv[4] == "streamed"
 store = open_store(lake)
 zone = RawZone(store, "bench", "orders")
-ids = [record_key(ObjectId()) for _ in range(rows)]
 doc = json.dumps({"status": "paid", "note": "x" * 200})
 def batch(keys, op, pos):
     now = datetime.now(UTC)
@@ -214,16 +214,19 @@ def batch(keys, op, pos):
         "seq": list(range(len(keys))), "event_time": [now] * len(keys), "doc": [doc] * len(keys)},
         schema=BATCH_SCHEMA)
 page = 50_000  # rows per page file, as a range snapshot writes its generation
-pages = [batch(ids[i : i + page], "snapshot", 1) for i in range(0, rows, page)]
-zone.write_batch(pages, after=zone.read_checkpoint(), state={})
-del pages
+def pages():  # one page in memory at a time: the merge's peak is the process's peak
+    for start in range(0, rows, page):
+        yield batch([record_key(ObjectId()) for _ in range(min(page, rows - start))], "snapshot", 1)
+json_bytes = rows * (len(doc) + 40)  # what capture records: the rows as JSON
+zone.write_batch(pages(), after=zone.read_checkpoint(), state={}, extra={"json_bytes": json_bytes})
 request = MergeRequest(lake_uri=lake, database="bench", collection="orders")
 budget = 1 << 20 if streamed else 1 << 40  # streamed: page by page; else one-shot
 t = time.perf_counter(); done = merge_batches(request, max_bytes_per_commit=budget)
 load = time.perf_counter() - t
 assert done.merge_path == ("generation" if streamed else "create"), done.merge_path
 rss_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-updates = ids[:: 100]
+keys = DeltaTable(done.table_uri).to_pyarrow_table(columns=["_id"]).column("_id")
+updates = keys.cast(pa.string()).to_pylist()[:: 100]
 zone.write_batch([batch(updates, "update", 2)], after=zone.read_checkpoint(), state={})
 t = time.perf_counter(); merge_batches(request); incremental = time.perf_counter() - t
 print(json.dumps({"rows": rows, "mode": sys.argv[4], "load_seconds": load, "load_peak_bytes": rss_load,

@@ -174,7 +174,7 @@ def apply_generation(
         if marker is not None
         else plan.drop_floor(table, zone.namespace)
     )
-    typed = TypedColumns.of_table(plan.arrow_schema(table) if marker is None else None)
+    typed = TypedColumns.of_table(plan.arrow_schema(table))
     fs, root = pyarrow_filesystem(where.uri, where.options)
     settings = WriteSettings(
         fs=fs,

@@ -153,7 +153,10 @@ def merge_batches(
     commit: with a ``drop_pos`` it removes the rows older than that position, without one (a
     reset: a new generation) every row applied before it, and the batches pending in front of
     it are superseded (skipped unread). Each commit records its last batch, so a re-run resumes
-    after it.
+    after it. A new generation (a batch of snapshot rows only, e.g. a range snapshot's one
+    batch of many page files) over ``max_bytes_per_commit`` is applied page by page, still in
+    one commit, together with the reset marker just before it (``generation``): its memory
+    does not grow with the collection.
 
     Guarantees (see the module docstring): each commit is one atomic Delta log entry (Delta
     protocol, "Delta Log Entries"; readers see all of it or none); replaying a batch is a no-op

@@ -6,15 +6,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
 import lambda_functions.merge.generation as generation
-from lambda_functions.contracts import MergeRequest
+from lambda_functions.contracts import LoadRequest, MergeRequest
 from lambda_functions.lake import RawZone, open_store
 from lambda_functions.lake.raw_zone import BATCH_SCHEMA
 from lambda_functions.merge import lake_table_location, merge_batches
+from lambda_functions.warehouse_load.load import load_changes
 from tests.lambda_functions.raw_batches import JAN, JUN, key, publish
 
 DOCS, PAGES = 200_000, 20
@@ -71,6 +73,18 @@ def table_state(lake: str) -> dict:
     }
 
 
+def load(lake: str, tmp_path: Path) -> dict[str, str]:
+    """Load the lake table into a DuckDB warehouse (one per lake); its ``_id`` -> document."""
+    warehouse = str(tmp_path / f"{Path(lake).name}.duckdb")
+    load_changes(
+        LoadRequest(
+            lake_uri=lake, database="shop", collection="orders", warehouse_location=warehouse
+        )
+    )
+    with duckdb.connect(warehouse, read_only=True) as db:
+        return dict(db.execute("SELECT _id, doc::VARCHAR FROM analytics.orders").fetchall())
+
+
 def request(lake: str) -> MergeRequest:
     return MergeRequest(lake_uri=lake, database="shop", collection="orders")
 
@@ -103,6 +117,8 @@ def test_reset_and_generation_are_one_commit(tmp_path: Path) -> None:
         publish_reset(zone, generation_pos=8)
         publish_generation(zone, 20_000, 8, pos=8)
     before = version(lakes["streamed"])
+    for lake in lakes.values():  # the warehouse holds the old generation
+        load(lake, tmp_path)
     streamed = merge_batches(request(lakes["streamed"]), max_bytes_per_commit=SMALL)
     merge_batches(request(lakes["one_shot"]), max_bytes_per_commit=HUGE)
     assert streamed.merge_paths == ["generation"]
@@ -115,6 +131,11 @@ def test_reset_and_generation_are_one_commit(tmp_path: Path) -> None:
     kinds = pa.table(feed.read_all()).column("_change_type").to_pylist()
     assert kinds.count("insert") == 20_000
     assert kinds.count("delete") == 500
+    # the incremental load of that commit (keys both deleted and inserted in it: the insert is
+    # their state) leaves the warehouse as the one-shot path's two commits do
+    loaded = {name: load(lake, tmp_path) for name, lake in lakes.items()}
+    assert loaded["streamed"] == loaded["one_shot"]
+    assert len(loaded["streamed"]) == 20_000
 
 
 def test_replay_is_a_no_op(tmp_path: Path) -> None:

@@ -6,15 +6,19 @@ A range snapshot publishes a generation as one raw batch of many page files (see
 could not hold a large collection's first load. Here, for a generation batch over the merge's
 byte budget (``merge.segment_byte_budget``):
 
-1. each page file is read alone (``plan.read_changes`` of a one-file manifest), precombined,
-   and written as Parquet data files into the table location, one per ``_bucket`` partition
-   (``lake.table_layout``), without committing: a file no log entry names is invisible to
-   readers (Delta protocol, "Delta Table Specification": the log defines the table);
-2. keys seen on two pages are found per partition by reading only the new files' ``_id``
-   (one partition's keys at a time), and only such a partition is rewritten precombined
-   (the latest by position, batch, sequence wins, as in ``table_layout.precombine``). Range
-   pages never overlap (every ``_id`` is in exactly one range, and a range is read in ``_id``
-   order), so this normally finds nothing;
+1. each page file is read alone (``plan.read_changes`` of a one-file manifest: record keys
+   upgraded, typed columns admitted, changes below the drop floor dropped), precombined, and
+   appended, sorted by ``_id``, as row groups to one open Parquet data file per ``_bucket``
+   partition in the table location (``lake.table_layout``; a file is closed at
+   ``delta.targetFileSize`` bytes of Arrow data), without committing: a file no log entry names
+   is invisible to readers (Delta protocol, "Delta Table Specification": the log defines the
+   table);
+2. a key on two pages is possible only if two pages' ``_id`` ranges overlap, which range
+   pages never do (every ``_id`` is in exactly one range, and a range is read in ``_id``
+   order): that is checked from each page's min and max key. Only if ranges overlap are the
+   partitions written by several pages scanned (their new files' ``_id`` only, one partition
+   at a time), and a partition with a repeated key rewritten precombined (the latest by
+   position, batch, sequence wins, ``table_layout.precombine``);
 3. one commit adds every file, with the app transactions of any merge commit (the batch
    number under ``app_id(namespace)``, the record key format, and for a reset marker fused
    into it the new drop floor and the masking generation): ``create_table_with_add_actions``
@@ -26,7 +30,14 @@ byte budget (``merge.segment_byte_budget``):
 
 Change data: the commit writes no ``_change_data`` files; per the Delta protocol ("Change Data
 Files"), a commit without them is read by change feed readers from its ``add`` (inserts) and
-``remove`` actions (deletes of the removed files' rows), which is what the warehouse load needs.
+``remove`` actions (deletes of the removed files' rows), which is what the warehouse load needs;
+a key in both generations is then deleted and inserted in one commit, and the load keeps the
+insert (``warehouse_load.lake_changes``, ``lake_versions.commit_versions``).
+
+What it relies on: a generation batch holds snapshot rows only (``GENERATION_OPS``: no deletes,
+no partial updates, so no key-only delete to resolve and no stored document to read); partial
+updates set aside before the generation are not retried by its commit (the snapshot already
+reflects every change before its start position).
 
 A merge killed before the commit leaves only unreferenced files: the table is unchanged, the
 re-run writes new files, and ``DeltaTable.vacuum`` (maintenance) deletes the orphans once they

@@ -11,17 +11,19 @@ What it measures on this machine, in one run:
    = wall time with 1 range / wall time with ``--ranges`` ranges, both in this run. With 2 cores
    the ceiling is 2 (other work on a shared machine lowers it). Each is run ``--repeats`` times,
    alternated, and the fastest run of each counts.
-3. **Merge** of a snapshot batch into a new Delta table (the initial load's merge: a generation
-   is one batch, applied in one commit), then of a 1% update batch into it, at growing table sizes
-   (``--merge-sizes``), each in its own process so its peak resident memory is its own.
+3. **Merge** of a snapshot batch (pages of 50,000 rows) into a new Delta table (the initial
+   load's merge: a generation is one batch, applied in one commit), then of a 1% update batch
+   into it, at growing table sizes (``--merge-sizes``), each in its own process so its peak
+   resident memory is its own: page by page (``merge.generation``, what the merge does with a
+   generation over its byte budget) and, for comparison, one-shot (the batch read whole).
 
 Then the model: wall time and cost of the initial load of 100 GB, 1 TB and 2 TB collections at the
 configured concurrency (``LAKEHOUSE_FANOUT_CONCURRENCY`` ranges in flight; the deployed functions'
 reserved concurrency is the ceiling), on Lambda (the capture function's memory) and on ECS
 Fargate (a 1 vCPU / 2 GB task), and the largest table one Lambda merge invocation loads within
-10 GB / 15 minutes (a generation is one raw batch, which the merge applies in one commit, so
-the load's peak memory grows with the table: measured slope, 80% of the limit usable), and the
-same on the largest Fargate task. Assumptions, printed with the figures: a Lambda worker or a 1-vCPU task
+10 GB / 15 minutes (a generation is one raw batch, which the merge applies page by page in one
+commit: measured slopes of time and peak memory, 80% of the memory usable), and the same on the
+largest Fargate task (no time limit: memory only). Assumptions, printed with the figures: a Lambda worker or a 1-vCPU task
 captures at this machine's per-worker rate (Lambda gives one full vCPU at 1,769 MB, "Lambda
 quotas" / "Configuring function memory"; a 1,024 MB capture function gets ~0.58 vCPU, so its rate
 is scaled by that share); the source serves every range at that rate (a DocumentDB instance's
@@ -194,6 +196,7 @@ import json, resource, sys, time
 from datetime import UTC, datetime
 import pyarrow as pa
 from bson import ObjectId
+from deltalake import DeltaTable
 sys.path.insert(0, sys.argv[3])
 from lambda_functions.contracts import MergeRequest
 from lambda_functions.lake import RawZone, open_store
@@ -201,33 +204,44 @@ from lambda_functions.lake.raw_manifest import BATCH_SCHEMA
 from lambda_functions.lake.record_key import record_key
 from lambda_functions.merge import merge_batches
 
-rows, lake = int(sys.argv[1]), sys.argv[2]
+rows, lake, streamed = int(sys.argv[1]), sys.argv[2], sys.argv[4] == "streamed"
 store = open_store(lake)
 zone = RawZone(store, "bench", "orders")
-ids = [record_key(ObjectId()) for _ in range(rows)]
 doc = json.dumps({"status": "paid", "note": "x" * 200})
 def batch(keys, op, pos):
     now = datetime.now(UTC)
     return pa.table({"_id": keys, "op": [op] * len(keys), "pos": [pos] * len(keys),
         "seq": list(range(len(keys))), "event_time": [now] * len(keys), "doc": [doc] * len(keys)},
         schema=BATCH_SCHEMA)
-zone.write_batch([batch(ids, "snapshot", 1)], after=zone.read_checkpoint(), state={})
+page = 50_000  # rows per page file, as a range snapshot writes its generation
+def pages():  # one page in memory at a time: the merge's peak is the process's peak
+    for start in range(0, rows, page):
+        yield batch([record_key(ObjectId()) for _ in range(min(page, rows - start))], "snapshot", 1)
+json_bytes = rows * (len(doc) + 40)  # what capture records: the rows as JSON
+zone.write_batch(pages(), after=zone.read_checkpoint(), state={}, extra={"json_bytes": json_bytes})
 request = MergeRequest(lake_uri=lake, database="bench", collection="orders")
-t = time.perf_counter(); merge_batches(request); load = time.perf_counter() - t
+budget = 1 << 20 if streamed else 1 << 40  # streamed: page by page; else one-shot
+t = time.perf_counter(); done = merge_batches(request, max_bytes_per_commit=budget)
+load = time.perf_counter() - t
+assert done.merge_path == ("generation" if streamed else "create"), done.merge_path
 rss_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-updates = ids[:: 100]
+keys = DeltaTable(done.table_uri).to_pyarrow_table(columns=["_id"]).column("_id")
+updates = keys.cast(pa.string()).to_pylist()[:: 100]
 zone.write_batch([batch(updates, "update", 2)], after=zone.read_checkpoint(), state={})
 t = time.perf_counter(); merge_batches(request); incremental = time.perf_counter() - t
-print(json.dumps({"rows": rows, "load_seconds": load, "load_peak_bytes": rss_load,
+print(json.dumps({"rows": rows, "mode": sys.argv[4], "load_seconds": load, "load_peak_bytes": rss_load,
     "update_rows": len(updates), "incremental_seconds": incremental,
     "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
 
-def merge_at(rows: int, workdir: Path) -> dict[str, Any]:
-    lake = workdir / f"merge-{rows}"
+def merge_at(rows: int, workdir: Path, mode: str = "streamed") -> dict[str, Any]:
+    """One initial-load merge of ``rows`` documents (then a 1% update) in a child process of its
+    own, ``mode`` "streamed" (the generation applied page by page, ``merge.generation``: what a
+    merge does with a generation over its byte budget) or "one_shot" (the batch read whole)."""
+    lake = workdir / f"merge-{rows}-{mode}"
     done = subprocess.run(
-        [sys.executable, "-c", MERGE_CHILD, str(rows), str(lake), str(ROOT)],
+        [sys.executable, "-c", MERGE_CHILD, str(rows), str(lake), str(ROOT), mode],
         capture_output=True,
         text=True,
         check=True,
@@ -293,6 +307,11 @@ def model(
     }
 
 
+def _rounded(value: float) -> float | int:
+    """``value`` rounded, or ``value`` itself when it is infinite (not bound by memory)."""
+    return value if math.isinf(value) else round(value)
+
+
 def _slope(xs: list[float], ys: list[float]) -> float:
     if len(xs) < 2:
         return ys[0] / xs[0]
@@ -338,7 +357,9 @@ def main() -> None:
         assert len(digests) == 1, "the parallel snapshot differs from the single-range one"
         one = min(ones, key=lambda run: run["wall_seconds"])
         many = min(manys, key=lambda run: run["wall_seconds"])
-        merges = [merge_at(int(s), workdir) for s in args.merge_sizes.split(",")]
+        sizes = [int(s) for s in args.merge_sizes.split(",")]
+        merges = [merge_at(n, workdir, "streamed") for n in sizes]
+        one_shots = [merge_at(n, workdir, "one_shot") for n in sizes]
 
     docs_per_s = one["documents"] / one["wall_seconds"]
     mb_per_s = json_mb / one["wall_seconds"]
@@ -348,6 +369,7 @@ def main() -> None:
     work_ratio = one["cpu_seconds"] / many["cpu_seconds"]
     speedup_free = min(many["workers"], many["ranges"], os.cpu_count() or 1) * work_ratio
     figures = model(docs_per_s, mb_per_s, args.concurrency, merges, doc_bytes)
+    one_shot = model(docs_per_s, mb_per_s, args.concurrency, one_shots, doc_bytes)
 
     print(
         f"collection: {args.docs:,} documents, {json_mb:,.0f} MB canonical JSON "
@@ -372,12 +394,20 @@ def main() -> None:
         f"{overlap:.2f}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: "
         "other processes share them)"
     )
-    print(f"\n{'merge rows':>12}{'load s':>9}{'load peak MB':>14}{'1% update s':>13}{'peak MB':>9}")
-    for m in merges:
+    print(
+        f"\n{'merge rows':>12}{'mode':>10}{'load s':>9}{'load peak MB':>14}{'1% update s':>13}"
+        f"{'peak MB':>9}"
+    )
+    for m in merges + one_shots:
         print(
-            f"{m['rows']:>12,}{m['load_seconds']:>9.1f}{m['load_peak_bytes'] / 1e6:>14,.0f}"
+            f"{m['rows']:>12,}{m['mode']:>10}{m['load_seconds']:>9.1f}"
+            f"{m['load_peak_bytes'] / 1e6:>14,.0f}"
             f"{m['incremental_seconds']:>13.2f}{m['peak_bytes'] / 1e6:>9,.0f}"
         )
+    print(
+        f"peak memory per row of the initial-load merge: streamed "
+        f"{figures['merge_bytes_per_row']:,.0f} B, one-shot {one_shot['merge_bytes_per_row']:,.0f} B"
+    )
     print(
         f"\ninitial load at concurrency {args.concurrency} (capture only; Lambda "
         f"{CDC_CAPTURE.memory_mb} MB = {figures['lambda_cpu_share']:.2f} vCPU; "
@@ -399,8 +429,8 @@ def main() -> None:
         "commit: see the next lines)"
     )
     print(
-        f"largest table one Lambda merge loads (a generation is one batch, merged in one "
-        f"commit) within {LAMBDA_MAX_MEMORY_GB:g} GB / "
+        f"largest table one Lambda merge loads (a generation is one batch, merged page by page "
+        f"in one commit) within {LAMBDA_MAX_MEMORY_GB:g} GB / "
         f"{LAMBDA_MAX_SECONDS / 60:g} min: ~{figures['largest_lambda_merge_rows']:,.0f} rows "
         f"(~{figures['largest_lambda_merge_gb']:,.1f} GB of documents; bound by "
         f"{figures['largest_lambda_merge_bound']}); merge function memory "
@@ -408,8 +438,17 @@ def main() -> None:
     )
     print(
         f"largest generation one ECS merge task applies within {FARGATE_MAX_MEMORY_GB:g} GB: "
-        f"~{figures['largest_ecs_merge_rows']:,.0f} rows "
-        f"(~{figures['largest_ecs_merge_gb']:,.1f} GB of documents)"
+        + (
+            "not bound by memory (peak memory did not grow with rows)"
+            if math.isinf(figures["largest_ecs_merge_rows"])
+            else f"~{figures['largest_ecs_merge_rows']:,.0f} rows "
+            f"(~{figures['largest_ecs_merge_gb']:,.1f} GB of documents)"
+        )
+    )
+    print(
+        f"one-shot (the batch read whole, before merge.generation): ~"
+        f"{one_shot['largest_lambda_merge_rows']:,.0f} rows in one Lambda merge (bound by "
+        f"{one_shot['largest_lambda_merge_bound']})"
     )
     print(
         json.dumps(
@@ -430,7 +469,9 @@ def main() -> None:
                 ),
                 "merge_bytes_per_row": round(figures["merge_bytes_per_row"]),
                 "largest_lambda_merge_rows": round(figures["largest_lambda_merge_rows"]),
-                "largest_ecs_merge_rows": round(figures["largest_ecs_merge_rows"]),
+                "largest_ecs_merge_rows": _rounded(figures["largest_ecs_merge_rows"]),
+                "one_shot_merge_bytes_per_row": round(one_shot["merge_bytes_per_row"]),
+                "one_shot_largest_lambda_merge_rows": round(one_shot["largest_lambda_merge_rows"]),
                 "concurrency": args.concurrency,
                 "initial_load": {
                     size: {k: round(v, 2) for k, v in load.items()}

@@ -70,6 +70,7 @@ VARIABLE_VALUES: dict[str, Any] = {
     "LAKEHOUSE_MASKING": {"Ref": "MaskingRules"},
     "LAKEHOUSE_MASKING_KEY_SECRET_ARN": {"Ref": "MaskingKeySecretArn"},
     "LAKEHOUSE_MASKING_KEY": "",
+    "LAKEHOUSE_MERGE_SEGMENT_BYTES": {"Ref": "MergeSegmentBytes"},
 }
 
 
@@ -225,6 +226,12 @@ def render_template() -> dict[str, Any]:
                 "Default": "",
                 "Description": "Secrets Manager secret holding the PII masking HMAC key "
                 "(SecretString, at least 32 bytes); empty when no rule hashes a field",
+            },
+            "MergeSegmentBytes": {
+                "Type": "String",
+                "Default": "",
+                "Description": "LAKEHOUSE_MERGE_SEGMENT_BYTES for the merge function: batch "
+                "bytes per Delta commit; empty: its memory / 16",
             },
             "ReservedConcurrency": {
                 "Type": "Number",

@@ -104,6 +104,8 @@ class LakehouseSettings:
     masking: Mapping[str, Mapping[str, list[str]]] = field(default_factory=dict)
     masking_key_secret_arn: str = ""
     masking_key: str = field(default="", repr=False)
+    # LAKEHOUSE_MERGE_SEGMENT_BYTES for the merge function ("": derived from its memory)
+    merge_segment_bytes: str = ""
     # The ECS route (LAKEHOUSE_ECS_*, LAKEHOUSE_COLLECTION_BYTES); not configured by default.
     ecs: EcsRouteSettings = field(default_factory=EcsRouteSettings)
 
@@ -196,6 +198,13 @@ class LakehouseSettings:
         fanout = typed("LAKEHOUSE_FANOUT_CONCURRENCY", parse_int, 1)
         if fanout < 1:
             problem("LAKEHOUSE_FANOUT_CONCURRENCY must be 1 or more")
+        segment_bytes = get("LAKEHOUSE_MERGE_SEGMENT_BYTES")
+        if segment_bytes and not (segment_bytes.isdigit() and int(segment_bytes) > 0):
+            problem(
+                "LAKEHOUSE_MERGE_SEGMENT_BYTES must be a positive integer (bytes of batch data "
+                f"per merge commit), not {segment_bytes!r}; leave it empty to derive it from "
+                "the merge function's memory"
+            )
         if not 1 <= typed("LAKEHOUSE_SNAPSHOT_RANGES", parse_int, 1) <= 256:
             problem("LAKEHOUSE_SNAPSHOT_RANGES must be 1 to 256")
         retention = typed("LAKEHOUSE_VACUUM_RETENTION_HOURS", parse_int, 168)
@@ -323,6 +332,7 @@ class LakehouseSettings:
             masking_key_secret_arn=get("LAKEHOUSE_MASKING_KEY_SECRET_ARN"),
             masking_key=get("LAKEHOUSE_MASKING_KEY"),
             snapshot_ranges=typed("LAKEHOUSE_SNAPSHOT_RANGES", parse_int, 1),
+            merge_segment_bytes=segment_bytes,
             ecs=ecs,
         )
         if len(problems) == 1:

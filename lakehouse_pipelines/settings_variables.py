@@ -239,6 +239,13 @@ VARIABLES: dict[str, tuple[str | None, str | None, str]] = {
         "PII masking: the HMAC key of hashed fields as text, at least 32 bytes (local only; on "
         "AWS use `LAKEHOUSE_MASKING_KEY_SECRET_ARN`)",
     ),
+    "LAKEHOUSE_MERGE_SEGMENT_BYTES": (
+        "",
+        "",
+        "merge function's environment: the most batch bytes (rows as JSON) per Delta commit; "
+        "empty: the function's memory / 16 (a larger single batch is still applied alone; a "
+        "new generation over it is applied page by page, still in one commit)",
+    ),
     "LAKEHOUSE_SNAPSHOT_RANGES": (
         "1",
         "1",

@@ -94,7 +94,7 @@ MERGE = FunctionSpec(
     handler="lambda_functions.merge.handler.handler",
     timeout_s=900,
     memory_mb=3008,
-    environment=COMMON_ENVIRONMENT,
+    environment=(*COMMON_ENVIRONMENT, "LAKEHOUSE_MERGE_SEGMENT_BYTES"),
     description="Upserts pending raw batches into the Delta lake table (latest change wins).",
 )
 LAKE_MAINTENANCE = FunctionSpec(

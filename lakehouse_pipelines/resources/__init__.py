@@ -27,6 +27,7 @@ def local_function_values(settings: LakehouseSettings) -> dict[str, str]:
         "LAKEHOUSE_MASKING": json.dumps(settings.masking),
         "LAKEHOUSE_MASKING_KEY": settings.masking_key,
         "LAKEHOUSE_MASKING_KEY_SECRET_ARN": settings.masking_key_secret_arn,
+        "LAKEHOUSE_MERGE_SEGMENT_BYTES": settings.merge_segment_bytes,
     }
 
 

@@ -127,7 +127,7 @@ def rewrite_touched_files(
     ``VersionTakenError`` if the next version was taken."""
     configuration = table.metadata().configuration
     fs, root = pyarrow_filesystem(table.table_uri, storage_options)
-    settings = _WriteSettings(
+    settings = WriteSettings(
         fs=fs,
         root=root,
         schema=changes.schema,
@@ -182,7 +182,7 @@ def expire_tombstones(
         pa.field(f.name, pa.string(), f.nullable) if pa.types.is_string_view(f.type) else f
         for f in schema
     )
-    settings = _WriteSettings(
+    settings = WriteSettings(
         fs=fs,
         root=root,
         schema=schema,
@@ -223,10 +223,10 @@ def expire_tombstones(
                 {
                     "path": new_path,
                     "partitionValues": {"_bucket": bucket},
-                    "size": _write_parquet(settings, new_path, kept),
+                    "size": write_parquet(settings, new_path, kept),
                     "modificationTime": int(time.time() * 1000),
                     "dataChange": False,
-                    "stats": json.dumps(_statistics(kept, settings.stats_columns)),
+                    "stats": json.dumps(file_statistics(kept, settings.stats_columns)),
                 }
             )
     if not expired:
@@ -247,7 +247,11 @@ def commit_entry(store: ObjectStore, table_key: str, version: int, lines: list[d
 
 
 @dataclass(frozen=True)
-class _WriteSettings:
+class WriteSettings:
+    """Where and how data files are written: the filesystem and table root, the schema, the
+    target file size (bytes), the columns Delta statistics cover, and the expected bytes per
+    row (to split a partition into files)."""
+
     fs: pafs.FileSystem  # data and change files: pyarrow's filesystem, streamed, no fsync
     root: str
     schema: pa.Schema  # the table's columns (with the partition column) after this commit
@@ -262,7 +266,7 @@ class _WriteSettings:
 
 
 def _rewrite_partition(
-    settings: _WriteSettings, bucket: str, files: list[tuple[str, int]], changes: pa.Table
+    settings: WriteSettings, bucket: str, files: list[tuple[str, int]], changes: pa.Table
 ) -> Rewritten:
     done = Rewritten()
     old = _read_files(settings, [path for path, _ in files])
@@ -287,7 +291,7 @@ def _rewrite_partition(
     for start in range(0, rows.num_rows, rows_per_file):
         part = rows.slice(start, rows_per_file)
         path = f"_bucket={bucket}/part-{uuid.uuid4()}-c000.zstd.parquet"
-        size = _write_parquet(settings, path, part)
+        size = write_parquet(settings, path, part)
         done.added.append(
             {
                 "path": path,
@@ -295,11 +299,11 @@ def _rewrite_partition(
                 "size": size,
                 "modificationTime": int(time.time() * 1000),
                 "dataChange": True,
-                "stats": json.dumps(_statistics(part, settings.stats_columns)),
+                "stats": json.dumps(file_statistics(part, settings.stats_columns)),
             }
         )
     path = f"_change_data/_bucket={bucket}/cdc-{uuid.uuid4()}-c000.zstd.parquet"
-    size = _write_parquet(settings, path, feed)
+    size = write_parquet(settings, path, feed)
     done.changes.append(
         {"path": path, "partitionValues": {"_bucket": bucket}, "size": size, "dataChange": False}
     )
@@ -363,7 +367,7 @@ def _typed(rows: pa.Table, change_type: str) -> pa.Table:
     return rows.append_column("_change_type", pa.array([change_type] * rows.num_rows, pa.string()))
 
 
-def _read_files(settings: _WriteSettings, paths: list[str]) -> pa.Table:
+def _read_files(settings: WriteSettings, paths: list[str]) -> pa.Table:
     """Rows of the given data files, with the columns of ``settings.data_schema``."""
     schema = settings.data_schema
     parts = []
@@ -379,7 +383,10 @@ def _read_files(settings: _WriteSettings, paths: list[str]) -> pa.Table:
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
-def _write_parquet(settings: _WriteSettings, path: str, rows: pa.Table) -> int:
+def write_parquet(settings: WriteSettings, path: str, rows: pa.Table) -> int:
+    """Write ``rows`` to ``path`` under the table root (zstd level 1, dictionary encoding except
+    ``_id`` and ``doc``, Parquet statistics on the stats columns). Returns its size in bytes.
+    Not atomic on S3 beyond a single PUT; only a commit makes the file part of the table."""
     target = f"{settings.root}/{path}"
     if isinstance(settings.fs, pafs.LocalFileSystem):
         settings.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
@@ -395,7 +402,7 @@ def _write_parquet(settings: _WriteSettings, path: str, rows: pa.Table) -> int:
     return settings.fs.get_file_info(target).size
 
 
-def _statistics(rows: pa.Table, stats_columns: list[str]) -> dict[str, Any]:
+def file_statistics(rows: pa.Table, stats_columns: list[str]) -> dict[str, Any]:
     """Delta file statistics: row count, and min, max and null count of the stats columns."""
     minimum, maximum, nulls = {}, {}, {}
     for name in stats_columns:

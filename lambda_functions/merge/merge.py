@@ -63,7 +63,11 @@ Guarantees:
   only those.
 - **Bounded memory.** A commit applies at most ``max_rows_per_commit`` change rows (a larger
   backlog, e.g. an initial snapshot, becomes several commits, each recorded as above), and the
-  rewrite holds one partition per worker thread.
+  rewrite holds one partition per worker thread. A new generation (snapshot rows only) over the
+  byte budget is applied page by page in ONE commit (``generation``, merge path
+  ``generation``): each page is written as data files before the commit, and a reset marker
+  just before it is fused into that commit, so readers never see the table empty or half
+  loaded.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ from lambda_functions.lake.lake_table import (
 from lambda_functions.lake.raw_zone import RESNAPSHOT_HOW_TO
 from lambda_functions.merge import plan
 from lambda_functions.merge.apply import commit_segment
+from lambda_functions.merge.generation import apply_generation, generation_segment
 from lambda_functions.merge.rekey import upgrade_record_keys
 from lambda_functions.merge.results import MergeCounts, MergeResult
 from lambda_functions.merge.table_files import tombstone_count
@@ -150,7 +155,10 @@ def merge_batches(
     commit: with a ``drop_pos`` it removes the rows older than that position, without one (a
     reset: a new generation) every row applied before it, and the batches pending in front of
     it are superseded (skipped unread). Each commit records its last batch, so a re-run resumes
-    after it.
+    after it. A new generation (a batch of snapshot rows only, e.g. a range snapshot's one
+    batch of many page files) over ``max_bytes_per_commit`` is applied page by page, still in
+    one commit, together with the reset marker just before it (``generation``): its memory
+    does not grow with the collection.
 
     Guarantees (see the module docstring): each commit is one atomic Delta log entry (Delta
     protocol, "Delta Log Entries"; readers see all of it or none); replaying a batch is a no-op
@@ -214,10 +222,15 @@ def merge_batches(
             manifests = manifests[len(skipped) :]
         if table is None and manifests[0].batch > 1 and not plan.starts_generation(manifests[0]):
             raise _no_table_error(zone, uri, superseded, first_batch=manifests[0].batch)
-        segment = plan.next_segment(manifests, max_rows_per_commit, max_bytes)
+        streamed = generation_segment(manifests, files, max_bytes)
+        segment = streamed or plan.next_segment(manifests, max_rows_per_commit, max_bytes)
         numbers = [m.batch for m in segment]
         say(f"{zone.namespace}: applying batches {numbers[0]}..{numbers[-1]} on top of {applied}")
-        done, table, files = commit_segment(zone, where, table, files, segment, say)
+        if streamed:  # a generation over the byte budget: page by page, one commit
+            done, table = apply_generation(zone, where, table, segment, say)
+            files = plan.files_of(table)
+        else:
+            done, table, files = commit_segment(zone, where, table, files, segment, say)
         totals += done
         budget -= len(segment)
     if table is None:  # nothing to build it from: never report a table that is not there

@@ -45,7 +45,8 @@ class MergeCounts:
 
     # Raw batch numbers applied, in order.
     batches_applied: list[int] = field(default_factory=list, metadata=_as({"batches_applied": len}))
-    # How each commit applied its batches: "create", "append", "rewrite", "merge" or "drop".
+    # How each commit applied its batches: "create", "append", "rewrite", "merge", "drop" or
+    # "generation" (a new generation applied page by page, with its reset marker).
     merge_paths: list[str] = field(
         default_factory=list, metadata=_as({"merge_path": _joined_paths, "commits": len})
     )

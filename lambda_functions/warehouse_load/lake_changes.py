@@ -108,8 +108,15 @@ def read_lake_changes(
         rows = commit_versions(table, feed)
         staged = _stage(rows, rows.column("_deleted"), rows.column("_commit_version"))
         return LakeChanges(table_id, version, staged, False, "incremental")
-    # One row per key: its last change. Within one commit a key changes at most once.
-    feed = feed.sort_by([("_id", "ascending"), ("_commit_version", "ascending")])
+    # One row per key: its last change. Within one commit a key changes at most once, except
+    # in a commit without change files that replaces the table (a new generation applied page
+    # by page, merge.generation): its removed file's row is a delete and its added file's row
+    # an insert of the same key; the insert is the key's state after the commit.
+    live = pc.cast(pc.not_equal(feed.column("_change_type"), "delete"), pa.int8())
+    feed = feed.append_column("_live", live)
+    feed = feed.sort_by(
+        [("_id", "ascending"), ("_commit_version", "ascending"), ("_live", "ascending")]
+    ).drop_columns(["_live"])
     ids = feed.column("_id").combine_chunks()
     if len(ids):
         last = pc.not_equal(ids.slice(0, len(ids) - 1), ids.slice(1))

@@ -101,3 +101,18 @@ def test_every_bad_setting_is_reported_at_once_not_only_the_first():
         "LAKEHOUSE_WAREHOUSE_PROJECTION",
     ):
         assert f"- {variable}" in message, variable
+
+
+def test_the_merge_function_gets_its_segment_byte_budget(tmp_path):
+    from lakehouse_pipelines.resources import local_function_values
+    from lambda_functions.registry import FUNCTIONS, function_environment
+
+    settings = LakehouseSettings.from_env(
+        {"LAKEHOUSE_ROOT": str(tmp_path), "LAKEHOUSE_MERGE_SEGMENT_BYTES": "1048576"}
+    )
+    merge = function_environment(FUNCTIONS["lakehouse-merge"], local_function_values(settings))
+    assert merge["LAKEHOUSE_MERGE_SEGMENT_BYTES"] == "1048576"
+    with pytest.raises(SettingsError, match="LAKEHOUSE_MERGE_SEGMENT_BYTES"):
+        LakehouseSettings.from_env(
+            {"LAKEHOUSE_ROOT": str(tmp_path), "LAKEHOUSE_MERGE_SEGMENT_BYTES": "lots"}
+        )

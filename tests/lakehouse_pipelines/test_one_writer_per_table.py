@@ -103,7 +103,11 @@ def test_lambda_and_ecs_routes_racing_on_one_table_commit_each_version_once(tmp_
     overlapping = lost_races = 0
     pos = 0
     with LocalLambdaRuntime(
-        {MERGE.name: MERGE}, variables={"LAKEHOUSE_METRICS_NAMESPACE": "Lakehouse/Race"}
+        {MERGE.name: MERGE},
+        variables={
+            "LAKEHOUSE_METRICS_NAMESPACE": "Lakehouse/Race",
+            "LAKEHOUSE_MERGE_SEGMENT_BYTES": "",
+        },
     ) as runtime:
         for round_number in range(1, ROUNDS + 1):
             changes = []

@@ -14,10 +14,8 @@ from sqlglot import exp
 
 from lambda_functions.contracts import InvalidRequestError, LoadRequest
 from lambda_functions.lake import open_store
-from lambda_functions.lake.table_layout import live_rows
 from lambda_functions.merge import lake_table_location
 from lambda_functions.warehouse_load import load_changes
-from lambda_functions.warehouse_load.reconcile import lake_buckets
 from lambda_functions.warehouse_load.redshift import RedshiftWarehouse
 from lambda_functions.warehouse_sql import (
     DUCKDB,
@@ -39,7 +37,6 @@ from lambda_functions.warehouse_sql import (
     history_value_columns,
     load_transaction,
     parse_projection,
-    reconciliation_query,
 )
 from tests.lambda_functions.warehouse_load.test_history_table import A, B, Pipeline, doc
 from tests.lambda_functions.warehouse_load.test_redshift_load import (  # noqa: F401 (fixtures)
@@ -47,6 +44,7 @@ from tests.lambda_functions.warehouse_load.test_redshift_load import (  # noqa: 
     api_client,
     data_api,
     expect_query,
+    expect_reconciliation,
     finished,
     long,
     staging,
@@ -259,29 +257,7 @@ def test_redshift_incremental_history_load_is_one_batch_with_the_history_stateme
         ),
         {"Id": "load-1"},
     )
-    lake_rows = live_rows(table.to_pyarrow_table(columns=["_id", "_pos", "_op"]))
-    buckets = [
-        [long(b), long(rows), long(rows), text(str(hashes))]
-        for b, (rows, hashes) in sorted(lake_buckets(lake_rows).items())
-    ]
-    expect_query(
-        stubber,
-        "aside-1",
-        'SELECT "_id", "_pos", "reason" FROM "analytics"."_lakehouse_set_aside" '
-        'WHERE "table_name" = :table_name',
-        "set_aside_keys",
-        "token-7",
-        [],
-        parameters={"table_name": "orders"},
-    )
-    expect_query(
-        stubber,
-        "reconcile-1",
-        reconciliation_query(REDSHIFT, target).sql,
-        "reconcile_buckets",
-        "token-8",
-        buckets,
-    )
+    expect_reconciliation(stubber, table, target, ("token-7", "token-8"))
     request = LoadRequest(
         lake_uri="s3://lake-bucket/prod",
         database="shop",

@@ -104,6 +104,36 @@ def expect_query(stubber, statement_id, sql, name, token, records, parameters=No
         stubber.add_response("get_statement_result", response, request)
 
 
+def expect_reconciliation(stubber, table, target, tokens, pages=1) -> None:
+    """The two reads the load's reconciliation makes after its transaction: the set-aside keys
+    (none), then the warehouse's per-bucket counts and hashes, answered with the lake's own
+    (``tokens``: the two statements' result tokens)."""
+    lake_rows = live_rows(table.to_pyarrow_table(columns=["_id", "_pos", "_op"]))  # no tombstone
+    buckets = [
+        [long(b), long(rows), long(rows), text(str(hashes))]  # Redshift's SUM(BIGINT) is NUMERIC
+        for b, (rows, hashes) in sorted(lake_buckets(lake_rows).items())
+    ]
+    expect_query(
+        stubber,
+        "aside-1",
+        'SELECT "_id", "_pos", "reason" FROM "analytics"."_lakehouse_set_aside" '
+        'WHERE "table_name" = :table_name',
+        "set_aside_keys",
+        tokens[0],
+        [],
+        parameters={"table_name": "orders"},
+    )
+    expect_query(
+        stubber,
+        "reconcile-1",
+        reconciliation_query(REDSHIFT, target).sql,
+        "reconcile_buckets",
+        tokens[1],
+        buckets,
+        pages=pages,
+    )
+
+
 def text(value: str) -> dict:
     return {"stringValue": value}
 
@@ -259,30 +289,7 @@ def test_incremental_load_is_one_batch_transaction_with_exactly_these_statements
         ),
         {"Id": "load-1"},
     )
-    lake_rows = live_rows(table.to_pyarrow_table(columns=["_id", "_pos", "_op"]))  # no tombstone
-    buckets = [
-        [long(b), long(rows), long(rows), text(str(hashes))]  # Redshift's SUM(BIGINT) is NUMERIC
-        for b, (rows, hashes) in sorted(lake_buckets(lake_rows).items())
-    ]
-    expect_query(
-        stubber,
-        "aside-1",
-        'SELECT "_id", "_pos", "reason" FROM "analytics"."_lakehouse_set_aside" '
-        'WHERE "table_name" = :table_name',
-        "set_aside_keys",
-        "token-5",
-        [],
-        parameters={"table_name": "orders"},
-    )
-    expect_query(
-        stubber,
-        "reconcile-1",
-        reconciliation_query(REDSHIFT, target).sql,
-        "reconcile_buckets",
-        "token-6",
-        buckets,
-        pages=2,
-    )
+    expect_reconciliation(stubber, table, target, ("token-5", "token-6"), pages=2)
 
     request = LoadRequest(
         lake_uri=lake_path,

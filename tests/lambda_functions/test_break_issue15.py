@@ -13,39 +13,34 @@ Each expected value is written from the documented semantics, not from the code:
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
 
 from lambda_functions.contracts import MergeRequest
 from lambda_functions.lake import open_store
 from lambda_functions.lake.extended_json import encode_document
 from lambda_functions.lake.masking import MaskingRules, mask_change_event, mask_document
 from lambda_functions.lake.masking_key import MaskingKey
-from lambda_functions.lake.raw_zone import BATCH_SCHEMA, UPDATE_DESCRIPTION_COLUMN, RawZone
+from lambda_functions.lake.raw_zone import RawZone
 from lambda_functions.lake.record_key import record_key
 from lambda_functions.lake.table_layout import key_buckets
 from lambda_functions.lake.update_description import (
     UnappliableUpdateError,
     apply_update_description,
 )
-from lambda_functions.merge import lake_table_location, merge_batches
+from lambda_functions.merge import merge_batches
 from lambda_functions.merge.partial_updates import (
     PARTIAL_UPDATE_OP,
     StoredRow,
     resolve_partial_updates,
 )
+from tests.lambda_functions.merge.test_partial_updates import doc, live, publish_changes
 
 KEY = MaskingKey(b"k" * 32)
 SECRET = "bob@example.com"
-
-
-def doc(document: dict[str, Any]) -> str:
-    return encode_document(document)
 
 
 def lake_changes(rows: list[tuple[str, str, int, str | None]], seqs: list[int] | None = None):
@@ -69,33 +64,6 @@ def lake(tmp_path: Path) -> tuple[RawZone, MergeRequest]:
     store = open_store(str(tmp_path / "lake"))
     zone = RawZone(store, "shop", "orders")
     return zone, MergeRequest(lake_uri=str(tmp_path / "lake"), database="shop", collection="orders")
-
-
-def publish_changes(zone: RawZone, changes: list[tuple[str, str, int, Any, Any]]) -> int:
-    """One raw batch of (key, op, pos, document, updateDescription); a description without a
-    document is a partial update."""
-    now = datetime.now(UTC)
-    table = pa.table(
-        {
-            "_id": [c[0] for c in changes],
-            "op": [c[1] for c in changes],
-            "pos": [c[2] for c in changes],
-            "seq": list(range(len(changes))),
-            "event_time": [now] * len(changes),
-            "doc": [doc(c[3]) if c[3] is not None else None for c in changes],
-        },
-        schema=BATCH_SCHEMA,
-    ).append_column(
-        pa.field(UPDATE_DESCRIPTION_COLUMN, pa.string()),
-        pa.array([doc(c[4]) if c[4] is not None else None for c in changes], pa.string()),
-    )
-    return zone.write_batch([table], after=zone.read_checkpoint(), state={}).batch
-
-
-def live(zone: RawZone) -> dict[str, str]:
-    uri, options = lake_table_location(zone.store, "shop", "orders")
-    rows = DeltaTable(uri, storage_options=options).to_pyarrow_table(columns=["_id", "doc", "_op"])
-    return {r["_id"]: r["doc"] for r in rows.to_pylist() if r["_op"] != "delete"}
 
 
 def update_event(description: dict[str, Any]) -> dict[str, Any]:

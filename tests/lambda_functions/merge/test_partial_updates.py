@@ -42,9 +42,9 @@ def doc(document: dict[str, Any]) -> str:
     return encode_document(document)
 
 
-def publish_changes(zone: RawZone, changes: list[tuple[str, str, int, str | None, Any]]) -> int:
+def publish_changes(zone: RawZone, changes: list[tuple[str, str, int, Any, Any]]) -> int:
     """One batch of (key, op, pos, doc, updateDescription) changes; with a description the row
-    is a partial update (op "update", no doc)."""
+    is a partial update (op "update", no doc). A doc is its text or a document to encode."""
     now = datetime.now(UTC)
     table = pa.table(
         {
@@ -53,7 +53,7 @@ def publish_changes(zone: RawZone, changes: list[tuple[str, str, int, str | None
             "pos": [c[2] for c in changes],
             "seq": list(range(len(changes))),
             "event_time": [now] * len(changes),
-            "doc": [c[3] for c in changes],
+            "doc": [doc(c[3]) if isinstance(c[3], dict) else c[3] for c in changes],
         },
         schema=BATCH_SCHEMA,
     ).append_column(

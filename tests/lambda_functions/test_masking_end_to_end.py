@@ -24,7 +24,6 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 from bson import ObjectId
-from dagster_pipes import encode_param
 from deltalake import DeltaTable
 
 from lakehouse_local.embedded_source import EmbeddedChangeStreamSource
@@ -48,6 +47,7 @@ from lambda_functions.lake.masking import hash_value
 from lambda_functions.lake.masking_key import KEY_VARIABLE, MaskingKey
 from lambda_functions.merge import compact_table, lake_table_location, merge_batches
 from lambda_functions.warehouse_load.load import load_changes
+from tests.lambda_functions.cdc_capture.test_handler import pipes_event as handler_pipes_event
 from tests.lambda_functions.change_events import change_event, sqs_event
 
 DB = "shop"
@@ -82,23 +82,7 @@ class FakeLambdaContext:
 def pipes_event(request: CaptureRequest, messages: Path) -> dict[str, Any]:
     """What PipesLambdaClient sends: the request plus the two Pipes bootstrap keys."""
     asset = f"raw/{request.database}/{request.collection}"
-    context_data = {
-        "asset_keys": [asset],
-        "code_version_by_asset_key": {asset: None},
-        "provenance_by_asset_key": {asset: None},
-        "partition_key": None,
-        "partition_key_range": None,
-        "partition_time_window": None,
-        "run_id": "run-1",
-        "job_name": "capture_job",
-        "retry_number": 0,
-        "extras": {},
-    }
-    return {
-        **request.to_event(),
-        "DAGSTER_PIPES_CONTEXT": encode_param({"data": context_data}),
-        "DAGSTER_PIPES_MESSAGES": encode_param({"path": str(messages)}),
-    }
+    return handler_pipes_event(request.to_event(), messages, asset)
 
 
 class Lakehouse:

@@ -34,12 +34,14 @@ class FakeLambdaContext:
         return self.remaining_ms
 
 
-def pipes_event(request_event: dict[str, Any], messages: Path) -> dict[str, Any]:
+def pipes_event(
+    request_event: dict[str, Any], messages: Path, asset: str = ASSET
+) -> dict[str, Any]:
     """What PipesLambdaClient sends: the request plus the two Pipes bootstrap keys."""
     context_data = {
-        "asset_keys": [ASSET],
-        "code_version_by_asset_key": {ASSET: None},
-        "provenance_by_asset_key": {ASSET: None},
+        "asset_keys": [asset],
+        "code_version_by_asset_key": {asset: None},
+        "provenance_by_asset_key": {asset: None},
         "partition_key": None,
         "partition_key_range": None,
         "partition_time_window": None,

@@ -136,14 +136,7 @@ def test_a_load_failing_at_any_step_commits_nothing_and_the_rerun_loads_once(
     before, control = pipeline.warehouse_rows(), pipeline.control_row()
     pipeline.change((A, "update", 2, doc(v=1)), (B, "delete", 2, None), (C, "insert", 2, doc(v=2)))
 
-    real_execute = DuckDBWarehouse._execute
-
-    def failing(self, statement):
-        if statement.label == failing_step:
-            raise ConnectionError(f"connection lost at {failing_step}")
-        return real_execute(self, statement)
-
-    monkeypatch.setattr(DuckDBWarehouse, "_execute", failing)
+    fail_statement(monkeypatch, failing_step)
     with pytest.raises(ConnectionError, match=failing_step):
         load_changes(pipeline.request())
     monkeypatch.undo()
@@ -450,3 +443,16 @@ def test_a_second_process_waits_for_the_duckdb_file_lock_then_connects(tmp_path)
     finally:
         holder.wait(timeout=30)
     assert waited > 0.2  # it did have to wait for the holder
+
+
+def fail_statement(monkeypatch, failing_step: str) -> None:
+    """Make the DuckDB warehouse lose its connection at the statement labelled ``failing_step``
+    (``monkeypatch.undo()`` restores it)."""
+    real_execute = DuckDBWarehouse._execute
+
+    def failing(self, statement):
+        if statement.label == failing_step:
+            raise ConnectionError(f"connection lost at {failing_step}")
+        return real_execute(self, statement)
+
+    monkeypatch.setattr(DuckDBWarehouse, "_execute", failing)

@@ -17,9 +17,9 @@ from lambda_functions.contracts import LoadRequest, MergeRequest
 from lambda_functions.lake import RawZone, open_store
 from lambda_functions.merge import merge_batches
 from lambda_functions.warehouse_load import load_changes
-from lambda_functions.warehouse_load.duckdb_warehouse import DuckDBWarehouse
 from lambda_functions.warehouse_load.handler import handler
 from tests.lambda_functions.raw_batches import JAN, JUN, key, publish
+from tests.lambda_functions.warehouse_load.test_duckdb_load import fail_statement
 
 A, B, C = key(JAN, 1), key(JAN, 2), key(JUN, 3)
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
@@ -214,14 +214,7 @@ def test_a_load_failing_mid_transaction_leaves_both_tables_unchanged(
     history, current = pipeline.history(), pipeline.current()
     pipeline.change(5, (A, "update", 2, doc(v=2)), (B, "delete", 2, None))
 
-    real_execute = DuckDBWarehouse._execute
-
-    def failing(self, statement):
-        if statement.label == failing_step:
-            raise ConnectionError(f"connection lost at {failing_step}")
-        return real_execute(self, statement)
-
-    monkeypatch.setattr(DuckDBWarehouse, "_execute", failing)
+    fail_statement(monkeypatch, failing_step)
     with pytest.raises(ConnectionError, match=failing_step):
         load_changes(pipeline.request())
     monkeypatch.undo()

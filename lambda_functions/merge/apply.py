@@ -148,16 +148,27 @@ def commit_segment(
             )
             return applied, table, after
         except (CommitFailedError, VersionTakenError):
-            if attempt == MAX_COMMIT_ATTEMPTS:
-                raise ConcurrentWriteError(
-                    f"{zone.namespace}: lost the commit race {attempt} times in a row; another "
-                    "merge keeps writing this table. Run one merge per table (the Dagster "
-                    "concurrency key does this) and retry."
-                ) from None
-            say(f"{zone.namespace}: a concurrent commit won; reloading and retrying")
+            lost_commit_race(zone.namespace, attempt, say)
             table = open_table(where.uri, where.options)
             files = plan.files_of(table)
     raise AssertionError("unreachable")
+
+
+def lost_commit_race(namespace: str, attempt: int, say: Callable[[str], None]) -> None:
+    """Another writer committed the version this merge meant to write (Delta's conditional
+    commit): say so, so the caller reloads the table and retries.
+
+    Raises:
+        ConcurrentWriteError: the race was lost ``MAX_COMMIT_ATTEMPTS`` times in a row
+            (transient: retry the merge later).
+    """
+    if attempt == MAX_COMMIT_ATTEMPTS:
+        raise ConcurrentWriteError(
+            f"{namespace}: lost the commit race {attempt} times in a row; another merge keeps "
+            "writing this table. Run one merge per table (the Dagster concurrency key does "
+            "this) and retry."
+        ) from None
+    say(f"{namespace}: a concurrent commit won; reloading and retrying")
 
 
 def apply_plan(

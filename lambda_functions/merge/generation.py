@@ -78,8 +78,8 @@ from lambda_functions.lake.table_layout import (
     precombine,
 )
 from lambda_functions.merge import plan
+from lambda_functions.merge.apply import MAX_COMMIT_ATTEMPTS, lost_commit_race
 from lambda_functions.merge.copy_on_write import (
-    ConcurrentWriteError,
     WriteSettings,
     file_statistics,
     pyarrow_filesystem,
@@ -90,7 +90,6 @@ from lambda_functions.merge.results import MergeCounts
 from lambda_functions.merge.schema_evolution import TypedColumns
 from lambda_functions.merge.table_files import TableFiles
 
-MAX_COMMIT_ATTEMPTS = 5
 GENERATION_OPS = frozenset({"snapshot"})  # the ops of a snapshot page: full documents
 
 
@@ -245,13 +244,7 @@ def apply_generation(
             )
             if not lost:
                 raise
-            if attempt == MAX_COMMIT_ATTEMPTS:
-                raise ConcurrentWriteError(
-                    f"{zone.namespace}: lost the commit race {attempt} times in a row; another "
-                    "merge keeps writing this table. Run one merge per table (the Dagster "
-                    "concurrency key does this) and retry."
-                ) from None
-            say(f"{zone.namespace}: a concurrent commit won; reloading and retrying")
+            lost_commit_race(zone.namespace, attempt, say)
             table = open_table(where.uri, where.options)
             continue
         after = open_table(where.uri, where.options)

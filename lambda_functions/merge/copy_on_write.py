@@ -387,19 +387,30 @@ def write_parquet(settings: WriteSettings, path: str, rows: pa.Table) -> int:
     """Write ``rows`` to ``path`` under the table root (zstd level 1, dictionary encoding except
     ``_id`` and ``doc``, Parquet statistics on the stats columns). Returns its size in bytes.
     Not atomic on S3 beyond a single PUT; only a commit makes the file part of the table."""
+    target = data_file_target(settings, path)
+    pq.write_table(rows, target, **parquet_options(settings, rows.column_names))
+    return settings.fs.get_file_info(target).size
+
+
+def data_file_target(settings: WriteSettings, path: str) -> str:
+    """The full path of a data file under the table root, its directory made where the file
+    system needs one (local; S3 has no directories)."""
     target = f"{settings.root}/{path}"
     if isinstance(settings.fs, pafs.LocalFileSystem):
         settings.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-    pq.write_table(
-        rows,
-        target,
-        filesystem=settings.fs,
-        compression="zstd",
-        compression_level=1,
-        use_dictionary=[n for n in rows.column_names if n not in ("_id", "doc")],
-        write_statistics=[n for n in rows.column_names if n in settings.stats_columns],
-    )
-    return settings.fs.get_file_info(target).size
+    return target
+
+
+def parquet_options(settings: WriteSettings, columns: list[str]) -> dict[str, Any]:
+    """The Parquet writer options of every data file the merge writes: zstd level 1, dictionary
+    encoding except ``_id`` and ``doc``, statistics on the stats columns only."""
+    return {
+        "filesystem": settings.fs,
+        "compression": "zstd",
+        "compression_level": 1,
+        "use_dictionary": [n for n in columns if n not in ("_id", "doc")],
+        "write_statistics": [n for n in columns if n in settings.stats_columns],
+    }
 
 
 def file_statistics(rows: pa.Table, stats_columns: list[str]) -> dict[str, Any]:

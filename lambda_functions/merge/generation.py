@@ -55,7 +55,6 @@ from itertools import pairwise
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake import Schema as DeltaSchema
@@ -81,7 +80,9 @@ from lambda_functions.merge import plan
 from lambda_functions.merge.apply import MAX_COMMIT_ATTEMPTS, lost_commit_race
 from lambda_functions.merge.copy_on_write import (
     WriteSettings,
+    data_file_target,
     file_statistics,
+    parquet_options,
     pyarrow_filesystem,
     write_parquet,
 )
@@ -347,17 +348,8 @@ class _OpenFile:
     def __init__(self, settings: WriteSettings, bucket: str, schema: pa.Schema) -> None:
         self.settings, self.bucket, self.schema = settings, bucket, schema
         self.path = f"_bucket={bucket}/part-{uuid.uuid4()}-c000.zstd.parquet"
-        target = f"{settings.root}/{self.path}"
-        if isinstance(settings.fs, pafs.LocalFileSystem):
-            settings.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        self.writer = pq.ParquetWriter(  # the settings of copy_on_write's data files
-            target,
-            schema,
-            filesystem=settings.fs,
-            compression="zstd",
-            compression_level=1,
-            use_dictionary=[n for n in schema.names if n not in ("_id", "doc")],
-            write_statistics=[n for n in schema.names if n in settings.stats_columns],
+        self.writer = pq.ParquetWriter(
+            data_file_target(settings, self.path), schema, **parquet_options(settings, schema.names)
         )
         self.arrow_bytes = 0
         self.stats: dict | None = None
